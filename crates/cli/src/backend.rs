@@ -1,0 +1,67 @@
+//! Choosing the burn backend from `--device`, and resolving the model path.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use xcomposer_llm::fetch;
+
+/// Where tensors run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceArg {
+    /// The CPU (burn-flex).
+    Cpu,
+    /// An NVIDIA GPU (burn-cuda; needs a build with `--features cuda`).
+    Cuda,
+}
+
+/// Calls `$body` with the backend type `B` and its device bound, per `--device`.
+#[macro_export]
+macro_rules! with_backend {
+    ($device:expr, |$dev:ident: $b:ident| $body:expr) => {{
+        match $device {
+            $crate::backend::DeviceArg::Cpu => {
+                type $b = burn::backend::Flex;
+                let $dev: burn::tensor::Device<$b> = Default::default();
+                $body
+            }
+            $crate::backend::DeviceArg::Cuda => {
+                #[cfg(feature = "cuda")]
+                {
+                    type $b = burn::backend::Cuda;
+                    let $dev: burn::tensor::Device<$b> = Default::default();
+                    $body
+                }
+                #[cfg(not(feature = "cuda"))]
+                {
+                    anyhow::bail!("this xcomposer was built without CUDA; rebuild with `cargo build --release --features cuda`")
+                }
+            }
+        }
+    }};
+}
+
+/// The model to load: `--model`, or the default model, fetched on first use.
+pub fn resolve_model(model: Option<PathBuf>) -> Result<PathBuf> {
+    match model {
+        Some(p) => {
+            if !p.exists() {
+                bail!("--model {}: no such file or folder (expected a .gguf file or a Hugging Face model folder)", p.display());
+            }
+            Ok(p)
+        }
+        None => {
+            let dir = fetch::models_dir();
+            let fetched = fetch::ensure(&fetch::SMOLLM2_135M, &dir, &mut |m| eprintln!("[models] {m}"))
+                .context("fetching the default model")?;
+            Ok(fetched.path().to_path_buf())
+        }
+    }
+}
+
+/// Peak resident memory of this process in MiB (Linux), if known.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}

@@ -1,0 +1,185 @@
+//! `xcomposer bench llm`: prefill and decode speed of a model, side by side with llama.cpp on the
+//! same GGUF file, same prompt, same threads, in the same run.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::backend::Backend;
+use xcomposer_llm::LanguageModel;
+use xcomposer_llm::generation::argmax;
+
+use crate::backend::{DeviceArg, peak_rss_mib, resolve_model};
+
+/// Subcommands of `xcomposer bench`.
+#[derive(clap::Subcommand)]
+pub enum BenchCommand {
+    /// Prefill and decode tokens/s of a language model (and llama.cpp beside it).
+    Llm(LlmBenchArgs),
+}
+
+/// Arguments of `xcomposer bench llm`.
+#[derive(clap::Args)]
+pub struct LlmBenchArgs {
+    /// A .gguf file or Hugging Face folder (default: the fetched SmolLM2-135M-Instruct).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Prompt length for the prefill measurement.
+    #[arg(long, default_value_t = 512)]
+    prompt_tokens: usize,
+    /// New tokens for the decode measurement (greedy, after the prompt).
+    #[arg(long, default_value_t = 128)]
+    gen_tokens: usize,
+    /// Thread counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    threads: Vec<usize>,
+    /// Repetitions; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Where to run xcomposer.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    device: DeviceArg,
+    /// Skip the llama.cpp measurement.
+    #[arg(long)]
+    no_llama_cpp: bool,
+    /// Python interpreter that has llama-cpp-python installed.
+    #[arg(long, default_value = "python3")]
+    python: String,
+}
+
+/// One measured row.
+struct Row {
+    engine: String,
+    threads: usize,
+    prefill_tps: f64,
+    decode_tps: f64,
+}
+
+const BENCH_TEXT: &str = include_str!("../../../assets/bench_prompt.txt");
+const LLAMA_CPP_SCRIPT: &str = include_str!("../../../scripts/bench_llama_cpp.py");
+
+/// Runs a `bench` subcommand.
+pub fn run(cmd: BenchCommand) -> Result<()> {
+    match cmd {
+        BenchCommand::Llm(args) => llm(args),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn llm(args: LlmBenchArgs) -> Result<()> {
+    if args.runs == 0 || args.threads.is_empty() || args.prompt_tokens == 0 || args.gen_tokens == 0 {
+        bail!("--runs, --threads, --prompt-tokens and --gen-tokens must be positive");
+    }
+    let path = resolve_model(args.model.clone())?;
+    let (mut rows, prompt) = crate::with_backend!(args.device, |device: B| bench_xcomposer::<B>(&args, &path, &device))?;
+    let peak = peak_rss_mib();
+    if !args.no_llama_cpp {
+        if path.is_dir() {
+            eprintln!("[bench] llama.cpp needs a GGUF file; skipped for a model folder");
+        } else {
+            rows.extend(bench_llama_cpp(&args, &path, &prompt)?);
+        }
+    }
+    println!("model: {}", path.display());
+    println!("prompt {} tokens, {} greedy new tokens after it; median of {} runs", args.prompt_tokens, args.gen_tokens, args.runs);
+    println!();
+    println!("| engine | threads | prefill t/s | decode t/s | prefill vs llama.cpp | decode vs llama.cpp |");
+    println!("|---|---|---|---|---|---|");
+    for r in &rows {
+        let anchor = rows.iter().find(|a| a.engine.starts_with("llama.cpp") && a.threads == r.threads);
+        let ratio = |a: f64, b: Option<f64>| b.map_or("–".to_string(), |b| format!("{:.2}×", a / b));
+        println!(
+            "| {} | {} | {:.1} | {:.1} | {} | {} |",
+            r.engine,
+            r.threads,
+            r.prefill_tps,
+            r.decode_tps,
+            ratio(r.prefill_tps, anchor.map(|a| a.prefill_tps)),
+            ratio(r.decode_tps, anchor.map(|a| a.decode_tps)),
+        );
+    }
+    if let Some(p) = peak {
+        println!();
+        println!("xcomposer peak resident memory: {p:.0} MiB");
+    }
+    Ok(())
+}
+
+/// The benchmark prompt: the bench text's tokens, repeated to exactly `n`.
+fn prompt_ids<B: Backend>(model: &LanguageModel<B>, n: usize) -> Result<Vec<u32>> {
+    let base = model.tokenizer.encode(BENCH_TEXT)?;
+    if base.is_empty() {
+        bail!("the benchmark text encodes to no tokens");
+    }
+    Ok(base.iter().copied().cycle().take(n).collect())
+}
+
+fn bench_xcomposer<B: Backend>(args: &LlmBenchArgs, path: &Path, device: &B::Device) -> Result<(Vec<Row>, Vec<u32>)> {
+    let model = LanguageModel::<B>::load(path, device).with_context(|| format!("loading {}", path.display()))?;
+    eprintln!("[bench] loaded in {:.2} s", model.load_time.as_secs_f64());
+    let prompt = prompt_ids(&model, args.prompt_tokens)?;
+    let d = &model.decoder;
+    let sync = |t: burn::Tensor<B, 3>| argmax(&t.into_data().convert::<f32>().into_vec::<f32>().expect("f32 logits"));
+    let mut rows = Vec::new();
+    let thread_counts: Vec<usize> = if args.device == DeviceArg::Cpu { args.threads.clone() } else { vec![0] };
+    for &threads in &thread_counts {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+        let (pp, tg) = pool.install(|| {
+            // One untimed warm-up run of both phases.
+            let mut cache = d.new_cache();
+            sync(d.forward_ids(&prompt[..16.min(prompt.len())], &mut cache, 1));
+            sync(d.forward_ids(&prompt[..1], &mut cache, 1));
+            let (mut pp, mut tg) = (vec![], vec![]);
+            for _ in 0..args.runs {
+                let mut cache = d.new_cache();
+                let t = Instant::now();
+                let mut next = sync(d.forward_ids(&prompt, &mut cache, 1));
+                pp.push(prompt.len() as f64 / t.elapsed().as_secs_f64());
+                let t = Instant::now();
+                for _ in 0..args.gen_tokens {
+                    next = sync(d.forward_ids(&[next], &mut cache, 1));
+                }
+                tg.push(args.gen_tokens as f64 / t.elapsed().as_secs_f64());
+            }
+            (median(pp), median(tg))
+        });
+        let engine = format!("xcomposer ({:?}, f32 weights)", args.device).to_lowercase();
+        eprintln!("[bench] {engine} threads {threads}: prefill {pp:.1} t/s, decode {tg:.1} t/s");
+        rows.push(Row { engine, threads, prefill_tps: pp, decode_tps: tg });
+    }
+    Ok((rows, prompt))
+}
+
+fn bench_llama_cpp(args: &LlmBenchArgs, path: &Path, prompt: &[u32]) -> Result<Vec<Row>> {
+    let ids = serde_json::to_string(prompt)?;
+    let mut rows = Vec::new();
+    for &threads in &args.threads {
+        let out = Command::new(&args.python)
+            .arg("-c")
+            .arg(LLAMA_CPP_SCRIPT)
+            .arg(path)
+            .arg(threads.to_string())
+            .arg(args.gen_tokens.to_string())
+            .arg(args.runs.to_string())
+            .arg(&ids)
+            .output()
+            .with_context(|| format!("running {}", args.python))?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").to_string();
+            eprintln!("[bench] llama.cpp skipped ({last}); install it with `pip install llama-cpp-python==0.3.36`");
+            return Ok(vec![]);
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("reading the llama.cpp script's output")?;
+        let get = |k: &str| v.get(k).and_then(|x| x.as_f64()).unwrap_or(f64::NAN);
+        let engine = format!("llama.cpp {} (GGUF as stored)", v.get("version").and_then(|x| x.as_str()).unwrap_or("?"));
+        eprintln!("[bench] {engine} threads {threads}: prefill {:.1} t/s, decode {:.1} t/s", get("prefill_tps"), get("decode_tps"));
+        rows.push(Row { engine, threads, prefill_tps: get("prefill_tps"), decode_tps: get("decode_tps") });
+    }
+    Ok(rows)
+}

@@ -1,0 +1,59 @@
+//! `xcomposer`: the command-line front end. Parses arguments, resolves models and devices, and
+//! calls the library crates; it holds no model logic.
+
+mod backend;
+mod bench;
+mod generate;
+mod models;
+
+use clap::{Parser, Subcommand};
+
+/// Illustrated articles and image comprehension with InternLM-XComposer-style models.
+#[derive(Parser)]
+#[command(name = "xcomposer", version, about)]
+struct Cli {
+    /// Worker threads for CPU tensor work (default: all cores).
+    #[arg(long, global = true, env = "XCOMPOSER_THREADS")]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text with a language model (streams to stdout).
+    Generate(generate::GenerateArgs),
+    /// Manage the local models folder.
+    Models {
+        #[command(subcommand)]
+        command: models::ModelsCommand,
+    },
+    /// Benchmarks that print a table.
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads
+        && let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(n).build_global()
+    {
+        eprintln!("error: --threads {n}: {e}");
+        std::process::exit(2);
+    }
+    let result = match cli.command {
+        Command::Generate(args) => generate::run(args),
+        Command::Models { command } => models::run(command),
+        Command::Bench { command } => bench::run(command),
+    };
+    if let Err(e) = result {
+        if std::env::var_os("RUST_BACKTRACE").is_some() {
+            eprintln!("error: {e:?}");
+        } else {
+            eprintln!("error: {e:#}");
+        }
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,377 @@
+//! `Generator`: greedy decoding and seeded sampling (temperature, top-k, top-p) with a Hugging
+//! Face-style repetition penalty, stop tokens, stop strings, a token budget and streaming.
+
+use std::time::{Duration, Instant};
+
+use burn::tensor::backend::Backend;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::decoder::Decoder;
+use crate::tokenizer::{StreamDecoder, Tokenizer, TokenizerError};
+
+/// How to pick tokens and when to stop.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct GenerationConfig {
+    /// Most tokens to generate.
+    pub max_new_tokens: usize,
+    /// Softmax temperature; 0 means greedy.
+    pub temperature: f32,
+    /// Keep only the k most likely tokens (0 = off).
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches p (1.0 = off).
+    pub top_p: f32,
+    /// Hugging Face repetition penalty over prompt and generated tokens (1.0 = off).
+    pub repetition_penalty: f32,
+    /// Sampling seed: the same seed gives the same text.
+    pub seed: u64,
+    /// Token ids that end generation (not included in the output text).
+    pub stop_tokens: Vec<u32>,
+    /// Strings that end generation (the text is cut before them).
+    pub stop_strings: Vec<String>,
+}
+
+impl Default for GenerationConfig {
+    fn default() -> Self {
+        GenerationConfig {
+            max_new_tokens: 256,
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            repetition_penalty: 1.0,
+            seed: 0,
+            stop_tokens: vec![],
+            stop_strings: vec![],
+        }
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// A stop token was produced.
+    StopToken,
+    /// A stop string appeared in the text.
+    StopString,
+    /// `max_new_tokens` were generated.
+    MaxTokens,
+    /// The model's context is full.
+    ContextFull,
+}
+
+/// The result of one generation.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Generated {
+    /// The prompt's token ids.
+    pub prompt_ids: Vec<u32>,
+    /// The generated token ids (a final stop token included).
+    pub ids: Vec<u32>,
+    /// The generated text (stop token and stop string excluded).
+    pub text: String,
+    /// Why it ended.
+    pub stop_reason: StopReason,
+    /// Time spent on the prompt.
+    #[serde(skip)]
+    pub prefill_time: Duration,
+    /// Time spent producing the new tokens after the first.
+    #[serde(skip)]
+    pub decode_time: Duration,
+}
+
+/// Errors during generation.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerationError {
+    /// The prompt was empty.
+    #[error("the prompt has no tokens")]
+    EmptyPrompt,
+    /// The prompt does not fit the context.
+    #[error("the prompt has {0} tokens, more than the model's context of {1}")]
+    PromptTooLong(usize, usize),
+    /// A sampling setting is out of range.
+    #[error("{0}")]
+    BadConfig(String),
+    /// The tokenizer failed.
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+}
+
+/// Picks the next token from logits, following a [`GenerationConfig`].
+pub struct Sampler {
+    cfg: GenerationConfig,
+    rng: ChaCha8Rng,
+}
+
+impl Sampler {
+    /// A sampler seeded from the config.
+    pub fn new(cfg: &GenerationConfig) -> Result<Self, GenerationError> {
+        let bad = |m: String| Err(GenerationError::BadConfig(m));
+        if !(cfg.temperature >= 0.0 && cfg.temperature.is_finite()) {
+            return bad(format!("temperature must be ≥ 0, got {}", cfg.temperature));
+        }
+        if !(cfg.top_p > 0.0 && cfg.top_p <= 1.0) {
+            return bad(format!("top-p must be in (0, 1], got {}", cfg.top_p));
+        }
+        if !(cfg.repetition_penalty > 0.0 && cfg.repetition_penalty.is_finite()) {
+            return bad(format!("repetition penalty must be > 0, got {}", cfg.repetition_penalty));
+        }
+        Ok(Sampler { cfg: cfg.clone(), rng: ChaCha8Rng::seed_from_u64(cfg.seed) })
+    }
+
+    /// Chooses a token. `context` holds every token so far (prompt and generated), for the penalty.
+    pub fn sample(&mut self, logits: &mut [f32], context: &[u32]) -> u32 {
+        let p = self.cfg.repetition_penalty;
+        if p != 1.0 {
+            let mut seen = std::collections::HashSet::new();
+            for &t in context {
+                if let Some(l) = logits.get_mut(t as usize).filter(|_| seen.insert(t)) {
+                    *l = if *l < 0.0 { *l * p } else { *l / p };
+                }
+            }
+        }
+        if self.cfg.temperature == 0.0 {
+            return argmax(logits);
+        }
+        let t = self.cfg.temperature;
+        let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l / t)).collect();
+        cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        if self.cfg.top_k > 0 {
+            cand.truncate(self.cfg.top_k);
+        }
+        let max = cand[0].1;
+        let mut probs: Vec<f32> = cand.iter().map(|c| (c.1 - max).exp()).collect();
+        let sum: f32 = probs.iter().sum();
+        probs.iter_mut().for_each(|p| *p /= sum);
+        if self.cfg.top_p < 1.0 {
+            // Keep tokens until the cumulative probability reaches top_p (at least one).
+            let mut acc = 0.0;
+            let keep = probs
+                .iter()
+                .position(|&p| {
+                    acc += p;
+                    acc >= self.cfg.top_p
+                })
+                .map_or(probs.len(), |i| i + 1);
+            probs.truncate(keep);
+            let sum: f32 = probs.iter().sum();
+            probs.iter_mut().for_each(|p| *p /= sum);
+        }
+        let r: f32 = self.rng.random();
+        let mut acc = 0.0;
+        for (i, p) in probs.iter().enumerate() {
+            acc += p;
+            if r < acc {
+                return cand[i].0;
+            }
+        }
+        cand[probs.len() - 1].0
+    }
+}
+
+/// Index of the largest value (the first on ties).
+pub fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Holds back streamed text that might be the start of a stop string.
+struct StopStrings<'a> {
+    stops: &'a [String],
+    text: String,
+    emitted: usize,
+}
+
+impl StopStrings<'_> {
+    /// Adds text; returns what may be shown now and whether a stop string was hit.
+    fn push(&mut self, piece: &str) -> (String, bool) {
+        self.text.push_str(piece);
+        if let Some(at) = self.stops.iter().filter(|s| !s.is_empty()).filter_map(|s| self.text.find(s.as_str())).min() {
+            self.text.truncate(at);
+            return (self.flush(), true);
+        }
+        let hold = self.stops.iter().map(|s| s.len().saturating_sub(1)).max().unwrap_or(0);
+        let mut safe = self.text.len().saturating_sub(hold).max(self.emitted);
+        while !self.text.is_char_boundary(safe) {
+            safe -= 1;
+        }
+        let out = self.text[self.emitted..safe].to_string();
+        self.emitted = safe;
+        (out, false)
+    }
+
+    fn flush(&mut self) -> String {
+        let out = self.text[self.emitted..].to_string();
+        self.emitted = self.text.len();
+        out
+    }
+}
+
+/// Generates text from a prompt with a decoder and its tokenizer.
+pub struct Generator<'a, B: Backend> {
+    /// The model.
+    pub model: &'a Decoder<B>,
+    /// Its tokenizer.
+    pub tokenizer: &'a Tokenizer,
+}
+
+impl<B: Backend> Generator<'_, B> {
+    /// Generates after `prompt_ids`, calling `on_text` with each new piece of text as it is ready.
+    pub fn generate(
+        &self,
+        prompt_ids: &[u32],
+        cfg: &GenerationConfig,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Generated, GenerationError> {
+        if prompt_ids.is_empty() {
+            return Err(GenerationError::EmptyPrompt);
+        }
+        let ctx = self.model.config.max_position;
+        if prompt_ids.len() >= ctx {
+            return Err(GenerationError::PromptTooLong(prompt_ids.len(), ctx));
+        }
+        let mut sampler = Sampler::new(cfg)?;
+        let mut cache = self.model.new_cache();
+        let mut context = prompt_ids.to_vec();
+        let mut ids = Vec::new();
+        let mut stream = StreamDecoder::new();
+        let mut stops = StopStrings { stops: &cfg.stop_strings, text: String::new(), emitted: 0 };
+
+        let start = Instant::now();
+        let mut logits = self.model.forward_ids(prompt_ids, &mut cache, 1);
+        let mut prefill_time = Duration::ZERO;
+        let decode_start;
+        let mut reason = StopReason::MaxTokens;
+        let mut first = true;
+        loop {
+            let mut row: Vec<f32> = logits.into_data().convert::<f32>().into_vec().expect("f32 logits");
+            if first {
+                prefill_time = start.elapsed();
+                first = false;
+            }
+            if ids.len() >= cfg.max_new_tokens {
+                break;
+            }
+            let next = sampler.sample(&mut row, &context);
+            ids.push(next);
+            context.push(next);
+            if cfg.stop_tokens.contains(&next) {
+                reason = StopReason::StopToken;
+                break;
+            }
+            if let Some(piece) = stream.push(self.tokenizer, next)? {
+                let (show, hit) = stops.push(&piece);
+                if !show.is_empty() {
+                    on_text(&show);
+                }
+                if hit {
+                    reason = StopReason::StopString;
+                    break;
+                }
+            }
+            if context.len() >= ctx {
+                reason = StopReason::ContextFull;
+                break;
+            }
+            if ids.len() >= cfg.max_new_tokens {
+                break;
+            }
+            logits = self.model.forward_ids(&[next], &mut cache, 1);
+        }
+        decode_start = start + prefill_time;
+        if reason != StopReason::StopString {
+            let rest = stops.flush();
+            if !rest.is_empty() {
+                on_text(&rest);
+            }
+        }
+        Ok(Generated {
+            prompt_ids: prompt_ids.to_vec(),
+            ids,
+            text: stops.text,
+            stop_reason: reason,
+            prefill_time,
+            decode_time: decode_start.elapsed(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> GenerationConfig {
+        GenerationConfig::default()
+    }
+
+    #[test]
+    fn greedy_picks_the_largest_and_penalty_follows_hugging_face() {
+        let mut s = Sampler::new(&cfg()).unwrap();
+        assert_eq!(s.sample(&mut [0.1, 2.0, 1.9], &[]), 1);
+        // Penalty 2: positive logits are divided, negative multiplied; each token once.
+        let mut c = cfg();
+        c.repetition_penalty = 2.0;
+        let mut s = Sampler::new(&c).unwrap();
+        let mut logits = [1.0f32, 3.0, -1.0, 2.5];
+        assert_eq!(s.sample(&mut logits, &[1, 1, 2]), 3);
+        assert_eq!(logits, [1.0, 1.5, -2.0, 2.5]);
+    }
+
+    #[test]
+    fn same_seed_same_choices_and_top_k_one_is_greedy() {
+        let mut c = cfg();
+        c.temperature = 1.0;
+        c.seed = 42;
+        let logits: Vec<f32> = (0..50).map(|i| (i % 7) as f32 * 0.3).collect();
+        let draw = |c: &GenerationConfig| {
+            let mut s = Sampler::new(c).unwrap();
+            (0..20).map(|_| s.sample(&mut logits.clone(), &[])).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(&c), draw(&c));
+        let mut other = c.clone();
+        other.seed = 43;
+        assert_ne!(draw(&c), draw(&other));
+        c.top_k = 1;
+        assert!(draw(&c).iter().all(|&t| t == argmax(&logits)));
+    }
+
+    #[test]
+    fn top_p_keeps_only_the_nucleus() {
+        let mut c = cfg();
+        c.temperature = 1.0;
+        c.top_p = 0.5;
+        // Token 0 has probability ≈ 0.84 on its own, so it is the whole nucleus.
+        let logits = [4.0f32, 2.0, 1.0, 0.0];
+        let mut s = Sampler::new(&c).unwrap();
+        for _ in 0..50 {
+            assert_eq!(s.sample(&mut logits.clone(), &[]), 0);
+        }
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        let mut c = cfg();
+        c.top_p = 0.0;
+        assert!(Sampler::new(&c).is_err());
+        let mut c = cfg();
+        c.temperature = -1.0;
+        assert!(Sampler::new(&c).is_err());
+    }
+
+    #[test]
+    fn stop_strings_hold_back_possible_prefixes() {
+        let stops = vec!["</end>".to_string()];
+        let mut s = StopStrings { stops: &stops, text: String::new(), emitted: 0 };
+        let (a, hit) = s.push("Hello </e");
+        assert!(!hit);
+        assert_eq!(a, "Hell");
+        let (b, hit) = s.push("nd> more");
+        assert!(hit);
+        assert_eq!(b, "o ");
+        assert_eq!(s.text, "Hello ");
+    }
+}

@@ -1,0 +1,455 @@
+//! Tokenizers: byte-level BPE (GGUF `gpt2` type, or any Hugging Face `tokenizer.json`) and
+//! SentencePiece-style BPE over scored pieces (GGUF `llama` type), with a streaming decoder.
+
+use std::collections::{BinaryHeap, HashMap};
+use std::path::Path;
+
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, SplitDelimiterBehavior};
+
+use crate::gguf::Gguf;
+
+/// Errors from building or running a tokenizer.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    /// The GGUF metadata did not describe a tokenizer we can build.
+    #[error("tokenizer metadata: {0}")]
+    Metadata(String),
+    /// A `tokenizer.json` could not be loaded.
+    #[error("{path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Encoding or decoding failed inside the tokenizers library.
+    #[error("tokenizer: {0}")]
+    Library(String),
+}
+
+/// GGUF token types (`tokenizer.ggml.token_type`).
+const TOKEN_NORMAL: i64 = 1;
+const TOKEN_CONTROL: i64 = 3;
+const TOKEN_USER_DEFINED: i64 = 4;
+const TOKEN_BYTE: i64 = 6;
+
+/// Pre-tokenizer regexes of the byte-level BPE families, by `tokenizer.ggml.pre`.
+const QWEN2_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// A text tokenizer with its special tokens.
+pub struct Tokenizer {
+    inner: Inner,
+    /// Beginning-of-sequence token, if the model has one.
+    pub bos_id: Option<u32>,
+    /// End-of-sequence token, if the model has one.
+    pub eos_id: Option<u32>,
+    /// Whether the model expects BOS at the start of a raw prompt.
+    pub add_bos: bool,
+}
+
+enum Inner {
+    Hf(Box<tokenizers::Tokenizer>),
+    Spm(SentencePiece),
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.inner {
+            Inner::Hf(_) => "byte-level BPE",
+            Inner::Spm(_) => "SentencePiece",
+        };
+        f.debug_struct("Tokenizer").field("kind", &kind).field("vocab", &self.vocab_size()).finish()
+    }
+}
+
+fn int_array(g: &Gguf, key: &str) -> Result<Option<Vec<i64>>, TokenizerError> {
+    match g.get(key) {
+        None => Ok(None),
+        Some(v) => {
+            let bad = || TokenizerError::Metadata(format!("'{key}' must be an array of integers"));
+            let arr = v.as_array().ok_or_else(bad)?;
+            arr.iter().map(|e| e.as_i64().ok_or_else(bad)).collect::<Result<_, _>>().map(Some)
+        }
+    }
+}
+
+fn opt_id(g: &Gguf, key: &str, vocab: usize) -> Result<Option<u32>, TokenizerError> {
+    match g.get(key) {
+        None => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(id) if (id as usize) < vocab => Ok(Some(id as u32)),
+            _ => Err(TokenizerError::Metadata(format!("'{key}' = {v:?} is not a token id below {vocab}"))),
+        },
+    }
+}
+
+impl Tokenizer {
+    /// Builds the tokenizer a GGUF file describes (`tokenizer.ggml.*`).
+    pub fn from_gguf(g: &Gguf) -> Result<Self, TokenizerError> {
+        let meta = |e: crate::gguf::GgufError| TokenizerError::Metadata(e.to_string());
+        let model = g.get_str("tokenizer.ggml.model").map_err(meta)?;
+        let tokens = g.get_str_array("tokenizer.ggml.tokens").map_err(meta)?;
+        let n = tokens.len();
+        let types = int_array(g, "tokenizer.ggml.token_type")?.unwrap_or_else(|| vec![TOKEN_NORMAL; n]);
+        if types.len() != n {
+            return Err(TokenizerError::Metadata(format!(
+                "'tokenizer.ggml.token_type' has {} entries for {n} tokens",
+                types.len()
+            )));
+        }
+        let bos_id = opt_id(g, "tokenizer.ggml.bos_token_id", n)?;
+        let eos_id = opt_id(g, "tokenizer.ggml.eos_token_id", n)?;
+        let flag = |key: &str, default: bool| g.get(key).and_then(|v| v.as_bool()).unwrap_or(default);
+        let inner = match model {
+            "gpt2" => {
+                let merges = g.get_str_array("tokenizer.ggml.merges").map_err(meta)?;
+                let pre = g.get("tokenizer.ggml.pre").and_then(|v| v.as_str()).unwrap_or("default");
+                Inner::Hf(Box::new(byte_level_bpe(&tokens, &types, &merges, pre)?))
+            }
+            "llama" => {
+                let scores = match g.get("tokenizer.ggml.scores") {
+                    Some(v) => {
+                        let bad = || TokenizerError::Metadata("'tokenizer.ggml.scores' must be an array of floats".into());
+                        let a = v.as_array().ok_or_else(bad)?;
+                        a.iter().map(|e| e.as_f64().map(|x| x as f32).ok_or_else(bad)).collect::<Result<Vec<_>, _>>()?
+                    }
+                    None => vec![0.0; n],
+                };
+                if scores.len() != n {
+                    return Err(TokenizerError::Metadata(format!("'tokenizer.ggml.scores' has {} entries for {n} tokens", scores.len())));
+                }
+                let add_space_prefix = flag("tokenizer.ggml.add_space_prefix", true);
+                Inner::Spm(SentencePiece::new(&tokens, &scores, &types, add_space_prefix))
+            }
+            other => {
+                return Err(TokenizerError::Metadata(format!(
+                    "'tokenizer.ggml.model' = '{other}' is not supported (expected 'gpt2' or 'llama')"
+                )));
+            }
+        };
+        let add_bos = flag("tokenizer.ggml.add_bos_token", model == "llama");
+        Ok(Tokenizer { inner, bos_id, eos_id, add_bos })
+    }
+
+    /// Loads a Hugging Face `tokenizer.json`; special token ids come from the caller's config.
+    pub fn from_tokenizer_json(path: &Path, bos_id: Option<u32>, eos_id: Option<u32>, add_bos: bool) -> Result<Self, TokenizerError> {
+        let tok = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| TokenizerError::File { path: path.display().to_string(), reason: e.to_string() })?;
+        Ok(Tokenizer { inner: Inner::Hf(Box::new(tok)), bos_id, eos_id, add_bos })
+    }
+
+    /// Encodes text into token ids. Special tokens written in the text (`<|im_start|>`) become
+    /// their ids; no BOS is added (see [`Tokenizer::encode_prompt`]).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        match &self.inner {
+            Inner::Hf(t) => {
+                let enc = t.encode(text, false).map_err(|e| TokenizerError::Library(e.to_string()))?;
+                Ok(enc.get_ids().to_vec())
+            }
+            Inner::Spm(s) => Ok(s.encode(text)),
+        }
+    }
+
+    /// Encodes a prompt, prepending BOS when the model asks for it.
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        let mut ids = Vec::new();
+        if let (true, Some(bos)) = (self.add_bos, self.bos_id) {
+            ids.push(bos);
+        }
+        ids.extend(self.encode(text)?);
+        Ok(ids)
+    }
+
+    /// Decodes ids into text; control tokens are dropped when `skip_special` is set.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizerError> {
+        match &self.inner {
+            Inner::Hf(t) => t.decode(ids, skip_special).map_err(|e| TokenizerError::Library(e.to_string())),
+            Inner::Spm(s) => Ok(s.decode(ids, skip_special)),
+        }
+    }
+
+    /// The id of a token string, if it is in the vocabulary.
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        match &self.inner {
+            Inner::Hf(t) => t.token_to_id(token),
+            Inner::Spm(s) => s.ids.get(token).copied(),
+        }
+    }
+
+    /// The token string of an id.
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        match &self.inner {
+            Inner::Hf(t) => t.id_to_token(id),
+            Inner::Spm(s) => s.pieces.get(id as usize).cloned(),
+        }
+    }
+
+    /// Vocabulary size, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        match &self.inner {
+            Inner::Hf(t) => t.get_vocab_size(true),
+            Inner::Spm(s) => s.pieces.len(),
+        }
+    }
+}
+
+fn byte_level_bpe(tokens: &[&str], types: &[i64], merges: &[&str], pre: &str) -> Result<tokenizers::Tokenizer, TokenizerError> {
+    let lib = |e: tokenizers::Error| TokenizerError::Library(e.to_string());
+    let vocab: tokenizers::models::bpe::Vocab =
+        tokens.iter().enumerate().map(|(i, t)| (t.to_string(), i as u32)).collect();
+    let merges = merges
+        .iter()
+        .map(|m| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| TokenizerError::Metadata(format!("merge '{m}' in 'tokenizer.ggml.merges' has no space")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(lib)?;
+    let mut tok = tokenizers::Tokenizer::new(bpe);
+    let byte_level = ByteLevel::new(false, true, true);
+    let split = |re: &str| -> Result<_, TokenizerError> {
+        let split = Split::new(SplitPattern::Regex(re.into()), SplitDelimiterBehavior::Isolated, false).map_err(lib)?;
+        Ok(Sequence::new(vec![split.into(), ByteLevel::new(false, true, false).into()]))
+    };
+    match pre {
+        "default" | "gpt2" | "gpt-2" => {
+            tok.with_pre_tokenizer(Some(byte_level));
+        }
+        "smollm" => {
+            tok.with_pre_tokenizer(Some(Sequence::new(vec![Digits::new(true).into(), byte_level.into()])));
+        }
+        "qwen2" => {
+            tok.with_pre_tokenizer(Some(split(QWEN2_SPLIT)?));
+        }
+        "llama-bpe" | "llama3" => {
+            tok.with_pre_tokenizer(Some(split(LLAMA3_SPLIT)?));
+        }
+        other => {
+            return Err(TokenizerError::Metadata(format!(
+                "'tokenizer.ggml.pre' = '{other}' is not supported (known: default, gpt2, smollm, qwen2, llama-bpe); \
+                 use the model's Hugging Face folder with its tokenizer.json instead"
+            )));
+        }
+    }
+    tok.with_decoder(Some(ByteLevel::default()));
+    let added: Vec<AddedToken> = tokens
+        .iter()
+        .zip(types)
+        .filter(|(_, t)| **t == TOKEN_CONTROL || **t == TOKEN_USER_DEFINED)
+        .map(|(s, t)| AddedToken::from(s.to_string(), *t == TOKEN_CONTROL))
+        .collect();
+    tok.add_special_tokens(added).map_err(lib)?;
+    Ok(tok)
+}
+
+/// SentencePiece-style BPE over scored pieces (llama.cpp's `llama` vocabulary type): merges the
+/// adjacent pair whose joined piece has the highest score until none is left, with byte fallback.
+struct SentencePiece {
+    pieces: Vec<String>,
+    scores: Vec<f32>,
+    types: Vec<i64>,
+    ids: HashMap<String, u32>,
+    /// Control and user-defined pieces, matched literally in the input, longest first.
+    specials: Vec<(String, u32)>,
+    byte_ids: [Option<u32>; 256],
+    add_space_prefix: bool,
+}
+
+#[derive(PartialEq)]
+struct Bigram {
+    score: f32,
+    left: usize,
+    len: usize,
+}
+
+impl Eq for Bigram {}
+
+impl Ord for Bigram {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        // Highest score first; on ties, the leftmost pair.
+        self.score.total_cmp(&o.score).then(o.left.cmp(&self.left))
+    }
+}
+
+impl PartialOrd for Bigram {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+impl SentencePiece {
+    fn new(tokens: &[&str], scores: &[f32], types: &[i64], add_space_prefix: bool) -> Self {
+        let pieces: Vec<String> = tokens.iter().map(|s| s.to_string()).collect();
+        let ids = pieces.iter().enumerate().map(|(i, p)| (p.clone(), i as u32)).collect();
+        let mut specials: Vec<(String, u32)> = pieces
+            .iter()
+            .zip(types)
+            .enumerate()
+            .filter(|(_, (p, t))| (**t == TOKEN_CONTROL || **t == TOKEN_USER_DEFINED) && !p.is_empty())
+            .map(|(i, (p, _))| (p.clone(), i as u32))
+            .collect();
+        specials.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        let mut byte_ids = [None; 256];
+        for (i, (p, t)) in pieces.iter().zip(types).enumerate() {
+            if *t == TOKEN_BYTE
+                && let Some(hex) = p.strip_prefix("<0x").and_then(|r| r.strip_suffix('>'))
+                && let Ok(b) = u8::from_str_radix(hex, 16)
+            {
+                byte_ids[b as usize] = Some(i as u32);
+            }
+        }
+        SentencePiece { pieces, scores: scores.to_vec(), types: types.to_vec(), ids, specials, byte_ids, add_space_prefix }
+    }
+
+    fn encode(&self, text: &str) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut rest = text;
+        let mut first = true;
+        while !rest.is_empty() {
+            // Find the earliest special token in the remaining text.
+            let hit = self
+                .specials
+                .iter()
+                .filter_map(|(p, id)| rest.find(p.as_str()).map(|at| (at, p.len(), *id)))
+                .min_by_key(|&(at, len, _)| (at, std::cmp::Reverse(len)));
+            let (plain, special) = match hit {
+                Some((at, len, id)) => (&rest[..at], Some((len, id))),
+                None => (rest, None),
+            };
+            if !plain.is_empty() {
+                self.encode_plain(plain, first, &mut out);
+            }
+            first = false;
+            match special {
+                Some((len, id)) => {
+                    out.push(id);
+                    rest = &rest[plain.len() + len..];
+                }
+                None => break,
+            }
+        }
+        out
+    }
+
+    fn encode_plain(&self, text: &str, at_start: bool, out: &mut Vec<u32>) {
+        let mut s = String::with_capacity(text.len() + 3);
+        if self.add_space_prefix && at_start {
+            s.push('▁');
+        }
+        s.push_str(&text.replace(' ', "▁"));
+        // Symbols: byte ranges of the string, linked left/right.
+        let mut start: Vec<usize> = s.char_indices().map(|(i, _)| i).collect();
+        let n = start.len();
+        start.push(s.len());
+        let mut len: Vec<usize> = (0..n).map(|i| start[i + 1] - start[i]).collect();
+        let mut prev: Vec<isize> = (0..n as isize).map(|i| i - 1).collect();
+        let mut next: Vec<usize> = (1..=n).collect();
+        let mut heap = BinaryHeap::new();
+        let try_push = |heap: &mut BinaryHeap<Bigram>, left: usize, right: usize, len: &[usize], start: &[usize]| {
+            if right >= n {
+                return;
+            }
+            let piece = &s[start[left]..start[right] + len[right]];
+            if let Some(&id) = self.ids.get(piece) {
+                heap.push(Bigram { score: self.scores[id as usize], left, len: piece.len() });
+            }
+        };
+        for i in 1..n {
+            try_push(&mut heap, i - 1, i, &len, &start);
+        }
+        while let Some(b) = heap.pop() {
+            let right = next[b.left];
+            // Stale entry: one side was merged since it was pushed.
+            if len[b.left] == 0 || right >= n || len[b.left] + len[right] != b.len {
+                continue;
+            }
+            len[b.left] += len[right];
+            len[right] = 0;
+            next[b.left] = next[right];
+            if next[right] < n {
+                prev[next[right]] = b.left as isize;
+            }
+            if prev[b.left] >= 0 {
+                try_push(&mut heap, prev[b.left] as usize, b.left, &len, &start);
+            }
+            try_push(&mut heap, b.left, next[b.left], &len, &start);
+        }
+        let mut i = 0;
+        while i < n {
+            let piece = &s[start[i]..start[i] + len[i]];
+            match self.ids.get(piece) {
+                Some(&id) if self.types[id as usize] != TOKEN_CONTROL => out.push(id),
+                _ => {
+                    for &byte in piece.as_bytes() {
+                        // A byte with no piece maps to token 0 (unknown), as llama.cpp does.
+                        out.push(self.byte_ids[byte as usize].unwrap_or(0));
+                    }
+                }
+            }
+            i = next[i];
+        }
+    }
+
+    fn decode(&self, ids: &[u32], skip_special: bool) -> String {
+        let mut bytes = Vec::new();
+        for (k, &id) in ids.iter().enumerate() {
+            let Some(piece) = self.pieces.get(id as usize) else { continue };
+            match self.types[id as usize] {
+                TOKEN_BYTE => {
+                    if let Some(b) = self.byte_ids.iter().position(|&x| x == Some(id)) {
+                        bytes.push(b as u8);
+                    }
+                }
+                TOKEN_CONTROL if skip_special => {}
+                TOKEN_CONTROL => bytes.extend_from_slice(piece.as_bytes()),
+                _ => {
+                    let text = piece.replace('▁', " ");
+                    let text = if k == 0 && self.add_space_prefix { text.strip_prefix(' ').unwrap_or(&text).to_string() } else { text };
+                    bytes.extend_from_slice(text.as_bytes());
+                }
+            }
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+/// Turns a growing list of token ids into text pieces that are always valid UTF-8, for streaming.
+///
+/// It decodes a small window of recent ids and emits only text that is complete (does not end in
+/// a partial character), so multi-token characters such as emoji come out whole.
+#[derive(Debug, Default)]
+pub struct StreamDecoder {
+    ids: Vec<u32>,
+    prefix: usize,
+    read: usize,
+}
+
+impl StreamDecoder {
+    /// A decoder with no tokens yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds one token; returns the new text it completes, if any.
+    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<Option<String>, TokenizerError> {
+        self.ids.push(id);
+        let before = tok.decode(&self.ids[self.prefix..self.read], true)?;
+        let now = tok.decode(&self.ids[self.prefix..], true)?;
+        let new = now.strip_prefix(before.as_str()).filter(|n| !n.is_empty() && !n.ends_with('\u{FFFD}'));
+        if let Some(new) = new {
+            let new = new.to_string();
+            self.prefix = self.read;
+            self.read = self.ids.len();
+            Ok(Some(new))
+        } else {
+            Ok(None)
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! Parity with the reference implementation (transformers' GGUF loader, f32) on SmolLM2-135M:
+//! chat template, prompt ids, last-3 logits within 1e-3 and 48 greedy tokens, plus raw
+//! tokenizer cases. Expected values come from `../shared/fixtures/smollm2`.
+
+mod common;
+
+use std::sync::OnceLock;
+
+use burn::backend::Flex;
+use serde::Deserialize;
+use xcomposer_llm::{GenerationConfig, LanguageModel, Message};
+
+#[derive(Deserialize)]
+struct Expected {
+    model_sha256: String,
+    cases: Vec<Case>,
+    tokenizer_cases: Vec<TokCase>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    user_message: String,
+    chat_text: String,
+    prompt_ids: Vec<u32>,
+    greedy_new_ids: Vec<u32>,
+    greedy_text: String,
+    last_top10_ids: Vec<u32>,
+}
+
+#[derive(Deserialize)]
+struct TokCase {
+    text: String,
+    ids: Vec<u32>,
+}
+
+fn expected() -> &'static Expected {
+    static E: OnceLock<Expected> = OnceLock::new();
+    E.get_or_init(|| {
+        let text = std::fs::read_to_string(common::fixture("smollm2").join("expected.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    })
+}
+
+fn model() -> &'static LanguageModel<Flex> {
+    static M: OnceLock<LanguageModel<Flex>> = OnceLock::new();
+    M.get_or_init(|| {
+        let path = common::default_model();
+        assert_eq!(xcomposer_llm::fetch::sha256_file(&path).unwrap(), expected().model_sha256);
+        LanguageModel::load(&path, &Default::default()).unwrap()
+    })
+}
+
+fn reference_logits(case: usize) -> Vec<f32> {
+    let bytes = std::fs::read(common::fixture("smollm2").join("logits.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor(&format!("case{case}.last3_logits")).unwrap();
+    assert_eq!(t.shape(), &[3, 49152]);
+    t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+}
+
+#[test]
+fn raw_tokenizer_cases_match() {
+    let tok = &model().tokenizer;
+    for c in &expected().tokenizer_cases {
+        assert_eq!(tok.encode(&c.text).unwrap(), c.ids, "encoding {:?}", c.text);
+        assert_eq!(tok.decode(&c.ids, false).unwrap(), c.text, "decoding {:?}", c.ids);
+    }
+}
+
+#[test]
+fn chat_template_and_prompt_ids_match() {
+    let m = model();
+    for c in &expected().cases {
+        let text = m.chat_prompt(&[Message::new("user", &c.user_message)]).unwrap();
+        assert_eq!(text, c.chat_text);
+        assert_eq!(m.tokenizer.encode(&text).unwrap(), c.prompt_ids, "prompt ids of {:?}", c.user_message);
+    }
+}
+
+#[test]
+fn last_three_logits_within_1e_3() {
+    let m = model();
+    for (i, c) in expected().cases.iter().enumerate() {
+        let mut cache = m.decoder.new_cache();
+        let logits = m.decoder.forward_ids(&c.prompt_ids, &mut cache, 3);
+        assert_eq!(logits.dims(), [1, 3, 49152]);
+        let ours: Vec<f32> = logits.into_data().into_vec().unwrap();
+        let theirs = reference_logits(i);
+        let max_abs = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        eprintln!("case {i}: max |Δlogit| = {max_abs:.3e}");
+        assert!(max_abs <= 1e-3, "case {i}: max-abs logit difference {max_abs}");
+        // The reference's top-10 at the last position, in order.
+        let last = &ours[2 * 49152..];
+        let mut order: Vec<u32> = (0..49152).collect();
+        order.sort_by(|&a, &b| last[b as usize].total_cmp(&last[a as usize]));
+        assert_eq!(&order[..10], &c.last_top10_ids[..]);
+    }
+}
+
+#[test]
+fn greedy_tokens_match_exactly() {
+    let m = model();
+    for c in &expected().cases {
+        let cfg = GenerationConfig { max_new_tokens: 48, ..Default::default() };
+        let mut streamed = String::new();
+        let out = m.generate(&c.prompt_ids, &cfg, &mut |t| streamed.push_str(t)).unwrap();
+        assert_eq!(out.ids, c.greedy_new_ids, "greedy ids for {:?}", c.user_message);
+        assert_eq!(m.tokenizer.decode(&out.ids, false).unwrap(), c.greedy_text);
+        // The streamed text is the decoded text without the stop token.
+        assert_eq!(streamed, out.text);
+        assert_eq!(streamed, m.tokenizer.decode(&out.ids, true).unwrap());
+    }
+}
+
+#[test]
+fn same_seed_gives_the_same_sampled_text() {
+    let m = model();
+    let ids = &expected().cases[2].prompt_ids;
+    let cfg = GenerationConfig { max_new_tokens: 24, temperature: 0.9, top_p: 0.95, top_k: 50, seed: 7, ..Default::default() };
+    let a = m.generate(ids, &cfg, &mut |_| {}).unwrap();
+    let b = m.generate(ids, &cfg, &mut |_| {}).unwrap();
+    assert_eq!(a.ids, b.ids);
+    let other = m.generate(ids, &GenerationConfig { seed: 8, ..cfg.clone() }, &mut |_| {}).unwrap();
+    assert_ne!(a.ids, other.ids, "a different seed should sample differently");
+}
+
+#[test]
+fn stop_strings_and_token_budget() {
+    let m = model();
+    let c = &expected().cases[0];
+    // The greedy reply starts "The Great Wall of China is a testament…": stop at " is".
+    let cfg = GenerationConfig { max_new_tokens: 48, stop_strings: vec![" is".into()], ..Default::default() };
+    let out = m.generate(&c.prompt_ids, &cfg, &mut |_| {}).unwrap();
+    assert_eq!(out.text, "The Great Wall of China");
+    assert_eq!(out.stop_reason, xcomposer_llm::StopReason::StopString);
+    let cfg = GenerationConfig { max_new_tokens: 5, ..Default::default() };
+    let out = m.generate(&c.prompt_ids, &cfg, &mut |_| {}).unwrap();
+    assert_eq!(out.ids, c.greedy_new_ids[..5]);
+    assert_eq!(out.stop_reason, xcomposer_llm::StopReason::MaxTokens);
+}
