@@ -25,8 +25,9 @@ def run():
     pp = len(ids) / (time.perf_counter() - t)
     t = time.perf_counter()
     for _ in range(gen):
-        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        llm.eval([tok])
+        # Logits of the last evaluated token (llama.cpp keeps only that row).
+        logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
+        llm.eval([int(np.argmax(logits))])
     tg = gen / (time.perf_counter() - t)
     return pp, tg
 

@@ -12,7 +12,8 @@ use burn::tensor::{Bool, Int, Tensor, TensorData};
 use rayon::prelude::*;
 
 use crate::config::DecoderConfig;
-use crate::weights::{HostTensor, WeightError, WeightSource};
+use crate::matvec::QMatrix;
+use crate::weights::{HostTensor, RawTensor, WeightError, WeightSource};
 
 /// Checkpoint key names: (Hugging Face name, GGUF name), `{}` standing for the layer index.
 /// The HF names are canonical; a GGUF source is read through the right-hand column.
@@ -87,15 +88,41 @@ impl<B: Backend> KvCache<B> {
     }
 }
 
+/// A projection `y = x·W` with `W` stored `[in, out]` for burn, and, on the CPU, the same weight
+/// in its file encoding ([`QMatrix`] rows, possibly several stacked parts) for one-token steps.
+struct Linear<B: Backend> {
+    w: Tensor<B, 2>,
+    host: Vec<QMatrix>,
+}
+
+impl<B: Backend> Linear<B> {
+    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, s, _] = x.dims();
+        if b * s == 1 && !self.host.is_empty() {
+            let device = x.device();
+            let xv: Vec<f32> = x.into_data().convert::<f32>().into_vec().expect("f32 activations");
+            let out: usize = self.host.iter().map(|m| m.rows).sum();
+            let mut y = vec![0f32; out];
+            let mut at = 0;
+            for m in &self.host {
+                m.matvec(&xv, &mut y[at..at + m.rows]);
+                at += m.rows;
+            }
+            return Tensor::from_data(TensorData::new(y, [1, 1, out]), &device);
+        }
+        x.matmul(self.w.clone().unsqueeze_dim(0))
+    }
+}
+
 struct Layer<B: Backend> {
     attn_norm: Tensor<B, 1>,
-    wqkv: Tensor<B, 2>,
+    wqkv: Linear<B>,
     bqkv: Option<Tensor<B, 1>>,
-    wo: Tensor<B, 2>,
+    wo: Linear<B>,
     bo: Option<Tensor<B, 1>>,
     ffn_norm: Tensor<B, 1>,
-    w_gate_up: Tensor<B, 2>,
-    w_down: Tensor<B, 2>,
+    w_gate_up: Linear<B>,
+    w_down: Linear<B>,
 }
 
 /// A llama-family decoder-only transformer.
@@ -105,7 +132,7 @@ pub struct Decoder<B: Backend> {
     embed: Tensor<B, 2>,
     layers: Vec<Layer<B>>,
     norm: Tensor<B, 1>,
-    lm_head: Tensor<B, 2>,
+    lm_head: Linear<B>,
     cos: Tensor<B, 2>,
     sin: Tensor<B, 2>,
     device: B::Device,
@@ -122,57 +149,102 @@ fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-/// Undoes llama.cpp's q/k row permutation: GGUF row `(head, i, pair)` → HF row `(head, pair, i)`.
-fn unpermute_rows(w: &HostTensor, n_head: usize) -> HostTensor {
-    let (rows, cols) = (w.shape[0], w.data.len() / w.shape[0]);
+/// For each HF row, the GGUF row it comes from (see [`unpermute_rows`]).
+fn unpermute_order(rows: usize, n_head: usize) -> Vec<usize> {
     let half = rows / n_head / 2;
-    let mut out = vec![0f32; w.data.len()];
+    let mut order = vec![0; rows];
     for h in 0..n_head {
         for i in 0..half {
             for pair in 0..2 {
-                let src = (h * half + i) * 2 + pair;
-                let dst = h * 2 * half + pair * half + i;
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&w.data[src * cols..(src + 1) * cols]);
+                order[h * 2 * half + pair * half + i] = (h * half + i) * 2 + pair;
             }
         }
     }
-    HostTensor { data: out, shape: w.shape.clone() }
+    order
+}
+
+/// Block-encoded parts of a stacked projection: consecutive parts of one type share a matrix.
+fn host_parts(parts: Vec<(RawTensor<'_>, Vec<usize>)>, cols: usize) -> Result<Vec<QMatrix>, String> {
+    let mut out: Vec<QMatrix> = Vec::new();
+    let mut i = 0;
+    while i < parts.len() {
+        let ty = parts[i].0.ty;
+        let mut j = i;
+        while j < parts.len() && parts[j].0.ty == ty {
+            if parts[j].0.cols != cols {
+                return Err(format!("{} columns, expected {cols}", parts[j].0.cols));
+            }
+            j += 1;
+        }
+        let group: Vec<(&[u8], Vec<usize>)> = parts[i..j].iter().map(|(r, o)| (r.bytes, o.clone())).collect();
+        out.push(QMatrix::from_rows(ty, cols, &group)?);
+        i = j;
+    }
+    Ok(out)
+}
+
+/// Undoes llama.cpp's q/k row permutation: GGUF row `(head, i, pair)` → HF row `(head, pair, i)`.
+pub(crate) fn unpermute_rows(w: &HostTensor, n_head: usize) -> HostTensor {
+    let (rows, cols) = (w.shape[0], w.data.len() / w.shape[0]);
+    let data = unpermute_order(rows, n_head)
+        .into_iter()
+        .flat_map(|src| w.data[src * cols..(src + 1) * cols].iter().copied())
+        .collect();
+    HostTensor { data, shape: w.shape.clone() }
 }
 
 impl<B: Backend> Decoder<B> {
-    /// Loads a decoder from a weight source whose names follow `style`.
+    /// Loads a decoder from a weight source whose names follow `style`. On the CPU backend,
+    /// weights the source keeps block-encoded (GGUF) are also kept that way for decoding.
     pub fn load(config: DecoderConfig, src: &dyn WeightSource, style: KeyStyle, device: &B::Device) -> Result<Self, WeightError> {
         let c = &config;
         let (d, hd) = (c.hidden_size, c.head_dim);
         let (q_out, kv_out) = (c.num_heads * hd, c.num_kv_heads * hd);
         let get = |hf: &str, layer: usize, shape: &[usize]| src.load_shaped(&style.name(hf, layer), shape);
         let vec1 = |t: HostTensor| Tensor::<B, 1>::from_data(TensorData::new(t.data, [t.shape[0]]), device);
-        // A Linear weight `[out, in]` (or several stacked on `out`) becomes our `[in, out]`.
-        let linear_t = |parts: Vec<HostTensor>| {
-            let rows: usize = parts.iter().map(|p| p.shape[0]).sum();
-            let cols = parts[0].shape[1];
-            let data: Vec<f32> = parts.into_iter().flat_map(|p| p.data).collect();
-            Tensor::<B, 2>::from_data(TensorData::new(transpose(&data, rows, cols), [cols, rows]), device)
-        };
         let permuted = matches!(style, KeyStyle::Gguf { permuted_qk: true });
-
-        let embed_host = get("model.embed_tokens.weight", 0, &[c.vocab_size, d])?;
-        let lm_head = if c.tie_word_embeddings {
-            linear_t(vec![embed_host.clone()])
-        } else {
-            linear_t(vec![get("lm_head.weight", 0, &[c.vocab_size, d])?])
+        let host_matvec = std::any::TypeId::of::<B>() == std::any::TypeId::of::<burn::backend::Flex>();
+        // Stacks Linear weights `[out, in]` (HF names, expected out rows, heads to un-permute)
+        // into one projection.
+        let linear = |parts: &[(&str, usize, Option<usize>)], layer: usize, cols: usize| -> Result<Linear<B>, WeightError> {
+            let mut dense = Vec::with_capacity(parts.len());
+            let mut raws = Vec::with_capacity(parts.len());
+            for &(hf, rows, heads) in parts {
+                let mut t = get(hf, layer, &[rows, cols])?;
+                let order: Vec<usize> = match heads.filter(|_| permuted) {
+                    Some(n_head) => {
+                        t = unpermute_rows(&t, n_head);
+                        unpermute_order(rows, n_head)
+                    }
+                    None => (0..rows).collect(),
+                };
+                dense.push(t);
+                raws.push(src.raw(&style.name(hf, layer)).map(|r| (r, order)));
+            }
+            let rows: usize = dense.iter().map(|p| p.shape[0]).sum();
+            let data: Vec<f32> = dense.into_iter().flat_map(|p| p.data).collect();
+            let w = Tensor::<B, 2>::from_data(TensorData::new(transpose(&data, rows, cols), [cols, rows]), device);
+            let host = if host_matvec && raws.iter().all(|r| r.is_some()) {
+                host_parts(raws.into_iter().flatten().collect(), cols).map_err(|reason| WeightError::File {
+                    path: src.source_name().into(),
+                    reason: format!("{}: {reason}", style.name(parts[0].0, layer)),
+                })?
+            } else {
+                vec![]
+            };
+            Ok(Linear { w, host })
         };
+
+        let lm_head = if c.tie_word_embeddings {
+            linear(&[("model.embed_tokens.weight", c.vocab_size, None)], 0, d)?
+        } else {
+            linear(&[("lm_head.weight", c.vocab_size, None)], 0, d)?
+        };
+        let embed_host = get("model.embed_tokens.weight", 0, &[c.vocab_size, d])?;
         let embed = Tensor::<B, 2>::from_data(TensorData::new(embed_host.data, [c.vocab_size, d]), device);
 
         let mut layers = Vec::with_capacity(c.num_layers);
         for l in 0..c.num_layers {
-            let mut wq = get("model.layers.{}.self_attn.q_proj.weight", l, &[q_out, d])?;
-            let mut wk = get("model.layers.{}.self_attn.k_proj.weight", l, &[kv_out, d])?;
-            let wv = get("model.layers.{}.self_attn.v_proj.weight", l, &[kv_out, d])?;
-            if permuted {
-                wq = unpermute_rows(&wq, c.num_heads);
-                wk = unpermute_rows(&wk, c.num_kv_heads);
-            }
             let bqkv = if c.qkv_bias {
                 let bq = get("model.layers.{}.self_attn.q_proj.bias", l, &[q_out])?;
                 let bk = get("model.layers.{}.self_attn.k_proj.bias", l, &[kv_out])?;
@@ -183,18 +255,28 @@ impl<B: Backend> Decoder<B> {
                 None
             };
             let bo = if c.o_bias { Some(vec1(get("model.layers.{}.self_attn.o_proj.bias", l, &[d])?)) } else { None };
+            let ff = c.intermediate_size;
             layers.push(Layer {
                 attn_norm: vec1(get("model.layers.{}.input_layernorm.weight", l, &[d])?),
-                wqkv: linear_t(vec![wq, wk, wv]),
+                wqkv: linear(
+                    &[
+                        ("model.layers.{}.self_attn.q_proj.weight", q_out, Some(c.num_heads)),
+                        ("model.layers.{}.self_attn.k_proj.weight", kv_out, Some(c.num_kv_heads)),
+                        ("model.layers.{}.self_attn.v_proj.weight", kv_out, None),
+                    ],
+                    l,
+                    d,
+                )?,
                 bqkv,
-                wo: linear_t(vec![get("model.layers.{}.self_attn.o_proj.weight", l, &[d, q_out])?]),
+                wo: linear(&[("model.layers.{}.self_attn.o_proj.weight", d, None)], l, q_out)?,
                 bo,
                 ffn_norm: vec1(get("model.layers.{}.post_attention_layernorm.weight", l, &[d])?),
-                w_gate_up: linear_t(vec![
-                    get("model.layers.{}.mlp.gate_proj.weight", l, &[c.intermediate_size, d])?,
-                    get("model.layers.{}.mlp.up_proj.weight", l, &[c.intermediate_size, d])?,
-                ]),
-                w_down: linear_t(vec![get("model.layers.{}.mlp.down_proj.weight", l, &[d, c.intermediate_size])?]),
+                w_gate_up: linear(
+                    &[("model.layers.{}.mlp.gate_proj.weight", ff, None), ("model.layers.{}.mlp.up_proj.weight", ff, None)],
+                    l,
+                    d,
+                )?,
+                w_down: linear(&[("model.layers.{}.mlp.down_proj.weight", d, None)], l, ff)?,
             });
         }
         let norm = vec1(get("model.norm.weight", 0, &[d])?);
@@ -232,7 +314,7 @@ impl<B: Backend> Decoder<B> {
         let h = self.hidden_states(x, cache);
         let [b, s, d] = h.dims();
         let last_n = last_n.clamp(1, s);
-        h.slice([0..b, s - last_n..s, 0..d]).matmul(self.lm_head.clone().unsqueeze_dim(0))
+        self.lm_head.forward(h.slice([0..b, s - last_n..s, 0..d]))
     }
 
     /// The final normalised hidden states `[batch, seq, hidden]`, appending to `cache`.
@@ -240,7 +322,8 @@ impl<B: Backend> Decoder<B> {
         let c = &self.config;
         let [b, s, _] = x.dims();
         let past = cache.len;
-        let mask = (s > 1).then(|| causal_mask::<B>(b, c.num_heads, s, past, &self.device));
+        let g = c.num_heads / c.num_kv_heads;
+        let mask = (s > 1).then(|| causal_mask::<B>(b, c.num_kv_heads, g, s, past, &self.device));
         let cos = self.cos.clone().slice([past..past + s, 0..c.head_dim]).unsqueeze_dims::<4>(&[0, 0]);
         let sin = self.sin.clone().slice([past..past + s, 0..c.head_dim]).unsqueeze_dims::<4>(&[0, 0]);
         for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
@@ -266,7 +349,7 @@ impl<B: Backend> Decoder<B> {
         let c = &self.config;
         let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let [b, s, _] = h.dims();
-        let mut qkv = h.matmul(layer.wqkv.clone().unsqueeze_dim(0));
+        let mut qkv = layer.wqkv.forward(h);
         if let Some(bias) = &layer.bqkv {
             qkv = qkv + bias.clone().unsqueeze_dims::<3>(&[0, 0]);
         }
@@ -281,9 +364,13 @@ impl<B: Backend> Decoder<B> {
             None => (k, v),
         };
         *slot = Some((k.clone(), v.clone()));
-        let (k, v) = (repeat_kv(k, nh / nkv), repeat_kv(v, nh / nkv));
-        let out = attention(q, k, v, mask, None, AttentionModuleOptions { scale: None, softcap: None, is_causal: false });
-        let mut out = out.swap_dims(1, 2).reshape([b, s, nh * hd]).matmul(layer.wo.clone().unsqueeze_dim(0));
+        // Grouped-query attention without copying k/v per query head: the g query heads that
+        // share a kv head are stacked along the query axis (rows j·s + i), one kv head each.
+        let g = nh / nkv;
+        let q = q.reshape([b, nkv, g * s, hd]);
+        let opts = AttentionModuleOptions { scale: None, softcap: None, is_causal: false };
+        let out = attention(q, k, v, mask, None, opts).reshape([b, nh, s, hd]);
+        let mut out = layer.wo.forward(out.swap_dims(1, 2).reshape([b, s, nh * hd]));
         if let Some(bias) = &layer.bo {
             out = out + bias.clone().unsqueeze_dims::<3>(&[0, 0]);
         }
@@ -293,10 +380,10 @@ impl<B: Backend> Decoder<B> {
     fn mlp(&self, layer: &Layer<B>, h: Tensor<B, 3>) -> Tensor<B, 3> {
         let ff = self.config.intermediate_size;
         let [b, s, _] = h.dims();
-        let gu = h.matmul(layer.w_gate_up.clone().unsqueeze_dim(0));
+        let gu = layer.w_gate_up.forward(h);
         let gate = gu.clone().slice([0..b, 0..s, 0..ff]);
         let up = gu.slice([0..b, 0..s, ff..2 * ff]);
-        (silu(gate) * up).matmul(layer.w_down.clone().unsqueeze_dim(0))
+        layer.w_down.forward(silu(gate) * up)
     }
 }
 
@@ -333,22 +420,14 @@ fn rope_tables<B: Backend>(c: &DecoderConfig, device: &B::Device) -> (Tensor<B, 
     )
 }
 
-/// `[b, kv_heads, t, d]` → `[b, kv_heads * n_rep, t, d]`, each kv head serving `n_rep` q heads.
-fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 4> {
-    if n_rep == 1 {
-        return x;
-    }
-    let [b, h, t, d] = x.dims();
-    x.unsqueeze_dim::<5>(2).expand([b, h, n_rep, t, d]).reshape([b, h * n_rep, t, d])
-}
-
-/// True where query `i` (at absolute position `past + i`) must not see key `j`.
-fn causal_mask<B: Backend>(b: usize, heads: usize, s: usize, past: usize, device: &B::Device) -> Tensor<B, 4, Bool> {
+/// True where a query may not see a key: `[b, kv_heads, g·s, past + s]`, row `j·s + i` being
+/// query head j of the group at position `past + i`.
+fn causal_mask<B: Backend>(b: usize, kv_heads: usize, g: usize, s: usize, past: usize, device: &B::Device) -> Tensor<B, 4, Bool> {
     let t = past + s;
-    let data: Vec<bool> = (0..s).flat_map(|i| (0..t).map(move |j| j > past + i)).collect();
-    Tensor::<B, 2, Bool>::from_data(TensorData::new(data, [s, t]), device)
+    let data: Vec<bool> = (0..g * s).flat_map(|r| (0..t).map(move |j| j > past + r % s)).collect();
+    Tensor::<B, 2, Bool>::from_data(TensorData::new(data, [g * s, t]), device)
         .unsqueeze_dims::<4>(&[0, 0])
-        .expand([b, heads, s, t])
+        .expand([b, kv_heads, g * s, t])
 }
 
 #[cfg(test)]

@@ -21,10 +21,12 @@
 
 pub mod chat;
 pub mod config;
+pub mod convert;
 pub mod decoder;
 pub mod fetch;
 pub mod generation;
 pub mod gguf;
+pub mod matvec;
 pub mod model;
 pub mod quant;
 pub mod tokenizer;

@@ -89,7 +89,9 @@ impl GgmlType {
         }
     }
 
-    fn decode_block(self, b: &[u8], y: &mut [f32]) {
+    /// Decodes one block (`block_bytes()` bytes) into `block_size()` values.
+    #[inline(always)]
+    pub(crate) fn decode_block(self, b: &[u8], y: &mut [f32]) {
         match self {
             Self::F32 => y[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
             Self::F16 => y[0] = f16_at(b, 0),
@@ -131,10 +133,12 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>, Stri
     Ok(out)
 }
 
+#[inline(always)]
 fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
+#[inline(always)]
 fn q4_0(b: &[u8], y: &mut [f32]) {
     let d = f16_at(b, 0);
     let qs = &b[2..18];
@@ -144,6 +148,7 @@ fn q4_0(b: &[u8], y: &mut [f32]) {
     }
 }
 
+#[inline(always)]
 fn q4_1(b: &[u8], y: &mut [f32]) {
     let (d, m) = (f16_at(b, 0), f16_at(b, 2));
     let qs = &b[4..20];
@@ -154,6 +159,7 @@ fn q4_1(b: &[u8], y: &mut [f32]) {
 }
 
 /// The 5th bits of a Q5 block: bit j of `qh` belongs to value j.
+#[inline(always)]
 fn q5_values(qh: u32, qs: &[u8]) -> [u8; 32] {
     let mut q = [0u8; 32];
     for j in 0..16 {
@@ -165,6 +171,7 @@ fn q5_values(qh: u32, qs: &[u8]) -> [u8; 32] {
     q
 }
 
+#[inline(always)]
 fn q5_0(b: &[u8], y: &mut [f32]) {
     let d = f16_at(b, 0);
     let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
@@ -173,6 +180,7 @@ fn q5_0(b: &[u8], y: &mut [f32]) {
     }
 }
 
+#[inline(always)]
 fn q5_1(b: &[u8], y: &mut [f32]) {
     let (d, m) = (f16_at(b, 0), f16_at(b, 2));
     let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
@@ -181,6 +189,7 @@ fn q5_1(b: &[u8], y: &mut [f32]) {
     }
 }
 
+#[inline(always)]
 fn q8_0(b: &[u8], y: &mut [f32]) {
     let d = f16_at(b, 0);
     for (y, &q) in y.iter_mut().zip(&b[2..34]) {
@@ -188,6 +197,7 @@ fn q8_0(b: &[u8], y: &mut [f32]) {
     }
 }
 
+#[inline(always)]
 fn q2_k(b: &[u8], y: &mut [f32]) {
     let scales = &b[0..16];
     let qs = &b[16..80];
@@ -211,6 +221,7 @@ fn q2_k(b: &[u8], y: &mut [f32]) {
 }
 
 /// The sixteen 6-bit signed scales of a Q3_K block, unpacked from 12 bytes.
+#[inline(always)]
 fn q3_k_scales(s: &[u8]) -> [i8; 16] {
     let mut out = [0i8; 16];
     for (i, o) in out.iter_mut().enumerate() {
@@ -221,6 +232,7 @@ fn q3_k_scales(s: &[u8]) -> [i8; 16] {
     out
 }
 
+#[inline(always)]
 fn q3_k(b: &[u8], y: &mut [f32]) {
     let hmask = &b[0..32];
     let qs = &b[32..96];
@@ -249,6 +261,7 @@ fn q3_k(b: &[u8], y: &mut [f32]) {
 }
 
 /// Scale and minimum `j` (0..8) of a Q4_K/Q5_K block, 6 bits each, from 12 packed bytes.
+#[inline(always)]
 fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
@@ -257,6 +270,7 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
+#[inline(always)]
 fn q4_k(b: &[u8], y: &mut [f32]) {
     let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
     let scales = &b[4..16];
@@ -275,6 +289,7 @@ fn q4_k(b: &[u8], y: &mut [f32]) {
     }
 }
 
+#[inline(always)]
 fn q5_k(b: &[u8], y: &mut [f32]) {
     let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
     let scales = &b[4..16];
@@ -297,6 +312,7 @@ fn q5_k(b: &[u8], y: &mut [f32]) {
     }
 }
 
+#[inline(always)]
 fn q6_k(b: &[u8], y: &mut [f32]) {
     let ql = &b[0..128];
     let qh = &b[128..192];

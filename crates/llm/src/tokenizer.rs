@@ -190,6 +190,19 @@ impl Tokenizer {
         }
     }
 
+    /// Writes the tokenizer as a Hugging Face `tokenizer.json` (byte-level BPE tokenizers only).
+    pub fn save_json(&self, path: &Path) -> Result<(), TokenizerError> {
+        match &self.inner {
+            Inner::Hf(t) => t
+                .save(path, true)
+                .map_err(|e| TokenizerError::File { path: path.display().to_string(), reason: e.to_string() }),
+            Inner::Spm(_) => Err(TokenizerError::File {
+                path: path.display().to_string(),
+                reason: "a SentencePiece vocabulary from GGUF cannot be written as tokenizer.json".into(),
+            }),
+        }
+    }
+
     /// Vocabulary size, added tokens included.
     pub fn vocab_size(&self) -> usize {
         match &self.inner {

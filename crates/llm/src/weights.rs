@@ -73,6 +73,12 @@ pub trait WeightSource {
     /// Reads and converts a tensor to f32.
     fn load(&self, name: &str) -> Result<HostTensor, WeightError>;
 
+    /// The tensor's bytes in a GGUF block encoding, when the source stores it that way (so that
+    /// the CPU decode path can use it without dequantizing); `None` otherwise.
+    fn raw(&self, _name: &str) -> Option<RawTensor<'_>> {
+        None
+    }
+
     /// Reads a tensor and checks its shape.
     fn load_shaped(&self, name: &str, expected: &[usize]) -> Result<HostTensor, WeightError> {
         let t = self.load(name)?;
@@ -86,6 +92,19 @@ pub trait WeightSource {
         }
         Ok(t)
     }
+}
+
+/// A tensor still in its file encoding.
+#[derive(Debug, Clone, Copy)]
+pub struct RawTensor<'a> {
+    /// Block type.
+    pub ty: crate::quant::GgmlType,
+    /// Row-major shape.
+    pub rows: usize,
+    /// Values per row.
+    pub cols: usize,
+    /// The encoded rows.
+    pub bytes: &'a [u8],
 }
 
 /// A GGUF file as a weight source (tensors dequantized on load).
@@ -109,6 +128,12 @@ impl WeightSource for GgufWeights<'_> {
         }
         let (data, shape) = self.gguf.dequantize(name)?;
         Ok(HostTensor { data, shape })
+    }
+    fn raw(&self, name: &str) -> Option<RawTensor<'_>> {
+        let info = self.gguf.tensor_info(name)?;
+        let shape = info.shape();
+        let cols = *shape.last()?;
+        Some(RawTensor { ty: info.ggml_type, rows: info.n_elements() / cols.max(1), cols, bytes: self.gguf.tensor_bytes(info) })
     }
 }
 

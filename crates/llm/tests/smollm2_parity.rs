@@ -138,3 +138,26 @@ fn stop_strings_and_token_budget() {
     assert_eq!(out.ids, c.greedy_new_ids[..5]);
     assert_eq!(out.stop_reason, xcomposer_llm::StopReason::MaxTokens);
 }
+
+#[test]
+fn hugging_face_folder_gives_the_reference_numbers() {
+    // The same weights written as a sharded HF folder (f32 safetensors, tokenizer.json, config.json,
+    // tokenizer_config.json) must load through the folder path and meet the same reference.
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("hf-smollm2-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    xcomposer_llm::convert::gguf_to_hf(&common::default_model(), &dir, 300 << 20).unwrap();
+    assert!(dir.join("model.safetensors.index.json").exists(), "expected a sharded checkpoint");
+    let m = LanguageModel::<Flex>::load(&dir, &Default::default()).unwrap();
+    let c = &expected().cases[0];
+    let text = m.chat_prompt(&[Message::new("user", &c.user_message)]).unwrap();
+    assert_eq!(text, c.chat_text);
+    assert_eq!(m.tokenizer.encode(&text).unwrap(), c.prompt_ids);
+    let mut cache = m.decoder.new_cache();
+    let ours: Vec<f32> = m.decoder.forward_ids(&c.prompt_ids, &mut cache, 3).into_data().into_vec().unwrap();
+    let max_abs = ours.iter().zip(reference_logits(0)).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    eprintln!("HF folder: max |Δlogit| = {max_abs:.3e}");
+    assert!(max_abs <= 1e-3, "max-abs logit difference {max_abs}");
+    let out = m.generate(&c.prompt_ids, &GenerationConfig { max_new_tokens: 48, ..Default::default() }, &mut |_| {}).unwrap();
+    assert_eq!(out.ids, c.greedy_new_ids);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,395 @@
+//! `QMatrix`: a weight matrix kept in its GGUF block encoding, multiplied by one activation vector
+//! without dequantizing it first. This is the CPU decode path: one token's step is a handful of
+//! matrix-vector products whose cost is reading the weights, so reading 4-bit blocks instead of
+//! f32 values is what makes decoding fast. (burn's CPU matmul for `m = 1` reads f32 weights at a
+//! few GB/s.)
+//!
+//! Each row is decoded block by block into registers with the same block decoders as
+//! [`crate::quant`], and multiplied into per-lane accumulators; rows are split across rayon's
+//! threads. With AVX2 + FMA available at run time the inner loop is compiled for them.
+
+use rayon::prelude::*;
+
+use crate::quant::GgmlType;
+
+/// A row-major matrix `[rows, cols]` whose rows are stored as GGUF blocks of `ty`.
+#[derive(Clone)]
+pub struct QMatrix {
+    /// Block type of every row.
+    pub ty: GgmlType,
+    /// Number of rows (outputs).
+    pub rows: usize,
+    /// Number of columns (inputs); a multiple of the block size.
+    pub cols: usize,
+    data: Vec<u8>,
+}
+
+impl std::fmt::Debug for QMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QMatrix({:?}, {}x{})", self.ty, self.rows, self.cols)
+    }
+}
+
+impl QMatrix {
+    /// Bytes of one encoded row.
+    pub fn row_bytes(ty: GgmlType, cols: usize) -> usize {
+        cols / ty.block_size() * ty.block_bytes()
+    }
+
+    /// Builds a matrix from encoded rows taken from `src` in the order `order` (row indices of
+    /// `src`), so that rows can be permuted or several matrices stacked without decoding.
+    pub fn from_rows(ty: GgmlType, cols: usize, parts: &[(&[u8], Vec<usize>)]) -> Result<Self, String> {
+        if cols % ty.block_size() != 0 {
+            return Err(format!("{cols} columns is not a multiple of the {ty:?} block size"));
+        }
+        let rb = Self::row_bytes(ty, cols);
+        let rows: usize = parts.iter().map(|(_, o)| o.len()).sum();
+        let mut data = Vec::with_capacity(rows * rb);
+        for (src, order) in parts {
+            for &r in order {
+                let row = src.get(r * rb..(r + 1) * rb).ok_or_else(|| format!("row {r} is outside the {} bytes given", src.len()))?;
+                data.extend_from_slice(row);
+            }
+        }
+        Ok(QMatrix { ty, rows, cols, data })
+    }
+
+    /// `y = W x` for one vector `x` of length `cols`; `y` has length `rows`.
+    pub fn matvec(&self, x: &[f32], y: &mut [f32]) {
+        assert_eq!(x.len(), self.cols, "matvec input length");
+        assert_eq!(y.len(), self.rows, "matvec output length");
+        let rb = Self::row_bytes(self.ty, self.cols);
+        // Enough rows per task to amortise scheduling, few enough to balance two or more threads.
+        let chunk = (self.rows / (4 * rayon::current_num_threads())).clamp(16, 4096);
+        let avx2 = has_avx2_fma();
+        // Per-block sums of x: the minimum / offset term of Q4_0 and Q4_1 is `m · Σx`.
+        let block_sums: Vec<f32> = x.chunks_exact(32).map(|c| c.iter().sum()).collect();
+        let ty = self.ty;
+        y.par_chunks_mut(chunk).zip(self.data.par_chunks(chunk * rb)).for_each(|(y, rows)| {
+            for (out, row) in y.iter_mut().zip(rows.chunks_exact(rb)) {
+                *out = if avx2 {
+                    // SAFETY: the CPU was checked for AVX2, FMA and F16C; the row holds whole
+                    // blocks for `x.len()` values (checked by `from_rows` and the asserts above).
+                    unsafe { avx2::dot_row(ty, row, x, &block_sums) }
+                } else {
+                    dot_row(ty, row, x)
+                };
+            }
+        });
+    }
+}
+
+fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static DETECTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *DETECTED.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod avx2 {
+    use crate::quant::GgmlType;
+    pub unsafe fn dot_row(ty: GgmlType, row: &[u8], x: &[f32], _block_sums: &[f32]) -> f32 {
+        super::dot_row(ty, row, x)
+    }
+}
+
+/// Hand-written AVX2 kernels for the common types (f32 activations, so results match a
+/// dequantize-then-multiply up to summation order); the rest use the generic loop compiled
+/// with AVX2 enabled.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use crate::quant::GgmlType;
+
+    #[inline(always)]
+    unsafe fn f16_at(p: *const u8) -> f32 {
+        unsafe {
+            let bits = u16::from_le_bytes([*p, *p.add(1)]);
+            _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        unsafe {
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+            _mm_cvtss_f32(s)
+        }
+    }
+
+    /// Four independent accumulators, so that consecutive FMAs do not wait on each other.
+    type Acc = [__m256; 4];
+
+    #[inline(always)]
+    unsafe fn zero() -> Acc {
+        unsafe { [_mm256_setzero_ps(); 4] }
+    }
+
+    #[inline(always)]
+    unsafe fn sum(acc: Acc) -> f32 {
+        unsafe { hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]))) }
+    }
+
+    /// `acc += q · (d·x)` for 32 values; `q` as four groups of eight 32-bit integers.
+    #[inline(always)]
+    unsafe fn fma32(acc: &mut Acc, q: [__m256i; 4], d: f32, xp: *const f32) {
+        unsafe {
+            let d = _mm256_set1_ps(d);
+            for (k, a) in acc.iter_mut().enumerate() {
+                let xd = _mm256_mul_ps(_mm256_loadu_ps(xp.add(8 * k)), d);
+                *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q[k]), xd, *a);
+            }
+        }
+    }
+
+    /// Q4_0 (`HAS_MIN = false`: value = (q − 8)·d) and Q4_1 (value = q·d + m).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_q4<const HAS_MIN: bool>(row: &[u8], x: &[f32], block_sums: &[f32]) -> f32 {
+        let bb = if HAS_MIN { 20 } else { 18 };
+        let nb = x.len() / 32;
+        debug_assert!(row.len() >= nb * bb && block_sums.len() >= nb);
+        let mask = _mm_set1_epi8(0x0F);
+        let mut acc = unsafe { zero() };
+        let mut offset = 0f32;
+        for b in 0..nb {
+            unsafe {
+                let blk = row.as_ptr().add(b * bb);
+                let d = f16_at(blk);
+                let qs = _mm_loadu_si128(blk.add(bb - 16) as *const __m128i);
+                let lo = _mm_and_si128(qs, mask);
+                let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), mask);
+                let q = [
+                    _mm256_cvtepu8_epi32(lo),
+                    _mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)),
+                    _mm256_cvtepu8_epi32(hi),
+                    _mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)),
+                ];
+                fma32(&mut acc, q, d, x.as_ptr().add(b * 32));
+                let m = if HAS_MIN { f16_at(blk.add(2)) } else { -8.0 * d };
+                offset += m * *block_sums.get_unchecked(b);
+            }
+        }
+        unsafe { sum(acc) + offset }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_q8_0(row: &[u8], x: &[f32]) -> f32 {
+        let nb = x.len() / 32;
+        debug_assert!(row.len() >= nb * 34);
+        let mut acc = unsafe { zero() };
+        for b in 0..nb {
+            unsafe {
+                let blk = row.as_ptr().add(b * 34);
+                let lo = _mm_loadu_si128(blk.add(2) as *const __m128i);
+                let hi = _mm_loadu_si128(blk.add(18) as *const __m128i);
+                let q = [
+                    _mm256_cvtepi8_epi32(lo),
+                    _mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)),
+                    _mm256_cvtepi8_epi32(hi),
+                    _mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)),
+                ];
+                fma32(&mut acc, q, f16_at(blk), x.as_ptr().add(b * 32));
+            }
+        }
+        unsafe { sum(acc) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
+        let n = x.len();
+        debug_assert!(row.len() >= n * 4);
+        let (w, xp) = (row.as_ptr() as *const f32, x.as_ptr());
+        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut i = 0;
+        unsafe {
+            while i + 16 <= n {
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w.add(i)), _mm256_loadu_ps(xp.add(i)), a0);
+                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w.add(i + 8)), _mm256_loadu_ps(xp.add(i + 8)), a1);
+                i += 16;
+            }
+            let mut s = hsum(_mm256_add_ps(a0, a1));
+            while i < n {
+                s += w.add(i).read_unaligned() * *xp.add(i);
+                i += 1;
+            }
+            s
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn generic(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
+        super::dot_row(ty, row, x)
+    }
+
+    /// Dot product of one encoded row with `x`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C; `row` must hold the blocks of `x.len()` values and
+    /// `block_sums` the sums of `x` over each 32 values.
+    pub unsafe fn dot_row(ty: GgmlType, row: &[u8], x: &[f32], block_sums: &[f32]) -> f32 {
+        unsafe {
+            match ty {
+                GgmlType::Q4_0 => dot_q4::<false>(row, x, block_sums),
+                GgmlType::Q4_1 => dot_q4::<true>(row, x, block_sums),
+                GgmlType::Q8_0 => dot_q8_0(row, x),
+                GgmlType::F32 => dot_f32(row, x),
+                _ => generic(ty, row, x),
+            }
+        }
+    }
+}
+
+/// Dot product of one encoded row with `x`, specialised per block type so that the block
+/// decoder inlines into the loop.
+#[inline(always)]
+fn dot_row(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
+    match ty {
+        GgmlType::F32 => dot_blocks::<1, 4>(row, x, GgmlType::F32),
+        GgmlType::F16 => dot_blocks::<1, 2>(row, x, GgmlType::F16),
+        GgmlType::Bf16 => dot_blocks::<1, 2>(row, x, GgmlType::Bf16),
+        GgmlType::Q4_0 => dot_blocks::<32, 18>(row, x, GgmlType::Q4_0),
+        GgmlType::Q4_1 => dot_blocks::<32, 20>(row, x, GgmlType::Q4_1),
+        GgmlType::Q5_0 => dot_blocks::<32, 22>(row, x, GgmlType::Q5_0),
+        GgmlType::Q5_1 => dot_blocks::<32, 24>(row, x, GgmlType::Q5_1),
+        GgmlType::Q8_0 => dot_blocks::<32, 34>(row, x, GgmlType::Q8_0),
+        GgmlType::Q2K => dot_blocks::<256, 84>(row, x, GgmlType::Q2K),
+        GgmlType::Q3K => dot_blocks::<256, 110>(row, x, GgmlType::Q3K),
+        GgmlType::Q4K => dot_blocks::<256, 144>(row, x, GgmlType::Q4K),
+        GgmlType::Q5K => dot_blocks::<256, 176>(row, x, GgmlType::Q5K),
+        GgmlType::Q6K => dot_blocks::<256, 210>(row, x, GgmlType::Q6K),
+    }
+}
+
+/// Decodes each block of `BS` values (`BB` bytes) into a stack buffer and multiplies it into
+/// eight lane accumulators.
+#[inline(always)]
+fn dot_blocks<const BS: usize, const BB: usize>(row: &[u8], x: &[f32], ty: GgmlType) -> f32 {
+    if BS == 1 {
+        // Plain floats: no block structure, just a wide dot product.
+        let mut buf = [0f32; 64];
+        let mut acc = [0f32; 8];
+        for (bytes, xs) in row.chunks(64 * BB).zip(x.chunks(64)) {
+            let n = xs.len();
+            for (v, b) in buf[..n].iter_mut().zip(bytes.chunks_exact(BB)) {
+                ty.decode_block(b, std::slice::from_mut(v));
+            }
+            lanes(&buf[..n], xs, &mut acc);
+        }
+        return acc.iter().sum();
+    }
+    let mut buf = [0f32; BS];
+    let mut acc = [0f32; 8];
+    for (block, xs) in row.chunks_exact(BB).zip(x.chunks_exact(BS)) {
+        ty.decode_block(block, &mut buf);
+        lanes(&buf, xs, &mut acc);
+    }
+    acc.iter().sum()
+}
+
+#[inline(always)]
+fn lanes(w: &[f32], x: &[f32], acc: &mut [f32; 8]) {
+    let mut wc = w.chunks_exact(8);
+    let mut xc = x.chunks_exact(8);
+    for (w8, x8) in (&mut wc).zip(&mut xc) {
+        for l in 0..8 {
+            acc[l] = w8[l].mul_add(x8[l], acc[l]);
+        }
+    }
+    for (w, x) in wc.remainder().iter().zip(xc.remainder()) {
+        acc[0] = w.mul_add(*x, acc[0]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::dequantize;
+
+    /// A deterministic byte pattern with sane f16 scales where each type keeps them.
+    fn block_bytes(ty: GgmlType, n_blocks: usize) -> Vec<u8> {
+        let bb = ty.block_bytes();
+        let mut v: Vec<u8> = (0..n_blocks * bb).map(|i| (i * 37 + i / 7) as u8).collect();
+        // Overwrite each f16 field with a small scale so that values stay finite.
+        let scale_offsets: &[usize] = match ty {
+            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0],
+            GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4K | GgmlType::Q5K => &[0, 2],
+            GgmlType::Q2K => &[80, 82],
+            GgmlType::Q3K => &[108],
+            GgmlType::Q6K => &[208],
+            GgmlType::F16 => &[0],
+            _ => &[],
+        };
+        for b in 0..n_blocks {
+            for &o in scale_offsets {
+                let s = half::f16::from_f32(0.01 * (1 + (b % 5)) as f32).to_le_bytes();
+                v[b * bb + o..b * bb + o + 2].copy_from_slice(&s);
+            }
+        }
+        if ty == GgmlType::Bf16 {
+            v = (0..n_blocks).flat_map(|i| half::bf16::from_f32((i % 13) as f32 * 0.1 - 0.6).to_le_bytes()).collect();
+        }
+        if ty == GgmlType::F32 {
+            v = (0..n_blocks).flat_map(|i| ((i % 13) as f32 * 0.1 - 0.6).to_le_bytes()).collect();
+        }
+        v
+    }
+
+    #[test]
+    fn matvec_equals_dequantize_then_multiply_for_every_type() {
+        let types = [
+            GgmlType::F32,
+            GgmlType::F16,
+            GgmlType::Bf16,
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+            GgmlType::Q8_0,
+            GgmlType::Q2K,
+            GgmlType::Q3K,
+            GgmlType::Q4K,
+            GgmlType::Q5K,
+            GgmlType::Q6K,
+        ];
+        for ty in types {
+            let (rows, cols) = (37, 512);
+            let n_blocks = rows * cols / ty.block_size();
+            let bytes = block_bytes(ty, n_blocks);
+            let dense = dequantize(ty, &bytes, rows * cols).unwrap();
+            let x: Vec<f32> = (0..cols).map(|i| ((i * 7) % 11) as f32 * 0.25 - 1.0).collect();
+            let m = QMatrix::from_rows(ty, cols, &[(&bytes, (0..rows).collect())]).unwrap();
+            let mut y = vec![0f32; rows];
+            m.matvec(&x, &mut y);
+            for r in 0..rows {
+                let want: f64 = (0..cols).map(|c| dense[r * cols + c] as f64 * x[c] as f64).sum();
+                let tol = 1e-4 * (1.0 + want.abs());
+                assert!((y[r] as f64 - want).abs() <= tol, "{ty:?} row {r}: {} vs {want}", y[r]);
+            }
+        }
+    }
+
+    #[test]
+    fn rows_can_be_reordered_and_stacked() {
+        let ty = GgmlType::Q8_0;
+        let (rows, cols) = (4, 64);
+        let bytes = block_bytes(ty, rows * cols / 32);
+        let x = vec![1.0f32; cols];
+        let plain = QMatrix::from_rows(ty, cols, &[(&bytes, (0..rows).collect())]).unwrap();
+        let mut y = vec![0f32; rows];
+        plain.matvec(&x, &mut y);
+        let stacked = QMatrix::from_rows(ty, cols, &[(&bytes, vec![3, 1]), (&bytes, vec![0])]).unwrap();
+        let mut z = vec![0f32; 3];
+        stacked.matvec(&x, &mut z);
+        assert_eq!(z, vec![y[3], y[1], y[0]]);
+        assert!(QMatrix::from_rows(ty, cols, &[(&bytes, vec![9])]).is_err());
+    }
+}
