@@ -114,14 +114,20 @@ impl<B: Backend> Linear<B> {
     }
 }
 
+/// One decoder layer. Projections are kept separate (not fused) so that every activation burn
+/// sees is contiguous: slicing a fused output makes the CPU backend iterate strided views.
 struct Layer<B: Backend> {
     attn_norm: Tensor<B, 1>,
-    wqkv: Linear<B>,
-    bqkv: Option<Tensor<B, 1>>,
+    wq: Linear<B>,
+    wk: Linear<B>,
+    wv: Linear<B>,
+    /// q, k, v biases (Qwen2, InternLM).
+    bqkv: Option<[Tensor<B, 1>; 3]>,
     wo: Linear<B>,
     bo: Option<Tensor<B, 1>>,
     ffn_norm: Tensor<B, 1>,
-    w_gate_up: Linear<B>,
+    w_gate: Linear<B>,
+    w_up: Linear<B>,
     w_down: Linear<B>,
 }
 
@@ -135,6 +141,8 @@ pub struct Decoder<B: Backend> {
     lm_head: Linear<B>,
     cos: Tensor<B, 2>,
     sin: Tensor<B, 2>,
+    /// `[head_dim, head_dim]` signed permutation: `x·R` is rotate-half of `x`.
+    rotate_half: Tensor<B, 2>,
     device: B::Device,
 }
 
@@ -246,11 +254,11 @@ impl<B: Backend> Decoder<B> {
         let mut layers = Vec::with_capacity(c.num_layers);
         for l in 0..c.num_layers {
             let bqkv = if c.qkv_bias {
-                let bq = get("model.layers.{}.self_attn.q_proj.bias", l, &[q_out])?;
-                let bk = get("model.layers.{}.self_attn.k_proj.bias", l, &[kv_out])?;
-                let bv = get("model.layers.{}.self_attn.v_proj.bias", l, &[kv_out])?;
-                let n = q_out + 2 * kv_out;
-                Some(vec1(HostTensor { data: [bq.data, bk.data, bv.data].concat(), shape: vec![n] }))
+                Some([
+                    vec1(get("model.layers.{}.self_attn.q_proj.bias", l, &[q_out])?),
+                    vec1(get("model.layers.{}.self_attn.k_proj.bias", l, &[kv_out])?),
+                    vec1(get("model.layers.{}.self_attn.v_proj.bias", l, &[kv_out])?),
+                ])
             } else {
                 None
             };
@@ -258,30 +266,22 @@ impl<B: Backend> Decoder<B> {
             let ff = c.intermediate_size;
             layers.push(Layer {
                 attn_norm: vec1(get("model.layers.{}.input_layernorm.weight", l, &[d])?),
-                wqkv: linear(
-                    &[
-                        ("model.layers.{}.self_attn.q_proj.weight", q_out, Some(c.num_heads)),
-                        ("model.layers.{}.self_attn.k_proj.weight", kv_out, Some(c.num_kv_heads)),
-                        ("model.layers.{}.self_attn.v_proj.weight", kv_out, None),
-                    ],
-                    l,
-                    d,
-                )?,
+                wq: linear(&[("model.layers.{}.self_attn.q_proj.weight", q_out, Some(c.num_heads))], l, d)?,
+                wk: linear(&[("model.layers.{}.self_attn.k_proj.weight", kv_out, Some(c.num_kv_heads))], l, d)?,
+                wv: linear(&[("model.layers.{}.self_attn.v_proj.weight", kv_out, None)], l, d)?,
                 bqkv,
                 wo: linear(&[("model.layers.{}.self_attn.o_proj.weight", d, None)], l, q_out)?,
                 bo,
                 ffn_norm: vec1(get("model.layers.{}.post_attention_layernorm.weight", l, &[d])?),
-                w_gate_up: linear(
-                    &[("model.layers.{}.mlp.gate_proj.weight", ff, None), ("model.layers.{}.mlp.up_proj.weight", ff, None)],
-                    l,
-                    d,
-                )?,
+                w_gate: linear(&[("model.layers.{}.mlp.gate_proj.weight", ff, None)], l, d)?,
+                w_up: linear(&[("model.layers.{}.mlp.up_proj.weight", ff, None)], l, d)?,
                 w_down: linear(&[("model.layers.{}.mlp.down_proj.weight", d, None)], l, ff)?,
             });
         }
         let norm = vec1(get("model.norm.weight", 0, &[d])?);
         let (cos, sin) = rope_tables::<B>(c, device);
-        Ok(Decoder { config, embed, layers, norm, lm_head, cos, sin, device: device.clone() })
+        let rotate_half = rotate_half_matrix::<B>(hd, device);
+        Ok(Decoder { config, embed, layers, norm, lm_head, cos, sin, rotate_half, device: device.clone() })
     }
 
     /// The device the weights live on.
@@ -324,8 +324,9 @@ impl<B: Backend> Decoder<B> {
         let past = cache.len;
         let g = c.num_heads / c.num_kv_heads;
         let mask = (s > 1).then(|| causal_mask::<B>(b, c.num_kv_heads, g, s, past, &self.device));
-        let cos = self.cos.clone().slice([past..past + s, 0..c.head_dim]).unsqueeze_dims::<4>(&[0, 0]);
-        let sin = self.sin.clone().slice([past..past + s, 0..c.head_dim]).unsqueeze_dims::<4>(&[0, 0]);
+        // `[1, s, 1, head_dim]`, to broadcast over `[b, s, heads, head_dim]`.
+        let cos = self.cos.clone().slice([past..past + s, 0..c.head_dim]).unsqueeze_dims::<4>(&[0, 2]);
+        let sin = self.sin.clone().slice([past..past + s, 0..c.head_dim]).unsqueeze_dims::<4>(&[0, 2]);
         for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
             let h = rms_norm(x.clone(), layer.attn_norm.clone(), c.rms_norm_eps);
             let attn = self.attention(layer, h, slot, mask.clone(), &cos, &sin);
@@ -349,16 +350,17 @@ impl<B: Backend> Decoder<B> {
         let c = &self.config;
         let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let [b, s, _] = h.dims();
-        let mut qkv = layer.wqkv.forward(h);
-        if let Some(bias) = &layer.bqkv {
-            qkv = qkv + bias.clone().unsqueeze_dims::<3>(&[0, 0]);
+        let (mut q, mut k, mut v) = (layer.wq.forward(h.clone()), layer.wk.forward(h.clone()), layer.wv.forward(h));
+        if let Some([bq, bk, bv]) = &layer.bqkv {
+            q = q + bq.clone().unsqueeze_dims::<3>(&[0, 0]);
+            k = k + bk.clone().unsqueeze_dims::<3>(&[0, 0]);
+            v = v + bv.clone().unsqueeze_dims::<3>(&[0, 0]);
         }
-        let heads = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2);
-        let q = heads(qkv.clone().slice([0..b, 0..s, 0..nh * hd]), nh);
-        let k = heads(qkv.clone().slice([0..b, 0..s, nh * hd..(nh + nkv) * hd]), nkv);
-        let v = heads(qkv.slice([0..b, 0..s, (nh + nkv) * hd..(nh + 2 * nkv) * hd]), nkv);
-        let q = rope(q, cos, sin);
-        let k = rope(k, cos, sin);
+        // RoPE in `[b, s, heads, hd]` (contiguous), then heads first for attention.
+        let rot = |t: Tensor<B, 3>, n: usize| self.rope(t.reshape([b, s, n, hd]), cos, sin).swap_dims(1, 2);
+        let q = rot(q, nh);
+        let k = rot(k, nkv);
+        let v = v.reshape([b, s, nkv, hd]).swap_dims(1, 2);
         let (k, v) = match slot.take() {
             Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
             None => (k, v),
@@ -378,11 +380,8 @@ impl<B: Backend> Decoder<B> {
     }
 
     fn mlp(&self, layer: &Layer<B>, h: Tensor<B, 3>) -> Tensor<B, 3> {
-        let ff = self.config.intermediate_size;
-        let [b, s, _] = h.dims();
-        let gu = layer.w_gate_up.forward(h);
-        let gate = gu.clone().slice([0..b, 0..s, 0..ff]);
-        let up = gu.slice([0..b, 0..s, ff..2 * ff]);
+        let gate = layer.w_gate.forward(h.clone());
+        let up = layer.w_up.forward(h);
         layer.w_down.forward(silu(gate) * up)
     }
 }
@@ -392,13 +391,24 @@ fn rms_norm<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 1>, eps: f32) -> Tensor<B,
     x * inv * w.unsqueeze_dims::<3>(&[0, 0])
 }
 
-/// Rotate-half RoPE: `x * cos + [-x2, x1] * sin` with `x = [x1, x2]` split at half the head.
-fn rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
-    let [b, h, s, d] = x.dims();
-    let x1 = x.clone().slice([0..b, 0..h, 0..s, 0..d / 2]);
-    let x2 = x.clone().slice([0..b, 0..h, 0..s, d / 2..d]);
-    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-    x * cos.clone() + rotated * sin.clone()
+impl<B: Backend> Decoder<B> {
+    /// Rotate-half RoPE on `[b, s, heads, hd]`: `x·cos + rotate_half(x)·sin`, the rotation being
+    /// one small matmul instead of slices, a negation and a concatenation.
+    fn rope(&self, x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+        let [b, s, h, d] = x.dims();
+        let rotated = x.clone().reshape([b * s * h, d]).matmul(self.rotate_half.clone()).reshape([b, s, h, d]);
+        x * cos.clone() + rotated * sin.clone()
+    }
+}
+
+/// `R` with `(x·R)[i] = −x[i + d/2]` for `i < d/2` and `x[i − d/2]` otherwise.
+fn rotate_half_matrix<B: Backend>(d: usize, device: &B::Device) -> Tensor<B, 2> {
+    let mut r = vec![0f32; d * d];
+    for i in 0..d / 2 {
+        r[(i + d / 2) * d + i] = -1.0;
+        r[i * d + i + d / 2] = 1.0;
+    }
+    Tensor::from_data(TensorData::new(r, [d, d]), device)
 }
 
 /// Cos/sin tables `[max_position, head_dim]`, computed in f32 as Hugging Face does.
@@ -424,10 +434,11 @@ fn rope_tables<B: Backend>(c: &DecoderConfig, device: &B::Device) -> (Tensor<B, 
 /// query head j of the group at position `past + i`.
 fn causal_mask<B: Backend>(b: usize, kv_heads: usize, g: usize, s: usize, past: usize, device: &B::Device) -> Tensor<B, 4, Bool> {
     let t = past + s;
-    let data: Vec<bool> = (0..g * s).flat_map(|r| (0..t).map(move |j| j > past + r % s)).collect();
-    Tensor::<B, 2, Bool>::from_data(TensorData::new(data, [g * s, t]), device)
-        .unsqueeze_dims::<4>(&[0, 0])
-        .expand([b, kv_heads, g * s, t])
+    let rows: Vec<bool> = (0..g * s).flat_map(|r| (0..t).map(move |j| j > past + r % s)).collect();
+    // Built at its full size (not a broadcast view), so the attention kernel reads it as it is
+    // instead of making every layer copy it.
+    let data = rows.repeat(b * kv_heads);
+    Tensor::<B, 4, Bool>::from_data(TensorData::new(data, [b, kv_heads, g * s, t]), device)
 }
 
 #[cfg(test)]

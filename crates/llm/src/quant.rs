@@ -103,8 +103,8 @@ impl GgmlType {
             Self::Q8_0 => q8_0(b, y),
             Self::Q2K => q2_k(b, y),
             Self::Q3K => q3_k(b, y),
-            Self::Q4K => q4_k(b, y),
-            Self::Q5K => q5_k(b, y),
+            Self::Q4K => q45_k::<false>(b, y),
+            Self::Q5K => q45_k::<true>(b, y),
             Self::Q6K => q6_k(b, y),
         }
     }
@@ -270,31 +270,13 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
+/// Q4_K (`FIVE = false`) and Q5_K: eight sub-blocks of 32 values with 6-bit scales and minimums;
+/// Q5_K adds a fifth bit per value from its `qh` bytes.
 #[inline(always)]
-fn q4_k(b: &[u8], y: &mut [f32]) {
+fn q45_k<const FIVE: bool>(b: &[u8], y: &mut [f32]) {
     let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
     let scales = &b[4..16];
-    let qs = &b[16..144];
-    for chunk in 0..4 {
-        let q = &qs[chunk * 32..chunk * 32 + 32];
-        let (s1, m1) = scale_min_k4(2 * chunk, scales);
-        let (s2, m2) = scale_min_k4(2 * chunk + 1, scales);
-        let (d1, m1) = (d * s1 as f32, dmin * m1 as f32);
-        let (d2, m2) = (d * s2 as f32, dmin * m2 as f32);
-        let y = &mut y[chunk * 64..chunk * 64 + 64];
-        for l in 0..32 {
-            y[l] = d1 * (q[l] & 0x0F) as f32 - m1;
-            y[l + 32] = d2 * (q[l] >> 4) as f32 - m2;
-        }
-    }
-}
-
-#[inline(always)]
-fn q5_k(b: &[u8], y: &mut [f32]) {
-    let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
-    let scales = &b[4..16];
-    let qh = &b[16..48];
-    let qs = &b[48..176];
+    let (qh, qs) = if FIVE { (&b[16..48], &b[48..176]) } else { (&b[0..0], &b[16..144]) };
     for chunk in 0..4 {
         let q = &qs[chunk * 32..chunk * 32 + 32];
         let (s1, m1) = scale_min_k4(2 * chunk, scales);
@@ -302,12 +284,11 @@ fn q5_k(b: &[u8], y: &mut [f32]) {
         let (d1, m1) = (d * s1 as f32, dmin * m1 as f32);
         let (d2, m2) = (d * s2 as f32, dmin * m2 as f32);
         let (u1, u2) = (1u8 << (2 * chunk), 2u8 << (2 * chunk));
+        let high = |l: usize, bit: u8| if FIVE && qh[l] & bit != 0 { 16 } else { 0 };
         let y = &mut y[chunk * 64..chunk * 64 + 64];
         for l in 0..32 {
-            let h1 = if qh[l] & u1 != 0 { 16 } else { 0 };
-            let h2 = if qh[l] & u2 != 0 { 16 } else { 0 };
-            y[l] = d1 * ((q[l] & 0x0F) + h1) as f32 - m1;
-            y[l + 32] = d2 * ((q[l] >> 4) + h2) as f32 - m2;
+            y[l] = d1 * ((q[l] & 0x0F) + high(l, u1)) as f32 - m1;
+            y[l + 32] = d2 * ((q[l] >> 4) + high(l, u2)) as f32 - m2;
         }
     }
 }
