@@ -137,6 +137,21 @@ impl Tokenizer {
         Ok(Tokenizer { inner, bos_id, eos_id, add_bos })
     }
 
+    /// Loads a SentencePiece `tokenizer.model` (BPE with scored pieces, byte fallback), as
+    /// SentencePiece itself encodes; `<s>`/`</s>` ids come from the pieces of those names.
+    pub fn from_sentencepiece_model(path: &Path) -> Result<Self, TokenizerError> {
+        let file_err = |reason: String| TokenizerError::File { path: path.display().to_string(), reason };
+        let bytes = std::fs::read(path).map_err(|e| file_err(e.to_string()))?;
+        let model = sentencepiece_proto::parse(&bytes).map_err(file_err)?;
+        let tokens: Vec<&str> = model.pieces.iter().map(|p| p.0.as_str()).collect();
+        let scores: Vec<f32> = model.pieces.iter().map(|p| p.1).collect();
+        let types: Vec<i64> = model.pieces.iter().map(|p| p.2).collect();
+        let spm = SentencePiece::new(&tokens, &scores, &types, model.add_dummy_prefix);
+        let bos_id = spm.ids.get("<s>").copied();
+        let eos_id = spm.ids.get("</s>").copied();
+        Ok(Tokenizer { inner: Inner::Spm(spm), bos_id, eos_id, add_bos: true })
+    }
+
     /// Loads a Hugging Face `tokenizer.json`; special token ids come from the caller's config.
     pub fn from_tokenizer_json(path: &Path, bos_id: Option<u32>, eos_id: Option<u32>, add_bos: bool) -> Result<Self, TokenizerError> {
         let tok = tokenizers::Tokenizer::from_file(path)
@@ -464,5 +479,107 @@ impl StreamDecoder {
         } else {
             Ok(None)
         }
+    }
+}
+
+/// The parts of SentencePiece's `ModelProto` (protocol buffers) that encoding needs.
+mod sentencepiece_proto {
+    /// Pieces (text, score, type) and whether a space is prepended to the input.
+    pub struct Model {
+        pub pieces: Vec<(String, f32, i64)>,
+        pub add_dummy_prefix: bool,
+    }
+
+    struct Reader<'a> {
+        b: &'a [u8],
+        pos: usize,
+    }
+
+    impl<'a> Reader<'a> {
+        fn varint(&mut self) -> Result<u64, String> {
+            let mut v = 0u64;
+            for shift in (0..64).step_by(7) {
+                let byte = *self.b.get(self.pos).ok_or("truncated varint")?;
+                self.pos += 1;
+                v |= ((byte & 0x7F) as u64) << shift;
+                if byte & 0x80 == 0 {
+                    return Ok(v);
+                }
+            }
+            Err("varint longer than 10 bytes".into())
+        }
+
+        fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+            let end = self.pos.checked_add(n).filter(|&e| e <= self.b.len()).ok_or("truncated field")?;
+            let s = &self.b[self.pos..end];
+            self.pos = end;
+            Ok(s)
+        }
+
+        /// Next (field number, wire type, payload); varints come back as their 8 LE bytes.
+        fn field(&mut self) -> Result<Option<(u64, u8, Vec<u8>)>, String> {
+            if self.pos >= self.b.len() {
+                return Ok(None);
+            }
+            let key = self.varint()?;
+            let (field, wire) = (key >> 3, (key & 7) as u8);
+            let payload = match wire {
+                0 => self.varint()?.to_le_bytes().to_vec(),
+                1 => self.take(8)?.to_vec(),
+                2 => {
+                    let n = self.varint()? as usize;
+                    self.take(n)?.to_vec()
+                }
+                5 => self.take(4)?.to_vec(),
+                w => return Err(format!("unsupported protobuf wire type {w}")),
+            };
+            Ok(Some((field, wire, payload)))
+        }
+    }
+
+    fn fields(b: &[u8]) -> Result<Vec<(u64, u8, Vec<u8>)>, String> {
+        let mut r = Reader { b, pos: 0 };
+        let mut out = Vec::new();
+        while let Some(f) = r.field()? {
+            out.push(f);
+        }
+        Ok(out)
+    }
+
+    fn varint_value(p: &[u8]) -> u64 {
+        u64::from_le_bytes(p.try_into().unwrap_or([0; 8]))
+    }
+
+    pub fn parse(bytes: &[u8]) -> Result<Model, String> {
+        let mut pieces = Vec::new();
+        let mut add_dummy_prefix = true;
+        for (field, wire, payload) in fields(bytes).map_err(|e| format!("not a SentencePiece model: {e}"))? {
+            match (field, wire) {
+                (1, 2) => {
+                    let (mut piece, mut score, mut ty) = (None, 0f32, 1i64);
+                    for (f, w, p) in fields(&payload)? {
+                        match (f, w) {
+                            (1, 2) => piece = Some(String::from_utf8(p).map_err(|_| "a piece is not UTF-8")?),
+                            (2, 5) => score = f32::from_le_bytes(p.try_into().map_err(|_| "bad score")?),
+                            (3, 0) => ty = varint_value(&p) as i64,
+                            _ => {}
+                        }
+                    }
+                    pieces.push((piece.ok_or("a piece has no text")?, score, ty));
+                }
+                (3, 2) => {
+                    for (f, w, p) in fields(&payload)? {
+                        if (f, w) == (3, 0) {
+                            add_dummy_prefix = varint_value(&p) != 0;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if pieces.is_empty() {
+            return Err("no pieces: not a SentencePiece model".into());
+        }
+        Ok(Model { pieces, add_dummy_prefix })
     }
 }
