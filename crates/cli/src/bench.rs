@@ -93,10 +93,11 @@ fn llm(args: LlmBenchArgs) -> Result<()> {
     for r in &rows {
         let anchor = rows.iter().find(|a| a.engine.starts_with("llama.cpp") && a.threads == r.threads);
         let ratio = |a: f64, b: Option<f64>| b.map_or("–".to_string(), |b| format!("{:.2}×", a / b));
+        let threads = if r.threads == 0 { "GPU".to_string() } else { r.threads.to_string() };
         println!(
             "| {} | {} | {:.1} | {:.1} | {} | {} |",
             r.engine,
-            r.threads,
+            threads,
             r.prefill_tps,
             r.decode_tps,
             ratio(r.prefill_tps, anchor.map(|a| a.prefill_tps)),
@@ -148,7 +149,10 @@ fn bench_xcomposer<B: Backend>(args: &LlmBenchArgs, path: &Path, device: &B::Dev
             }
             (median(pp), median(tg))
         });
-        let engine = format!("xcomposer ({:?}, f32 weights)", args.device).to_lowercase();
+        let engine = match args.device {
+            DeviceArg::Cpu => "xcomposer (cpu: block-encoded decode, f32 prefill)".to_string(),
+            DeviceArg::Cuda => "xcomposer (cuda, f32)".to_string(),
+        };
         eprintln!("[bench] {engine} threads {threads}: prefill {pp:.1} t/s, decode {tg:.1} t/s");
         rows.push(Row { engine, threads, prefill_tps: pp, decode_tps: tg });
     }
