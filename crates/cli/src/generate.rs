@@ -84,14 +84,19 @@ fn generate<B: Backend>(args: &GenerateArgs, path: &std::path::Path, device: &B:
         stop_tokens: vec![],
         stop_strings: args.stop.clone(),
     };
-    let mut stdout = std::io::stdout().lock();
     let streaming = !args.json;
-    let out = model.generate(&prompt_ids, &cfg, &mut |piece| {
-        if streaming {
-            let _ = stdout.write_all(piece.as_bytes());
-            let _ = stdout.flush();
-        }
+    // Generate on a rayon worker thread: the per-token parallel matrix products then start on
+    // their own pool instead of waking it from outside for every operation.
+    let out = rayon::scope(|_| {
+        let mut stdout = std::io::stdout();
+        model.generate(&prompt_ids, &cfg, &mut |piece| {
+            if streaming {
+                let _ = stdout.write_all(piece.as_bytes());
+                let _ = stdout.flush();
+            }
+        })
     })?;
+    let mut stdout = std::io::stdout().lock();
     if args.json {
         let v = serde_json::json!({
             "prompt_ids": out.prompt_ids,
