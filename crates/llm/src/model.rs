@@ -183,6 +183,10 @@ impl<B: Backend> LanguageModel<B> {
     }
 
     /// Generates after the given prompt ids; the model's stop tokens are added to `cfg`'s.
+    ///
+    /// On the CPU, call it from a rayon worker (`rayon::scope`, `ThreadPool::install`): every
+    /// token runs several parallel matrix products, and starting them from inside the pool
+    /// avoids waking it from another thread each time.
     pub fn generate(&self, prompt_ids: &[u32], cfg: &GenerationConfig, on_text: &mut dyn FnMut(&str)) -> Result<Generated, GenerationError> {
         let mut cfg = cfg.clone();
         cfg.stop_tokens.extend(&self.stop_tokens);
