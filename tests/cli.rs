@@ -1,7 +1,12 @@
 //! End-to-end tests of the `xcomposer` binary: the main job with the default model, JSON output,
 //! and the one-line errors of the fetch step and of bad arguments.
 
+#[path = "../crates/llm/tests/common.rs"]
+mod common;
+
 use std::path::PathBuf;
+
+use common::default_model;
 use std::process::{Command, Output};
 
 fn xcomposer() -> Command {
@@ -14,20 +19,6 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn shared_fixture(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures").join(name);
-    assert!(dir.is_dir(), "fixture folder {} is missing", dir.display());
-    dir
-}
-
-fn default_model() -> PathBuf {
-    let dir = xcomposer_llm::fetch::models_dir();
-    xcomposer_llm::fetch::ensure(&xcomposer_llm::fetch::SMOLLM2_135M, &dir, &mut |m| eprintln!("[fetch] {m}"))
-        .expect("fetching the default model")
-        .path()
-        .to_path_buf()
-}
-
 fn empty_models_dir(tag: &str) -> PathBuf {
     let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("models-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -38,7 +29,7 @@ fn empty_models_dir(tag: &str) -> PathBuf {
 fn generate_json_reproduces_the_reference_prompt_and_greedy_ids() {
     default_model();
     let expected: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(shared_fixture("smollm2").join("expected.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(common::fixture("smollm2").join("expected.json")).unwrap()).unwrap();
     let case = &expected["cases"][0];
     let out = xcomposer()
         .args(["generate", "--json", "--max-new-tokens", "12", case["user_message"].as_str().unwrap()])
