@@ -252,20 +252,25 @@ mod avx2 {
 /// decoder inlines into the loop.
 #[inline(always)]
 fn dot_row(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
+    macro_rules! dot {
+        ($t:expr) => {
+            dot_blocks::<{ $t.block_size() }, { $t.block_bytes() }>(row, x, $t)
+        };
+    }
     match ty {
-        GgmlType::F32 => dot_blocks::<1, 4>(row, x, GgmlType::F32),
-        GgmlType::F16 => dot_blocks::<1, 2>(row, x, GgmlType::F16),
-        GgmlType::Bf16 => dot_blocks::<1, 2>(row, x, GgmlType::Bf16),
-        GgmlType::Q4_0 => dot_blocks::<32, 18>(row, x, GgmlType::Q4_0),
-        GgmlType::Q4_1 => dot_blocks::<32, 20>(row, x, GgmlType::Q4_1),
-        GgmlType::Q5_0 => dot_blocks::<32, 22>(row, x, GgmlType::Q5_0),
-        GgmlType::Q5_1 => dot_blocks::<32, 24>(row, x, GgmlType::Q5_1),
-        GgmlType::Q8_0 => dot_blocks::<32, 34>(row, x, GgmlType::Q8_0),
-        GgmlType::Q2K => dot_blocks::<256, 84>(row, x, GgmlType::Q2K),
-        GgmlType::Q3K => dot_blocks::<256, 110>(row, x, GgmlType::Q3K),
-        GgmlType::Q4K => dot_blocks::<256, 144>(row, x, GgmlType::Q4K),
-        GgmlType::Q5K => dot_blocks::<256, 176>(row, x, GgmlType::Q5K),
-        GgmlType::Q6K => dot_blocks::<256, 210>(row, x, GgmlType::Q6K),
+        GgmlType::F32 => dot!(GgmlType::F32),
+        GgmlType::F16 => dot!(GgmlType::F16),
+        GgmlType::Bf16 => dot!(GgmlType::Bf16),
+        GgmlType::Q4_0 => dot!(GgmlType::Q4_0),
+        GgmlType::Q4_1 => dot!(GgmlType::Q4_1),
+        GgmlType::Q5_0 => dot!(GgmlType::Q5_0),
+        GgmlType::Q5_1 => dot!(GgmlType::Q5_1),
+        GgmlType::Q8_0 => dot!(GgmlType::Q8_0),
+        GgmlType::Q2K => dot!(GgmlType::Q2K),
+        GgmlType::Q3K => dot!(GgmlType::Q3K),
+        GgmlType::Q4K => dot!(GgmlType::Q4K),
+        GgmlType::Q5K => dot!(GgmlType::Q5K),
+        GgmlType::Q6K => dot!(GgmlType::Q6K),
     }
 }
 
