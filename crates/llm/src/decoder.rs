@@ -2,7 +2,8 @@
 //! rotate-half RoPE, grouped-query attention, SwiGLU and a KV cache; and its weight loader.
 //!
 //! Weights are kept as f32 and stored transposed (`[in, out]`) so every projection is one
-//! matmul; q/k/v and gate/up are fused into single matrices.
+//! matmul; on the CPU backend each projection also keeps its GGUF block encoding for one-token
+//! decode steps ([`QMatrix`]).
 
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
@@ -13,7 +14,7 @@ use rayon::prelude::*;
 
 use crate::config::DecoderConfig;
 use crate::matvec::QMatrix;
-use crate::weights::{HostTensor, RawTensor, WeightError, WeightSource};
+use crate::weights::{HostTensor, WeightError, WeightSource};
 
 /// Checkpoint key names: (Hugging Face name, GGUF name), `{}` standing for the layer index.
 /// The HF names are canonical; a GGUF source is read through the right-hand column.
@@ -89,26 +90,21 @@ impl<B: Backend> KvCache<B> {
 }
 
 /// A projection `y = x·W` with `W` stored `[in, out]` for burn, and, on the CPU, the same weight
-/// in its file encoding ([`QMatrix`] rows, possibly several stacked parts) for one-token steps.
+/// in its file encoding for one-token steps.
 struct Linear<B: Backend> {
     w: Tensor<B, 2>,
-    host: Vec<QMatrix>,
+    host: Option<QMatrix>,
 }
 
 impl<B: Backend> Linear<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, s, _] = x.dims();
-        if b * s == 1 && !self.host.is_empty() {
+        if let (1, Some(m)) = (b * s, &self.host) {
             let device = x.device();
             let xv: Vec<f32> = x.into_data().convert::<f32>().into_vec().expect("f32 activations");
-            let out: usize = self.host.iter().map(|m| m.rows).sum();
-            let mut y = vec![0f32; out];
-            let mut at = 0;
-            for m in &self.host {
-                m.matvec(&xv, &mut y[at..at + m.rows]);
-                at += m.rows;
-            }
-            return Tensor::from_data(TensorData::new(y, [1, 1, out]), &device);
+            let mut y = vec![0f32; m.rows];
+            m.matvec(&xv, &mut y);
+            return Tensor::from_data(TensorData::new(y, [1, 1, m.rows]), &device);
         }
         x.matmul(self.w.clone().unsqueeze_dim(0))
     }
@@ -171,26 +167,6 @@ fn unpermute_order(rows: usize, n_head: usize) -> Vec<usize> {
     order
 }
 
-/// Block-encoded parts of a stacked projection: consecutive parts of one type share a matrix.
-fn host_parts(parts: Vec<(RawTensor<'_>, Vec<usize>)>, cols: usize) -> Result<Vec<QMatrix>, String> {
-    let mut out: Vec<QMatrix> = Vec::new();
-    let mut i = 0;
-    while i < parts.len() {
-        let ty = parts[i].0.ty;
-        let mut j = i;
-        while j < parts.len() && parts[j].0.ty == ty {
-            if parts[j].0.cols != cols {
-                return Err(format!("{} columns, expected {cols}", parts[j].0.cols));
-            }
-            j += 1;
-        }
-        let group: Vec<(&[u8], Vec<usize>)> = parts[i..j].iter().map(|(r, o)| (r.bytes, o.clone())).collect();
-        out.push(QMatrix::from_rows(ty, cols, &group)?);
-        i = j;
-    }
-    Ok(out)
-}
-
 /// Undoes llama.cpp's q/k row permutation: GGUF row `(head, i, pair)` → HF row `(head, pair, i)`.
 pub(crate) fn unpermute_rows(w: &HostTensor, n_head: usize) -> HostTensor {
     let (rows, cols) = (w.shape[0], w.data.len() / w.shape[0]);
@@ -212,41 +188,32 @@ impl<B: Backend> Decoder<B> {
         let vec1 = |t: HostTensor| Tensor::<B, 1>::from_data(TensorData::new(t.data, [t.shape[0]]), device);
         let permuted = matches!(style, KeyStyle::Gguf { permuted_qk: true });
         let host_matvec = std::any::TypeId::of::<B>() == std::any::TypeId::of::<burn::backend::Flex>();
-        // Stacks Linear weights `[out, in]` (HF names, expected out rows, heads to un-permute)
-        // into one projection.
-        let linear = |parts: &[(&str, usize, Option<usize>)], layer: usize, cols: usize| -> Result<Linear<B>, WeightError> {
-            let mut dense = Vec::with_capacity(parts.len());
-            let mut raws = Vec::with_capacity(parts.len());
-            for &(hf, rows, heads) in parts {
-                let mut t = get(hf, layer, &[rows, cols])?;
-                let order: Vec<usize> = match heads.filter(|_| permuted) {
-                    Some(n_head) => {
-                        t = unpermute_rows(&t, n_head);
-                        unpermute_order(rows, n_head)
-                    }
-                    None => (0..rows).collect(),
-                };
-                dense.push(t);
-                raws.push(src.raw(&style.name(hf, layer)).map(|r| (r, order)));
-            }
-            let rows: usize = dense.iter().map(|p| p.shape[0]).sum();
-            let data: Vec<f32> = dense.into_iter().flat_map(|p| p.data).collect();
-            let w = Tensor::<B, 2>::from_data(TensorData::new(transpose(&data, rows, cols), [cols, rows]), device);
-            let host = if host_matvec && raws.iter().all(|r| r.is_some()) {
-                host_parts(raws.into_iter().flatten().collect(), cols).map_err(|reason| WeightError::File {
+        // A Linear weight `[out, in]` by its HF name, with the heads to un-permute (q, k).
+        let linear = |hf: &str, rows: usize, heads: Option<usize>, layer: usize, cols: usize| -> Result<Linear<B>, WeightError> {
+            let mut t = get(hf, layer, &[rows, cols])?;
+            let order: Vec<usize> = match heads.filter(|_| permuted) {
+                Some(n_head) => {
+                    t = unpermute_rows(&t, n_head);
+                    unpermute_order(rows, n_head)
+                }
+                None => (0..rows).collect(),
+            };
+            let w = Tensor::<B, 2>::from_data(TensorData::new(transpose(&t.data, rows, cols), [cols, rows]), device);
+            let raw = if host_matvec { src.raw(&style.name(hf, layer)) } else { None };
+            let host = match raw {
+                Some(r) => Some(QMatrix::from_rows(r.ty, cols, &[(r.bytes, order)]).map_err(|reason| WeightError::File {
                     path: src.source_name().into(),
-                    reason: format!("{}: {reason}", style.name(parts[0].0, layer)),
-                })?
-            } else {
-                vec![]
+                    reason: format!("{}: {reason}", style.name(hf, layer)),
+                })?),
+                None => None,
             };
             Ok(Linear { w, host })
         };
 
         let lm_head = if c.tie_word_embeddings {
-            linear(&[("model.embed_tokens.weight", c.vocab_size, None)], 0, d)?
+            linear("model.embed_tokens.weight", c.vocab_size, None, 0, d)?
         } else {
-            linear(&[("lm_head.weight", c.vocab_size, None)], 0, d)?
+            linear("lm_head.weight", c.vocab_size, None, 0, d)?
         };
         let embed_host = get("model.embed_tokens.weight", 0, &[c.vocab_size, d])?;
         let embed = Tensor::<B, 2>::from_data(TensorData::new(embed_host.data, [c.vocab_size, d]), device);
@@ -266,16 +233,16 @@ impl<B: Backend> Decoder<B> {
             let ff = c.intermediate_size;
             layers.push(Layer {
                 attn_norm: vec1(get("model.layers.{}.input_layernorm.weight", l, &[d])?),
-                wq: linear(&[("model.layers.{}.self_attn.q_proj.weight", q_out, Some(c.num_heads))], l, d)?,
-                wk: linear(&[("model.layers.{}.self_attn.k_proj.weight", kv_out, Some(c.num_kv_heads))], l, d)?,
-                wv: linear(&[("model.layers.{}.self_attn.v_proj.weight", kv_out, None)], l, d)?,
+                wq: linear("model.layers.{}.self_attn.q_proj.weight", q_out, Some(c.num_heads), l, d)?,
+                wk: linear("model.layers.{}.self_attn.k_proj.weight", kv_out, Some(c.num_kv_heads), l, d)?,
+                wv: linear("model.layers.{}.self_attn.v_proj.weight", kv_out, None, l, d)?,
                 bqkv,
-                wo: linear(&[("model.layers.{}.self_attn.o_proj.weight", d, None)], l, q_out)?,
+                wo: linear("model.layers.{}.self_attn.o_proj.weight", d, None, l, q_out)?,
                 bo,
                 ffn_norm: vec1(get("model.layers.{}.post_attention_layernorm.weight", l, &[d])?),
-                w_gate: linear(&[("model.layers.{}.mlp.gate_proj.weight", ff, None)], l, d)?,
-                w_up: linear(&[("model.layers.{}.mlp.up_proj.weight", ff, None)], l, d)?,
-                w_down: linear(&[("model.layers.{}.mlp.down_proj.weight", d, None)], l, ff)?,
+                w_gate: linear("model.layers.{}.mlp.gate_proj.weight", ff, None, l, d)?,
+                w_up: linear("model.layers.{}.mlp.up_proj.weight", ff, None, l, d)?,
+                w_down: linear("model.layers.{}.mlp.down_proj.weight", d, None, l, ff)?,
             });
         }
         let norm = vec1(get("model.norm.weight", 0, &[d])?);
