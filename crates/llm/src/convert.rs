@@ -73,20 +73,19 @@ pub fn gguf_to_hf(gguf_path: &Path, out: &Path, max_shard_bytes: usize) -> Resul
     // Every tensor the decoder reads, under its HF name.
     let src = GgufWeights { gguf: &gguf, path: gguf_path.into() };
     let style = KeyStyle::Gguf { permuted_qk: c.arch == Arch::Llama };
-    let mut names: Vec<String> = Vec::new();
+    let mut entries: Vec<(&str, usize)> = Vec::new();
     for (hf, _) in KEY_MAP {
         if hf.contains("{}") {
-            names.extend((0..c.num_layers).map(|l| hf.replace("{}", &l.to_string())));
+            entries.extend((0..c.num_layers).map(|l| (*hf, l)));
         } else {
-            names.push(hf.to_string());
+            entries.push((hf, 0));
         }
     }
     let mut shard: Vec<(String, HostTensor)> = Vec::new();
     let mut shard_bytes = 0;
     let mut shards: Vec<Vec<(String, HostTensor)>> = Vec::new();
-    for name in names {
-        let layer = name.split('.').nth(2).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let template = KEY_MAP.iter().map(|(h, _)| *h).find(|h| h.replace("{}", &layer.to_string()) == name).unwrap_or(&name);
+    for (template, layer) in entries {
+        let name = template.replace("{}", &layer.to_string());
         let gguf_name = style.name(template, layer);
         if !src.contains(&gguf_name) {
             continue; // optional tensors: biases, an untied head

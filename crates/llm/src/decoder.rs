@@ -188,17 +188,14 @@ impl<B: Backend> Decoder<B> {
         let vec1 = |t: HostTensor| Tensor::<B, 1>::from_data(TensorData::new(t.data, [t.shape[0]]), device);
         let permuted = matches!(style, KeyStyle::Gguf { permuted_qk: true });
         let host_matvec = std::any::TypeId::of::<B>() == std::any::TypeId::of::<burn::backend::Flex>();
-        // A Linear weight `[out, in]` by its HF name, with the heads to un-permute (q, k).
-        let linear = |hf: &str, rows: usize, heads: Option<usize>, layer: usize, cols: usize| -> Result<Linear<B>, WeightError> {
-            let mut t = get(hf, layer, &[rows, cols])?;
-            let order: Vec<usize> = match heads.filter(|_| permuted) {
-                Some(n_head) => {
-                    t = unpermute_rows(&t, n_head);
-                    unpermute_order(rows, n_head)
-                }
-                None => (0..rows).collect(),
+        // A Linear from its loaded weight `[out, in]` and HF name, with the heads to un-permute (q, k).
+        let linear_from = |t: &HostTensor, hf: &str, heads: Option<usize>, layer: usize| -> Result<Linear<B>, WeightError> {
+            let (rows, cols) = (t.shape[0], t.shape[1]);
+            let (order, w): (Vec<usize>, Vec<f32>) = match heads.filter(|_| permuted) {
+                Some(n_head) => (unpermute_order(rows, n_head), transpose(&unpermute_rows(t, n_head).data, rows, cols)),
+                None => ((0..rows).collect(), transpose(&t.data, rows, cols)),
             };
-            let w = Tensor::<B, 2>::from_data(TensorData::new(transpose(&t.data, rows, cols), [cols, rows]), device);
+            let w = Tensor::<B, 2>::from_data(TensorData::new(w, [cols, rows]), device);
             let raw = if host_matvec { src.raw(&style.name(hf, layer)) } else { None };
             let host = match raw {
                 Some(r) => Some(QMatrix::from_rows(r.ty, cols, &[(r.bytes, order)]).map_err(|reason| WeightError::File {
@@ -209,13 +206,17 @@ impl<B: Backend> Decoder<B> {
             };
             Ok(Linear { w, host })
         };
+        let linear = |hf: &str, rows: usize, heads: Option<usize>, layer: usize, cols: usize| {
+            linear_from(&get(hf, layer, &[rows, cols])?, hf, heads, layer)
+        };
 
+        // Read once; a tied head is built from the same values.
+        let embed_host = get("model.embed_tokens.weight", 0, &[c.vocab_size, d])?;
         let lm_head = if c.tie_word_embeddings {
-            linear("model.embed_tokens.weight", c.vocab_size, None, 0, d)?
+            linear_from(&embed_host, "model.embed_tokens.weight", None, 0)?
         } else {
             linear("lm_head.weight", c.vocab_size, None, 0, d)?
         };
-        let embed_host = get("model.embed_tokens.weight", 0, &[c.vocab_size, d])?;
         let embed = Tensor::<B, 2>::from_data(TensorData::new(embed_host.data, [c.vocab_size, d]), device);
 
         let mut layers = Vec::with_capacity(c.num_layers);
