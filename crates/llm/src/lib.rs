@@ -11,7 +11,7 @@
 //! use burn::backend::Flex;
 //! use xcomposer_llm::{GenerationConfig, LanguageModel, Message};
 //!
-//! let path = xcomposer_llm::fetch::models_dir().join(xcomposer_llm::fetch::SMOLLM2_135M.file_name);
+//! let path = xcomposer_llm::fetch::models_dir().join(xcomposer_llm::fetch::SMOLLM2_135M.files[0].file_name);
 //! let model = LanguageModel::<Flex>::load(&path, &Default::default())?;
 //! let ids = model.encode_chat(&[Message::new("user", "Name a colour.")])?;
 //! let out = model.generate(&ids, &GenerationConfig { max_new_tokens: 16, ..Default::default() }, &mut |t| print!("{t}"))?;
@@ -30,6 +30,7 @@ pub mod matvec;
 pub mod model;
 pub mod quant;
 pub mod tokenizer;
+pub mod torch;
 pub mod weights;
 
 pub use chat::{ChatTemplate, Message};
