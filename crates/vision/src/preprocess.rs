@@ -1,0 +1,195 @@
+//! `Preprocess`: the resize → centre crop → normalise chain every encoder uses, with the exact
+//! arithmetic of each reference preprocessor (see the constructors).
+
+use image::RgbImage;
+
+use crate::resize::resize_bicubic;
+
+/// How the long side is rounded when the short side is scaled to a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SideRounding {
+    /// `round(long · target / short)` (the EfficientNet reference).
+    Round,
+    /// `int(target · long / short)` (Hugging Face image processors).
+    Truncate,
+}
+
+/// The resize step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resize {
+    /// Scale so that the shorter side is `size`, keeping the aspect ratio.
+    ShortestSide {
+        /// Target of the shorter side.
+        size: u32,
+        /// Rounding of the longer side.
+        rounding: SideRounding,
+    },
+    /// Squash to exactly this size.
+    Exact {
+        /// Width.
+        width: u32,
+        /// Height.
+        height: u32,
+    },
+}
+
+/// How 8-bit values become model inputs: `(rescale(v) − mean[c]) / std[c]`, in f32.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Normalize {
+    /// The rescale step.
+    pub rescale: Rescale,
+    /// Per-channel mean (after rescaling).
+    pub mean: [f32; 3],
+    /// Per-channel standard deviation (after rescaling).
+    pub std: [f32; 3],
+}
+
+/// The rescale step of [`Normalize`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rescale {
+    /// `v as f32` (no rescaling).
+    None,
+    /// `(v as f64 · factor) as f32` (Hugging Face `rescale_factor`).
+    MulF64(f64),
+    /// `v as f32 / divisor` in f32 (torchvision `ToTensor`).
+    DivF32(f32),
+}
+
+/// The CLIP / EVA-CLIP channel means (after scaling to 0..1).
+pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+/// The CLIP / EVA-CLIP channel standard deviations.
+pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+
+/// A full preprocessing chain.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Preprocess {
+    /// Resize step.
+    pub resize: Resize,
+    /// Centre crop to `(width, height)` after resizing, if any.
+    pub crop: Option<(u32, u32)>,
+    /// Normalisation.
+    pub normalize: Normalize,
+}
+
+impl Preprocess {
+    /// EfficientNet-Lite0: shorter side → 256 (rounded), centre crop 224, `(v − 127) / 128`.
+    pub fn efficientnet_lite0() -> Self {
+        Self {
+            resize: Resize::ShortestSide { size: 256, rounding: SideRounding::Round },
+            crop: Some((224, 224)),
+            normalize: Normalize { rescale: Rescale::None, mean: [127.0; 3], std: [128.0; 3] },
+        }
+    }
+
+    /// Hugging Face `CLIPImageProcessor` defaults at `size`: shortest edge → size (truncated),
+    /// centre crop, `v · (1/255)` in f64, CLIP mean/std.
+    pub fn clip(size: u32) -> Self {
+        Self {
+            resize: Resize::ShortestSide { size, rounding: SideRounding::Truncate },
+            crop: Some((size, size)),
+            normalize: Normalize { rescale: Rescale::MulF64(1.0 / 255.0), mean: CLIP_MEAN, std: CLIP_STD },
+        }
+    }
+
+    /// The InternLM-XComposer visual encoder: squash to `size`², `v / 255` in f32, CLIP mean/std.
+    pub fn xcomposer(size: u32) -> Self {
+        Self {
+            resize: Resize::Exact { width: size, height: size },
+            crop: None,
+            normalize: Normalize { rescale: Rescale::DivF32(255.0), mean: CLIP_MEAN, std: CLIP_STD },
+        }
+    }
+
+    /// The output `(width, height)`.
+    pub fn output_size(&self, input: (u32, u32)) -> (u32, u32) {
+        self.crop.unwrap_or_else(|| resized_size(self.resize, input))
+    }
+
+    /// Resizes and crops, returning 8-bit pixels (what the references call `crop_u8`).
+    pub fn resize_and_crop(&self, img: &RgbImage) -> RgbImage {
+        let (w, h) = resized_size(self.resize, img.dimensions());
+        let resized = resize_bicubic(img, w, h);
+        match self.crop {
+            Some((cw, ch)) => center_crop(&resized, cw, ch),
+            None => resized,
+        }
+    }
+
+    /// The model input, channel-major (`[3, H, W]` flattened).
+    pub fn apply(&self, img: &RgbImage) -> Vec<f32> {
+        to_chw(&self.resize_and_crop(img), &self.normalize)
+    }
+}
+
+/// The size after a resize step.
+pub fn resized_size(resize: Resize, (w, h): (u32, u32)) -> (u32, u32) {
+    match resize {
+        Resize::Exact { width, height } => (width, height),
+        Resize::ShortestSide { size, rounding } => {
+            let (short, long) = if w <= h { (w, h) } else { (h, w) };
+            let long = match rounding {
+                SideRounding::Round => (long as f64 * (size as f64 / short.max(1) as f64)).round() as u32,
+                SideRounding::Truncate => (size as u64 * long as u64 / short.max(1) as u64) as u32,
+            };
+            if w <= h { (size, long) } else { (long, size) }
+        }
+    }
+}
+
+/// Centre crop with `top = (h − ch) / 2`, `left = (w − cw) / 2` (floors); pads with black
+/// where the image is smaller than the crop, as PIL's `crop` does.
+pub fn center_crop(img: &RgbImage, cw: u32, ch: u32) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let left = (w as i64 - cw as i64).div_euclid(2);
+    let top = (h as i64 - ch as i64).div_euclid(2);
+    RgbImage::from_fn(cw, ch, |x, y| {
+        let (sx, sy) = (x as i64 + left, y as i64 + top);
+        if sx >= 0 && sy >= 0 && sx < w as i64 && sy < h as i64 { *img.get_pixel(sx as u32, sy as u32) } else { image::Rgb([0, 0, 0]) }
+    })
+}
+
+/// Normalises 8-bit RGB into a channel-major f32 buffer.
+pub fn to_chw(img: &RgbImage, n: &Normalize) -> Vec<f32> {
+    let (w, h) = img.dimensions();
+    let plane = (w * h) as usize;
+    let mut out = vec![0f32; 3 * plane];
+    for (i, p) in img.pixels().enumerate() {
+        for c in 0..3 {
+            let v = match n.rescale {
+                Rescale::None => p[c] as f32,
+                Rescale::MulF64(f) => (p[c] as f64 * f) as f32,
+                Rescale::DivF32(d) => p[c] as f32 / d,
+            };
+            out[c * plane + i] = (v - n.mean[c]) / n.std[c];
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shortest_side_sizes_follow_each_reference() {
+        let hf = Resize::ShortestSide { size: 224, rounding: SideRounding::Truncate };
+        // The clip-tiny fixture records these sizes.
+        assert_eq!(resized_size(hf, (451, 300)), (336, 224));
+        assert_eq!(resized_size(hf, (550, 660)), (224, 268));
+        assert_eq!(resized_size(hf, (500, 500)), (224, 224));
+        let eff = Resize::ShortestSide { size: 256, rounding: SideRounding::Round };
+        // 451·256/300 = 384.85 → 385 (truncation would give 384).
+        assert_eq!(resized_size(eff, (451, 300)), (385, 256));
+    }
+
+    #[test]
+    fn crop_is_centred_with_floors() {
+        let img = RgbImage::from_fn(5, 4, |x, y| image::Rgb([x as u8, y as u8, 0]));
+        let c = center_crop(&img, 2, 2);
+        assert_eq!(c.get_pixel(0, 0).0, [1, 1, 0]);
+        let n = Normalize { rescale: Rescale::None, mean: [127.0; 3], std: [128.0; 3] };
+        let v = to_chw(&c, &n);
+        assert_eq!(v[0], (1.0 - 127.0) / 128.0);
+        assert_eq!(v[4 + 2], (2.0 - 127.0) / 128.0); // G plane, (0, 1)
+    }
+}
