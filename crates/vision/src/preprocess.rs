@@ -8,7 +8,7 @@ use crate::resize::resize_bicubic;
 /// How the long side is rounded when the short side is scaled to a target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SideRounding {
-    /// `round(long · target / short)` (the EfficientNet reference).
+    /// Python's `round(long · (target / short))`, ties to even (the EfficientNet reference).
     Round,
     /// `int(target · long / short)` (Hugging Face image processors).
     Truncate,
@@ -128,7 +128,7 @@ pub fn resized_size(resize: Resize, (w, h): (u32, u32)) -> (u32, u32) {
         Resize::ShortestSide { size, rounding } => {
             let (short, long) = if w <= h { (w, h) } else { (h, w) };
             let long = match rounding {
-                SideRounding::Round => (long as f64 * (size as f64 / short.max(1) as f64)).round() as u32,
+                SideRounding::Round => (long as f64 * (size as f64 / short.max(1) as f64)).round_ties_even() as u32,
                 SideRounding::Truncate => (size as u64 * long as u64 / short.max(1) as u64) as u32,
             };
             if w <= h { (size, long) } else { (long, size) }
@@ -180,6 +180,8 @@ mod tests {
         let eff = Resize::ShortestSide { size: 256, rounding: SideRounding::Round };
         // 451·256/300 = 384.85 → 385 (truncation would give 384).
         assert_eq!(resized_size(eff, (451, 300)), (385, 256));
+        // 773·(256/512) = 386.5 → 386: Python rounds ties to even.
+        assert_eq!(resized_size(eff, (773, 512)), (386, 256));
     }
 
     #[test]
