@@ -10,10 +10,10 @@ use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
-use rayon::prelude::*;
 
 use crate::config::DecoderConfig;
 use crate::matvec::QMatrix;
+use crate::nn::transpose;
 use crate::weights::{HostTensor, WeightError, WeightSource};
 
 /// Checkpoint key names: (Hugging Face name, GGUF name), `{}` standing for the layer index.
@@ -140,17 +140,6 @@ pub struct Decoder<B: Backend> {
     /// `[head_dim, head_dim]` signed permutation: `x·R` is rotate-half of `x`.
     rotate_half: Tensor<B, 2>,
     device: B::Device,
-}
-
-/// Transposes a row-major `[rows, cols]` matrix.
-fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0f32; data.len()];
-    out.par_chunks_mut(rows).enumerate().for_each(|(c, col)| {
-        for (r, v) in col.iter_mut().enumerate() {
-            *v = data[r * cols + c];
-        }
-    });
-    out
 }
 
 /// For each HF row, the GGUF row it comes from (see [`unpermute_rows`]).

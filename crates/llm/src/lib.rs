@@ -28,6 +28,7 @@ pub mod generation;
 pub mod gguf;
 pub mod matvec;
 pub mod model;
+pub mod nn;
 pub mod quant;
 pub mod tokenizer;
 pub mod torch;

@@ -1,5 +1,13 @@
-//! Image retrieval for xcomposer, stage 3 of composition: a persisted index of the user's image
-//! library, text embedders, CLIP, and the scorers that rank candidate images for a caption.
+//! Retrieval for xcomposer, stage 3 of composition: finding the image that fits a caption.
 //!
-//! Filled by later issues: the MiniLM embedder, the scorer interface and its implementations, and
-//! the `ImageLibrary` index.
+//! - [`bert`] and [`embedder`]: the MiniLM sentence embedder ([`TextEmbedder`]);
+//! - [`scorer`]: the caption → image score interface and the default scorers;
+//! - [`library`]: the user's image folder as a persisted, incrementally updated index
+//!   ([`ImageLibrary`]);
+//! - [`default_library`]: real photos from registry packages with our own metadata, the
+//!   library used when the user names none.
+
+pub mod bert;
+pub mod embedder;
+
+pub use embedder::{EmbedderError, TextEmbedder};
