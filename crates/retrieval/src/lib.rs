@@ -11,3 +11,9 @@ pub mod bert;
 pub mod embedder;
 
 pub use embedder::{EmbedderError, TextEmbedder};
+pub mod default_library;
+pub mod library;
+pub mod scorer;
+
+pub use library::{Hit, ImageLibrary, IndexReport, IndexedImage, Indexer, LibraryError};
+pub use scorer::{HybridScorer, MetadataScorer, Score, ScorePart, Scorer, TagScorer};

@@ -1,0 +1,698 @@
+//! `ImageLibrary`: a folder of the user's images as a persisted index.
+//!
+//! [`ImageLibrary::index`] walks the folder (recursively; hidden entries skipped; a symbolic
+//! link is followed only when its target lies inside the folder), reads each image's bytes,
+//! and keeps the stored entry of any image whose sha256 it already knows, so re-indexing
+//! processes only new or changed images; removed images are dropped, and an unreadable or
+//! corrupt image is reported and skipped. New images are decoded in parallel, tagged with
+//! EfficientNet-Lite0 in batches, and their tag and metadata embeddings computed with MiniLM.
+//!
+//! On disk (in `FOLDER/.xcomposer/` unless told otherwise): `index.json` (format version, the
+//! models it was built with, one entry per image: path, sha256, size, dimensions, tags,
+//! metadata text) and one little-endian f32 matrix per feature (`features-NAME.f32`). An index
+//! of another format version or other models is refused with a "re-index" message.
+//!
+//! Image text comes from, in order: the folder's `library.json` (`{"images": {"PATH": {...}}}`),
+//! a sidecar `IMAGE.json` (both with `title`, `description`, `alt`), the EXIF
+//! `ImageDescription`, and the file name (words of the stem, camera-style names ignored).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use burn::tensor::backend::Backend;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use xcomposer_vision::{ImageInput, ImageTagger, Tag};
+
+use crate::embedder::{EmbedderError, TextEmbedder, normalize};
+use crate::scorer::{METADATA_FEATURE, Score, ScoreError, Scorer, TAG_FEATURE};
+
+/// The on-disk format version this build reads and writes.
+pub const INDEX_VERSION: u32 = 1;
+/// The index folder's name inside a library.
+pub const INDEX_DIR: &str = ".xcomposer";
+/// How many top labels an image keeps (and ConSE averages over).
+pub const TOP_TAGS: usize = 5;
+const FORMAT: &str = "xcomposer-image-index";
+const EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "webp", "gif", "jpe"];
+
+/// Errors of the library.
+#[derive(Debug, thiserror::Error)]
+pub enum LibraryError {
+    /// A file operation failed.
+    #[error("{path}: {reason}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// There is no index yet.
+    #[error("{index}: no image index here; build it with `xcomposer index {root}`")]
+    NoIndex {
+        /// Where it was looked for.
+        index: PathBuf,
+        /// The library folder.
+        root: PathBuf,
+    },
+    /// The index is from another version, other models, or damaged.
+    #[error("{index}: {reason}; re-index with `xcomposer index {root}`")]
+    Stale {
+        /// The index folder.
+        index: PathBuf,
+        /// The library folder.
+        root: PathBuf,
+        /// What does not match.
+        reason: String,
+    },
+    /// Embedding failed.
+    #[error(transparent)]
+    Embedder(#[from] EmbedderError),
+    /// Scoring failed.
+    #[error(transparent)]
+    Score(#[from] ScoreError),
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> LibraryError + '_ {
+    move |e| LibraryError::Io { path: path.to_path_buf(), reason: e.to_string() }
+}
+
+/// Which models made an index's features.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelIds {
+    /// Image tagger.
+    pub tagger: String,
+    /// Text embedder.
+    pub embedder: String,
+}
+
+impl ModelIds {
+    /// The default models.
+    pub fn default_models() -> Self {
+        Self {
+            tagger: format!("efficientnet-lite0@{}", &xcomposer_vision::tagger::EFFICIENTNET_LITE0.files[0].sha256[..12]),
+            embedder: format!("all-MiniLM-L6-v2@{}", &crate::embedder::MINILM_L6_V2.files[0].sha256[..12]),
+        }
+    }
+}
+
+/// One indexed image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IndexedImage {
+    /// Path relative to the library folder, with `/` separators.
+    pub path: String,
+    /// sha256 of the file's bytes.
+    pub sha256: String,
+    /// File size in bytes.
+    pub bytes: u64,
+    /// Width in pixels (after EXIF orientation).
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// The top ImageNet tags.
+    pub tags: Vec<Tag>,
+    /// The EXIF `ImageDescription`, if the file has one.
+    #[serde(default)]
+    pub exif_description: Option<String>,
+    /// The image's own text, if any.
+    pub metadata_text: Option<String>,
+    /// Where that text came from (`library.json`, `sidecar`, `exif`, `file name`).
+    pub metadata_sources: Vec<String>,
+    /// Row of each stored feature.
+    #[serde(default)]
+    pub rows: BTreeMap<String, u32>,
+}
+
+/// A feature matrix, one optional row per image.
+#[derive(Debug, Clone, Default)]
+pub struct FeatureMatrix {
+    /// Row length.
+    pub dim: usize,
+    data: Vec<f32>,
+    row_of: Vec<Option<u32>>,
+}
+
+impl FeatureMatrix {
+    /// The feature row of image `i`, if it has one.
+    pub fn row(&self, i: usize) -> Option<&[f32]> {
+        let r = self.row_of.get(i).copied().flatten()? as usize;
+        self.data.get(r * self.dim..(r + 1) * self.dim)
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct IndexFile {
+    format: String,
+    version: u32,
+    models: ModelIds,
+    /// Feature name → row length.
+    features: BTreeMap<String, usize>,
+    images: Vec<IndexedImage>,
+}
+
+/// A library folder with its loaded index.
+#[derive(Debug, Clone)]
+pub struct ImageLibrary {
+    root: PathBuf,
+    index_dir: PathBuf,
+    models: ModelIds,
+    images: Vec<IndexedImage>,
+    features: BTreeMap<String, FeatureMatrix>,
+}
+
+/// One search result.
+#[derive(Debug, Clone, Serialize)]
+pub struct Hit {
+    /// Index of the image in the library.
+    pub image: usize,
+    /// Its path relative to the library.
+    pub path: String,
+    /// Its score and the parts of it.
+    pub score: Score,
+}
+
+/// What an indexing run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct IndexReport {
+    /// Images seen in the folder.
+    pub found: usize,
+    /// Images decoded and embedded in this run (new or changed content).
+    pub processed: Vec<String>,
+    /// Images whose stored entry was reused.
+    pub unchanged: usize,
+    /// Entries dropped because their file is gone.
+    pub removed: Vec<String>,
+    /// Images that could not be read, with the reason.
+    pub skipped: Vec<(String, String)>,
+    /// Problems with metadata files (the images are still indexed).
+    pub warnings: Vec<String>,
+}
+
+/// Progress of an indexing run.
+#[derive(Debug, Clone, Copy)]
+pub enum Progress {
+    /// The walk found `total` images, `to_process` of which need processing.
+    Planned {
+        /// Images found.
+        total: usize,
+        /// New or changed ones.
+        to_process: usize,
+    },
+    /// One more image was processed (or skipped).
+    Processed,
+}
+
+/// The models that make an index: the tagger and the text embedder.
+pub struct Indexer<B: Backend> {
+    /// EfficientNet-Lite0 with labels.
+    pub tagger: ImageTagger<B>,
+    /// MiniLM.
+    pub embedder: Arc<TextEmbedder<B>>,
+    /// Images per tagger batch.
+    pub batch: usize,
+}
+
+impl<B: Backend> Indexer<B> {
+    /// Loads the default models from the models folder, fetching them if needed.
+    pub fn load_default(models_dir: &Path, device: &B::Device, log: &mut dyn FnMut(&str)) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        let tagger = ImageTagger::load_default(models_dir, device, log)?;
+        let embedder = Arc::new(TextEmbedder::load_default(models_dir, device, log)?);
+        Ok(Self { tagger, embedder, batch: 8 })
+    }
+
+    /// The text embedded for a label (its first ImageNet name).
+    pub fn label_text(&self, index: usize) -> String {
+        self.tagger.labels().name(index).to_string()
+    }
+
+    /// ConSE: the probability-weighted mean of the label embeddings, normalised.
+    fn tag_embedding(&self, tags: &[Tag], cache: &mut HashMap<usize, Vec<f32>>) -> Result<Vec<f32>, EmbedderError> {
+        let missing: Vec<usize> = tags.iter().map(|t| t.index).filter(|i| !cache.contains_key(i)).collect();
+        if !missing.is_empty() {
+            let texts: Vec<String> = missing.iter().map(|&i| self.label_text(i)).collect();
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            for (i, e) in missing.into_iter().zip(self.embedder.embed(&refs)?) {
+                cache.insert(i, e);
+            }
+        }
+        let mut v = vec![0f32; self.embedder.dim()];
+        for t in tags {
+            for (a, b) in v.iter_mut().zip(&cache[&t.index]) {
+                *a += t.probability * b;
+            }
+        }
+        normalize(&mut v);
+        Ok(v)
+    }
+}
+
+/// Text fields of a metadata entry.
+#[derive(Debug, Default, Deserialize)]
+struct MetaEntry {
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    alt: Option<String>,
+}
+
+impl MetaEntry {
+    fn text(&self) -> Option<String> {
+        let parts: Vec<String> = [&self.title, &self.description, &self.alt]
+            .into_iter()
+            .flatten()
+            .map(|s| s.trim().trim_end_matches('.').to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        (!parts.is_empty()).then(|| parts.join(". ") + ".")
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct LibraryMeta {
+    #[serde(default)]
+    images: BTreeMap<String, MetaEntry>,
+}
+
+/// Words of a file name worth embedding: `grace_hopper.jpg` → "grace hopper";
+/// `IMG_2034.JPG` → none.
+pub fn file_name_words(path: &str) -> Option<String> {
+    let stem = Path::new(path).file_stem()?.to_string_lossy().to_lowercase();
+    const CAMERA: [&str; 8] = ["img", "dsc", "dscn", "dscf", "pxl", "photo", "image", "screenshot"];
+    let words: Vec<&str> = stem
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty() && !w.chars().all(|c| c.is_ascii_digit()) && !CAMERA.contains(w))
+        .filter(|w| !(w.len() > 2 && w.chars().any(|c| c.is_ascii_digit()) && w.chars().any(|c| c.is_alphabetic())))
+        .filter(|w| !matches!(*w, "left" | "right"))
+        .collect();
+    (!words.is_empty()).then(|| words.join(" "))
+}
+
+/// Finds image files under `root`, as relative paths with `/` separators.
+fn walk(root: &Path, report: &mut IndexReport) -> Result<Vec<String>, LibraryError> {
+    let canon_root = root.canonicalize().map_err(io(root))?;
+    let mut out = vec![];
+    let mut seen = HashSet::new();
+    let mut stack = vec![(root.to_path_buf(), String::new())];
+    seen.insert(canon_root.clone());
+    while let Some((dir, rel)) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) => {
+                report.skipped.push((rel.clone(), format!("folder not readable: {e}")));
+                continue;
+            }
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            let path = entry.path();
+            let rel_path = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+            let Ok(ft) = entry.file_type() else { continue };
+            let (is_dir, is_file) = if ft.is_symlink() {
+                // Follow a link only when its target stays inside the library.
+                match path.canonicalize() {
+                    Ok(t) if t.starts_with(&canon_root) => (t.is_dir(), t.is_file()),
+                    _ => continue,
+                }
+            } else {
+                (ft.is_dir(), ft.is_file())
+            };
+            if is_dir {
+                if let Ok(c) = path.canonicalize()
+                    && seen.insert(c)
+                {
+                    stack.push((path, rel_path));
+                }
+            } else if is_file && Path::new(&name).extension().is_some_and(|e| EXTENSIONS.contains(&e.to_string_lossy().to_lowercase().as_str())) {
+                out.push(rel_path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The default index folder of a library.
+pub fn default_index_dir(root: &Path) -> PathBuf {
+    root.join(INDEX_DIR)
+}
+
+impl ImageLibrary {
+    /// Opens the index of the library at `root` (in `index_dir`, default `root/.xcomposer`).
+    pub fn open(root: &Path, index_dir: Option<&Path>) -> Result<Self, LibraryError> {
+        let index_dir = index_dir.map(Path::to_path_buf).unwrap_or_else(|| default_index_dir(root));
+        let file = index_dir.join("index.json");
+        if !file.exists() {
+            return Err(LibraryError::NoIndex { index: file, root: root.to_path_buf() });
+        }
+        let stale = |reason: String| LibraryError::Stale { index: file.clone(), root: root.to_path_buf(), reason };
+        let text = std::fs::read_to_string(&file).map_err(io(&file))?;
+        let head: serde_json::Value = serde_json::from_str(&text).map_err(|e| stale(format!("not a readable index ({e})")))?;
+        if head.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
+            return Err(stale("not an xcomposer image index".into()));
+        }
+        let version = head.get("version").and_then(|v| v.as_u64()).unwrap_or(0);
+        if version != INDEX_VERSION as u64 {
+            return Err(stale(format!("written in index format version {version}, this xcomposer reads version {INDEX_VERSION}")));
+        }
+        let idx: IndexFile = serde_json::from_value(head).map_err(|e| stale(format!("damaged index ({e})")))?;
+        let mut features = BTreeMap::new();
+        for (name, &dim) in &idx.features {
+            let path = index_dir.join(format!("features-{name}.f32"));
+            let bytes = std::fs::read(&path).map_err(io(&path))?;
+            let data: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+            let row_of: Vec<Option<u32>> = idx.images.iter().map(|im| im.rows.get(name).copied()).collect();
+            let rows = row_of.iter().flatten().map(|&r| r as usize + 1).max().unwrap_or(0);
+            if bytes.len() % 4 != 0 || dim == 0 || data.len() != rows * dim {
+                return Err(stale(format!("{} does not match index.json", path.display())));
+            }
+            features.insert(name.clone(), FeatureMatrix { dim, data, row_of });
+        }
+        Ok(Self { root: root.to_path_buf(), index_dir, models: idx.models, images: idx.images, features })
+    }
+
+    /// Opens the index and checks that it was built with `models`.
+    pub fn open_for(root: &Path, index_dir: Option<&Path>, models: &ModelIds) -> Result<Self, LibraryError> {
+        let lib = Self::open(root, index_dir)?;
+        if &lib.models != models {
+            return Err(LibraryError::Stale {
+                index: lib.index_dir.join("index.json"),
+                root: root.to_path_buf(),
+                reason: format!("built with {} + {}, but the scorer uses {} + {}", lib.models.tagger, lib.models.embedder, models.tagger, models.embedder),
+            });
+        }
+        Ok(lib)
+    }
+
+    /// Indexes (or re-indexes) the folder and saves the index; see the module documentation.
+    pub fn index<B: Backend>(root: &Path, index_dir: Option<&Path>, indexer: &Indexer<B>, progress: &mut dyn FnMut(Progress)) -> Result<(Self, IndexReport), LibraryError> {
+        let index_dir = index_dir.map(Path::to_path_buf).unwrap_or_else(|| default_index_dir(root));
+        let models = ModelIds::default_models();
+        let mut report = IndexReport::default();
+        // Reuse what a compatible earlier index knows, by content hash.
+        let previous = match Self::open_for(root, Some(&index_dir), &models) {
+            Ok(lib) => Some(lib),
+            Err(LibraryError::NoIndex { .. }) => None,
+            Err(e @ LibraryError::Stale { .. }) => {
+                report.warnings.push(format!("{e} (rebuilding it now)"));
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let files = walk(root, &mut report)?;
+        report.found = files.len();
+        let lib_meta = read_library_meta(root, &mut report);
+        let mut known: HashMap<String, (IndexedImage, Option<Vec<f32>>)> = HashMap::new();
+        if let Some(prev) = &previous {
+            for (i, im) in prev.images.iter().enumerate() {
+                let tag = prev.feature(TAG_FEATURE).and_then(|m| m.row(i)).map(<[f32]>::to_vec);
+                known.insert(im.sha256.clone(), (im.clone(), tag));
+            }
+        }
+        let present: HashSet<&str> = files.iter().map(String::as_str).collect();
+        if let Some(prev) = &previous {
+            report.removed = prev.images.iter().filter(|im| !present.contains(im.path.as_str())).map(|im| im.path.clone()).collect();
+        }
+        // Read and hash every file (cheap next to decoding), in parallel.
+        let read: Vec<(String, Result<Vec<u8>, String>)> = files.par_iter().map(|rel| (rel.clone(), std::fs::read(root.join(rel)).map_err(|e| e.to_string()))).collect();
+        let mut entries: Vec<(IndexedImage, Vec<f32>)> = vec![];
+        let mut todo: Vec<(String, Vec<u8>, String)> = vec![];
+        for (rel, bytes) in read {
+            match bytes {
+                Err(e) => report.skipped.push((rel, e)),
+                Ok(bytes) => {
+                    let sha = sha256_hex(&bytes);
+                    match known.get(&sha) {
+                        Some((im, Some(tag))) => {
+                            report.unchanged += 1;
+                            entries.push((IndexedImage { path: rel, ..im.clone() }, tag.clone()));
+                        }
+                        _ => todo.push((rel, bytes, sha)),
+                    }
+                }
+            }
+        }
+        progress(Progress::Planned { total: files.len(), to_process: todo.len() });
+        let input = ImageInput::default();
+        let mut label_cache = HashMap::new();
+        for chunk in todo.chunks(indexer.batch.max(1)) {
+            // Decode and preprocess in parallel; tag the batch together.
+            let decoded: Vec<_> = chunk
+                .par_iter()
+                .map(|(rel, bytes, _)| {
+                    input.decode(bytes, Path::new(rel)).map(|d| {
+                        let pixels = indexer.tagger.preprocess().apply(&d.rgb);
+                        (d, pixels)
+                    })
+                })
+                .collect();
+            let ok: Vec<usize> = (0..chunk.len()).filter(|&i| decoded[i].is_ok()).collect();
+            let pixels: Vec<Vec<f32>> = ok.iter().map(|&i| decoded[i].as_ref().unwrap().1.clone()).collect();
+            let tagged = indexer.tagger.tag_preprocessed(&pixels, TOP_TAGS);
+            for (i, d) in decoded.iter().enumerate() {
+                if let Err(e) = d {
+                    report.skipped.push((chunk[i].0.clone(), e.to_string()));
+                    progress(Progress::Processed);
+                }
+            }
+            for (&i, t) in ok.iter().zip(tagged) {
+                let (rel, bytes, sha) = &chunk[i];
+                let (d, _) = decoded[i].as_ref().unwrap();
+                let tag = indexer.tag_embedding(&t.tags, &mut label_cache)?;
+                let im = IndexedImage {
+                    path: rel.clone(),
+                    sha256: sha.clone(),
+                    bytes: bytes.len() as u64,
+                    width: d.rgb.width(),
+                    height: d.rgb.height(),
+                    tags: t.tags,
+                    exif_description: d.description.clone(),
+                    metadata_text: None,
+                    metadata_sources: vec![],
+                    rows: BTreeMap::new(),
+                };
+                report.processed.push(rel.clone());
+                entries.push((im, tag));
+                progress(Progress::Processed);
+            }
+        }
+        entries.sort_by(|a, b| a.0.path.cmp(&b.0.path));
+        // Metadata text is recomputed each run (sidecars may change without the image).
+        let texts: Vec<Option<(String, Vec<String>)>> = entries.iter().map(|(im, _)| metadata_text(root, im, &lib_meta, &mut report)).collect();
+        let need: Vec<&str> = texts.iter().flatten().map(|(t, _)| t.as_str()).collect();
+        let mut meta_vecs = indexer.embedder.embed(&need)?.into_iter();
+        let dim = indexer.embedder.dim();
+        let mut tag_data = Vec::with_capacity(entries.len() * dim);
+        let mut meta_data = vec![];
+        let mut images = Vec::with_capacity(entries.len());
+        for (i, ((mut im, tag), text)) in entries.into_iter().zip(texts).enumerate() {
+            im.rows = BTreeMap::from([(TAG_FEATURE.to_string(), i as u32)]);
+            tag_data.extend(tag);
+            (im.metadata_text, im.metadata_sources) = match text {
+                Some((t, sources)) => {
+                    im.rows.insert(METADATA_FEATURE.into(), (meta_data.len() / dim) as u32);
+                    meta_data.extend(meta_vecs.next().expect("one embedding per text"));
+                    (Some(t), sources)
+                }
+                None => (None, vec![]),
+            };
+            images.push(im);
+        }
+        let row_of = |name: &str| images.iter().map(|im| im.rows.get(name).copied()).collect::<Vec<_>>();
+        let features = BTreeMap::from([
+            (TAG_FEATURE.to_string(), FeatureMatrix { dim, data: tag_data, row_of: row_of(TAG_FEATURE) }),
+            (METADATA_FEATURE.to_string(), FeatureMatrix { dim, data: meta_data, row_of: row_of(METADATA_FEATURE) }),
+        ]);
+        let lib = Self { root: root.to_path_buf(), index_dir, models, images, features };
+        lib.save()?;
+        Ok((lib, report))
+    }
+
+    /// Writes the index (feature files first, then `index.json`, each through a rename).
+    pub fn save(&self) -> Result<(), LibraryError> {
+        std::fs::create_dir_all(&self.index_dir).map_err(io(&self.index_dir))?;
+        let write = |name: &str, bytes: &[u8]| -> Result<(), LibraryError> {
+            let tmp = self.index_dir.join(format!(".{name}.{}", std::process::id()));
+            std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+            let dst = self.index_dir.join(name);
+            std::fs::rename(&tmp, &dst).map_err(io(&dst))
+        };
+        for (name, m) in &self.features {
+            let bytes: Vec<u8> = m.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+            write(&format!("features-{name}.f32"), &bytes)?;
+        }
+        let file = IndexFile {
+            format: FORMAT.into(),
+            version: INDEX_VERSION,
+            models: self.models.clone(),
+            features: self.features.iter().map(|(k, m)| (k.clone(), m.dim)).collect(),
+            images: self.images.clone(),
+        };
+        write("index.json", serde_json::to_string_pretty(&file).expect("serialisable").as_bytes())
+    }
+
+    /// Builds a library in memory from entries and feature rows (for tests and benchmarks).
+    pub fn from_parts(root: &Path, images: Vec<IndexedImage>, features: BTreeMap<String, (usize, Vec<f32>)>) -> Self {
+        let features = features
+            .into_iter()
+            .map(|(name, (dim, data))| {
+                let row_of = images.iter().map(|im| im.rows.get(&name).copied()).collect();
+                (name, FeatureMatrix { dim, data, row_of })
+            })
+            .collect();
+        Self { root: root.to_path_buf(), index_dir: default_index_dir(root), models: ModelIds::default_models(), images, features }
+    }
+
+    /// The library folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The index folder.
+    pub fn index_dir(&self) -> &Path {
+        &self.index_dir
+    }
+
+    /// The models the index was built with.
+    pub fn models(&self) -> &ModelIds {
+        &self.models
+    }
+
+    /// The indexed images, sorted by path.
+    pub fn images(&self) -> &[IndexedImage] {
+        &self.images
+    }
+
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.images.len()
+    }
+
+    /// Whether the library has no images.
+    pub fn is_empty(&self) -> bool {
+        self.images.is_empty()
+    }
+
+    /// A stored feature matrix.
+    pub fn feature(&self, name: &str) -> Option<&FeatureMatrix> {
+        self.features.get(name)
+    }
+
+    /// The absolute path of image `i`.
+    pub fn path_of(&self, i: usize) -> PathBuf {
+        self.root.join(&self.images[i].path)
+    }
+
+    /// The `k` best images for each caption, best first (images the scorer has no opinion on
+    /// are not returned).
+    pub fn search(&self, scorer: &dyn Scorer, captions: &[&str], k: usize) -> Result<Vec<Vec<Hit>>, LibraryError> {
+        let scores = scorer.score(captions, self)?;
+        Ok(scores
+            .into_iter()
+            .map(|row| {
+                let mut hits: Vec<Hit> = row.into_iter().enumerate().filter_map(|(i, s)| s.map(|score| Hit { image: i, path: self.images[i].path.clone(), score })).collect();
+                let k = k.min(hits.len());
+                if k > 0 && k < hits.len() {
+                    hits.select_nth_unstable_by(k - 1, |a, b| b.score.total.total_cmp(&a.score.total));
+                }
+                hits.truncate(k);
+                hits.sort_by(|a, b| b.score.total.total_cmp(&a.score.total).then(a.path.cmp(&b.path)));
+                hits
+            })
+            .collect())
+    }
+}
+
+fn read_library_meta(root: &Path, report: &mut IndexReport) -> LibraryMeta {
+    let path = root.join(crate::default_library::METADATA_FILE);
+    match std::fs::read_to_string(&path) {
+        Err(_) => LibraryMeta::default(),
+        Ok(text) => serde_json::from_str(&text).unwrap_or_else(|e| {
+            report.warnings.push(format!("{}: ignored, not valid library metadata ({e}); expected {{\"images\": {{\"PATH\": {{\"title\": …, \"description\": …}}}}}}", path.display()));
+            LibraryMeta::default()
+        }),
+    }
+}
+
+/// The image's text and where it came from.
+fn metadata_text(root: &Path, im: &IndexedImage, lib: &LibraryMeta, report: &mut IndexReport) -> Option<(String, Vec<String>)> {
+    let mut parts = vec![];
+    let mut sources = vec![];
+    if let Some(t) = lib.images.get(&im.path).and_then(MetaEntry::text) {
+        parts.push(t);
+        sources.push(crate::default_library::METADATA_FILE.to_string());
+    }
+    let sidecar = root.join(format!("{}.json", im.path));
+    if let Ok(text) = std::fs::read_to_string(&sidecar) {
+        match serde_json::from_str::<MetaEntry>(&text) {
+            Ok(m) => {
+                if let Some(t) = m.text() {
+                    parts.push(t);
+                    sources.push("sidecar".into());
+                }
+            }
+            Err(e) => report.warnings.push(format!("{}: ignored, not a valid sidecar ({e}); expected {{\"title\": …, \"description\": …, \"alt\": …}}", sidecar.display())),
+        }
+    }
+    if let Some(desc) = &im.exif_description {
+        parts.push(desc.clone());
+        sources.push("exif".into());
+    }
+    if let Some(words) = file_name_words(&im.path) {
+        parts.push(words);
+        sources.push("file name".into());
+    }
+    (!parts.is_empty()).then(|| (parts.join(" "), sources))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_become_words_unless_they_are_camera_names() {
+        assert_eq!(file_name_words("grace_hopper.jpg").as_deref(), Some("grace hopper"));
+        assert_eq!(file_name_words("trips/Eiffel-Tower at night.JPG").as_deref(), Some("eiffel tower at night"));
+        assert_eq!(file_name_words("IMG_2034.JPG"), None);
+        assert_eq!(file_name_words("DSC01234.jpg"), None);
+        assert_eq!(file_name_words("PXL_20230101_123456789.jpg"), None);
+        assert_eq!(file_name_words("motorcycle_left.png").as_deref(), Some("motorcycle"));
+    }
+
+    #[test]
+    fn metadata_entries_join_their_fields() {
+        let m = MetaEntry { title: Some("Chelsea the cat".into()), description: Some("A tabby cat.".into()), alt: None };
+        assert_eq!(m.text().as_deref(), Some("Chelsea the cat. A tabby cat."));
+        assert_eq!(MetaEntry::default().text(), None);
+    }
+
+    #[test]
+    fn search_ranks_by_total_and_skips_images_without_an_opinion() {
+        struct Fixed;
+        impl Scorer for Fixed {
+            fn name(&self) -> &str {
+                "fixed"
+            }
+            fn score(&self, captions: &[&str], lib: &ImageLibrary) -> Result<Vec<Vec<Option<Score>>>, ScoreError> {
+                let s = |v: f32| Some(Score { total: v, parts: vec![] });
+                Ok(captions.iter().map(|_| (0..lib.len()).map(|i| if i == 1 { None } else { s(i as f32 * 0.1) }).collect()).collect())
+            }
+        }
+        let im = |p: &str| IndexedImage { path: p.into(), sha256: String::new(), bytes: 0, width: 1, height: 1, tags: vec![], exif_description: None, metadata_text: None, metadata_sources: vec![], rows: BTreeMap::new() };
+        let lib = ImageLibrary::from_parts(Path::new("/lib"), vec![im("a"), im("b"), im("c"), im("d")], BTreeMap::new());
+        let hits = lib.search(&Fixed, &["q"], 2).unwrap();
+        assert_eq!(hits[0].iter().map(|h| h.path.as_str()).collect::<Vec<_>>(), ["d", "c"]);
+        let all = lib.search(&Fixed, &["q"], 10).unwrap();
+        assert_eq!(all[0].len(), 3);
+    }
+}
