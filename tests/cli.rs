@@ -124,3 +124,52 @@ fn bad_sampling_settings_are_refused() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("top-p"), "{}", stderr(&out));
 }
+
+fn default_library_dir() -> PathBuf {
+    xcomposer_retrieval::default_library::ensure(&xcomposer_llm::fetch::models_dir(), &mut |m| eprintln!("[fetch] {m}")).expect("fetching the default library")
+}
+
+#[test]
+fn search_ranks_the_default_library_and_explains_the_score() {
+    default_library_dir();
+    let out = xcomposer().args(["search", "espresso", "--json", "-k", "2"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
+    let hits = v["hits"].as_array().unwrap();
+    assert_eq!(hits.len(), 2);
+    assert_eq!(hits[0]["relative_path"], "coffee.png");
+    assert_eq!(hits[0]["tags"][0]["label"], "espresso");
+    let parts: Vec<&str> = hits[0]["parts"].as_array().unwrap().iter().map(|p| p["scorer"].as_str().unwrap()).collect();
+    assert_eq!(parts, ["tags", "metadata"]);
+    assert!(hits[0]["score"].as_f64().unwrap() > hits[1]["score"].as_f64().unwrap());
+}
+
+#[test]
+fn index_then_search_a_user_folder() {
+    let lib = default_library_dir();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("user-library-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("holiday")).unwrap();
+    std::fs::copy(lib.join("coffee.png"), dir.join("IMG_0001.png")).unwrap();
+    std::fs::copy(lib.join("chelsea.png"), dir.join("holiday/IMG_0002.png")).unwrap();
+    std::fs::write(dir.join("holiday/IMG_0002.png.json"), r#"{"title": "Our neighbour's kitten"}"#).unwrap();
+    let d = dir.to_str().unwrap();
+
+    let out = xcomposer().args(["search", "a kitten", "--library", d]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no image index here; build it with `xcomposer index"), "{}", stderr(&out));
+
+    let out = xcomposer().args(["index", d]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("indexed 2 images"), "{}", String::from_utf8_lossy(&out.stdout));
+
+    let out = xcomposer().args(["search", "a kitten", "--library", d, "--json", "-k", "1"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["hits"][0]["relative_path"], "holiday/IMG_0002.png");
+    assert_eq!(v["hits"][0]["metadata_text"], "Our neighbour's kitten.");
+
+    let out = xcomposer().args(["index", "/nonexistent/photos"]).output().unwrap();
+    assert_eq!(stderr(&out).trim(), "error: /nonexistent/photos: not a folder (expected a folder of images to index)");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

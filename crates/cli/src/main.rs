@@ -4,6 +4,7 @@
 mod backend;
 mod bench;
 mod generate;
+mod library;
 mod models;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +24,10 @@ struct Cli {
 enum Command {
     /// Generate text with a language model (streams to stdout).
     Generate(generate::GenerateArgs),
+    /// Index a folder of images for search and composition.
+    Index(library::IndexArgs),
+    /// Rank a library's images for a caption.
+    Search(library::SearchArgs),
     /// Manage the local models folder.
     Models {
         #[command(subcommand)]
@@ -45,6 +50,8 @@ fn main() {
     }
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
+        Command::Index(args) => library::run_index(args),
+        Command::Search(args) => library::run_search(args),
         Command::Models { command } => models::run(command),
         Command::Bench { command } => bench::run(command),
     };

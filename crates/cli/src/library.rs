@@ -1,0 +1,195 @@
+//! `xcomposer index` and `xcomposer search`: building an image library's index and querying it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use burn::tensor::backend::Backend;
+use indicatif::{ProgressBar, ProgressStyle};
+use xcomposer_llm::fetch;
+use xcomposer_retrieval::library::{ImageLibrary, Indexer, LibraryError, ModelIds, Progress};
+use xcomposer_retrieval::{HybridScorer, TextEmbedder, default_library};
+
+use crate::backend::DeviceArg;
+
+/// Arguments of `xcomposer index`.
+#[derive(clap::Args)]
+pub struct IndexArgs {
+    /// The image folder to index (recursively).
+    pub dir: PathBuf,
+    /// Where to keep the index (default: DIR/.xcomposer).
+    #[arg(long)]
+    pub index: Option<PathBuf>,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Where the models run.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceArg,
+}
+
+/// Which scorer ranks the images.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScorerArg {
+    /// Weighted mean of tags and metadata (see --tag-weight / --metadata-weight).
+    Hybrid,
+    /// ImageNet tags only (ConSE).
+    Tags,
+    /// The image's own text only.
+    Metadata,
+}
+
+/// Arguments of `xcomposer search`.
+#[derive(clap::Args)]
+pub struct SearchArgs {
+    /// What the image should show.
+    pub query: String,
+    /// The image library (default: the default library, fetched and indexed on first use).
+    #[arg(long)]
+    pub library: Option<PathBuf>,
+    /// The library's index folder, if not LIBRARY/.xcomposer.
+    #[arg(long)]
+    pub index: Option<PathBuf>,
+    /// How many candidates to print.
+    #[arg(short, long, default_value_t = 4)]
+    pub k: usize,
+    /// Which scorer ranks the images.
+    #[arg(long, value_enum, default_value = "hybrid")]
+    pub scorer: ScorerArg,
+    /// Weight of the tag score in the hybrid.
+    #[arg(long, default_value_t = 0.5)]
+    pub tag_weight: f32,
+    /// Weight of the metadata score in the hybrid.
+    #[arg(long, default_value_t = 0.5)]
+    pub metadata_weight: f32,
+    /// Print the candidates as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn log(m: &str) {
+    eprintln!("[models] {m}");
+}
+
+/// Indexes `dir` with the default models, showing a progress bar; returns the library.
+pub fn index_with_progress<B: Backend>(dir: &Path, index: Option<&Path>, indexer: &Indexer<B>) -> Result<(ImageLibrary, xcomposer_retrieval::IndexReport, f64)> {
+    let bar = ProgressBar::hidden();
+    let t0 = Instant::now();
+    let (lib, report) = ImageLibrary::index(dir, index, indexer, &mut |p| match p {
+        Progress::Planned { total, to_process } => {
+            eprintln!("[index] {}: {total} images, {to_process} to process", dir.display());
+            if to_process > 0 {
+                bar.set_length(to_process as u64);
+                bar.set_style(ProgressStyle::with_template("[index] {bar:30} {pos}/{len} images, {per_sec}, eta {eta}").expect("valid template"));
+                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            }
+        }
+        Progress::Processed => bar.inc(1),
+    })
+    .with_context(|| format!("indexing {}", dir.display()))?;
+    bar.finish_and_clear();
+    Ok((lib, report, t0.elapsed().as_secs_f64()))
+}
+
+/// Runs `xcomposer index`.
+pub fn run_index(args: IndexArgs) -> Result<()> {
+    if !args.dir.is_dir() {
+        anyhow::bail!("{}: not a folder (expected a folder of images to index)", args.dir.display());
+    }
+    crate::with_backend!(args.device, |device: B| {
+        let indexer = Indexer::<B>::load_default(&fetch::models_dir(), &device, &mut log).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (lib, report, secs) = index_with_progress(&args.dir, args.index.as_deref(), &indexer)?;
+        for w in &report.warnings {
+            eprintln!("[index] warning: {w}");
+        }
+        for (path, why) in &report.skipped {
+            eprintln!("[index] skipped {path}: {why}");
+        }
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            println!(
+                "indexed {} images in {secs:.1} s: {} processed ({:.1} images/s), {} unchanged, {} removed, {} skipped → {}",
+                lib.len(),
+                report.processed.len(),
+                report.processed.len() as f64 / secs.max(1e-9),
+                report.unchanged,
+                report.removed.len(),
+                report.skipped.len(),
+                lib.index_dir().display()
+            );
+        }
+        Ok(())
+    })
+}
+
+/// Opens the default library, fetching and indexing it when needed.
+pub fn default_library() -> Result<ImageLibrary> {
+    let models = fetch::models_dir();
+    let dir = default_library::ensure(&models, &mut log).context("fetching the default image library")?;
+    match ImageLibrary::open_for(&dir, None, &ModelIds::default_models()) {
+        Ok(lib) if lib.len() > 0 => Ok(lib),
+        Ok(_) | Err(LibraryError::NoIndex { .. } | LibraryError::Stale { .. }) => {
+            let device = Default::default();
+            let indexer = Indexer::<burn::backend::Flex>::load_default(&models, &device, &mut log).map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(index_with_progress(&dir, None, &indexer)?.0)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Runs `xcomposer search`.
+pub fn run_search(args: SearchArgs) -> Result<()> {
+    let lib = match &args.library {
+        None => default_library()?,
+        Some(dir) => ImageLibrary::open_for(dir, args.index.as_deref(), &ModelIds::default_models())?,
+    };
+    let device = Default::default();
+    let embedder = Arc::new(TextEmbedder::<burn::backend::Flex>::load_default(&fetch::models_dir(), &device, &mut log)?);
+    let (tw, mw) = match args.scorer {
+        ScorerArg::Hybrid => (args.tag_weight, args.metadata_weight),
+        ScorerArg::Tags => (1.0, 0.0),
+        ScorerArg::Metadata => (0.0, 1.0),
+    };
+    if tw < 0.0 || mw < 0.0 || tw + mw <= 0.0 {
+        anyhow::bail!("--tag-weight {tw} / --metadata-weight {mw}: weights must be ≥ 0 and not both 0");
+    }
+    let scorer = HybridScorer::weighted(embedder, tw, mw);
+    let t0 = Instant::now();
+    let hits = lib.search(&scorer, &[args.query.as_str()], args.k)?.remove(0);
+    let ms = t0.elapsed().as_secs_f64() * 1e3;
+    if args.json {
+        let out: Vec<serde_json::Value> = hits
+            .iter()
+            .map(|h| {
+                let im = &lib.images()[h.image];
+                serde_json::json!({
+                    "path": lib.path_of(h.image), "relative_path": h.path, "score": h.score.total, "parts": h.score.parts,
+                    "tags": im.tags, "metadata_text": im.metadata_text,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"query": args.query, "library": lib.root(), "scorer": scorer_name(&args), "hits": out}))?);
+    } else {
+        eprintln!("[search] {} images, {} in {ms:.1} ms", lib.len(), scorer_name(&args));
+        for (rank, h) in hits.iter().enumerate() {
+            let im = &lib.images()[h.image];
+            let parts: Vec<String> = h.score.parts.iter().map(|p| format!("{} {:.3}×{}", p.scorer, p.score, p.weight)).collect();
+            let tags: Vec<String> = im.tags.iter().take(3).map(|t| format!("{} {:.2}", t.label, t.probability)).collect();
+            println!("{}. {:.3}  {}  [{}]  tags: {}", rank + 1, h.score.total, lib.path_of(h.image).display(), parts.join(", "), tags.join(", "));
+        }
+        if hits.is_empty() {
+            println!("no images in {}", lib.root().display());
+        }
+    }
+    Ok(())
+}
+
+fn scorer_name(args: &SearchArgs) -> String {
+    match args.scorer {
+        ScorerArg::Hybrid => format!("hybrid (tags {} / metadata {})", args.tag_weight, args.metadata_weight),
+        ScorerArg::Tags => "tags".into(),
+        ScorerArg::Metadata => "metadata".into(),
+    }
+}
