@@ -17,6 +17,8 @@ use crate::backend::{DeviceArg, peak_rss_mib, resolve_model};
 pub enum BenchCommand {
     /// Prefill and decode tokens/s of a language model (and llama.cpp beside it).
     Llm(LlmBenchArgs),
+    /// Image library: indexing images/s and search latency at 10k and 100k images.
+    Library(crate::bench_library::LibraryBenchArgs),
 }
 
 /// Arguments of `xcomposer bench llm`.
@@ -63,6 +65,7 @@ const LLAMA_CPP_SCRIPT: &str = include_str!("../../../scripts/bench_llama_cpp.py
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Llm(args) => llm(args),
+        BenchCommand::Library(args) => crate::bench_library::run(args),
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod backend;
 mod bench;
+mod bench_library;
 mod generate;
 mod library;
 mod models;

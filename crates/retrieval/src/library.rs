@@ -28,6 +28,8 @@ use xcomposer_vision::{ImageInput, ImageTagger, Tag};
 
 use crate::embedder::{EmbedderError, TextEmbedder, normalize};
 use crate::scorer::{METADATA_FEATURE, Score, ScoreError, Scorer, TAG_FEATURE};
+#[cfg(test)]
+use crate::scorer::{PartScores, ScoreMatrix};
 
 /// The on-disk format version this build reads and writes.
 pub const INDEX_VERSION: u32 = 1;
@@ -413,10 +415,15 @@ impl ImageLibrary {
         report.found = files.len();
         let lib_meta = read_library_meta(root, &mut report);
         let mut known: HashMap<String, (IndexedImage, Option<Vec<f32>>)> = HashMap::new();
+        // Metadata embeddings by text, so unchanged texts are not embedded again.
+        let mut known_text: HashMap<String, Vec<f32>> = HashMap::new();
         if let Some(prev) = &previous {
             for (i, im) in prev.images.iter().enumerate() {
                 let tag = prev.feature(TAG_FEATURE).and_then(|m| m.row(i)).map(<[f32]>::to_vec);
                 known.insert(im.sha256.clone(), (im.clone(), tag));
+                if let (Some(t), Some(v)) = (&im.metadata_text, prev.feature(METADATA_FEATURE).and_then(|m| m.row(i))) {
+                    known_text.insert(t.clone(), v.to_vec());
+                }
             }
         }
         let present: HashSet<&str> = files.iter().map(String::as_str).collect();
@@ -489,8 +496,11 @@ impl ImageLibrary {
         entries.sort_by(|a, b| a.0.path.cmp(&b.0.path));
         // Metadata text is recomputed each run (sidecars may change without the image).
         let texts: Vec<Option<(String, Vec<String>)>> = entries.iter().map(|(im, _)| metadata_text(root, im, &lib_meta, &mut report)).collect();
-        let need: Vec<&str> = texts.iter().flatten().map(|(t, _)| t.as_str()).collect();
-        let mut meta_vecs = indexer.embedder.embed(&need)?.into_iter();
+        let mut need: Vec<&str> = texts.iter().flatten().map(|(t, _)| t.as_str()).filter(|t| !known_text.contains_key(*t)).collect();
+        need.sort_unstable();
+        need.dedup();
+        let fresh = indexer.embedder.embed(&need)?;
+        known_text.extend(need.iter().map(|t| t.to_string()).zip(fresh));
         let dim = indexer.embedder.dim();
         let mut tag_data = Vec::with_capacity(entries.len() * dim);
         let mut meta_data = vec![];
@@ -501,7 +511,7 @@ impl ImageLibrary {
             (im.metadata_text, im.metadata_sources) = match text {
                 Some((t, sources)) => {
                     im.rows.insert(METADATA_FEATURE.into(), (meta_data.len() / dim) as u32);
-                    meta_data.extend(meta_vecs.next().expect("one embedding per text"));
+                    meta_data.extend(&known_text[&t]);
                     (Some(t), sources)
                 }
                 None => (None, vec![]),
@@ -597,17 +607,16 @@ impl ImageLibrary {
     /// are not returned).
     pub fn search(&self, scorer: &dyn Scorer, captions: &[&str], k: usize) -> Result<Vec<Vec<Hit>>, LibraryError> {
         let scores = scorer.score(captions, self)?;
-        Ok(scores
-            .into_iter()
-            .map(|row| {
-                let mut hits: Vec<Hit> = row.into_iter().enumerate().filter_map(|(i, s)| s.map(|score| Hit { image: i, path: self.images[i].path.clone(), score })).collect();
-                let k = k.min(hits.len());
-                if k > 0 && k < hits.len() {
-                    hits.select_nth_unstable_by(k - 1, |a, b| b.score.total.total_cmp(&a.score.total));
+        Ok((0..captions.len())
+            .map(|c| {
+                let mut ranked: Vec<(usize, f32)> = (0..self.len()).filter_map(|i| scores.total(c, i).map(|t| (i, t))).collect();
+                let k = k.min(ranked.len());
+                if k > 0 && k < ranked.len() {
+                    ranked.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
                 }
-                hits.truncate(k);
-                hits.sort_by(|a, b| b.score.total.total_cmp(&a.score.total).then(a.path.cmp(&b.path)));
-                hits
+                ranked.truncate(k);
+                ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(self.images[a.0].path.cmp(&self.images[b.0].path)));
+                ranked.into_iter().map(|(i, _)| Hit { image: i, path: self.images[i].path.clone(), score: scores.explain(c, i).expect("ranked images have a score") }).collect()
             })
             .collect())
     }
@@ -683,9 +692,9 @@ mod tests {
             fn name(&self) -> &str {
                 "fixed"
             }
-            fn score(&self, captions: &[&str], lib: &ImageLibrary) -> Result<Vec<Vec<Option<Score>>>, ScoreError> {
-                let s = |v: f32| Some(Score { total: v, parts: vec![] });
-                Ok(captions.iter().map(|_| (0..lib.len()).map(|i| if i == 1 { None } else { s(i as f32 * 0.1) }).collect()).collect())
+            fn score(&self, captions: &[&str], lib: &ImageLibrary) -> Result<ScoreMatrix, ScoreError> {
+                let values = captions.iter().map(|_| (0..lib.len()).map(|i| (i != 1).then_some(i as f32 * 0.1)).collect()).collect();
+                Ok(ScoreMatrix { parts: vec![PartScores { scorer: "fixed".into(), weight: 1.0, values }] })
             }
         }
         let im = |p: &str| IndexedImage { path: p.into(), sha256: String::new(), bytes: 0, width: 1, height: 1, tags: vec![], exif_description: None, metadata_text: None, metadata_sources: vec![], rows: BTreeMap::new() };

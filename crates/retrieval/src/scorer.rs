@@ -62,33 +62,61 @@ pub enum ScoreError {
     },
 }
 
+/// One scorer's raw scores: `values[c][i]` for caption `c` and image `i`, `None` where it has
+/// no opinion about the image.
+#[derive(Debug, Clone)]
+pub struct PartScores {
+    /// The scorer's name.
+    pub scorer: String,
+    /// Its weight in the total.
+    pub weight: f32,
+    /// `[caption][image]`.
+    pub values: Vec<Vec<Option<f32>>>,
+}
+
+/// The scores of every library image for a batch of captions, kept per part so that ranking
+/// touches plain numbers and only the winners are explained.
+#[derive(Debug, Clone)]
+pub struct ScoreMatrix {
+    /// The parts; the total is their weighted mean over the parts with an opinion.
+    pub parts: Vec<PartScores>,
+}
+
+impl ScoreMatrix {
+    /// The total for caption `c` and image `i`, or `None` if no part has an opinion.
+    pub fn total(&self, c: usize, i: usize) -> Option<f32> {
+        let (mut sum, mut wsum) = (0f32, 0f32);
+        for p in &self.parts {
+            if let Some(v) = p.values[c][i] {
+                sum += v * p.weight;
+                wsum += p.weight;
+            }
+        }
+        (wsum > 0.0).then(|| sum / wsum)
+    }
+
+    /// The total with its breakdown.
+    pub fn explain(&self, c: usize, i: usize) -> Option<Score> {
+        let total = self.total(c, i)?;
+        let parts = self.parts.iter().filter_map(|p| p.values[c][i].map(|v| ScorePart { scorer: p.scorer.clone(), score: v, weight: p.weight })).collect();
+        Some(Score { total, parts })
+    }
+}
+
 /// Scores library images against captions.
 pub trait Scorer: Send + Sync {
     /// A short name, used in score breakdowns.
     fn name(&self) -> &str;
 
-    /// `result[c][i]`: the score of image `i` of `library` for caption `c`, or `None` where the
-    /// scorer has no opinion about the image.
-    fn score(&self, captions: &[&str], library: &ImageLibrary) -> Result<Vec<Vec<Option<Score>>>, ScoreError>;
+    /// The scores of every image of `library` for each caption.
+    fn score(&self, captions: &[&str], library: &ImageLibrary) -> Result<ScoreMatrix, ScoreError>;
 }
 
 /// Cosine of each caption embedding with each stored row of `feature`.
-fn cosine_scores(name: &str, feature: &str, queries: &[Vec<f32>], library: &ImageLibrary) -> Result<Vec<Vec<Option<Score>>>, ScoreError> {
+fn cosine_scores(name: &str, feature: &str, queries: &[Vec<f32>], library: &ImageLibrary) -> Result<ScoreMatrix, ScoreError> {
     let m = library.feature(feature).ok_or_else(|| ScoreError::MissingFeature { index: library.index_dir().display().to_string(), feature: feature.into() })?;
-    Ok(queries
-        .iter()
-        .map(|q| {
-            (0..library.len())
-                .into_par_iter()
-                .map(|i| {
-                    m.row(i).map(|r| {
-                        let s = dot(q, r);
-                        Score { total: s, parts: vec![ScorePart { scorer: name.into(), score: s, weight: 1.0 }] }
-                    })
-                })
-                .collect()
-        })
-        .collect())
+    let values = queries.iter().map(|q| (0..library.len()).into_par_iter().map(|i| m.row(i).map(|r| dot(q, r))).collect()).collect();
+    Ok(ScoreMatrix { parts: vec![PartScores { scorer: name.into(), weight: 1.0, values }] })
 }
 
 /// ConSE: the caption against the probability-weighted embedding of the image's top labels.
@@ -110,7 +138,7 @@ where
     fn name(&self) -> &str {
         "tags"
     }
-    fn score(&self, captions: &[&str], library: &ImageLibrary) -> Result<Vec<Vec<Option<Score>>>, ScoreError> {
+    fn score(&self, captions: &[&str], library: &ImageLibrary) -> Result<ScoreMatrix, ScoreError> {
         cosine_scores(self.name(), TAG_FEATURE, &self.embedder.embed(captions)?, library)
     }
 }
@@ -134,7 +162,7 @@ where
     fn name(&self) -> &str {
         "metadata"
     }
-    fn score(&self, captions: &[&str], library: &ImageLibrary) -> Result<Vec<Vec<Option<Score>>>, ScoreError> {
+    fn score(&self, captions: &[&str], library: &ImageLibrary) -> Result<ScoreMatrix, ScoreError> {
         cosine_scores(self.name(), METADATA_FEATURE, &self.embedder.embed(captions)?, library)
     }
 }
@@ -180,23 +208,13 @@ impl Scorer for HybridScorer {
     fn name(&self) -> &str {
         &self.name
     }
-    fn score(&self, captions: &[&str], library: &ImageLibrary) -> Result<Vec<Vec<Option<Score>>>, ScoreError> {
-        let each = self.parts.iter().map(|(s, _)| s.score(captions, library)).collect::<Result<Vec<_>, _>>()?;
-        Ok((0..captions.len())
-            .map(|c| {
-                (0..library.len())
-                    .map(|i| {
-                        let mut parts = vec![];
-                        for ((_, w), scores) in self.parts.iter().zip(&each) {
-                            if let Some(s) = &scores[c][i] {
-                                parts.extend(s.parts.iter().map(|p| ScorePart { weight: p.weight * w, ..p.clone() }));
-                            }
-                        }
-                        let wsum: f32 = parts.iter().map(|p| p.weight).sum();
-                        (wsum > 0.0).then(|| Score { total: parts.iter().map(|p| p.score * p.weight).sum::<f32>() / wsum, parts })
-                    })
-                    .collect()
-            })
-            .collect())
+    fn score(&self, captions: &[&str], library: &ImageLibrary) -> Result<ScoreMatrix, ScoreError> {
+        let mut parts = vec![];
+        for (scorer, w) in &self.parts {
+            for p in scorer.score(captions, library)?.parts {
+                parts.push(PartScores { weight: p.weight * w, ..p });
+            }
+        }
+        Ok(ScoreMatrix { parts })
     }
 }
