@@ -16,4 +16,4 @@ pub mod library;
 pub mod scorer;
 
 pub use library::{Hit, ImageLibrary, IndexReport, IndexedImage, Indexer, LibraryError};
-pub use scorer::{HybridScorer, MetadataScorer, Score, ScorePart, Scorer, TagScorer};
+pub use scorer::{EmbeddingScorer, HybridScorer, Score, ScoreMatrix, ScorePart, Scorer};

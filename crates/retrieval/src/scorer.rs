@@ -5,9 +5,9 @@
 //! unit vectors in MiniLM's sentence space** (−1 … 1; in practice about 0 for unrelated texts
 //! and 0.5–0.8 for a caption and a description of the same thing), so scores are comparable
 //! across images, across queries and between scorers:
-//! - [`TagScorer`] (ConSE, Norouzi et al. 2014): the image is the probability-weighted mean of
-//!   the embeddings of its top ImageNet label names; no opinion on images without tags.
-//! - [`MetadataScorer`]: the image is the embedding of its own text (title, description, alt
+//! - the tag scorer, [`EmbeddingScorer::tags`] (ConSE, Norouzi et al. 2014): the image is the
+//!   probability-weighted mean of the embeddings of its top ImageNet label names;
+//! - the metadata scorer, [`EmbeddingScorer::metadata`]: the image is the embedding of its own text (title, description, alt
 //!   text, EXIF description, a cleaned file name); no opinion on images without any.
 //! - [`HybridScorer`]: the weighted mean of its parts over the parts that have an opinion, so an
 //!   image without metadata is judged by its tags alone rather than penalised.
@@ -21,9 +21,9 @@ use serde::{Deserialize, Serialize};
 use crate::embedder::{EmbedderError, TextEmbedder, dot};
 use crate::library::ImageLibrary;
 
-/// The stored feature a [`TagScorer`] reads.
+/// The stored feature the tag scorer reads.
 pub const TAG_FEATURE: &str = "tags";
-/// The stored feature a [`MetadataScorer`] reads.
+/// The stored feature the metadata scorer reads.
 pub const METADATA_FEATURE: &str = "metadata";
 
 /// One scorer's contribution to a score.
@@ -119,51 +119,36 @@ fn cosine_scores(name: &str, feature: &str, queries: &[Vec<f32>], library: &Imag
     Ok(ScoreMatrix { parts: vec![PartScores { scorer: name.into(), weight: 1.0, values }] })
 }
 
-/// ConSE: the caption against the probability-weighted embedding of the image's top labels.
-pub struct TagScorer<B: Backend> {
+/// Compares caption embeddings with one stored image feature: the tag scorer (ConSE: the
+/// caption against the probability-weighted embedding of the image's top labels) or the
+/// metadata scorer (the caption against the embedding of the image's own text).
+pub struct EmbeddingScorer<B: Backend> {
     embedder: Arc<TextEmbedder<B>>,
+    name: &'static str,
+    feature: &'static str,
 }
 
-impl<B: Backend> TagScorer<B> {
-    /// A tag scorer embedding captions with `embedder` (the one the index was built with).
-    pub fn new(embedder: Arc<TextEmbedder<B>>) -> Self {
-        Self { embedder }
+impl<B: Backend> EmbeddingScorer<B> {
+    /// The tag scorer (ConSE), embedding captions with `embedder` (the one the index used).
+    pub fn tags(embedder: Arc<TextEmbedder<B>>) -> Self {
+        Self { embedder, name: "tags", feature: TAG_FEATURE }
+    }
+
+    /// The metadata scorer.
+    pub fn metadata(embedder: Arc<TextEmbedder<B>>) -> Self {
+        Self { embedder, name: "metadata", feature: METADATA_FEATURE }
     }
 }
 
-impl<B: Backend> Scorer for TagScorer<B>
+impl<B: Backend> Scorer for EmbeddingScorer<B>
 where
     TextEmbedder<B>: Send + Sync,
 {
     fn name(&self) -> &str {
-        "tags"
+        self.name
     }
     fn score(&self, captions: &[&str], library: &ImageLibrary) -> Result<ScoreMatrix, ScoreError> {
-        cosine_scores(self.name(), TAG_FEATURE, &self.embedder.embed(captions)?, library)
-    }
-}
-
-/// The caption against the image's own text.
-pub struct MetadataScorer<B: Backend> {
-    embedder: Arc<TextEmbedder<B>>,
-}
-
-impl<B: Backend> MetadataScorer<B> {
-    /// A metadata scorer embedding captions with `embedder`.
-    pub fn new(embedder: Arc<TextEmbedder<B>>) -> Self {
-        Self { embedder }
-    }
-}
-
-impl<B: Backend> Scorer for MetadataScorer<B>
-where
-    TextEmbedder<B>: Send + Sync,
-{
-    fn name(&self) -> &str {
-        "metadata"
-    }
-    fn score(&self, captions: &[&str], library: &ImageLibrary) -> Result<ScoreMatrix, ScoreError> {
-        cosine_scores(self.name(), METADATA_FEATURE, &self.embedder.embed(captions)?, library)
+        cosine_scores(self.name, self.feature, &self.embedder.embed(captions)?, library)
     }
 }
 
@@ -195,10 +180,10 @@ impl HybridScorer {
     {
         let mut parts: Vec<(Box<dyn Scorer>, f32)> = vec![];
         if tags > 0.0 {
-            parts.push((Box::new(TagScorer::new(embedder.clone())), tags));
+            parts.push((Box::new(EmbeddingScorer::tags(embedder.clone())), tags));
         }
         if metadata > 0.0 {
-            parts.push((Box::new(MetadataScorer::new(embedder)), metadata));
+            parts.push((Box::new(EmbeddingScorer::metadata(embedder)), metadata));
         }
         Self::new(parts)
     }
