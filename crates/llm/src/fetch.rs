@@ -180,6 +180,18 @@ pub fn sha256_file(path: &Path) -> Result<String, FetchError> {
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Writes a file through a uniquely named temporary beside it and a rename, so that a reader
+/// never sees a partial file and concurrent writers (threads or processes) never collide.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()));
+    std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path)).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
 /// Checks a file's sha256 against a pin.
 fn verify(path: &Path, expected: &str, advice: &'static str) -> Result<(), FetchError> {
     let found = sha256_file(path)?;

@@ -96,9 +96,7 @@ pub fn ensure(models_dir: &Path, log: &mut dyn FnMut(&str)) -> Result<PathBuf, F
     let dir = dir(models_dir);
     let meta = dir.join(METADATA_FILE);
     if std::fs::read_to_string(&meta).ok().as_deref() != Some(LIBRARY_JSON) {
-        let tmp = dir.join(format!(".{METADATA_FILE}.{}", std::process::id()));
-        std::fs::write(&tmp, LIBRARY_JSON).map_err(|e| FetchError::Io { path: tmp.clone(), reason: e.to_string() })?;
-        std::fs::rename(&tmp, &meta).map_err(|e| FetchError::Io { path: meta.clone(), reason: e.to_string() })?;
+        fetch::write_atomic(&meta, LIBRARY_JSON.as_bytes()).map_err(|e| FetchError::Io { path: meta.clone(), reason: e.to_string() })?;
     }
     Ok(dir)
 }

@@ -532,10 +532,8 @@ impl ImageLibrary {
     pub fn save(&self) -> Result<(), LibraryError> {
         std::fs::create_dir_all(&self.index_dir).map_err(io(&self.index_dir))?;
         let write = |name: &str, bytes: &[u8]| -> Result<(), LibraryError> {
-            let tmp = self.index_dir.join(format!(".{name}.{}", std::process::id()));
-            std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
             let dst = self.index_dir.join(name);
-            std::fs::rename(&tmp, &dst).map_err(io(&dst))
+            xcomposer_llm::fetch::write_atomic(&dst, bytes).map_err(io(&dst))
         };
         for (name, m) in &self.features {
             let bytes: Vec<u8> = m.data.iter().flat_map(|v| v.to_le_bytes()).collect();

@@ -185,8 +185,15 @@ fn reindexing_processes_only_changed_files() {
     let reopened = ImageLibrary::open(&root, None).unwrap();
     assert_eq!(reopened.images(), lib.images());
 
-    // An index from another format version is refused with a re-index message.
+    // An index built with other models is refused with a re-index message.
     let idx = root.join(".xcomposer/index.json");
+    let original = std::fs::read_to_string(&idx).unwrap();
+    std::fs::write(&idx, original.replace("efficientnet-lite0@", "efficientnet-lite0@older-")).unwrap();
+    let e = ImageLibrary::open_for(&root, None, &xcomposer_retrieval::library::ModelIds::default_models()).unwrap_err().to_string();
+    assert!(e.contains("built with efficientnet-lite0@older-") && e.contains("re-index with `xcomposer index"), "{e}");
+    std::fs::write(&idx, original).unwrap();
+
+    // An index from another format version is refused with a re-index message.
     let text = std::fs::read_to_string(&idx).unwrap().replace("\"version\": 1", "\"version\": 99");
     std::fs::write(&idx, text).unwrap();
     let e = ImageLibrary::open(&root, None).unwrap_err().to_string();
