@@ -88,6 +88,8 @@ pub struct ModelIds {
     pub tagger: String,
     /// Text embedder.
     pub embedder: String,
+    /// How tags become the ConSE vector (which labels, which label text).
+    pub tag_embedding: String,
 }
 
 impl ModelIds {
@@ -96,6 +98,7 @@ impl ModelIds {
         Self {
             tagger: format!("efficientnet-lite0@{}", &xcomposer_vision::tagger::EFFICIENTNET_LITE0.files[0].sha256[..12]),
             embedder: format!("all-MiniLM-L6-v2@{}", &crate::embedder::MINILM_L6_V2.files[0].sha256[..12]),
+            tag_embedding: format!("conse-top{TOP_TAGS}-first-name"),
         }
     }
 }
@@ -390,7 +393,10 @@ impl ImageLibrary {
             return Err(LibraryError::Stale {
                 index: lib.index_dir.join("index.json"),
                 root: root.to_path_buf(),
-                reason: format!("built with {} + {}, but the scorer uses {} + {}", lib.models.tagger, lib.models.embedder, models.tagger, models.embedder),
+                reason: format!(
+                    "built with {} + {} ({}), but this xcomposer uses {} + {} ({})",
+                    lib.models.tagger, lib.models.embedder, lib.models.tag_embedding, models.tagger, models.embedder, models.tag_embedding
+                ),
             });
         }
         Ok(lib)
