@@ -457,6 +457,7 @@ impl ImageLibrary {
         }
         progress(Progress::Planned { total: files.len(), to_process: todo.len() });
         let input = ImageInput::default();
+        let preprocess = *indexer.tagger.preprocess();
         let mut label_cache = HashMap::new();
         for chunk in todo.chunks(indexer.batch.max(1)) {
             // Decode and preprocess in parallel; tag the batch together.
@@ -464,7 +465,7 @@ impl ImageLibrary {
                 .par_iter()
                 .map(|(rel, bytes, _)| {
                     input.decode(bytes, Path::new(rel)).map(|d| {
-                        let pixels = indexer.tagger.preprocess().apply(&d.rgb);
+                        let pixels = preprocess.apply(&d.rgb);
                         (d, pixels)
                     })
                 })
