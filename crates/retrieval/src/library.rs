@@ -23,7 +23,7 @@ use std::sync::Arc;
 use burn::tensor::backend::Backend;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use xcomposer_llm::fetch;
 use xcomposer_vision::{ImageInput, ImageTagger, Tag};
 
 use crate::embedder::{EmbedderError, TextEmbedder, normalize};
@@ -232,24 +232,30 @@ impl<B: Backend> Indexer<B> {
         self.tagger.labels().name(index).to_string()
     }
 
-    /// ConSE: the probability-weighted mean of the label embeddings, normalised.
-    fn tag_embedding(&self, tags: &[Tag], cache: &mut HashMap<usize, Vec<f32>>) -> Result<Vec<f32>, EmbedderError> {
-        let missing: Vec<usize> = tags.iter().map(|t| t.index).filter(|i| !cache.contains_key(i)).collect();
+    /// ConSE for each image: the probability-weighted mean of its label embeddings, normalised.
+    /// Labels not yet in `cache` are embedded together, once.
+    fn tag_embeddings(&self, images: &[Vec<Tag>], cache: &mut HashMap<usize, Vec<f32>>) -> Result<Vec<Vec<f32>>, EmbedderError> {
+        let mut missing: Vec<usize> = images.iter().flatten().map(|t| t.index).filter(|i| !cache.contains_key(i)).collect();
+        missing.sort_unstable();
+        missing.dedup();
         if !missing.is_empty() {
             let texts: Vec<String> = missing.iter().map(|&i| self.label_text(i)).collect();
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            for (i, e) in missing.into_iter().zip(self.embedder.embed(&refs)?) {
-                cache.insert(i, e);
-            }
+            cache.extend(missing.into_iter().zip(self.embedder.embed(&refs)?));
         }
-        let mut v = vec![0f32; self.embedder.dim()];
-        for t in tags {
-            for (a, b) in v.iter_mut().zip(&cache[&t.index]) {
-                *a += t.probability * b;
-            }
-        }
-        normalize(&mut v);
-        Ok(v)
+        Ok(images
+            .iter()
+            .map(|tags| {
+                let mut v = vec![0f32; self.embedder.dim()];
+                for t in tags {
+                    for (a, b) in v.iter_mut().zip(&cache[&t.index]) {
+                        *a += t.probability * b;
+                    }
+                }
+                normalize(&mut v);
+                v
+            })
+            .collect())
     }
 }
 
@@ -319,17 +325,19 @@ fn walk(root: &Path, report: &mut IndexReport) -> Result<Vec<String>, LibraryErr
             let path = entry.path();
             let rel_path = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
             let Ok(ft) = entry.file_type() else { continue };
-            let (is_dir, is_file) = if ft.is_symlink() {
-                // Follow a link only when its target stays inside the library.
+            // Follow a link only when its target stays inside the library.
+            let target = if ft.is_symlink() {
                 match path.canonicalize() {
-                    Ok(t) if t.starts_with(&canon_root) => (t.is_dir(), t.is_file()),
+                    Ok(t) if t.starts_with(&canon_root) => Some(t),
                     _ => continue,
                 }
             } else {
-                (ft.is_dir(), ft.is_file())
+                None
             };
+            let (is_dir, is_file) = target.as_deref().map_or((ft.is_dir(), ft.is_file()), |t| (t.is_dir(), t.is_file()));
             if is_dir {
-                if let Ok(c) = path.canonicalize()
+                // Each real folder once, so link cycles end.
+                if let Some(c) = target.or_else(|| path.canonicalize().ok())
                     && seen.insert(c)
                 {
                     stack.push((path, rel_path));
@@ -341,10 +349,6 @@ fn walk(root: &Path, report: &mut IndexReport) -> Result<Vec<String>, LibraryErr
     }
     out.sort();
     Ok(out)
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The default index folder of a library.
@@ -436,23 +440,21 @@ impl ImageLibrary {
         if let Some(prev) = &previous {
             report.removed = prev.images.iter().filter(|im| !present.contains(im.path.as_str())).map(|im| im.path.clone()).collect();
         }
-        // Read and hash every file (cheap next to decoding), in parallel.
-        let read: Vec<(String, Result<Vec<u8>, String>)> = files.par_iter().map(|rel| (rel.clone(), std::fs::read(root.join(rel)).map_err(|e| e.to_string()))).collect();
+        // Hash every file (streamed, in parallel); only new content is decoded below, a batch at a
+        // time, so memory stays bounded by the batch however large the library is.
+        let hashed: Vec<(String, Result<String, String>)> = files.par_iter().map(|rel| (rel.clone(), fetch::sha256_file(&root.join(rel)).map_err(|e| e.to_string()))).collect();
         let mut entries: Vec<(IndexedImage, Vec<f32>)> = vec![];
-        let mut todo: Vec<(String, Vec<u8>, String)> = vec![];
-        for (rel, bytes) in read {
-            match bytes {
+        let mut todo: Vec<(String, String)> = vec![];
+        for (rel, sha) in hashed {
+            match sha {
                 Err(e) => report.skipped.push((rel, e)),
-                Ok(bytes) => {
-                    let sha = sha256_hex(&bytes);
-                    match known.get(&sha) {
-                        Some((im, Some(tag))) => {
-                            report.unchanged += 1;
-                            entries.push((IndexedImage { path: rel, ..im.clone() }, tag.clone()));
-                        }
-                        _ => todo.push((rel, bytes, sha)),
+                Ok(sha) => match known.get(&sha) {
+                    Some((im, Some(tag))) => {
+                        report.unchanged += 1;
+                        entries.push((IndexedImage { path: rel, ..im.clone() }, tag.clone()));
                     }
-                }
+                    _ => todo.push((rel, sha)),
+                },
             }
         }
         progress(Progress::Planned { total: files.len(), to_process: todo.len() });
@@ -460,37 +462,44 @@ impl ImageLibrary {
         let preprocess = *indexer.tagger.preprocess();
         let mut label_cache = HashMap::new();
         for chunk in todo.chunks(indexer.batch.max(1)) {
-            // Decode and preprocess in parallel; tag the batch together.
+            // Read, decode and preprocess in parallel; tag the batch together.
             let decoded: Vec<_> = chunk
                 .par_iter()
-                .map(|(rel, bytes, _)| {
-                    input.decode(bytes, Path::new(rel)).map(|d| {
+                .map(|(rel, _)| {
+                    let path = root.join(rel);
+                    let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                    input.open(&path).map(|d| {
                         let pixels = preprocess.apply(&d.rgb);
-                        (d, pixels)
+                        (d, pixels, bytes)
                     })
                 })
                 .collect();
-            let ok: Vec<usize> = (0..chunk.len()).filter(|&i| decoded[i].is_ok()).collect();
-            let pixels: Vec<Vec<f32>> = ok.iter().map(|&i| decoded[i].as_ref().unwrap().1.clone()).collect();
-            let tagged = indexer.tagger.tag_preprocessed(&pixels, TOP_TAGS);
-            for (i, d) in decoded.iter().enumerate() {
-                if let Err(e) = d {
-                    report.skipped.push((chunk[i].0.clone(), e.to_string()));
-                    progress(Progress::Processed);
+            let mut ok = vec![];
+            let mut pixels = vec![];
+            for ((rel, sha), d) in chunk.iter().zip(decoded) {
+                match d {
+                    Ok((d, p, bytes)) => {
+                        ok.push((rel, sha, d, bytes));
+                        pixels.push(p);
+                    }
+                    Err(e) => {
+                        report.skipped.push((rel.clone(), e.to_string()));
+                        progress(Progress::Processed);
+                    }
                 }
             }
-            for (&i, t) in ok.iter().zip(tagged) {
-                let (rel, bytes, sha) = &chunk[i];
-                let (d, _) = decoded[i].as_ref().unwrap();
-                let tag = indexer.tag_embedding(&t.tags, &mut label_cache)?;
+            let tagged = indexer.tagger.tag_preprocessed(&pixels, TOP_TAGS);
+            let tags: Vec<Vec<Tag>> = tagged.into_iter().map(|t| t.tags).collect();
+            let tag_vectors = indexer.tag_embeddings(&tags, &mut label_cache)?;
+            for (((rel, sha, d, bytes), tags), tag) in ok.into_iter().zip(tags).zip(tag_vectors) {
                 let im = IndexedImage {
                     path: rel.clone(),
                     sha256: sha.clone(),
-                    bytes: bytes.len() as u64,
+                    bytes,
                     width: d.rgb.width(),
                     height: d.rgb.height(),
-                    tags: t.tags,
-                    exif_description: d.description.clone(),
+                    tags,
+                    exif_description: d.description,
                     metadata_text: None,
                     metadata_sources: vec![],
                     rows: BTreeMap::new(),
