@@ -69,7 +69,8 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median of measurements.
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }

@@ -12,8 +12,10 @@ use rand::{Rng, SeedableRng};
 use xcomposer_llm::fetch;
 use xcomposer_retrieval::library::{ImageLibrary, IndexedImage, Indexer, TOP_TAGS};
 use xcomposer_retrieval::scorer::{METADATA_FEATURE, TAG_FEATURE};
-use xcomposer_retrieval::{HybridScorer, default_library};
+use xcomposer_retrieval::{EmbeddingScorer, default_library};
 use xcomposer_vision::ImageInput;
+
+use crate::bench::median;
 
 /// Arguments of `xcomposer bench library`.
 #[derive(clap::Args)]
@@ -27,11 +29,6 @@ pub struct LibraryBenchArgs {
     /// Repetitions; the median is reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 /// Runs the benchmark and prints its table.
@@ -61,7 +58,7 @@ pub fn run(args: LibraryBenchArgs) -> Result<()> {
     let emb = indexer.embedder.clone();
     for &size in &args.sizes {
         let lib = synthetic(size, emb.dim());
-        let scorer = HybridScorer::default_for(Arc::clone(&emb));
+        let scorer = EmbeddingScorer::hybrid(Arc::clone(&emb));
         let mut cells = vec![];
         for &t in &args.threads {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build()?;

@@ -9,7 +9,7 @@ use burn::tensor::backend::Backend;
 use indicatif::{ProgressBar, ProgressStyle};
 use xcomposer_llm::fetch;
 use xcomposer_retrieval::library::{ImageLibrary, Indexer, LibraryError, ModelIds, Progress};
-use xcomposer_retrieval::{HybridScorer, TextEmbedder, default_library};
+use xcomposer_retrieval::{EmbeddingScorer, TextEmbedder, default_library};
 
 use crate::backend::DeviceArg;
 
@@ -155,7 +155,7 @@ pub fn run_search(args: SearchArgs) -> Result<()> {
     if tw < 0.0 || mw < 0.0 || tw + mw <= 0.0 {
         anyhow::bail!("--tag-weight {tw} / --metadata-weight {mw}: weights must be ≥ 0 and not both 0");
     }
-    let scorer = HybridScorer::weighted(embedder, tw, mw);
+    let scorer = EmbeddingScorer::weighted(embedder, tw, mw);
     let t0 = Instant::now();
     let hits = lib.search(&scorer, &[args.query.as_str()], args.k)?.remove(0);
     let ms = t0.elapsed().as_secs_f64() * 1e3;

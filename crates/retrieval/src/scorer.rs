@@ -7,10 +7,12 @@
 //! across images, across queries and between scorers:
 //! - the tag scorer, [`EmbeddingScorer::tags`] (ConSE, Norouzi et al. 2014): the image is the
 //!   probability-weighted mean of the embeddings of its top ImageNet label names;
-//! - the metadata scorer, [`EmbeddingScorer::metadata`]: the image is the embedding of its own text (title, description, alt
-//!   text, EXIF description, a cleaned file name); no opinion on images without any.
-//! - [`HybridScorer`]: the weighted mean of its parts over the parts that have an opinion, so an
-//!   image without metadata is judged by its tags alone rather than penalised.
+//! - the metadata scorer, [`EmbeddingScorer::metadata`]: the image is the embedding of its own
+//!   text (title, description, alt text, EXIF description, a cleaned file name); no opinion on
+//!   images without any;
+//! - the hybrid, [`EmbeddingScorer::weighted`]: the weighted mean of both over the parts that
+//!   have an opinion, so an image without metadata is judged by its tags alone rather than
+//!   penalised; [`HybridScorer`] combines any scorers (e.g. CLIP with these) the same way.
 
 use std::sync::Arc;
 
@@ -112,31 +114,46 @@ pub trait Scorer: Send + Sync {
     fn score(&self, captions: &[&str], library: &ImageLibrary) -> Result<ScoreMatrix, ScoreError>;
 }
 
-/// Cosine of each caption embedding with each stored row of `feature`.
-fn cosine_scores(name: &str, feature: &str, queries: &[Vec<f32>], library: &ImageLibrary) -> Result<ScoreMatrix, ScoreError> {
+/// Cosine of each caption embedding with each stored row of `feature`, as one part of weight 1.
+fn cosine_scores(name: &str, feature: &str, queries: &[Vec<f32>], library: &ImageLibrary) -> Result<PartScores, ScoreError> {
     let m = library.feature(feature).ok_or_else(|| ScoreError::MissingFeature { index: library.index_dir().display().to_string(), feature: feature.into() })?;
     let values = queries.iter().map(|q| (0..library.len()).into_par_iter().map(|i| m.row(i).map(|r| dot(q, r))).collect()).collect();
-    Ok(ScoreMatrix { parts: vec![PartScores { scorer: name.into(), weight: 1.0, values }] })
+    Ok(PartScores { scorer: name.into(), weight: 1.0, values })
 }
 
-/// Compares caption embeddings with one stored image feature: the tag scorer (ConSE: the
-/// caption against the probability-weighted embedding of the image's top labels) or the
-/// metadata scorer (the caption against the embedding of the image's own text).
+/// Compares the caption embedding with stored image features of the same text space: the tag
+/// feature (ConSE: the probability-weighted embedding of the image's top labels), the metadata
+/// feature (the embedding of the image's own text), or both as a weighted hybrid. Captions are
+/// embedded once however many features are compared.
 pub struct EmbeddingScorer<B: Backend> {
     embedder: Arc<TextEmbedder<B>>,
-    name: &'static str,
-    feature: &'static str,
+    /// `(part name, stored feature, weight)`.
+    features: Vec<(&'static str, &'static str, f32)>,
+    name: String,
 }
 
 impl<B: Backend> EmbeddingScorer<B> {
+    /// Tags and metadata with the given weights (a zero weight leaves that part out); the total
+    /// is the weighted mean over the parts that have an opinion about an image.
+    pub fn weighted(embedder: Arc<TextEmbedder<B>>, tags: f32, metadata: f32) -> Self {
+        let features: Vec<_> = [("tags", TAG_FEATURE, tags), ("metadata", METADATA_FEATURE, metadata)].into_iter().filter(|f| f.2 > 0.0).collect();
+        let name = features.iter().map(|(n, _, w)| format!("{n}×{w}")).collect::<Vec<_>>().join("+");
+        Self { embedder, features, name }
+    }
+
     /// The tag scorer (ConSE), embedding captions with `embedder` (the one the index used).
     pub fn tags(embedder: Arc<TextEmbedder<B>>) -> Self {
-        Self { embedder, name: "tags", feature: TAG_FEATURE }
+        Self::weighted(embedder, 1.0, 0.0)
     }
 
     /// The metadata scorer.
     pub fn metadata(embedder: Arc<TextEmbedder<B>>) -> Self {
-        Self { embedder, name: "metadata", feature: METADATA_FEATURE }
+        Self::weighted(embedder, 0.0, 1.0)
+    }
+
+    /// The default hybrid: tags 0.5, metadata 0.5.
+    pub fn hybrid(embedder: Arc<TextEmbedder<B>>) -> Self {
+        Self::weighted(embedder, 0.5, 0.5)
     }
 }
 
@@ -145,10 +162,15 @@ where
     TextEmbedder<B>: Send + Sync,
 {
     fn name(&self) -> &str {
-        self.name
+        &self.name
     }
     fn score(&self, captions: &[&str], library: &ImageLibrary) -> Result<ScoreMatrix, ScoreError> {
-        cosine_scores(self.name, self.feature, &self.embedder.embed(captions)?, library)
+        let queries = self.embedder.embed(captions)?;
+        let mut parts = vec![];
+        for &(name, feature, weight) in &self.features {
+            parts.push(PartScores { weight, ..cosine_scores(name, feature, &queries, library)? });
+        }
+        Ok(ScoreMatrix { parts })
     }
 }
 
@@ -163,29 +185,6 @@ impl HybridScorer {
     pub fn new(parts: Vec<(Box<dyn Scorer>, f32)>) -> Self {
         let name = parts.iter().map(|(s, w)| format!("{}×{w}", s.name())).collect::<Vec<_>>().join("+");
         Self { parts, name }
-    }
-
-    /// The default: tags 0.5, metadata 0.5.
-    pub fn default_for<B: Backend>(embedder: Arc<TextEmbedder<B>>) -> Self
-    where
-        TextEmbedder<B>: Send + Sync,
-    {
-        Self::weighted(embedder, 0.5, 0.5)
-    }
-
-    /// Tags and metadata with the given weights (a zero weight leaves that part out).
-    pub fn weighted<B: Backend>(embedder: Arc<TextEmbedder<B>>, tags: f32, metadata: f32) -> Self
-    where
-        TextEmbedder<B>: Send + Sync,
-    {
-        let mut parts: Vec<(Box<dyn Scorer>, f32)> = vec![];
-        if tags > 0.0 {
-            parts.push((Box::new(EmbeddingScorer::tags(embedder.clone())), tags));
-        }
-        if metadata > 0.0 {
-            parts.push((Box::new(EmbeddingScorer::metadata(embedder)), metadata));
-        }
-        Self::new(parts)
     }
 }
 

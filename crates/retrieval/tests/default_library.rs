@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 
 use burn::backend::Flex;
 use xcomposer_retrieval::library::{ImageLibrary, Indexer};
-use xcomposer_retrieval::{HybridScorer, Scorer, default_library};
+use xcomposer_retrieval::{EmbeddingScorer, Scorer, default_library};
 use xcomposer_vision::ImageInput;
 
 fn models() -> PathBuf {
@@ -120,7 +120,7 @@ fn queries_in_other_words_find_their_photo() {
     let mut table = String::from("| scorer | top-1 | top-3 |\n|---|---|---|\n");
     let mut hybrid_ranks = vec![];
     for (name, tags, meta) in [("tags (ConSE)", 1.0, 0.0), ("metadata", 0.0, 1.0), ("hybrid 0.5/0.5", 0.5, 0.5)] {
-        let scorer = HybridScorer::weighted(Arc::clone(&emb), tags, meta);
+        let scorer = EmbeddingScorer::weighted(Arc::clone(&emb), tags, meta);
         let r = ranks(lib, &scorer);
         let top1 = r.iter().filter(|&&x| x == 1).count();
         let top3 = r.iter().filter(|&&x| x <= 3).count();
