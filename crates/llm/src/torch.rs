@@ -497,9 +497,7 @@ impl TorchWeights {
         // read-only inputs).
         let map = unsafe { Mmap::map(&file) }.map_err(|e| file_err(path, e))?;
         let what = path.display().to_string();
-        let (root, storages) = if map.starts_with(b"PK\x03\x04") { read_zip(&file, &map, path)? } else { read_legacy(&map, &what).map_err(|e| file_err(path, e))? };
-        let mut found = vec![];
-        collect_tensors(&root, "", &mut found);
+        let (found, storages) = if map.starts_with(b"PK\x03\x04") { read_zip(&file, &map, path)? } else { read_legacy(&map, &what).map_err(|e| file_err(path, e))? };
         if found.is_empty() {
             return Err(file_err(path, "holds no tensors (is it a state dict?)"));
         }
@@ -530,7 +528,10 @@ impl TorchWeights {
 }
 
 /// Reads the zip container: `*/data.pkl` and the `*/data/KEY` members (stored uncompressed).
-fn read_zip(file: &std::fs::File, map: &[u8], path: &Path) -> Result<(Value, HashMap<String, (usize, usize)>), WeightError> {
+/// A checkpoint's tensors (name, layout) and the byte range of each storage in the file.
+type Contents = (Vec<(String, TorchTensor)>, HashMap<String, (usize, usize)>);
+
+fn read_zip(file: &std::fs::File, map: &[u8], path: &Path) -> Result<Contents, WeightError> {
     let mut zip = zip::ZipArchive::new(file).map_err(|e| file_err(path, e))?;
     let mut pkl = None;
     let mut storages = HashMap::new();
@@ -562,14 +563,16 @@ fn read_zip(file: &std::fs::File, map: &[u8], path: &Path) -> Result<(Value, Has
     };
     let what = format!("{}:{name}", path.display());
     let (root, _) = unpickle(&bytes, 0, &what).map_err(|e| file_err(path, e))?;
-    Ok((root, storages))
+    let mut tensors = vec![];
+    collect_tensors(&root, "", &mut tensors);
+    Ok((tensors, storages))
 }
 
 /// The low 64 bits of torch's legacy magic number 0x1950a86a20f9469cfc6c.
 const LEGACY_MAGIC_LOW: i64 = 0xa86a_20f9_469c_fc6c_u64 as i64;
 
 /// Reads the legacy container: five pickles, then the storages in the order of the key list.
-fn read_legacy(map: &[u8], what: &str) -> Result<(Value, HashMap<String, (usize, usize)>), String> {
+fn read_legacy(map: &[u8], what: &str) -> Result<Contents, String> {
     let (magic, pos) = unpickle(map, 0, what).map_err(|e| format!("not a PyTorch checkpoint ({e})"))?;
     if !matches!(magic, Value::Int(LEGACY_MAGIC_LOW)) {
         return Err("not a PyTorch checkpoint (no zip header and no legacy magic number)".into());
@@ -602,7 +605,7 @@ fn read_legacy(map: &[u8], what: &str) -> Result<(Value, HashMap<String, (usize,
         storages.insert(k.clone(), (start, end));
         pos = end;
     }
-    Ok((root, storages))
+    Ok((tensors, storages))
 }
 
 impl WeightSource for TorchWeights {
@@ -619,6 +622,19 @@ impl WeightSource for TorchWeights {
         let bytes = &file.map[start..end];
         let es = t.dtype.size();
         let n: usize = t.shape.iter().product();
+        if n == 0 {
+            return Ok(HostTensor { data: vec![], shape: t.shape.clone() });
+        }
+        // Row-major contiguous (almost every checkpoint tensor): convert the bytes in one pass.
+        let contiguous = t.shape.iter().rev().scan(1usize, |expect, &dim| {
+            let e = *expect;
+            *expect *= dim;
+            Some(e)
+        });
+        if t.shape.iter().zip(&t.stride).rev().zip(contiguous).all(|((&dim, &st), e)| dim <= 1 || st == e) {
+            let data = bytes[t.offset * es..(t.offset + n) * es].chunks_exact(es).map(|b| t.dtype.to_f32(b)).collect();
+            return Ok(HostTensor { data, shape: t.shape.clone() });
+        }
         let mut data = Vec::with_capacity(n);
         // Row-major walk over the shape with the tensor's strides.
         let mut idx = vec![0usize; t.shape.len()];
