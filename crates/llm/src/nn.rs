@@ -50,12 +50,6 @@ impl<B: Backend> Dense<B> {
             None => y,
         }
     }
-
-    /// Adds a bias (for checkpoints that store it apart from the projection).
-    pub fn with_bias(mut self, b: Tensor<B, 1>) -> Self {
-        self.b = Some(b);
-        self
-    }
 }
 
 /// LayerNorm over the last axis with an affine weight and bias.
