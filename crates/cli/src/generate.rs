@@ -83,6 +83,8 @@ fn generate<B: Backend>(args: &GenerateArgs, path: &std::path::Path, device: &B:
         seed: args.seed,
         stop_tokens: vec![],
         stop_strings: args.stop.clone(),
+        max_lines: 0,
+        penalize_prompt: true,
     };
     let streaming = !args.json;
     // Generate on a rayon worker thread: the per-token parallel matrix products then start on

@@ -21,14 +21,21 @@ pub struct GenerationConfig {
     pub top_k: usize,
     /// Keep the smallest set of tokens whose probability reaches p (1.0 = off).
     pub top_p: f32,
-    /// Hugging Face repetition penalty over prompt and generated tokens (1.0 = off).
+    /// Hugging Face repetition penalty (1.0 = off), over the prompt and the generated tokens,
+    /// or over the generated tokens alone when `penalize_prompt` is false.
     pub repetition_penalty: f32,
+    /// Whether the repetition penalty also sees the prompt (Hugging Face's default with
+    /// `input_ids`; InternLM-XComposer's embedding prompts leave it out).
+    pub penalize_prompt: bool,
     /// Sampling seed: the same seed gives the same text.
     pub seed: u64,
     /// Token ids that end generation (not included in the output text).
     pub stop_tokens: Vec<u32>,
     /// Strings that end generation (the text is cut before them).
     pub stop_strings: Vec<String>,
+    /// End generation once the text holds this many complete non-empty lines (0 = off); the
+    /// text keeps those lines and drops what follows the last of them.
+    pub max_lines: usize,
 }
 
 impl Default for GenerationConfig {
@@ -39,9 +46,11 @@ impl Default for GenerationConfig {
             top_k: 0,
             top_p: 1.0,
             repetition_penalty: 1.0,
+            penalize_prompt: true,
             seed: 0,
             stop_tokens: vec![],
             stop_strings: vec![],
+            max_lines: 0,
         }
     }
 }
@@ -56,6 +65,8 @@ pub enum StopReason {
     StopString,
     /// `max_new_tokens` were generated.
     MaxTokens,
+    /// `max_lines` complete lines were written.
+    MaxLines,
     /// The model's context is full.
     ContextFull,
 }
@@ -211,6 +222,12 @@ impl StopStrings<'_> {
     }
 }
 
+/// Counts the non-empty lines of `text` that a newline has closed.
+fn complete_lines(text: &str) -> usize {
+    let closed = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    closed.lines().filter(|l| !l.trim().is_empty()).count()
+}
+
 /// Generates text from a prompt with a decoder and its tokenizer.
 pub struct Generator<'a, B: Backend> {
     /// The model.
@@ -256,7 +273,8 @@ impl<B: Backend> Generator<'_, B> {
             if ids.len() >= cfg.max_new_tokens {
                 break;
             }
-            let next = sampler.sample(&mut row, &context);
+            let seen = if cfg.penalize_prompt { &context[..] } else { &context[prompt_ids.len()..] };
+            let next = sampler.sample(&mut row, seen);
             ids.push(next);
             context.push(next);
             if cfg.stop_tokens.contains(&next) {
@@ -272,6 +290,10 @@ impl<B: Backend> Generator<'_, B> {
                     reason = StopReason::StopString;
                     break;
                 }
+                if cfg.max_lines > 0 && complete_lines(&stops.text) >= cfg.max_lines {
+                    reason = StopReason::MaxLines;
+                    break;
+                }
             }
             if context.len() >= ctx {
                 reason = StopReason::ContextFull;
@@ -283,6 +305,11 @@ impl<B: Backend> Generator<'_, B> {
             logits = self.model.forward_ids(&[next], &mut cache, 1);
         }
         decode_start = start + prefill_time;
+        if reason == StopReason::MaxLines {
+            let end = stops.text.trim_end_matches(|c: char| c != '\n').len();
+            stops.text.truncate(end);
+            stops.emitted = stops.emitted.min(end);
+        }
         if reason != StopReason::StopString {
             let rest = stops.flush();
             if !rest.is_empty() {
@@ -306,6 +333,13 @@ mod tests {
 
     fn cfg() -> GenerationConfig {
         GenerationConfig::default()
+    }
+
+    #[test]
+    fn complete_lines_counts_only_closed_non_empty_lines() {
+        assert_eq!(complete_lines("a\n\nb\nc"), 2);
+        assert_eq!(complete_lines("a\n  \n"), 1);
+        assert_eq!(complete_lines("no newline yet"), 0);
     }
 
     #[test]
