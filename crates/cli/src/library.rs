@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
 use indicatif::{ProgressBar, ProgressStyle};
 use xcomposer_llm::fetch;
-use xcomposer_retrieval::library::{ImageLibrary, Indexer, LibraryError, ModelIds, Progress};
+use xcomposer_retrieval::library::{ImageLibrary, Indexer, ModelIds, Progress};
 use xcomposer_retrieval::{EmbeddingScorer, TextEmbedder, default_library};
 
 use crate::backend::DeviceArg;
@@ -40,6 +40,53 @@ pub enum ScorerArg {
     Metadata,
 }
 
+/// The scorer flags shared by `search`, `compose` and `edit`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ScorerOptions {
+    /// Which scorer ranks the images.
+    #[arg(long, value_enum, default_value = "hybrid")]
+    pub scorer: ScorerArg,
+    /// Weight of the tag score in the hybrid.
+    #[arg(long, default_value_t = 0.5)]
+    pub tag_weight: f32,
+    /// Weight of the metadata score in the hybrid.
+    #[arg(long, default_value_t = 0.5)]
+    pub metadata_weight: f32,
+}
+
+impl ScorerOptions {
+    /// The scorer the flags describe, with the default text embedder.
+    pub fn build(&self) -> Result<EmbeddingScorer<burn::backend::Flex>> {
+        let (tw, mw) = match self.scorer {
+            ScorerArg::Hybrid => (self.tag_weight, self.metadata_weight),
+            ScorerArg::Tags => (1.0, 0.0),
+            ScorerArg::Metadata => (0.0, 1.0),
+        };
+        if tw < 0.0 || mw < 0.0 || tw + mw <= 0.0 {
+            anyhow::bail!("--tag-weight {tw} / --metadata-weight {mw}: weights must be ≥ 0 and not both 0");
+        }
+        let embedder = Arc::new(TextEmbedder::<burn::backend::Flex>::load_default(&fetch::models_dir(), &Default::default(), &mut log)?);
+        Ok(EmbeddingScorer::weighted(embedder, tw, mw))
+    }
+
+    /// The scorer's name, for display and provenance.
+    pub fn name(&self) -> String {
+        match self.scorer {
+            ScorerArg::Hybrid => format!("hybrid (tags {} / metadata {})", self.tag_weight, self.metadata_weight),
+            ScorerArg::Tags => "tags".into(),
+            ScorerArg::Metadata => "metadata".into(),
+        }
+    }
+}
+
+/// Opens the library at `dir` (indexed with the default models), or the default library.
+pub fn open_library(dir: Option<&Path>, index: Option<&Path>) -> Result<ImageLibrary> {
+    match dir {
+        None => default_library(),
+        Some(dir) => Ok(ImageLibrary::open_for(dir, index, &ModelIds::default_models())?),
+    }
+}
+
 /// Arguments of `xcomposer search`.
 #[derive(clap::Args)]
 pub struct SearchArgs {
@@ -54,15 +101,9 @@ pub struct SearchArgs {
     /// How many candidates to print.
     #[arg(short, long, default_value_t = 4)]
     pub k: usize,
-    /// Which scorer ranks the images.
-    #[arg(long, value_enum, default_value = "hybrid")]
-    pub scorer: ScorerArg,
-    /// Weight of the tag score in the hybrid.
-    #[arg(long, default_value_t = 0.5)]
-    pub tag_weight: f32,
-    /// Weight of the metadata score in the hybrid.
-    #[arg(long, default_value_t = 0.5)]
-    pub metadata_weight: f32,
+    /// How images are scored.
+    #[command(flatten)]
+    pub scoring: ScorerOptions,
     /// Print the candidates as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -72,22 +113,30 @@ fn log(m: &str) {
     eprintln!("[models] {m}");
 }
 
-/// Indexes `dir` with the default models, showing a progress bar; returns the library.
-pub fn index_with_progress<B: Backend>(dir: &Path, index: Option<&Path>, indexer: &Indexer<B>) -> Result<(ImageLibrary, xcomposer_retrieval::IndexReport, f64)> {
+/// A progress bar on stderr fed by indexing progress events.
+pub fn index_progress(dir: &Path) -> (ProgressBar, impl FnMut(Progress) + use<>) {
     let bar = ProgressBar::hidden();
-    let t0 = Instant::now();
-    let (lib, report) = ImageLibrary::index(dir, index, indexer, &mut |p| match p {
+    let b = bar.clone();
+    let dir = dir.to_path_buf();
+    let on_progress = move |p| match p {
         Progress::Planned { total, to_process } => {
             eprintln!("[index] {}: {total} images, {to_process} to process", dir.display());
             if to_process > 0 {
-                bar.set_length(to_process as u64);
-                bar.set_style(ProgressStyle::with_template("[index] {bar:30} {pos}/{len} images, {per_sec}, eta {eta}").expect("valid template"));
-                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                b.set_length(to_process as u64);
+                b.set_style(ProgressStyle::with_template("[index] {bar:30} {pos}/{len} images, {per_sec}, eta {eta}").expect("valid template"));
+                b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
             }
         }
-        Progress::Processed => bar.inc(1),
-    })
-    .with_context(|| format!("indexing {}", dir.display()))?;
+        Progress::Processed => b.inc(1),
+    };
+    (bar, on_progress)
+}
+
+/// Indexes `dir` with the default models, showing a progress bar; returns the library.
+pub fn index_with_progress<B: Backend>(dir: &Path, index: Option<&Path>, indexer: &Indexer<B>) -> Result<(ImageLibrary, xcomposer_retrieval::IndexReport, f64)> {
+    let t0 = Instant::now();
+    let (bar, mut on_progress) = index_progress(dir);
+    let (lib, report) = ImageLibrary::index(dir, index, indexer, &mut on_progress).with_context(|| format!("indexing {}", dir.display()))?;
     bar.finish_and_clear();
     Ok((lib, report, t0.elapsed().as_secs_f64()))
 }
@@ -127,35 +176,16 @@ pub fn run_index(args: IndexArgs) -> Result<()> {
 /// Opens the default library, fetching and indexing it when needed.
 pub fn default_library() -> Result<ImageLibrary> {
     let models = fetch::models_dir();
-    let dir = default_library::ensure(&models, &mut log).context("fetching the default image library")?;
-    match ImageLibrary::open_for(&dir, None, &ModelIds::default_models()) {
-        Ok(lib) if lib.len() > 0 => Ok(lib),
-        Ok(_) | Err(LibraryError::NoIndex { .. } | LibraryError::Stale { .. }) => {
-            let device = Default::default();
-            let indexer = Indexer::<burn::backend::Flex>::load_default(&models, &device, &mut log).map_err(|e| anyhow::anyhow!("{e}"))?;
-            Ok(index_with_progress(&dir, None, &indexer)?.0)
-        }
-        Err(e) => Err(e.into()),
-    }
+    let (bar, mut on_progress) = index_progress(&default_library::dir(&models));
+    let lib = default_library::open::<burn::backend::Flex>(&models, &Default::default(), &mut log, &mut on_progress)?;
+    bar.finish_and_clear();
+    Ok(lib)
 }
 
 /// Runs `xcomposer search`.
 pub fn run_search(args: SearchArgs) -> Result<()> {
-    let lib = match &args.library {
-        None => default_library()?,
-        Some(dir) => ImageLibrary::open_for(dir, args.index.as_deref(), &ModelIds::default_models())?,
-    };
-    let device = Default::default();
-    let embedder = Arc::new(TextEmbedder::<burn::backend::Flex>::load_default(&fetch::models_dir(), &device, &mut log)?);
-    let (tw, mw) = match args.scorer {
-        ScorerArg::Hybrid => (args.tag_weight, args.metadata_weight),
-        ScorerArg::Tags => (1.0, 0.0),
-        ScorerArg::Metadata => (0.0, 1.0),
-    };
-    if tw < 0.0 || mw < 0.0 || tw + mw <= 0.0 {
-        anyhow::bail!("--tag-weight {tw} / --metadata-weight {mw}: weights must be ≥ 0 and not both 0");
-    }
-    let scorer = EmbeddingScorer::weighted(embedder, tw, mw);
+    let lib = open_library(args.library.as_deref(), args.index.as_deref())?;
+    let scorer = args.scoring.build()?;
     let t0 = Instant::now();
     let hits = lib.search(&scorer, &[args.query.as_str()], args.k)?.remove(0);
     let ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -170,9 +200,9 @@ pub fn run_search(args: SearchArgs) -> Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"query": args.query, "library": lib.root(), "scorer": scorer_name(&args), "hits": out}))?);
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"query": args.query, "library": lib.root(), "scorer": args.scoring.name(), "hits": out}))?);
     } else {
-        eprintln!("[search] {} images, {} in {ms:.1} ms", lib.len(), scorer_name(&args));
+        eprintln!("[search] {} images, {} in {ms:.1} ms", lib.len(), args.scoring.name());
         for (rank, h) in hits.iter().enumerate() {
             let im = &lib.images()[h.image];
             let parts: Vec<String> = h.score.parts.iter().map(|p| format!("{} {:.3}×{}", p.scorer, p.score, p.weight)).collect();
@@ -184,12 +214,4 @@ pub fn run_search(args: SearchArgs) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn scorer_name(args: &SearchArgs) -> String {
-    match args.scorer {
-        ScorerArg::Hybrid => format!("hybrid (tags {} / metadata {})", args.tag_weight, args.metadata_weight),
-        ScorerArg::Tags => "tags".into(),
-        ScorerArg::Metadata => "metadata".into(),
-    }
 }

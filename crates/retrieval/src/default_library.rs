@@ -5,7 +5,10 @@
 
 use std::path::{Path, PathBuf};
 
+use burn::tensor::backend::Backend;
 use xcomposer_llm::fetch::{self, Artifact, FetchError, PackedFile, Package};
+
+use crate::library::{ImageLibrary, Indexer, LibraryError, ModelIds, Progress};
 
 /// The library's metadata file, as shipped in `assets/library/library.json`.
 pub const LIBRARY_JSON: &str = include_str!("../../../assets/library/library.json");
@@ -99,6 +102,21 @@ pub fn ensure(models_dir: &Path, log: &mut dyn FnMut(&str)) -> Result<PathBuf, F
         fetch::write_atomic(&meta, LIBRARY_JSON.as_bytes()).map_err(|e| FetchError::Io { path: meta.clone(), reason: e.to_string() })?;
     }
     Ok(dir)
+}
+
+/// Opens the default library in `models_dir`, fetching its photos and (re-)indexing them with
+/// the default models when the index is missing or was made by other models; `progress` sees
+/// the indexing.
+pub fn open<B: Backend>(models_dir: &Path, device: &B::Device, log: &mut dyn FnMut(&str), progress: &mut dyn FnMut(Progress)) -> Result<ImageLibrary, LibraryError> {
+    let dir = ensure(models_dir, log).map_err(|e| LibraryError::Models(format!("fetching the default image library: {e}")))?;
+    match ImageLibrary::open_for(&dir, None, &ModelIds::default_models()) {
+        Ok(lib) if !lib.is_empty() => Ok(lib),
+        Ok(_) | Err(LibraryError::NoIndex { .. } | LibraryError::Stale { .. }) => {
+            let indexer = Indexer::<B>::load_default(models_dir, device, log).map_err(|e| LibraryError::Models(e.to_string()))?;
+            Ok(ImageLibrary::index(&dir, None, &indexer, progress)?.0)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]

@@ -75,6 +75,9 @@ pub enum LibraryError {
     /// Scoring failed.
     #[error(transparent)]
     Score(#[from] ScoreError),
+    /// The default models or photos could not be fetched or loaded.
+    #[error("{0}")]
+    Models(String),
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> LibraryError + '_ {
