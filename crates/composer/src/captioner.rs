@@ -1,0 +1,158 @@
+//! Stage 2b, [`Captioner`]: one caption per image slot, from the article around it and the
+//! captions so far. The default, [`LlmCaptioner`], prompts as the original does and cuts the
+//! answer at the closing quote ([`cut_caption`]); an empty answer falls back to the paragraph
+//! ([`caption_from_paragraph`]).
+
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::article::{Provenance, Source};
+use crate::error::ComposeError;
+use crate::language::Language;
+use crate::prompts::Prompts;
+use crate::text_model::{Request, Sampling, TextModel};
+use crate::writer::{marked_lines, strip_marker};
+
+/// Writes captions.
+pub trait Captioner: Send + Sync {
+    /// What the captioner is (for provenance).
+    fn id(&self) -> String;
+    /// The caption of an image after paragraph `after`, given the captions so far as
+    /// `(paragraph, caption)`. `variation` 0 is the default answer; others ask for another one.
+    fn caption(&self, paragraphs: &[String], after: usize, previous: &[(usize, String)], language: Language, variation: u64) -> Result<(String, Provenance), ComposeError>;
+}
+
+/// Longest caption kept, in characters.
+pub const MAX_CAPTION_CHARS: usize = 160;
+
+/// The caption in a model's answer: up to the first closing quote or line break, trimmed of
+/// quotes and emphasis; `None` when nothing is left.
+///
+/// ```
+/// use xcomposer_composer::captioner::cut_caption;
+/// assert_eq!(cut_caption("A cup of espresso\" is shown").as_deref(), Some("A cup of espresso"));
+/// assert_eq!(cut_caption("  \"  ").as_deref(), None);
+/// ```
+pub fn cut_caption(answer: &str) -> Option<String> {
+    let end = answer.find(['"', '”', '」', '\n']).unwrap_or(answer.len());
+    let c = strip_marker(&answer[..end]).trim().trim_matches(|c: char| matches!(c, '*' | '“' | '「' | '\'' | '`') || c.is_whitespace());
+    let c = c.trim_end_matches([',', '，', ';']).trim();
+    if c.chars().any(char::is_alphanumeric) { Some(shorten(c, MAX_CAPTION_CHARS)) } else { None }
+}
+
+/// `s` cut to at most `max` characters, at a word boundary when there is one.
+fn shorten(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let cut: String = s.chars().take(max).collect();
+    match cut.rfind(' ') {
+        Some(at) if at > max / 2 => cut[..at].trim_end_matches([',', ';', ':']).to_string(),
+        _ => cut,
+    }
+}
+
+/// A caption from the paragraph itself: its first sentence, at most 80 characters.
+///
+/// ```
+/// use xcomposer_composer::captioner::caption_from_paragraph;
+/// assert_eq!(caption_from_paragraph("Espresso is strong. It is Italian."), "Espresso is strong");
+/// ```
+pub fn caption_from_paragraph(paragraph: &str) -> String {
+    let p = paragraph.trim().trim_start_matches('#').trim();
+    let end = p.find(['.', '!', '?', '。', '！', '？']).unwrap_or(p.len());
+    let s = if p[..end].trim().is_empty() { p } else { &p[..end] };
+    shorten(s.trim(), 80)
+}
+
+/// The default captioner: the model with the `caption` prompt, greedy.
+pub struct LlmCaptioner {
+    /// The model.
+    pub model: Arc<dyn TextModel>,
+    /// The prompt sets.
+    pub prompts: Arc<Prompts>,
+    /// Repetition penalty over the answer (the original's 5.0 suits its 7B model; small models
+    /// do better with less).
+    pub repetition_penalty: f32,
+    /// Token budget of a caption.
+    pub max_new_tokens: usize,
+}
+
+impl LlmCaptioner {
+    /// A captioner with repetition penalty 1.3 and 40 tokens per caption.
+    pub fn new(model: Arc<dyn TextModel>, prompts: Arc<Prompts>) -> Self {
+        LlmCaptioner { model, prompts, repetition_penalty: 1.3, max_new_tokens: 40 }
+    }
+}
+
+/// The context the original gives a caption: the lines up to and including the one after the
+/// slot, and the captions placed before that line.
+pub fn caption_context(paragraphs: &[String], after: usize, previous: &[(usize, String)]) -> (String, Vec<serde_json::Value>) {
+    let end = (after + 2).min(paragraphs.len());
+    let past = previous.iter().filter(|(line, _)| *line < end && *line != after).map(|(line, caption)| json!({"line": line, "caption": caption})).collect();
+    (marked_lines(&paragraphs[..end]), past)
+}
+
+impl Captioner for LlmCaptioner {
+    fn id(&self) -> String {
+        format!("{} (greedy, repetition penalty {})", self.model.id(), self.repetition_penalty)
+    }
+
+    fn caption(&self, paragraphs: &[String], after: usize, previous: &[(usize, String)], language: Language, variation: u64) -> Result<(String, Provenance), ComposeError> {
+        let paragraph = paragraphs.get(after).ok_or_else(|| ComposeError::BadRequest(format!("paragraph {after} does not exist (the article has {})", paragraphs.len())))?;
+        let (article, past) = caption_context(paragraphs, after, previous);
+        let prompt = self.prompts.get(language).render("caption", json!({"article": article, "past": past, "line": after, "paragraph": paragraph}))?;
+        let sampling = if variation == 0 { Sampling::greedy(self.repetition_penalty) } else { Sampling { temperature: 0.8, top_p: 0.95, repetition_penalty: self.repetition_penalty, seed: variation } };
+        let req = Request { prompt: &prompt, max_new_tokens: self.max_new_tokens, sampling, stop: vec!["\"".into(), "”".into(), "\n".into()], max_lines: 0 };
+        let out = self.model.complete(&req, &mut |_| {}).map_err(|reason| ComposeError::Model { stage: "captioner", reason })?;
+        let repeated = |c: &String| previous.iter().any(|(_, p)| p.trim().eq_ignore_ascii_case(c));
+        Ok(match cut_caption(&out.text) {
+            Some(c) if repeated(&c) => (
+                caption_from_paragraph(paragraph),
+                Provenance { by: Source::Fallback, detail: "the model repeated an earlier caption; the paragraph's first sentence".into(), raw: Some(out.text) },
+            ),
+            Some(c) => (c, Provenance::model(if variation == 0 { "the model's caption".to_string() } else { format!("the model's caption, sampled (variation {variation})") }, out.text)),
+            None => (
+                caption_from_paragraph(paragraph),
+                Provenance { by: Source::Fallback, detail: "the model's caption was empty; the paragraph's first sentence".into(), raw: Some(out.text) },
+            ),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn captions_are_cut_at_the_quote_and_cleaned() {
+        assert_eq!(cut_caption("**The Great Wall at dawn**\" shows").as_deref(), Some("The Great Wall at dawn"));
+        assert_eq!(cut_caption("长城的烽火台”。").as_deref(), Some("长城的烽火台"));
+        assert_eq!(cut_caption("A view,\nmore").as_deref(), Some("A view"));
+        assert_eq!(cut_caption("<Seg0> 中国古代宫殿").as_deref(), Some("中国古代宫殿"));
+        assert_eq!(cut_caption("\""), None);
+        assert_eq!(cut_caption("..."), None);
+        let long = "word ".repeat(60);
+        let c = cut_caption(&long).unwrap();
+        assert!(c.chars().count() <= MAX_CAPTION_CHARS && c.ends_with("word"), "{c}");
+    }
+
+    #[test]
+    fn fallback_caption_is_the_first_sentence_and_never_empty() {
+        assert_eq!(caption_from_paragraph("## Coffee"), "Coffee");
+        assert_eq!(caption_from_paragraph("长城很长。它在北方。"), "长城很长");
+        assert_eq!(caption_from_paragraph("...and more"), "...and more");
+        assert!(caption_from_paragraph(&"a".repeat(300)).chars().count() <= 80);
+    }
+
+    #[test]
+    fn context_is_the_lines_through_the_next_one_and_earlier_captions() {
+        let p: Vec<String> = (0..5).map(|i| format!("p{i}")).collect();
+        let (article, past) = caption_context(&p, 1, &[(0, "zero".into()), (1, "self".into()), (4, "later".into())]);
+        assert_eq!(article, "<Seg0> p0\n<Seg1> p1\n<Seg2> p2\n");
+        assert_eq!(past, vec![json!({"line": 0, "caption": "zero"})]);
+        let (article, _) = caption_context(&p, 4, &[]);
+        assert!(article.ends_with("<Seg4> p4\n"));
+    }
+}
