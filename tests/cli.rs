@@ -173,3 +173,57 @@ fn index_then_search_a_user_folder() {
     assert_eq!(stderr(&out).trim(), "error: /nonexistent/photos: not a folder (expected a folder of images to index)");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn compose_then_edit_an_article_from_the_command_line() {
+    default_model();
+    default_library_dir();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-article-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().unwrap();
+    let args = ["compose", "Write an illustrated article about cats and dogs.", "--out", d, "--max-new-tokens", "120", "--max-paragraphs", "3", "--images", "2", "--seed", "1"];
+    let out = xcomposer().args(args).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect();
+    let want: Vec<String> = ["article.md", "article.html", "article.json"].iter().map(|f| dir.join(f).display().to_string()).collect();
+    assert_eq!(listed, want, "stdout lists the outputs, nothing else");
+    for stage in ["[writer]", "[spotter]", "[captioner]", "[retriever]", "[selector]"] {
+        assert!(stderr(&out).contains(stage), "progress for {stage} on stderr: {}", stderr(&out));
+    }
+    let article: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("article.json")).unwrap()).unwrap();
+    let slots = article["images"].as_array().unwrap().len();
+    assert!(slots >= 1, "{article}");
+
+    // The folder is not overwritten, and the refusal comes before any model is loaded.
+    let out = xcomposer().args(args).output().unwrap();
+    assert!(!out.status.success());
+    assert_eq!(
+        stderr(&out).trim(),
+        format!("error: {d}: the output folder exists and is not empty (pass --force to write into it; only the article's own files are replaced)")
+    );
+
+    let json = dir.join("article.json");
+    let j = json.to_str().unwrap();
+    let out = xcomposer().args(["edit", j, "swap", "0", "1"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let edited: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(edited["images"][0]["chosen"], 1);
+    assert_eq!(edited["edits"][0], "slot 0 now shows candidate 1");
+    let md = std::fs::read_to_string(dir.join("article.md")).unwrap();
+    let asset = edited["images"][0]["asset"].as_str().unwrap();
+    assert!(md.contains(&format!("]({asset} ")) && dir.join(asset).is_file(), "{md}");
+    let chosen = edited["images"][0]["candidates"][1]["path"].as_str().unwrap();
+    assert_eq!(std::fs::read(dir.join(asset)).unwrap(), std::fs::read(chosen).unwrap(), "the swapped image was copied");
+
+    let out = xcomposer().args(["edit", j, "show"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("slot 0: after paragraph"));
+
+    let out = xcomposer().args(["edit", j, "delete", "7"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains(&format!("image slot 7 does not exist (the article has {slots} image slots, numbered from 0)")), "{}", stderr(&out));
+    let missing = dir.join("nothing.json");
+    let out = xcomposer().args(["edit", missing.to_str().unwrap(), "show"]).output().unwrap();
+    assert!(stderr(&out).starts_with(&format!("error: {}: ", missing.display())), "{}", stderr(&out));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

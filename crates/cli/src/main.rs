@@ -3,7 +3,9 @@
 
 mod backend;
 mod bench;
+mod bench_compose;
 mod bench_library;
+mod compose;
 mod generate;
 mod library;
 mod models;
@@ -23,6 +25,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Compose an illustrated article: text, image spots, captions, images; Markdown, HTML, JSON.
+    Compose(compose::ComposeArgs),
+    /// Edit a composed article (OUT/article.json) and render it again.
+    Edit(compose::EditArgs),
     /// Generate text with a language model (streams to stdout).
     Generate(generate::GenerateArgs),
     /// Index a folder of images for search and composition.
@@ -50,6 +56,8 @@ fn main() {
         std::process::exit(2);
     }
     let result = match cli.command {
+        Command::Compose(args) => compose::run_compose(args),
+        Command::Edit(args) => compose::run_edit(args),
         Command::Generate(args) => generate::run(args),
         Command::Index(args) => library::run_index(args),
         Command::Search(args) => library::run_search(args),

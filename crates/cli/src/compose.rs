@@ -1,0 +1,266 @@
+//! `xcomposer compose` and `xcomposer edit`: the illustrated-article pipeline from the command
+//! line, with a progress display per stage on stderr and the output paths on stdout.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use xcomposer_composer::render::{self, Format};
+use xcomposer_composer::{Article, ChatLanguageModel, ComposeRequest, Composer, Edit, Event, Language, LibraryRetriever, PromptSet, Prompts, Stage};
+use xcomposer_llm::LanguageModel;
+
+use crate::backend::{peak_rss_mib, resolve_model};
+use crate::library::{ScorerOptions, open_library};
+
+/// The model and library flags shared by `compose` and `edit`.
+#[derive(clap::Args, Clone)]
+pub struct PipelineOptions {
+    /// The image library (default: the default library, fetched and indexed on first use).
+    #[arg(long)]
+    pub library: Option<PathBuf>,
+    /// The library's index folder, if not LIBRARY/.xcomposer.
+    #[arg(long)]
+    pub index: Option<PathBuf>,
+    /// A .gguf file or a Hugging Face model folder (default: the fetched SmolLM2-135M-Instruct).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// A prompt file (TOML, as assets/prompts/en.toml) replacing the built-in set of its language.
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// How images are scored.
+    #[command(flatten)]
+    pub scoring: ScorerOptions,
+    /// Output formats, comma-separated.
+    #[arg(long, default_value = "md,html,json", value_parser = Format::parse_list)]
+    pub format: std::vec::Vec<Format>,
+}
+
+/// Arguments of `xcomposer compose`.
+#[derive(clap::Args)]
+pub struct ComposeArgs {
+    /// The writing instruction.
+    pub instruction: String,
+    /// The output folder (default: articles/SLUG, numbered when it exists).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Write into an existing, non-empty --out folder (only the article's own files are replaced).
+    #[arg(long)]
+    pub force: bool,
+    /// How many images (default: the model decides).
+    #[arg(long)]
+    pub images: Option<usize>,
+    /// Prompt language (default: Chinese if the instruction has Chinese characters, else English).
+    #[arg(long, value_parser = clap::value_parser!(Language))]
+    pub lang: Option<Language>,
+    /// The writer's sampling seed: the same seed gives the same article.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// The writer's token budget.
+    #[arg(long, default_value_t = 400)]
+    pub max_new_tokens: usize,
+    /// The most paragraphs kept.
+    #[arg(long, default_value_t = 60)]
+    pub max_paragraphs: usize,
+    /// Candidates retrieved per image.
+    #[arg(long, default_value_t = 4)]
+    pub candidates: usize,
+    /// Models, library and outputs.
+    #[command(flatten)]
+    pub pipeline: PipelineOptions,
+}
+
+/// Arguments of `xcomposer edit`.
+#[derive(clap::Args)]
+pub struct EditArgs {
+    /// The article to edit (OUT/article.json); its folder is rendered again.
+    pub article: PathBuf,
+    /// The edit.
+    #[command(subcommand)]
+    pub op: EditOp,
+    /// Models, library and outputs (give the same --model and --library as for compose).
+    #[command(flatten)]
+    pub pipeline: PipelineOptions,
+}
+
+/// An edit of a saved article (slots and paragraphs are numbered from 0).
+#[derive(clap::Subcommand)]
+pub enum EditOp {
+    /// Write a slot's caption anew with the model and search again.
+    Recaption {
+        /// The image slot.
+        slot: usize,
+    },
+    /// Set a slot's caption and search again with it.
+    Caption {
+        /// The image slot.
+        slot: usize,
+        /// The new caption.
+        text: String,
+    },
+    /// Show alternative J of a slot instead.
+    Swap {
+        /// The image slot.
+        slot: usize,
+        /// The candidate (0 = best).
+        candidate: usize,
+    },
+    /// Remove a slot's image.
+    Delete {
+        /// The image slot.
+        slot: usize,
+    },
+    /// Add an image after a paragraph (captioned by the model).
+    Add {
+        /// The paragraph.
+        paragraph: usize,
+    },
+    /// Place N images anew (spot, caption, retrieve again).
+    Insert {
+        /// How many images.
+        count: usize,
+    },
+    /// Write one paragraph anew with the model.
+    Regenerate {
+        /// The paragraph.
+        paragraph: usize,
+    },
+    /// Print the article's slots and candidates (changes nothing).
+    Show,
+}
+
+/// Builds the default pipeline: the language model, the library and its scorer.
+pub(crate) fn build_composer(opts: &PipelineOptions) -> Result<Composer> {
+    let path = resolve_model(opts.model.clone())?;
+    let llm = LanguageModel::<burn::backend::Flex>::load(&path, &Default::default()).with_context(|| format!("loading {}", path.display()))?;
+    eprintln!("[compose] loaded {} in {:.2} s", path.display(), llm.load_time.as_secs_f64());
+    let library = open_library(opts.library.as_deref(), opts.index.as_deref())?;
+    let scorer = opts.scoring.build()?;
+    let retriever = LibraryRetriever { library, scorer: Box::new(scorer), scorer_name: opts.scoring.name() };
+    let mut prompts = Prompts::default();
+    if let Some(file) = &opts.prompts {
+        let set = PromptSet::from_file(file)?;
+        let lang = if file.file_stem().is_some_and(|s| s == "zh") { Language::Zh } else { Language::En };
+        prompts.set(lang, set);
+    }
+    Ok(Composer::with_prompts(Arc::new(ChatLanguageModel::new(llm)), Arc::new(prompts), Box::new(retriever)))
+}
+
+/// A folder name from the instruction: its first words, lower-case, ASCII or CJK.
+fn slug(instruction: &str) -> String {
+    let mut s = String::new();
+    for c in instruction.chars().flat_map(char::to_lowercase) {
+        if c.is_alphanumeric() {
+            s.push(c);
+        } else if !s.ends_with('-') && !s.is_empty() {
+            s.push('-');
+        }
+        if s.chars().count() >= 48 {
+            break;
+        }
+    }
+    let s = s.trim_end_matches('-').to_string();
+    if s.is_empty() { "article".into() } else { s }
+}
+
+/// `articles/SLUG`, or `articles/SLUG-2`, `-3`, … when it exists.
+fn default_out(instruction: &str) -> PathBuf {
+    let base = PathBuf::from("articles").join(slug(instruction));
+    (1..)
+        .map(|n| if n == 1 { base.clone() } else { PathBuf::from(format!("{}-{n}", base.display())) })
+        .find(|p| !p.exists())
+        .expect("an unused folder name")
+}
+
+fn print_outputs(written: &render::Written) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    for f in &written.files {
+        writeln!(stdout, "{}", f.display())?;
+    }
+    Ok(())
+}
+
+/// Runs `compose`.
+pub fn run_compose(args: ComposeArgs) -> Result<()> {
+    let out = args.out.clone().unwrap_or_else(|| default_out(&args.instruction));
+    if !args.force && out.is_dir() && std::fs::read_dir(&out).map(|mut d| d.next().is_some()).unwrap_or(false) {
+        // Refuse before spending minutes on the models.
+        return Err(xcomposer_composer::ComposeError::OutputExists(out).into());
+    }
+    let t0 = Instant::now();
+    let composer = build_composer(&args.pipeline)?;
+    let req = ComposeRequest {
+        instruction: args.instruction.clone(),
+        language: args.lang,
+        images: args.images,
+        seed: args.seed,
+        max_new_tokens: args.max_new_tokens,
+        max_paragraphs: args.max_paragraphs,
+        candidates: args.candidates,
+    };
+    let mut article = composer.compose(&req, &mut |e| match e {
+        Event::Started(Stage::Write) => eprintln!("[writer] writing…"),
+        Event::Started(stage) => eprintln!("[{}] …", stage.name()),
+        Event::Text(t) => {
+            let mut err = std::io::stderr();
+            let _ = err.write_all(t.as_bytes());
+            let _ = err.flush();
+        }
+        Event::Finished { stage, seconds, summary } => {
+            if stage == Stage::Write {
+                eprintln!();
+            }
+            eprintln!("[{}] {seconds:.1} s: {summary}", stage.name());
+        }
+    })?;
+    let written = render::write(&mut article, &out, &args.pipeline.format, args.force)?;
+    eprintln!(
+        "[compose] {:?}: {} paragraphs, {} images in {:.1} s; peak memory {}",
+        article.title,
+        article.paragraphs.len(),
+        article.images.len(),
+        t0.elapsed().as_secs_f64(),
+        peak_rss_mib().map_or("unknown".into(), |m| format!("{m:.0} MiB"))
+    );
+    print_outputs(&written)
+}
+
+/// Runs `edit`.
+pub fn run_edit(args: EditArgs) -> Result<()> {
+    let mut article = Article::load(&args.article)?;
+    let dir: &Path = args.article.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let edit = match args.op {
+        EditOp::Show => return show(&article),
+        EditOp::Recaption { slot } => Edit::Recaption { slot },
+        EditOp::Caption { slot, text } => Edit::Caption { slot, text },
+        EditOp::Swap { slot, candidate } => Edit::Swap { slot, candidate },
+        EditOp::Delete { slot } => Edit::Delete { slot },
+        EditOp::Add { paragraph } => Edit::Add { after: paragraph },
+        EditOp::Insert { count } => Edit::Insert { count },
+        EditOp::Regenerate { paragraph } => Edit::Regenerate { paragraph },
+    };
+    let mut pipeline = args.pipeline.clone();
+    if pipeline.library.is_none() {
+        // The article's own library, unless it was the default one.
+        let default_dir = xcomposer_retrieval::default_library::dir(&xcomposer_llm::fetch::models_dir());
+        pipeline.library = article.library.clone().filter(|l| *l != default_dir);
+    }
+    let composer = build_composer(&pipeline)?;
+    let summary = composer.edit(&mut article, &edit)?;
+    eprintln!("[edit] {summary}");
+    let written = render::write(&mut article, dir, &pipeline.format, true)?;
+    print_outputs(&written)
+}
+
+fn show(article: &Article) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}  ({} paragraphs)", article.title, article.paragraphs.len())?;
+    for (i, s) in article.images.iter().enumerate() {
+        writeln!(out, "slot {i}: after paragraph {}, caption {:?} ({:?})", s.after_paragraph, s.caption, s.caption_source.by)?;
+        for (j, c) in s.candidates.iter().enumerate() {
+            writeln!(out, "  {} {j}. {:.3} {}", if j == s.chosen { "*" } else { " " }, c.score, c.path.display())?;
+        }
+    }
+    Ok(())
+}
