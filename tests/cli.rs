@@ -227,3 +227,27 @@ fn compose_then_edit_an_article_from_the_command_line() {
     assert!(stderr(&out).starts_with(&format!("error: {}: ", missing.display())), "{}", stderr(&out));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn compose_refuses_bad_input_with_a_clear_message() {
+    default_model();
+    default_library_dir();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-bad-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let prompts = dir.join("my-prompts.toml");
+    std::fs::write(&prompts, "[writer]\nuser = '{{ instruction }}'\n").unwrap();
+    let out_dir = dir.join("out");
+    let run = |args: &[&str]| xcomposer().args(args).output().unwrap();
+    let out = run(&["compose", "About owls.", "--out", out_dir.to_str().unwrap(), "--prompts", prompts.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains(&format!("error: {}: missing the [title] table", prompts.display())), "{}", stderr(&out));
+    assert!(!out_dir.exists(), "nothing written on failure");
+    let out = run(&["compose", "  "]);
+    assert_eq!(stderr(&out).trim(), "error: the instruction is empty: say what the article should be about");
+    let out = run(&["compose", "About owls.", "--format", "md,pdf"]);
+    assert!(stderr(&out).contains("format \"pdf\": expected md, html or json"), "{}", stderr(&out));
+    let out = run(&["compose", "About owls.", "--lang", "fr"]);
+    assert!(stderr(&out).contains("language \"fr\": expected en or zh"), "{}", stderr(&out));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -69,7 +69,7 @@ pub fn run(args: ComposeBenchArgs) -> Result<()> {
         scoring: ScorerOptions { scorer: ScorerArg::Hybrid, tag_weight: 0.5, metadata_weight: 0.5 },
         format: vec![],
     };
-    let composer = build_composer(&opts)?;
+    let composer = build_composer(&opts, xcomposer_composer::Language::detect(&args.instruction))?;
     let load = t.elapsed().as_secs_f64();
     let mut req = ComposeRequest::new(&args.instruction);
     req.max_paragraphs = args.paragraphs;

@@ -26,7 +26,8 @@ pub struct PipelineOptions {
     /// A .gguf file or a Hugging Face model folder (default: the fetched SmolLM2-135M-Instruct).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// A prompt file (TOML, as assets/prompts/en.toml) replacing the built-in set of its language.
+    /// A prompt file (TOML, as assets/prompts/en.toml) used instead of the built-in prompts of
+    /// the article's language.
     #[arg(long)]
     pub prompts: Option<PathBuf>,
     /// How images are scored.
@@ -131,7 +132,7 @@ pub enum EditOp {
 }
 
 /// Builds the default pipeline: the language model, the library and its scorer.
-pub(crate) fn build_composer(opts: &PipelineOptions) -> Result<Composer> {
+pub(crate) fn build_composer(opts: &PipelineOptions, language: Language) -> Result<Composer> {
     let path = resolve_model(opts.model.clone())?;
     let llm = LanguageModel::<burn::backend::Flex>::load(&path, &Default::default()).with_context(|| format!("loading {}", path.display()))?;
     eprintln!("[compose] loaded {} in {:.2} s", path.display(), llm.load_time.as_secs_f64());
@@ -140,9 +141,7 @@ pub(crate) fn build_composer(opts: &PipelineOptions) -> Result<Composer> {
     let retriever = LibraryRetriever { library, scorer: Box::new(scorer), scorer_name: opts.scoring.name() };
     let mut prompts = Prompts::default();
     if let Some(file) = &opts.prompts {
-        let set = PromptSet::from_file(file)?;
-        let lang = if file.file_stem().is_some_and(|s| s == "zh") { Language::Zh } else { Language::En };
-        prompts.set(lang, set);
+        prompts.set(language, PromptSet::from_file(file)?);
     }
     Ok(Composer::with_prompts(Arc::new(ChatLanguageModel::new(llm)), Arc::new(prompts), Box::new(retriever)))
 }
@@ -188,11 +187,15 @@ pub fn run_compose(args: ComposeArgs) -> Result<()> {
         // Refuse before spending minutes on the models.
         return Err(xcomposer_composer::ComposeError::OutputExists(out).into());
     }
+    if args.instruction.trim().is_empty() {
+        anyhow::bail!("the instruction is empty: say what the article should be about");
+    }
+    let language = args.lang.unwrap_or_else(|| Language::detect(&args.instruction));
     let t0 = Instant::now();
-    let composer = build_composer(&args.pipeline)?;
+    let composer = build_composer(&args.pipeline, language)?;
     let req = ComposeRequest {
         instruction: args.instruction.clone(),
-        language: args.lang,
+        language: Some(language),
         images: args.images,
         seed: args.seed,
         max_new_tokens: args.max_new_tokens,
@@ -246,7 +249,7 @@ pub fn run_edit(args: EditArgs) -> Result<()> {
         let default_dir = xcomposer_retrieval::default_library::dir(&xcomposer_llm::fetch::models_dir());
         pipeline.library = article.library.clone().filter(|l| *l != default_dir);
     }
-    let composer = build_composer(&pipeline)?;
+    let composer = build_composer(&pipeline, article.language)?;
     let summary = composer.edit(&mut article, &edit)?;
     eprintln!("[edit] {summary}");
     let written = render::write(&mut article, dir, &pipeline.format, true)?;
