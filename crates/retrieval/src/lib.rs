@@ -1,6 +1,8 @@
 //! Retrieval for xcomposer, stage 3 of composition: finding the image that fits a caption.
 //!
 //! - [`bert`] and [`embedder`]: the MiniLM sentence embedder ([`TextEmbedder`]);
+//! - [`clip`], [`clip_tokenizer`] and [`clip_scorer`]: CLIP for users who bring Hugging Face
+//!   CLIP weights ([`Clip`], [`ClipTokenizer`], [`ClipEmbedder`], [`ClipScorer`]);
 //! - [`scorer`]: the caption → image score interface and the default scorers;
 //! - [`library`]: the user's image folder as a persisted, incrementally updated index
 //!   ([`ImageLibrary`]);
@@ -8,8 +10,14 @@
 //!   library used when the user names none.
 
 pub mod bert;
+pub mod clip;
+pub mod clip_scorer;
+pub mod clip_tokenizer;
 pub mod embedder;
 
+pub use clip::{Clip, ClipConfig, ClipError};
+pub use clip_scorer::{ClipEmbedder, ClipScorer};
+pub use clip_tokenizer::ClipTokenizer;
 pub use embedder::{EmbedderError, TextEmbedder};
 pub mod default_library;
 pub mod library;

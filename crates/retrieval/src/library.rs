@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use xcomposer_llm::fetch;
 use xcomposer_vision::{ImageInput, ImageTagger, Tag};
 
+use crate::clip_scorer::{CLIP_FEATURE, ClipEmbedder};
 use crate::embedder::{EmbedderError, TextEmbedder, normalize};
 use crate::scorer::{METADATA_FEATURE, Score, ScoreError, Scorer, TAG_FEATURE};
 #[cfg(test)]
@@ -93,6 +94,9 @@ pub struct ModelIds {
     pub embedder: String,
     /// How tags become the ConSE vector (which labels, which label text).
     pub tag_embedding: String,
+    /// The CLIP model of the `clip` feature, when the index has one (`index --clip`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip: Option<String>,
 }
 
 impl ModelIds {
@@ -102,7 +106,13 @@ impl ModelIds {
             tagger: format!("efficientnet-lite0@{}", &xcomposer_vision::tagger::EFFICIENTNET_LITE0.files[0].sha256[..12]),
             embedder: format!("all-MiniLM-L6-v2@{}", &crate::embedder::MINILM_L6_V2.files[0].sha256[..12]),
             tag_embedding: format!("conse-top{TOP_TAGS}-first-name"),
+            clip: None,
         }
+    }
+
+    /// Whether the tag and metadata features are the same (the optional CLIP feature aside).
+    pub fn same_base(&self, other: &ModelIds) -> bool {
+        (&self.tagger, &self.embedder, &self.tag_embedding) == (&other.tagger, &other.embedder, &other.tag_embedding)
     }
 }
 
@@ -396,7 +406,7 @@ impl ImageLibrary {
     /// Opens the index and checks that it was built with `models`.
     pub fn open_for(root: &Path, index_dir: Option<&Path>, models: &ModelIds) -> Result<Self, LibraryError> {
         let lib = Self::open(root, index_dir)?;
-        if &lib.models != models {
+        if !lib.models.same_base(models) {
             return Err(LibraryError::Stale {
                 index: lib.index_dir.join("index.json"),
                 root: root.to_path_buf(),
@@ -542,9 +552,75 @@ impl ImageLibrary {
             (TAG_FEATURE.to_string(), FeatureMatrix { dim, data: tag_data, row_of: row_of(TAG_FEATURE) }),
             (METADATA_FEATURE.to_string(), FeatureMatrix { dim, data: meta_data, row_of: row_of(METADATA_FEATURE) }),
         ]);
-        let lib = Self { root: root.to_path_buf(), index_dir, models, images, features };
+        let mut lib = Self { root: root.to_path_buf(), index_dir, models, images, features };
+        if let Some(prev) = &previous {
+            lib.carry_clip(prev);
+        }
         lib.save()?;
         Ok((lib, report))
+    }
+
+    /// Keeps the CLIP embeddings of `prev` for the images whose content is unchanged.
+    fn carry_clip(&mut self, prev: &ImageLibrary) {
+        let (Some(id), Some(m)) = (&prev.models.clip, prev.feature(CLIP_FEATURE)) else { return };
+        let by_sha: HashMap<&str, &[f32]> = prev.images.iter().enumerate().filter_map(|(i, im)| m.row(i).map(|r| (im.sha256.as_str(), r))).collect();
+        let mut data = vec![];
+        for im in &mut self.images {
+            if let Some(row) = by_sha.get(im.sha256.as_str()) {
+                im.rows.insert(CLIP_FEATURE.into(), (data.len() / m.dim) as u32);
+                data.extend_from_slice(row);
+            }
+        }
+        let row_of = self.images.iter().map(|im| im.rows.get(CLIP_FEATURE).copied()).collect();
+        self.features.insert(CLIP_FEATURE.into(), FeatureMatrix { dim: m.dim, data, row_of });
+        self.models.clip = Some(id.clone());
+    }
+
+    /// Adds CLIP image embeddings made by `clip` for every image that lacks one (all of them
+    /// when the index holds another CLIP model's) and saves the index; returns how many were
+    /// embedded. Images that no longer decode are reported in `skipped`.
+    pub fn index_clip<B: Backend>(&mut self, clip: &ClipEmbedder<B>, batch: usize, progress: &mut dyn FnMut(Progress), skipped: &mut Vec<(String, String)>) -> Result<usize, LibraryError> {
+        let dim = clip.dim();
+        let same = self.models.clip.as_deref() == Some(clip.id());
+        let old = if same { self.features.remove(CLIP_FEATURE) } else { None };
+        let mut vectors: Vec<Option<Vec<f32>>> = (0..self.images.len()).map(|i| old.as_ref().and_then(|m| m.row(i)).map(<[f32]>::to_vec)).collect();
+        let todo: Vec<usize> = (0..self.images.len()).filter(|&i| vectors[i].is_none()).collect();
+        progress(Progress::Planned { total: self.images.len(), to_process: todo.len() });
+        // CLIPImageProcessor's convert("RGB") drops alpha rather than compositing it.
+        let input = ImageInput::pil_compatible();
+        for chunk in todo.chunks(batch.max(1)) {
+            let decoded: Vec<Result<Vec<f32>, String>> = chunk.par_iter().map(|&i| input.open(&self.root.join(&self.images[i].path)).map(|d| clip.preprocess.apply(&d.rgb)).map_err(|e| e.to_string())).collect();
+            let mut ok = vec![];
+            let mut pixels = vec![];
+            for (&i, d) in chunk.iter().zip(decoded) {
+                match d {
+                    Ok(p) => {
+                        ok.push(i);
+                        pixels.push(p);
+                    }
+                    Err(e) => skipped.push((self.images[i].path.clone(), e)),
+                }
+            }
+            for (i, v) in ok.into_iter().zip(clip.embed_pixels(&pixels)) {
+                vectors[i] = Some(v);
+            }
+            for _ in chunk {
+                progress(Progress::Processed);
+            }
+        }
+        let mut data = Vec::new();
+        for (im, v) in self.images.iter_mut().zip(&vectors) {
+            im.rows.remove(CLIP_FEATURE);
+            if let Some(v) = v {
+                im.rows.insert(CLIP_FEATURE.into(), (data.len() / dim) as u32);
+                data.extend_from_slice(v);
+            }
+        }
+        let row_of = self.images.iter().map(|im| im.rows.get(CLIP_FEATURE).copied()).collect();
+        self.features.insert(CLIP_FEATURE.into(), FeatureMatrix { dim, data, row_of });
+        self.models.clip = Some(clip.id().to_string());
+        self.save()?;
+        Ok(todo.len())
     }
 
     /// Writes the index (feature files first, then `index.json`, each through a rename).

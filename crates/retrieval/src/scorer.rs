@@ -54,6 +54,16 @@ pub enum ScoreError {
     /// Embedding the captions failed.
     #[error(transparent)]
     Embedder(#[from] EmbedderError),
+    /// The library's features were made by another model than the scorer's.
+    #[error("the library index at {index} holds features of {found}, not of {wanted}: re-index it with this model (`xcomposer index --clip DIR`)")]
+    OtherModel {
+        /// The index folder.
+        index: String,
+        /// The model that made the stored features.
+        found: String,
+        /// The scorer's model.
+        wanted: String,
+    },
     /// The library lacks a feature this scorer needs.
     #[error("the library index at {index} has no '{feature}' features: re-index it with `xcomposer index` and this scorer")]
     MissingFeature {

@@ -55,6 +55,16 @@ pub enum Rescale {
     DivF32(f32),
 }
 
+/// A `preprocessor_config.json` this implementation cannot follow; names the field.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct PreprocessConfigError {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// What is wrong.
+    pub reason: String,
+}
+
 /// The CLIP / EVA-CLIP channel means (after scaling to 0..1).
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 /// The CLIP / EVA-CLIP channel standard deviations.
@@ -89,6 +99,75 @@ impl Preprocess {
             crop: Some((size, size)),
             normalize: Normalize { rescale: Rescale::MulF64(1.0 / 255.0), mean: CLIP_MEAN, std: CLIP_STD },
         }
+    }
+
+    /// Reads a Hugging Face `CLIPImageProcessor` `preprocessor_config.json`: `size`
+    /// (`{"shortest_edge": n}` or a number), `crop_size` (`{"height", "width"}` or a number),
+    /// `do_resize`, `do_center_crop`, `do_rescale`, `rescale_factor`, `do_normalize`,
+    /// `image_mean`, `image_std`, `resample` (3, bicubic, is the only one supported); absent
+    /// fields take the processor's defaults.
+    pub fn from_hf_config(path: &std::path::Path) -> Result<Self, PreprocessConfigError> {
+        use serde_json::Value;
+        let err = |reason: String| PreprocessConfigError { path: path.into(), reason };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+        let flag = |k: &str| -> Result<bool, PreprocessConfigError> {
+            match v.get(k) {
+                None | Some(Value::Null) => Ok(true),
+                Some(Value::Bool(b)) => Ok(*b),
+                Some(x) => Err(err(format!("{k} is {x}; expected true or false"))),
+            }
+        };
+        let side = |k: &str, keys: &[&str]| -> Result<Option<(u32, u32)>, PreprocessConfigError> {
+            let positive = |x: &Value| x.as_u64().filter(|n| *n > 0 && *n <= 8192).map(|n| n as u32);
+            match v.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(x) if positive(x).is_some() => Ok(positive(x).map(|n| (n, n))),
+                Some(Value::Object(o)) => {
+                    let get = |f: &str| o.get(f).and_then(positive);
+                    match keys {
+                        [one] => get(one).map(|n| Some((n, n))).ok_or_else(|| err(format!("{k}.{one} is missing or not a positive integer"))),
+                        [h, w] => match (get(h), get(w)) {
+                            (Some(h), Some(w)) => Ok(Some((w, h))),
+                            _ => Err(err(format!("{k} needs positive integers {h} and {w}"))),
+                        },
+                        _ => unreachable!("one or two keys"),
+                    }
+                }
+                Some(x) => Err(err(format!("{k} is {x}; expected a number or an object"))),
+            }
+        };
+        let triple = |k: &str, default: [f32; 3]| -> Result<[f32; 3], PreprocessConfigError> {
+            match v.get(k) {
+                None | Some(Value::Null) => Ok(default),
+                Some(Value::Array(a)) if a.len() == 3 && a.iter().all(Value::is_number) => Ok([0, 1, 2].map(|i| a[i].as_f64().unwrap_or(0.0) as f32)),
+                Some(x) => Err(err(format!("{k} is {x}; expected three numbers"))),
+            }
+        };
+        match v.get("resample") {
+            None | Some(Value::Null) => {}
+            Some(x) if x.as_u64() == Some(3) => {}
+            Some(x) => return Err(err(format!("resample is {x}; only 3 (bicubic) is supported"))),
+        }
+        let size = side("size", &["shortest_edge"])?.map_or(224, |s| s.0);
+        let resize = if flag("do_resize")? { Resize::ShortestSide { size, rounding: SideRounding::Truncate } } else { Resize::Exact { width: 0, height: 0 } };
+        if matches!(resize, Resize::Exact { .. }) {
+            return Err(err("do_resize false is not supported (images of any size would reach the model)".into()));
+        }
+        let crop = if flag("do_center_crop")? { Some(side("crop_size", &["height", "width"])?.unwrap_or((224, 224))) } else { None };
+        let rescale = if flag("do_rescale")? {
+            match v.get("rescale_factor") {
+                None | Some(Value::Null) => Rescale::MulF64(1.0 / 255.0),
+                Some(x) => Rescale::MulF64(x.as_f64().filter(|f| *f > 0.0).ok_or_else(|| err(format!("rescale_factor is {x}; expected a positive number")))?),
+            }
+        } else {
+            Rescale::None
+        };
+        let (mean, std) = if flag("do_normalize")? { (triple("image_mean", CLIP_MEAN)?, triple("image_std", CLIP_STD)?) } else { ([0.0; 3], [1.0; 3]) };
+        if std.iter().any(|s| *s <= 0.0) {
+            return Err(err(format!("image_std {std:?} must be positive")));
+        }
+        Ok(Self { resize, crop, normalize: Normalize { rescale, mean, std } })
     }
 
     /// The InternLM-XComposer visual encoder: squash to `size`², `v / 255` in f32, CLIP mean/std.
