@@ -251,3 +251,85 @@ fn compose_refuses_bad_input_with_a_clear_message() {
     assert!(stderr(&out).contains("language \"fr\": expected en or zh"), "{}", stderr(&out));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+fn clip_tiny() -> PathBuf {
+    common::fixture("clip-tiny")
+}
+
+/// `[rows][cols]` of an f32 tensor in the fixture's expected.safetensors.
+fn expected_matrix(name: &str) -> Vec<Vec<f32>> {
+    let bytes = std::fs::read(clip_tiny().join("expected.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor(name).unwrap();
+    let cols = t.shape()[1];
+    let v: Vec<f32> = t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    v.chunks(cols).map(<[f32]>::to_vec).collect()
+}
+
+#[test]
+fn clip_embed_reproduces_the_reference_logits_from_files() {
+    let expected: serde_json::Value = serde_json::from_slice(&std::fs::read(clip_tiny().join("expected.json")).unwrap()).unwrap();
+    let mut args: Vec<String> = vec!["clip".into(), "embed".into(), "--json".into(), "--model".into(), clip_tiny().display().to_string()];
+    for im in expected["images"].as_array().unwrap() {
+        args.extend(["--image".into(), clip_tiny().join("../images").join(im["file"].as_str().unwrap()).display().to_string()]);
+    }
+    for c in expected["captions"].as_array().unwrap() {
+        args.extend(["--text".into(), c.as_str().unwrap().to_string()]);
+    }
+    let out = xcomposer().args(&args).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let want = expected_matrix("logits_per_image");
+    let got = v["logits_per_image"].as_array().unwrap();
+    let mut worst = 0f32;
+    for (g, w) in got.iter().zip(&want) {
+        for (a, b) in g.as_array().unwrap().iter().zip(w) {
+            worst = worst.max((a.as_f64().unwrap() as f32 - b).abs());
+        }
+    }
+    assert_eq!(got.len(), 3);
+    assert!(worst <= 1e-3, "logits from files: max-abs {worst}");
+    let first_ids: Vec<u64> = v["texts"][0]["input_ids"].as_array().unwrap()[..7].iter().map(|x| x.as_u64().unwrap()).collect();
+    assert_eq!(first_ids, [49406, 320, 1125, 539, 320, 2368, 49407]);
+
+    let out = xcomposer().args(["clip", "embed", "--model", "/nonexistent/clip", "--text", "x"]).output().unwrap();
+    assert!(stderr(&out).contains("/nonexistent/clip/config.json"), "{}", stderr(&out));
+}
+
+#[test]
+fn index_and_search_with_clip() {
+    let lib = default_library_dir();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("clip-library-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["coffee.png", "chelsea.png", "rocket.jpg"] {
+        std::fs::copy(lib.join(f), dir.join(f)).unwrap();
+    }
+    let (d, model) = (dir.to_str().unwrap(), clip_tiny().display().to_string());
+    let out = xcomposer().args(["index", d, "--clip", &model]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("CLIP features of 3 images added"), "{}", stderr(&out));
+    let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join(".xcomposer/index.json")).unwrap()).unwrap();
+    assert!(index["models"]["clip"].as_str().unwrap().starts_with("clip:clip-tiny:"), "{index}");
+
+    let out = xcomposer().args(["search", "a cat", "--library", d, "--clip", &model, "--json", "-k", "3"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("CLIP features of"), "nothing to add the second time: {}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let hits = v["hits"].as_array().unwrap();
+    assert_eq!(hits.len(), 3);
+    // Each score is CLIP's logit for the image and the caption, as `clip embed` computes it.
+    let emb = xcomposer().args(["clip", "embed", "--json", "--model", &model, "--text", "a cat", "--image", hits[0]["path"].as_str().unwrap()]).output().unwrap();
+    let e: serde_json::Value = serde_json::from_slice(&emb.stdout).unwrap();
+    let (score, logit) = (hits[0]["score"].as_f64().unwrap(), e["logits_per_image"][0][0].as_f64().unwrap());
+    assert!((score - logit).abs() < 1e-3, "{score} vs {logit}");
+    assert_eq!(hits[0]["parts"][0]["scorer"], "clip");
+
+    // Mixed with the text scorers: two parts.
+    let out = xcomposer().args(["search", "a cat", "--library", d, "--clip", &model, "--clip-weight", "0.1", "--json", "-k", "1"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let parts: Vec<&str> = v["hits"][0]["parts"].as_array().unwrap().iter().map(|p| p["scorer"].as_str().unwrap()).collect();
+    assert_eq!(parts, ["clip", "tags", "metadata"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -66,7 +66,7 @@ pub fn run(args: ComposeBenchArgs) -> Result<()> {
         index: None,
         model: args.model.clone(),
         prompts: None,
-        scoring: ScorerOptions { scorer: ScorerArg::Hybrid, tag_weight: 0.5, metadata_weight: 0.5 },
+        scoring: ScorerOptions { scorer: ScorerArg::Hybrid, tag_weight: 0.5, metadata_weight: 0.5, clip: None, clip_weight: None },
         format: vec![],
     };
     let composer = build_composer(&opts, xcomposer_composer::Language::detect(&args.instruction))?;

@@ -136,9 +136,9 @@ pub(crate) fn build_composer(opts: &PipelineOptions, language: Language) -> Resu
     let path = resolve_model(opts.model.clone())?;
     let llm = LanguageModel::<burn::backend::Flex>::load(&path, &Default::default()).with_context(|| format!("loading {}", path.display()))?;
     eprintln!("[compose] loaded {} in {:.2} s", path.display(), llm.load_time.as_secs_f64());
-    let library = open_library(opts.library.as_deref(), opts.index.as_deref())?;
-    let scorer = opts.scoring.build()?;
-    let retriever = LibraryRetriever { library, scorer: Box::new(scorer), scorer_name: opts.scoring.name() };
+    let mut library = open_library(opts.library.as_deref(), opts.index.as_deref())?;
+    let scorer = opts.scoring.scorer(&mut library)?;
+    let retriever = LibraryRetriever { library, scorer, scorer_name: opts.scoring.name() };
     let mut prompts = Prompts::default();
     if let Some(file) = &opts.prompts {
         prompts.set(language, PromptSet::from_file(file)?);

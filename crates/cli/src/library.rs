@@ -9,7 +9,7 @@ use burn::tensor::backend::Backend;
 use indicatif::{ProgressBar, ProgressStyle};
 use xcomposer_llm::fetch;
 use xcomposer_retrieval::library::{ImageLibrary, Indexer, ModelIds, Progress};
-use xcomposer_retrieval::{EmbeddingScorer, TextEmbedder, default_library};
+use xcomposer_retrieval::{ClipEmbedder, ClipScorer, EmbeddingScorer, HybridScorer, Scorer, TextEmbedder, default_library};
 
 use crate::backend::DeviceArg;
 
@@ -24,6 +24,9 @@ pub struct IndexArgs {
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Also store CLIP image embeddings made by this Hugging Face CLIP folder (for `--clip` search).
+    #[arg(long)]
+    pub clip: Option<PathBuf>,
     /// Where the models run.
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
@@ -52,10 +55,32 @@ pub struct ScorerOptions {
     /// Weight of the metadata score in the hybrid.
     #[arg(long, default_value_t = 0.5)]
     pub metadata_weight: f32,
+    /// A Hugging Face CLIP folder: rank with CLIP (the library's missing CLIP features are
+    /// computed first and kept in its index).
+    #[arg(long)]
+    pub clip: Option<PathBuf>,
+    /// With --clip: mix CLIP (this weight) with the --scorer choice (weight 1) instead of using
+    /// CLIP alone. CLIP's scores are its logits (about 0–35), the others cosines (0–1).
+    #[arg(long, requires = "clip")]
+    pub clip_weight: Option<f32>,
 }
 
 impl ScorerOptions {
-    /// The scorer the flags describe, with the default text embedder.
+    /// The scorer the flags describe, for `lib` (CLIP features are added to it when missing).
+    pub fn scorer(&self, lib: &mut ImageLibrary) -> Result<Box<dyn Scorer>> {
+        let text = Box::new(self.build()?);
+        let Some(dir) = &self.clip else { return Ok(text) };
+        let clip = Arc::new(ClipEmbedder::<burn::backend::Flex>::load(dir, &Default::default()).with_context(|| format!("loading {}", dir.display()))?);
+        add_clip_features(lib, &clip)?;
+        let clip_scorer = Box::new(ClipScorer::new(clip));
+        Ok(match self.clip_weight {
+            None => clip_scorer,
+            Some(w) if w > 0.0 => Box::new(HybridScorer::new(vec![(clip_scorer, w), (text, 1.0)])),
+            Some(w) => anyhow::bail!("--clip-weight {w}: must be > 0"),
+        })
+    }
+
+    /// The text-embedding scorer the flags describe, with the default text embedder.
     pub fn build(&self) -> Result<EmbeddingScorer<burn::backend::Flex>> {
         let (tw, mw) = match self.scorer {
             ScorerArg::Hybrid => (self.tag_weight, self.metadata_weight),
@@ -71,12 +96,32 @@ impl ScorerOptions {
 
     /// The scorer's name, for display and provenance.
     pub fn name(&self) -> String {
-        match self.scorer {
+        let text = match self.scorer {
             ScorerArg::Hybrid => format!("hybrid (tags {} / metadata {})", self.tag_weight, self.metadata_weight),
             ScorerArg::Tags => "tags".into(),
             ScorerArg::Metadata => "metadata".into(),
+        };
+        match (&self.clip, self.clip_weight) {
+            (None, _) => text,
+            (Some(d), None) => format!("clip ({})", d.display()),
+            (Some(d), Some(w)) => format!("clip ({}) ×{w} + {text} ×1", d.display()),
         }
     }
+}
+
+/// Computes the CLIP features `lib` lacks for `clip`, with a progress bar.
+pub fn add_clip_features(lib: &mut ImageLibrary, clip: &ClipEmbedder<burn::backend::Flex>) -> Result<()> {
+    let (bar, mut on_progress) = index_progress(lib.root());
+    let mut skipped = vec![];
+    let n = lib.index_clip(clip, 8, &mut on_progress, &mut skipped)?;
+    bar.finish_and_clear();
+    for (path, why) in skipped {
+        eprintln!("[index] skipped {path}: {why}");
+    }
+    if n > 0 {
+        eprintln!("[index] CLIP features of {n} images added ({})", clip.id());
+    }
+    Ok(())
 }
 
 /// Opens the library at `dir` (indexed with the default models), or the default library.
@@ -148,7 +193,11 @@ pub fn run_index(args: IndexArgs) -> Result<()> {
     }
     crate::with_backend!(args.device, |device: B| {
         let indexer = Indexer::<B>::load_default(&fetch::models_dir(), &device, &mut log).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let (lib, report, secs) = index_with_progress(&args.dir, args.index.as_deref(), &indexer)?;
+        let (mut lib, report, secs) = index_with_progress(&args.dir, args.index.as_deref(), &indexer)?;
+        if let Some(dir) = &args.clip {
+            let clip = ClipEmbedder::<burn::backend::Flex>::load(dir, &Default::default()).with_context(|| format!("loading {}", dir.display()))?;
+            add_clip_features(&mut lib, &clip)?;
+        }
         for w in &report.warnings {
             eprintln!("[index] warning: {w}");
         }
@@ -184,10 +233,10 @@ pub fn default_library() -> Result<ImageLibrary> {
 
 /// Runs `xcomposer search`.
 pub fn run_search(args: SearchArgs) -> Result<()> {
-    let lib = open_library(args.library.as_deref(), args.index.as_deref())?;
-    let scorer = args.scoring.build()?;
+    let mut lib = open_library(args.library.as_deref(), args.index.as_deref())?;
+    let scorer = args.scoring.scorer(&mut lib)?;
     let t0 = Instant::now();
-    let hits = lib.search(&scorer, &[args.query.as_str()], args.k)?.remove(0);
+    let hits = lib.search(scorer.as_ref(), &[args.query.as_str()], args.k)?.remove(0);
     let ms = t0.elapsed().as_secs_f64() * 1e3;
     if args.json {
         let out: Vec<serde_json::Value> = hits

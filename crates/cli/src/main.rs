@@ -3,8 +3,10 @@
 
 mod backend;
 mod bench;
+mod bench_clip;
 mod bench_compose;
 mod bench_library;
+mod clip;
 mod compose;
 mod generate;
 mod library;
@@ -35,6 +37,11 @@ enum Command {
     Index(library::IndexArgs),
     /// Rank a library's images for a caption.
     Search(library::SearchArgs),
+    /// CLIP with a Hugging Face CLIP folder.
+    Clip {
+        #[command(subcommand)]
+        command: clip::ClipCommand,
+    },
     /// Manage the local models folder.
     Models {
         #[command(subcommand)]
@@ -61,6 +68,7 @@ fn main() {
         Command::Generate(args) => generate::run(args),
         Command::Index(args) => library::run_index(args),
         Command::Search(args) => library::run_search(args),
+        Command::Clip { command } => clip::run(command),
         Command::Models { command } => models::run(command),
         Command::Bench { command } => bench::run(command),
     };

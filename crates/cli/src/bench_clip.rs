@@ -1,0 +1,135 @@
+//! `xcomposer bench clip`: images/s of a CLIP vision tower (+ projection) at several batch
+//! sizes, in f32 and (on CUDA) f16, beside PyTorch transformers' CLIPModel on the same weights
+//! and device in the same run (`scripts/bench_clip_torch.py`).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Tensor};
+use xcomposer_retrieval::Clip;
+
+use crate::backend::DeviceArg;
+use crate::bench::median;
+
+const TORCH_SCRIPT: &str = include_str!("../../../scripts/bench_clip_torch.py");
+
+/// Arguments of `xcomposer bench clip`.
+#[derive(clap::Args)]
+pub struct ClipBenchArgs {
+    /// A Hugging Face CLIP folder (`scripts/bench_clip_torch.py make B/32 DIR` writes one with random weights).
+    #[arg(long)]
+    model: PathBuf,
+    /// Batch sizes.
+    #[arg(long, value_delimiter = ',', default_value = "1,32,128")]
+    batches: Vec<usize>,
+    /// Timed calls per batch size (after 3 warm-up calls); the median is reported.
+    #[arg(long, default_value_t = 10)]
+    runs: usize,
+    /// Where to run.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    device: DeviceArg,
+    /// Also time PyTorch transformers on the same folder (needs torch with CUDA).
+    #[arg(long)]
+    torch: bool,
+    /// The Python with torch and transformers.
+    #[arg(long, default_value = "python3")]
+    python: String,
+}
+
+/// Images/s at each batch size.
+fn time_vision<B: Backend>(args: &ClipBenchArgs, device: &B::Device) -> Result<Vec<f64>> {
+    let t = Instant::now();
+    let clip = Clip::<B>::load(&args.model, device).with_context(|| format!("loading {}", args.model.display()))?;
+    eprintln!("[bench] loaded {} in {:.1} s", args.model.display(), t.elapsed().as_secs_f64());
+    let s = clip.config.vision.image_size;
+    let mut out = vec![];
+    for &b in &args.batches {
+        let x = Tensor::<B, 4>::random([b, 3, s, s], Distribution::Normal(0.0, 1.0), device);
+        let call = || clip.image_features(x.clone()).into_data();
+        for _ in 0..3 {
+            call();
+        }
+        let times: Vec<f64> = (0..args.runs)
+            .map(|_| {
+                let t = Instant::now();
+                call();
+                t.elapsed().as_secs_f64()
+            })
+            .collect();
+        out.push(b as f64 / median(times));
+    }
+    Ok(out)
+}
+
+/// Runs the benchmark.
+pub fn run(args: ClipBenchArgs) -> Result<()> {
+    if args.runs == 0 || args.batches.is_empty() || args.batches.contains(&0) {
+        bail!("--runs and --batches must be positive");
+    }
+    let mut rows: Vec<(String, String, Vec<f64>)> = vec![];
+    match args.device {
+        DeviceArg::Cpu => rows.push(("xcomposer (burn-flex)".into(), "f32".into(), time_vision::<burn::backend::Flex>(&args, &Default::default())?)),
+        DeviceArg::Cuda => {
+            #[cfg(feature = "cuda")]
+            {
+                rows.push(("xcomposer (burn-cuda)".into(), "f32".into(), time_vision::<burn::backend::Cuda<f32>>(&args, &Default::default())?));
+                rows.push(("xcomposer (burn-cuda)".into(), "f16".into(), time_vision::<burn::backend::Cuda<half::f16>>(&args, &Default::default())?));
+            }
+            #[cfg(not(feature = "cuda"))]
+            bail!("this xcomposer was built without CUDA; rebuild with `cargo build --release --features cuda`");
+        }
+    }
+    let mut header = String::new();
+    if args.torch {
+        let batches: Vec<String> = args.batches.iter().map(usize::to_string).collect();
+        let out = Command::new(&args.python)
+            .args(["-c", TORCH_SCRIPT, "time"])
+            .arg(&args.model)
+            .args([batches.join(","), args.runs.to_string()])
+            .output()
+            .with_context(|| format!("running {}", args.python))?;
+        if !out.status.success() {
+            bail!("the PyTorch anchor failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("reading the PyTorch anchor's JSON")?;
+        header = format!("anchor: torch {} + transformers {} on {}", v["torch"].as_str().unwrap_or("?"), v["transformers"].as_str().unwrap_or("?"), v["gpu"].as_str().unwrap_or("?"));
+        for dtype in ["f32", "f16"] {
+            let ips: Vec<f64> = args.batches.iter().map(|b| v["images_per_s"][format!("{dtype}-{b}")].as_f64().unwrap_or(f64::NAN)).collect();
+            rows.push(("PyTorch CLIPModel".into(), dtype.into(), ips));
+        }
+    }
+    let c = Clip::<burn::backend::Flex>::load(&args.model, &Default::default()).map(|c| c.config).ok();
+    if let Some(c) = c {
+        println!(
+            "{}: vision tower {} layers, width {}, patch {}, {}×{} px; images/s (median of {} calls)",
+            args.model.display(),
+            c.vision.tower.num_hidden_layers,
+            c.vision.tower.hidden_size,
+            c.vision.patch_size,
+            c.vision.image_size,
+            c.vision.image_size,
+            args.runs
+        );
+    }
+    if !header.is_empty() {
+        println!("{header}");
+    }
+    println!();
+    let cols: Vec<String> = args.batches.iter().map(|b| format!("batch {b}")).collect();
+    let ratio_cols: Vec<String> = args.batches.iter().map(|b| format!("vs PyTorch, batch {b}")).collect();
+    println!("| engine | dtype | {} | {} |", cols.join(" | "), ratio_cols.join(" | "));
+    println!("|---|---|{}{}", "---|".repeat(cols.len()), "---|".repeat(cols.len()));
+    for (engine, dtype, ips) in &rows {
+        let anchor = rows.iter().find(|r| r.0.starts_with("PyTorch") && &r.1 == dtype).map(|r| r.2.clone());
+        let cells: Vec<String> = ips.iter().map(|v| format!("{v:.1}")).collect();
+        let ratios: Vec<String> = match &anchor {
+            Some(a) => ips.iter().zip(a).map(|(x, y)| format!("{:.2}×", x / y)).collect(),
+            None => vec!["–".into(); ips.len()],
+        };
+        println!("| {engine} | {dtype} | {} | {} |", cells.join(" | "), ratios.join(" | "));
+    }
+    Ok(())
+}
