@@ -24,8 +24,10 @@ pub mod input;
 pub mod preprocess;
 pub mod resize;
 pub mod tagger;
+pub mod xcomposer_visual;
 
 pub use efficientnet::{EfficientNet, EfficientNetConfig};
 pub use input::{Alpha, DecodedImage, ImageError, ImageInput};
 pub use preprocess::Preprocess;
 pub use tagger::{ImageNetLabels, ImageTagger, Tag, TaggerError, Tagging};
+pub use xcomposer_visual::{EvaVit, PerceiveSampler, VisualConfig, XComposerVisual};
