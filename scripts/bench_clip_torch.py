@@ -2,9 +2,11 @@
 
   make ARCH OUT           write a random-weight CLIPModel of ARCH's real shapes (B/32 or L/14)
                           to OUT with save_pretrained (safetensors), for both sides to load
-  time OUT BATCHES RUNS   time get_image_features at each batch size (comma-separated) in f32
-                          and f16 on CUDA; print one JSON object
+  time OUT BATCHES RUNS DTYPES
+                          time get_image_features at each batch size (comma-separated) in each
+                          dtype (f32, f16; comma-separated) on CUDA; print one JSON object
 
+PyTorch's f32 matmuls run in true f32 (TF32 off, its default); burn-cuda's use TF32 tensor cores.
 Timing matches the Rust side: inputs already on the GPU, 3 warm-up calls, then RUNS timed calls
 of the vision tower + projection, each ended by torch.cuda.synchronize(); the median is kept.
 """
@@ -32,9 +34,11 @@ def make(arch, out):
     CLIPModel(cfg).save_pretrained(out, safe_serialization=True)
 
 
-def time_model(out, batches, runs):
+def time_model(out, batches, runs, dtypes):
     res = {"torch": torch.__version__, "transformers": transformers.__version__, "gpu": torch.cuda.get_device_name(0), "images_per_s": {}}
     for dtype, name in ((torch.float32, "f32"), (torch.float16, "f16")):
+        if name not in dtypes:
+            continue
         model = CLIPModel.from_pretrained(out, torch_dtype=dtype).cuda().eval()
         size = model.config.vision_config.image_size
         for b in batches:
@@ -59,6 +63,6 @@ if __name__ == "__main__":
     if sys.argv[1] == "make":
         make(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "time":
-        time_model(sys.argv[2], [int(b) for b in sys.argv[3].split(",")], int(sys.argv[4]))
+        time_model(sys.argv[2], [int(b) for b in sys.argv[3].split(",")], int(sys.argv[4]), sys.argv[5].split(",") if len(sys.argv) > 5 else ["f32", "f16"])
     else:
         sys.exit(__doc__)

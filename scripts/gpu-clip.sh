@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs on the GPU machine: clip-tiny parity on --device cuda (f32) against the reference logits,
+# Runs on the GPU machine: clip-tiny parity on --device cuda (f32, f16) against the reference logits,
 # then `bench clip` (burn-cuda f32/f16 beside PyTorch transformers) on random-weight ViT-B/32 and
 # ViT-L/14 of the real shapes. Expects in $DIR: xcomposer (built with --features cuda) and
 # clip-tiny/ + images/ (the fixture). Writes outputs under $OUT.
@@ -15,8 +15,8 @@ args=()
 for im in chelsea cell logo; do args+=(--image "$DIR/images/$im.png"); done
 caps=$(python3 -c "import json; print(json.dumps(json.load(open('$DIR/clip-tiny/expected.json'))['captions']))")
 while IFS= read -r c; do args+=(--text "$c"); done < <(python3 -c "import json,sys; [print(c) for c in json.loads(sys.argv[1])]" "$caps")
-for dev in cpu cuda; do
-  "$BIN" clip embed --json --device $dev --model "$DIR/clip-tiny" "${args[@]}" > "$OUT/clip-tiny-$dev.json"
+for run in cpu:f32 cuda:f32 cuda:f16; do
+  "$BIN" clip embed --json --device ${run%:*} --dtype ${run#*:} --model "$DIR/clip-tiny" "${args[@]}" > "$OUT/clip-tiny-${run%:*}-${run#*:}.json"
 done
 python3 - "$DIR/clip-tiny" "$OUT" <<'PY'
 import json, struct, sys
@@ -29,7 +29,7 @@ def tensor(name):
     return [struct.unpack_from("<f", buf, 4 * i)[0] for i in range(len(buf) // 4)], h["shape"]
 want, shape = tensor("logits_per_image")
 emb, _ = tensor("image_embeds")
-for dev in ("cpu", "cuda"):
+for dev in ("cpu-f32", "cuda-f32", "cuda-f16"):
     g = json.load(open(f"{out}/clip-tiny-{dev}.json"))
     got = [x for row in g["logits_per_image"] for x in row]
     ge = [x for im in g["images"] for x in im["embedding"]]
@@ -38,5 +38,7 @@ PY
 for arch in B/32 L/14; do
   name=$(echo "$arch" | tr -d /)
   python3 scripts/bench_clip_torch.py make "$arch" "/tmp/clip-$name"
-  "$BIN" bench clip --model "/tmp/clip-$name" --device cuda --torch --batches 1,32,128 --runs 10 | tee "$OUT/bench-$name.md"
+  for dt in f32 f16; do
+    "$BIN" bench clip --model "/tmp/clip-$name" --device cuda --dtype $dt --torch --batches 1,32,128 --runs 10 | tee "$OUT/bench-$name-$dt.md"
+  done
 done

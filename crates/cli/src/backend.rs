@@ -14,6 +14,25 @@ pub enum DeviceArg {
     Cuda,
 }
 
+/// The float type tensors are created in (burn 0.21 takes it from the device's settings, not
+/// from the backend's type parameter).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DtypeArg {
+    /// 32-bit floats.
+    F32,
+    /// 16-bit floats (CUDA).
+    F16,
+}
+
+/// Makes `dtype` the device's float type; call before any tensor is created on it.
+pub fn set_float_dtype<B: burn::tensor::backend::Backend>(device: &B::Device, dtype: DtypeArg) -> Result<()> {
+    let d = match dtype {
+        DtypeArg::F32 => return Ok(()),
+        DtypeArg::F16 => burn::tensor::DType::F16,
+    };
+    burn::tensor::set_default_dtypes::<B>(device, d, burn::tensor::DType::I32).map_err(|e| anyhow::anyhow!("--dtype f16 on this device: {e:?}"))
+}
+
 /// Calls `$body` with the backend type `B` and its device bound, per `--device`.
 #[macro_export]
 macro_rules! with_backend {

@@ -11,7 +11,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use xcomposer_retrieval::Clip;
 
-use crate::backend::DeviceArg;
+use crate::backend::{DeviceArg, DtypeArg, set_float_dtype};
 use crate::bench::median;
 
 const TORCH_SCRIPT: &str = include_str!("../../../scripts/bench_clip_torch.py");
@@ -31,6 +31,9 @@ pub struct ClipBenchArgs {
     /// Where to run.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
+    /// The float type (one per process: burn fixes a device's float type at its first tensor).
+    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+    dtype: DtypeArg,
     /// Also time PyTorch transformers on the same folder (needs torch with CUDA).
     #[arg(long)]
     torch: bool,
@@ -41,6 +44,7 @@ pub struct ClipBenchArgs {
 
 /// Images/s at each batch size.
 fn time_vision<B: Backend>(args: &ClipBenchArgs, device: &B::Device) -> Result<Vec<f64>> {
+    set_float_dtype::<B>(device, args.dtype)?;
     let t = Instant::now();
     let clip = Clip::<B>::load(&args.model, device).with_context(|| format!("loading {}", args.model.display()))?;
     eprintln!("[bench] loaded {} in {:.1} s", args.model.display(), t.elapsed().as_secs_f64());
@@ -70,14 +74,15 @@ pub fn run(args: ClipBenchArgs) -> Result<()> {
         bail!("--runs and --batches must be positive");
     }
     let mut rows: Vec<(String, String, Vec<f64>)> = vec![];
+    let dtype = match args.dtype {
+        DtypeArg::F32 => "f32",
+        DtypeArg::F16 => "f16",
+    };
     match args.device {
-        DeviceArg::Cpu => rows.push(("xcomposer (burn-flex)".into(), "f32".into(), time_vision::<burn::backend::Flex>(&args, &Default::default())?)),
+        DeviceArg::Cpu => rows.push(("xcomposer (burn-flex)".into(), dtype.into(), time_vision::<burn::backend::Flex>(&args, &Default::default())?)),
         DeviceArg::Cuda => {
             #[cfg(feature = "cuda")]
-            {
-                rows.push(("xcomposer (burn-cuda)".into(), "f32".into(), time_vision::<burn::backend::Cuda<f32>>(&args, &Default::default())?));
-                rows.push(("xcomposer (burn-cuda)".into(), "f16".into(), time_vision::<burn::backend::Cuda<half::f16>>(&args, &Default::default())?));
-            }
+            rows.push(("xcomposer (burn-cuda)".into(), dtype.into(), time_vision::<burn::backend::Cuda>(&args, &Default::default())?));
             #[cfg(not(feature = "cuda"))]
             bail!("this xcomposer was built without CUDA; rebuild with `cargo build --release --features cuda`");
         }
@@ -88,7 +93,7 @@ pub fn run(args: ClipBenchArgs) -> Result<()> {
         let out = Command::new(&args.python)
             .args(["-c", TORCH_SCRIPT, "time"])
             .arg(&args.model)
-            .args([batches.join(","), args.runs.to_string()])
+            .args([batches.join(","), args.runs.to_string(), dtype.to_string()])
             .output()
             .with_context(|| format!("running {}", args.python))?;
         if !out.status.success() {
@@ -96,12 +101,10 @@ pub fn run(args: ClipBenchArgs) -> Result<()> {
         }
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("reading the PyTorch anchor's JSON")?;
         header = format!("anchor: torch {} + transformers {} on {}", v["torch"].as_str().unwrap_or("?"), v["transformers"].as_str().unwrap_or("?"), v["gpu"].as_str().unwrap_or("?"));
-        for dtype in ["f32", "f16"] {
-            let ips: Vec<f64> = args.batches.iter().map(|b| v["images_per_s"][format!("{dtype}-{b}")].as_f64().unwrap_or(f64::NAN)).collect();
-            rows.push(("PyTorch CLIPModel".into(), dtype.into(), ips));
-        }
+        let ips: Vec<f64> = args.batches.iter().map(|b| v["images_per_s"][format!("{dtype}-{b}")].as_f64().unwrap_or(f64::NAN)).collect();
+        rows.push(("PyTorch CLIPModel".into(), dtype.into(), ips));
     }
-    let c = Clip::<burn::backend::Flex>::load(&args.model, &Default::default()).map(|c| c.config).ok();
+    let c = xcomposer_retrieval::ClipConfig::from_file(&args.model.join("config.json")).ok();
     if let Some(c) = c {
         println!(
             "{}: vision tower {} layers, width {}, patch {}, {}×{} px; images/s (median of {} calls)",

@@ -10,7 +10,7 @@ use xcomposer_retrieval::ClipEmbedder;
 use xcomposer_retrieval::embedder::dot;
 use xcomposer_vision::ImageInput;
 
-use crate::backend::DeviceArg;
+use crate::backend::{DeviceArg, DtypeArg, set_float_dtype};
 
 /// `xcomposer clip …`.
 #[derive(clap::Subcommand)]
@@ -37,6 +37,9 @@ pub struct EmbedArgs {
     /// Where to run.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     pub device: DeviceArg,
+    /// The float type the model runs in.
+    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+    pub dtype: DtypeArg,
 }
 
 /// Runs `xcomposer clip`.
@@ -55,6 +58,7 @@ fn embed<B: Backend>(args: &EmbedArgs, device: &B::Device) -> Result<()>
 where
     ClipEmbedder<B>: Send + Sync,
 {
+    set_float_dtype::<B>(device, args.dtype)?;
     let clip = ClipEmbedder::<B>::load(&args.model, device).with_context(|| format!("loading {}", args.model.display()))?;
     // CLIPImageProcessor's convert("RGB") drops alpha rather than compositing it.
     let input = ImageInput::pil_compatible();
