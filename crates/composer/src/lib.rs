@@ -40,6 +40,7 @@ pub mod selector;
 pub mod spotter;
 pub mod text_model;
 pub mod writer;
+pub mod xcomposer_model;
 
 pub use article::{Article, Candidate, ImageSlot, Provenance, Source};
 pub use captioner::{Captioner, LlmCaptioner};

@@ -59,6 +59,9 @@ pub struct DecoderConfig {
     pub o_bias: bool,
     /// Whether the LM head shares the embedding matrix.
     pub tie_word_embeddings: bool,
+    /// Whether RoPE's inverse frequencies are rounded to f16 first, as checkpoints saved in f16
+    /// with an `inv_freq` buffer (InternLM-XComposer) computed them.
+    pub rope_inv_freq_f16: bool,
 }
 
 impl DecoderConfig {
@@ -111,20 +114,22 @@ impl DecoderConfig {
             qkv_bias: arch == Arch::Qwen2,
             o_bias: false,
             tie_word_embeddings: g.tensor_info("output.weight").is_none(),
+            rope_inv_freq_f16: false,
         };
         cfg.validate("GGUF metadata")
     }
 
-    /// Reads a Hugging Face `config.json` (`model_type` llama, qwen2 or internlm).
+    /// Reads a Hugging Face `config.json` (`model_type` llama, qwen2, internlm, or
+    /// InternLMXComposer for the language model of InternLM-XComposer).
     pub fn from_hf_json(text: &str, source_name: &str) -> Result<Self, ConfigError> {
         let err = |field: &str, reason: String| ConfigError { source_name: source_name.into(), field: field.into(), reason };
         let raw: HfConfig = serde_json::from_str(text).map_err(|e| err("config", e.to_string()))?;
         let arch = match raw.model_type.as_str() {
             "llama" | "mistral" => Arch::Llama,
             "qwen2" => Arch::Qwen2,
-            "internlm" => Arch::InternLm,
+            "internlm" | "InternLMXComposer" => Arch::InternLm,
             other => {
-                return Err(err("model_type", format!("'{other}' is not supported (expected llama, mistral, qwen2 or internlm)")));
+                return Err(err("model_type", format!("'{other}' is not supported (expected llama, mistral, qwen2, internlm or InternLMXComposer)")));
             }
         };
         if let Some(s) = raw.rope_scaling.as_ref().filter(|v| !v.is_null()) {
@@ -147,6 +152,7 @@ impl DecoderConfig {
             qkv_bias: arch == Arch::Qwen2 || internlm_bias,
             o_bias: internlm_bias,
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+            rope_inv_freq_f16: raw.model_type == "InternLMXComposer",
         };
         cfg.validate(source_name)
     }

@@ -87,6 +87,17 @@ impl<B: Backend> KvCache<B> {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// Keeps batch rows `rows` (in that order, repeats allowed): how beam search follows its
+    /// beams, and how one prompt's cache becomes several beams'.
+    pub fn reorder(&mut self, rows: &[usize]) {
+        for (k, v) in self.layers.iter_mut().flatten() {
+            let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+            let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [rows.len()]), &k.device());
+            *k = k.clone().select(0, idx.clone());
+            *v = v.clone().select(0, idx);
+        }
+    }
 }
 
 /// A projection `y = x·W` with `W` stored `[in, out]` for burn, and, on the CPU, the same weight
@@ -368,10 +379,14 @@ fn rotate_half_matrix<B: Backend>(d: usize, device: &B::Device) -> Tensor<B, 2> 
     Tensor::from_data(TensorData::new(r, [d, d]), device)
 }
 
-/// Cos/sin tables `[max_position, head_dim]`, computed in f32 as Hugging Face does.
+/// Cos/sin tables `[max_position, head_dim]`, computed in f32 as Hugging Face does (from
+/// f16-rounded inverse frequencies where the config says the checkpoint stored them so).
 fn rope_tables<B: Backend>(c: &DecoderConfig, device: &B::Device) -> (Tensor<B, 2>, Tensor<B, 2>) {
     let hd = c.head_dim;
-    let inv_freq: Vec<f32> = (0..hd / 2).map(|i| 1.0 / c.rope_theta.powf((2 * i) as f32 / hd as f32)).collect();
+    let inv_freq: Vec<f32> = (0..hd / 2)
+        .map(|i| 1.0 / c.rope_theta.powf((2 * i) as f32 / hd as f32))
+        .map(|f| if c.rope_inv_freq_f16 { half::f16::from_f32(f).to_f32() } else { f })
+        .collect();
     let n = c.max_position.max(1);
     let (mut cos, mut sin) = (Vec::with_capacity(n * hd), Vec::with_capacity(n * hd));
     for p in 0..n {

@@ -19,6 +19,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod beam;
 pub mod chat;
 pub mod config;
 pub mod convert;
@@ -33,6 +34,7 @@ pub mod quant;
 pub mod tokenizer;
 pub mod torch;
 pub mod weights;
+pub mod xcomposer;
 
 pub use chat::{ChatTemplate, Message};
 pub use config::{Arch, DecoderConfig};

@@ -1,0 +1,207 @@
+//! InternLM-XComposer v1 as a whole (`internlm/internlm-xcomposer-7b` and `-vl-7b` folders): the
+//! image encoder, the InternLM decoder with its LoRA merged, the tokenizer, and the original's
+//! prompt protocol — `generate(text, image)`, multi-turn `chat` with the original's history
+//! quirks, and several images per prompt through `<ImageHere>`.
+//!
+//! The protocol, exactly as the original composes it (`modeling_InternLM_XComposer.py`):
+//! - first turn: `[BOS] "{meta}conversation\n <|User|>:" [image] "{text}" "\n<TOKENS_UNUSED_0> <|Bot|>:"`
+//!   (the meta instruction and conversation line only on the first turn);
+//! - a stored past turn: `[BOS] " <|User|>:" [image] "{text}" " <|Bot|>:" [BOS] "{answer}"` — no meta,
+//!   no eoh, no eoa, and a BOS before the answer (it is re-tokenized with special tokens);
+//! - a new turn after a history: `" <|User|>:" [image] "{text}" "\n<TOKENS_UNUSED_0> <|Bot|>:"`, no BOS.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use xcomposer_llm::beam::{EmbedGenConfig, EmbedGenOutput, beam_search, greedy};
+use xcomposer_llm::decoder::KeyStyle;
+use xcomposer_llm::torch::TorchWeights;
+use xcomposer_llm::xcomposer::{InternLmTokenizer, LoraMerged};
+use xcomposer_llm::{Decoder, DecoderConfig};
+use xcomposer_vision::{ImageInput, Preprocess, VisualConfig, XComposerVisual};
+
+/// The original's meta instruction (it ends with "conversation\n").
+pub const META_INSTRUCTION: &str = "meta instruction\nYou are an AI assistant whose name is 浦语.\n- 浦语 is a conversational language model that is developed by Shanghai AI Laboratory (上海人工智能实验室). It is designed to be helpful, honest, and harmless.\n- 浦语 can understand and communicate fluently in the language chosen by the user such as English and 中文.\nconversation\n";
+
+/// The placeholder that splits a prompt where an image goes.
+pub const IMAGE_PLACEHOLDER: &str = "<ImageHere>";
+
+/// Errors loading or running the model.
+#[derive(Debug, thiserror::Error)]
+pub enum XComposerError {
+    /// A file is missing or malformed (the message names it and the field).
+    #[error("{0}")]
+    Load(String),
+    /// An image could not be read.
+    #[error(transparent)]
+    Image(#[from] xcomposer_vision::ImageError),
+    /// The request does not fit the prompt (placeholders vs images).
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+/// One piece of a prompt.
+#[derive(Debug, Clone)]
+pub enum Piece<B: Backend> {
+    /// Text, tokenized on its own (with BOS when `bos`).
+    Text {
+        /// The text.
+        text: String,
+        /// Whether BOS goes in front.
+        bos: bool,
+    },
+    /// An image's embeddings `[1, tokens, hidden]`.
+    Image(Tensor<B, 3>),
+}
+
+/// A past turn of a chat.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Turn {
+    /// What the user said.
+    pub user: String,
+    /// The user's image, if any.
+    pub image: Option<PathBuf>,
+    /// The answer.
+    pub answer: String,
+}
+
+/// The loaded model.
+pub struct XComposer<B: Backend> {
+    /// The image encoder.
+    pub visual: XComposerVisual<B>,
+    /// The language model (LoRA merged).
+    pub decoder: Decoder<B>,
+    /// The tokenizer.
+    pub tokenizer: InternLmTokenizer,
+    /// Image preprocessing (squash to 224, CLIP mean/std).
+    pub preprocess: Preprocess,
+    /// Where it was loaded from.
+    pub dir: PathBuf,
+}
+
+impl<B: Backend> XComposer<B> {
+    /// Loads an original Hugging Face folder: `config.json`, `tokenizer.model` and the PyTorch
+    /// shards (`pytorch_model.bin.index.json`, mixed f16/f32; `inv_freq`/`position_ids` ignored).
+    pub fn load(dir: &Path, device: &B::Device) -> Result<Self, XComposerError> {
+        let cfg_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| XComposerError::Load(format!("{}: {e}", cfg_path.display())))?;
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| XComposerError::Load(format!("{}: {e}", cfg_path.display())))?;
+        let name = cfg_path.display().to_string();
+        let visual_cfg = VisualConfig::from_json(&json, &name).map_err(XComposerError::Load)?;
+        let llm_cfg = DecoderConfig::from_hf_json(&text, &name).map_err(|e| XComposerError::Load(e.to_string()))?;
+        let lora = json.get("internlm_lora").filter(|v| !v.is_null());
+        let scale = match lora {
+            None => 0.0,
+            Some(l) => {
+                let get = |k: &str| l.get(k).and_then(|v| v.as_f64()).filter(|x| *x > 0.0).ok_or_else(|| XComposerError::Load(format!("{name}: internlm_lora.{k} is missing or not positive")));
+                (get("lora_alpha")? / get("lora_r")?) as f32
+            }
+        };
+        let src = TorchWeights::open_dir(dir).map_err(|e| XComposerError::Load(e.to_string()))?;
+        let visual = XComposerVisual::load(&src, &visual_cfg, device).map_err(|e| XComposerError::Load(e.to_string()))?;
+        let llm_src = LoraMerged { inner: &src, prefix: "internlm_model.".into(), scale };
+        let decoder = Decoder::load(llm_cfg, &llm_src, KeyStyle::HuggingFace, device).map_err(|e| XComposerError::Load(e.to_string()))?;
+        let tokenizer = InternLmTokenizer::load(&dir.join("tokenizer.model")).map_err(|e| XComposerError::Load(format!("{}: {e}", dir.join("tokenizer.model").display())))?;
+        Ok(XComposer { preprocess: Preprocess::xcomposer(visual_cfg.img_size as u32), visual, decoder, tokenizer, dir: dir.into() })
+    }
+
+    /// The preprocessed pixels of an image file, `[3, S, S]` as a flat vector.
+    pub fn pixels(&self, path: &Path) -> Result<Vec<f32>, XComposerError> {
+        // The original opens with PIL and `convert("RGB")` (alpha dropped).
+        let img = ImageInput::pil_compatible().open(path)?;
+        Ok(self.preprocess.apply(&img.rgb))
+    }
+
+    /// An image's LLM embeddings `[1, tokens, hidden]` from its preprocessed pixels.
+    pub fn encode_pixels(&self, pixels: Vec<f32>) -> Tensor<B, 3> {
+        let s = self.visual.config.img_size;
+        let x = Tensor::<B, 4>::from_data(TensorData::new(pixels, [1, 3, s, s]), self.decoder.device());
+        self.visual.forward(x)
+    }
+
+    /// An image file's LLM embeddings.
+    pub fn encode_image(&self, path: &Path) -> Result<Tensor<B, 3>, XComposerError> {
+        Ok(self.encode_pixels(self.pixels(path)?))
+    }
+
+    /// The prompt embeddings of the pieces, concatenated: `[1, len, hidden]`.
+    pub fn embed(&self, pieces: &[Piece<B>]) -> Result<Tensor<B, 3>, XComposerError> {
+        let mut parts = vec![];
+        for p in pieces {
+            match p {
+                Piece::Text { text, bos } => {
+                    let ids = self.tokenizer.encode(text, *bos).map_err(|e| XComposerError::BadRequest(e.to_string()))?;
+                    if !ids.is_empty() {
+                        parts.push(self.decoder.embed_ids(&ids));
+                    }
+                }
+                Piece::Image(t) => parts.push(t.clone()),
+            }
+        }
+        if parts.is_empty() {
+            return Err(XComposerError::BadRequest("the prompt is empty".into()));
+        }
+        Ok(Tensor::cat(parts, 1))
+    }
+
+    /// The pieces of a turn: `text` split at each `<ImageHere>`, the images spliced in order (one
+    /// image and no placeholder puts the image before the text, as the original's `generate`).
+    pub fn turn_pieces(&self, head: &str, text: &str, images: &[Tensor<B, 3>], tail: &str, bos: bool) -> Result<Vec<Piece<B>>, XComposerError> {
+        let chunks: Vec<&str> = text.split(IMAGE_PLACEHOLDER).collect();
+        let mut pieces = vec![Piece::Text { text: head.into(), bos }];
+        if chunks.len() == 1 {
+            match images {
+                [] => {}
+                [one] => pieces.push(Piece::Image(one.clone())),
+                _ => return Err(XComposerError::BadRequest(format!("{} images but no {IMAGE_PLACEHOLDER} in the text to say where they go", images.len()))),
+            }
+            pieces.push(Piece::Text { text: text.into(), bos: false });
+        } else {
+            if chunks.len() - 1 != images.len() {
+                return Err(XComposerError::BadRequest(format!("the text has {} {IMAGE_PLACEHOLDER} but {} images were given", chunks.len() - 1, images.len())));
+            }
+            for (i, c) in chunks.iter().enumerate() {
+                if i > 0 {
+                    pieces.push(Piece::Image(images[i - 1].clone()));
+                }
+                pieces.push(Piece::Text { text: c.to_string(), bos: false });
+            }
+        }
+        pieces.push(Piece::Text { text: tail.into(), bos: false });
+        Ok(pieces)
+    }
+
+    /// The first turn's prompt, as `model.generate(text, image)` builds it.
+    pub fn generate_prompt(&self, text: &str, images: &[Tensor<B, 3>]) -> Result<Tensor<B, 3>, XComposerError> {
+        let pieces = self.turn_pieces(&format!("{META_INSTRUCTION} <|User|>:"), text, images, "\n<TOKENS_UNUSED_0> <|Bot|>:", true)?;
+        self.embed(&pieces)
+    }
+
+    /// A chat prompt with a history, as `model.chat(text, image, history)` builds it.
+    pub fn chat_prompt(&self, text: &str, images: &[Tensor<B, 3>], history: &[(Turn, Option<Tensor<B, 3>>)]) -> Result<Tensor<B, 3>, XComposerError> {
+        if history.is_empty() {
+            return self.generate_prompt(text, images);
+        }
+        let mut pieces = vec![];
+        for (turn, image) in history {
+            let imgs: Vec<Tensor<B, 3>> = image.iter().cloned().collect();
+            pieces.extend(self.turn_pieces(" <|User|>:", &turn.user, &imgs, " <|Bot|>:", true)?);
+            pieces.push(Piece::Text { text: turn.answer.clone(), bos: true });
+        }
+        pieces.extend(self.turn_pieces(" <|User|>:", text, images, "\n<TOKENS_UNUSED_0> <|Bot|>:", false)?);
+        self.embed(&pieces)
+    }
+
+    /// Decodes after a prompt: greedy for one beam, else beam search.
+    pub fn decode(&self, prompt: Tensor<B, 3>, cfg: &EmbedGenConfig) -> EmbedGenOutput {
+        if cfg.num_beams <= 1 { greedy(&self.decoder, prompt, cfg) } else { beam_search(&self.decoder, prompt, cfg) }
+    }
+
+    /// The answer text of generated ids, as the original's `decode_text`: special tokens
+    /// skipped, cut at `<TOKENS_UNUSED_1>`.
+    pub fn answer_text(&self, out: &EmbedGenOutput) -> String {
+        let text = self.tokenizer.decode(&out.sequence, true).unwrap_or_default();
+        text.split("<TOKENS_UNUSED_1>").next().unwrap_or_default().to_string()
+    }
+}

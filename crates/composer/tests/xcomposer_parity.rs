@@ -1,0 +1,86 @@
+//! The whole InternLM-XComposer model against the original code on
+//! ../shared/fixtures/xcomposer-tiny: prompt pieces' ids, the prompt embeddings (image spliced
+//! in), the final hidden states and logits, and the greedy and beam-search (5 beams, repetition
+//! penalty 1.5) token sequences, scores and texts, loading the original sharded checkpoint with
+//! its LoRA merged.
+
+#[path = "../../llm/tests/common.rs"]
+mod common;
+
+use burn::backend::Flex;
+use burn::tensor::Tensor;
+use safetensors::SafeTensors;
+use xcomposer_composer::xcomposer_model::{Piece, XComposer};
+use xcomposer_llm::beam::EmbedGenConfig;
+
+fn values<const D: usize>(t: Tensor<Flex, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().into_vec().unwrap()
+}
+
+fn max_abs(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn prompts_activations_and_generations_match_the_original() {
+    let dir = common::fixture("xcomposer-tiny");
+    let model = XComposer::<Flex>::load(&dir, &Default::default()).unwrap();
+    let expected: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
+    let bytes = std::fs::read(dir.join("expected.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let get = |k: &str| -> Vec<f32> { st.tensor(k).unwrap().data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect() };
+    let mut report = vec![];
+    for case in ["coffee", "chelsea"] {
+        let c = &expected["cases"][case];
+        // Pixels → image embeddings, from the reference pixels and from the image file.
+        let image = model.encode_pixels(get(&format!("{case}.pixel_values")));
+        let ours = model.pixels(&dir.join("..").join("images").join(c["image"].as_str().unwrap().rsplit('/').next().unwrap())).unwrap();
+        let px_err = max_abs(&ours, &get(&format!("{case}.pixel_values")));
+        assert!(px_err <= 0.02, "{case}: pixel_values max-abs {px_err}");
+        // The prompt pieces, tokenized as the original did.
+        let mut pieces = vec![];
+        for p in c["prompt_pieces"].as_array().unwrap() {
+            if p["name"] == "image" {
+                pieces.push(Piece::Image(image.clone()));
+                continue;
+            }
+            let (text, bos) = (p["text"].as_str().unwrap(), p["add_bos"].as_bool().unwrap());
+            let want: Vec<u32> = p["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+            assert_eq!(model.tokenizer.encode(text, bos).unwrap(), want, "{case}: ids of {}", p["name"]);
+            pieces.push(Piece::Text { text: text.into(), bos });
+        }
+        let prompt = model.embed(&pieces).unwrap();
+        let err = max_abs(&values(prompt.clone()), &get(&format!("{case}.llm_input_embeds")));
+        assert!(err <= 1e-4, "{case}: llm_input_embeds {err}");
+        report.push(format!("{case}: pixels {px_err:.1e}, input embeds {err:.1e}"));
+        // The protocol builds the same prompt from (text, image).
+        let protocol = model.generate_prompt("Describe this image.", std::slice::from_ref(&image)).unwrap();
+        assert_eq!(max_abs(&values(protocol), &values(prompt.clone())), 0.0, "{case}: generate_prompt differs from the pieces");
+
+        let mut cache = model.decoder.new_cache();
+        let hidden = model.decoder.hidden_states(prompt.clone(), &mut cache);
+        let err = max_abs(&values(hidden.clone()), &get(&format!("{case}.llm_final_norm")));
+        assert!(err <= 1e-4, "{case}: llm_final_norm {err}");
+        let mut cache = model.decoder.new_cache();
+        let logits = model.decoder.forward_embeds(prompt.clone(), &mut cache, 1);
+        let lerr = max_abs(&values(logits), &get(&format!("{case}.logits_last")));
+        assert!(lerr <= 2e-4, "{case}: logits_last {lerr}");
+        report.push(format!("final norm {err:.1e}, logits {lerr:.1e}"));
+
+        let ids = |v: &serde_json::Value| -> Vec<u32> { v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect() };
+        let greedy_cfg = EmbedGenConfig { num_beams: 1, max_new_tokens: 24, repetition_penalty: 1.0, ..EmbedGenConfig::xcomposer() };
+        let g = model.decode(prompt.clone(), &greedy_cfg);
+        assert_eq!(g.sequence, ids(&c["greedy"]["sequence"]), "{case}: greedy tokens");
+        assert_eq!(model.answer_text(&g), c["greedy"]["text"].as_str().unwrap(), "{case}: greedy text");
+
+        let beam_cfg = EmbedGenConfig { max_new_tokens: 24, ..EmbedGenConfig::xcomposer() };
+        let b = model.decode(prompt, &beam_cfg);
+        assert_eq!(b.sequence, ids(&c["beam"]["sequence"]), "{case}: beam tokens");
+        let serr = (b.score - c["beam"]["sequence_score"].as_f64().unwrap() as f32).abs();
+        assert!(serr <= 1e-4, "{case}: beam score off by {serr}");
+        assert_eq!(model.answer_text(&b), c["model_generate_text"].as_str().unwrap(), "{case}: text");
+        report.push(format!("greedy and beam tokens exact, beam score {serr:.1e}"));
+    }
+    eprintln!("{}", report.join("; "));
+}

@@ -1,0 +1,202 @@
+//! Decoding from prompt embeddings (a vision-language prompt is image embeddings spliced into
+//! text), with Hugging Face 4.33.1's semantics as InternLM-XComposer uses them: the generated
+//! sequence starts with BOS and the token budget does not count the prompt; the repetition
+//! penalty sees `[BOS] + generated` only; generation ends at EOS or when every row ends in one of
+//! the stop tokens (eoh/eoa). [`greedy`] and [`beam_search`] (HF's `BeamSearchScorer` with
+//! `early_stopping=False`).
+
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+
+use crate::decoder::Decoder;
+
+/// What to decode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbedGenConfig {
+    /// Beams (1 = greedy).
+    pub num_beams: usize,
+    /// New tokens at most.
+    pub max_new_tokens: usize,
+    /// HF repetition penalty over `[BOS] + generated` (1 = off).
+    pub repetition_penalty: f32,
+    /// Exponent of the hypothesis length in beam scores.
+    pub length_penalty: f32,
+    /// The id the sequence starts with.
+    pub bos_id: u32,
+    /// End of sequence: closes a hypothesis.
+    pub eos_id: u32,
+    /// Generation stops once every row ends in one of these.
+    pub stop_ids: Vec<u32>,
+}
+
+impl EmbedGenConfig {
+    /// InternLM-XComposer's `gen_config`: 5 beams, repetition penalty 1.5, length penalty 1,
+    /// 500 new tokens, stop at eoh/eoa.
+    pub fn xcomposer() -> Self {
+        EmbedGenConfig { num_beams: 5, max_new_tokens: 500, repetition_penalty: 1.5, length_penalty: 1.0, bos_id: 1, eos_id: 2, stop_ids: vec![crate::xcomposer::EOH, crate::xcomposer::EOA] }
+    }
+}
+
+/// A decoded sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbedGenOutput {
+    /// `[BOS, new tokens…]`, as HF returns it.
+    pub sequence: Vec<u32>,
+    /// Beam search's normalised score of the sequence (0 for greedy).
+    pub score: f32,
+    /// Every finished hypothesis with its score, best first (beam search).
+    pub hypotheses: Vec<(Vec<u32>, f32)>,
+}
+
+impl EmbedGenOutput {
+    /// The new tokens (BOS removed).
+    pub fn new_tokens(&self) -> &[u32] {
+        &self.sequence[1..]
+    }
+}
+
+/// HF's repetition penalty on one row of scores, for the ids in `seen`.
+fn penalize(row: &mut [f32], seen: &[u32], p: f32) {
+    if p == 1.0 {
+        return;
+    }
+    let mut ids: Vec<u32> = seen.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    for id in ids {
+        if let Some(s) = row.get_mut(id as usize) {
+            *s = if *s < 0.0 { *s * p } else { *s / p };
+        }
+    }
+}
+
+fn rows<B: Backend>(logits: Tensor<B, 3>) -> Vec<Vec<f32>> {
+    let [b, _, v] = logits.dims();
+    let data: Vec<f32> = logits.reshape([b, v]).into_data().convert::<f32>().into_vec().expect("f32 logits");
+    data.chunks(v).map(<[f32]>::to_vec).collect()
+}
+
+fn log_softmax(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    // Summed in f64: over a 100k vocabulary an f32 sum drifts by more than the logits' own error.
+    let sum: f64 = row.iter().map(|x| f64::from(x - max).exp()).sum();
+    let lse = f64::from(max) + sum.ln();
+    for x in row.iter_mut() {
+        *x = (f64::from(*x) - lse) as f32;
+    }
+}
+
+fn stopped(seqs: &[Vec<u32>], stop: &[u32]) -> bool {
+    !stop.is_empty() && seqs.iter().all(|s| s.last().is_some_and(|t| stop.contains(t)))
+}
+
+/// Greedy decoding after `prompt` (`[1, len, hidden]`).
+pub fn greedy<B: Backend>(dec: &Decoder<B>, prompt: Tensor<B, 3>, cfg: &EmbedGenConfig) -> EmbedGenOutput {
+    let mut cache = dec.new_cache();
+    let mut logits = dec.forward_embeds(prompt, &mut cache, 1);
+    let mut seq = vec![cfg.bos_id];
+    for _ in 0..cfg.max_new_tokens {
+        let mut row = rows(logits).remove(0);
+        penalize(&mut row, &seq, cfg.repetition_penalty);
+        let next = crate::generation::argmax(&row);
+        seq.push(next);
+        if next == cfg.eos_id || stopped(std::slice::from_ref(&seq), &cfg.stop_ids) || seq.len() > cfg.max_new_tokens {
+            break;
+        }
+        logits = dec.forward_ids(&[next], &mut cache, 1);
+    }
+    EmbedGenOutput { sequence: seq, score: 0.0, hypotheses: vec![] }
+}
+
+/// The finished hypotheses of one beam search (HF's `BeamHypotheses`).
+struct Hypotheses {
+    beams: Vec<(f32, Vec<u32>)>,
+    worst: f32,
+    n: usize,
+    length_penalty: f32,
+}
+
+impl Hypotheses {
+    fn add(&mut self, hyp: Vec<u32>, sum_logprobs: f32) {
+        let score = sum_logprobs / (hyp.len() as f32).powf(self.length_penalty);
+        if self.beams.len() < self.n || score > self.worst {
+            self.beams.push((score, hyp));
+            if self.beams.len() > self.n {
+                let (worst_at, _) = self.beams.iter().enumerate().min_by(|a, b| a.1.0.total_cmp(&b.1.0)).expect("non-empty");
+                self.beams.remove(worst_at);
+                self.worst = self.beams.iter().map(|b| b.0).fold(f32::INFINITY, f32::min);
+            } else {
+                self.worst = self.worst.min(score);
+            }
+        }
+    }
+
+    fn is_done(&self, best_sum_logprobs: f32, cur_len: usize) -> bool {
+        self.beams.len() >= self.n && self.worst >= best_sum_logprobs / (cur_len as f32).powf(self.length_penalty)
+    }
+}
+
+/// Beam search after `prompt` (`[1, len, hidden]`), as HF 4.33.1's `beam_search`.
+pub fn beam_search<B: Backend>(dec: &Decoder<B>, prompt: Tensor<B, 3>, cfg: &EmbedGenConfig) -> EmbedGenOutput {
+    let n = cfg.num_beams.max(1);
+    let mut cache = dec.new_cache();
+    let first = rows(dec.forward_embeds(prompt, &mut cache, 1)).remove(0);
+    cache.reorder(&vec![0; n]);
+    let mut logits: Vec<Vec<f32>> = vec![first; n];
+    let mut seqs: Vec<Vec<u32>> = vec![vec![cfg.bos_id]; n];
+    let mut beam_scores: Vec<f32> = (0..n).map(|i| if i == 0 { 0.0 } else { -1e9 }).collect();
+    let mut hyps = Hypotheses { beams: vec![], worst: 1e9, n, length_penalty: cfg.length_penalty };
+    let mut done = false;
+    for step in 0..cfg.max_new_tokens {
+        let cur_len = seqs[0].len();
+        // Each beam's processed log-probs plus its score; the best 2n over all beams.
+        let mut cand: Vec<(f32, u32, usize)> = Vec::with_capacity(2 * n * n);
+        for (b, row) in logits.iter_mut().enumerate() {
+            log_softmax(row);
+            penalize(row, &seqs[b], cfg.repetition_penalty);
+            let mut idx: Vec<usize> = (0..row.len()).collect();
+            let k = (2 * n).min(row.len());
+            idx.select_nth_unstable_by(k - 1, |&x, &y| row[y].total_cmp(&row[x]));
+            cand.extend(idx[..k].iter().map(|&t| (row[t] + beam_scores[b], t as u32, b)));
+        }
+        // torch.topk over the flattened beams × vocabulary: descending, lower flat index first on ties.
+        cand.sort_by(|a, b| b.0.total_cmp(&a.0).then((a.2, a.1).cmp(&(b.2, b.1))));
+        cand.truncate(2 * n);
+        let mut next: Vec<(f32, u32, usize)> = Vec::with_capacity(n);
+        for (rank, &(score, tok, b)) in cand.iter().enumerate() {
+            if tok == cfg.eos_id {
+                if rank < n {
+                    hyps.add(seqs[b].clone(), score);
+                }
+            } else {
+                next.push((score, tok, b));
+            }
+            if next.len() == n {
+                break;
+            }
+        }
+        done = done || hyps.is_done(cand[0].0, cur_len + 1);
+        seqs = next.iter().map(|&(_, t, b)| seqs[b].iter().copied().chain([t]).collect()).collect();
+        beam_scores = next.iter().map(|c| c.0).collect();
+        let order: Vec<usize> = next.iter().map(|c| c.2).collect();
+        if done || stopped(&seqs, &cfg.stop_ids) || step + 1 == cfg.max_new_tokens {
+            break;
+        }
+        cache.reorder(&order);
+        let toks: Vec<u32> = next.iter().map(|c| c.1).collect();
+        let d = dec.config.hidden_size;
+        let x = dec.embed_ids(&toks).reshape([n, 1, d]);
+        logits = rows(dec.forward_embeds(x, &mut cache, 1));
+    }
+    if !done {
+        for (seq, score) in seqs.into_iter().zip(beam_scores) {
+            hyps.add(seq, score);
+        }
+    }
+    let mut all = hyps.beams;
+    // Best first; among equals the later one, as Python's stable sort then `[-1]` picks.
+    all.reverse();
+    all.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let (score, sequence) = all.first().cloned().expect("at least one hypothesis");
+    EmbedGenOutput { sequence, score, hypotheses: all.into_iter().map(|(s, h)| (h, s)).collect() }
+}
