@@ -333,3 +333,42 @@ fn index_and_search_with_clip() {
     assert_eq!(parts, ["clip", "tags", "metadata"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn chat_with_xcomposer_reproduces_the_original_beam_and_greedy_answers() {
+    let dir = common::fixture("xcomposer-tiny");
+    let expected: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
+    let image = dir.join("../images/coffee.png");
+    let case = &expected["cases"]["coffee"];
+    let run = |extra: &[&str]| {
+        let mut args = vec!["chat", "--model", dir.to_str().unwrap(), "--image", image.to_str().unwrap(), "--max-new-tokens", "24", "--json"];
+        args.extend_from_slice(extra);
+        args.push("Describe this image.");
+        let out = xcomposer().args(&args).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let beam = run(&[]);
+    assert_eq!(beam["prompt_length"], 103);
+    assert_eq!(beam["generated_ids"], case["beam"]["new_tokens"]);
+    assert_eq!(beam["text"], case["model_generate_text"]);
+    let greedy = run(&["--beams", "1", "--repeat-penalty", "1"]);
+    assert_eq!(greedy["generated_ids"], case["greedy"]["new_tokens"]);
+
+    let out = xcomposer().args(["chat", "--model", dir.to_str().unwrap(), "--image", image.to_str().unwrap(), "--image", image.to_str().unwrap(), "Compare them."]).output().unwrap();
+    assert!(stderr(&out).contains("2 images but no <ImageHere> in the text"), "{}", stderr(&out));
+    let out = xcomposer().args(["chat", "--image", "/nonexistent.png", "What is it?"]).output().unwrap();
+    assert_eq!(stderr(&out).trim(), "error: /nonexistent.png: no such image file");
+}
+
+#[test]
+fn chat_without_xcomposer_weights_answers_from_image_tags() {
+    default_model();
+    let image = default_library_dir().join("coffee.png");
+    let out = xcomposer().args(["chat", "--image", image.to_str().unwrap(), "--max-new-tokens", "24", "--json", "What is in the picture?"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["text"].as_str().unwrap().starts_with("[tag-grounded] "), "{v}");
+    assert!(v["tags"][0].as_str().unwrap().starts_with("coffee.png: espresso"), "{v}");
+    assert!(stderr(&out).contains("tag-grounded, not a vision-language model"));
+}

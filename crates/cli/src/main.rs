@@ -6,6 +6,7 @@ mod bench;
 mod bench_clip;
 mod bench_compose;
 mod bench_library;
+mod chat;
 mod clip;
 mod compose;
 mod generate;
@@ -37,6 +38,8 @@ enum Command {
     Index(library::IndexArgs),
     /// Rank a library's images for a caption.
     Search(library::SearchArgs),
+    /// Ask about images with InternLM-XComposer (or, without its weights, the default models from image tags).
+    Chat(chat::ChatArgs),
     /// CLIP with a Hugging Face CLIP folder.
     Clip {
         #[command(subcommand)]
@@ -68,6 +71,7 @@ fn main() {
         Command::Generate(args) => generate::run(args),
         Command::Index(args) => library::run_index(args),
         Command::Search(args) => library::run_search(args),
+        Command::Chat(args) => chat::run(args),
         Command::Clip { command } => clip::run(command),
         Command::Models { command } => models::run(command),
         Command::Bench { command } => bench::run(command),
