@@ -19,6 +19,8 @@ pub enum BenchCommand {
     Llm(LlmBenchArgs),
     /// Image library: indexing images/s and search latency at 10k and 100k images.
     Library(crate::bench_library::LibraryBenchArgs),
+    /// InternLM-XComposer: load, image encode, prefill and decode (and PyTorch beside it with --torch).
+    Xcomposer(crate::bench_xcomposer::XComposerBenchArgs),
     /// CLIP vision tower images/s (and PyTorch beside it with --torch).
     Clip(crate::bench_clip::ClipBenchArgs),
     /// Composition: wall time per stage for a 6-paragraph, 3-image article.
@@ -72,6 +74,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Library(args) => crate::bench_library::run(args),
         BenchCommand::Compose(args) => crate::bench_compose::run(args),
         BenchCommand::Clip(args) => crate::bench_clip::run(args),
+        BenchCommand::Xcomposer(args) => crate::bench_xcomposer::run(args),
     }
 }
 

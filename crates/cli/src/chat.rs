@@ -45,6 +45,10 @@ pub struct ChatArgs {
     /// The float type the model runs in.
     #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
     pub dtype: DtypeArg,
+    /// Write the logits at the prompt's last position (f32, little-endian) to this file, for
+    /// checking a device against the reference (XComposer only).
+    #[arg(long)]
+    pub logits_out: Option<PathBuf>,
 }
 
 /// Runs `chat`.
@@ -95,6 +99,12 @@ fn xcomposer_chat<B: Backend>(args: &ChatArgs, dir: &Path, device: &B::Device) -
         let encode_s = t.elapsed().as_secs_f64();
         let prompt = model.chat_prompt(q, &images, &history)?;
         let prompt_len = prompt.dims()[1];
+        if let Some(path) = &args.logits_out {
+            let mut cache = model.decoder.new_cache();
+            let logits: Vec<f32> = model.decoder.forward_embeds(prompt.clone(), &mut cache, 1).into_data().convert::<f32>().into_vec().expect("f32");
+            let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
+            std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        }
         let t = Instant::now();
         let out = model.decode(prompt, &cfg);
         let secs = t.elapsed().as_secs_f64();

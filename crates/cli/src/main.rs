@@ -6,6 +6,7 @@ mod bench;
 mod bench_clip;
 mod bench_compose;
 mod bench_library;
+mod bench_xcomposer;
 mod chat;
 mod clip;
 mod compose;
