@@ -66,6 +66,7 @@ pub fn run(args: ComposeBenchArgs) -> Result<()> {
         index: None,
         model: args.model.clone(),
         prompts: None,
+        xcomposer: None,
         scoring: ScorerOptions { scorer: ScorerArg::Hybrid, tag_weight: 0.5, metadata_weight: 0.5, clip: None, clip_weight: None },
         format: vec![],
     };

@@ -9,6 +9,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use xcomposer_composer::render::{self, Format};
 use xcomposer_composer::{Article, ChatLanguageModel, ComposeRequest, Composer, Edit, Event, Language, LibraryRetriever, PromptSet, Prompts, Stage};
+use xcomposer_composer::vlm_selector::VlmSelector;
+use xcomposer_composer::xcomposer_model::XComposer;
 use xcomposer_llm::LanguageModel;
 
 use crate::backend::{peak_rss_mib, resolve_model};
@@ -33,6 +35,10 @@ pub struct PipelineOptions {
     /// How images are scored.
     #[command(flatten)]
     pub scoring: ScorerOptions,
+    /// An InternLM-XComposer folder: the model picks each image among its 4 candidates (the
+    /// original's "model selects images") instead of the best score.
+    #[arg(long)]
+    pub xcomposer: Option<PathBuf>,
     /// Output formats, comma-separated.
     #[arg(long, default_value = "md,html,json", value_parser = Format::parse_list)]
     pub format: std::vec::Vec<Format>,
@@ -143,7 +149,13 @@ pub(crate) fn build_composer(opts: &PipelineOptions, language: Language) -> Resu
     if let Some(file) = &opts.prompts {
         prompts.set(language, PromptSet::from_file(file)?);
     }
-    Ok(Composer::with_prompts(Arc::new(ChatLanguageModel::new(llm)), Arc::new(prompts), Box::new(retriever)))
+    let prompts = Arc::new(prompts);
+    let mut composer = Composer::with_prompts(Arc::new(ChatLanguageModel::new(llm)), prompts.clone(), Box::new(retriever));
+    if let Some(dir) = &opts.xcomposer {
+        let model = XComposer::<burn::backend::Flex>::load(dir, &Default::default()).with_context(|| format!("loading {}", dir.display()))?;
+        composer.selector = Box::new(VlmSelector { model: Arc::new(model), prompts });
+    }
+    Ok(composer)
 }
 
 /// A folder name from the instruction: its first words, lower-case, ASCII or CJK.

@@ -39,6 +39,7 @@ pub mod retriever;
 pub mod selector;
 pub mod spotter;
 pub mod text_model;
+pub mod vlm_selector;
 pub mod writer;
 pub mod xcomposer_model;
 

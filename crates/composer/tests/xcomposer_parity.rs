@@ -84,3 +84,28 @@ fn prompts_activations_and_generations_match_the_original() {
     }
     eprintln!("{}", report.join("; "));
 }
+
+#[test]
+fn the_model_chooses_among_four_candidates() {
+    use std::sync::Arc;
+    use xcomposer_composer::article::{Candidate, Source};
+    use xcomposer_composer::selector::{SelectContext, Selector};
+    use xcomposer_composer::vlm_selector::VlmSelector;
+    use xcomposer_composer::{Language, Prompts};
+    let dir = common::fixture("xcomposer-tiny");
+    let model = Arc::new(XComposer::<Flex>::load(&dir, &Default::default()).unwrap());
+    let sel = VlmSelector { model, prompts: Arc::new(Prompts::default()) };
+    let images = dir.join("../images");
+    let cands: Vec<Candidate> = ["coffee.png", "chelsea.png", "cell.png", "logo.png"]
+        .iter()
+        .map(|f| Candidate { path: images.join(f), score: 0.5, parts: vec![], description: None })
+        .collect();
+    let paragraphs: Vec<String> = vec!["咖啡起源于埃塞俄比亚。".into(), "意大利人发明了浓缩咖啡。".into()];
+    let placed = vec![(0, images.join("chelsea.png"))];
+    let ctx = SelectContext { paragraphs: &paragraphs, after: 1, caption: "一杯浓缩咖啡", placed: &placed, language: Language::Zh };
+    let (i, why) = sel.select(&ctx, &cands).unwrap();
+    assert!(i < 4);
+    // A random tiny model answers with noise: the choice is recorded either way.
+    assert!(why.raw.is_some());
+    assert!(matches!(why.by, Source::Model | Source::Fallback), "{why:?}");
+}
