@@ -5,10 +5,12 @@
 # xcomposer (built with --features cuda), xcomposer-tiny/ and images/. Writes under $OUT.
 set -euo pipefail
 DIR=${1:-.device}
+PART=${2:-all}   # fixture, bench or all
 OUT=${OUT:-/tmp/gpu-xcomposer}
 mkdir -p "$OUT"
 export CUDA_PATH=${CUDA_PATH:-/usr/local/cuda} LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-/usr/local/cuda/lib64}
 BIN="$DIR/xcomposer"
+if [ "$PART" != bench ]; then
 for run in cpu:f32 cuda:f32 cuda:f16; do
   for mode in beam greedy; do
     extra=(); [ $mode = greedy ] && extra=(--beams 1 --repeat-penalty 1)
@@ -32,6 +34,8 @@ for run in ("cpu-f32", "cuda-f32", "cuda-f16"):
     same_g = sum(x == y for x, y in zip(greedy["generated_ids"], exp["greedy"]["new_tokens"]))
     print(f"xcomposer-tiny {run}: logits_last max-abs {max(abs(x - y) for x, y in zip(got, want)):.2e}; beam tokens {same_b}/24 equal, greedy {same_g}/24 equal")
 PY
+fi
+[ "$PART" = fixture ] && exit 0
 M=/tmp/xcomposer-7b-random
 python3 scripts/make_xcomposer_random.py "$M" "$DIR/xcomposer-tiny/tokenizer.model"
 du -sh "$M"
