@@ -60,7 +60,12 @@ with torch.device(dev):
 emb = torch.randn(1, prompt_len, 4096, dtype=dtype, device=dev) * 0.02
 with torch.no_grad():
     for _ in range(2):
-        model(inputs_embeds=emb[:, :16], use_cache=True)
+        o = model(inputs_embeds=emb, use_cache=True)
+        p = o.past_key_values
+        for _ in range(4):
+            o = model(input_ids=torch.tensor([[int(o.logits[0, -1].argmax())]], device=dev), past_key_values=p, use_cache=True)
+            p = o.past_key_values
+    del o, p
     torch.cuda.synchronize()
     t = time.perf_counter()
     out = model(inputs_embeds=emb, use_cache=True)

@@ -77,10 +77,18 @@ fn measure<B: Backend>(args: &XComposerBenchArgs, device: &B::Device) -> Result<
     let image = encode();
     let prompt = model.generate_prompt("Describe this image in detail.", std::slice::from_ref(&image))?;
     let prompt_len = prompt.dims()[1];
+    // A warm-up pass first: burn-cuda compiles kernels for each new shape on first use.
+    let mut cache = model.decoder.new_cache();
+    let logits = model.decoder.forward_embeds(prompt.clone(), &mut cache, 1);
+    let mut next = xcomposer_llm::generation::argmax(&logits.into_data().convert::<f32>().into_vec::<f32>().expect("f32"));
+    for _ in 0..4 {
+        let logits = model.decoder.forward_ids(&[next], &mut cache, 1);
+        next = xcomposer_llm::generation::argmax(&logits.into_data().convert::<f32>().into_vec::<f32>().expect("f32"));
+    }
     let mut cache = model.decoder.new_cache();
     let t = Instant::now();
     let logits = model.decoder.forward_embeds(prompt, &mut cache, 1);
-    let mut next = xcomposer_llm::generation::argmax(&logits.into_data().convert::<f32>().into_vec::<f32>().expect("f32"));
+    next = xcomposer_llm::generation::argmax(&logits.into_data().convert::<f32>().into_vec::<f32>().expect("f32"));
     let prefill_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
     for _ in 0..args.new_tokens {
