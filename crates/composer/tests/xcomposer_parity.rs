@@ -109,3 +109,49 @@ fn the_model_chooses_among_four_candidates() {
     assert!(why.raw.is_some());
     assert!(matches!(why.by, Source::Model | Source::Fallback), "{why:?}");
 }
+
+/// The fixture's checkpoint with one tensor hidden or reshaped.
+struct Altered<'a> {
+    inner: &'a dyn xcomposer_llm::weights::WeightSource,
+    name: &'static str,
+    shape: Option<Vec<usize>>,
+}
+
+impl xcomposer_llm::weights::WeightSource for Altered<'_> {
+    fn source_name(&self) -> String {
+        self.inner.source_name()
+    }
+    fn contains(&self, name: &str) -> bool {
+        (name != self.name || self.shape.is_some()) && self.inner.contains(name)
+    }
+    fn load(&self, name: &str) -> Result<xcomposer_llm::weights::HostTensor, xcomposer_llm::weights::WeightError> {
+        if name != self.name {
+            return self.inner.load(name);
+        }
+        match &self.shape {
+            None => Err(xcomposer_llm::weights::WeightError::Missing { source_name: self.source_name(), name: name.into() }),
+            Some(s) => Ok(xcomposer_llm::weights::HostTensor { data: vec![0.0; s.iter().product()], shape: s.clone() }),
+        }
+    }
+}
+
+#[test]
+fn missing_or_misshaped_tensors_are_named() {
+    use xcomposer_llm::decoder::KeyStyle;
+    use xcomposer_llm::torch::TorchWeights;
+    use xcomposer_llm::xcomposer::LoraMerged;
+    use xcomposer_vision::{VisualConfig, XComposerVisual};
+    let dir = common::fixture("xcomposer-tiny");
+    let src = TorchWeights::open_dir(&dir).unwrap();
+    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    let vc = VisualConfig::from_json(&cfg, "config.json").unwrap();
+    let dev = Default::default();
+    let hidden = Altered { inner: &src, name: "Qformer.bert.encoder.layer.2.crossattention.self.key.weight", shape: None };
+    let e = XComposerVisual::<Flex>::load(&hidden, &vc, &dev).err().unwrap().to_string();
+    assert!(e.ends_with("tensor 'Qformer.bert.encoder.layer.2.crossattention.self.key.weight' is missing"), "{e}");
+    let reshaped = Altered { inner: &src, name: "internlm_model.model.layers.1.mlp.up_proj.lora_B.weight", shape: Some(vec![160, 4]) };
+    let lc = xcomposer_llm::DecoderConfig::from_hf_json(&std::fs::read_to_string(dir.join("config.json")).unwrap(), "config.json").unwrap();
+    let lora = LoraMerged { inner: &reshaped, prefix: "internlm_model.".into(), scale: 1.0 };
+    let e = xcomposer_llm::Decoder::<Flex>::load(lc, &lora, KeyStyle::HuggingFace, &dev).err().unwrap().to_string();
+    assert!(e.ends_with("tensor 'internlm_model.model.layers.1.mlp.up_proj.lora_B.weight' has shape [160, 4], expected [160, 8]"), "{e}");
+}
