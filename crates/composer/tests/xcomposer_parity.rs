@@ -155,3 +155,31 @@ fn missing_or_misshaped_tensors_are_named() {
     let e = xcomposer_llm::Decoder::<Flex>::load(lc, &lora, KeyStyle::HuggingFace, &dev).err().unwrap().to_string();
     assert!(e.ends_with("tensor 'internlm_model.model.layers.1.mlp.up_proj.lora_B.weight' has shape [160, 4], expected [160, 8]"), "{e}");
 }
+
+#[test]
+fn multi_turn_prompts_follow_the_original_layout() {
+    use xcomposer_composer::xcomposer_model::Turn;
+    let dir = common::fixture("xcomposer-tiny");
+    let model = XComposer::<Flex>::load(&dir, &Default::default()).unwrap();
+    let image = model.encode_image(&dir.join("../images/coffee.png")).unwrap();
+    let ids = |t: &str, bos: bool| model.tokenizer.encode(t, bos).unwrap();
+    // No history: the same as generate().
+    let first = model.chat_prompt("What is it?", std::slice::from_ref(&image), &[]).unwrap();
+    assert_eq!(values(first), values(model.generate_prompt("What is it?", std::slice::from_ref(&image)).unwrap()));
+    // One past turn: [BOS]" <|User|>:" img "q" " <|Bot|>:" [BOS]"answer", then " <|User|>:" "q2" "\n<eoh> <|Bot|>:" without BOS.
+    let past = Turn { user: "What is it?".into(), image: None, answer: "A cup.".into() };
+    let p = model.chat_prompt("And the colour?", &[], &[(past, Some(image.clone()))]).unwrap();
+    let parts = [ids(" <|User|>:", true), vec![0; 10], ids("What is it?", false), ids(" <|Bot|>:", false), ids("A cup.", true), ids(" <|User|>:", false), ids("And the colour?", false), ids("\n<TOKENS_UNUSED_0> <|Bot|>:", false)];
+    let want_len: usize = parts.iter().map(Vec::len).sum();
+    assert_eq!(p.dims()[1], want_len);
+    // Two BOS rows: the first position and the answer's first.
+    let rows = values(p.clone());
+    let d = 64;
+    let bos = values(model.decoder.embed_ids(&[1]));
+    let at = |i: usize| &rows[i * d..(i + 1) * d];
+    let answer_at = parts[..4].iter().map(Vec::len).sum::<usize>();
+    assert_eq!(at(0), &bos[..]);
+    assert_eq!(at(answer_at), &bos[..]);
+    assert!(!ids("\n<TOKENS_UNUSED_0> <|Bot|>:", false).contains(&1));
+    assert!(ids(" <|User|>:", true)[0] == 1 && ids("A cup.", true)[0] == 1);
+}
