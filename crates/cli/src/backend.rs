@@ -24,6 +24,28 @@ pub enum DtypeArg {
     F16,
 }
 
+impl DtypeArg {
+    /// `f32` or `f16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DtypeArg::F32 => "f32",
+            DtypeArg::F16 => "f16",
+        }
+    }
+}
+
+/// `--device` and `--dtype`, shared by the commands that run a model on a chosen device.
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub struct DeviceOptions {
+    /// Where to run.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
+    /// The float type the model runs in (one per process: burn fixes a device's float type at its
+    /// first tensor).
+    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+    pub dtype: DtypeArg,
+}
+
 /// Makes `dtype` the device's float type; call before any tensor is created on it.
 pub fn set_float_dtype<B: burn::tensor::backend::Backend>(device: &B::Device, dtype: DtypeArg) -> Result<()> {
     let d = match dtype {

@@ -78,6 +78,28 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     }
 }
 
+/// `--torch` / `--python`: the PyTorch anchor of the GPU benchmarks.
+#[derive(clap::Args, Clone, Debug)]
+pub struct TorchAnchor {
+    /// Also time PyTorch transformers beside it (needs torch with CUDA and transformers).
+    #[arg(long)]
+    pub torch: bool,
+    /// The Python with torch and transformers.
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+}
+
+impl TorchAnchor {
+    /// Runs an anchor script (`python -c SCRIPT ARGS…`) and reads the JSON object it prints.
+    pub fn run(&self, script: &str, args: &[String]) -> Result<serde_json::Value> {
+        let out = std::process::Command::new(&self.python).arg("-c").arg(script).args(args).output().with_context(|| format!("running {}", self.python))?;
+        if !out.status.success() {
+            bail!("the PyTorch anchor failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        serde_json::from_slice(&out.stdout).context("reading the PyTorch anchor's JSON")
+    }
+}
+
 /// The median of measurements.
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));

@@ -3,7 +3,6 @@
 //! and device in the same run (`scripts/bench_clip_torch.py`).
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -11,8 +10,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use xcomposer_retrieval::Clip;
 
-use crate::backend::{DeviceArg, DtypeArg, set_float_dtype};
-use crate::bench::median;
+use crate::backend::{DeviceArg, DeviceOptions, set_float_dtype};
+use crate::bench::{TorchAnchor, median};
 
 const TORCH_SCRIPT: &str = include_str!("../../../scripts/bench_clip_torch.py");
 
@@ -28,23 +27,17 @@ pub struct ClipBenchArgs {
     /// Timed calls per batch size (after 3 warm-up calls); the median is reported.
     #[arg(long, default_value_t = 10)]
     runs: usize,
-    /// Where to run.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-    device: DeviceArg,
-    /// The float type (one per process: burn fixes a device's float type at its first tensor).
-    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
-    dtype: DtypeArg,
-    /// Also time PyTorch transformers on the same folder (needs torch with CUDA).
-    #[arg(long)]
-    torch: bool,
-    /// The Python with torch and transformers.
-    #[arg(long, default_value = "python3")]
-    python: String,
+    /// Device and float type.
+    #[command(flatten)]
+    pub run_on: DeviceOptions,
+    /// The PyTorch anchor.
+    #[command(flatten)]
+    anchor: TorchAnchor,
 }
 
 /// Images/s at each batch size.
 fn time_vision<B: Backend>(args: &ClipBenchArgs, device: &B::Device) -> Result<Vec<f64>> {
-    set_float_dtype::<B>(device, args.dtype)?;
+    set_float_dtype::<B>(device, args.run_on.dtype)?;
     let t = Instant::now();
     let clip = Clip::<B>::load(&args.model, device).with_context(|| format!("loading {}", args.model.display()))?;
     eprintln!("[bench] loaded {} in {:.1} s", args.model.display(), t.elapsed().as_secs_f64());
@@ -74,11 +67,8 @@ pub fn run(args: ClipBenchArgs) -> Result<()> {
         bail!("--runs and --batches must be positive");
     }
     let mut rows: Vec<(String, String, Vec<f64>)> = vec![];
-    let dtype = match args.dtype {
-        DtypeArg::F32 => "f32",
-        DtypeArg::F16 => "f16",
-    };
-    match args.device {
+    let dtype = args.run_on.dtype.name();
+    match args.run_on.device {
         DeviceArg::Cpu => rows.push(("xcomposer (burn-flex)".into(), dtype.into(), time_vision::<burn::backend::Flex>(&args, &Default::default())?)),
         DeviceArg::Cuda => {
             #[cfg(feature = "cuda")]
@@ -88,18 +78,9 @@ pub fn run(args: ClipBenchArgs) -> Result<()> {
         }
     }
     let mut header = String::new();
-    if args.torch {
+    if args.anchor.torch {
         let batches: Vec<String> = args.batches.iter().map(usize::to_string).collect();
-        let out = Command::new(&args.python)
-            .args(["-c", TORCH_SCRIPT, "time"])
-            .arg(&args.model)
-            .args([batches.join(","), args.runs.to_string(), dtype.to_string()])
-            .output()
-            .with_context(|| format!("running {}", args.python))?;
-        if !out.status.success() {
-            bail!("the PyTorch anchor failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("reading the PyTorch anchor's JSON")?;
+        let v = args.anchor.run(TORCH_SCRIPT, &["time".into(), args.model.display().to_string(), batches.join(","), args.runs.to_string(), dtype.to_string()])?;
         header = format!("anchor: torch {} + transformers {} on {}", v["torch"].as_str().unwrap_or("?"), v["transformers"].as_str().unwrap_or("?"), v["gpu"].as_str().unwrap_or("?"));
         let ips: Vec<f64> = args.batches.iter().map(|b| v["images_per_s"][format!("{dtype}-{b}")].as_f64().unwrap_or(f64::NAN)).collect();
         rows.push(("PyTorch CLIPModel".into(), dtype.into(), ips));

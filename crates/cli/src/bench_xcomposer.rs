@@ -5,7 +5,6 @@
 //! as InternLM's decoder, and BLIP-2's EVA ViT-g + Q-Former for the image).
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -13,8 +12,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use xcomposer_composer::xcomposer_model::XComposer;
 
-use crate::backend::{DeviceArg, DtypeArg, peak_rss_mib, set_float_dtype};
-use crate::bench::median;
+use crate::backend::{DeviceArg, DeviceOptions, peak_rss_mib, set_float_dtype};
+use crate::bench::{TorchAnchor, median};
 
 const TORCH_SCRIPT: &str = include_str!("../../../scripts/bench_xcomposer_torch.py");
 
@@ -30,18 +29,12 @@ pub struct XComposerBenchArgs {
     /// Timed image encodes (the median is reported).
     #[arg(long, default_value_t = 10)]
     runs: usize,
-    /// Where to run.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-    device: DeviceArg,
-    /// The float type.
-    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
-    dtype: DtypeArg,
-    /// Also time PyTorch (needs torch with CUDA and transformers).
-    #[arg(long)]
-    torch: bool,
-    /// The Python with torch and transformers.
-    #[arg(long, default_value = "python3")]
-    python: String,
+    /// Device and float type.
+    #[command(flatten)]
+    pub run_on: DeviceOptions,
+    /// The PyTorch anchor.
+    #[command(flatten)]
+    anchor: TorchAnchor,
 }
 
 struct Numbers {
@@ -54,7 +47,7 @@ struct Numbers {
 }
 
 fn measure<B: Backend>(args: &XComposerBenchArgs, device: &B::Device) -> Result<Numbers> {
-    set_float_dtype::<B>(device, args.dtype)?;
+    set_float_dtype::<B>(device, args.run_on.dtype)?;
     let t = Instant::now();
     let model = XComposer::<B>::load(&args.model, device).with_context(|| format!("loading {}", args.model.display()))?;
     let load_s = t.elapsed().as_secs_f64();
@@ -104,7 +97,7 @@ pub fn run(args: XComposerBenchArgs) -> Result<()> {
     if args.new_tokens == 0 {
         bail!("--new-tokens must be positive");
     }
-    let ours = match args.device {
+    let ours = match args.run_on.device {
         DeviceArg::Cpu => measure::<burn::backend::Flex>(&args, &Default::default())?,
         DeviceArg::Cuda => {
             #[cfg(feature = "cuda")]
@@ -115,10 +108,7 @@ pub fn run(args: XComposerBenchArgs) -> Result<()> {
             bail!("this xcomposer was built without CUDA; rebuild with `cargo build --release --features cuda`")
         }
     };
-    let dtype = match args.dtype {
-        DtypeArg::F32 => "f32",
-        DtypeArg::F16 => "f16",
-    };
+    let dtype = args.run_on.dtype.name();
     println!("{}: prompt of {} positions (one image), {} greedy new tokens, {dtype}", args.model.display(), ours.prompt_len, args.new_tokens);
     println!("xcomposer: loaded in {:.1} s (LoRA merged), peak resident memory {:.0} MiB", ours.load_s, ours.rss_mib);
     println!();
@@ -126,15 +116,8 @@ pub fn run(args: XComposerBenchArgs) -> Result<()> {
     println!("|---|---|---|---|---|");
     let mut torch_decode = None;
     let mut torch_row = None;
-    if args.torch {
-        let out = Command::new(&args.python)
-            .args(["-c", TORCH_SCRIPT, dtype, &ours.prompt_len.to_string(), &args.new_tokens.to_string(), &args.runs.to_string()])
-            .output()
-            .with_context(|| format!("running {}", args.python))?;
-        if !out.status.success() {
-            bail!("the PyTorch anchor failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("reading the PyTorch anchor's JSON")?;
+    if args.anchor.torch {
+        let v = args.anchor.run(TORCH_SCRIPT, &[dtype.to_string(), ours.prompt_len.to_string(), args.new_tokens.to_string(), args.runs.to_string()])?;
         torch_decode = v["decode_tps"].as_f64();
         torch_row = Some(format!(
             "| PyTorch {} + transformers {} (LlamaForCausalLM attention_bias; BLIP-2 ViT-g + Q-Former) | {:.1} | {:.1} | {:.1} | 1.00× |",

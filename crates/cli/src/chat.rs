@@ -13,7 +13,7 @@ use xcomposer_llm::beam::EmbedGenConfig;
 use xcomposer_llm::{GenerationConfig, LanguageModel, Message};
 use xcomposer_vision::{ImageInput, ImageTagger};
 
-use crate::backend::{DeviceArg, DtypeArg, peak_rss_mib, resolve_model, set_float_dtype};
+use crate::backend::{DeviceOptions, peak_rss_mib, resolve_model, set_float_dtype};
 
 /// Arguments of `xcomposer chat`.
 #[derive(clap::Args)]
@@ -39,12 +39,9 @@ pub struct ChatArgs {
     /// Print one JSON object per answer: prompt length, generated ids, text.
     #[arg(long)]
     pub json: bool,
-    /// Where to run.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-    pub device: DeviceArg,
-    /// The float type the model runs in.
-    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
-    pub dtype: DtypeArg,
+    /// Device and float type.
+    #[command(flatten)]
+    pub run_on: DeviceOptions,
     /// Write the logits at the prompt's last position (f32, little-endian) to this file, for
     /// checking a device against the reference (XComposer only).
     #[arg(long)]
@@ -62,7 +59,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
         }
     }
     match &args.model {
-        Some(dir) => crate::with_backend!(args.device, |device: B| xcomposer_chat::<B>(&args, dir, &device)),
+        Some(dir) => crate::with_backend!(args.run_on.device, |device: B| xcomposer_chat::<B>(&args, dir, &device)),
         None => tag_grounded(&args),
     }
 }
@@ -87,7 +84,7 @@ fn questions(args: &ChatArgs, mut each: impl FnMut(&str, bool) -> Result<()>) ->
 }
 
 fn xcomposer_chat<B: Backend>(args: &ChatArgs, dir: &Path, device: &B::Device) -> Result<()> {
-    set_float_dtype::<B>(device, args.dtype)?;
+    set_float_dtype::<B>(device, args.run_on.dtype)?;
     let t = Instant::now();
     let model = XComposer::<B>::load(dir, device).with_context(|| format!("loading {}", dir.display()))?;
     eprintln!("[chat] loaded {} in {:.1} s; peak memory {}", dir.display(), t.elapsed().as_secs_f64(), peak_rss_mib().map_or("unknown".into(), |m| format!("{m:.0} MiB")));

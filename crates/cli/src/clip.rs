@@ -10,7 +10,7 @@ use xcomposer_retrieval::ClipEmbedder;
 use xcomposer_retrieval::embedder::dot;
 use xcomposer_vision::ImageInput;
 
-use crate::backend::{DeviceArg, DtypeArg, set_float_dtype};
+use crate::backend::{DeviceOptions, set_float_dtype};
 
 /// `xcomposer clip …`.
 #[derive(clap::Subcommand)]
@@ -34,12 +34,9 @@ pub struct EmbedArgs {
     /// Print one JSON object (token ids, embeddings, logits) instead of a summary.
     #[arg(long)]
     pub json: bool,
-    /// Where to run.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-    pub device: DeviceArg,
-    /// The float type the model runs in.
-    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
-    pub dtype: DtypeArg,
+    /// Device and float type.
+    #[command(flatten)]
+    pub run_on: DeviceOptions,
 }
 
 /// Runs `xcomposer clip`.
@@ -49,7 +46,7 @@ pub fn run(cmd: ClipCommand) -> Result<()> {
             if args.images.is_empty() && args.texts.is_empty() {
                 bail!("nothing to embed: give --image PATH and/or --text STR");
             }
-            crate::with_backend!(args.device, |device: B| embed::<B>(&args, &device))
+            crate::with_backend!(args.run_on.device, |device: B| embed::<B>(&args, &device))
         }
     }
 }
@@ -58,7 +55,7 @@ fn embed<B: Backend>(args: &EmbedArgs, device: &B::Device) -> Result<()>
 where
     ClipEmbedder<B>: Send + Sync,
 {
-    set_float_dtype::<B>(device, args.dtype)?;
+    set_float_dtype::<B>(device, args.run_on.dtype)?;
     let clip = ClipEmbedder::<B>::load(&args.model, device).with_context(|| format!("loading {}", args.model.display()))?;
     // CLIPImageProcessor's convert("RGB") drops alpha rather than compositing it.
     let input = ImageInput::pil_compatible();
