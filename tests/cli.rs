@@ -372,3 +372,11 @@ fn chat_without_xcomposer_weights_answers_from_image_tags() {
     assert!(v["tags"][0].as_str().unwrap().starts_with("coffee.png: espresso"), "{v}");
     assert!(stderr(&out).contains("tag-grounded, not a vision-language model"));
 }
+
+#[test]
+fn an_xcomposer_folder_given_as_a_text_model_is_explained() {
+    let dir = common::fixture("xcomposer-tiny");
+    let out = xcomposer().args(["generate", "--model", dir.to_str().unwrap(), "hi"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("an InternLM-XComposer folder, not a text model: use `xcomposer chat --model DIR`"), "{}", stderr(&out));
+}

@@ -125,8 +125,14 @@ impl<B: Backend> LanguageModel<B> {
         let config_path = dir.join("config.json");
         let config_text = read("config.json")?
             .ok_or_else(|| LoadError::File { path: config_path.clone(), reason: "missing: a Hugging Face model folder needs config.json".into() })?;
-        let config = DecoderConfig::from_hf_json(&config_text, &config_path.display().to_string())?;
         let config_json: serde_json::Value = serde_json::from_str(&config_text).unwrap_or_default();
+        if config_json.get("model_type").and_then(|v| v.as_str()) == Some("InternLMXComposer") {
+            return Err(LoadError::File {
+                path: dir.into(),
+                reason: "an InternLM-XComposer folder, not a text model: use `xcomposer chat --model DIR`, or `compose --xcomposer DIR` for its image selection".into(),
+            });
+        }
+        let config = DecoderConfig::from_hf_json(&config_text, &config_path.display().to_string())?;
         let tok_config = json("tokenizer_config.json")?;
         // Special tokens are strings (or {"content": …}) in tokenizer_config.json.
         let token_name = |key: &str| -> Option<String> {
@@ -134,6 +140,9 @@ impl<B: Backend> LanguageModel<B> {
             v.as_str().map(String::from).or_else(|| v.get("content")?.as_str().map(String::from))
         };
         let tok_path = dir.join("tokenizer.json");
+        if !tok_path.is_file() {
+            return Err(LoadError::File { path: tok_path, reason: "missing: a Hugging Face model folder needs tokenizer.json".into() });
+        }
         let mut tokenizer = Tokenizer::from_tokenizer_json(&tok_path, None, None, false)
             .map_err(|source| LoadError::Tokenizer { path: tok_path.clone(), source })?;
         let id_of = |key: &str, tokenizer: &Tokenizer| {
