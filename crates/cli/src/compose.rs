@@ -158,7 +158,8 @@ pub(crate) fn build_composer(opts: &PipelineOptions, language: Language) -> Resu
     Ok(composer)
 }
 
-/// A folder name from the instruction: its first words, lower-case, ASCII or CJK.
+/// A folder name from the instruction: its words, lower-case, ASCII or CJK, at most 48
+/// characters, cut at a word boundary.
 fn slug(instruction: &str) -> String {
     let mut s = String::new();
     for c in instruction.chars().flat_map(char::to_lowercase) {
@@ -167,11 +168,14 @@ fn slug(instruction: &str) -> String {
         } else if !s.ends_with('-') && !s.is_empty() {
             s.push('-');
         }
-        if s.chars().count() >= 48 {
-            break;
+    }
+    let mut s = s.trim_end_matches('-').to_string();
+    if s.chars().count() > 48 {
+        s = s.chars().take(48).collect();
+        if let Some(at) = s.rfind('-').filter(|&at| at > 16) {
+            s.truncate(at);
         }
     }
-    let s = s.trim_end_matches('-').to_string();
     if s.is_empty() { "article".into() } else { s }
 }
 
@@ -278,4 +282,17 @@ fn show(article: &Article) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slug;
+
+    #[test]
+    fn slugs_are_short_and_end_on_a_word() {
+        assert_eq!(slug("Write an illustrated article about rockets."), "write-an-illustrated-article-about-rockets");
+        assert_eq!(slug("Write an illustrated article about the history of coffee."), "write-an-illustrated-article-about-the-history");
+        assert_eq!(slug("写一篇关于长城的文章"), "写一篇关于长城的文章");
+        assert_eq!(slug("?!"), "article");
+    }
 }
