@@ -58,7 +58,7 @@ pub struct VlmSelector<B: Backend> {
 }
 
 impl<B: Backend> VlmSelector<B> {
-    fn image(&self, path: &PathBuf) -> Result<Tensor<B, 3>, ComposeError> {
+    fn image(&self, path: &std::path::Path) -> Result<Tensor<B, 3>, ComposeError> {
         self.model.encode_image(path).map_err(|e| ComposeError::Model { stage: "selector", reason: e.to_string() })
     }
 }

@@ -157,7 +157,7 @@ impl Fields<'_> {
             hidden_act: self.activation()?,
             layer_norm_eps: self.f64("layer_norm_eps", d.layer_norm_eps)?,
         };
-        if t.hidden_size % t.num_attention_heads != 0 {
+        if !t.hidden_size.is_multiple_of(t.num_attention_heads) {
             return Err(self.err("num_attention_heads", format!("is {}, which does not divide hidden_size {}", t.num_attention_heads, t.hidden_size)));
         }
         Ok(t)
@@ -192,7 +192,7 @@ impl ClipConfig {
             patch_size: vf.usize("patch_size", 32)?,
             num_channels: vf.usize("num_channels", 3)?,
         };
-        if vision.image_size % vision.patch_size != 0 {
+        if !vision.image_size.is_multiple_of(vision.patch_size) {
             return Err(err(format!("vision_config.patch_size {} does not divide image_size {}", vision.patch_size, vision.image_size)));
         }
         if vision.num_channels != 3 {

@@ -102,11 +102,11 @@ impl VisualConfig {
             num_query: u("num_query_token", 64)?,
             llm_dim: u("hidden_size", 4096)?,
         };
-        if c.img_size % c.patch_size != 0 {
+        if !c.img_size.is_multiple_of(c.patch_size) {
             return Err(format!("{name}: vit_patch_size {} does not divide vit_img_size {}", c.patch_size, c.img_size));
         }
         for (k, d, h) in [("vit_num_heads", c.vit_dim, c.vit_heads), ("qformer_num_attention_heads", c.q_dim, c.q_heads)] {
-            if d % h != 0 {
+            if !d.is_multiple_of(h) {
                 return Err(format!("{name}: {k} {h} does not divide the width {d}"));
             }
         }
@@ -277,7 +277,7 @@ impl<B: Backend> PerceiveSampler<B> {
             let p = format!("Qformer.bert.encoder.layer.{i}");
             layers.push(SamplerLayer {
                 attn: BertAttention::load(src, &format!("{p}.attention"), h, c, dev)?,
-                cross: if i % c.q_cross_freq == 0 { Some(BertAttention::load(src, &format!("{p}.crossattention"), c.vit_dim, c, dev)?) } else { None },
+                cross: if i.is_multiple_of(c.q_cross_freq) { Some(BertAttention::load(src, &format!("{p}.crossattention"), c.vit_dim, c, dev)?) } else { None },
                 up: Dense::load(src, &format!("{p}.intermediate_query.dense"), h, c.q_mlp, true, dev)?,
                 down: Dense::load(src, &format!("{p}.output_query.dense"), c.q_mlp, h, true, dev)?,
                 ffn_norm: LayerNorm::load(src, &format!("{p}.output_query.LayerNorm"), h, c.q_eps, dev)?,
