@@ -9,6 +9,7 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
 use crate::decoder::Decoder;
+use crate::generation::{apply_repetition_penalty, argmax};
 
 /// What to decode.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,21 +56,6 @@ impl EmbedGenOutput {
     }
 }
 
-/// HF's repetition penalty on one row of scores, for the ids in `seen`.
-fn penalize(row: &mut [f32], seen: &[u32], p: f32) {
-    if p == 1.0 {
-        return;
-    }
-    let mut ids: Vec<u32> = seen.to_vec();
-    ids.sort_unstable();
-    ids.dedup();
-    for id in ids {
-        if let Some(s) = row.get_mut(id as usize) {
-            *s = if *s < 0.0 { *s * p } else { *s / p };
-        }
-    }
-}
-
 fn rows<B: Backend>(logits: Tensor<B, 3>) -> Vec<Vec<f32>> {
     let [b, _, v] = logits.dims();
     let data: Vec<f32> = logits.reshape([b, v]).into_data().convert::<f32>().into_vec().expect("f32 logits");
@@ -97,8 +83,8 @@ pub fn greedy<B: Backend>(dec: &Decoder<B>, prompt: Tensor<B, 3>, cfg: &EmbedGen
     let mut seq = vec![cfg.bos_id];
     for _ in 0..cfg.max_new_tokens {
         let mut row = rows(logits).remove(0);
-        penalize(&mut row, &seq, cfg.repetition_penalty);
-        let next = crate::generation::argmax(&row);
+        apply_repetition_penalty(&mut row, &seq, cfg.repetition_penalty);
+        let next = argmax(&row);
         seq.push(next);
         if next == cfg.eos_id || stopped(std::slice::from_ref(&seq), &cfg.stop_ids) || seq.len() > cfg.max_new_tokens {
             break;
@@ -153,7 +139,7 @@ pub fn beam_search<B: Backend>(dec: &Decoder<B>, prompt: Tensor<B, 3>, cfg: &Emb
         let mut cand: Vec<(f32, u32, usize)> = Vec::with_capacity(2 * n * n);
         for (b, row) in logits.iter_mut().enumerate() {
             log_softmax(row);
-            penalize(row, &seqs[b], cfg.repetition_penalty);
+            apply_repetition_penalty(row, &seqs[b], cfg.repetition_penalty);
             let mut idx: Vec<usize> = (0..row.len()).collect();
             let k = (2 * n).min(row.len());
             idx.select_nth_unstable_by(k - 1, |&x, &y| row[y].total_cmp(&row[x]));

@@ -107,6 +107,20 @@ pub enum GenerationError {
     Tokenizer(#[from] TokenizerError),
 }
 
+/// Hugging Face's repetition penalty: each id of `seen`, once, has its score divided by `p` if
+/// positive and multiplied by `p` if negative (1 leaves the scores alone).
+pub fn apply_repetition_penalty(scores: &mut [f32], seen: &[u32], p: f32) {
+    if p == 1.0 {
+        return;
+    }
+    let mut done = std::collections::HashSet::new();
+    for &t in seen {
+        if let Some(s) = scores.get_mut(t as usize).filter(|_| done.insert(t)) {
+            *s = if *s < 0.0 { *s * p } else { *s / p };
+        }
+    }
+}
+
 /// Picks the next token from logits, following a [`GenerationConfig`].
 pub struct Sampler {
     cfg: GenerationConfig,
@@ -131,15 +145,7 @@ impl Sampler {
 
     /// Chooses a token. `context` holds every token so far (prompt and generated), for the penalty.
     pub fn sample(&mut self, logits: &mut [f32], context: &[u32]) -> u32 {
-        let p = self.cfg.repetition_penalty;
-        if p != 1.0 {
-            let mut seen = std::collections::HashSet::new();
-            for &t in context {
-                if let Some(l) = logits.get_mut(t as usize).filter(|_| seen.insert(t)) {
-                    *l = if *l < 0.0 { *l * p } else { *l / p };
-                }
-            }
-        }
+        apply_repetition_penalty(logits, context, self.cfg.repetition_penalty);
         if self.cfg.temperature == 0.0 {
             return argmax(logits);
         }
