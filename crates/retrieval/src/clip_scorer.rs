@@ -13,7 +13,7 @@ use xcomposer_vision::Preprocess;
 use crate::clip::{Clip, ClipError, l2_normalize};
 use crate::clip_tokenizer::ClipTokenizer;
 use crate::library::ImageLibrary;
-use crate::scorer::{PartScores, ScoreError, ScoreMatrix, Scorer};
+use crate::scorer::{ScoreError, ScoreMatrix, Scorer, cosine_scores};
 
 /// The stored feature holding CLIP image embeddings.
 pub const CLIP_FEATURE: &str = "clip";
@@ -118,17 +118,15 @@ where
     }
 
     fn score(&self, captions: &[&str], library: &ImageLibrary) -> Result<ScoreMatrix, ScoreError> {
-        let missing = || ScoreError::MissingFeature { index: library.index_dir().display().to_string(), feature: CLIP_FEATURE.into() };
-        if library.models().clip.as_deref() != Some(self.embedder.id()) {
-            return Err(match &library.models().clip {
-                None => missing(),
-                Some(other) => ScoreError::OtherModel { index: library.index_dir().display().to_string(), found: other.clone(), wanted: self.embedder.id().into() },
-            });
+        if let Some(other) = library.models().clip.as_deref().filter(|id| *id != self.embedder.id()) {
+            return Err(ScoreError::OtherModel { index: library.index_dir().display().to_string(), found: other.into(), wanted: self.embedder.id().into() });
         }
-        let m = library.feature(CLIP_FEATURE).ok_or_else(missing)?;
         let queries = self.embedder.embed_texts(captions);
+        let mut part = cosine_scores("clip", CLIP_FEATURE, &queries, library)?;
         let scale = self.embedder.model.logit_scale;
-        let values = queries.iter().map(|q| (0..library.len()).map(|i| m.row(i).map(|r| scale * crate::embedder::dot(q, r))).collect()).collect();
-        Ok(ScoreMatrix { parts: vec![PartScores { scorer: "clip".into(), weight: 1.0, values }] })
+        for v in part.values.iter_mut().flatten().flatten() {
+            *v *= scale;
+        }
+        Ok(ScoreMatrix { parts: vec![part] })
     }
 }

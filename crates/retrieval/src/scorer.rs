@@ -125,7 +125,7 @@ pub trait Scorer: Send + Sync {
 }
 
 /// Cosine of each caption embedding with each stored row of `feature`, as one part of weight 1.
-fn cosine_scores(name: &str, feature: &str, queries: &[Vec<f32>], library: &ImageLibrary) -> Result<PartScores, ScoreError> {
+pub(crate) fn cosine_scores(name: &str, feature: &str, queries: &[Vec<f32>], library: &ImageLibrary) -> Result<PartScores, ScoreError> {
     let m = library.feature(feature).ok_or_else(|| ScoreError::MissingFeature { index: library.index_dir().display().to_string(), feature: feature.into() })?;
     let values = queries.iter().map(|q| (0..library.len()).into_par_iter().map(|i| m.row(i).map(|r| dot(q, r))).collect()).collect();
     Ok(PartScores { scorer: name.into(), weight: 1.0, values })
