@@ -92,7 +92,7 @@ impl InternLmTokenizer {
         loop {
             let next = SPECIAL.iter().filter_map(|(s, id)| rest.find(s).map(|at| (at, *s, *id))).min_by_key(|(at, s, _)| (*at, std::cmp::Reverse(s.len())));
             let (chunk, special) = match next {
-                Some((at, s, id)) => (&rest[..at], Some((s, id))),
+                Some((at, s, id)) => (&rest[..at], Some((at + s.len(), id))),
                 None => (rest, None),
             };
             let mut chunk = if pending_lstrip { chunk.trim_start() } else { chunk };
@@ -103,9 +103,9 @@ impl InternLmTokenizer {
                 ids.extend(self.sp.encode(chunk)?);
             }
             match special {
-                Some((s, id)) => {
+                Some((end, id)) => {
                     ids.push(id);
-                    rest = &rest[chunk_end(rest, s)..];
+                    rest = &rest[end..];
                     pending_lstrip = true;
                 }
                 None => break,
@@ -140,11 +140,6 @@ impl InternLmTokenizer {
         out.push_str(&self.sp.decode(&sub, false)?);
         Ok(clean_up_tokenization(&out))
     }
-}
-
-/// Where the special token `s` found first in `rest` ends.
-fn chunk_end(rest: &str, s: &str) -> usize {
-    rest.find(s).map_or(rest.len(), |at| at + s.len())
 }
 
 /// HF's `clean_up_tokenization`.
