@@ -231,12 +231,13 @@ impl Composer {
     /// slots excluded) and selects one; returns the seconds spent on each.
     pub fn fill_slot(&self, article: &mut Article, i: usize) -> Result<(f64, f64), ComposeError> {
         let t = Instant::now();
-        let used: Vec<PathBuf> = article.images.iter().enumerate().filter(|(j, _)| *j != i).filter_map(|(_, s)| s.image().map(|c| c.path.clone())).collect();
+        // The other slots' images: excluded from the search, and shown to the selector in place.
+        let placed: Vec<(usize, PathBuf)> = article.images.iter().enumerate().filter(|(j, _)| *j != i).filter_map(|(_, s)| s.image().map(|c| (s.after_paragraph, c.path.clone()))).collect();
+        let used: Vec<PathBuf> = placed.iter().map(|(_, p)| p.clone()).collect();
         let slot = &article.images[i];
         let got = self.retriever.retrieve(&slot.caption, article.settings.candidates, &used)?;
         let t_retrieve = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let placed: Vec<(usize, PathBuf)> = article.images.iter().enumerate().filter(|(j, _)| *j != i).filter_map(|(_, s)| s.image().map(|c| (s.after_paragraph, c.path.clone()))).collect();
         let ctx = SelectContext { paragraphs: &article.paragraphs, after: slot.after_paragraph, caption: &slot.caption, placed: &placed, language: article.language };
         let (chosen, mut why) = self.selector.select(&ctx, &got.candidates)?;
         if let Some(note) = got.note {
