@@ -70,25 +70,23 @@ fn measure<B: Backend>(args: &XComposerBenchArgs, device: &B::Device) -> Result<
     let image = encode();
     let prompt = model.generate_prompt("Describe this image in detail.", std::slice::from_ref(&image))?;
     let prompt_len = prompt.dims()[1];
+    let argmax = |logits: Tensor<B, 3>| xcomposer_llm::generation::argmax(&logits.into_data().convert::<f32>().into_vec::<f32>().expect("f32"));
+    // Prefill, then `steps` greedy tokens on a fresh cache: (prefill seconds, decode seconds).
+    let pass = |steps: usize| {
+        let mut cache = model.decoder.new_cache();
+        let t = Instant::now();
+        let mut next = argmax(model.decoder.forward_embeds(prompt.clone(), &mut cache, 1));
+        let prefill_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for _ in 0..steps {
+            next = argmax(model.decoder.forward_ids(&[next], &mut cache, 1));
+        }
+        (prefill_s, t.elapsed().as_secs_f64())
+    };
     // A warm-up pass first: burn-cuda compiles kernels for each new shape on first use.
-    let mut cache = model.decoder.new_cache();
-    let logits = model.decoder.forward_embeds(prompt.clone(), &mut cache, 1);
-    let mut next = xcomposer_llm::generation::argmax(&logits.into_data().convert::<f32>().into_vec::<f32>().expect("f32"));
-    for _ in 0..4 {
-        let logits = model.decoder.forward_ids(&[next], &mut cache, 1);
-        next = xcomposer_llm::generation::argmax(&logits.into_data().convert::<f32>().into_vec::<f32>().expect("f32"));
-    }
-    let mut cache = model.decoder.new_cache();
-    let t = Instant::now();
-    let logits = model.decoder.forward_embeds(prompt, &mut cache, 1);
-    next = xcomposer_llm::generation::argmax(&logits.into_data().convert::<f32>().into_vec::<f32>().expect("f32"));
-    let prefill_s = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    for _ in 0..args.new_tokens {
-        let logits = model.decoder.forward_ids(&[next], &mut cache, 1);
-        next = xcomposer_llm::generation::argmax(&logits.into_data().convert::<f32>().into_vec::<f32>().expect("f32"));
-    }
-    let decode_tps = args.new_tokens as f64 / t.elapsed().as_secs_f64();
+    pass(4);
+    let (prefill_s, decode_s) = pass(args.new_tokens);
+    let decode_tps = args.new_tokens as f64 / decode_s;
     Ok(Numbers { load_s, rss_mib, encode_ms, prompt_len, prefill_tps: prompt_len as f64 / prefill_s, decode_tps })
 }
 
