@@ -8,7 +8,7 @@
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use crate::decoder::Decoder;
+use crate::decoder::{Decoder, KvCache};
 use crate::generation::{apply_repetition_penalty, argmax};
 
 /// What to decode.
@@ -56,10 +56,71 @@ impl EmbedGenOutput {
     }
 }
 
-fn rows<B: Backend>(logits: Tensor<B, 3>) -> Vec<Vec<f32>> {
-    let [b, _, v] = logits.dims();
-    let data: Vec<f32> = logits.reshape([b, v]).into_data().convert::<f32>().into_vec().expect("f32 logits");
-    data.chunks(v).map(<[f32]>::to_vec).collect()
+/// What [`greedy_steps`] and [`beam_steps`] need of a decoder: a prompt run as one sequence,
+/// then one token per sequence per step, the logits of each sequence's last position, and the
+/// sequences reordered as beams are kept. Implemented for burn's [`Decoder`] ([`BurnSteps`]) and
+/// the CUDA engine.
+pub trait StepDecoder {
+    /// What can go wrong on the device.
+    type Error;
+    /// Runs the prompt as a single sequence.
+    fn prefill(&mut self) -> Result<(), Self::Error>;
+    /// The logits of the last position of every sequence.
+    fn logits(&mut self) -> Result<Vec<Vec<f32>>, Self::Error>;
+    /// Keeps sequences `rows`, in that order (repeats allowed).
+    fn reorder(&mut self, rows: &[usize]) -> Result<(), Self::Error>;
+    /// Appends `tokens[s]` to sequence `s`.
+    fn step(&mut self, tokens: &[u32]) -> Result<(), Self::Error>;
+    /// The greedy next token of sequence 0 after the repetition `penalty` over `seq`.
+    fn greedy_token(&mut self, seq: &[u32], penalty: f32) -> Result<u32, Self::Error> {
+        let mut row = self.logits()?.swap_remove(0);
+        apply_repetition_penalty(&mut row, seq, penalty);
+        Ok(argmax(&row))
+    }
+}
+
+/// A burn [`Decoder`] with its cache, after a prompt `[1, len, hidden]`.
+pub struct BurnSteps<'a, B: Backend> {
+    dec: &'a Decoder<B>,
+    cache: KvCache<B>,
+    prompt: Option<Tensor<B, 3>>,
+    logits: Option<Tensor<B, 3>>,
+}
+
+impl<'a, B: Backend> BurnSteps<'a, B> {
+    /// Ready to run `prompt`.
+    pub fn new(dec: &'a Decoder<B>, prompt: Tensor<B, 3>) -> Self {
+        BurnSteps { dec, cache: dec.new_cache(), prompt: Some(prompt), logits: None }
+    }
+}
+
+impl<B: Backend> StepDecoder for BurnSteps<'_, B> {
+    type Error = std::convert::Infallible;
+
+    fn prefill(&mut self) -> Result<(), Self::Error> {
+        let prompt = self.prompt.take().expect("prefill runs once");
+        self.logits = Some(self.dec.forward_embeds(prompt, &mut self.cache, 1));
+        Ok(())
+    }
+
+    fn logits(&mut self) -> Result<Vec<Vec<f32>>, Self::Error> {
+        let logits = self.logits.clone().expect("prefill first");
+        let [b, _, v] = logits.dims();
+        let data: Vec<f32> = logits.reshape([b, v]).into_data().convert::<f32>().into_vec().expect("f32 logits");
+        Ok(data.chunks(v).map(<[f32]>::to_vec).collect())
+    }
+
+    fn reorder(&mut self, rows: &[usize]) -> Result<(), Self::Error> {
+        self.cache.reorder(rows);
+        Ok(())
+    }
+
+    fn step(&mut self, tokens: &[u32]) -> Result<(), Self::Error> {
+        let d = self.dec.config.hidden_size;
+        let x = self.dec.embed_ids(tokens).reshape([tokens.len(), 1, d]);
+        self.logits = Some(self.dec.forward_embeds(x, &mut self.cache, 1));
+        Ok(())
+    }
 }
 
 fn log_softmax(row: &mut [f32]) {
@@ -76,22 +137,25 @@ fn stopped(seqs: &[Vec<u32>], stop: &[u32]) -> bool {
     !stop.is_empty() && seqs.iter().all(|s| s.last().is_some_and(|t| stop.contains(t)))
 }
 
-/// Greedy decoding after `prompt` (`[1, len, hidden]`).
+/// Greedy decoding after `prompt` (`[1, len, hidden]`) on burn.
 pub fn greedy<B: Backend>(dec: &Decoder<B>, prompt: Tensor<B, 3>, cfg: &EmbedGenConfig) -> EmbedGenOutput {
-    let mut cache = dec.new_cache();
-    let mut logits = dec.forward_embeds(prompt, &mut cache, 1);
+    let Ok(out) = greedy_steps(&mut BurnSteps::new(dec, prompt), cfg);
+    out
+}
+
+/// Greedy decoding on any [`StepDecoder`].
+pub fn greedy_steps<D: StepDecoder>(dec: &mut D, cfg: &EmbedGenConfig) -> Result<EmbedGenOutput, D::Error> {
+    dec.prefill()?;
     let mut seq = vec![cfg.bos_id];
     for _ in 0..cfg.max_new_tokens {
-        let mut row = rows(logits).remove(0);
-        apply_repetition_penalty(&mut row, &seq, cfg.repetition_penalty);
-        let next = argmax(&row);
+        let next = dec.greedy_token(&seq, cfg.repetition_penalty)?;
         seq.push(next);
         if next == cfg.eos_id || stopped(std::slice::from_ref(&seq), &cfg.stop_ids) || seq.len() > cfg.max_new_tokens {
             break;
         }
-        logits = dec.forward_ids(&[next], &mut cache, 1);
+        dec.step(&[next])?;
     }
-    EmbedGenOutput { sequence: seq, score: 0.0, hypotheses: vec![] }
+    Ok(EmbedGenOutput { sequence: seq, score: 0.0, hypotheses: vec![] })
 }
 
 /// The finished hypotheses of one beam search (HF's `BeamHypotheses`).
@@ -122,12 +186,18 @@ impl Hypotheses {
     }
 }
 
-/// Beam search after `prompt` (`[1, len, hidden]`), as HF 4.33.1's `beam_search`.
+/// Beam search after `prompt` (`[1, len, hidden]`) on burn, as HF 4.33.1's `beam_search`.
 pub fn beam_search<B: Backend>(dec: &Decoder<B>, prompt: Tensor<B, 3>, cfg: &EmbedGenConfig) -> EmbedGenOutput {
+    let Ok(out) = beam_steps(&mut BurnSteps::new(dec, prompt), cfg);
+    out
+}
+
+/// Beam search on any [`StepDecoder`], as HF 4.33.1's `beam_search`.
+pub fn beam_steps<D: StepDecoder>(dec: &mut D, cfg: &EmbedGenConfig) -> Result<EmbedGenOutput, D::Error> {
     let n = cfg.num_beams.max(1);
-    let mut cache = dec.new_cache();
-    let first = rows(dec.forward_embeds(prompt, &mut cache, 1)).remove(0);
-    cache.reorder(&vec![0; n]);
+    dec.prefill()?;
+    let first = dec.logits()?.swap_remove(0);
+    dec.reorder(&vec![0; n])?;
     let mut logits: Vec<Vec<f32>> = vec![first; n];
     let mut seqs: Vec<Vec<u32>> = vec![vec![cfg.bos_id]; n];
     let mut beam_scores: Vec<f32> = (0..n).map(|i| if i == 0 { 0.0 } else { -1e9 }).collect();
@@ -168,11 +238,10 @@ pub fn beam_search<B: Backend>(dec: &Decoder<B>, prompt: Tensor<B, 3>, cfg: &Emb
         if done || stopped(&seqs, &cfg.stop_ids) || step + 1 == cfg.max_new_tokens {
             break;
         }
-        cache.reorder(&order);
+        dec.reorder(&order)?;
         let toks: Vec<u32> = next.iter().map(|c| c.1).collect();
-        let d = dec.config.hidden_size;
-        let x = dec.embed_ids(&toks).reshape([n, 1, d]);
-        logits = rows(dec.forward_embeds(x, &mut cache, 1));
+        dec.step(&toks)?;
+        logits = dec.logits()?;
     }
     if !done {
         for (seq, score) in seqs.into_iter().zip(beam_scores) {
@@ -184,5 +253,5 @@ pub fn beam_search<B: Backend>(dec: &Decoder<B>, prompt: Tensor<B, 3>, cfg: &Emb
     all.reverse();
     all.sort_by(|a, b| b.0.total_cmp(&a.0));
     let (score, sequence) = all.first().cloned().expect("at least one hypothesis");
-    EmbedGenOutput { sequence, score, hypotheses: all.into_iter().map(|(s, h)| (h, s)).collect() }
+    Ok(EmbedGenOutput { sequence, score, hypotheses: all.into_iter().map(|(s, h)| (h, s)).collect() })
 }

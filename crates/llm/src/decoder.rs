@@ -381,7 +381,7 @@ fn rotate_half_matrix<B: Backend>(d: usize, device: &B::Device) -> Tensor<B, 2> 
 
 /// Cos/sin tables `[max_position, head_dim]`, computed in f32 as Hugging Face does (from
 /// f16-rounded inverse frequencies where the config says the checkpoint stored them so).
-fn rope_tables<B: Backend>(c: &DecoderConfig, device: &B::Device) -> (Tensor<B, 2>, Tensor<B, 2>) {
+pub(crate) fn rope_cos_sin(c: &DecoderConfig) -> (Vec<f32>, Vec<f32>) {
     let hd = c.head_dim;
     let inv_freq: Vec<f32> = (0..hd / 2)
         .map(|i| 1.0 / c.rope_theta.powf((2 * i) as f32 / hd as f32))
@@ -396,10 +396,14 @@ fn rope_tables<B: Backend>(c: &DecoderConfig, device: &B::Device) -> (Tensor<B, 
             sin.push(f.sin());
         }
     }
-    (
-        Tensor::from_data(TensorData::new(cos, [n, hd]), device),
-        Tensor::from_data(TensorData::new(sin, [n, hd]), device),
-    )
+    (cos, sin)
+}
+
+/// [`rope_cos_sin`] as tensors on `device`.
+fn rope_tables<B: Backend>(c: &DecoderConfig, device: &B::Device) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let (cos, sin) = rope_cos_sin(c);
+    let shape = [c.max_position.max(1), c.head_dim];
+    (Tensor::from_data(TensorData::new(cos, shape), device), Tensor::from_data(TensorData::new(sin, shape), device))
 }
 
 /// True where a query may not see a key: `[b, kv_heads, g·s, past + s]`, row `j·s + i` being

@@ -31,6 +31,7 @@ pub mod matvec;
 pub mod model;
 pub mod nn;
 pub mod quant;
+pub mod random_weights;
 pub mod tokenizer;
 pub mod torch;
 pub mod weights;
