@@ -23,6 +23,8 @@ pub mod beam;
 pub mod chat;
 pub mod config;
 pub mod convert;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod decoder;
 pub mod fetch;
 pub mod generation;

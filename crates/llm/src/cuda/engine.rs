@@ -1,0 +1,654 @@
+//! [`CudaDecoder`]: a llama-family decoder (InternLM's included) run by its own fused kernels,
+//! for decoding at the speed of the GPU's memory.
+
+use std::sync::Arc;
+
+use cudarc::cublas::{CudaBlas, sys as blas};
+use cudarc::driver::{CudaContext, CudaStream};
+use rayon::prelude::*;
+
+use super::CudaError;
+use super::kernels::{Arg, Buf, Kernels};
+use crate::config::DecoderConfig;
+use crate::decoder::{KeyStyle, rope_cos_sin, unpermute_rows};
+use crate::weights::WeightSource;
+
+/// Most sequences decoded together (the matrix-vector kernels are instantiated for 1..=8 rows).
+pub const MAX_SEQS: usize = 8;
+
+/// Keys per block of the attention kernel (`ATT_SPAN` in kernels.cu).
+const ATT_SPAN: usize = 32;
+
+/// The type the engine keeps weights, normalised activations and the KV cache in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineDtype {
+    /// Half precision (the 7B model's own).
+    F16,
+    /// Single precision, with true f32 matrix products (no TF32): for parity runs.
+    F32,
+}
+
+impl EngineDtype {
+    fn bytes(self) -> usize {
+        match self {
+            EngineDtype::F16 => 2,
+            EngineDtype::F32 => 4,
+        }
+    }
+
+    fn suffix(self) -> &'static str {
+        match self {
+            EngineDtype::F16 => "h",
+            EngineDtype::F32 => "f",
+        }
+    }
+}
+
+/// How the engine is built.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EngineOptions {
+    /// Weight and cache type.
+    pub dtype: EngineDtype,
+    /// Prompt positions run per prefill pass (bounds the scratch memory).
+    pub prefill_chunk: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions { dtype: EngineDtype::F16, prefill_chunk: 512 }
+    }
+}
+
+struct LayerWeights {
+    attn_norm: Buf,
+    /// q, k and v stacked: `[(nh + 2 nkv)·hd, d]`.
+    qkv: Buf,
+    qkv_bias: Option<Buf>,
+    o: Buf,
+    o_bias: Option<Buf>,
+    ffn_norm: Buf,
+    /// gate and up stacked: `[2 ff, d]`.
+    gate_up: Buf,
+    down: Buf,
+}
+
+/// Keys and values `[layers, capacity, cache_len, kv_width]`.
+struct Cache {
+    k: Buf,
+    v: Buf,
+    capacity: usize,
+}
+
+/// Scratch buffers sized for one prefill chunk.
+struct Scratch {
+    h: Buf,
+    xn: Buf,
+    qkv: Buf,
+    q: Buf,
+    att: Buf,
+    tmp: Buf,
+    act: Buf,
+    /// Attention partials `[rows, heads, spans, head_dim + 2]`.
+    part: Buf,
+    logits: Buf,
+    seen: Buf,
+    ids: Buf,
+    token: Buf,
+}
+
+/// Which rows a forward pass runs: row r is position `pos0 + r·pos_step` of sequence `r·seq_step`.
+#[derive(Clone, Copy)]
+struct RowGeometry {
+    rows: usize,
+    pos0: usize,
+    pos_step: usize,
+    seq_step: usize,
+}
+
+/// The launches of one layer, in order.
+#[derive(Clone, Copy)]
+enum Part {
+    AttnNorm,
+    Qkv,
+    Rope,
+    Attention,
+    Out,
+    FfnNorm,
+    GateUp,
+    Down,
+}
+
+impl Part {
+    const ALL: [Part; 8] = [Part::AttnNorm, Part::Qkv, Part::Rope, Part::Attention, Part::Out, Part::FfnNorm, Part::GateUp, Part::Down];
+
+    fn name(self) -> &'static str {
+        match self {
+            Part::AttnNorm => "attention norm",
+            Part::Qkv => "q/k/v projection + bias",
+            Part::Rope => "RoPE + KV append",
+            Part::Attention => "attention (split + merge)",
+            Part::Out => "output projection + residual",
+            Part::FfnNorm => "ffn norm",
+            Part::GateUp => "gate/up + SwiGLU",
+            Part::Down => "down projection + residual",
+        }
+    }
+}
+
+/// What a projection does with its product.
+enum Epilogue {
+    /// `out = x·Wᵀ + bias`, f32.
+    Store { out: u64, bias: u64 },
+    /// `out += x·Wᵀ + bias` (the residual), f32.
+    Add { out: u64, bias: u64 },
+    /// `out = silu(x·Gᵀ) ⊙ x·Uᵀ` in the weight type, the weight being `[G; U]`.
+    SwiGlu { out: u64 },
+}
+
+/// A decoder on one CUDA device with a preallocated KV cache, fused decode kernels (one
+/// weight read per step for up to [`MAX_SEQS`] sequences) and cuBLAS for prompt prefill.
+pub struct CudaDecoder {
+    /// The configuration it was built from.
+    pub config: DecoderConfig,
+    dtype: EngineDtype,
+    _ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    kernels: Kernels,
+    embed: Buf,
+    lm_head: Option<Buf>,
+    norm: Buf,
+    layers: Vec<LayerWeights>,
+    cos: Buf,
+    sin: Buf,
+    cache: Option<Cache>,
+    spare: Option<Cache>,
+    s: Scratch,
+    chunk: usize,
+    /// Sequences in the cache and positions each holds.
+    seqs: usize,
+    len: usize,
+    /// Tokens of the current sequence flagged for the repetition penalty.
+    flagged: usize,
+}
+
+impl CudaDecoder {
+    /// Loads the decoder's weights from `src` (names as `style` spells them) onto CUDA device 0.
+    pub fn load(config: DecoderConfig, src: &dyn WeightSource, style: KeyStyle, opts: EngineOptions) -> Result<Self, CudaError> {
+        let c = &config;
+        if !c.head_dim.is_multiple_of(2) || c.head_dim > 256 || c.num_kv_heads == 0 || !c.num_heads.is_multiple_of(c.num_kv_heads) {
+            return Err(CudaError::Unsupported(format!(
+                "head_dim {} with {} heads over {} kv heads (the engine needs an even head_dim ≤ 256 and whole query groups)",
+                c.head_dim, c.num_heads, c.num_kv_heads
+            )));
+        }
+        let ctx = CudaContext::new(0)?;
+        // SAFETY: the engine orders all its work on one stream and synchronises before reading back.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let kernels = Kernels::compile(&ctx, stream.clone())?;
+        let blas = CudaBlas::new(stream.clone())?;
+        let chunk = opts.prefill_chunk.max(MAX_SEQS + 1);
+        let w = WeightLoader { src, style, stream: &stream, dtype: opts.dtype, permuted: matches!(style, KeyStyle::Gguf { permuted_qk: true }) };
+        let (d, hd, ff) = (c.hidden_size, c.head_dim, c.intermediate_size);
+        let (q_out, kv_out) = (c.num_heads * hd, c.num_kv_heads * hd);
+        let embed = w.matrix(&[("model.embed_tokens.weight", c.vocab_size, None)], 0, d)?;
+        let lm_head = if c.tie_word_embeddings { None } else { Some(w.matrix(&[("lm_head.weight", c.vocab_size, None)], 0, d)?) };
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for l in 0..c.num_layers {
+            let qkv_names = [
+                ("model.layers.{}.self_attn.q_proj.weight", q_out, Some(c.num_heads)),
+                ("model.layers.{}.self_attn.k_proj.weight", kv_out, Some(c.num_kv_heads)),
+                ("model.layers.{}.self_attn.v_proj.weight", kv_out, None),
+            ];
+            let bias_names = [("model.layers.{}.self_attn.q_proj.bias", q_out), ("model.layers.{}.self_attn.k_proj.bias", kv_out), ("model.layers.{}.self_attn.v_proj.bias", kv_out)];
+            layers.push(LayerWeights {
+                attn_norm: w.vector(&[("model.layers.{}.input_layernorm.weight", d)], l)?,
+                qkv: w.matrix(&qkv_names, l, d)?,
+                qkv_bias: if c.qkv_bias { Some(w.vector(&bias_names, l)?) } else { None },
+                o: w.matrix(&[("model.layers.{}.self_attn.o_proj.weight", d, None)], l, q_out)?,
+                o_bias: if c.o_bias { Some(w.vector(&[("model.layers.{}.self_attn.o_proj.bias", d)], l)?) } else { None },
+                ffn_norm: w.vector(&[("model.layers.{}.post_attention_layernorm.weight", d)], l)?,
+                gate_up: w.matrix(&[("model.layers.{}.mlp.gate_proj.weight", ff, None), ("model.layers.{}.mlp.up_proj.weight", ff, None)], l, d)?,
+                down: w.matrix(&[("model.layers.{}.mlp.down_proj.weight", d, None)], l, ff)?,
+            });
+        }
+        let norm = w.vector(&[("model.norm.weight", d)], 0)?;
+        let (cos, sin) = rope_cos_sin(c);
+        let (cos, sin) = (Buf::upload(&stream, &cos)?, Buf::upload(&stream, &sin)?);
+        let s = Scratch::new(&stream, c, opts.dtype, chunk)?;
+        stream.synchronize()?;
+        Ok(CudaDecoder {
+            config,
+            dtype: opts.dtype,
+            _ctx: ctx,
+            stream,
+            blas,
+            kernels,
+            embed,
+            lm_head,
+            norm,
+            layers,
+            cos,
+            sin,
+            cache: None,
+            spare: None,
+            s,
+            chunk,
+            seqs: 0,
+            len: 0,
+            flagged: 0,
+        })
+    }
+
+    /// Positions one sequence can hold (the model's context).
+    pub fn context_len(&self) -> usize {
+        self.config.max_position.max(1)
+    }
+
+    /// Positions cached per sequence so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The input embeddings of token ids, `ids.len() × hidden` row-major f32 on the host.
+    pub fn embed_ids(&mut self, ids: &[u32]) -> Result<Vec<f32>, CudaError> {
+        let d = self.config.hidden_size;
+        let mut out = vec![0f32; ids.len() * d];
+        for (part, rows) in ids.chunks(self.chunk).zip(out.chunks_mut(self.chunk * d)) {
+            self.embed_rows(part)?;
+            self.download(self.s.h.ptr, rows)?;
+        }
+        Ok(out)
+    }
+
+    /// Runs a prompt of `embeds.len() / hidden` positions (row-major f32 input embeddings) as a
+    /// new single sequence; the logits of its last position are then ready.
+    pub fn prefill(&mut self, embeds: &[f32]) -> Result<(), CudaError> {
+        let d = self.config.hidden_size;
+        let n = embeds.len() / d;
+        if n == 0 || n * d != embeds.len() {
+            return Err(CudaError::Unsupported(format!("prompt embeddings of {} values are not whole rows of {d}", embeds.len())));
+        }
+        self.check_room(n)?;
+        self.ensure_capacity(1)?;
+        self.seqs = 1;
+        self.len = 0;
+        self.flagged = 0;
+        // SAFETY: `seen` holds `vocab_size` bytes.
+        unsafe { cudarc::driver::result::memset_d8_async(self.s.seen.ptr, 0, self.s.seen.len, self.stream.cu_stream())? };
+        let mut last_rows = 0;
+        for (i, part) in embeds.chunks(self.chunk * d).enumerate() {
+            let rows = part.len() / d;
+            self.upload(self.s.h.ptr, part)?;
+            self.layers_forward(rows, i * self.chunk, 1, 0)?;
+            last_rows = rows;
+        }
+        self.head(last_rows - 1, 1)?;
+        self.len = n;
+        Ok(())
+    }
+
+    /// One step: `tokens[s]` is appended to sequence `s` (as many tokens as sequences); the
+    /// logits of each sequence's new position are then ready.
+    pub fn step(&mut self, tokens: &[u32]) -> Result<(), CudaError> {
+        if tokens.len() != self.seqs || self.seqs == 0 {
+            return Err(CudaError::Unsupported(format!("{} tokens for {} sequences (prefill first)", tokens.len(), self.seqs)));
+        }
+        self.check_room(self.len + 1)?;
+        self.embed_rows(tokens)?;
+        self.layers_forward(tokens.len(), self.len, 0, 1)?;
+        self.head(0, tokens.len())?;
+        self.len += 1;
+        Ok(())
+    }
+
+    /// The logits of the last position of every sequence.
+    pub fn logits(&mut self) -> Result<Vec<Vec<f32>>, CudaError> {
+        let v = self.config.vocab_size;
+        let mut all = vec![0f32; self.seqs * v];
+        self.download(self.s.logits.ptr, &mut all)?;
+        Ok(all.chunks(v).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Greedy choice for sequence 0 on the device: the argmax after Hugging Face's repetition
+    /// `penalty` over the tokens of `seq` (the sequence so far), only the id read back.
+    pub fn greedy_token(&mut self, seq: &[u32], penalty: f32) -> Result<u32, CudaError> {
+        if seq.len() > self.flagged {
+            let new: Vec<i32> = seq[self.flagged..].iter().map(|&t| t as i32).collect();
+            self.upload(self.s.ids.ptr, &new)?;
+            let n = new.len() as u32;
+            self.kernels.launch("flag_tokens", (n.div_ceil(256), 1, 1), 256, &[Arg::P(self.s.ids.ptr), Arg::I(n as i32), Arg::P(self.s.seen.ptr)])?;
+        }
+        let v = self.config.vocab_size as i32;
+        self.kernels.launch("argmax_penalized", (1, 1, 1), 1024, &[Arg::P(self.s.logits.ptr), Arg::I(v), Arg::P(self.s.seen.ptr), Arg::F(penalty), Arg::P(self.s.token.ptr)])?;
+        let mut tok = [0i32; 1];
+        self.download(self.s.token.ptr, &mut tok)?;
+        self.flagged = seq.len() + 1;
+        Ok(tok[0] as u32)
+    }
+
+    /// Keeps sequences `rows` (in that order, repeats allowed): how beam search follows its
+    /// beams, and how one prompt becomes several beams.
+    pub fn reorder(&mut self, rows: &[usize]) -> Result<(), CudaError> {
+        if rows.len() > MAX_SEQS || rows.iter().any(|&r| r >= self.seqs) {
+            return Err(CudaError::Unsupported(format!("reorder to {rows:?} with {} sequences (at most {MAX_SEQS})", self.seqs)));
+        }
+        if rows.len() == self.seqs && rows.iter().enumerate().all(|(i, &r)| i == r) {
+            return Ok(());
+        }
+        let (src_cap, dst_cap) = (self.cache.as_ref().map_or(0, |c| c.capacity), rows.len());
+        if self.spare.as_ref().is_none_or(|s| s.capacity < dst_cap) {
+            self.spare = None;
+            self.spare = Some(self.new_cache(dst_cap)?);
+        }
+        let dst_cap = self.spare.as_ref().map_or(dst_cap, |s| s.capacity);
+        let ids: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
+        self.upload(self.s.ids.ptr, &ids)?;
+        let c = &self.config;
+        let eb = self.dtype.bytes();
+        let seq_bytes = (self.context_len() * c.num_kv_heads * c.head_dim * eb) as i64;
+        let span_bytes = (self.len * c.num_kv_heads * c.head_dim * eb) as i64;
+        let grid = ((span_bytes as usize / 16).div_ceil(256).clamp(1, 64) as u32, (c.num_layers * rows.len()) as u32, 1);
+        let (cur, spare) = (self.cache.as_ref().expect("a prefilled cache"), self.spare.as_ref().expect("allocated above"));
+        for (src, dst) in [(cur.k.ptr, spare.k.ptr), (cur.v.ptr, spare.v.ptr)] {
+            let args = [Arg::P(src), Arg::P(dst), Arg::P(self.s.ids.ptr), Arg::I(src_cap as i32), Arg::I(dst_cap as i32), Arg::I(rows.len() as i32), Arg::L(seq_bytes), Arg::L(span_bytes), Arg::I(eb as i32)];
+            self.kernels.launch("reorder_cache", grid, 256, &args)?;
+        }
+        std::mem::swap(&mut self.cache, &mut self.spare);
+        self.seqs = rows.len();
+        Ok(())
+    }
+
+    /// Waits for the device (for timing).
+    pub fn synchronize(&self) -> Result<(), CudaError> {
+        Ok(self.stream.synchronize()?)
+    }
+
+    fn check_room(&self, positions: usize) -> Result<(), CudaError> {
+        if positions > self.context_len() {
+            return Err(CudaError::Context { needed: positions, max: self.context_len() });
+        }
+        Ok(())
+    }
+
+    fn new_cache(&self, capacity: usize) -> Result<Cache, CudaError> {
+        let c = &self.config;
+        let n = c.num_layers * capacity * self.context_len() * c.num_kv_heads * c.head_dim;
+        let alloc = |n| match self.dtype {
+            EngineDtype::F16 => Buf::zeros::<u16>(&self.stream, n),
+            EngineDtype::F32 => Buf::zeros::<f32>(&self.stream, n),
+        };
+        Ok(Cache { k: alloc(n)?, v: alloc(n)?, capacity })
+    }
+
+    fn ensure_capacity(&mut self, seqs: usize) -> Result<(), CudaError> {
+        if self.cache.as_ref().is_none_or(|c| c.capacity < seqs) {
+            self.cache = None;
+            self.cache = Some(self.new_cache(seqs)?);
+        }
+        Ok(())
+    }
+
+    fn upload<T: cudarc::driver::DeviceRepr>(&self, dst: u64, data: &[T]) -> Result<(), CudaError> {
+        // SAFETY: every destination is a scratch buffer sized for a chunk of rows; pageable host
+        // memory is staged before the call returns.
+        unsafe { cudarc::driver::result::memcpy_htod_async(dst, data, self.stream.cu_stream())? };
+        Ok(())
+    }
+
+    fn download<T: cudarc::driver::DeviceRepr>(&self, src: u64, out: &mut [T]) -> Result<(), CudaError> {
+        // SAFETY: `src` holds at least `out.len()` elements; the stream is synchronised before return.
+        unsafe { cudarc::driver::result::memcpy_dtoh_async(out, src, self.stream.cu_stream())? };
+        self.stream.synchronize()?;
+        Ok(())
+    }
+
+    fn embed_rows(&mut self, ids: &[u32]) -> Result<(), CudaError> {
+        let v = self.config.vocab_size;
+        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= v) {
+            return Err(CudaError::Unsupported(format!("token id {bad} is outside the vocabulary of {v}")));
+        }
+        let ids: Vec<i32> = ids.iter().map(|&t| t as i32).collect();
+        self.upload(self.s.ids.ptr, &ids)?;
+        let name = format!("embed_{}", self.dtype.suffix());
+        self.kernels.launch(&name, (ids.len() as u32, 1, 1), 256, &[Arg::P(self.embed.ptr), Arg::P(self.s.ids.ptr), Arg::P(self.s.h.ptr), Arg::I(self.config.hidden_size as i32)])
+    }
+
+    /// All layers over `rows` rows of `h`; row r is position `pos0 + r·pos_step` of sequence `r·seq_step`.
+    fn layers_forward(&mut self, rows: usize, pos0: usize, pos_step: usize, seq_step: usize) -> Result<(), CudaError> {
+        let at = RowGeometry { rows, pos0, pos_step, seq_step };
+        for l in 0..self.layers.len() {
+            for part in Part::ALL {
+                self.run_part(part, l, at)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One part of layer `l` over the rows `at` describes.
+    fn run_part(&self, part: Part, l: usize, at: RowGeometry) -> Result<(), CudaError> {
+        let c = &self.config;
+        let (d, hd, ff, sfx) = (c.hidden_size, c.head_dim, c.intermediate_size, self.dtype.suffix());
+        let (nh, nkv, rows) = (c.num_heads, c.num_kv_heads, at.rows);
+        let lw = &self.layers[l];
+        let cache = self.cache.as_ref().expect("allocated by prefill");
+        let layer_bytes = (cache.capacity * self.context_len() * nkv * hd * self.dtype.bytes()) as u64;
+        let (kc, vc) = (cache.k.ptr + l as u64 * layer_bytes, cache.v.ptr + l as u64 * layer_bytes);
+        let geometry = [nh, nkv, hd, at.pos0, at.pos_step, at.seq_step, self.context_len()].map(|v| Arg::I(v as i32));
+        match part {
+            Part::AttnNorm => self.rmsnorm(self.s.h.ptr, lw.attn_norm.ptr, rows),
+            Part::Qkv => {
+                let bias = lw.qkv_bias.as_ref().map_or(0, |b| b.ptr);
+                self.project(lw.qkv.ptr, (nh + 2 * nkv) * hd, d, self.s.xn.ptr, rows, Epilogue::Store { out: self.s.qkv.ptr, bias })
+            }
+            Part::Rope => {
+                let mut args = vec![Arg::P(self.s.qkv.ptr), Arg::P(self.cos.ptr), Arg::P(self.sin.ptr), Arg::P(self.s.q.ptr), Arg::P(kc), Arg::P(vc)];
+                args.extend(geometry);
+                self.kernels.launch(&format!("rope_kv_{sfx}"), (rows as u32, (nh + nkv) as u32, 1), (hd / 2) as u32, &args)
+            }
+            Part::Attention => {
+                // Key spans enough for the row that sees the most keys.
+                let spans = (at.pos0 + (rows - 1) * at.pos_step + 1).div_ceil(ATT_SPAN);
+                let mut args = vec![Arg::P(self.s.q.ptr), Arg::P(kc), Arg::P(vc), Arg::P(self.s.part.ptr)];
+                args.extend(geometry);
+                args.extend([Arg::F(1.0 / (hd as f32).sqrt()), Arg::I(spans as i32)]);
+                self.kernels.launch(&format!("attention_split_{sfx}"), (nh as u32, rows as u32, spans as u32), 128, &args)?;
+                let args = [Arg::P(self.s.part.ptr), Arg::P(self.s.att.ptr), Arg::I(nh as i32), Arg::I(hd as i32), Arg::I(spans as i32)];
+                self.kernels.launch(&format!("attention_merge_{sfx}"), (nh as u32, rows as u32, 1), 128, &args)
+            }
+            Part::Out => {
+                let bias = lw.o_bias.as_ref().map_or(0, |b| b.ptr);
+                self.project(lw.o.ptr, d, nh * hd, self.s.att.ptr, rows, Epilogue::Add { out: self.s.h.ptr, bias })
+            }
+            Part::FfnNorm => self.rmsnorm(self.s.h.ptr, lw.ffn_norm.ptr, rows),
+            Part::GateUp => self.project(lw.gate_up.ptr, ff, d, self.s.xn.ptr, rows, Epilogue::SwiGlu { out: self.s.act.ptr }),
+            Part::Down => self.project(lw.down.ptr, d, ff, self.s.act.ptr, rows, Epilogue::Add { out: self.s.h.ptr, bias: 0 }),
+        }
+    }
+
+    /// Microseconds per launch of each part of a decode step of `rows` sequences at the current
+    /// length (layer 0, `reps` back-to-back launches each), then of the LM head and the greedy
+    /// choice: where a step's time goes. Leaves the hidden state meaningless: prefill again after.
+    pub fn profile_step(&mut self, rows: usize, reps: usize) -> Result<Vec<(&'static str, f64)>, CudaError> {
+        if self.seqs < rows || self.is_empty() {
+            return Err(CudaError::Unsupported(format!("profile_step needs {rows} prefilled sequences")));
+        }
+        let at = RowGeometry { rows, pos0: self.len - 1, pos_step: 0, seq_step: 1 };
+        let time = |f: &dyn Fn() -> Result<(), CudaError>| -> Result<f64, CudaError> {
+            f()?;
+            self.stream.synchronize()?;
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                f()?;
+            }
+            self.stream.synchronize()?;
+            Ok(t.elapsed().as_secs_f64() * 1e6 / reps as f64)
+        };
+        let mut out = vec![];
+        for part in Part::ALL {
+            out.push((part.name(), time(&|| self.run_part(part, 0, at))?));
+        }
+        let w = self.lm_head.as_ref().unwrap_or(&self.embed).ptr;
+        let (v, d) = (self.config.vocab_size, self.config.hidden_size);
+        out.push(("lm head", time(&|| self.project(w, v, d, self.s.xn.ptr, rows, Epilogue::Store { out: self.s.logits.ptr, bias: 0 }))?));
+        let args = [Arg::P(self.s.logits.ptr), Arg::I(v as i32), Arg::P(self.s.seen.ptr), Arg::F(1.0), Arg::P(self.s.token.ptr)];
+        out.push(("greedy choice", time(&|| self.kernels.launch("argmax_penalized", (1, 1, 1), 1024, &args))?));
+        Ok(out)
+    }
+
+    /// Final norm of `rows` rows of `h` from `first`, then the LM head into `logits`.
+    fn head(&mut self, first: usize, rows: usize) -> Result<(), CudaError> {
+        let c = &self.config;
+        let (d, v) = (c.hidden_size, c.vocab_size);
+        self.rmsnorm(self.s.h.at(first * d, 4), self.norm.ptr, rows)?;
+        let w = self.lm_head.as_ref().unwrap_or(&self.embed).ptr;
+        self.project(w, v, d, self.s.xn.ptr, rows, Epilogue::Store { out: self.s.logits.ptr, bias: 0 })
+    }
+
+    fn rmsnorm(&self, x: u64, w: u64, rows: usize) -> Result<(), CudaError> {
+        let c = &self.config;
+        let name = format!("rmsnorm_{}", self.dtype.suffix());
+        self.kernels.launch(&name, (rows as u32, 1, 1), 1024.min(c.hidden_size.next_power_of_two().max(32)) as u32, &[Arg::P(x), Arg::P(w), Arg::P(self.s.xn.ptr), Arg::I(c.hidden_size as i32), Arg::F(c.rms_norm_eps)])
+    }
+
+    /// `rows` rows of `x` (weight type, `[rows, k]`) times `W[n, k]ᵀ` (`[2n, k]` for SwiGLU):
+    /// the matrix-vector kernels for a decode step, cuBLAS plus an epilogue kernel for prefill.
+    fn project(&self, w: u64, n: usize, k: usize, x: u64, rows: usize, epi: Epilogue) -> Result<(), CudaError> {
+        let sfx = self.dtype.suffix();
+        if rows <= MAX_SEQS {
+            let (kind, w2, bias, out_f, out_t) = match epi {
+                Epilogue::Store { out, bias } => ("store", 0, bias, out, 0),
+                Epilogue::Add { out, bias } => ("add", 0, bias, out, 0),
+                Epilogue::SwiGlu { out } => ("swiglu", w + (n * k * self.dtype.bytes()) as u64, 0, 0, out),
+            };
+            let args = [Arg::P(w), Arg::P(w2), Arg::P(x), Arg::P(bias), Arg::P(out_f), Arg::P(out_t), Arg::I(n as i32), Arg::I(k as i32)];
+            return self.kernels.launch(&format!("gemv_{kind}_{sfx}_{rows}"), ((n as u32).div_ceil(8), 1, 1), 256, &args);
+        }
+        let elementwise = |count: usize| ((count as u32).div_ceil(256), 1, 1);
+        match epi {
+            Epilogue::Store { out, bias } => {
+                self.gemm(w, n, k, x, rows, out)?;
+                if bias != 0 {
+                    self.kernels.launch("add_bias_f", elementwise(rows * n), 256, &[Arg::P(out), Arg::P(bias), Arg::I(rows as i32), Arg::I(n as i32)])?;
+                }
+                Ok(())
+            }
+            Epilogue::Add { out, bias } => {
+                self.gemm(w, n, k, x, rows, self.s.tmp.ptr)?;
+                self.kernels.launch("residual_add_f", elementwise(rows * n), 256, &[Arg::P(out), Arg::P(self.s.tmp.ptr), Arg::P(bias), Arg::I(rows as i32), Arg::I(n as i32)])
+            }
+            Epilogue::SwiGlu { out } => {
+                self.gemm(w, 2 * n, k, x, rows, self.s.tmp.ptr)?;
+                self.kernels.launch(&format!("swiglu_{sfx}"), elementwise(rows * n), 256, &[Arg::P(self.s.tmp.ptr), Arg::P(out), Arg::I(rows as i32), Arg::I(n as i32)])
+            }
+        }
+    }
+
+    /// `out[rows, n] (f32) = x[rows, k] · W[n, k]ᵀ` through cuBLAS (f32 accumulation).
+    fn gemm(&self, w: u64, n: usize, k: usize, x: u64, rows: usize, out: u64) -> Result<(), CudaError> {
+        let ty = match self.dtype {
+            EngineDtype::F16 => blas::cudaDataType::CUDA_R_16F,
+            EngineDtype::F32 => blas::cudaDataType::CUDA_R_32F,
+        };
+        let (alpha, beta) = (1f32, 0f32);
+        // SAFETY: W is [n, k], x is [rows, k] and out [rows, n] on the engine's stream; column-major
+        // cuBLAS sees Wᵀ·xᵀ = outᵀ.
+        unsafe {
+            cudarc::cublas::result::gemm_ex(
+                *self.blas.handle(),
+                blas::cublasOperation_t::CUBLAS_OP_T,
+                blas::cublasOperation_t::CUBLAS_OP_N,
+                n as i32,
+                rows as i32,
+                k as i32,
+                &alpha as *const f32 as *const _,
+                w as *const _,
+                ty,
+                k as i32,
+                x as *const _,
+                ty,
+                k as i32,
+                &beta as *const f32 as *const _,
+                out as *mut _,
+                blas::cudaDataType::CUDA_R_32F,
+                n as i32,
+                blas::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                blas::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl Scratch {
+    fn new(stream: &Arc<CudaStream>, c: &DecoderConfig, dtype: EngineDtype, chunk: usize) -> Result<Self, CudaError> {
+        let (d, hd, ff) = (c.hidden_size, c.head_dim, c.intermediate_size);
+        let width = (c.num_heads + 2 * c.num_kv_heads) * hd;
+        let q = c.num_heads * hd;
+        let typed = |n: usize| match dtype {
+            EngineDtype::F16 => Buf::zeros::<u16>(stream, n),
+            EngineDtype::F32 => Buf::zeros::<f32>(stream, n),
+        };
+        Ok(Scratch {
+            h: Buf::zeros::<f32>(stream, chunk * d)?,
+            xn: typed(chunk * d.max(q))?,
+            qkv: Buf::zeros::<f32>(stream, chunk * width)?,
+            q: Buf::zeros::<f32>(stream, chunk * q)?,
+            att: typed(chunk * q)?,
+            tmp: Buf::zeros::<f32>(stream, chunk * (2 * ff).max(d))?,
+            act: typed(chunk * ff)?,
+            part: Buf::zeros::<f32>(stream, chunk * c.num_heads * c.max_position.max(1).div_ceil(ATT_SPAN) * (hd + 2))?,
+            logits: Buf::zeros::<f32>(stream, MAX_SEQS * c.vocab_size)?,
+            seen: Buf::zeros::<u8>(stream, c.vocab_size)?,
+            ids: Buf::zeros::<i32>(stream, chunk.max(c.vocab_size.min(4096)))?,
+            token: Buf::zeros::<i32>(stream, 1)?,
+        })
+    }
+}
+
+/// Reads checkpoint tensors, stacks them and uploads them in the engine's type.
+struct WeightLoader<'a> {
+    src: &'a dyn WeightSource,
+    style: KeyStyle,
+    stream: &'a Arc<CudaStream>,
+    dtype: EngineDtype,
+    permuted: bool,
+}
+
+impl WeightLoader<'_> {
+    /// `[Σ rows, cols]`: the tensors named (HF names, `{}` the layer) stacked by rows; those with
+    /// a head count had llama.cpp's q/k permutation undone.
+    fn matrix(&self, parts: &[(&str, usize, Option<usize>)], layer: usize, cols: usize) -> Result<Buf, CudaError> {
+        let mut all: Vec<f32> = Vec::with_capacity(parts.iter().map(|p| p.1).sum::<usize>() * cols);
+        for &(hf, rows, heads) in parts {
+            let t = self.src.load_shaped(&self.style.name(hf, layer), &[rows, cols])?;
+            let t = match heads.filter(|_| self.permuted) {
+                Some(n) => unpermute_rows(&t, n),
+                None => t,
+            };
+            all.extend_from_slice(&t.data);
+        }
+        match self.dtype {
+            EngineDtype::F32 => Buf::upload(self.stream, &all),
+            EngineDtype::F16 => {
+                let bits: Vec<u16> = all.par_iter().map(|&x| half::f16::from_f32(x).to_bits()).collect();
+                Buf::upload(self.stream, &bits)
+            }
+        }
+    }
+
+    /// f32 vectors stacked (norm weights and biases stay f32).
+    fn vector(&self, parts: &[(&str, usize)], layer: usize) -> Result<Buf, CudaError> {
+        let mut all = vec![];
+        for &(hf, n) in parts {
+            all.extend(self.src.load_shaped(&self.style.name(hf, layer), &[n])?.data);
+        }
+        Buf::upload(self.stream, &all)
+    }
+}

@@ -1,0 +1,80 @@
+//! The CUDA decode engine (feature `cuda`): a llama-family decoder run by its own kernels
+//! (`kernels.cu`, compiled by NVRTC at load) instead of burn's per-operation dispatch, which
+//! costs far more per decoded token than the token's weight reads.
+//!
+//! Per layer and step: RMSNorm, one q/k/v matrix-vector product with the biases fused, RoPE
+//! written straight into a preallocated KV cache, attention over the cache, the output
+//! projection with the residual add fused, RMSNorm, gate/up with SwiGLU fused, the down
+//! projection with the residual add fused: 8 launches, each weight read once for every
+//! sequence decoded together (beams). Prompt prefill uses cuBLAS. Greedy choices (with the
+//! repetition penalty) are made on the device and only the id comes back.
+//!
+//! burn keeps everything else (the image encoder, the CPU path).
+
+mod engine;
+mod kernels;
+
+pub use engine::{CudaDecoder, EngineDtype, EngineOptions, MAX_SEQS};
+
+use crate::beam::StepDecoder;
+use crate::weights::WeightError;
+
+/// Errors of the CUDA engine.
+#[derive(Debug, thiserror::Error)]
+pub enum CudaError {
+    /// The CUDA driver refused a call (no device, out of memory, a failed launch).
+    #[error("CUDA: {0}")]
+    Driver(#[from] cudarc::driver::DriverError),
+    /// NVRTC could not compile the kernels.
+    #[error("compiling the CUDA engine's kernels: {0}")]
+    Compile(String),
+    /// cuBLAS refused a call.
+    #[error("cuBLAS: {0}")]
+    Blas(#[from] cudarc::cublas::result::CublasError),
+    /// A weight is missing or mis-shaped.
+    #[error(transparent)]
+    Weights(#[from] WeightError),
+    /// The model or the request is outside what the engine runs.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A prompt plus its answer would not fit the model's context.
+    #[error("the prompt and answer need {needed} positions but the model's context holds {max}")]
+    Context {
+        /// Positions asked for.
+        needed: usize,
+        /// The model's context length.
+        max: usize,
+    },
+}
+
+/// A prompt (input embeddings, row-major f32) to decode after on a [`CudaDecoder`].
+pub struct EngineSteps<'a> {
+    /// The engine.
+    pub engine: &'a mut CudaDecoder,
+    /// `len × hidden` prompt embeddings.
+    pub prompt: &'a [f32],
+}
+
+impl StepDecoder for EngineSteps<'_> {
+    type Error = CudaError;
+
+    fn prefill(&mut self) -> Result<(), CudaError> {
+        self.engine.prefill(self.prompt)
+    }
+
+    fn logits(&mut self) -> Result<Vec<Vec<f32>>, CudaError> {
+        self.engine.logits()
+    }
+
+    fn reorder(&mut self, rows: &[usize]) -> Result<(), CudaError> {
+        self.engine.reorder(rows)
+    }
+
+    fn step(&mut self, tokens: &[u32]) -> Result<(), CudaError> {
+        self.engine.step(tokens)
+    }
+
+    fn greedy_token(&mut self, seq: &[u32], penalty: f32) -> Result<u32, CudaError> {
+        self.engine.greedy_token(seq, penalty)
+    }
+}
