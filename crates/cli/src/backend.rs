@@ -34,7 +34,16 @@ impl DtypeArg {
     }
 }
 
-/// `--device` and `--dtype`, shared by the commands that run a model on a chosen device.
+/// What runs InternLM-XComposer's decoder on `--device cuda`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum EngineArg {
+    /// The fused CUDA engine (its own kernels, preallocated KV cache, cuBLAS prefill).
+    Fused,
+    /// burn-cuda's operations (the reference path on the GPU).
+    Burn,
+}
+
+/// `--device`, `--dtype` and `--engine`, shared by the commands that run a model on a chosen device.
 #[derive(clap::Args, Clone, Copy, Debug)]
 pub struct DeviceOptions {
     /// Where to run.
@@ -44,6 +53,27 @@ pub struct DeviceOptions {
     /// first tensor).
     #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
     pub dtype: DtypeArg,
+    /// What runs InternLM-XComposer's decoder on `--device cuda` (the CPU always uses burn).
+    #[arg(long, value_enum, default_value_t = EngineArg::Fused)]
+    pub engine: EngineArg,
+}
+
+impl DeviceOptions {
+    /// The XComposer decoder's engine these options ask for.
+    pub fn engine_choice(&self) -> xcomposer_composer::xcomposer_model::EngineChoice {
+        use xcomposer_composer::xcomposer_model::EngineChoice;
+        match (self.device, self.engine) {
+            #[cfg(feature = "cuda")]
+            (DeviceArg::Cuda, EngineArg::Fused) => {
+                let dtype = match self.dtype {
+                    DtypeArg::F16 => xcomposer_llm::cuda::EngineDtype::F16,
+                    DtypeArg::F32 => xcomposer_llm::cuda::EngineDtype::F32,
+                };
+                EngineChoice::Cuda(xcomposer_llm::cuda::EngineOptions { dtype, ..Default::default() })
+            }
+            _ => EngineChoice::Burn,
+        }
+    }
 }
 
 /// Makes `dtype` the device's float type; call before any tensor is created on it.

@@ -21,6 +21,8 @@ pub enum BenchCommand {
     Library(crate::bench_library::LibraryBenchArgs),
     /// InternLM-XComposer: load, image encode, prefill and decode (and PyTorch beside it with --torch).
     Xcomposer(crate::bench_xcomposer::XComposerBenchArgs),
+    /// The fused CUDA engine alone on random weights of a decoder shape, part by part.
+    Engine(crate::bench_engine::EngineBenchArgs),
     /// CLIP vision tower images/s (and PyTorch beside it with --torch).
     Clip(crate::bench_clip::ClipBenchArgs),
     /// Composition: wall time per stage for a 6-paragraph, 3-image article.
@@ -75,6 +77,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Compose(args) => crate::bench_compose::run(args),
         BenchCommand::Clip(args) => crate::bench_clip::run(args),
         BenchCommand::Xcomposer(args) => crate::bench_xcomposer::run(args),
+        BenchCommand::Engine(args) => crate::bench_engine::run(args),
     }
 }
 
@@ -98,6 +101,63 @@ impl TorchAnchor {
         }
         serde_json::from_slice(&out.stdout).context("reading the PyTorch anchor's JSON")
     }
+}
+
+/// One GGUF file's llama-bench results: its name, and (test, tokens/s) for pp161, pp512, tg128.
+pub type LlamaRows = (String, Vec<(String, f64)>);
+
+/// `--llama-bench BIN --gguf FILE…`: llama.cpp beside the GPU benchmarks, in the same run.
+#[derive(clap::Args, Clone, Debug)]
+pub struct LlamaAnchor {
+    /// llama.cpp's `llama-bench` binary (built with CUDA), run on each `--gguf` in the same run.
+    #[arg(long)]
+    pub llama_bench: Option<PathBuf>,
+    /// GGUF files of the same decoder shape for `--llama-bench` (the first is the ratios' base).
+    #[arg(long)]
+    pub gguf: Vec<PathBuf>,
+}
+
+impl LlamaAnchor {
+    /// Refuses `--llama-bench` without a file to run it on.
+    pub fn check(&self) -> Result<()> {
+        if self.llama_bench.is_some() && self.gguf.is_empty() {
+            bail!("--llama-bench needs at least one --gguf file of the same decoder shape");
+        }
+        Ok(())
+    }
+
+    /// Each file's name with its (test, tokens/s) rows; nothing without `--llama-bench`.
+    pub fn run(&self, runs: usize) -> Result<Vec<LlamaRows>> {
+        let Some(bin) = &self.llama_bench else { return Ok(vec![]) };
+        self.gguf.iter().map(|g| Ok((file_name(g), llama_bench(bin, g, runs)?))).collect()
+    }
+}
+
+/// `llama-bench` (CUDA, all layers on the GPU, flash attention) on a GGUF file: (test, tokens/s)
+/// for pp161, pp512 and tg128.
+fn llama_bench(bin: &Path, gguf: &Path, runs: usize) -> Result<Vec<(String, f64)>> {
+    let out = std::process::Command::new(bin)
+        .args(["-m", &gguf.display().to_string(), "-ngl", "99", "-fa", "1", "-p", "161,512", "-n", "128", "-r", &runs.to_string(), "-o", "json"])
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    if !out.status.success() {
+        bail!("llama-bench failed on {}: {}", gguf.display(), String::from_utf8_lossy(&out.stderr));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("reading llama-bench's JSON")?;
+    let rows = v.as_array().context("llama-bench's JSON is not a list")?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let (p, g) = (r["n_prompt"].as_u64().unwrap_or(0), r["n_gen"].as_u64().unwrap_or(0));
+            let test = if g > 0 { format!("tg{g}") } else { format!("pp{p}") };
+            (test, r["avg_ts"].as_f64().unwrap_or(f64::NAN))
+        })
+        .collect())
+}
+
+/// A path's file name, for table rows.
+fn file_name(p: &Path) -> String {
+    p.file_name().map_or_else(|| p.display().to_string(), |f| f.to_string_lossy().into_owned())
 }
 
 /// The median of measurements.

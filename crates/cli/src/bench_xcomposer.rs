@@ -1,8 +1,9 @@
 //! `xcomposer bench xcomposer`: an InternLM-XComposer folder's load time and peak memory, image
-//! encode latency, prompt prefill and greedy decode tokens/s after one image; with `--torch`,
-//! PyTorch beside it on the same device in the same run (`scripts/bench_xcomposer_torch.py`:
+//! encode latency, prompt prefill and greedy decode tokens/s after one image, 5-beam decoding;
+//! and beside it in the same run: PyTorch (`--torch`, `scripts/bench_xcomposer_torch.py`:
 //! transformers' `LlamaForCausalLM` with `attention_bias=True` at the same shapes, the same math
-//! as InternLM's decoder, and BLIP-2's EVA ViT-g + Q-Former for the image).
+//! as InternLM's decoder, and BLIP-2's EVA ViT-g + Q-Former for the image) and llama.cpp
+//! (`--llama-bench BIN --gguf FILE…`: `llama-bench` on GGUF files of the same decoder shape).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -10,10 +11,10 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
-use xcomposer_composer::xcomposer_model::XComposer;
+use xcomposer_composer::xcomposer_model::{TextDecoder, XComposer};
 
-use crate::backend::{DeviceArg, DeviceOptions, peak_rss_mib, set_float_dtype};
-use crate::bench::{TorchAnchor, median};
+use crate::backend::{DeviceOptions, peak_rss_mib, set_float_dtype};
+use crate::bench::{LlamaAnchor, LlamaRows, TorchAnchor, median};
 
 const TORCH_SCRIPT: &str = include_str!("../../../scripts/bench_xcomposer_torch.py");
 
@@ -26,110 +27,189 @@ pub struct XComposerBenchArgs {
     /// New tokens decoded greedily after the prompt.
     #[arg(long, default_value_t = 128)]
     new_tokens: usize,
-    /// Timed image encodes (the median is reported).
-    #[arg(long, default_value_t = 10)]
+    /// Timed repetitions of each measurement (the median is reported).
+    #[arg(long, default_value_t = 5)]
     runs: usize,
-    /// Device and float type.
+    /// Beams of the beam-decoding measurement (0 skips it).
+    #[arg(long, default_value_t = 5)]
+    beams: usize,
+    /// Device, float type and engine.
     #[command(flatten)]
     pub run_on: DeviceOptions,
     /// The PyTorch anchor.
     #[command(flatten)]
     anchor: TorchAnchor,
+    /// The llama.cpp anchor.
+    #[command(flatten)]
+    llama: LlamaAnchor,
 }
 
+/// Our measurements.
 struct Numbers {
+    engine: &'static str,
     load_s: f64,
     rss_mib: f64,
     encode_ms: f64,
     prompt_len: usize,
     prefill_tps: f64,
+    prefill512_tps: f64,
     decode_tps: f64,
+    /// Tokens/s of each beam in beam decoding (steps/s).
+    beam_tps: Option<f64>,
+    /// µs per burn operation on the device (a tiny element-wise op, launched back to back).
+    burn_op_us: f64,
+}
+
+/// Times `f` `runs` times after one warm-up call; the median seconds.
+fn timed(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let mut times = vec![];
+    for _ in 0..runs.max(1) {
+        let t = Instant::now();
+        f()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    Ok(median(times))
+}
+
+/// The cost of one burn operation on the device: 2,000 dependent `x + 1` on a 4096-wide row.
+fn burn_op_us<B: Backend>(device: &B::Device) -> f64 {
+    let x = Tensor::<B, 2>::zeros([1, 4096], device);
+    let run = |n: usize| {
+        let mut y = x.clone();
+        for _ in 0..n {
+            y = y + 1.0;
+        }
+        let _ = y.into_data();
+    };
+    run(100);
+    let t = Instant::now();
+    run(2000);
+    t.elapsed().as_secs_f64() * 1e6 / 2000.0
 }
 
 fn measure<B: Backend>(args: &XComposerBenchArgs, device: &B::Device) -> Result<Numbers> {
     set_float_dtype::<B>(device, args.run_on.dtype)?;
     let t = Instant::now();
-    let model = XComposer::<B>::load(&args.model, device).with_context(|| format!("loading {}", args.model.display()))?;
+    let model = XComposer::<B>::load_with(&args.model, device, args.run_on.engine_choice()).with_context(|| format!("loading {}", args.model.display()))?;
     let load_s = t.elapsed().as_secs_f64();
     let rss_mib = peak_rss_mib().unwrap_or(f64::NAN);
     eprintln!("[bench] loaded in {load_s:.1} s, peak resident memory {rss_mib:.0} MiB");
     let s = model.visual.config.img_size;
     let pixels = Tensor::<B, 4>::random([1, 3, s, s], Distribution::Normal(0.0, 1.0), device);
-    let encode = || model.visual.forward(pixels.clone());
-    for _ in 0..2 {
-        let _ = encode().into_data();
-    }
-    let times: Vec<f64> = (0..args.runs.max(1))
-        .map(|_| {
-            let t = Instant::now();
-            let _ = encode().into_data();
-            t.elapsed().as_secs_f64()
-        })
-        .collect();
-    let encode_ms = median(times) * 1e3;
-    let image = encode();
+    let encode_s = timed(args.runs.max(10), || {
+        let _ = model.visual.forward(pixels.clone()).into_data();
+        Ok(())
+    })?;
+    let image = model.visual.forward(pixels.clone());
     let prompt = model.generate_prompt("Describe this image in detail.", std::slice::from_ref(&image))?;
     let prompt_len = prompt.dims()[1];
-    let argmax = |logits: Tensor<B, 3>| xcomposer_llm::generation::argmax(&logits.into_data().convert::<f32>().into_vec::<f32>().expect("f32"));
-    // Prefill, then `steps` greedy tokens on a fresh cache: (prefill seconds, decode seconds).
-    let pass = |steps: usize| {
-        let mut cache = model.decoder.new_cache();
-        let t = Instant::now();
-        let mut next = argmax(model.decoder.forward_embeds(prompt.clone(), &mut cache, 1));
-        let prefill_s = t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        for _ in 0..steps {
-            next = argmax(model.decoder.forward_ids(&[next], &mut cache, 1));
+    let hidden = model.text.config().hidden_size;
+    let long = Tensor::<B, 3>::random([1, 512, hidden], Distribution::Normal(0.0, 0.02), device);
+    let burn_op_us = burn_op_us::<B>(device);
+    let mut n = Numbers { engine: "burn", load_s, rss_mib, encode_ms: encode_s * 1e3, prompt_len, prefill_tps: 0.0, prefill512_tps: 0.0, decode_tps: 0.0, beam_tps: None, burn_op_us };
+    match &model.text {
+        TextDecoder::Burn(dec) => {
+            let argmax = |logits: Tensor<B, 3>| xcomposer_llm::generation::argmax(&logits.into_data().convert::<f32>().into_vec::<f32>().expect("f32"));
+            let prefill = |p: &Tensor<B, 3>| {
+                let mut cache = dec.new_cache();
+                let next = argmax(dec.forward_embeds(p.clone(), &mut cache, 1));
+                (cache, next)
+            };
+            n.prefill_tps = prompt_len as f64 / timed(args.runs, || {
+                prefill(&prompt);
+                Ok(())
+            })?;
+            n.prefill512_tps = 512.0 / timed(args.runs, || {
+                prefill(&long);
+                Ok(())
+            })?;
+            let mut decode_times = vec![];
+            for run in 0..=args.runs {
+                let (mut cache, mut next) = prefill(&prompt);
+                let t = Instant::now();
+                for _ in 0..args.new_tokens {
+                    next = argmax(dec.forward_ids(&[next], &mut cache, 1));
+                }
+                if run > 0 {
+                    decode_times.push(t.elapsed().as_secs_f64());
+                }
+            }
+            n.decode_tps = args.new_tokens as f64 / median(decode_times);
         }
-        (prefill_s, t.elapsed().as_secs_f64())
-    };
-    // A warm-up pass first: burn-cuda compiles kernels for each new shape on first use.
-    pass(4);
-    let (prefill_s, decode_s) = pass(args.new_tokens);
-    let decode_tps = args.new_tokens as f64 / decode_s;
-    Ok(Numbers { load_s, rss_mib, encode_ms, prompt_len, prefill_tps: prompt_len as f64 / prefill_s, decode_tps })
+        #[cfg(feature = "cuda")]
+        TextDecoder::Cuda(engine) => {
+            n.engine = "fused CUDA engine";
+            let mut e = engine.lock().map_err(|_| anyhow::anyhow!("the engine's lock is poisoned"))?;
+            engine_numbers(&mut e, args, &prompt_rows(prompt), &prompt_rows(long), &mut n)?;
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(feature = "cuda")]
+fn prompt_rows<B: Backend>(t: Tensor<B, 3>) -> Vec<f32> {
+    t.into_data().convert::<f32>().into_vec().expect("f32")
+}
+
+/// The engine's speeds, by the same measurement as `bench engine`.
+#[cfg(feature = "cuda")]
+fn engine_numbers(e: &mut xcomposer_llm::cuda::CudaDecoder, args: &XComposerBenchArgs, prompt: &[f32], long: &[f32], n: &mut Numbers) -> Result<()> {
+    let beams = args.beams.clamp(1, xcomposer_llm::cuda::MAX_SEQS);
+    let s = crate::bench_engine::speeds(e, prompt, long, args.new_tokens, beams, args.runs)?;
+    (n.prefill_tps, n.prefill512_tps, n.decode_tps) = (s.pp, s.pp512, s.tg);
+    n.beam_tps = (args.beams > 1).then_some(s.beam);
+    Ok(())
 }
 
 /// Runs the benchmark.
 pub fn run(args: XComposerBenchArgs) -> Result<()> {
-    if args.new_tokens == 0 {
-        bail!("--new-tokens must be positive");
+    if args.new_tokens == 0 || args.runs == 0 {
+        bail!("--new-tokens and --runs must be positive");
     }
-    let ours = match args.run_on.device {
-        DeviceArg::Cpu => measure::<burn::backend::Flex>(&args, &Default::default())?,
-        DeviceArg::Cuda => {
-            #[cfg(feature = "cuda")]
-            {
-                measure::<burn::backend::Cuda>(&args, &Default::default())?
-            }
-            #[cfg(not(feature = "cuda"))]
-            bail!("this xcomposer was built without CUDA; rebuild with `cargo build --release --features cuda`")
-        }
-    };
+    args.llama.check()?;
+    let ours = crate::with_backend!(args.run_on.device, |device: B| measure::<B>(&args, &device))?;
     let dtype = args.run_on.dtype.name();
-    println!("{}: prompt of {} positions (one image), {} greedy new tokens, {dtype}", args.model.display(), ours.prompt_len, args.new_tokens);
-    println!("xcomposer: loaded in {:.1} s (LoRA merged), peak resident memory {:.0} MiB", ours.load_s, ours.rss_mib);
-    println!();
-    println!("| engine | image encode ms | prefill t/s | decode t/s | decode vs PyTorch |");
-    println!("|---|---|---|---|---|");
-    let mut torch_decode = None;
-    let mut torch_row = None;
+    let mut torch = None;
     if args.anchor.torch {
-        let v = args.anchor.run(TORCH_SCRIPT, &[dtype.to_string(), ours.prompt_len.to_string(), args.new_tokens.to_string(), args.runs.to_string()])?;
-        torch_decode = v["decode_tps"].as_f64();
-        torch_row = Some(format!(
-            "| PyTorch {} + transformers {} (LlamaForCausalLM attention_bias; BLIP-2 ViT-g + Q-Former) | {:.1} | {:.1} | {:.1} | 1.00× |",
+        torch = Some(args.anchor.run(TORCH_SCRIPT, &[dtype.to_string(), ours.prompt_len.to_string(), args.new_tokens.to_string(), args.runs.to_string()])?);
+    }
+    let llama = args.llama.run(args.runs)?;
+    print_table(&args, &ours, torch.as_ref(), &llama);
+    Ok(())
+}
+
+fn print_table(args: &XComposerBenchArgs, ours: &Numbers, torch: Option<&serde_json::Value>, llama: &[LlamaRows]) {
+    let dtype = args.run_on.dtype.name();
+    println!("{}: prompt of {} positions (one image), {} greedy new tokens, {dtype}, median of {} runs", args.model.display(), ours.prompt_len, args.new_tokens, args.runs);
+    println!("xcomposer ({}): loaded in {:.1} s (LoRA merged), peak resident memory {:.0} MiB; burn on this device: {:.1} µs per operation", ours.engine, ours.load_s, ours.rss_mib, ours.burn_op_us);
+    let llama_f16 = llama.first().and_then(|(_, r)| r.iter().find(|(t, _)| t.starts_with("tg")).map(|x| x.1));
+    let llama_pp512 = llama.first().and_then(|(_, r)| r.iter().find(|(t, _)| t == "pp512").map(|x| x.1));
+    let ratio = |x: f64, base: Option<f64>| base.map_or("–".to_string(), |b| format!("{:.2}×", x / b));
+    println!();
+    println!("| engine | image encode ms | prefill t/s ({} pos.) | prefill t/s (512) | decode t/s | decode vs first llama.cpp | {}-beam t/s per beam |", ours.prompt_len, args.beams);
+    println!("|---|---|---|---|---|---|---|");
+    let beam = ours.beam_tps.map_or("–".into(), |b| format!("{b:.1} ({:.2}× single)", b / ours.decode_tps));
+    println!(
+        "| xcomposer ({}, {dtype}) | {:.1} | {:.0} | {:.0} ({}) | {:.1} | {} | {beam} |",
+        ours.engine, ours.encode_ms, ours.prefill_tps, ours.prefill512_tps, ratio(ours.prefill512_tps, llama_pp512), ours.decode_tps, ratio(ours.decode_tps, llama_f16)
+    );
+    if let Some(v) = torch {
+        let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "| PyTorch {} + transformers {} eager ({dtype}) | {:.1} | {:.0} | {:.0} | {:.1} | {} | – |",
             v["torch"].as_str().unwrap_or("?"),
             v["transformers"].as_str().unwrap_or("?"),
-            v["encode_ms"].as_f64().unwrap_or(f64::NAN),
-            v["prefill_tps"].as_f64().unwrap_or(f64::NAN),
-            v["decode_tps"].as_f64().unwrap_or(f64::NAN)
-        ));
+            f("encode_ms"),
+            f("prefill_tps"),
+            f("prefill512_tps"),
+            f("decode_tps"),
+            ratio(f("decode_tps"), llama_f16)
+        );
     }
-    let ratio = torch_decode.map_or("–".into(), |t| format!("{:.2}×", ours.decode_tps / t));
-    println!("| xcomposer (burn) | {:.1} | {:.1} | {:.1} | {ratio} |", ours.encode_ms, ours.prefill_tps, ours.decode_tps);
-    if let Some(r) = torch_row {
-        println!("{r}");
+    for (name, rows) in llama {
+        let get = |t: &str| rows.iter().find(|(x, _)| x == t).map_or(f64::NAN, |x| x.1);
+        let tg = rows.iter().find(|(t, _)| t.starts_with("tg")).map_or(f64::NAN, |x| x.1);
+        println!("| llama.cpp CUDA, {name} | – | {:.0} | {:.0} | {:.1} | {} | – |", get("pp161"), get("pp512"), tg, ratio(tg, llama_f16));
     }
-    Ok(())
 }

@@ -64,21 +64,33 @@ pub fn run(args: ChatArgs) -> Result<()> {
     }
 }
 
-/// The questions: the one given, or lines from stdin until EOF (each a new turn).
-fn questions(args: &ChatArgs, mut each: impl FnMut(&str, bool) -> Result<()>) -> Result<()> {
+/// The questions with their images: the one given with `--image`, or lines from stdin until EOF
+/// (each a new turn; `--image` goes with the first, and a line `/image PATH` adds an image to
+/// the next question).
+fn questions(args: &ChatArgs, mut each: impl FnMut(&str, &[PathBuf]) -> Result<()>) -> Result<()> {
     if let Some(q) = &args.question {
-        return each(q, true);
+        return each(q, &args.images);
     }
-    eprintln!("[chat] one question per line; the images go with the first; Ctrl-D ends");
+    eprintln!("[chat] one question per line; --image goes with the first, `/image PATH` adds one to the next; Ctrl-D ends");
     let stdin = std::io::stdin();
-    let mut first = true;
+    let mut images = args.images.clone();
     for line in stdin.lock().lines() {
         let line = line?;
-        if line.trim().is_empty() {
+        let line = line.trim();
+        if let Some(path) = line.strip_prefix("/image ") {
+            let path = PathBuf::from(path.trim());
+            if path.is_file() {
+                images.push(path);
+            } else {
+                eprintln!("[chat] {}: no such image file", path.display());
+            }
             continue;
         }
-        each(line.trim(), first)?;
-        first = false;
+        if line.is_empty() {
+            continue;
+        }
+        each(line, &images)?;
+        images.clear();
     }
     Ok(())
 }
@@ -86,24 +98,23 @@ fn questions(args: &ChatArgs, mut each: impl FnMut(&str, bool) -> Result<()>) ->
 fn xcomposer_chat<B: Backend>(args: &ChatArgs, dir: &Path, device: &B::Device) -> Result<()> {
     set_float_dtype::<B>(device, args.run_on.dtype)?;
     let t = Instant::now();
-    let model = XComposer::<B>::load(dir, device).with_context(|| format!("loading {}", dir.display()))?;
+    let model = XComposer::<B>::load_with(dir, device, args.run_on.engine_choice()).with_context(|| format!("loading {}", dir.display()))?;
     eprintln!("[chat] loaded {} in {:.1} s; peak memory {}", dir.display(), t.elapsed().as_secs_f64(), peak_rss_mib().map_or("unknown".into(), |m| format!("{m:.0} MiB")));
     let cfg = EmbedGenConfig { num_beams: args.beams, max_new_tokens: args.max_new_tokens, repetition_penalty: args.repeat_penalty, ..EmbedGenConfig::xcomposer() };
-    let mut history: Vec<(Turn, Option<burn::tensor::Tensor<B, 3>>)> = vec![];
-    questions(args, |q, first| {
+    let mut history: Vec<(Turn, Vec<burn::tensor::Tensor<B, 3>>)> = vec![];
+    questions(args, |q, paths| {
         let t = Instant::now();
-        let images = if first { args.images.iter().map(|p| model.encode_image(p)).collect::<Result<Vec<_>, _>>()? } else { vec![] };
+        let images = paths.iter().map(|p| model.encode_image(p)).collect::<Result<Vec<_>, _>>()?;
         let encode_s = t.elapsed().as_secs_f64();
         let prompt = model.chat_prompt(q, &images, &history)?;
         let prompt_len = prompt.dims()[1];
         if let Some(path) = &args.logits_out {
-            let mut cache = model.decoder.new_cache();
-            let logits: Vec<f32> = model.decoder.forward_embeds(prompt.clone(), &mut cache, 1).into_data().convert::<f32>().into_vec().expect("f32");
+            let logits = model.last_logits(prompt.clone())?;
             let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
             std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
         }
         let t = Instant::now();
-        let out = model.decode(prompt, &cfg);
+        let out = model.decode(prompt, &cfg)?;
         let secs = t.elapsed().as_secs_f64();
         let text = model.answer_text(&out);
         let mut stdout = std::io::stdout().lock();
@@ -113,8 +124,7 @@ fn xcomposer_chat<B: Backend>(args: &ChatArgs, dir: &Path, device: &B::Device) -
             writeln!(stdout, "{text}")?;
         }
         eprintln!("[chat] prompt {prompt_len} positions; image encode {encode_s:.2} s; {} tokens in {secs:.2} s", out.new_tokens().len());
-        let image_for_history = images.first().cloned();
-        history.push((Turn { user: q.to_string(), image: if first { args.images.first().cloned() } else { None }, answer: text }, image_for_history));
+        history.push((Turn { user: q.to_string(), images: paths.to_vec(), answer: text }, images));
         Ok(())
     })
 }

@@ -5,6 +5,7 @@ mod backend;
 mod bench;
 mod bench_clip;
 mod bench_compose;
+mod bench_engine;
 mod bench_library;
 mod bench_xcomposer;
 mod chat;

@@ -115,7 +115,7 @@ where
             embeds = embeds.slice([0..b, 0..MAX_PROMPT, 0..d]);
         }
         let cfg = EmbedGenConfig { num_beams: 5, max_new_tokens: 9, repetition_penalty: 1.0, ..EmbedGenConfig::xcomposer() };
-        let out = self.model.decode(embeds, &cfg);
+        let out = self.model.decode(embeds, &cfg).map_err(|e| bad(e.to_string()))?;
         let answer = self.model.answer_text(&out);
         Ok(match parse_choice(&answer, offered.len()) {
             Some(i) => (i, Provenance::model(format!("the model chose {}", (b'A' + i as u8) as char), answer)),

@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use xcomposer_llm::beam::{EmbedGenConfig, EmbedGenOutput, beam_search, greedy};
+#[cfg(feature = "cuda")]
+use xcomposer_llm::cuda::{CudaDecoder, EngineOptions};
 use xcomposer_llm::decoder::KeyStyle;
 use xcomposer_llm::torch::TorchWeights;
 use xcomposer_llm::xcomposer::{InternLmTokenizer, LoraMerged};
@@ -36,9 +38,12 @@ pub enum XComposerError {
     /// An image could not be read.
     #[error(transparent)]
     Image(#[from] xcomposer_vision::ImageError),
-    /// The request does not fit the prompt (placeholders vs images).
+    /// The request does not fit the prompt (placeholders vs images, the model's context).
     #[error("{0}")]
     BadRequest(String),
+    /// The GPU engine failed.
+    #[error("{0}")]
+    Engine(String),
 }
 
 /// One piece of a prompt.
@@ -58,20 +63,75 @@ pub enum Piece<B: Backend> {
 /// A past turn of a chat.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Turn {
-    /// What the user said.
+    /// What the user said (with an `<ImageHere>` per image when there are several).
     pub user: String,
-    /// The user's image, if any.
-    pub image: Option<PathBuf>,
+    /// The user's images on that turn, in order.
+    pub images: Vec<PathBuf>,
     /// The answer.
     pub answer: String,
+}
+
+/// Which implementation runs the language model.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum EngineChoice {
+    /// burn's decoder on the model's device (the CPU, or the GPU through burn-cuda).
+    #[default]
+    Burn,
+    /// The fused CUDA engine on GPU 0 (the image encoder stays on burn).
+    #[cfg(feature = "cuda")]
+    Cuda(EngineOptions),
+}
+
+/// The language model (LoRA merged) in the implementation chosen at load.
+#[allow(clippy::large_enum_variant)] // one per loaded model
+pub enum TextDecoder<B: Backend> {
+    /// burn's decoder.
+    Burn(Decoder<B>),
+    /// The CUDA engine (behind a lock: it owns its KV cache and scratch buffers).
+    #[cfg(feature = "cuda")]
+    Cuda(std::sync::Mutex<CudaDecoder>),
+}
+
+impl<B: Backend> TextDecoder<B> {
+    /// burn's decoder, when that is what runs the model.
+    pub fn burn(&self) -> Option<&Decoder<B>> {
+        match self {
+            TextDecoder::Burn(d) => Some(d),
+            #[cfg(feature = "cuda")]
+            TextDecoder::Cuda(_) => None,
+        }
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> DecoderConfig {
+        match self {
+            TextDecoder::Burn(d) => d.config.clone(),
+            #[cfg(feature = "cuda")]
+            TextDecoder::Cuda(e) => lock(e).config.clone(),
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn lock(e: &std::sync::Mutex<CudaDecoder>) -> std::sync::MutexGuard<'_, CudaDecoder> {
+    // A panic while the engine was held leaves nothing half-written that a new request reads:
+    // every request starts with a prefill.
+    e.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(feature = "cuda")]
+fn engine_error(e: xcomposer_llm::cuda::CudaError) -> XComposerError {
+    XComposerError::Engine(e.to_string())
 }
 
 /// The loaded model.
 pub struct XComposer<B: Backend> {
     /// The image encoder.
     pub visual: XComposerVisual<B>,
-    /// The language model (LoRA merged).
-    pub decoder: Decoder<B>,
+    /// The language model.
+    pub text: TextDecoder<B>,
+    /// The device of the image encoder and of the prompt embeddings.
+    pub device: B::Device,
     /// The tokenizer.
     pub tokenizer: InternLmTokenizer,
     /// Image preprocessing (squash to 224, CLIP mean/std).
@@ -84,6 +144,11 @@ impl<B: Backend> XComposer<B> {
     /// Loads an original Hugging Face folder: `config.json`, `tokenizer.model` and the PyTorch
     /// shards (`pytorch_model.bin.index.json`, mixed f16/f32; `inv_freq`/`position_ids` ignored).
     pub fn load(dir: &Path, device: &B::Device) -> Result<Self, XComposerError> {
+        Self::load_with(dir, device, EngineChoice::Burn)
+    }
+
+    /// [`XComposer::load`] with the language model on the engine chosen.
+    pub fn load_with(dir: &Path, device: &B::Device, engine: EngineChoice) -> Result<Self, XComposerError> {
         let cfg_path = dir.join("config.json");
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| XComposerError::Load(format!("{}: {e}", cfg_path.display())))?;
         let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| XComposerError::Load(format!("{}: {e}", cfg_path.display())))?;
@@ -101,9 +166,13 @@ impl<B: Backend> XComposer<B> {
         let src = TorchWeights::open_dir(dir).map_err(|e| XComposerError::Load(e.to_string()))?;
         let visual = XComposerVisual::load(&src, &visual_cfg, device).map_err(|e| XComposerError::Load(e.to_string()))?;
         let llm_src = LoraMerged { inner: &src, prefix: "internlm_model.".into(), scale };
-        let decoder = Decoder::load(llm_cfg, &llm_src, KeyStyle::HuggingFace, device).map_err(|e| XComposerError::Load(e.to_string()))?;
+        let text = match engine {
+            EngineChoice::Burn => TextDecoder::Burn(Decoder::load(llm_cfg, &llm_src, KeyStyle::HuggingFace, device).map_err(|e| XComposerError::Load(e.to_string()))?),
+            #[cfg(feature = "cuda")]
+            EngineChoice::Cuda(opts) => TextDecoder::Cuda(std::sync::Mutex::new(CudaDecoder::load(llm_cfg, &llm_src, KeyStyle::HuggingFace, opts).map_err(|e| XComposerError::Load(e.to_string()))?)),
+        };
         let tokenizer = InternLmTokenizer::load(&dir.join("tokenizer.model")).map_err(|e| XComposerError::Load(format!("{}: {e}", dir.join("tokenizer.model").display())))?;
-        Ok(XComposer { preprocess: Preprocess::xcomposer(visual_cfg.img_size as u32), visual, decoder, tokenizer, dir: dir.into() })
+        Ok(XComposer { preprocess: Preprocess::xcomposer(visual_cfg.img_size as u32), visual, text, device: device.clone(), tokenizer, dir: dir.into() })
     }
 
     /// The preprocessed pixels of an image file, `[3, S, S]` as a flat vector.
@@ -116,7 +185,7 @@ impl<B: Backend> XComposer<B> {
     /// An image's LLM embeddings `[1, tokens, hidden]` from its preprocessed pixels.
     pub fn encode_pixels(&self, pixels: Vec<f32>) -> Tensor<B, 3> {
         let s = self.visual.config.img_size;
-        let x = Tensor::<B, 4>::from_data(TensorData::new(pixels, [1, 3, s, s]), self.decoder.device());
+        let x = Tensor::<B, 4>::from_data(TensorData::new(pixels, [1, 3, s, s]), &self.device);
         self.visual.forward(x)
     }
 
@@ -133,7 +202,7 @@ impl<B: Backend> XComposer<B> {
                 Piece::Text { text, bos } => {
                     let ids = self.tokenizer.encode(text, *bos).map_err(|e| XComposerError::BadRequest(e.to_string()))?;
                     if !ids.is_empty() {
-                        parts.push(self.decoder.embed_ids(&ids));
+                        parts.push(self.embed_ids(&ids)?);
                     }
                 }
                 Piece::Image(t) => parts.push(t.clone()),
@@ -179,23 +248,74 @@ impl<B: Backend> XComposer<B> {
     }
 
     /// A chat prompt with a history, as `model.chat(text, image, history)` builds it.
-    pub fn chat_prompt(&self, text: &str, images: &[Tensor<B, 3>], history: &[(Turn, Option<Tensor<B, 3>>)]) -> Result<Tensor<B, 3>, XComposerError> {
+    /// Each past turn comes with its images' embeddings, so images given on any turn stay in the
+    /// history.
+    pub fn chat_prompt(&self, text: &str, images: &[Tensor<B, 3>], history: &[(Turn, Vec<Tensor<B, 3>>)]) -> Result<Tensor<B, 3>, XComposerError> {
         if history.is_empty() {
             return self.generate_prompt(text, images);
         }
         let mut pieces = vec![];
-        for (turn, image) in history {
-            let imgs: Vec<Tensor<B, 3>> = image.iter().cloned().collect();
-            pieces.extend(self.turn_pieces(" <|User|>:", &turn.user, &imgs, " <|Bot|>:", true)?);
+        for (turn, imgs) in history {
+            pieces.extend(self.turn_pieces(" <|User|>:", &turn.user, imgs, " <|Bot|>:", true)?);
             pieces.push(Piece::Text { text: turn.answer.clone(), bos: true });
         }
         pieces.extend(self.turn_pieces(" <|User|>:", text, images, "\n<TOKENS_UNUSED_0> <|Bot|>:", false)?);
         self.embed(&pieces)
     }
 
+    /// The input embeddings of token ids, `[1, ids.len(), hidden]`.
+    pub fn embed_ids(&self, ids: &[u32]) -> Result<Tensor<B, 3>, XComposerError> {
+        match &self.text {
+            TextDecoder::Burn(d) => Ok(d.embed_ids(ids)),
+            #[cfg(feature = "cuda")]
+            TextDecoder::Cuda(e) => {
+                let mut e = lock(e);
+                let rows = e.embed_ids(ids).map_err(engine_error)?;
+                Ok(Tensor::from_data(TensorData::new(rows, [1, ids.len(), e.config.hidden_size]), &self.device))
+            }
+        }
+    }
+
+    /// The logits of the prompt's last position.
+    pub fn last_logits(&self, prompt: Tensor<B, 3>) -> Result<Vec<f32>, XComposerError> {
+        self.check_context(prompt.dims()[1], 0)?;
+        match &self.text {
+            TextDecoder::Burn(d) => Ok(d.forward_embeds(prompt, &mut d.new_cache(), 1).into_data().convert::<f32>().into_vec().expect("f32 logits")),
+            #[cfg(feature = "cuda")]
+            TextDecoder::Cuda(e) => {
+                let mut e = lock(e);
+                e.prefill(&host_rows(prompt)).map_err(engine_error)?;
+                Ok(e.logits().map_err(engine_error)?.swap_remove(0))
+            }
+        }
+    }
+
+    /// Refuses a prompt whose positions plus `new_tokens` exceed the model's context.
+    pub fn check_context(&self, prompt_len: usize, new_tokens: usize) -> Result<(), XComposerError> {
+        let max = self.text.config().max_position;
+        if prompt_len + new_tokens > max {
+            return Err(XComposerError::BadRequest(format!(
+                "the prompt takes {prompt_len} positions and up to {new_tokens} new tokens were asked for, but the model's context holds {max}: shorten the prompt or the history, or ask for fewer tokens"
+            )));
+        }
+        Ok(())
+    }
+
     /// Decodes after a prompt: greedy for one beam, else beam search.
-    pub fn decode(&self, prompt: Tensor<B, 3>, cfg: &EmbedGenConfig) -> EmbedGenOutput {
-        if cfg.num_beams <= 1 { greedy(&self.decoder, prompt, cfg) } else { beam_search(&self.decoder, prompt, cfg) }
+    pub fn decode(&self, prompt: Tensor<B, 3>, cfg: &EmbedGenConfig) -> Result<EmbedGenOutput, XComposerError> {
+        self.check_context(prompt.dims()[1], cfg.max_new_tokens)?;
+        match &self.text {
+            TextDecoder::Burn(d) => Ok(if cfg.num_beams <= 1 { greedy(d, prompt, cfg) } else { beam_search(d, prompt, cfg) }),
+            #[cfg(feature = "cuda")]
+            TextDecoder::Cuda(e) => {
+                use xcomposer_llm::beam::{beam_steps, greedy_steps};
+                let mut e = lock(e);
+                let prompt = host_rows(prompt);
+                let mut steps = xcomposer_llm::cuda::EngineSteps { engine: &mut e, prompt: &prompt };
+                let out = if cfg.num_beams <= 1 { greedy_steps(&mut steps, cfg) } else { beam_steps(&mut steps, cfg) };
+                out.map_err(engine_error)
+            }
+        }
     }
 
     /// The answer text of generated ids, as the original's `decode_text`: special tokens
@@ -204,4 +324,10 @@ impl<B: Backend> XComposer<B> {
         let text = self.tokenizer.decode(&out.sequence, true).unwrap_or_default();
         text.split("<TOKENS_UNUSED_1>").next().unwrap_or_default().to_string()
     }
+}
+
+/// A `[1, len, hidden]` tensor's values, row-major f32 on the host.
+#[cfg(feature = "cuda")]
+fn host_rows<B: Backend>(t: Tensor<B, 3>) -> Vec<f32> {
+    t.into_data().convert::<f32>().into_vec().expect("f32 embeddings")
 }

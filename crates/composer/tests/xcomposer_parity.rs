@@ -58,24 +58,24 @@ fn prompts_activations_and_generations_match_the_original() {
         let protocol = model.generate_prompt("Describe this image.", std::slice::from_ref(&image)).unwrap();
         assert_eq!(max_abs(&values(protocol), &values(prompt.clone())), 0.0, "{case}: generate_prompt differs from the pieces");
 
-        let mut cache = model.decoder.new_cache();
-        let hidden = model.decoder.hidden_states(prompt.clone(), &mut cache);
+        let mut cache = model.text.burn().expect("burn decoder").new_cache();
+        let hidden = model.text.burn().expect("burn decoder").hidden_states(prompt.clone(), &mut cache);
         let err = max_abs(&values(hidden.clone()), &get(&format!("{case}.llm_final_norm")));
         assert!(err <= 1e-4, "{case}: llm_final_norm {err}");
-        let mut cache = model.decoder.new_cache();
-        let logits = model.decoder.forward_embeds(prompt.clone(), &mut cache, 1);
+        let mut cache = model.text.burn().expect("burn decoder").new_cache();
+        let logits = model.text.burn().expect("burn decoder").forward_embeds(prompt.clone(), &mut cache, 1);
         let lerr = max_abs(&values(logits), &get(&format!("{case}.logits_last")));
         assert!(lerr <= 2e-4, "{case}: logits_last {lerr}");
         report.push(format!("final norm {err:.1e}, logits {lerr:.1e}"));
 
         let ids = |v: &serde_json::Value| -> Vec<u32> { v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect() };
         let greedy_cfg = EmbedGenConfig { num_beams: 1, max_new_tokens: 24, repetition_penalty: 1.0, ..EmbedGenConfig::xcomposer() };
-        let g = model.decode(prompt.clone(), &greedy_cfg);
+        let g = model.decode(prompt.clone(), &greedy_cfg).expect("decodes");
         assert_eq!(g.sequence, ids(&c["greedy"]["sequence"]), "{case}: greedy tokens");
         assert_eq!(model.answer_text(&g), c["greedy"]["text"].as_str().unwrap(), "{case}: greedy text");
 
         let beam_cfg = EmbedGenConfig { max_new_tokens: 24, ..EmbedGenConfig::xcomposer() };
-        let b = model.decode(prompt, &beam_cfg);
+        let b = model.decode(prompt, &beam_cfg).expect("decodes");
         assert_eq!(b.sequence, ids(&c["beam"]["sequence"]), "{case}: beam tokens");
         let serr = (b.score - c["beam"]["sequence_score"].as_f64().unwrap() as f32).abs();
         assert!(serr <= 1e-4, "{case}: beam score off by {serr}");
@@ -167,19 +167,61 @@ fn multi_turn_prompts_follow_the_original_layout() {
     let first = model.chat_prompt("What is it?", std::slice::from_ref(&image), &[]).unwrap();
     assert_eq!(values(first), values(model.generate_prompt("What is it?", std::slice::from_ref(&image)).unwrap()));
     // One past turn: [BOS]" <|User|>:" img "q" " <|Bot|>:" [BOS]"answer", then " <|User|>:" "q2" "\n<eoh> <|Bot|>:" without BOS.
-    let past = Turn { user: "What is it?".into(), image: None, answer: "A cup.".into() };
-    let p = model.chat_prompt("And the colour?", &[], &[(past, Some(image.clone()))]).unwrap();
+    let past = Turn { user: "What is it?".into(), images: vec![], answer: "A cup.".into() };
+    let p = model.chat_prompt("And the colour?", &[], &[(past, vec![image.clone()])]).unwrap();
     let parts = [ids(" <|User|>:", true), vec![0; 10], ids("What is it?", false), ids(" <|Bot|>:", false), ids("A cup.", true), ids(" <|User|>:", false), ids("And the colour?", false), ids("\n<TOKENS_UNUSED_0> <|Bot|>:", false)];
     let want_len: usize = parts.iter().map(Vec::len).sum();
     assert_eq!(p.dims()[1], want_len);
     // Two BOS rows: the first position and the answer's first.
     let rows = values(p.clone());
     let d = 64;
-    let bos = values(model.decoder.embed_ids(&[1]));
+    let bos = values(model.text.burn().expect("burn decoder").embed_ids(&[1]));
     let at = |i: usize| &rows[i * d..(i + 1) * d];
     let answer_at = parts[..4].iter().map(Vec::len).sum::<usize>();
     assert_eq!(at(0), &bos[..]);
     assert_eq!(at(answer_at), &bos[..]);
     assert!(!ids("\n<TOKENS_UNUSED_0> <|Bot|>:", false).contains(&1));
     assert!(ids(" <|User|>:", true)[0] == 1 && ids("A cup.", true)[0] == 1);
+}
+
+#[test]
+fn images_of_every_turn_stay_in_the_history() {
+    use xcomposer_composer::xcomposer_model::Turn;
+    let dir = common::fixture("xcomposer-tiny");
+    let model = XComposer::<Flex>::load(&dir, &Default::default()).unwrap();
+    let a = model.encode_image(&dir.join("../images/coffee.png")).unwrap();
+    let b = model.encode_image(&dir.join("../images/chelsea.png")).unwrap();
+    let len = |t: &str, bos: bool| model.tokenizer.encode(t, bos).unwrap().len();
+    // Turn 1: two images; turn 2: none; turn 3 (asked now): one more.
+    let history = vec![
+        (Turn { user: "Compare <ImageHere> and <ImageHere>.".into(), images: vec![], answer: "Both.".into() }, vec![a.clone(), b.clone()]),
+        (Turn { user: "Which is warmer?".into(), images: vec![], answer: "The cup.".into() }, vec![]),
+    ];
+    let p = model.chat_prompt("And this one?", std::slice::from_ref(&a), &history).unwrap();
+    let text = len(" <|User|>:", true) + len("Compare ", false) + len(" and ", false) + len(".", false) + len(" <|Bot|>:", false) + len("Both.", true)
+        + len(" <|User|>:", true) + len("Which is warmer?", false) + len(" <|Bot|>:", false) + len("The cup.", true)
+        + len(" <|User|>:", false) + len("And this one?", false) + len("\n<TOKENS_UNUSED_0> <|Bot|>:", false);
+    assert_eq!(p.dims()[1], text + 3 * a.dims()[1], "three images' positions");
+    // A past turn whose text names two images but that kept one is refused, naming the counts.
+    let bad = vec![(Turn { user: "Compare <ImageHere> and <ImageHere>.".into(), images: vec![], answer: "Both.".into() }, vec![a.clone()])];
+    let e = model.chat_prompt("Again?", &[], &bad).unwrap_err().to_string();
+    assert!(e.contains("2 <ImageHere> but 1 images"), "{e}");
+}
+
+#[test]
+fn a_prompt_longer_than_the_context_is_refused() {
+    let dir = common::fixture("xcomposer-tiny");
+    let model = XComposer::<Flex>::load(&dir, &Default::default()).unwrap();
+    let max = model.text.config().max_position;
+    let prompt = model.generate_prompt(&"word ".repeat(max), &[]).unwrap();
+    let cfg = xcomposer_llm::beam::EmbedGenConfig { max_new_tokens: 4, ..xcomposer_llm::beam::EmbedGenConfig::xcomposer() };
+    for beams in [1, 5] {
+        let e = model.decode(prompt.clone(), &xcomposer_llm::beam::EmbedGenConfig { num_beams: beams, ..cfg.clone() }).unwrap_err().to_string();
+        assert!(e.contains("the model's context holds"), "{e}");
+    }
+    // A prompt that fits, with an answer budget that does not.
+    let short = model.generate_prompt("Hello", &[]).unwrap();
+    let room = max - short.dims()[1];
+    assert!(model.decode(short.clone(), &xcomposer_llm::beam::EmbedGenConfig { num_beams: 1, max_new_tokens: room + 1, ..cfg.clone() }).is_err());
+    assert!(model.last_logits(prompt).is_err());
 }

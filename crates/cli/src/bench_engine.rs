@@ -1,0 +1,266 @@
+//! `xcomposer bench engine`: the fused CUDA engine alone at a decoder shape, on random weights
+//! made in memory (no checkpoint to write or read): prefill, greedy decode, beam steps, and
+//! where a decode step's time goes, part by part, with the bandwidth each projection reaches;
+//! beside it in the same run, PyTorch eager (`--torch`, the decoder part of
+//! `scripts/bench_xcomposer_torch.py`) and llama.cpp (`--llama-bench BIN --gguf FILE…`).
+
+use anyhow::{Result, bail};
+
+use crate::backend::DtypeArg;
+use crate::bench::{LlamaAnchor, TorchAnchor};
+#[cfg(feature = "cuda")]
+use crate::bench::LlamaRows;
+
+/// Arguments of `xcomposer bench engine`.
+#[derive(clap::Args)]
+pub struct EngineBenchArgs {
+    /// The decoder shape.
+    #[arg(long, value_enum, default_value_t = Shape::Internlm7b)]
+    shape: Shape,
+    /// Weight and cache type.
+    #[arg(long, value_enum, default_value_t = DtypeArg::F16)]
+    dtype: DtypeArg,
+    /// Prompt positions before decoding.
+    #[arg(long, default_value_t = 161)]
+    prompt: usize,
+    /// New tokens per decode measurement.
+    #[arg(long, default_value_t = 128)]
+    new_tokens: usize,
+    /// Beams of the beam-step measurement.
+    #[arg(long, default_value_t = 5)]
+    beams: usize,
+    /// Timed repetitions (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// The PyTorch anchor.
+    #[command(flatten)]
+    anchor: TorchAnchor,
+    /// The llama.cpp anchor.
+    #[command(flatten)]
+    llama: LlamaAnchor,
+}
+
+/// The engine's speeds, tokens/s (beam: per beam).
+#[cfg(feature = "cuda")]
+pub(crate) struct Ours {
+    /// Prefill of the prompt.
+    pub pp: f64,
+    /// Prefill of 512 positions.
+    pub pp512: f64,
+    /// Greedy decode.
+    pub tg: f64,
+    /// Beam steps, per beam.
+    pub beam: f64,
+}
+
+/// Decoder shapes to measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shape {
+    /// InternLM-7B, XComposer's decoder: 32 layers, width 4096, 32 heads, FFN 11008, vocab 103168, q/k/v/o biases.
+    Internlm7b,
+}
+
+/// Runs the benchmark.
+pub fn run(args: EngineBenchArgs) -> Result<()> {
+    if args.runs == 0 || args.new_tokens == 0 || args.prompt == 0 {
+        bail!("--runs, --new-tokens and --prompt must be positive");
+    }
+    args.llama.check()?;
+    #[cfg(feature = "cuda")]
+    {
+        measure(&args)
+    }
+    #[cfg(not(feature = "cuda"))]
+    bail!("this xcomposer was built without CUDA; rebuild with `cargo build --release --features cuda`")
+}
+
+#[cfg(feature = "cuda")]
+fn measure(args: &EngineBenchArgs) -> Result<()> {
+    use std::time::Instant;
+
+    use rand::{Rng, SeedableRng};
+    use xcomposer_llm::config::{Arch, DecoderConfig};
+    use xcomposer_llm::cuda::{CudaDecoder, EngineDtype, EngineOptions};
+    use xcomposer_llm::decoder::KeyStyle;
+    use xcomposer_llm::random_weights::RandomWeights;
+
+
+    let c = match args.shape {
+        Shape::Internlm7b => DecoderConfig {
+            arch: Arch::InternLm,
+            vocab_size: 103168,
+            hidden_size: 4096,
+            intermediate_size: 11008,
+            num_layers: 32,
+            num_heads: 32,
+            num_kv_heads: 32,
+            head_dim: 128,
+            rope_theta: 10000.0,
+            rms_norm_eps: 1e-6,
+            max_position: 2048,
+            qkv_bias: true,
+            o_bias: true,
+            tie_word_embeddings: false,
+            rope_inv_freq_f16: true,
+        },
+    };
+    let dtype = match args.dtype {
+        DtypeArg::F16 => EngineDtype::F16,
+        DtypeArg::F32 => EngineDtype::F32,
+    };
+    let t = Instant::now();
+    let mut e = CudaDecoder::load(c.clone(), &RandomWeights::for_decoder(&c, 0), KeyStyle::HuggingFace, EngineOptions { dtype, ..Default::default() })?;
+    eprintln!("[bench] random {:?} weights made and uploaded in {:.1} s", args.shape, t.elapsed().as_secs_f64());
+    let d = c.hidden_size;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let mut embeds = |n: usize| -> Vec<f32> { (0..n * d).map(|_| (rng.random::<f32>() * 2.0 - 1.0) * 0.02).collect() };
+    let (prompt, long) = (embeds(args.prompt), embeds(512));
+    let k = args.beams.clamp(1, xcomposer_llm::cuda::MAX_SEQS);
+    let ours = speeds(&mut e, &prompt, &long, args.new_tokens, k, args.runs)?;
+    let Ours { pp, pp512, tg, beam } = ours;
+    let profiles_at = e.len();
+    let mut profiles = vec![];
+    for rows in [1, k] {
+        e.prefill(&prompt)?;
+        e.reorder(&vec![0; rows])?;
+        for step in 0..args.new_tokens {
+            e.step(&(0..rows).map(|b| (50 + step + b) as u32).collect::<Vec<_>>())?;
+        }
+        profiles.push(profile(&mut e, &c, rows, dtype)?);
+    }
+    drop(e);
+    eprintln!("[bench] engine: prefill {pp:.0} t/s ({} pos.), {pp512:.0} t/s (512); decode {tg:.1} t/s; {k}-beam {beam:.1} t/s per beam", args.prompt);
+    for p in &profiles {
+        eprintln!("{p}");
+    }
+    let torch = if args.anchor.torch {
+        Some(args.anchor.run(TORCH_SCRIPT, &[args.dtype.name().to_string(), args.prompt.to_string(), args.new_tokens.to_string(), args.runs.to_string()])?)
+    } else {
+        None
+    };
+    let llama = args.llama.run(args.runs)?;
+    println!("{:?} decoder shape, {}, random weights; prompt {} positions, {} greedy new tokens, median of {} runs; same GPU, same run", args.shape, args.dtype.name(), args.prompt, args.new_tokens, args.runs);
+    println!();
+    print_table(args, k, &ours, torch.as_ref(), &llama);
+    println!();
+    println!("Where a decode step's time goes at {profiles_at} positions (µs per launch, layer 0, launched back to back; × layers per token):");
+    for p in profiles {
+        println!();
+        print!("{p}");
+    }
+    Ok(())
+}
+
+#[cfg(feature = "cuda")]
+const TORCH_SCRIPT: &str = include_str!("../../../scripts/bench_xcomposer_torch.py");
+
+#[cfg(feature = "cuda")]
+fn print_table(args: &EngineBenchArgs, k: usize, ours: &Ours, torch: Option<&serde_json::Value>, llama: &[LlamaRows]) {
+    let base = llama.first().and_then(|(_, r)| r.iter().find(|(t, _)| t.starts_with("tg")).map(|x| x.1));
+    let base_pp = llama.first().and_then(|(_, r)| r.iter().find(|(t, _)| t == "pp512").map(|x| x.1));
+    let ratio = |x: f64, b: Option<f64>| b.map_or("–".to_string(), |b| format!("{:.2}×", x / b));
+    println!("| engine | prefill t/s ({}) | prefill t/s (512) | decode t/s | {k}-beam t/s per beam |", args.prompt);
+    println!("|---|---|---|---|---|");
+    println!(
+        "| xcomposer fused CUDA engine | {:.0} | {:.0} ({}) | {:.1} ({}) | {:.1} ({:.2}× single) |",
+        ours.pp, ours.pp512, ratio(ours.pp512, base_pp), ours.tg, ratio(ours.tg, base), ours.beam, ours.beam / ours.tg
+    );
+    if let Some(v) = torch {
+        let f = |key: &str| v[key].as_f64().unwrap_or(f64::NAN);
+        let name = format!("PyTorch {} + transformers {} eager", v["torch"].as_str().unwrap_or("?"), v["transformers"].as_str().unwrap_or("?"));
+        println!("| {name} | {:.0} | {:.0} ({}) | {:.1} ({}) | – |", f("prefill_tps"), f("prefill512_tps"), ratio(f("prefill512_tps"), base_pp), f("decode_tps"), ratio(f("decode_tps"), base));
+    }
+    for (name, rows) in llama {
+        let get = |t: &str| rows.iter().find(|(x, _)| x == t).map_or(f64::NAN, |x| x.1);
+        let tg = rows.iter().find(|(t, _)| t.starts_with("tg")).map_or(f64::NAN, |x| x.1);
+        println!("| llama.cpp CUDA, {name} | {:.0} | {:.0} ({}) | {:.1} ({}) | – |", get("pp161"), get("pp512"), ratio(get("pp512"), base_pp), tg, ratio(tg, base));
+    }
+}
+
+/// Prefill (of `prompt` and of `long`), greedy decode with the choice made on the device, and
+/// `beams`-sequence steps with their logits read back and a reorder that moves every beam (as
+/// beam search does): tokens/s, median of `runs` after a warm-up.
+#[cfg(feature = "cuda")]
+pub(crate) fn speeds(e: &mut xcomposer_llm::cuda::CudaDecoder, prompt: &[f32], long: &[f32], new_tokens: usize, beams: usize, runs: usize) -> Result<Ours> {
+    use std::time::Instant;
+
+    use xcomposer_llm::cuda::CudaDecoder;
+
+    use crate::bench::median;
+
+    let d = e.config.hidden_size;
+    let mut timed = |f: &mut dyn FnMut(&mut CudaDecoder) -> Result<f64>| -> Result<f64> {
+        f(e)?;
+        let v: Vec<f64> = (0..runs).map(|_| f(e)).collect::<Result<_>>()?;
+        Ok(median(v))
+    };
+    let prefill = |e: &mut CudaDecoder, p: &[f32]| -> Result<f64> {
+        let t = Instant::now();
+        e.prefill(p)?;
+        e.synchronize()?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let pp = (prompt.len() / d) as f64 / timed(&mut |e| prefill(e, prompt))?;
+    let pp512 = (long.len() / d) as f64 / timed(&mut |e| prefill(e, long))?;
+    let tg = new_tokens as f64
+        / timed(&mut |e| {
+            prefill(e, prompt)?;
+            let mut seq = vec![1u32];
+            let t = Instant::now();
+            for _ in 0..new_tokens {
+                let next = e.greedy_token(&seq, 1.0)?;
+                seq.push(next);
+                e.step(&[next])?;
+            }
+            e.synchronize()?;
+            Ok(t.elapsed().as_secs_f64())
+        })?;
+    let order: Vec<usize> = (0..beams).map(|i| (i + 1) % beams).collect();
+    let beam = new_tokens as f64
+        / timed(&mut |e| {
+            prefill(e, prompt)?;
+            e.reorder(&vec![0; beams])?;
+            let t = Instant::now();
+            for step in 0..new_tokens {
+                e.step(&(0..beams).map(|b| (100 + 7 * step + b) as u32).collect::<Vec<_>>())?;
+                let _ = e.logits()?;
+                e.reorder(&order)?;
+            }
+            e.synchronize()?;
+            Ok(t.elapsed().as_secs_f64())
+        })?;
+    Ok(Ours { pp, pp512, tg, beam })
+}
+
+/// Prints the time of each part of one layer's decode step at the current length.
+#[cfg(feature = "cuda")]
+fn profile(e: &mut xcomposer_llm::cuda::CudaDecoder, c: &xcomposer_llm::config::DecoderConfig, rows: usize, dtype: xcomposer_llm::cuda::EngineDtype) -> Result<String> {
+    use std::fmt::Write;
+    let parts = e.profile_step(rows, 50)?;
+    let eb = if dtype == xcomposer_llm::cuda::EngineDtype::F16 { 2.0 } else { 4.0 };
+    let (d, ff, hd) = (c.hidden_size as f64, c.intermediate_size as f64, c.head_dim as f64);
+    let (q, kv) = (c.num_heads as f64 * hd, c.num_kv_heads as f64 * hd);
+    let bytes = |name: &str| -> Option<f64> {
+        Some(eb * match name {
+            "q/k/v projection + bias" => (q + 2.0 * kv) * d,
+            "output projection + residual" => d * q,
+            "gate/up + SwiGLU" => 2.0 * ff * d,
+            "down projection + residual" => d * ff,
+            "lm head" => c.vocab_size as f64 * d,
+            "attention (split + merge)" => 2.0 * kv * e.len() as f64 * rows as f64,
+            _ => return None,
+        })
+    };
+    let mut out = String::new();
+    writeln!(out, "| {rows} sequence(s): part | µs | GB/s |")?;
+    writeln!(out, "|---|---|---|")?;
+    let (mut layer, mut rest) = (0.0, 0.0);
+    for (i, (name, us)) in parts.iter().enumerate() {
+        let bw = bytes(name).map_or("–".to_string(), |b| format!("{:.0}", b / us / 1e3));
+        writeln!(out, "| {name} | {us:.1} | {bw} |")?;
+        if i < parts.len() - 2 { layer += us } else { rest += us }
+    }
+    let per_token = layer * c.num_layers as f64 + rest;
+    writeln!(out, "| **sum per token** ({} layers) | {per_token:.0} | ⇒ {:.1} steps/s |", c.num_layers, 1e6 / per_token)?;
+    Ok(out)
+}

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine: the fused CUDA engine's checks, then its benchmarks beside PyTorch and
+# llama.cpp in one run. $DIR (carried, git-ignored) holds xcomposer.xz and cuda_engine.xz
+# (stripped, xz-compressed builds with --features cuda), xcomposer-tiny.tar.xz (the fixture),
+# images/, and anchors/ (a copy of ../shared/anchors) for the llama.cpp rows. Writes under $OUT.
+#   PART=check:  the engine's kernel tests against burn's CPU decoder, and the xcomposer-tiny fixture
+#                on --device cuda (f32 and f16: logits, greedy and beam tokens against the reference).
+#   PART=engine: check, then `bench engine` (random 7B-shaped weights made in memory) beside
+#                PyTorch eager and llama-bench on an f16 and a Q4_0 GGUF of the same decoder shape.
+#   PART=bench:  `bench xcomposer` on a random 7B checkpoint in the original format (load time,
+#                image encode, the whole model) with the same anchors.
+set -uo pipefail
+DIR=${DIR:-.device}
+PART=${PART:-engine}
+OUT=${OUT:-/tmp/gpu-engine}
+W=/tmp/xc-engine
+mkdir -p "$OUT" "$W"
+export CUDA_PATH=${CUDA_PATH:-/usr/local/cuda} LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-/usr/local/cuda/lib64}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+for b in xcomposer cuda_engine; do
+  xz -dc "$DIR/$b.xz" > "$W/$b" && chmod +x "$W/$b"
+done
+[ -d "$W/xcomposer-tiny" ] || tar xJf "$DIR/xcomposer-tiny.tar.xz" -C "$W"
+BIN="$W/xcomposer"
+
+# llama.cpp builds in the background while the checks run.
+A="$W/anchors"
+if [ "$PART" != check ] && [ -d "$DIR/anchors" ] && [ ! -x "$A/llama.cpp/build/bin/llama-bench" ]; then
+  mkdir -p "$A" && cp -r "$DIR/anchors/." "$A/" && tar xJf "$A/llama.cpp.tar.xz" -C "$A"
+  ( cd "$A/llama.cpp" && cmake -B build -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
+      -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DCMAKE_BUILD_TYPE=Release \
+    && cmake --build build --target llama-bench llama-quantize -j12 ) > "$OUT/llama-build.log" 2>&1 &
+  BUILD=$!
+fi
+
+if [ "$PART" != bench ]; then
+  echo "== kernel tests (engine vs burn's CPU decoder)"
+  "$W/cuda_engine" --test-threads 1 --nocapture 2>&1 | tee "$OUT/cuda_engine.log" | grep -E "rel. error|test result|panicked|FAILED|ok$" | tail -20
+  echo "== xcomposer-tiny fixture on the fused engine"
+  mkdir -p "$W/dev" && ln -sfn "$W/xcomposer-tiny" "$W/dev/xcomposer-tiny" && ln -sfn "$(realpath "$DIR/images")" "$W/dev/images" && cp "$BIN" "$W/dev/xcomposer"
+  OUT="$OUT" bash scripts/gpu-xcomposer.sh "$W/dev" fixture 2>&1 | grep "^xcomposer-tiny"
+fi
+[ "$PART" = check ] && exit 0
+
+LLAMA=()
+if [ -d "$A" ]; then
+  [ -f /tmp/m-f16.gguf ] || PYTHONPATH="$A/llama.cpp/gguf-py" python3 "$A/gpu/write_gguf.py" /tmp/m-f16.gguf > "$OUT/gguf.log" 2>&1
+  [ -n "${BUILD:-}" ] && wait "$BUILD"
+  LB="$A/llama.cpp/build/bin"
+  [ -f /tmp/m-q4.gguf ] || "$LB/llama-quantize" /tmp/m-f16.gguf /tmp/m-q4.gguf Q4_0 16 > "$OUT/quant.log" 2>&1
+  LLAMA=(--llama-bench "$LB/llama-bench" --gguf /tmp/m-f16.gguf --gguf /tmp/m-q4.gguf)
+fi
+if [ "$PART" = engine ]; then
+  echo "== engine on random 7B-shaped weights, beside PyTorch and llama.cpp"
+  "$BIN" bench engine --dtype f16 --runs 5 --torch "${LLAMA[@]}" 2> "$OUT/engine.err" | tee "$OUT/bench-engine.md"
+  tail -2 "$OUT/engine.err"
+else
+  M=/tmp/xcomposer-7b-random
+  [ -f "$M/config.json" ] || python3 scripts/make_xcomposer_random.py "$M" "$W/xcomposer-tiny/tokenizer.model" > "$OUT/make7b.log" 2>&1
+  "$BIN" bench xcomposer --model "$M" --device cuda --dtype f16 --torch --runs 5 --new-tokens 128 "${LLAMA[@]}" 2> "$OUT/bench.err" | tee "$OUT/bench-xcomposer.md"
+  tail -3 "$OUT/bench.err"
+fi
