@@ -9,7 +9,6 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use xcomposer_composer::render::{self, Format};
 use xcomposer_composer::{Article, ChatLanguageModel, ComposeRequest, Composer, Edit, Event, Language, LibraryRetriever, PromptSet, Prompts, Stage};
-use xcomposer_composer::vlm_selector::VlmSelector;
 use xcomposer_composer::xcomposer_model::XComposer;
 use xcomposer_llm::LanguageModel;
 
@@ -35,8 +34,9 @@ pub struct PipelineOptions {
     /// How images are scored.
     #[command(flatten)]
     pub scoring: ScorerOptions,
-    /// An InternLM-XComposer folder: the model picks each image among its 4 candidates (the
-    /// original's "model selects images") instead of the best score.
+    /// An InternLM-XComposer folder: the model does every stage as the original composes (writes
+    /// with 5 beams, chooses the image lines, captions, picks each image among its 4 candidates);
+    /// `--model` is then not used.
     #[arg(long)]
     pub xcomposer: Option<PathBuf>,
     /// Output formats, comma-separated.
@@ -139,23 +139,23 @@ pub enum EditOp {
 
 /// Builds the default pipeline: the language model, the library and its scorer.
 pub(crate) fn build_composer(opts: &PipelineOptions, language: Language) -> Result<Composer> {
-    let path = resolve_model(opts.model.clone())?;
-    let llm = LanguageModel::<burn::backend::Flex>::load(&path, &Default::default()).with_context(|| format!("loading {}", path.display()))?;
-    eprintln!("[compose] loaded {} in {:.2} s", path.display(), llm.load_time.as_secs_f64());
     let mut library = open_library(opts.library.as_deref(), opts.index.as_deref())?;
     let scorer = opts.scoring.scorer(&mut library)?;
-    let retriever = LibraryRetriever { library, scorer, scorer_name: opts.scoring.name() };
+    let retriever = Box::new(LibraryRetriever { library, scorer, scorer_name: opts.scoring.name() });
     let mut prompts = Prompts::default();
     if let Some(file) = &opts.prompts {
         prompts.set(language, PromptSet::from_file(file)?);
     }
     let prompts = Arc::new(prompts);
-    let mut composer = Composer::with_prompts(Arc::new(ChatLanguageModel::new(llm)), prompts.clone(), Box::new(retriever));
     if let Some(dir) = &opts.xcomposer {
+        // Every stage on the one XComposer model (loaded once), as the original composes.
         let model = XComposer::<burn::backend::Flex>::load(dir, &Default::default()).with_context(|| format!("loading {}", dir.display()))?;
-        composer.selector = Box::new(VlmSelector { model: Arc::new(model), prompts });
+        return Ok(Composer::with_xcomposer(Arc::new(model), prompts, retriever));
     }
-    Ok(composer)
+    let path = resolve_model(opts.model.clone())?;
+    let llm = LanguageModel::<burn::backend::Flex>::load(&path, &Default::default()).with_context(|| format!("loading {}", path.display()))?;
+    eprintln!("[compose] loaded {} in {:.2} s", path.display(), llm.load_time.as_secs_f64());
+    Ok(Composer::with_prompts(Arc::new(ChatLanguageModel::new(llm)), prompts, retriever))
 }
 
 /// A folder name from the instruction: its words, lower-case, ASCII or CJK, at most 48

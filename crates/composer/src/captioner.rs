@@ -103,7 +103,7 @@ impl Captioner for LlmCaptioner {
         let paragraph = paragraphs.get(after).ok_or_else(|| ComposeError::BadRequest(format!("paragraph {after} does not exist (the article has {})", paragraphs.len())))?;
         let (article, past) = caption_context(paragraphs, after, previous);
         let prompt = self.prompts.get(language).render("caption", json!({"article": article, "past": past, "line": after, "paragraph": paragraph}))?;
-        let sampling = if variation == 0 { Sampling::greedy(self.repetition_penalty) } else { Sampling { temperature: 0.8, top_p: 0.95, repetition_penalty: self.repetition_penalty, seed: variation } };
+        let sampling = if variation == 0 { Sampling::greedy(self.repetition_penalty) } else { Sampling { temperature: 0.8, top_p: 0.95, repetition_penalty: self.repetition_penalty, seed: variation, beams: 1 } };
         let req = Request { prompt: &prompt, max_new_tokens: self.max_new_tokens, sampling, stop: vec!["\"".into(), "”".into(), "\n".into()], max_lines: 0 };
         let out = self.model.complete(&req, &mut |_| {}).map_err(|reason| ComposeError::Model { stage: "captioner", reason })?;
         let repeated = |c: &String| previous.iter().any(|(_, p)| p.trim().eq_ignore_ascii_case(c));

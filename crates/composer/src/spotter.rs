@@ -179,12 +179,14 @@ pub struct LlmSpotter {
     pub prompts: Arc<Prompts>,
     /// Token budget of the answer.
     pub max_new_tokens: usize,
+    /// Beams of the (greedy) answer: 1, or the original's 5 on InternLM-XComposer.
+    pub beams: usize,
 }
 
 impl LlmSpotter {
-    /// A spotter with a 48-token answer budget.
+    /// A spotter with a 48-token answer budget, one beam.
     pub fn new(model: Arc<dyn TextModel>, prompts: Arc<Prompts>) -> Self {
-        LlmSpotter { model, prompts, max_new_tokens: 48 }
+        LlmSpotter { model, prompts, max_new_tokens: 48, beams: 1 }
     }
 }
 
@@ -226,7 +228,7 @@ pub fn spots_from_answer(answer: &str, paragraphs: &[String], count: Option<usiz
 
 impl ImageSpotter for LlmSpotter {
     fn id(&self) -> String {
-        format!("{} (greedy)", self.model.id())
+        if self.beams > 1 { format!("{} ({} beams)", self.model.id(), self.beams) } else { format!("{} (greedy)", self.model.id()) }
     }
 
     fn spot(&self, paragraphs: &[String], count: Option<usize>, language: Language) -> Result<Spots, ComposeError> {
@@ -235,7 +237,7 @@ impl ImageSpotter for LlmSpotter {
         }
         let count_text = count.map(|c| c.min(paragraphs.len()).to_string()).unwrap_or_default();
         let prompt = self.prompts.get(language).render("spot", json!({"article": marked_lines(paragraphs), "count": count_text}))?;
-        let req = Request { prompt: &prompt, max_new_tokens: self.max_new_tokens, sampling: Sampling::greedy(1.0), stop: vec![], max_lines: 0 };
+        let req = Request { prompt: &prompt, max_new_tokens: self.max_new_tokens, sampling: Sampling { beams: self.beams, ..Sampling::greedy(1.0) }, stop: vec![], max_lines: 0 };
         let out = self.model.complete(&req, &mut |_| {}).map_err(|reason| ComposeError::Model { stage: "spotter", reason })?;
         Ok(spots_from_answer(&out.text, paragraphs, count))
     }

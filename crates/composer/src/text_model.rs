@@ -20,12 +20,20 @@ pub struct Sampling {
     pub repetition_penalty: f32,
     /// Seed for sampling.
     pub seed: u64,
+    /// Beams (1 = one sequence; more needs `temperature` 0 and a model that decodes beams, as
+    /// InternLM-XComposer's writer and spotter did with 5).
+    #[serde(default = "one_beam")]
+    pub beams: usize,
+}
+
+fn one_beam() -> usize {
+    1
 }
 
 impl Sampling {
     /// Greedy decoding with a repetition penalty.
     pub fn greedy(repetition_penalty: f32) -> Self {
-        Sampling { temperature: 0.0, top_p: 1.0, repetition_penalty, seed: 0 }
+        Sampling { temperature: 0.0, top_p: 1.0, repetition_penalty, seed: 0, beams: 1 }
     }
 }
 
@@ -122,6 +130,9 @@ where
     }
 
     fn complete(&self, req: &Request, on_text: &mut (dyn FnMut(&str) + Send)) -> Result<Completion, String> {
+        if req.sampling.beams > 1 {
+            return Err(format!("{} decodes one sequence; {} beams need the InternLM-XComposer model", self.id(), req.sampling.beams));
+        }
         let text = self.input_text(req.prompt)?;
         let ids = match self.format {
             // The chat template writes any BOS itself.

@@ -225,7 +225,7 @@ impl LlmWriter {
     /// A writer with the defaults tuned for small chat models: temperature 0.6, top-p 0.9,
     /// repetition penalty 1.15.
     pub fn new(model: Arc<dyn TextModel>, prompts: Arc<Prompts>) -> Self {
-        LlmWriter { model, prompts, sampling: Sampling { temperature: 0.6, top_p: 0.9, repetition_penalty: 1.15, seed: 0 } }
+        LlmWriter { model, prompts, sampling: Sampling { temperature: 0.6, top_p: 0.9, repetition_penalty: 1.15, seed: 0, beams: 1 } }
     }
 
     fn title(&self, paragraphs: &[String], language: Language) -> Result<(Option<String>, String, usize), ComposeError> {
@@ -240,7 +240,11 @@ impl LlmWriter {
 
 impl ArticleWriter for LlmWriter {
     fn id(&self) -> String {
-        format!("{} (temperature {}, top-p {}, repetition penalty {})", self.model.id(), self.sampling.temperature, self.sampling.top_p, self.sampling.repetition_penalty)
+        let s = &self.sampling;
+        if s.beams > 1 {
+            return format!("{} ({} beams, repetition penalty {})", self.model.id(), s.beams, s.repetition_penalty);
+        }
+        format!("{} (temperature {}, top-p {}, repetition penalty {})", self.model.id(), s.temperature, s.top_p, s.repetition_penalty)
     }
 
     fn write(&self, req: &WriteRequest, on_text: &mut (dyn FnMut(&str) + Send)) -> Result<Written, ComposeError> {

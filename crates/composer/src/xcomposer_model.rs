@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
-use xcomposer_llm::beam::{EmbedGenConfig, EmbedGenOutput, beam_search, greedy};
+use xcomposer_llm::beam::{BurnSteps, EmbedGenConfig, EmbedGenOutput, beam_steps, greedy_steps};
 #[cfg(feature = "cuda")]
 use xcomposer_llm::cuda::{CudaDecoder, EngineOptions};
 use xcomposer_llm::decoder::KeyStyle;
@@ -303,16 +303,23 @@ impl<B: Backend> XComposer<B> {
 
     /// Decodes after a prompt: greedy for one beam, else beam search.
     pub fn decode(&self, prompt: Tensor<B, 3>, cfg: &EmbedGenConfig) -> Result<EmbedGenOutput, XComposerError> {
+        self.decode_streaming(prompt, cfg, &mut |_| {})
+    }
+
+    /// [`XComposer::decode`], `on_step` seeing the running sequence (the best beam) after each step.
+    pub fn decode_streaming(&self, prompt: Tensor<B, 3>, cfg: &EmbedGenConfig, on_step: &mut dyn FnMut(&[u32])) -> Result<EmbedGenOutput, XComposerError> {
         self.check_context(prompt.dims()[1], cfg.max_new_tokens)?;
         match &self.text {
-            TextDecoder::Burn(d) => Ok(if cfg.num_beams <= 1 { greedy(d, prompt, cfg) } else { beam_search(d, prompt, cfg) }),
+            TextDecoder::Burn(d) => {
+                let Ok(out) = if cfg.num_beams <= 1 { greedy_steps(&mut BurnSteps::new(d, prompt), cfg, on_step) } else { beam_steps(&mut BurnSteps::new(d, prompt), cfg, on_step) };
+                Ok(out)
+            }
             #[cfg(feature = "cuda")]
             TextDecoder::Cuda(e) => {
-                use xcomposer_llm::beam::{beam_steps, greedy_steps};
                 let mut e = lock(e);
                 let prompt = host_rows(prompt);
                 let mut steps = xcomposer_llm::cuda::EngineSteps { engine: &mut e, prompt: &prompt };
-                let out = if cfg.num_beams <= 1 { greedy_steps(&mut steps, cfg) } else { beam_steps(&mut steps, cfg) };
+                let out = if cfg.num_beams <= 1 { greedy_steps(&mut steps, cfg, on_step) } else { beam_steps(&mut steps, cfg, on_step) };
                 out.map_err(engine_error)
             }
         }

@@ -225,3 +225,66 @@ fn a_prompt_longer_than_the_context_is_refused() {
     assert!(model.decode(short.clone(), &xcomposer_llm::beam::EmbedGenConfig { num_beams: 1, max_new_tokens: room + 1, ..cfg.clone() }).is_err());
     assert!(model.last_logits(prompt).is_err());
 }
+
+/// The fixture's four images, in a fixed order, each offered once while any is left.
+struct FixtureImages(Vec<std::path::PathBuf>);
+
+impl xcomposer_composer::Retriever for FixtureImages {
+    fn id(&self) -> String {
+        "fixture images".into()
+    }
+
+    fn retrieve(&self, _caption: &str, k: usize, exclude: &[std::path::PathBuf]) -> Result<xcomposer_composer::retriever::Retrieved, xcomposer_composer::ComposeError> {
+        use xcomposer_composer::article::Candidate;
+        let fresh = self.0.iter().filter(|p| !exclude.contains(p));
+        let candidates = fresh.take(k).map(|p| Candidate { path: p.clone(), score: 1.0, parts: vec![], description: None }).collect();
+        Ok(xcomposer_composer::retriever::Retrieved { candidates, note: None })
+    }
+}
+
+#[test]
+fn every_stage_runs_on_xcomposer_tiny() {
+    use std::sync::Arc;
+    use xcomposer_composer::article::Source;
+    use xcomposer_composer::render::{self, Format};
+    use xcomposer_composer::{ComposeRequest, Composer, Event, Prompts};
+    let dir = common::fixture("xcomposer-tiny");
+    let model = Arc::new(XComposer::<Flex>::load(&dir, &Default::default()).unwrap());
+    let images = std::fs::canonicalize(dir.join("../images")).unwrap();
+    let pool = ["coffee.png", "chelsea.png", "cell.png", "logo.png"].map(|f| images.join(f)).to_vec();
+    let composer = Composer::with_xcomposer(model, Arc::new(Prompts::default()), Box::new(FixtureImages(pool.clone())));
+    let req = ComposeRequest { images: Some(2), max_new_tokens: 48, ..ComposeRequest::new("写一篇关于长城的图文并茂的文章") };
+    let mut streamed = String::new();
+    let article = composer
+        .compose(&req, &mut |e| {
+            if let Event::Text(t) = e {
+                streamed.push_str(t);
+            }
+        })
+        .unwrap();
+    // Every model stage names the XComposer folder; the writer streamed what it wrote.
+    let models = composer.models();
+    assert_eq!(models["writer"], "xcomposer-tiny (5 beams, repetition penalty 5)");
+    assert_eq!(models["spotter"], "xcomposer-tiny (5 beams)");
+    assert_eq!(models["captioner"], "xcomposer-tiny (greedy, repetition penalty 5)");
+    assert!(models["selector"].ends_with("xcomposer-tiny (A–D choice, 5 beams)"), "{models:?}");
+    assert!(!article.paragraphs.is_empty());
+    assert!(!streamed.trim().is_empty(), "the writer's text was streamed");
+    // Two images asked for; a random tiny model may write fewer lines than that.
+    assert_eq!(article.images.len(), 2.min(article.paragraphs.len()), "{:?}", article.paragraphs);
+    for slot in &article.images {
+        assert!(!slot.caption.trim().is_empty());
+        assert!(slot.chosen < slot.candidates.len());
+        assert!(pool.contains(&slot.candidates[slot.chosen].path));
+        assert!(matches!(slot.selection.by, Source::Model | Source::Fallback), "{:?}", slot.selection);
+        assert!(slot.selection.raw.is_some(), "the A–D answer is recorded");
+    }
+    let out = std::env::temp_dir().join(format!("xc-tiny-compose-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let mut article = article;
+    let written = render::write(&mut article, &out, &[Format::Markdown, Format::Json], false).unwrap();
+    let md = std::fs::read_to_string(out.join("article.md")).unwrap();
+    assert_eq!(md.matches("](assets/").count(), article.images.len(), "{md}");
+    assert!(written.files.iter().all(|f| f.exists()));
+    std::fs::remove_dir_all(&out).unwrap();
+}

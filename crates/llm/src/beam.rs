@@ -139,17 +139,18 @@ fn stopped(seqs: &[Vec<u32>], stop: &[u32]) -> bool {
 
 /// Greedy decoding after `prompt` (`[1, len, hidden]`) on burn.
 pub fn greedy<B: Backend>(dec: &Decoder<B>, prompt: Tensor<B, 3>, cfg: &EmbedGenConfig) -> EmbedGenOutput {
-    let Ok(out) = greedy_steps(&mut BurnSteps::new(dec, prompt), cfg);
+    let Ok(out) = greedy_steps(&mut BurnSteps::new(dec, prompt), cfg, &mut |_| {});
     out
 }
 
-/// Greedy decoding on any [`StepDecoder`].
-pub fn greedy_steps<D: StepDecoder>(dec: &mut D, cfg: &EmbedGenConfig) -> Result<EmbedGenOutput, D::Error> {
+/// Greedy decoding on any [`StepDecoder`]; `on_step` sees the sequence after each new token.
+pub fn greedy_steps<D: StepDecoder>(dec: &mut D, cfg: &EmbedGenConfig, on_step: &mut dyn FnMut(&[u32])) -> Result<EmbedGenOutput, D::Error> {
     dec.prefill()?;
     let mut seq = vec![cfg.bos_id];
     for _ in 0..cfg.max_new_tokens {
         let next = dec.greedy_token(&seq, cfg.repetition_penalty)?;
         seq.push(next);
+        on_step(&seq);
         if next == cfg.eos_id || stopped(std::slice::from_ref(&seq), &cfg.stop_ids) || seq.len() > cfg.max_new_tokens {
             break;
         }
@@ -188,12 +189,13 @@ impl Hypotheses {
 
 /// Beam search after `prompt` (`[1, len, hidden]`) on burn, as HF 4.33.1's `beam_search`.
 pub fn beam_search<B: Backend>(dec: &Decoder<B>, prompt: Tensor<B, 3>, cfg: &EmbedGenConfig) -> EmbedGenOutput {
-    let Ok(out) = beam_steps(&mut BurnSteps::new(dec, prompt), cfg);
+    let Ok(out) = beam_steps(&mut BurnSteps::new(dec, prompt), cfg, &mut |_| {});
     out
 }
 
-/// Beam search on any [`StepDecoder`], as HF 4.33.1's `beam_search`.
-pub fn beam_steps<D: StepDecoder>(dec: &mut D, cfg: &EmbedGenConfig) -> Result<EmbedGenOutput, D::Error> {
+/// Beam search on any [`StepDecoder`], as HF 4.33.1's `beam_search`; `on_step` sees the best
+/// running beam after each step (what the original's web demo streamed).
+pub fn beam_steps<D: StepDecoder>(dec: &mut D, cfg: &EmbedGenConfig, on_step: &mut dyn FnMut(&[u32])) -> Result<EmbedGenOutput, D::Error> {
     let n = cfg.num_beams.max(1);
     dec.prefill()?;
     let first = dec.logits()?.swap_remove(0);
@@ -234,6 +236,7 @@ pub fn beam_steps<D: StepDecoder>(dec: &mut D, cfg: &EmbedGenConfig) -> Result<E
         done = done || hyps.is_done(cand[0].0, cur_len + 1);
         seqs = next.iter().map(|&(_, t, b)| seqs[b].iter().copied().chain([t]).collect()).collect();
         beam_scores = next.iter().map(|c| c.0).collect();
+        on_step(&seqs[0]);
         let order: Vec<usize> = next.iter().map(|c| c.2).collect();
         if done || stopped(&seqs, &cfg.stop_ids) || step + 1 == cfg.max_new_tokens {
             break;

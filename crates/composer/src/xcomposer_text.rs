@@ -1,0 +1,138 @@
+//! InternLM-XComposer as the composer's text model ([`XComposerText`]), and the composer with
+//! every stage on it, decoded as the original web demo decodes them ([`Composer::with_xcomposer`]).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::tensor::backend::Backend;
+use xcomposer_llm::beam::EmbedGenConfig;
+
+use crate::captioner::LlmCaptioner;
+use crate::composer::Composer;
+use crate::prompts::Prompts;
+use crate::retriever::Retriever;
+use crate::spotter::LlmSpotter;
+use crate::text_model::{Completion, Request, Sampling, TextModel};
+use crate::vlm_selector::VlmSelector;
+use crate::writer::LlmWriter;
+use crate::xcomposer_model::{Piece, XComposer};
+
+/// An InternLM-XComposer model answering text prompts as the original's composition code asks
+/// them: `[BOS] " <|User|>:{user}\n<TOKENS_UNUSED_0> <|Bot|>:{prefix}"`, no meta instruction,
+/// greedy or beam decoding (no sampling), the best running beam streamed.
+pub struct XComposerText<B: Backend> {
+    /// The model (shared with the selector).
+    pub model: Arc<XComposer<B>>,
+}
+
+/// The prompt text of a request, as the original lays it out (BOS added at tokenization).
+pub fn prompt_text(req: &Request) -> String {
+    format!(" <|User|>:{}\n<TOKENS_UNUSED_0> <|Bot|>:{}", req.prompt.user, req.prompt.prefix)
+}
+
+/// `text` cut before the first stop string and after `max_lines` non-empty lines (0: no limit).
+fn cut(text: &str, stop: &[String], max_lines: usize) -> (String, Option<&'static str>) {
+    let mut out = text.to_string();
+    let mut why = None;
+    if let Some(at) = stop.iter().filter_map(|s| out.find(s.as_str())).min() {
+        out.truncate(at);
+        why = Some("stop_string");
+    }
+    if max_lines > 0 {
+        let mut seen = 0;
+        let mut end = out.len();
+        for (i, line) in out.split_inclusive('\n').scan(0, |at, l| Some((std::mem::replace(at, *at + l.len()), l))) {
+            if !line.trim().is_empty() {
+                seen += 1;
+                if seen == max_lines {
+                    end = i + line.trim_end_matches('\n').len();
+                    break;
+                }
+            }
+        }
+        if end < out.len() {
+            out.truncate(end);
+            why = Some("max_lines");
+        }
+    }
+    (out, why)
+}
+
+impl<B: Backend> TextModel for XComposerText<B>
+where
+    XComposer<B>: Send + Sync,
+{
+    fn id(&self) -> String {
+        let dir = &self.model.dir;
+        dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned())
+    }
+
+    fn complete(&self, req: &Request, on_text: &mut (dyn FnMut(&str) + Send)) -> Result<Completion, String> {
+        if req.sampling.temperature > 0.0 {
+            return Err(format!("{} decodes greedily or with beams, as the original (temperature {} asked)", self.id(), req.sampling.temperature));
+        }
+        let m = &self.model;
+        let t = Instant::now();
+        let prompt = m.embed(&[Piece::Text { text: prompt_text(req), bos: true }]).map_err(|e| e.to_string())?;
+        let prompt_tokens = prompt.dims()[1];
+        let cfg = EmbedGenConfig { num_beams: req.sampling.beams.max(1), max_new_tokens: req.max_new_tokens, repetition_penalty: req.sampling.repetition_penalty, ..EmbedGenConfig::xcomposer() };
+        // Stream the running text while it only grows (a beam search may change its best beam).
+        let mut shown = String::new();
+        let mut first_token = None;
+        let out = m
+            .decode_streaming(prompt, &cfg, &mut |seq| {
+                first_token.get_or_insert_with(Instant::now);
+                let text = m.tokenizer.decode(seq, true).unwrap_or_default();
+                let text = cut(text.split("<TOKENS_UNUSED_1>").next().unwrap_or_default(), &req.stop, req.max_lines).0;
+                if let Some(new) = text.strip_prefix(shown.as_str()).filter(|n| !n.is_empty()) {
+                    on_text(new);
+                    shown = text;
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        let (text, why) = cut(&m.answer_text(&out), &req.stop, req.max_lines);
+        let new_tokens = out.new_tokens().len();
+        let ended_by_token = out.sequence.last().is_some_and(|t| *t == cfg.eos_id || cfg.stop_ids.contains(t));
+        let stop_reason = why.unwrap_or(if ended_by_token { "stop_token" } else { "max_tokens" });
+        let prefill_seconds = first_token.map_or(0.0, |f| (f - t).as_secs_f64());
+        Ok(Completion { text, prompt_tokens, new_tokens, prefill_seconds, decode_seconds: t.elapsed().as_secs_f64() - prefill_seconds, stop_reason: stop_reason.into() })
+    }
+}
+
+impl Composer {
+    /// Every stage on one InternLM-XComposer model, decoded as the original web demo decodes
+    /// them: the article with 5 beams and repetition penalty 5.0; image lines with 5 beams (300
+    /// tokens, no penalty); captions greedy with penalty 5.0 (100 tokens); the model's A–D
+    /// choice among the candidates ([`VlmSelector`]).
+    pub fn with_xcomposer<B: Backend>(model: Arc<XComposer<B>>, prompts: Arc<Prompts>, retriever: Box<dyn Retriever>) -> Self
+    where
+        XComposer<B>: Send + Sync,
+    {
+        let text: Arc<dyn TextModel> = Arc::new(XComposerText { model: model.clone() });
+        let writer = LlmWriter { sampling: Sampling { beams: 5, ..Sampling::greedy(5.0) }, ..LlmWriter::new(text.clone(), prompts.clone()) };
+        let spotter = LlmSpotter { max_new_tokens: 300, beams: 5, ..LlmSpotter::new(text.clone(), prompts.clone()) };
+        let captioner = LlmCaptioner { repetition_penalty: 5.0, max_new_tokens: 100, ..LlmCaptioner::new(text, prompts.clone()) };
+        Composer { writer: Box::new(writer), spotter: Box::new(spotter), captioner: Box::new(captioner), retriever, selector: Box::new(VlmSelector { model, prompts }) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_cut_at_stop_strings_and_line_counts() {
+        let stop = vec!["\"".to_string()];
+        assert_eq!(cut("a cup of tea\" and more", &stop, 0), ("a cup of tea".into(), Some("stop_string")));
+        assert_eq!(cut("one\n\ntwo\nthree\n", &[], 2), ("one\n\ntwo".into(), Some("max_lines")));
+        assert_eq!(cut("one\ntwo", &[], 2), ("one\ntwo".into(), None));
+        assert_eq!(cut("plain", &stop, 3), ("plain".into(), None));
+    }
+
+    #[test]
+    fn prompts_are_laid_out_as_the_original_composition_code() {
+        let prompt = crate::prompts::Prompt { user: "根据给定标题写一个图文并茂，不重复的文章：长城".into(), prefix: String::new() };
+        let req = Request { prompt: &prompt, max_new_tokens: 8, sampling: Sampling::greedy(5.0), stop: vec![], max_lines: 0 };
+        assert_eq!(prompt_text(&req), " <|User|>:根据给定标题写一个图文并茂，不重复的文章：长城\n<TOKENS_UNUSED_0> <|Bot|>:");
+    }
+}
