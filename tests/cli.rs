@@ -249,6 +249,9 @@ fn compose_refuses_bad_input_with_a_clear_message() {
     assert!(stderr(&out).contains("format \"pdf\": expected md, html or json"), "{}", stderr(&out));
     let out = run(&["compose", "About owls.", "--lang", "fr"]);
     assert!(stderr(&out).contains("language \"fr\": expected en or zh"), "{}", stderr(&out));
+    let out = run(&["compose", "About owls.", "--out", out_dir.to_str().unwrap(), "--device", "cuda"]);
+    assert!(stderr(&out).contains("--device cuda runs the --xcomposer model; the default text models run on the CPU"), "{}", stderr(&out));
+    assert!(!out_dir.exists(), "nothing written on failure");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use xcomposer_composer::render::{self, Format};
 use xcomposer_composer::{Article, ChatLanguageModel, ComposeRequest, Composer, Edit, Event, Language, LibraryRetriever, PromptSet, Prompts, Stage};
 use xcomposer_composer::xcomposer_model::XComposer;
 use xcomposer_llm::LanguageModel;
 
-use crate::backend::{peak_rss_mib, resolve_model};
+use crate::backend::{DeviceArg, DeviceOptions, peak_rss_mib, resolve_model, set_float_dtype};
 use crate::library::{ScorerOptions, open_library};
 
 /// The model and library flags shared by `compose` and `edit`.
@@ -42,6 +42,9 @@ pub struct PipelineOptions {
     /// Output formats, comma-separated.
     #[arg(long, default_value = "md,html,json", value_parser = Format::parse_list)]
     pub format: std::vec::Vec<Format>,
+    /// Where the `--xcomposer` model runs (the default text models run on the CPU).
+    #[command(flatten)]
+    pub run_on: DeviceOptions,
 }
 
 /// Arguments of `xcomposer compose`.
@@ -139,6 +142,9 @@ pub enum EditOp {
 
 /// Builds the default pipeline: the language model, the library and its scorer.
 pub(crate) fn build_composer(opts: &PipelineOptions, language: Language) -> Result<Composer> {
+    if opts.run_on.device != DeviceArg::Cpu && opts.xcomposer.is_none() {
+        bail!("--device cuda runs the --xcomposer model; the default text models run on the CPU (drop --device, or add --xcomposer DIR)");
+    }
     let mut library = open_library(opts.library.as_deref(), opts.index.as_deref())?;
     let scorer = opts.scoring.scorer(&mut library)?;
     let retriever = Box::new(LibraryRetriever { library, scorer, scorer_name: opts.scoring.name() });
@@ -148,14 +154,22 @@ pub(crate) fn build_composer(opts: &PipelineOptions, language: Language) -> Resu
     }
     let prompts = Arc::new(prompts);
     if let Some(dir) = &opts.xcomposer {
-        // Every stage on the one XComposer model (loaded once), as the original composes.
-        let model = XComposer::<burn::backend::Flex>::load(dir, &Default::default()).with_context(|| format!("loading {}", dir.display()))?;
-        return Ok(Composer::with_xcomposer(Arc::new(model), prompts, retriever));
+        return crate::with_backend!(opts.run_on.device, |device: B| xcomposer_composer::<B>(dir, &device, &opts.run_on, prompts, retriever));
     }
     let path = resolve_model(opts.model.clone())?;
     let llm = LanguageModel::<burn::backend::Flex>::load(&path, &Default::default()).with_context(|| format!("loading {}", path.display()))?;
     eprintln!("[compose] loaded {} in {:.2} s", path.display(), llm.load_time.as_secs_f64());
     Ok(Composer::with_prompts(Arc::new(ChatLanguageModel::new(llm)), prompts, retriever))
+}
+
+/// Every stage on the one XComposer model (loaded once, on `device`), as the original composes.
+fn xcomposer_composer<B: burn::tensor::backend::Backend>(dir: &Path, device: &B::Device, run_on: &DeviceOptions, prompts: Arc<Prompts>, retriever: Box<LibraryRetriever>) -> Result<Composer>
+where
+    XComposer<B>: Send + Sync,
+{
+    set_float_dtype::<B>(device, run_on.dtype)?;
+    let model = XComposer::<B>::load_with(dir, device, run_on.engine_choice()).with_context(|| format!("loading {}", dir.display()))?;
+    Ok(Composer::with_xcomposer(Arc::new(model), prompts, retriever))
 }
 
 /// A folder name from the instruction: its words, lower-case, ASCII or CJK, at most 48
