@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine: the fused CUDA engine's checks, then its benchmarks beside PyTorch and
 # llama.cpp in one run. $DIR (carried, git-ignored) holds xcomposer.xz and cuda_engine.xz
-# (stripped, xz-compressed builds with --features cuda), xcomposer-tiny.tar.xz (the fixture),
+# (stripped, xz-compressed builds with --features cuda; scripts/prepare-device.sh makes the folder), xcomposer-tiny.tar.xz (the fixture),
 # images/, and anchors/ (a copy of ../shared/anchors) for the llama.cpp rows. Writes under $OUT.
 #   PART=check:  the engine's kernel tests against burn's CPU decoder, and the xcomposer-tiny fixture
 #                on --device cuda (f32 and f16: logits, greedy and beam tokens against the reference).

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Here (no GPU needed): builds xcomposer and the CUDA engine's test binary with --features cuda and
+# fills the git-ignored .device/ that scripts/gpu-engine.sh reads on the GPU machine (name it in the
+# device tool's `carry`): both binaries stripped and xz-compressed, the xcomposer-tiny fixture,
+# its images and ../shared/anchors. About 40 MB, under the 64 MiB carry limit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SHARED=${XCOMPOSER_SHARED:-../shared}
+export CUDARC_CUDA_VERSION=${CUDARC_CUDA_VERSION:-13000}
+cargo build --release -p xcomposer-cli --features cuda
+TEST=$(cargo test --release -p xcomposer-llm --features cuda --test cuda_engine --no-run --message-format=json 2>/dev/null \
+  | python3 -c "import json,sys; print([m['executable'] for m in map(json.loads, sys.stdin) if m.get('executable') and m['target']['name'] == 'cuda_engine'][-1])")
+rm -rf .device && mkdir -p .device
+strip -o .device/xcomposer target/release/xcomposer && xz -T2 -6 .device/xcomposer
+strip -o .device/cuda_engine "$TEST" && xz -T2 -6 .device/cuda_engine
+tar cJf .device/xcomposer-tiny.tar.xz -C "$SHARED/fixtures" xcomposer-tiny
+cp -r "$SHARED/fixtures/images" .device/images
+cp -r "$SHARED/anchors" .device/anchors
+chmod -R u+w .device
+du -sh .device
