@@ -109,6 +109,10 @@ fn check(c: DecoderConfig, dtype: EngineDtype, tol: f32, seed: u64) {
         }
     }
 
+    // Ids outside the vocabulary are refused before any kernel indexes a table with them.
+    assert!(matches!(engine.greedy_token(&[1, c.vocab_size as u32], 1.0), Err(CudaError::Unsupported(_))));
+    assert!(matches!(engine.embed_ids(&[c.vocab_size as u32]), Err(CudaError::Unsupported(_))));
+
     // A prompt longer than the context is refused, not sliced.
     let too_long = vec![0.5f32; (c.max_position + 1) * d];
     assert!(matches!(engine.prefill(&too_long), Err(CudaError::Context { needed: 65, max: 64 })));

@@ -36,6 +36,14 @@ impl EngineDtype {
         }
     }
 
+    /// `n` zeroed elements of this type.
+    fn zeros(self, stream: &Arc<CudaStream>, n: usize) -> Result<Buf, CudaError> {
+        match self {
+            EngineDtype::F16 => Buf::zeros::<u16>(stream, n),
+            EngineDtype::F32 => Buf::zeros::<f32>(stream, n),
+        }
+    }
+
     fn suffix(self) -> &'static str {
         match self {
             EngineDtype::F16 => "h",
@@ -319,10 +327,12 @@ impl CudaDecoder {
     /// Greedy choice for sequence 0 on the device: the argmax after Hugging Face's repetition
     /// `penalty` over the tokens of `seq` (the sequence so far), only the id read back.
     pub fn greedy_token(&mut self, seq: &[u32], penalty: f32) -> Result<u32, CudaError> {
-        if seq.len() > self.flagged {
-            let new: Vec<i32> = seq[self.flagged..].iter().map(|&t| t as i32).collect();
-            self.upload(self.s.ids.ptr, &new)?;
-            let n = new.len() as u32;
+        let new = seq.get(self.flagged..).unwrap_or_default();
+        self.check_ids(new)?;
+        for part in new.chunks(self.s.ids.len) {
+            let ids: Vec<i32> = part.iter().map(|&t| t as i32).collect();
+            self.upload(self.s.ids.ptr, &ids)?;
+            let n = ids.len() as u32;
             self.kernels.launch("flag_tokens", (n.div_ceil(256), 1, 1), 256, &[Arg::P(self.s.ids.ptr), Arg::I(n as i32), Arg::P(self.s.seen.ptr)])?;
         }
         let v = self.config.vocab_size as i32;
@@ -380,11 +390,7 @@ impl CudaDecoder {
     fn new_cache(&self, capacity: usize) -> Result<Cache, CudaError> {
         let c = &self.config;
         let n = c.num_layers * capacity * self.context_len() * c.num_kv_heads * c.head_dim;
-        let alloc = |n| match self.dtype {
-            EngineDtype::F16 => Buf::zeros::<u16>(&self.stream, n),
-            EngineDtype::F32 => Buf::zeros::<f32>(&self.stream, n),
-        };
-        Ok(Cache { k: alloc(n)?, v: alloc(n)?, capacity })
+        Ok(Cache { k: self.dtype.zeros(&self.stream, n)?, v: self.dtype.zeros(&self.stream, n)?, capacity })
     }
 
     fn ensure_capacity(&mut self, seqs: usize) -> Result<(), CudaError> {
@@ -409,11 +415,18 @@ impl CudaDecoder {
         Ok(())
     }
 
-    fn embed_rows(&mut self, ids: &[u32]) -> Result<(), CudaError> {
+    /// Refuses ids outside the vocabulary (the kernels index tables with them).
+    fn check_ids(&self, ids: &[u32]) -> Result<(), CudaError> {
         let v = self.config.vocab_size;
-        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= v) {
-            return Err(CudaError::Unsupported(format!("token id {bad} is outside the vocabulary of {v}")));
+        match ids.iter().find(|&&t| t as usize >= v) {
+            Some(&bad) => Err(CudaError::Unsupported(format!("token id {bad} is outside the vocabulary of {v}"))),
+            None => Ok(()),
         }
+    }
+
+    /// Looks up at most a chunk of ids into the first rows of `h`.
+    fn embed_rows(&mut self, ids: &[u32]) -> Result<(), CudaError> {
+        self.check_ids(ids)?;
         let ids: Vec<i32> = ids.iter().map(|&t| t as i32).collect();
         self.upload(self.s.ids.ptr, &ids)?;
         let name = format!("embed_{}", self.dtype.suffix());
@@ -494,9 +507,8 @@ impl CudaDecoder {
         for part in Part::ALL {
             out.push((part.name(), time(&|| self.run_part(part, 0, at))?));
         }
-        let w = self.lm_head.as_ref().unwrap_or(&self.embed).ptr;
-        let (v, d) = (self.config.vocab_size, self.config.hidden_size);
-        out.push(("lm head", time(&|| self.project(w, v, d, self.s.xn.ptr, rows, Epilogue::Store { out: self.s.logits.ptr, bias: 0 }))?));
+        out.push(("lm head", time(&|| self.lm_head_logits(rows))?));
+        let v = self.config.vocab_size;
         let args = [Arg::P(self.s.logits.ptr), Arg::I(v as i32), Arg::P(self.s.seen.ptr), Arg::F(1.0), Arg::P(self.s.token.ptr)];
         out.push(("greedy choice", time(&|| self.kernels.launch("argmax_penalized", (1, 1, 1), 1024, &args))?));
         Ok(out)
@@ -504,11 +516,14 @@ impl CudaDecoder {
 
     /// Final norm of `rows` rows of `h` from `first`, then the LM head into `logits`.
     fn head(&mut self, first: usize, rows: usize) -> Result<(), CudaError> {
-        let c = &self.config;
-        let (d, v) = (c.hidden_size, c.vocab_size);
-        self.rmsnorm(self.s.h.at(first * d, 4), self.norm.ptr, rows)?;
+        self.rmsnorm(self.s.h.at(first * self.config.hidden_size, 4), self.norm.ptr, rows)?;
+        self.lm_head_logits(rows)
+    }
+
+    /// The LM head (the embeddings when tied) over `rows` normalised rows of `xn` into `logits`.
+    fn lm_head_logits(&self, rows: usize) -> Result<(), CudaError> {
         let w = self.lm_head.as_ref().unwrap_or(&self.embed).ptr;
-        self.project(w, v, d, self.s.xn.ptr, rows, Epilogue::Store { out: self.s.logits.ptr, bias: 0 })
+        self.project(w, self.config.vocab_size, self.config.hidden_size, self.s.xn.ptr, rows, Epilogue::Store { out: self.s.logits.ptr, bias: 0 })
     }
 
     fn rmsnorm(&self, x: u64, w: u64, rows: usize) -> Result<(), CudaError> {
@@ -591,10 +606,7 @@ impl Scratch {
         let (d, hd, ff) = (c.hidden_size, c.head_dim, c.intermediate_size);
         let width = (c.num_heads + 2 * c.num_kv_heads) * hd;
         let q = c.num_heads * hd;
-        let typed = |n: usize| match dtype {
-            EngineDtype::F16 => Buf::zeros::<u16>(stream, n),
-            EngineDtype::F32 => Buf::zeros::<f32>(stream, n),
-        };
+        let typed = |n: usize| dtype.zeros(stream, n);
         Ok(Scratch {
             h: Buf::zeros::<f32>(stream, chunk * d)?,
             xn: typed(chunk * d.max(q))?,
@@ -606,7 +618,7 @@ impl Scratch {
             part: Buf::zeros::<f32>(stream, chunk * c.num_heads * c.max_position.max(1).div_ceil(ATT_SPAN) * (hd + 2))?,
             logits: Buf::zeros::<f32>(stream, MAX_SEQS * c.vocab_size)?,
             seen: Buf::zeros::<u8>(stream, c.vocab_size)?,
-            ids: Buf::zeros::<i32>(stream, chunk.max(c.vocab_size.min(4096)))?,
+            ids: Buf::zeros::<i32>(stream, chunk)?,
             token: Buf::zeros::<i32>(stream, 1)?,
         })
     }
