@@ -148,7 +148,8 @@ pub(crate) fn build_composer(opts: &PipelineOptions, language: Language) -> Resu
     let mut library = open_library(opts.library.as_deref(), opts.index.as_deref())?;
     let scorer = opts.scoring.scorer(&mut library)?;
     let retriever = Box::new(LibraryRetriever { library, scorer, scorer_name: opts.scoring.name() });
-    let mut prompts = Prompts::default();
+    // The original XComposer is prompted in Chinese whatever the title's language.
+    let mut prompts = if opts.xcomposer.is_some() { Prompts::original() } else { Prompts::default() };
     if let Some(file) = &opts.prompts {
         prompts.set(language, PromptSet::from_file(file)?);
     }

@@ -21,6 +21,11 @@ pub trait Captioner: Send + Sync {
     /// The caption of an image after paragraph `after`, given the captions so far as
     /// `(paragraph, caption)`. `variation` 0 is the default answer; others ask for another one.
     fn caption(&self, paragraphs: &[String], after: usize, previous: &[(usize, String)], language: Language, variation: u64) -> Result<(String, Provenance), ComposeError>;
+    /// The caption of an image the user adds after paragraph `after` (the web demo's ➕); by
+    /// default the same as [`Captioner::caption`].
+    fn insert_caption(&self, paragraphs: &[String], after: usize, previous: &[(usize, String)], language: Language) -> Result<(String, Provenance), ComposeError> {
+        self.caption(paragraphs, after, previous, language, 0)
+    }
 }
 
 /// Longest caption kept, in characters.
@@ -53,6 +58,19 @@ fn shorten(s: &str, max: usize) -> String {
     }
 }
 
+/// The caption in a model's answer as the original web demo takes it: up to the first `"`,
+/// whitespace trimmed (Python's `split('"')[0].strip()`); `None` when nothing is left.
+///
+/// ```
+/// use xcomposer_composer::captioner::cut_caption_as_original;
+/// assert_eq!(cut_caption_as_original(" **A cup**\n of tea\" is").as_deref(), Some("**A cup**\n of tea"));
+/// ```
+pub fn cut_caption_as_original(answer: &str) -> Option<String> {
+    let python_space = |c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c);
+    let c = answer.split('"').next().unwrap_or_default().trim_matches(python_space);
+    (!c.is_empty()).then(|| c.to_string())
+}
+
 /// A caption from the paragraph itself: its first sentence, at most 80 characters.
 ///
 /// ```
@@ -66,6 +84,19 @@ pub fn caption_from_paragraph(paragraph: &str) -> String {
     shorten(s.trim(), 80)
 }
 
+/// How [`LlmCaptioner`] asks for captions and takes them from the answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaptionStyle {
+    /// For small chat models: [`cut_caption`], a caption that repeats an earlier one replaced by
+    /// the paragraph's first sentence, an added image captioned like any other.
+    Cleaned,
+    /// As the original web demo: [`cut_caption_as_original`]; an added image captioned as its
+    /// `generate_insert_cap` asks (the prompt's ids penalised too, a budget of
+    /// [`crate::xcomposer_text::budget::INSERT_CAPTION`] plus the prompt's characters, and "。"
+    /// standing alone when no caption comes before).
+    Original,
+}
+
 /// The default captioner: the model with the `caption` prompt, greedy.
 pub struct LlmCaptioner {
     /// The model.
@@ -77,12 +108,50 @@ pub struct LlmCaptioner {
     pub repetition_penalty: f32,
     /// Token budget of a caption.
     pub max_new_tokens: usize,
+    /// How captions are asked and cut.
+    pub style: CaptionStyle,
 }
 
 impl LlmCaptioner {
-    /// A captioner with repetition penalty 1.3 and 40 tokens per caption.
+    /// A captioner with repetition penalty 1.3, 40 tokens per caption, [`CaptionStyle::Cleaned`].
     pub fn new(model: Arc<dyn TextModel>, prompts: Arc<Prompts>) -> Self {
-        LlmCaptioner { model, prompts, repetition_penalty: 1.3, max_new_tokens: 40 }
+        LlmCaptioner { model, prompts, repetition_penalty: 1.3, max_new_tokens: 40, style: CaptionStyle::Cleaned }
+    }
+
+    /// The stop strings of an answer: the closing quote, and for [`CaptionStyle::Cleaned`] the
+    /// other closing quotes and a line break.
+    fn stop(&self) -> Vec<String> {
+        match self.style {
+            CaptionStyle::Cleaned => vec!["\"".into(), "”".into(), "\n".into()],
+            CaptionStyle::Original => vec!["\"".into()],
+        }
+    }
+
+    /// Asks the model (`insert`: the ➕ caption of [`CaptionStyle::Original`]) and takes the caption.
+    fn ask(&self, paragraphs: &[String], after: usize, previous: &[(usize, String)], language: Language, sampling: Sampling, insert: bool) -> Result<(Option<String>, String), ComposeError> {
+        let (article, past) = caption_context(paragraphs, after, previous);
+        let paragraph = &paragraphs[after];
+        let prompt = self.prompts.get(language).render("caption", json!({"article": article, "past": past, "line": after, "paragraph": paragraph, "insert": insert}))?;
+        let max_new_tokens = if insert { crate::xcomposer_text::budget::INSERT_CAPTION } else { self.max_new_tokens };
+        let req = Request { prompt: &prompt, max_new_tokens, sampling, stop: self.stop(), max_lines: 0, prompt_as_inputs: insert };
+        let out = self.model.complete(&req, &mut |_| {}).map_err(|reason| ComposeError::Model { stage: "captioner", reason })?;
+        let caption = match self.style {
+            CaptionStyle::Cleaned => cut_caption(&out.text),
+            CaptionStyle::Original => cut_caption_as_original(&out.text),
+        };
+        Ok((caption, out.text))
+    }
+}
+
+fn no_paragraph(paragraphs: &[String], after: usize) -> ComposeError {
+    ComposeError::BadRequest(format!("paragraph {after} does not exist (the article has {})", paragraphs.len()))
+}
+
+/// The caption, or the paragraph's first sentence when the answer gave none (said so).
+fn caption_or_fallback(caption: Option<String>, raw: String, paragraph: &str, detail: String) -> (String, Provenance) {
+    match caption {
+        Some(c) => (c, Provenance::model(detail, raw)),
+        None => (caption_from_paragraph(paragraph), Provenance { by: Source::Fallback, detail: "the model's caption was empty; the paragraph's first sentence".into(), raw: Some(raw) }),
     }
 }
 
@@ -100,24 +169,25 @@ impl Captioner for LlmCaptioner {
     }
 
     fn caption(&self, paragraphs: &[String], after: usize, previous: &[(usize, String)], language: Language, variation: u64) -> Result<(String, Provenance), ComposeError> {
-        let paragraph = paragraphs.get(after).ok_or_else(|| ComposeError::BadRequest(format!("paragraph {after} does not exist (the article has {})", paragraphs.len())))?;
-        let (article, past) = caption_context(paragraphs, after, previous);
-        let prompt = self.prompts.get(language).render("caption", json!({"article": article, "past": past, "line": after, "paragraph": paragraph}))?;
+        let paragraph = paragraphs.get(after).ok_or_else(|| no_paragraph(paragraphs, after))?;
         let sampling = if variation == 0 { Sampling::greedy(self.repetition_penalty) } else { Sampling { temperature: 0.8, top_p: 0.95, repetition_penalty: self.repetition_penalty, seed: variation, beams: 1 } };
-        let req = Request { prompt: &prompt, max_new_tokens: self.max_new_tokens, sampling, stop: vec!["\"".into(), "”".into(), "\n".into()], max_lines: 0 };
-        let out = self.model.complete(&req, &mut |_| {}).map_err(|reason| ComposeError::Model { stage: "captioner", reason })?;
-        let repeated = |c: &String| previous.iter().any(|(_, p)| p.trim().eq_ignore_ascii_case(c));
-        Ok(match cut_caption(&out.text) {
-            Some(c) if repeated(&c) => (
-                caption_from_paragraph(paragraph),
-                Provenance { by: Source::Fallback, detail: "the model repeated an earlier caption; the paragraph's first sentence".into(), raw: Some(out.text) },
-            ),
-            Some(c) => (c, Provenance::model(if variation == 0 { "the model's caption".to_string() } else { format!("the model's caption, sampled (variation {variation})") }, out.text)),
-            None => (
-                caption_from_paragraph(paragraph),
-                Provenance { by: Source::Fallback, detail: "the model's caption was empty; the paragraph's first sentence".into(), raw: Some(out.text) },
-            ),
-        })
+        let (caption, raw) = self.ask(paragraphs, after, previous, language, sampling, false)?;
+        let repeated = |c: &String| self.style == CaptionStyle::Cleaned && previous.iter().any(|(_, p)| p.trim().eq_ignore_ascii_case(c));
+        if caption.as_ref().is_some_and(repeated) {
+            let why = Provenance { by: Source::Fallback, detail: "the model repeated an earlier caption; the paragraph's first sentence".into(), raw: Some(raw) };
+            return Ok((caption_from_paragraph(paragraph), why));
+        }
+        let detail = if variation == 0 { "the model's caption".to_string() } else { format!("the model's caption, sampled (variation {variation})") };
+        Ok(caption_or_fallback(caption, raw, paragraph, detail))
+    }
+
+    fn insert_caption(&self, paragraphs: &[String], after: usize, previous: &[(usize, String)], language: Language) -> Result<(String, Provenance), ComposeError> {
+        if self.style == CaptionStyle::Cleaned {
+            return self.caption(paragraphs, after, previous, language, 0);
+        }
+        let paragraph = paragraphs.get(after).ok_or_else(|| no_paragraph(paragraphs, after))?;
+        let (caption, raw) = self.ask(paragraphs, after, previous, language, Sampling::greedy(self.repetition_penalty), true)?;
+        Ok(caption_or_fallback(caption, raw, paragraph, "the model's caption for an added image (the prompt penalised too, as the original's ➕)".into()))
     }
 }
 

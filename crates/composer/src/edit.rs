@@ -114,7 +114,7 @@ impl Composer {
                     return Err(ComposeError::BadRequest(format!("paragraph {after} already has an image (swap, recaption or delete it instead)")));
                 }
                 let previous = article.captions();
-                let (caption, why) = self.captioner.caption(&article.paragraphs, *after, &previous, article.language, 0)?;
+                let (caption, why) = self.captioner.insert_caption(&article.paragraphs, *after, &previous, article.language)?;
                 let at = article.images.iter().position(|s| s.after_paragraph > *after).unwrap_or(article.images.len());
                 let slot = ImageSlot {
                     after_paragraph: *after,

@@ -117,6 +117,13 @@ impl Prompts {
         }
     }
 
+    /// The original InternLM-XComposer web demo's prompts: the built-in Chinese set for every
+    /// language (its composition prompts are Chinese whatever the title's language).
+    pub fn original() -> Self {
+        let zh = PromptSet::builtin(Language::Zh);
+        Prompts { en: zh.clone(), zh }
+    }
+
     /// Replaces the set of `lang`.
     pub fn set(&mut self, lang: Language, set: PromptSet) {
         match lang {
@@ -144,15 +151,18 @@ mod tests {
             " 给定文章\"A\n\" 现在<Seg0>后插入图像对应的标题是\"长城\"， <Seg3>后插入图像对应的标题是\"烽火台\"。给出适合在<Seg5>后插入的图像对应的标题。 "
         );
         assert_eq!(p.prefix, " 标题是\"");
-        let first = zh.render("caption", json!({"article": "A\n", "past": [], "line": 0, "paragraph": "甲"})).unwrap();
+        let first = zh.render("caption", json!({"article": "A\n", "past": [], "line": 0, "paragraph": "甲", "insert": false})).unwrap();
         assert_eq!(first.user, " 给定文章\"A\n\" 给出适合在<Seg0>后插入的图像对应的标题。 ");
+        // The ➕ caption with no earlier caption keeps the original's lone "。".
+        let added = zh.render("caption", json!({"article": "A\n", "past": [], "line": 0, "paragraph": "甲", "insert": true})).unwrap();
+        assert_eq!(added.user, " 给定文章\"A\n\" 。给出适合在<Seg0>后插入的图像对应的标题。 ");
         let w = zh.render("writer", json!({"instruction": "长城"})).unwrap();
         assert_eq!(w.user, "根据给定标题写一个图文并茂，不重复的文章：长城");
     }
 
     #[test]
     fn both_builtin_sets_render_every_stage() {
-        let vars = json!({"instruction": "x", "article": "a", "count": 2, "past": [], "line": 1, "paragraph": "p", "context": "c"});
+        let vars = json!({"instruction": "x", "article": "a", "count": 2, "past": [], "line": 1, "paragraph": "p", "context": "c", "insert": false});
         for lang in [Language::En, Language::Zh] {
             let set = PromptSet::builtin(lang);
             for stage in STAGES {
@@ -160,6 +170,8 @@ mod tests {
                 assert!(!p.user.is_empty(), "{lang:?} {stage}");
             }
         }
+        let original = Prompts::original();
+        assert_eq!(original.get(Language::En).render("writer", &vars).unwrap(), original.get(Language::Zh).render("writer", &vars).unwrap());
         let en = PromptSet::builtin(Language::En).render("spot", &vars).unwrap();
         assert!(en.user.contains("choose 2 lines"), "{}", en.user);
     }

@@ -237,7 +237,7 @@ impl ImageSpotter for LlmSpotter {
         }
         let count_text = count.map(|c| c.min(paragraphs.len()).to_string()).unwrap_or_default();
         let prompt = self.prompts.get(language).render("spot", json!({"article": marked_lines(paragraphs), "count": count_text}))?;
-        let req = Request { prompt: &prompt, max_new_tokens: self.max_new_tokens, sampling: Sampling { beams: self.beams, ..Sampling::greedy(1.0) }, stop: vec![], max_lines: 0 };
+        let req = Request { prompt: &prompt, max_new_tokens: self.max_new_tokens, sampling: Sampling { beams: self.beams, ..Sampling::greedy(1.0) }, stop: vec![], max_lines: 0, prompt_as_inputs: false };
         let out = self.model.complete(&req, &mut |_| {}).map_err(|reason| ComposeError::Model { stage: "spotter", reason })?;
         Ok(spots_from_answer(&out.text, paragraphs, count))
     }

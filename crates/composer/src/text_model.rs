@@ -50,6 +50,10 @@ pub struct Request<'a> {
     pub stop: Vec<String>,
     /// End after this many complete non-empty lines (0 = off).
     pub max_lines: usize,
+    /// The prompt's ids start the answer too, as the web demo's `use_inputs` (its ➕ caption): the
+    /// repetition penalty sees them. InternLM-XComposer also counts them in the budget as the demo's
+    /// `max_length = max_new_tokens + len(prompt text)` does; other models keep `max_new_tokens`.
+    pub prompt_as_inputs: bool,
 }
 
 /// The model's answer.
@@ -145,7 +149,7 @@ where
             temperature: req.sampling.temperature,
             top_p: req.sampling.top_p,
             repetition_penalty: req.sampling.repetition_penalty,
-            penalize_prompt: false,
+            penalize_prompt: req.prompt_as_inputs,
             seed: req.sampling.seed,
             stop_strings: req.stop.clone(),
             max_lines: req.max_lines,

@@ -4,9 +4,10 @@
 //!
 //! Prompt, as the original executes it after `align_text` (note its double space and second eoh):
 //! `[BOS]"  <|User|>:{select.user}" " <|Bot|>:{select.prefix}"`, `<ImageHere>` replaced by image
-//! embeddings (earlier chosen images in the context, then A, B, C, D), at most 1678 positions;
-//! 5 beams, 9 new tokens, no repetition penalty; the first non-space character of the answer
-//! picks the image, and an answer that is no letter of the candidates falls back to A.
+//! embeddings (earlier chosen images in the context, then A, B, C, D), at most 1679 positions;
+//! 5 beams, 9 new tokens, no repetition penalty and no eoh/eoa stop (the demo passes none); the
+//! answer's first character, or its second after a space, picks the image, and an answer that
+//! is no letter of the candidates falls back to A.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use serde_json::json;
-use xcomposer_llm::beam::EmbedGenConfig;
+use xcomposer_llm::beam::{EmbedGenConfig, EmbedGenOutput};
 
 use crate::article::{Candidate, Provenance, Source};
 use crate::error::ComposeError;
@@ -22,20 +23,39 @@ use crate::prompts::Prompts;
 use crate::selector::{SelectContext, Selector};
 use crate::xcomposer_model::{IMAGE_PLACEHOLDER, Piece, XComposer};
 
-/// Longest prompt, in positions (the original's `max_txt_len` 1680, less the 2 it drops).
-pub const MAX_PROMPT: usize = 1678;
+/// Longest prompt, in positions: the original cuts the text and images to its `max_txt_len`
+/// 1680, puts BOS in front and drops the last 2 (its appended eoa and `</s>`, which this prompt
+/// never has).
+pub const MAX_PROMPT: usize = 1679;
 
-/// The letter in a model's answer: its first non-space character, if it names one of `n` candidates.
+/// The letter in a model's answer, as the original reads it (`out_text[1] if out_text[0] == ' '
+/// else out_text[0]`, a key of `{'A': 0, …, 'D': 3}`), if it names one of `n` candidates.
 ///
 /// ```
 /// use xcomposer_composer::vlm_selector::parse_choice;
 /// assert_eq!(parse_choice(" C. the cat", 4), Some(2));
 /// assert_eq!(parse_choice("E", 4), None);
+/// assert_eq!(parse_choice("b", 4), None);
 /// ```
 pub fn parse_choice(answer: &str, n: usize) -> Option<usize> {
-    let c = answer.trim_start().chars().next()?;
-    let i = (c.to_ascii_uppercase() as u32).checked_sub('A' as u32)? as usize;
+    let c = answer.strip_prefix(' ').unwrap_or(answer).chars().next()?;
+    let i = "ABCD".find(c)?;
     (i < n.min(4)).then_some(i)
+}
+
+/// One A–D question as the model was asked it.
+#[derive(Debug, Clone)]
+pub struct Asked {
+    /// The prompt's text, `<ImageHere>` where the images go.
+    pub text: String,
+    /// The prompt's positions after the cut to [`MAX_PROMPT`]: token ids, `None` for an image's.
+    pub layout: Vec<Option<u32>>,
+    /// The decoding settings.
+    pub config: EmbedGenConfig,
+    /// The decoded sequence.
+    pub output: EmbedGenOutput,
+    /// The answer's text.
+    pub answer: String,
 }
 
 /// The selection prompt's text with `<ImageHere>` places: the `select` template wrapped as the
@@ -78,8 +98,58 @@ where
         if candidates.len() < 2 {
             return Ok((0, Provenance::new(Source::Score, "a single candidate")));
         }
+        let asked = self.ask(ctx, candidates)?;
+        let answer = asked.answer;
+        Ok(match parse_choice(&answer, candidates.len()) {
+            Some(i) => (i, Provenance::model(format!("the model chose {}", (b'A' + i as u8) as char), answer)),
+            None => (0, Provenance { by: Source::Fallback, detail: "the model's answer names no candidate; A, as the original".into(), raw: Some(answer) }),
+        })
+    }
+}
+
+impl<B: Backend> VlmSelector<B>
+where
+    XComposer<B>: Send + Sync,
+{
+    /// Asks the model to choose among the first four `candidates` for the slot of `ctx`.
+    pub fn ask(&self, ctx: &SelectContext, candidates: &[Candidate]) -> Result<Asked, ComposeError> {
         let bad = |reason: String| ComposeError::Model { stage: "selector", reason };
-        // The article through this slot's paragraph, earlier chosen images in place.
+        let (context, mut images) = self.context(ctx)?;
+        // The original offers exactly four; with fewer, the missing letters are not asked for.
+        let offered = &candidates[..candidates.len().min(4)];
+        for c in offered {
+            images.push(self.image(&c.path)?);
+        }
+        let text = select_text(&self.prompts, ctx.language, &context, offered.len())?;
+        let chunks: Vec<&str> = text.split(IMAGE_PLACEHOLDER).collect();
+        if chunks.len() != images.len() + 1 {
+            return Err(bad(format!("the select prompt has {} image places for {} images", chunks.len() - 1, images.len())));
+        }
+        let mut pieces = vec![];
+        let mut layout = vec![];
+        for (i, c) in chunks.iter().enumerate() {
+            if i > 0 {
+                layout.extend(std::iter::repeat_n(None, images[i - 1].dims()[1]));
+                pieces.push(Piece::Image(images[i - 1].clone()));
+            }
+            layout.extend(self.model.tokenizer.encode(c, i == 0).map_err(|e| bad(e.to_string()))?.into_iter().map(Some));
+            pieces.push(Piece::Text { text: c.to_string(), bos: i == 0 });
+        }
+        let mut embeds = self.model.embed(&pieces).map_err(|e| bad(e.to_string()))?;
+        let [b, len, d] = embeds.dims();
+        if len > MAX_PROMPT {
+            embeds = embeds.slice([0..b, 0..MAX_PROMPT, 0..d]);
+            layout.truncate(MAX_PROMPT);
+        }
+        let config = EmbedGenConfig { num_beams: 5, max_new_tokens: crate::xcomposer_text::budget::SELECT, repetition_penalty: 1.0, stop_ids: vec![], ..EmbedGenConfig::xcomposer() };
+        let output = self.model.decode(embeds, &config).map_err(|e| bad(e.to_string()))?;
+        let answer = self.model.answer_text(&output);
+        Ok(Asked { text, layout, config, output, answer })
+    }
+
+    /// The article through the slot's paragraph with the images chosen before it in place, and
+    /// those images.
+    fn context(&self, ctx: &SelectContext) -> Result<(String, Vec<Tensor<B, 3>>), ComposeError> {
         let mut placed: Vec<&(usize, PathBuf)> = ctx.placed.iter().filter(|(p, _)| *p < ctx.after).collect();
         placed.sort_by_key(|(p, _)| *p);
         let mut context = String::new();
@@ -92,35 +162,7 @@ where
                 images.push(self.image(path)?);
             }
         }
-        // The original offers exactly four; with fewer, the missing letters are not asked for.
-        let offered = &candidates[..candidates.len().min(4)];
-        for c in offered {
-            images.push(self.image(&c.path)?);
-        }
-        let text = select_text(&self.prompts, ctx.language, &context, offered.len())?;
-        let chunks: Vec<&str> = text.split(IMAGE_PLACEHOLDER).collect();
-        if chunks.len() != images.len() + 1 {
-            return Err(bad(format!("the select prompt has {} image places for {} images", chunks.len() - 1, images.len())));
-        }
-        let mut pieces = vec![];
-        for (i, c) in chunks.iter().enumerate() {
-            if i > 0 {
-                pieces.push(Piece::Image(images[i - 1].clone()));
-            }
-            pieces.push(Piece::Text { text: c.to_string(), bos: i == 0 });
-        }
-        let mut embeds = self.model.embed(&pieces).map_err(|e| bad(e.to_string()))?;
-        let [b, len, d] = embeds.dims();
-        if len > MAX_PROMPT {
-            embeds = embeds.slice([0..b, 0..MAX_PROMPT, 0..d]);
-        }
-        let cfg = EmbedGenConfig { num_beams: 5, max_new_tokens: 9, repetition_penalty: 1.0, ..EmbedGenConfig::xcomposer() };
-        let out = self.model.decode(embeds, &cfg).map_err(|e| bad(e.to_string()))?;
-        let answer = self.model.answer_text(&out);
-        Ok(match parse_choice(&answer, offered.len()) {
-            Some(i) => (i, Provenance::model(format!("the model chose {}", (b'A' + i as u8) as char), answer)),
-            None => (0, Provenance { by: Source::Fallback, detail: "the model's answer names no candidate; A, as the original".into(), raw: Some(answer) }),
-        })
+        Ok((context, images))
     }
 }
 
@@ -137,7 +179,9 @@ mod tests {
         );
         let two = select_text(&Prompts::default(), crate::Language::Zh, "x", 2).unwrap();
         assert!(two.contains("A.<ImageHere>\nB.<ImageHere>\n\n<TOKENS"), "{two}");
-        assert_eq!(parse_choice("b", 2), Some(1));
+        assert_eq!(parse_choice("B", 2), Some(1));
+        assert_eq!(parse_choice("b", 2), None);
+        assert_eq!(parse_choice("  B", 4), None);
         assert_eq!(parse_choice("C", 2), None);
         assert_eq!(parse_choice("", 4), None);
     }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
-use xcomposer_llm::beam::{BurnSteps, EmbedGenConfig, EmbedGenOutput, beam_steps, greedy_steps};
+use xcomposer_llm::beam::{BurnSteps, EmbedGenConfig, EmbedGenOutput, StepDecoder, beam_steps, greedy_steps};
 #[cfg(feature = "cuda")]
 use xcomposer_llm::cuda::{CudaDecoder, EngineOptions};
 use xcomposer_llm::decoder::KeyStyle;
@@ -308,19 +308,27 @@ impl<B: Backend> XComposer<B> {
 
     /// [`XComposer::decode`], `on_step` seeing the running sequence (the best beam) after each step.
     pub fn decode_streaming(&self, prompt: Tensor<B, 3>, cfg: &EmbedGenConfig, on_step: &mut dyn FnMut(&[u32])) -> Result<EmbedGenOutput, XComposerError> {
+        self.decode_seeing(prompt, &[], cfg, on_step)
+    }
+
+    /// [`XComposer::decode_streaming`] with the repetition penalty also over `seen`, as HF's
+    /// `generate(inputs=ids, inputs_embeds=…)` penalises the prompt's ids (the web demo's
+    /// `use_inputs`); greedy only, as the demo asks it. The sequence still starts with BOS alone.
+    pub fn decode_seeing(&self, prompt: Tensor<B, 3>, seen: &[u32], cfg: &EmbedGenConfig, on_step: &mut dyn FnMut(&[u32])) -> Result<EmbedGenOutput, XComposerError> {
+        if !seen.is_empty() && cfg.num_beams > 1 {
+            return Err(XComposerError::BadRequest(format!("a penalised prompt decodes greedily, as the original's use_inputs; {} beams asked", cfg.num_beams)));
+        }
         self.check_context(prompt.dims()[1], cfg.max_new_tokens)?;
         match &self.text {
             TextDecoder::Burn(d) => {
-                let Ok(out) = if cfg.num_beams <= 1 { greedy_steps(&mut BurnSteps::new(d, prompt), cfg, on_step) } else { beam_steps(&mut BurnSteps::new(d, prompt), cfg, on_step) };
+                let Ok(out) = run_steps(BurnSteps::new(d, prompt), seen, cfg, on_step);
                 Ok(out)
             }
             #[cfg(feature = "cuda")]
             TextDecoder::Cuda(e) => {
                 let mut e = lock(e);
                 let prompt = host_rows(prompt);
-                let mut steps = xcomposer_llm::cuda::EngineSteps { engine: &mut e, prompt: &prompt };
-                let out = if cfg.num_beams <= 1 { greedy_steps(&mut steps, cfg, on_step) } else { beam_steps(&mut steps, cfg, on_step) };
-                out.map_err(engine_error)
+                run_steps(xcomposer_llm::cuda::EngineSteps { engine: &mut e, prompt: &prompt }, seen, cfg, on_step).map_err(engine_error)
             }
         }
     }
@@ -330,6 +338,48 @@ impl<B: Backend> XComposer<B> {
     pub fn answer_text(&self, out: &EmbedGenOutput) -> String {
         let text = self.tokenizer.decode(&out.sequence, true).unwrap_or_default();
         text.split("<TOKENS_UNUSED_1>").next().unwrap_or_default().to_string()
+    }
+}
+
+/// Greedy decoding for one beam, else beam search; with `seen`, greedy with the repetition
+/// penalty over those ids too ([`PromptSeen`]).
+fn run_steps<D: StepDecoder>(mut dec: D, seen: &[u32], cfg: &EmbedGenConfig, on_step: &mut dyn FnMut(&[u32])) -> Result<EmbedGenOutput, D::Error> {
+    if !seen.is_empty() {
+        return greedy_steps(&mut PromptSeen { inner: dec, seen }, cfg, on_step);
+    }
+    if cfg.num_beams <= 1 { greedy_steps(&mut dec, cfg, on_step) } else { beam_steps(&mut dec, cfg, on_step) }
+}
+
+/// A decoder whose greedy repetition penalty sees `seen` (the prompt's ids, BOS first) before
+/// the answer, as HF's does when the prompt's ids are the `inputs`.
+struct PromptSeen<'a, D> {
+    inner: D,
+    seen: &'a [u32],
+}
+
+impl<D: StepDecoder> StepDecoder for PromptSeen<'_, D> {
+    type Error = D::Error;
+
+    fn prefill(&mut self) -> Result<(), Self::Error> {
+        self.inner.prefill()
+    }
+
+    fn logits(&mut self) -> Result<Vec<Vec<f32>>, Self::Error> {
+        self.inner.logits()
+    }
+
+    fn reorder(&mut self, rows: &[usize]) -> Result<(), Self::Error> {
+        self.inner.reorder(rows)
+    }
+
+    fn step(&mut self, tokens: &[u32]) -> Result<(), Self::Error> {
+        self.inner.step(tokens)
+    }
+
+    fn greedy_token(&mut self, seq: &[u32], penalty: f32) -> Result<u32, Self::Error> {
+        // `seq` is [BOS, answer…]; the prompt's ids already start with BOS.
+        let all: Vec<u32> = self.seen.iter().chain(&seq[1..]).copied().collect();
+        self.inner.greedy_token(&all, penalty)
     }
 }
 

@@ -5,17 +5,18 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use burn::tensor::backend::Backend;
-use xcomposer_llm::beam::EmbedGenConfig;
+use xcomposer_llm::beam::{EmbedGenConfig, EmbedGenOutput};
 
-use crate::captioner::LlmCaptioner;
+use crate::captioner::{CaptionStyle, LlmCaptioner};
 use crate::composer::Composer;
 use crate::prompts::Prompts;
 use crate::retriever::Retriever;
+use crate::selector::Selector;
 use crate::spotter::LlmSpotter;
 use crate::text_model::{Completion, Request, Sampling, TextModel};
 use crate::vlm_selector::VlmSelector;
 use crate::writer::LlmWriter;
-use crate::xcomposer_model::{Piece, XComposer};
+use crate::xcomposer_model::XComposer;
 
 /// An InternLM-XComposer model answering text prompts as the original's composition code asks
 /// them: `[BOS] " <|User|>:{user}\n<TOKENS_UNUSED_0> <|Bot|>:{prefix}"`, no meta instruction,
@@ -58,6 +59,69 @@ fn cut(text: &str, stop: &[String], max_lines: usize) -> (String, Option<&'stati
     (out, why)
 }
 
+/// One request as XComposerText answered it: everything the original's `generate` call had.
+#[derive(Debug, Clone)]
+pub struct Answered {
+    /// The prompt text ([`prompt_text`]).
+    pub prompt: String,
+    /// Its token ids, BOS first.
+    pub prompt_ids: Vec<u32>,
+    /// The decoding settings.
+    pub config: EmbedGenConfig,
+    /// The decoded sequence (`[BOS, new tokens…]`).
+    pub output: EmbedGenOutput,
+    /// What the stage is given.
+    pub completion: Completion,
+}
+
+/// The decoding settings of a request whose prompt has `prompt_ids` and `prompt_chars`
+/// characters, room for `room` new tokens: the original's eoh/eoa stop, beams and penalty as
+/// asked; with `prompt_as_inputs`, the demo's `max_length = max_new_tokens + prompt_chars`
+/// counted over the prompt's ids too (and no more than the context holds).
+fn gen_config(req: &Request, prompt_ids: usize, prompt_chars: usize, room: usize) -> EmbedGenConfig {
+    let max_new_tokens = if req.prompt_as_inputs { (req.max_new_tokens + prompt_chars).saturating_sub(prompt_ids).min(room) } else { req.max_new_tokens };
+    EmbedGenConfig { num_beams: req.sampling.beams.max(1), max_new_tokens, repetition_penalty: req.sampling.repetition_penalty, ..EmbedGenConfig::xcomposer() }
+}
+
+impl<B: Backend> XComposerText<B> {
+    /// Answers `req` as [`TextModel::complete`] does, keeping the prompt's ids, the settings and
+    /// the decoded sequence.
+    pub fn answer(&self, req: &Request, on_text: &mut (dyn FnMut(&str) + Send)) -> Result<Answered, String> {
+        if req.sampling.temperature > 0.0 {
+            return Err(format!("{} decodes greedily or with beams, as the original (temperature {} asked)", self.id(), req.sampling.temperature));
+        }
+        let m = &self.model;
+        let t = Instant::now();
+        let text = prompt_text(req);
+        let prompt_ids = m.tokenizer.encode(&text, true).map_err(|e| e.to_string())?;
+        let prompt = m.embed_ids(&prompt_ids).map_err(|e| e.to_string())?;
+        let room = m.text.config().max_position.saturating_sub(prompt_ids.len());
+        let cfg = gen_config(req, prompt_ids.len(), text.chars().count(), room);
+        let seen: &[u32] = if req.prompt_as_inputs { &prompt_ids } else { &[] };
+        // Stream the running text while it only grows (a beam search may change its best beam).
+        let mut shown = String::new();
+        let mut first_token = None;
+        let out = m
+            .decode_seeing(prompt, seen, &cfg, &mut |seq| {
+                first_token.get_or_insert_with(Instant::now);
+                let text = m.tokenizer.decode(seq, true).unwrap_or_default();
+                let text = cut(text.split("<TOKENS_UNUSED_1>").next().unwrap_or_default(), &req.stop, req.max_lines).0;
+                if let Some(new) = text.strip_prefix(shown.as_str()).filter(|n| !n.is_empty()) {
+                    on_text(new);
+                    shown = text;
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        let (answer, why) = cut(&m.answer_text(&out), &req.stop, req.max_lines);
+        let new_tokens = out.new_tokens().len();
+        let ended_by_token = out.sequence.last().is_some_and(|t| *t == cfg.eos_id || cfg.stop_ids.contains(t));
+        let stop_reason = why.unwrap_or(if ended_by_token { "stop_token" } else { "max_tokens" });
+        let prefill_seconds = first_token.map_or(0.0, |f| (f - t).as_secs_f64());
+        let completion = Completion { text: answer, prompt_tokens: prompt_ids.len(), new_tokens, prefill_seconds, decode_seconds: t.elapsed().as_secs_f64() - prefill_seconds, stop_reason: stop_reason.into() };
+        Ok(Answered { prompt: text, prompt_ids, config: cfg, output: out, completion })
+    }
+}
+
 impl<B: Backend> TextModel for XComposerText<B>
 where
     XComposer<B>: Send + Sync,
@@ -68,51 +132,43 @@ where
     }
 
     fn complete(&self, req: &Request, on_text: &mut (dyn FnMut(&str) + Send)) -> Result<Completion, String> {
-        if req.sampling.temperature > 0.0 {
-            return Err(format!("{} decodes greedily or with beams, as the original (temperature {} asked)", self.id(), req.sampling.temperature));
-        }
-        let m = &self.model;
-        let t = Instant::now();
-        let prompt = m.embed(&[Piece::Text { text: prompt_text(req), bos: true }]).map_err(|e| e.to_string())?;
-        let prompt_tokens = prompt.dims()[1];
-        let cfg = EmbedGenConfig { num_beams: req.sampling.beams.max(1), max_new_tokens: req.max_new_tokens, repetition_penalty: req.sampling.repetition_penalty, ..EmbedGenConfig::xcomposer() };
-        // Stream the running text while it only grows (a beam search may change its best beam).
-        let mut shown = String::new();
-        let mut first_token = None;
-        let out = m
-            .decode_streaming(prompt, &cfg, &mut |seq| {
-                first_token.get_or_insert_with(Instant::now);
-                let text = m.tokenizer.decode(seq, true).unwrap_or_default();
-                let text = cut(text.split("<TOKENS_UNUSED_1>").next().unwrap_or_default(), &req.stop, req.max_lines).0;
-                if let Some(new) = text.strip_prefix(shown.as_str()).filter(|n| !n.is_empty()) {
-                    on_text(new);
-                    shown = text;
-                }
-            })
-            .map_err(|e| e.to_string())?;
-        let (text, why) = cut(&m.answer_text(&out), &req.stop, req.max_lines);
-        let new_tokens = out.new_tokens().len();
-        let ended_by_token = out.sequence.last().is_some_and(|t| *t == cfg.eos_id || cfg.stop_ids.contains(t));
-        let stop_reason = why.unwrap_or(if ended_by_token { "stop_token" } else { "max_tokens" });
-        let prefill_seconds = first_token.map_or(0.0, |f| (f - t).as_secs_f64());
-        Ok(Completion { text, prompt_tokens, new_tokens, prefill_seconds, decode_seconds: t.elapsed().as_secs_f64() - prefill_seconds, stop_reason: stop_reason.into() })
+        self.answer(req, on_text).map(|a| a.completion)
     }
+}
+
+/// The web demo's new-token budgets: its `max_length` counts the BOS that starts the sequence.
+pub mod budget {
+    /// Image spotting (`generate_loc`, `max_length=300`).
+    pub const SPOT: usize = 299;
+    /// Captions (`generate_cap`, `max_length=100`).
+    pub const CAPTION: usize = 99;
+    /// The ➕ caption's `max_length` is this plus the prompt's characters (`generate_insert_cap`).
+    pub const INSERT_CAPTION: usize = 100;
+    /// The A–D choice (`model_select_image`, `max_length=10`).
+    pub const SELECT: usize = 9;
 }
 
 impl Composer {
     /// Every stage on one InternLM-XComposer model, decoded as the original web demo decodes
-    /// them: the article with 5 beams and repetition penalty 5.0; image lines with 5 beams (300
-    /// tokens, no penalty); captions greedy with penalty 5.0 (100 tokens); the model's A–D
-    /// choice among the candidates ([`VlmSelector`]).
+    /// them: the article with 5 beams and repetition penalty 5.0; image lines with 5 beams (299
+    /// tokens, no penalty); captions greedy with penalty 5.0 (99 tokens), cut as the original;
+    /// the model's A–D choice among the candidates ([`VlmSelector`]). The original's prompts are
+    /// Chinese whatever the title's language: pass [`Prompts::original`] for them.
     pub fn with_xcomposer<B: Backend>(model: Arc<XComposer<B>>, prompts: Arc<Prompts>, retriever: Box<dyn Retriever>) -> Self
     where
         XComposer<B>: Send + Sync,
     {
         let text: Arc<dyn TextModel> = Arc::new(XComposerText { model: model.clone() });
+        Self::xcomposer_stages(text, Box::new(VlmSelector { model, prompts: prompts.clone() }), prompts, retriever)
+    }
+
+    /// The stages of [`Composer::with_xcomposer`] around any text model and selector (in tests,
+    /// wrappers that record what the stages ask).
+    pub fn xcomposer_stages(text: Arc<dyn TextModel>, selector: Box<dyn Selector>, prompts: Arc<Prompts>, retriever: Box<dyn Retriever>) -> Self {
         let writer = LlmWriter { sampling: Sampling { beams: 5, ..Sampling::greedy(5.0) }, ..LlmWriter::new(text.clone(), prompts.clone()) };
-        let spotter = LlmSpotter { max_new_tokens: 300, beams: 5, ..LlmSpotter::new(text.clone(), prompts.clone()) };
-        let captioner = LlmCaptioner { repetition_penalty: 5.0, max_new_tokens: 100, ..LlmCaptioner::new(text, prompts.clone()) };
-        Composer { writer: Box::new(writer), spotter: Box::new(spotter), captioner: Box::new(captioner), retriever, selector: Box::new(VlmSelector { model, prompts }) }
+        let spotter = LlmSpotter { max_new_tokens: budget::SPOT, beams: 5, ..LlmSpotter::new(text.clone(), prompts.clone()) };
+        let captioner = LlmCaptioner { repetition_penalty: 5.0, max_new_tokens: budget::CAPTION, style: CaptionStyle::Original, ..LlmCaptioner::new(text, prompts) };
+        Composer { writer: Box::new(writer), spotter: Box::new(spotter), captioner: Box::new(captioner), retriever, selector }
     }
 }
 
@@ -132,7 +188,7 @@ mod tests {
     #[test]
     fn prompts_are_laid_out_as_the_original_composition_code() {
         let prompt = crate::prompts::Prompt { user: "根据给定标题写一个图文并茂，不重复的文章：长城".into(), prefix: String::new() };
-        let req = Request { prompt: &prompt, max_new_tokens: 8, sampling: Sampling::greedy(5.0), stop: vec![], max_lines: 0 };
+        let req = Request { prompt: &prompt, max_new_tokens: 8, sampling: Sampling::greedy(5.0), stop: vec![], max_lines: 0, prompt_as_inputs: false };
         assert_eq!(prompt_text(&req), " <|User|>:根据给定标题写一个图文并茂，不重复的文章：长城\n<TOKENS_UNUSED_0> <|Bot|>:");
     }
 }
