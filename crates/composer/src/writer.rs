@@ -179,17 +179,16 @@ pub fn usable_title(title: &str, first_paragraph: &str) -> bool {
     words(title) <= 15 && !first_paragraph.starts_with(title.trim_end_matches(['.', '…']))
 }
 
+/// What follows the first `marker` in `s`, matched ignoring ASCII case; positions are found in
+/// `s` itself, so any Unicode input is safe.
+fn after_marker<'a>(s: &'a str, marker: &str) -> Option<&'a str> {
+    s.char_indices().find_map(|(at, _)| s.get(at..at + marker.len()).filter(|w| w.eq_ignore_ascii_case(marker)).map(|_| &s[at + marker.len()..]))
+}
+
 /// A title from the instruction alone: "Write an illustrated article about the Moon" → "The Moon".
 pub fn title_from_instruction(instruction: &str) -> String {
     let s = instruction.trim().trim_end_matches(['.', '。', '!', '！']);
-    let lower = s.to_lowercase();
-    let mut rest = s;
-    for marker in [" about ", " on ", "关于"] {
-        if let Some(at) = lower.find(marker) {
-            rest = &s[at + marker.len()..];
-            break;
-        }
-    }
+    let rest = [" about ", " on ", "关于"].iter().find_map(|m| after_marker(s, m)).unwrap_or(s);
     let rest = rest.trim().trim_end_matches("的文章").trim_end_matches("的图文并茂的文章");
     let mut chars = rest.chars();
     match chars.next() {
@@ -349,6 +348,25 @@ mod tests {
         assert_eq!(title_from_instruction("Write an illustrated article about the history of coffee."), "The history of coffee");
         assert_eq!(title_from_instruction("写一篇关于长城的文章"), "长城");
         assert_eq!(title_from_instruction("Space travel"), "Space travel");
+    }
+
+    #[test]
+    fn titles_from_any_unicode_instruction_never_panic() {
+        let tricky = ["İstanbul", "ﬃ", "e\u{301}\u{301}", "👩‍👩‍👧", "", "   ", "\u{0}\u{7f}", "ΣΑΣ", "ẞ", "Å", "ı"];
+        let markers = ["", " about ", " ABOUT ", " On ", "关于", " about", "about "];
+        for a in tricky {
+            for m in markers {
+                for b in tricky {
+                    for input in [format!("{a}{m}{b}"), format!("{a}{a}{m}长城{b}"), format!("Write{m}{a}{b}."), format!("{}{m}{b}", a.repeat(500))] {
+                        let t = title_from_instruction(&input);
+                        assert!(t.chars().count() <= 120, "{input:?} → {t:?}");
+                    }
+                }
+            }
+        }
+        assert_eq!(title_from_instruction("İ about 长城"), "长城");
+        assert_eq!(title_from_instruction("İİ ABOUT the city"), "The city");
+        assert_eq!(title_from_instruction("Write about İstanbul."), "İstanbul");
     }
 
     #[test]
