@@ -222,6 +222,16 @@ fn compose_then_edit_an_article_from_the_command_line() {
     let out = xcomposer().args(["edit", j, "delete", "7"]).output().unwrap();
     assert!(!out.status.success());
     assert!(stderr(&out).contains(&format!("image slot 7 does not exist (the article has {slots} image slots, numbered from 0)")), "{}", stderr(&out));
+    // An article.json that names a file outside the article and the library: refused, nothing copied.
+    let mut v = edited.clone();
+    v["images"][0]["candidates"][0]["path"] = "/etc/hostname".into();
+    std::fs::write(&json, v.to_string()).unwrap();
+    let out = xcomposer().args(["edit", j, "swap", "0", "0"]).output().unwrap();
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(e.contains(&format!("error: {j}: field `images[0].candidates[0].path` is \"/etc/hostname\", which is outside")), "{e}");
+    assert_eq!(std::fs::read_to_string(&json).unwrap(), v.to_string(), "the article is left as it was");
+    assert_eq!(std::fs::read_dir(dir.join("assets")).unwrap().count(), slots, "nothing copied");
     let missing = dir.join("nothing.json");
     let out = xcomposer().args(["edit", missing.to_str().unwrap(), "show"]).output().unwrap();
     assert!(stderr(&out).starts_with(&format!("error: {}: ", missing.display())), "{}", stderr(&out));

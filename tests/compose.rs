@@ -93,7 +93,7 @@ fn sample_prompts_compose_illustrated_articles() {
         assert_eq!(chosen.len(), article.images.len(), "no image twice: {ctx}");
 
         let out = out_root.join(name);
-        render::write(&mut article, &out, &[Format::Markdown, Format::Html, Format::Json], false).unwrap();
+        render::write(&mut article, &out, &[Format::Markdown, Format::Html, Format::Json], false, &c.image_roots()).unwrap();
         let md = std::fs::read_to_string(out.join("article.md")).unwrap();
         let links = render::image_links(&md);
         assert_eq!(links.len(), article.images.len(), "{md}");

@@ -204,6 +204,9 @@ fn default_out(instruction: &str) -> PathBuf {
 }
 
 fn print_outputs(written: &render::Written) -> Result<()> {
+    for name in &written.left_alone {
+        eprintln!("[render] left {name:?} alone: the previous article.json names it as a copy, but it is not a file inside {}/", render::ASSETS_DIR);
+    }
     let mut stdout = std::io::stdout().lock();
     for f in &written.files {
         writeln!(stdout, "{}", f.display())?;
@@ -248,7 +251,7 @@ pub fn run_compose(args: ComposeArgs) -> Result<()> {
             eprintln!("[{}] {seconds:.1} s: {summary}", stage.name());
         }
     })?;
-    let written = render::write(&mut article, &out, &args.pipeline.format, args.force)?;
+    let written = render::write(&mut article, &out, &args.pipeline.format, args.force, &composer.image_roots())?;
     eprintln!(
         "[compose] {:?}: {} paragraphs, {} images in {:.1} s; peak memory {}",
         article.title,
@@ -283,7 +286,7 @@ pub fn run_edit(args: EditArgs) -> Result<()> {
     let composer = build_composer(&pipeline, article.language)?;
     let summary = composer.edit(&mut article, &edit)?;
     eprintln!("[edit] {summary}");
-    let written = render::write(&mut article, dir, &pipeline.format, true)?;
+    let written = render::write(&mut article, dir, &pipeline.format, true, &composer.image_roots())?;
     print_outputs(&written)
 }
 

@@ -64,7 +64,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let image = slot.image().expect("a chosen image");
         println!("after paragraph {}: {:?} → {} (score {:.3}; {})", slot.after_paragraph, slot.caption, image.path.display(), image.score, slot.selection.detail);
     }
-    let written = render::write(&mut article, &out, &[Format::Markdown, Format::Json], false)?;
+    let written = render::write(&mut article, &out, &[Format::Markdown, Format::Json], false, &composer.image_roots())?;
     for f in written.files {
         println!("{}", f.display());
     }

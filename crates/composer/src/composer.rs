@@ -123,6 +123,11 @@ impl Composer {
         }
     }
 
+    /// The folders images may be copied from when rendering: the retriever's library, if any.
+    pub fn image_roots(&self) -> Vec<PathBuf> {
+        self.retriever.library().map(PathBuf::from).into_iter().collect()
+    }
+
     /// The component behind each stage.
     pub fn models(&self) -> BTreeMap<String, String> {
         [

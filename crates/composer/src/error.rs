@@ -49,6 +49,18 @@ pub enum ComposeError {
     /// The output folder already holds files.
     #[error("{0}: the output folder exists and is not empty (pass --force to write into it; only the article's own files are replaced)")]
     OutputExists(PathBuf),
+    /// An image the article names is not one that may be copied.
+    #[error("{article}: field `{field}` is {path:?}, {reason}")]
+    UnsafeImage {
+        /// The article file the field belongs to.
+        article: PathBuf,
+        /// The field, as `images[I].candidates[J].path`.
+        field: String,
+        /// The path it names.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A rendered image link does not resolve to a file.
     #[error("{output}: the image link {link:?} does not resolve to a file")]
     BrokenLink {

@@ -23,7 +23,7 @@
 //! let retriever = LibraryRetriever { library, scorer: Box::new(EmbeddingScorer::hybrid(embedder)), scorer_name: "hybrid".into() };
 //! let composer = Composer::with_model(Arc::new(ChatLanguageModel::new(llm)), Box::new(retriever));
 //! let mut article = composer.compose(&ComposeRequest::new("Write an illustrated article about coffee."), &mut |_| {})?;
-//! render::write(&mut article, "out".as_ref(), &[render::Format::Markdown, render::Format::Json], false)?;
+//! render::write(&mut article, "out".as_ref(), &[render::Format::Markdown, render::Format::Json], false, &composer.image_roots())?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 

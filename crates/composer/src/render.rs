@@ -3,10 +3,10 @@
 //! into an output folder and checks that every image link resolves.
 
 use std::collections::BTreeSet;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use pulldown_cmark::{Event, Parser, Tag};
-use xcomposer_llm::fetch::write_atomic;
 
 use crate::article::Article;
 use crate::error::ComposeError;
@@ -92,11 +92,25 @@ fn escape_html(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
-/// The article as a standalone HTML page (raw HTML in the text is shown as text, not run).
+/// Whether a link may stand in the HTML page: http, https, mailto or relative. The scheme is
+/// read as a browser does, ignoring leading spaces and control characters and any tab or
+/// newline, case-insensitively, so `javascript:`, `data:`, `vbscript:` and the like are refused.
+fn safe_url(url: &str) -> bool {
+    let url: String = url.trim_start_matches(|c: char| c <= ' ').chars().filter(|c| !matches!(c, '\t' | '\n' | '\r')).collect();
+    match url.find([':', '/', '?', '#']) {
+        Some(at) if url[at..].starts_with(':') => ["http", "https", "mailto"].iter().any(|s| url[..at].eq_ignore_ascii_case(s)),
+        _ => true,
+    }
+}
+
+/// The article as a standalone HTML page (raw HTML in the text is shown as text, not run;
+/// links and images other than http, https, mailto and relative ones are dropped).
 pub fn html(article: &Article) -> String {
     let md = markdown(article);
     let events = Parser::new(&md).map(|e| match e {
         Event::Html(h) | Event::InlineHtml(h) => Event::Text(h),
+        Event::Start(Tag::Link { link_type, dest_url, title, id }) if !safe_url(&dest_url) => Event::Start(Tag::Link { link_type, dest_url: "#".into(), title, id }),
+        Event::Start(Tag::Image { link_type, dest_url, title, id }) if !safe_url(&dest_url) => Event::Start(Tag::Image { link_type, dest_url: "".into(), title, id }),
         e => e,
     });
     let mut body = String::new();
@@ -144,6 +158,9 @@ pub struct Written {
     pub files: Vec<PathBuf>,
     /// The copied images.
     pub assets: Vec<PathBuf>,
+    /// Names the previous `article.json` gave as copies that are not files inside `assets/`:
+    /// left alone, not deleted.
+    pub left_alone: Vec<String>,
 }
 
 /// The folder images are copied into, inside the output folder.
@@ -154,35 +171,35 @@ pub const ASSETS_DIR: &str = "assets";
 /// with `replace`, the article files and the images a previous `article.json` there had copied
 /// are replaced, and nothing else in the folder is touched. Every image link is checked to
 /// resolve to a file inside `dir` before returning.
-pub fn write(article: &mut Article, dir: &Path, formats: &[Format], replace: bool) -> Result<Written, ComposeError> {
+///
+/// The article may have been read from a file someone else wrote, so the chosen image of each
+/// slot is copied only if it is a regular file (after following links) inside `dir` or inside
+/// one of `image_roots`, the libraries this run searched (the CLI passes the library it opened;
+/// a library caller passes [`Composer::image_roots`](crate::Composer::image_roots) or its own
+/// folders); otherwise nothing is written and the error names the article's field and the path.
+/// Files are written under an unpredictable temporary name created exclusively, then renamed
+/// into place, so a symlink at either name is replaced, never written through. Copies the
+/// previous `article.json` named and that are no longer used are deleted only if they are files
+/// directly inside `dir/assets/`; other names are left alone and listed in
+/// [`Written::left_alone`].
+pub fn write(article: &mut Article, dir: &Path, formats: &[Format], replace: bool, image_roots: &[PathBuf]) -> Result<Written, ComposeError> {
     if formats.is_empty() {
         return Err(ComposeError::BadRequest("no output format chosen".into()));
     }
-    if dir.exists() {
-        if !dir.is_dir() {
-            return Err(ComposeError::io(dir, "exists and is not a folder"));
-        }
-        let non_empty = std::fs::read_dir(dir).map_err(|e| ComposeError::io(dir, e))?.next().is_some();
-        if non_empty && !replace {
-            return Err(ComposeError::OutputExists(dir.into()));
-        }
-    }
-    let assets_dir = dir.join(ASSETS_DIR);
-    std::fs::create_dir_all(&assets_dir).map_err(|e| ComposeError::io(&assets_dir, e))?;
+    check_output_dir(dir, replace)?;
+    let sources = image_sources(article, dir, image_roots)?;
+    let assets_dir = assets_folder(dir)?;
     // Images a previous render here copied (removed below if no longer used).
     let previous: BTreeSet<String> = Article::load(&dir.join(Format::Json.file_name()))
         .map(|a| a.images.into_iter().filter_map(|s| s.asset).collect())
         .unwrap_or_default();
 
     let mut assets = Vec::new();
-    for (i, slot) in article.images.iter_mut().enumerate() {
-        let Some(source) = slot.image().map(|c| c.path.clone()) else { continue };
-        let name = asset_name(i, &source);
+    for (i, source) in sources {
+        let name = asset_name(i, &article.images[i].image().expect("checked").path);
         let target = assets_dir.join(&name);
-        let tmp = assets_dir.join(format!(".{name}.tmp"));
-        std::fs::copy(&source, &tmp).map_err(|e| ComposeError::io(&source, format!("copying the image for slot {i}: {e}")))?;
-        std::fs::rename(&tmp, &target).map_err(|e| ComposeError::io(&target, e))?;
-        slot.asset = Some(format!("{ASSETS_DIR}/{name}"));
+        copy_image(&source, &target).map_err(|e| ComposeError::io(&source, format!("copying the image for slot {i} to {}: {e}", target.display())))?;
+        article.images[i].asset = Some(format!("{ASSETS_DIR}/{name}"));
         assets.push(target);
     }
     let md = markdown(article);
@@ -201,14 +218,188 @@ pub fn write(article: &mut Article, dir: &Path, formats: &[Format], replace: boo
             Format::Html => html(article),
             Format::Json => article.to_json(),
         };
-        write_atomic(&path, text.as_bytes()).map_err(|e| ComposeError::io(&path, e))?;
+        replace_file(&path, |file| file.write_all(text.as_bytes())).map_err(|e| ComposeError::io(&path, e))?;
         files.push(path);
     }
     let current: BTreeSet<String> = article.images.iter().filter_map(|s| s.asset.clone()).collect();
-    for stale in previous.difference(&current) {
-        if stale.starts_with(&format!("{ASSETS_DIR}/")) && !stale.contains("..") {
-            let _ = std::fs::remove_file(dir.join(stale));
+    let left_alone = remove_stale(&assets_dir, previous.difference(&current));
+    Ok(Written { dir: dir.into(), files, assets, left_alone })
+}
+
+/// Refuses a `dir` that is not a folder, or is a non-empty one without `replace`.
+fn check_output_dir(dir: &Path, replace: bool) -> Result<(), ComposeError> {
+    if dir.exists() {
+        if !dir.is_dir() {
+            return Err(ComposeError::io(dir, "exists and is not a folder"));
+        }
+        let non_empty = std::fs::read_dir(dir).map_err(|e| ComposeError::io(dir, e))?.next().is_some();
+        if non_empty && !replace {
+            return Err(ComposeError::OutputExists(dir.into()));
         }
     }
-    Ok(Written { dir: dir.into(), files, assets })
+    Ok(())
+}
+
+/// Creates `dir/assets`, refusing one that is a symlink (copies would land elsewhere).
+fn assets_folder(dir: &Path) -> Result<PathBuf, ComposeError> {
+    let assets_dir = dir.join(ASSETS_DIR);
+    std::fs::create_dir_all(&assets_dir).map_err(|e| ComposeError::io(&assets_dir, e))?;
+    let meta = std::fs::symlink_metadata(&assets_dir).map_err(|e| ComposeError::io(&assets_dir, e))?;
+    if !meta.is_dir() {
+        return Err(ComposeError::io(&assets_dir, "is a symlink or not a folder; expected the article's own assets folder"));
+    }
+    Ok(assets_dir)
+}
+
+/// The real path of each slot's chosen image, checked by [`image_source`]; errors name the field.
+fn image_sources(article: &Article, dir: &Path, roots: &[PathBuf]) -> Result<Vec<(usize, PathBuf)>, ComposeError> {
+    let allowed: Vec<PathBuf> = std::iter::once(dir).chain(roots.iter().map(PathBuf::as_path)).filter_map(|r| r.canonicalize().ok()).collect();
+    let mut out = Vec::new();
+    for (i, slot) in article.images.iter().enumerate() {
+        let Some(c) = slot.image() else { continue };
+        let real = image_source(&c.path, &allowed).map_err(|reason| ComposeError::UnsafeImage {
+            article: dir.join(Format::Json.file_name()),
+            field: format!("images[{i}].candidates[{}].path", slot.chosen),
+            path: c.path.clone(),
+            reason,
+        })?;
+        out.push((i, real));
+    }
+    Ok(out)
+}
+
+/// `path` with its links followed, if that is a regular file inside one of `allowed` (real paths).
+fn image_source(path: &Path, allowed: &[PathBuf]) -> Result<PathBuf, String> {
+    let real = path.canonicalize().map_err(|e| format!("which cannot be read ({e})"))?;
+    if !allowed.iter().any(|r| real.starts_with(r)) {
+        let roots: Vec<String> = allowed.iter().map(|r| r.display().to_string()).collect();
+        return Err(format!("which is outside the article's folder and the image library ({}); only images from there are copied", roots.join(", ")));
+    }
+    match std::fs::metadata(&real) {
+        Ok(m) if m.is_file() => Ok(real),
+        Ok(_) => Err("which is not a regular file (a folder, FIFO or device); expected an image file".into()),
+        Err(e) => Err(format!("which cannot be read ({e})")),
+    }
+}
+
+/// Copies the regular file `source` to `target` through [`replace_file`].
+fn copy_image(source: &Path, target: &Path) -> std::io::Result<()> {
+    let mut from = std::fs::File::open(source)?;
+    if !from.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    replace_file(target, |to| std::io::copy(&mut from, to).map(drop))
+}
+
+/// Writes `target` anew through `fill`: into a temporary file next to it, created exclusively
+/// under an unpredictable name, then renamed over it (a symlink at `target` is replaced, not followed).
+fn replace_file(target: &Path, fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>) -> std::io::Result<()> {
+    let (tmp, mut file) = create_temp(target)?;
+    let done = fill(&mut file).and_then(|()| file.sync_all()).and_then(|()| std::fs::rename(&tmp, target));
+    if done.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    done
+}
+
+/// A new file `.NAME.RANDOM.tmp` next to `target`, created with `create_new` (never an existing file or link).
+fn create_temp(target: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    for _ in 0..16 {
+        let tmp = target.with_file_name(format!(".{name}.{:016x}.tmp", random_u64()));
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp) {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, format!("no free temporary name next to {}", target.display())))
+}
+
+/// An unpredictable number: std's randomly keyed hasher over the time and the process id.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// Deletes each `assets/NAME` in `stale` that is a file directly inside `assets_dir`; returns
+/// the names that are not (absolute, `..`, deeper paths, other folders), which are left alone.
+fn remove_stale<'a>(assets_dir: &Path, stale: impl Iterator<Item = &'a String>) -> Vec<String> {
+    let mut left_alone = Vec::new();
+    for name in stale {
+        match stale_asset(assets_dir, name) {
+            Some(Some(path)) => {
+                let _ = std::fs::remove_file(path);
+            }
+            Some(None) => {}
+            None => left_alone.push(name.clone()),
+        }
+    }
+    left_alone
+}
+
+/// For `assets/FILE`: the file to delete, or `Some(None)` when it is already gone; `None` for
+/// any other name or for something there that is not a file or a link.
+fn stale_asset(assets_dir: &Path, name: &str) -> Option<Option<PathBuf>> {
+    use std::path::Component::Normal;
+    let mut parts = Path::new(name).components();
+    let (Some(Normal(folder)), Some(Normal(file)), None) = (parts.next(), parts.next(), parts.next()) else { return None };
+    if folder != ASSETS_DIR || name.contains('\\') {
+        return None;
+    }
+    let path = assets_dir.join(file);
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.is_file() || m.is_symlink() => Some(Some(path)),
+        Ok(_) => None,
+        Err(_) => Some(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn article(paragraphs: &[&str]) -> Article {
+        let json = serde_json::json!({
+            "format": "xcomposer-article", "version": 1, "instruction": "x", "language": "en", "title": "T",
+            "title_source": {"by": "user", "detail": ""}, "paragraphs": paragraphs,
+            "text_source": {"by": "user", "detail": ""}, "spotting": {"by": "user", "detail": ""}, "images": [],
+            "settings": {"seed": 0, "max_new_tokens": 1, "max_paragraphs": 1, "images": null, "candidates": 1},
+            "models": {}, "timings": []
+        });
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn html_drops_script_urls_and_keeps_web_links() {
+        let bad = [
+            "[a](javascript:alert(1))",
+            "[a](JaVaScRiPt:alert(1))",
+            "[a](<\u{1}javascript:alert(1)>)",
+            "[a](<  javascript:alert(1)>)",
+            "[a](java&#09;script:alert(1))",
+            "[a](&#106;avascript:alert(1))",
+            "<javascript:alert(1)>",
+            "[a][r]\n\n[r]: vbscript:msgbox",
+            "![i](data:text/html;base64,PHNjcmlwdD4=)",
+            "[a](file:///etc/passwd)",
+        ];
+        for p in bad {
+            let h = html(&article(&[p])).to_ascii_lowercase();
+            let body = &h[h.find("<body>").unwrap()..];
+            for s in ["javascript", "vbscript", "data:", "file:"] {
+                assert!(!body.contains(&format!("href=\"{s}")) && !body.contains(&format!("src=\"{s}")), "{p:?} → {body}");
+            }
+            assert!(!body.contains("script:") || !body.contains("href=\"java"), "{p:?} → {body}");
+        }
+        let good = ["[a](https://example.org/x)", "[a](http://e.org)", "[a](mailto:me@e.org)", "[a](other.html#top)", "![i](assets/01-x.png)", "[a](#s)"];
+        for p in good {
+            let h = html(&article(&[p]));
+            let dest = p.rsplit('(').next().unwrap().trim_end_matches(')');
+            assert!(h.contains(&format!("=\"{dest}\"")), "{p:?} → {h}");
+        }
+    }
 }

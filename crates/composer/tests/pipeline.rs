@@ -147,7 +147,7 @@ fn compose_records_every_decision_and_renders_linked_outputs() {
     assert_eq!(article.timings.len(), 5);
 
     let out = dir.join("out");
-    let written = render::write(&mut article, &out, &[Format::Markdown, Format::Html, Format::Json], false).unwrap();
+    let written = render::write(&mut article, &out, &[Format::Markdown, Format::Html, Format::Json], false, &[dir.join("photos")]).unwrap();
     assert_eq!(written.files.len(), 3);
     let md = std::fs::read_to_string(out.join("article.md")).unwrap();
     assert!(md.starts_with("# Coffee Through Time\n\nCoffee was first brewed"), "{md}");
@@ -164,11 +164,11 @@ fn compose_records_every_decision_and_renders_linked_outputs() {
     assert_eq!(Article::load(&out.join("article.json")).unwrap(), article, "JSON round-trips");
 
     // An existing output folder is not overwritten without being asked.
-    let e = render::write(&mut article, &out, &[Format::Markdown], false).unwrap_err();
+    let e = render::write(&mut article, &out, &[Format::Markdown], false, &[dir.join("photos")]).unwrap_err();
     assert!(matches!(e, ComposeError::OutputExists(_)), "{e}");
     // With replace, a user's own file there is left alone.
     std::fs::write(out.join("notes.txt"), "mine").unwrap();
-    render::write(&mut article, &out, &[Format::Markdown, Format::Json], true).unwrap();
+    render::write(&mut article, &out, &[Format::Markdown, Format::Json], true, &[dir.join("photos")]).unwrap();
     assert_eq!(std::fs::read_to_string(out.join("notes.txt")).unwrap(), "mine");
 }
 
@@ -187,7 +187,7 @@ fn unusable_answers_fall_back_and_say_so() {
     // Two photos for three slots: the third repeats one, and the selection says so.
     assert!(article.images[2].selection.detail.contains("exhausted"), "{:?}", article.images[2].selection);
     let out = dir.join("out");
-    render::write(&mut article, &out, &[Format::Markdown], false).unwrap();
+    render::write(&mut article, &out, &[Format::Markdown], false, &[dir.join("photos")]).unwrap();
     assert_eq!(render::image_links(&std::fs::read_to_string(out.join("article.md")).unwrap()).len(), 3);
 }
 
@@ -266,8 +266,8 @@ fn every_edit_operation_changes_what_it_says_and_nothing_else() {
     // Re-rendering in place after the edits: links resolve and the stale copies are gone.
     let out = dir.join("out");
     let mut first = before.clone();
-    render::write(&mut first, &out, &[Format::Markdown, Format::Json], false).unwrap();
-    render::write(&mut a, &out, &[Format::Markdown, Format::Json], true).unwrap();
+    render::write(&mut first, &out, &[Format::Markdown, Format::Json], false, &[dir.join("photos")]).unwrap();
+    render::write(&mut a, &out, &[Format::Markdown, Format::Json], true, &[dir.join("photos")]).unwrap();
     let left: Vec<String> = std::fs::read_dir(out.join("assets")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(left.len(), 1, "{left:?}");
 }
@@ -291,4 +291,110 @@ fn saved_articles_are_checked_when_read() {
     let e = Article::load(&p).unwrap_err().to_string();
     assert!(e.contains("images[0].after_paragraph is 40, but there are 5 paragraphs"), "{e}");
     assert!(Article::load(&dir.join("missing.json")).unwrap_err().to_string().contains("missing.json"));
+}
+
+/// A composed article rendered into `dir/out`, with its photos in `dir/photos`.
+fn rendered(dir: &Path) -> (Composer, PathBuf) {
+    let model = ScriptedModel::new("<Seg0> <Seg4>", &["ethiopia coffee", "espresso machine"]);
+    let c = composer(model, &dir.join("photos"), PHOTOS);
+    let mut a = c.compose(&ComposeRequest::new("Write about coffee."), &mut |_| {}).unwrap();
+    let out = dir.join("out");
+    render::write(&mut a, &out, &[Format::Markdown, Format::Json], false, &[dir.join("photos")]).unwrap();
+    (c, out)
+}
+
+/// `out/article.json` with `change` applied to its JSON.
+fn tampered(out: &Path, change: impl FnOnce(&mut serde_json::Value)) -> Article {
+    let p = out.join("article.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    change(&mut v);
+    std::fs::write(&p, v.to_string()).unwrap();
+    Article::load(&p).unwrap()
+}
+
+#[test]
+fn edit_copies_only_regular_files_from_the_article_folder_or_the_library() {
+    let dir = tmp("edit-sources");
+    let (c, out) = rendered(&dir);
+    let secret = dir.join("secret.txt");
+    std::fs::write(&secret, "private").unwrap();
+    std::os::unix::fs::symlink(&secret, dir.join("photos/link.png")).unwrap();
+    let fifo = dir.join("photos/pipe.png");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let cases = [(secret.clone(), "outside"), (dir.join("photos/link.png"), "outside"), (fifo, "not a regular file"), (PathBuf::from("/etc/hostname"), "outside")];
+    for (path, why) in cases {
+        let mut a = tampered(&out, |v| v["images"][1]["candidates"][2]["path"] = path.to_str().unwrap().into());
+        c.edit(&mut a, &Edit::Swap { slot: 1, candidate: 2 }).unwrap();
+        let e = render::write(&mut a, &out, &[Format::Markdown, Format::Json], true, &[dir.join("photos")]).unwrap_err().to_string();
+        assert!(e.contains("article.json") && e.contains("images[1].candidates[2].path") && e.contains(path.to_str().unwrap()) && e.contains(why), "{e}");
+    }
+    let copied: Vec<String> = std::fs::read_dir(out.join("assets")).unwrap().map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap()).collect();
+    assert!(!copied.iter().any(|t| t == "private"), "{copied:?}");
+    // A copy already inside the article's own folder may be used again.
+    let own = out.join("assets/01-ethiopia-coffee.png");
+    let mut a = tampered(&out, |v| v["images"][1]["candidates"][2]["path"] = own.to_str().unwrap().into());
+    c.edit(&mut a, &Edit::Swap { slot: 1, candidate: 2 }).unwrap();
+    render::write(&mut a, &out, &[Format::Markdown, Format::Json], true, &[dir.join("photos")]).unwrap();
+}
+
+#[test]
+fn copies_never_write_through_a_planted_symlink() {
+    let dir = tmp("symlink-targets");
+    let (c, out) = rendered(&dir);
+    let victim = dir.join("victim.txt");
+    std::fs::write(&victim, "keep me").unwrap();
+    let assets = out.join("assets");
+    let names: Vec<String> = std::fs::read_dir(&assets).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    for name in &names {
+        std::fs::remove_file(assets.join(name)).unwrap();
+        std::os::unix::fs::symlink(&victim, assets.join(name)).unwrap();
+        std::os::unix::fs::symlink(&victim, assets.join(format!(".{name}.tmp"))).unwrap();
+    }
+    std::os::unix::fs::symlink(&victim, out.join(".article.md.tmp")).unwrap();
+    let mut a = Article::load(&out.join("article.json")).unwrap();
+    c.edit(&mut a, &Edit::Swap { slot: 0, candidate: 1 }).unwrap();
+    render::write(&mut a, &out, &[Format::Markdown, Format::Json], true, &[dir.join("photos")]).unwrap();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
+    for s in &a.images {
+        let p = out.join(s.asset.as_ref().unwrap());
+        assert!(std::fs::symlink_metadata(&p).unwrap().is_file(), "{}", p.display());
+        assert_eq!(std::fs::read(&p).unwrap(), std::fs::read(&s.image().unwrap().path).unwrap());
+    }
+}
+
+#[test]
+fn stale_assets_are_deleted_only_inside_the_assets_folder() {
+    let dir = tmp("stale");
+    let (_c, out) = rendered(&dir);
+    let outside = dir.join("precious");
+    std::fs::create_dir_all(&outside).unwrap();
+    for f in ["a.txt", "b.txt", "c.txt"] {
+        std::fs::write(outside.join(f), "mine").unwrap();
+    }
+    std::os::unix::fs::symlink(&outside, out.join("assets/sub")).unwrap();
+    std::fs::write(out.join("notes.txt"), "mine").unwrap();
+    let current = Article::load(&out.join("article.json")).unwrap();
+    let names = [outside.join("a.txt").to_str().unwrap().to_string(), "assets/../notes.txt".into(), "assets/sub/b.txt".into(), format!("assets/{}", outside.join("c.txt").display())];
+    for pair in names.chunks(2) {
+        // The previous article.json names paths outside assets/: none is deleted, each is reported.
+        tampered(&out, |v| {
+            for (i, n) in pair.iter().enumerate() {
+                v["images"][i]["asset"] = n.as_str().into();
+            }
+        });
+        let written = render::write(&mut current.clone(), &out, &[Format::Markdown, Format::Json], true, &[dir.join("photos")]).unwrap();
+        let mut expected = pair.to_vec();
+        expected.sort();
+        assert_eq!(written.left_alone, expected);
+    }
+    for f in ["a.txt", "b.txt", "c.txt"] {
+        assert_eq!(std::fs::read_to_string(outside.join(f)).unwrap(), "mine", "{f}");
+    }
+    assert_eq!(std::fs::read_to_string(out.join("notes.txt")).unwrap(), "mine");
+    // A stale copy that is inside assets/ is still removed.
+    let mut a = current.clone();
+    a.images.remove(0);
+    let gone = out.join(current.images[0].asset.as_ref().unwrap());
+    render::write(&mut a, &out, &[Format::Markdown, Format::Json], true, &[dir.join("photos")]).unwrap();
+    assert!(!gone.exists());
 }

@@ -282,7 +282,7 @@ fn every_stage_runs_on_xcomposer_tiny() {
     let out = std::env::temp_dir().join(format!("xc-tiny-compose-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     let mut article = article;
-    let written = render::write(&mut article, &out, &[Format::Markdown, Format::Json], false).unwrap();
+    let written = render::write(&mut article, &out, &[Format::Markdown, Format::Json], false, std::slice::from_ref(&images)).unwrap();
     let md = std::fs::read_to_string(out.join("article.md")).unwrap();
     assert_eq!(md.matches("](assets/").count(), article.images.len(), "{md}");
     assert!(written.files.iter().all(|f| f.exists()));
