@@ -47,8 +47,10 @@ pub(crate) struct Ours {
     pub pp: f64,
     /// Prefill of 512 positions.
     pub pp512: f64,
-    /// Greedy decode.
+    /// Greedy decode (each step a replayed CUDA graph).
     pub tg: f64,
+    /// Greedy decode with every kernel launched from the host (graphs off).
+    pub tg_launched: f64,
     /// Beam steps, per beam.
     pub beam: f64,
 }
@@ -117,7 +119,7 @@ fn measure(args: &EngineBenchArgs) -> Result<()> {
     let (prompt, long) = (embeds(args.prompt), embeds(512));
     let k = args.beams.clamp(1, xcomposer_llm::cuda::MAX_SEQS);
     let ours = speeds(&mut e, &prompt, &long, args.new_tokens, k, args.runs)?;
-    let Ours { pp, pp512, tg, beam } = ours;
+    let Ours { pp, pp512, tg, tg_launched, beam } = ours;
     let profiles_at = e.len();
     let mut profiles = vec![];
     for rows in [1, k] {
@@ -129,7 +131,7 @@ fn measure(args: &EngineBenchArgs) -> Result<()> {
         profiles.push(profile(&mut e, &c, rows, dtype)?);
     }
     drop(e);
-    eprintln!("[bench] engine: prefill {pp:.0} t/s ({} pos.), {pp512:.0} t/s (512); decode {tg:.1} t/s; {k}-beam {beam:.1} t/s per beam", args.prompt);
+    eprintln!("[bench] engine: prefill {pp:.0} t/s ({} pos.), {pp512:.0} t/s (512); decode {tg:.1} t/s ({tg_launched:.1} without graphs); {k}-beam {beam:.1} t/s per beam", args.prompt);
     for p in &profiles {
         eprintln!("{p}");
     }
@@ -165,6 +167,7 @@ fn print_table(args: &EngineBenchArgs, k: usize, ours: &Ours, torch: Option<&ser
         "| xcomposer fused CUDA engine | {:.0} | {:.0} ({}) | {:.1} ({}) | {:.1} ({:.2}× single) |",
         ours.pp, ours.pp512, ratio(ours.pp512, base_pp), ours.tg, ratio(ours.tg, base), ours.beam, ours.beam / ours.tg
     );
+    println!("| the same, kernels launched from the host (no CUDA graph) | – | – | {:.1} ({}) | – |", ours.tg_launched, ratio(ours.tg_launched, base));
     if let Some(v) = torch {
         let f = |key: &str| v[key].as_f64().unwrap_or(f64::NAN);
         let name = format!("PyTorch {} + transformers {} eager", v["torch"].as_str().unwrap_or("?"), v["transformers"].as_str().unwrap_or("?"));
@@ -178,18 +181,19 @@ fn print_table(args: &EngineBenchArgs, k: usize, ours: &Ours, torch: Option<&ser
 }
 
 /// Prefill (of `prompt` and of `long`), greedy decode with the choice made on the device, and
-/// `beams`-sequence steps with their logits read back and a reorder that moves every beam (as
-/// beam search does): tokens/s, median of `runs` after a warm-up.
+/// beam search with `beams` beams (every step after the first, per beam, with no end token so
+/// it runs `new_tokens` steps): tokens/s, median of `runs` after a warm-up.
 #[cfg(feature = "cuda")]
 pub(crate) fn speeds(e: &mut xcomposer_llm::cuda::CudaDecoder, prompt: &[f32], long: &[f32], new_tokens: usize, beams: usize, runs: usize) -> Result<Ours> {
     use std::time::Instant;
 
-    use xcomposer_llm::cuda::CudaDecoder;
+    use xcomposer_llm::beam::{EmbedGenConfig, beam_steps};
+    use xcomposer_llm::cuda::{CudaDecoder, EngineSteps};
 
     use crate::bench::median;
 
     let d = e.config.hidden_size;
-    let mut timed = |f: &mut dyn FnMut(&mut CudaDecoder) -> Result<f64>| -> Result<f64> {
+    let timed = |e: &mut CudaDecoder, f: &mut dyn FnMut(&mut CudaDecoder) -> Result<f64>| -> Result<f64> {
         f(e)?;
         let v: Vec<f64> = (0..runs).map(|_| f(e)).collect::<Result<_>>()?;
         Ok(median(v))
@@ -200,36 +204,38 @@ pub(crate) fn speeds(e: &mut xcomposer_llm::cuda::CudaDecoder, prompt: &[f32], l
         e.synchronize()?;
         Ok(t.elapsed().as_secs_f64())
     };
-    let pp = (prompt.len() / d) as f64 / timed(&mut |e| prefill(e, prompt))?;
-    let pp512 = (long.len() / d) as f64 / timed(&mut |e| prefill(e, long))?;
-    let tg = new_tokens as f64
-        / timed(&mut |e| {
-            prefill(e, prompt)?;
-            let mut seq = vec![1u32];
-            let t = Instant::now();
-            for _ in 0..new_tokens {
-                let next = e.greedy_token(&seq, 1.0)?;
-                seq.push(next);
-                e.step(&[next])?;
-            }
-            e.synchronize()?;
-            Ok(t.elapsed().as_secs_f64())
+    let pp = (prompt.len() / d) as f64 / timed(e, &mut |e| prefill(e, prompt))?;
+    let pp512 = (long.len() / d) as f64 / timed(e, &mut |e| prefill(e, long))?;
+    let decode = |e: &mut CudaDecoder, graphs: bool| -> Result<f64> {
+        e.set_cuda_graphs(graphs);
+        let tps = new_tokens as f64
+            / timed(e, &mut |e| {
+                prefill(e, prompt)?;
+                let mut seq = vec![1u32];
+                let t = Instant::now();
+                for _ in 0..new_tokens {
+                    let next = e.greedy_token(&seq, 1.0)?;
+                    seq.push(next);
+                    e.step(&[next])?;
+                }
+                e.synchronize()?;
+                Ok(t.elapsed().as_secs_f64())
+            })?;
+        Ok(tps)
+    };
+    let tg_launched = decode(e, false)?;
+    let tg = decode(e, true)?;
+    let cfg = EmbedGenConfig { num_beams: beams, max_new_tokens: new_tokens, repetition_penalty: 1.5, length_penalty: 1.0, bos_id: 1, eos_id: u32::MAX, stop_ids: vec![] };
+    let beam = (new_tokens - 1) as f64
+        / timed(e, &mut |e| {
+            // Timed from the first step's candidates (the prompt is prefilled by then).
+            let mut start = None;
+            beam_steps(&mut EngineSteps { engine: e, prompt }, &cfg, &mut |_| {
+                start.get_or_insert_with(Instant::now);
+            })?;
+            Ok(start.map_or(f64::NAN, |t| t.elapsed().as_secs_f64()))
         })?;
-    let order: Vec<usize> = (0..beams).map(|i| (i + 1) % beams).collect();
-    let beam = new_tokens as f64
-        / timed(&mut |e| {
-            prefill(e, prompt)?;
-            e.reorder(&vec![0; beams])?;
-            let t = Instant::now();
-            for step in 0..new_tokens {
-                e.step(&(0..beams).map(|b| (100 + 7 * step + b) as u32).collect::<Vec<_>>())?;
-                let _ = e.logits()?;
-                e.reorder(&order)?;
-            }
-            e.synchronize()?;
-            Ok(t.elapsed().as_secs_f64())
-        })?;
-    Ok(Ours { pp, pp512, tg, beam })
+    Ok(Ours { pp, pp512, tg, tg_launched, beam })
 }
 
 /// Prints the time of each part of one layer's decode step at the current length.
@@ -241,13 +247,14 @@ fn profile(e: &mut xcomposer_llm::cuda::CudaDecoder, c: &xcomposer_llm::config::
     let (d, ff, hd) = (c.hidden_size as f64, c.intermediate_size as f64, c.head_dim as f64);
     let (q, kv) = (c.num_heads as f64 * hd, c.num_kv_heads as f64 * hd);
     let bytes = |name: &str| -> Option<f64> {
-        Some(eb * match name {
-            "q/k/v projection + bias" => (q + 2.0 * kv) * d,
-            "output projection + residual" => d * q,
-            "gate/up + SwiGLU" => 2.0 * ff * d,
-            "down projection + residual" => d * ff,
-            "lm head" => c.vocab_size as f64 * d,
-            "attention (split + merge)" => 2.0 * kv * e.len() as f64 * rows as f64,
+        let has = |part: &str| name.contains(part);
+        Some(eb * match () {
+            _ if has("q/k/v") => (q + 2.0 * kv) * d,
+            _ if has("output projection") => d * q,
+            _ if has("gate/up") => 2.0 * ff * d,
+            _ if has("down projection") => d * ff,
+            _ if has("lm head") => c.vocab_size as f64 * d,
+            _ if has("attention (") => 2.0 * kv * e.len() as f64 * rows as f64,
             _ => return None,
         })
     };

@@ -83,7 +83,10 @@ fn gen_config(req: &Request, prompt_ids: usize, prompt_chars: usize, room: usize
     EmbedGenConfig { num_beams: req.sampling.beams.max(1), max_new_tokens, repetition_penalty: req.sampling.repetition_penalty, ..EmbedGenConfig::xcomposer() }
 }
 
-impl<B: Backend> XComposerText<B> {
+impl<B: Backend> XComposerText<B>
+where
+    XComposer<B>: Send + Sync,
+{
     /// Answers `req` as [`TextModel::complete`] does, keeping the prompt's ids, the settings and
     /// the decoded sequence.
     pub fn answer(&self, req: &Request, on_text: &mut (dyn FnMut(&str) + Send)) -> Result<Answered, String> {

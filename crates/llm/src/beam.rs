@@ -77,6 +77,30 @@ pub trait StepDecoder {
         apply_repetition_penalty(&mut row, seq, penalty);
         Ok(argmax(&row))
     }
+    /// Beam search's candidates of the first `seqs.len()` sequences: each row's log-softmax with
+    /// the repetition `penalty` over `seqs[b]` applied after it (as HF's processors see
+    /// log-probabilities), its `k` best as (log-prob, id), best first, lower id first on ties.
+    fn top_logprobs(&mut self, seqs: &[Vec<u32>], penalty: f32, k: usize) -> Result<Vec<Vec<(f32, u32)>>, Self::Error> {
+        Ok(top_logprobs_host(self.logits()?, seqs, penalty, k))
+    }
+}
+
+/// [`StepDecoder::top_logprobs`] on logits rows already on the host.
+pub fn top_logprobs_host(rows: Vec<Vec<f32>>, seqs: &[Vec<u32>], penalty: f32, k: usize) -> Vec<Vec<(f32, u32)>> {
+    rows.into_iter()
+        .zip(seqs)
+        .map(|(mut row, seq)| {
+            log_softmax(&mut row);
+            apply_repetition_penalty(&mut row, seq, penalty);
+            let mut idx: Vec<usize> = (0..row.len()).collect();
+            let k = k.min(row.len());
+            let order = |x: &usize, y: &usize| row[*y].total_cmp(&row[*x]).then(x.cmp(y));
+            idx.select_nth_unstable_by(k - 1, order);
+            idx.truncate(k);
+            idx.sort_by(order);
+            idx.into_iter().map(|t| (row[t], t as u32)).collect()
+        })
+        .collect()
 }
 
 /// A burn [`Decoder`] with its cache, after a prompt `[1, len, hidden]`.
@@ -198,9 +222,7 @@ pub fn beam_search<B: Backend>(dec: &Decoder<B>, prompt: Tensor<B, 3>, cfg: &Emb
 pub fn beam_steps<D: StepDecoder>(dec: &mut D, cfg: &EmbedGenConfig, on_step: &mut dyn FnMut(&[u32])) -> Result<EmbedGenOutput, D::Error> {
     let n = cfg.num_beams.max(1);
     dec.prefill()?;
-    let first = dec.logits()?.swap_remove(0);
     dec.reorder(&vec![0; n])?;
-    let mut logits: Vec<Vec<f32>> = vec![first; n];
     let mut seqs: Vec<Vec<u32>> = vec![vec![cfg.bos_id]; n];
     let mut beam_scores: Vec<f32> = (0..n).map(|i| if i == 0 { 0.0 } else { -1e9 }).collect();
     let mut hyps = Hypotheses { beams: vec![], worst: 1e9, n, length_penalty: cfg.length_penalty };
@@ -208,14 +230,15 @@ pub fn beam_steps<D: StepDecoder>(dec: &mut D, cfg: &EmbedGenConfig, on_step: &m
     for step in 0..cfg.max_new_tokens {
         let cur_len = seqs[0].len();
         // Each beam's processed log-probs plus its score; the best 2n over all beams.
+        // Before the first step every beam is the prompt: its one row stands for all (the
+        // others start at -1e9 and cannot reach the best 2n).
+        let tops = match step {
+            0 => vec![dec.top_logprobs(&seqs[..1], cfg.repetition_penalty, 2 * n)?.swap_remove(0); n],
+            _ => dec.top_logprobs(&seqs, cfg.repetition_penalty, 2 * n)?,
+        };
         let mut cand: Vec<(f32, u32, usize)> = Vec::with_capacity(2 * n * n);
-        for (b, row) in logits.iter_mut().enumerate() {
-            log_softmax(row);
-            apply_repetition_penalty(row, &seqs[b], cfg.repetition_penalty);
-            let mut idx: Vec<usize> = (0..row.len()).collect();
-            let k = (2 * n).min(row.len());
-            idx.select_nth_unstable_by(k - 1, |&x, &y| row[y].total_cmp(&row[x]));
-            cand.extend(idx[..k].iter().map(|&t| (row[t] + beam_scores[b], t as u32, b)));
+        for (b, top) in tops.iter().enumerate() {
+            cand.extend(top.iter().map(|&(lp, t)| (lp + beam_scores[b], t, b)));
         }
         // torch.topk over the flattened beams × vocabulary: descending, lower flat index first on ties.
         cand.sort_by(|a, b| b.0.total_cmp(&a.0).then((a.2, a.1).cmp(&(b.2, b.1))));
@@ -244,7 +267,6 @@ pub fn beam_steps<D: StepDecoder>(dec: &mut D, cfg: &EmbedGenConfig, on_step: &m
         dec.reorder(&order)?;
         let toks: Vec<u32> = next.iter().map(|c| c.1).collect();
         dec.step(&toks)?;
-        logits = dec.logits()?;
     }
     if !done {
         for (seq, score) in seqs.into_iter().zip(beam_scores) {
@@ -255,6 +277,58 @@ pub fn beam_steps<D: StepDecoder>(dec: &mut D, cfg: &EmbedGenConfig, on_step: &m
     // Best first; among equals the later one, as Python's stable sort then `[-1]` picks.
     all.reverse();
     all.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let (score, sequence) = all.first().cloned().expect("at least one hypothesis");
+    let (score, mut sequence) = all.first().cloned().expect("at least one hypothesis");
+    // HF's `BeamSearchScorer.finalize` writes EOS after a hypothesis shorter than the length
+    // limit (`[BOS] + max_new_tokens`), however the search ended.
+    if sequence.len() < cfg.max_new_tokens + 1 {
+        sequence.push(cfg.eos_id);
+    }
     Ok(EmbedGenOutput { sequence, score, hypotheses: all.into_iter().map(|(s, h)| (h, s)).collect() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every sequence's logits are the same row: EOS (id 2) the likeliest token.
+    struct SameRow {
+        rows: usize,
+    }
+
+    impl StepDecoder for SameRow {
+        type Error = std::convert::Infallible;
+        fn prefill(&mut self) -> Result<(), Self::Error> {
+            Ok(())
+        }
+        fn logits(&mut self) -> Result<Vec<Vec<f32>>, Self::Error> {
+            Ok(vec![vec![0.0, 1.0, 5.0, 2.0]; self.rows])
+        }
+        fn reorder(&mut self, rows: &[usize]) -> Result<(), Self::Error> {
+            self.rows = rows.len();
+            Ok(())
+        }
+        fn step(&mut self, _: &[u32]) -> Result<(), Self::Error> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_hypothesis_ended_early_comes_back_with_its_eos_as_hf_finalize_writes_it() {
+        let cfg = EmbedGenConfig { num_beams: 2, max_new_tokens: 5, repetition_penalty: 1.0, length_penalty: 1.0, bos_id: 1, eos_id: 2, stop_ids: vec![] };
+        let out = beam_steps(&mut SameRow { rows: 1 }, &cfg, &mut |_| {}).unwrap();
+        // The best hypothesis is BOS closed at once by EOS (log-prob ≈ −0.066 over length 1).
+        assert_eq!(out.sequence, vec![1, 2]);
+        assert_eq!(out.hypotheses[0].0, vec![1]);
+    }
+
+    #[test]
+    fn device_style_candidates_are_the_rows_best_log_probs_penalised() {
+        let rows = vec![vec![0.0, 1.0, 5.0, 2.0]];
+        let top = top_logprobs_host(rows, &[vec![2]], 50.0, 2);
+        let lse = (0f64.exp() + 1f64.exp() + 5f64.exp() + 2f64.exp()).ln() as f32;
+        // Id 2 is penalised (its log-prob −0.066 times 50), which puts id 3 (−3.066) first.
+        assert_eq!(top.len(), 1);
+        assert_eq!(top[0].iter().map(|x| x.1).collect::<Vec<_>>(), vec![3, 2]);
+        assert!((top[0][0].0 - (2.0 - lse)).abs() < 1e-5 && (top[0][1].0 - 50.0 * (5.0 - lse)).abs() < 1e-4);
+    }
 }

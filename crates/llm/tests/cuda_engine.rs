@@ -1,6 +1,7 @@
 //! The CUDA engine against burn's decoder on the CPU (plain f32 computation), on random small
 //! models: prefill through cuBLAS and through the matrix-vector kernels, chunked prefill, decode
-//! steps, beams reordered, the device-side greedy choice, embeddings, the context check.
+//! steps, beams reordered, the device-side greedy choice and beam candidates, embeddings, the
+//! context check.
 //! Needs a GPU: built only with `--features cuda`, run on the GPU machine by `scripts/gpu-engine.sh`.
 #![cfg(feature = "cuda")]
 
@@ -10,6 +11,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use xcomposer_llm::config::Arch;
 use xcomposer_llm::cuda::{CudaDecoder, CudaError, EngineDtype, EngineOptions};
+use xcomposer_llm::beam::top_logprobs_host;
 use xcomposer_llm::decoder::KeyStyle;
 use xcomposer_llm::generation::{apply_repetition_penalty, argmax};
 use xcomposer_llm::random_weights::RandomWeights;
@@ -50,15 +52,16 @@ fn burn_rows(t: Tensor<Flex, 3>) -> Vec<Vec<f32>> {
     data.chunks(v).map(<[f32]>::to_vec).collect()
 }
 
-/// Runs every comparison for one model shape and engine type.
-fn check(c: DecoderConfig, dtype: EngineDtype, tol: f32, seed: u64) {
+/// Runs every comparison for one model shape and engine type, decode steps replayed from CUDA
+/// graphs or (`graphs` false) launched kernel by kernel.
+fn check(c: DecoderConfig, dtype: EngineDtype, tol: f32, seed: u64, graphs: bool) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let src = RandomWeights::for_decoder(&c, seed);
     let dev = Default::default();
     let reference = Decoder::<Flex>::load(c.clone(), &src, KeyStyle::HuggingFace, &dev).unwrap();
-    let mut engine = CudaDecoder::load(c.clone(), &src, KeyStyle::HuggingFace, EngineOptions { dtype, prefill_chunk: 9 }).unwrap();
+    let mut engine = CudaDecoder::load(c.clone(), &src, KeyStyle::HuggingFace, EngineOptions { dtype, prefill_chunk: 9, cuda_graphs: graphs }).unwrap();
     let d = c.hidden_size;
-    let label = format!("{dtype:?} hidden {d}, {} heads / {} kv", c.num_heads, c.num_kv_heads);
+    let label = format!("{dtype:?} hidden {d}, {} heads / {} kv, graphs {graphs}", c.num_heads, c.num_kv_heads);
 
     // Embeddings.
     let ids = [5u32, 1002, 0, 77];
@@ -104,6 +107,15 @@ fn check(c: DecoderConfig, dtype: EngineDtype, tol: f32, seed: u64) {
                 let e = rel(&got[b], &want[b]);
                 assert!(e < tol, "{label}: beam {b} after {len}: {e}");
             }
+            // Beam candidates on the device against the host's, from the same logits.
+            let seqs = vec![vec![1u32, toks[0], toks[0], 7], vec![1, toks[1]], vec![1, toks[2], 900]];
+            let host = top_logprobs_host(got.clone(), &seqs, 1.5, 6);
+            let device = engine.top_logprobs(&seqs, 1.5, 6).unwrap();
+            for (b, (h, g)) in host.iter().zip(&device).enumerate() {
+                let ids = |v: &[(f32, u32)]| v.iter().map(|x| x.1).collect::<Vec<_>>();
+                assert_eq!(ids(g), ids(h), "{label}: beam {b} candidates");
+                assert!(h.iter().zip(g).all(|(x, y)| (x.0 - y.0).abs() < 1e-4), "{label}: beam {b} log-probs {h:?} vs {g:?}");
+            }
             cache.reorder(&order);
             engine.reorder(&order).unwrap();
         }
@@ -121,12 +133,13 @@ fn check(c: DecoderConfig, dtype: EngineDtype, tol: f32, seed: u64) {
 #[test]
 fn engine_f32_matches_the_cpu_decoder() {
     // Vector loads (hidden and ffn multiples of 8), and the scalar path (196 and 300 are not).
-    check(config(256, 4, 4, 688), EngineDtype::F32, 1e-4, 1);
-    check(config(196, 2, 1, 300), EngineDtype::F32, 1e-4, 2);
+    check(config(256, 4, 4, 688), EngineDtype::F32, 1e-4, 1, true);
+    check(config(196, 2, 1, 300), EngineDtype::F32, 1e-4, 2, true);
+    check(config(256, 4, 4, 688), EngineDtype::F32, 1e-4, 5, false);
 }
 
 #[test]
 fn engine_f16_matches_the_cpu_decoder() {
-    check(config(256, 4, 4, 688), EngineDtype::F16, 2e-2, 3);
-    check(config(196, 2, 1, 300), EngineDtype::F16, 2e-2, 4);
+    check(config(256, 4, 4, 688), EngineDtype::F16, 2e-2, 3, true);
+    check(config(196, 2, 1, 300), EngineDtype::F16, 2e-2, 4, true);
 }

@@ -4,7 +4,10 @@
 use std::sync::Arc;
 
 use cudarc::cublas::{CudaBlas, sys as blas};
-use cudarc::driver::{CudaContext, CudaStream};
+use std::collections::HashMap;
+
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::{CudaContext, CudaGraph, CudaStream};
 use rayon::prelude::*;
 
 use super::CudaError;
@@ -16,8 +19,22 @@ use crate::weights::WeightSource;
 /// Most sequences decoded together (the matrix-vector kernels are instantiated for 1..=8 rows).
 pub const MAX_SEQS: usize = 8;
 
-/// Keys per block of the attention kernel (`ATT_SPAN` in kernels.cu).
+/// Keys per block of the attention kernel when launched directly.
 const ATT_SPAN: usize = 32;
+
+/// Most keys per block of the attention kernel (`ATT_SPAN_MAX` in kernels.cu).
+const ATT_SPAN_MAX: usize = 256;
+
+/// Key spans of the attention launch in a captured decode step (fixed, as a graph's grid is):
+/// each span then holds at most [`ATT_SPAN_MAX`] keys.
+fn graph_spans(context: usize) -> usize {
+    context.div_ceil(ATT_SPAN_MAX).max(16)
+}
+
+/// Most key spans of any attention launch (sizes the partials).
+fn max_spans(context: usize) -> usize {
+    context.div_ceil(ATT_SPAN).max(graph_spans(context))
+}
 
 /// The type the engine keeps weights, normalised activations and the KV cache in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,28 +76,32 @@ pub struct EngineOptions {
     pub dtype: EngineDtype,
     /// Prompt positions run per prefill pass (bounds the scratch memory).
     pub prefill_chunk: usize,
+    /// Decode steps replayed from a captured CUDA graph (one launch per step instead of one per
+    /// kernel); off, every kernel is launched from the host.
+    pub cuda_graphs: bool,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { dtype: EngineDtype::F16, prefill_chunk: 512 }
+        EngineOptions { dtype: EngineDtype::F16, prefill_chunk: 512, cuda_graphs: true }
     }
 }
 
+/// One layer's weights; the RMSNorm weights are folded into the columns of the products that
+/// follow them (`qkv`, `gate_up`), whose inputs are then normalised with unit weights.
 struct LayerWeights {
-    attn_norm: Buf,
     /// q, k and v stacked: `[(nh + 2 nkv)·hd, d]`.
     qkv: Buf,
     qkv_bias: Option<Buf>,
     o: Buf,
     o_bias: Option<Buf>,
-    ffn_norm: Buf,
     /// gate and up stacked: `[2 ff, d]`.
     gate_up: Buf,
     down: Buf,
 }
 
-/// Keys and values `[layers, capacity, cache_len, kv_width]`.
+/// Keys and values `[layers, capacity, cache_len, kv_width]`: `capacity` slots, each a
+/// sequence's own positions; which slot holds a position of a sequence is in `Scratch::paths`.
 struct Cache {
     k: Buf,
     v: Buf,
@@ -89,7 +110,11 @@ struct Cache {
 
 /// Scratch buffers sized for one prefill chunk.
 struct Scratch {
+    /// The residual stream, f32.
     h: Buf,
+    /// The residual stream in the weight type: the matrix-vector kernels' normalised input.
+    hx: Buf,
+    /// Normalised rows for cuBLAS and the LM head.
     xn: Buf,
     qkv: Buf,
     q: Buf,
@@ -98,19 +123,37 @@ struct Scratch {
     act: Buf,
     /// Attention partials `[rows, heads, spans, head_dim + 2]`.
     part: Buf,
+    /// Finished spans per (row, head) of the attention kernel (it resets them to 0).
+    done: Buf,
     logits: Buf,
     seen: Buf,
     ids: Buf,
     token: Buf,
+    /// The position a decode step writes (read by the kernels of a replayed graph).
+    pos: Buf,
+    /// The cache slot of each position of each sequence, `[MAX_SEQS, context]` i32, and the
+    /// spare table a reorder writes.
+    paths: Buf,
+    paths_spare: Buf,
+    /// Per-row repetition flags `[MAX_SEQS, vocab]` and the best candidates of beam search.
+    beam_seen: Buf,
+    top_v: Buf,
+    top_i: Buf,
 }
 
-/// Which rows a forward pass runs: row r is position `pos0 + r·pos_step` of sequence `r·seq_step`.
+/// Most candidates per row [`CudaDecoder::top_logprobs`] returns (`TOPK_MAX` in kernels.cu).
+pub const TOPK_MAX: usize = 16;
+
+/// Which rows a forward pass runs: row r is position `pos0 + r·pos_step` of sequence `r·seq_step`;
+/// with `pos_dev` (a device address, 0 for none) the kernels read `pos0` from there, so a
+/// captured graph replays at any position.
 #[derive(Clone, Copy)]
 struct RowGeometry {
     rows: usize,
     pos0: usize,
     pos_step: usize,
     seq_step: usize,
+    pos_dev: u64,
 }
 
 /// The launches of one layer, in order.
@@ -129,14 +172,23 @@ enum Part {
 impl Part {
     const ALL: [Part; 8] = [Part::AttnNorm, Part::Qkv, Part::Rope, Part::Attention, Part::Out, Part::FfnNorm, Part::GateUp, Part::Down];
 
-    fn name(self) -> &'static str {
+    /// The parts that launch anything for `rows` rows: the matrix-vector path (at most
+    /// [`MAX_SEQS`] rows) folds the norms into the products and RoPE into the q/k/v product.
+    fn launched(rows: usize) -> impl Iterator<Item = Part> {
+        Part::ALL.into_iter().filter(move |p| rows > MAX_SEQS || !matches!(p, Part::AttnNorm | Part::Rope | Part::FfnNorm))
+    }
+
+    fn name(self, rows: usize) -> &'static str {
+        let fused = rows <= MAX_SEQS;
         match self {
             Part::AttnNorm => "attention norm",
+            Part::Qkv if fused => "norm + q/k/v + bias + RoPE + KV append",
             Part::Qkv => "q/k/v projection + bias",
             Part::Rope => "RoPE + KV append",
-            Part::Attention => "attention (split + merge)",
+            Part::Attention => "attention (spans + merge)",
             Part::Out => "output projection + residual",
             Part::FfnNorm => "ffn norm",
+            Part::GateUp if fused => "norm + gate/up + SwiGLU",
             Part::GateUp => "gate/up + SwiGLU",
             Part::Down => "down projection + residual",
         }
@@ -147,11 +199,23 @@ impl Part {
 enum Epilogue {
     /// `out = x·Wᵀ + bias`, f32.
     Store { out: u64, bias: u64 },
-    /// `out += x·Wᵀ + bias` (the residual), f32.
+    /// `out += x·Wᵀ + bias` (the residual), f32; the matrix-vector kernel also writes the new
+    /// rows to `hx` in the weight type.
     Add { out: u64, bias: u64 },
-    /// `out = silu(x·Gᵀ) ⊙ x·Uᵀ` in the weight type, the weight being `[G; U]`.
+    /// `out = silu(x·Gᵀ) ⊙ x·Uᵀ` in the weight type, the weight being `[G; U]`; the
+    /// matrix-vector kernel normalises its input rows.
     SwiGlu { out: u64 },
+    /// Matrix-vector path only: normalised input, q/k/v with bias and RoPE, q into `q` and k/v
+    /// appended to the layer's cache at the rows' positions.
+    Rope { bias: u64, kc: u64, vc: u64, at: RowGeometry },
 }
+
+/// A captured decode step.
+struct StepGraph(CudaGraph);
+
+// SAFETY: a CUDA graph may be used from any thread as long as calls on it are serialised; the
+// engine owns its graphs and launches them only from `&mut self` methods.
+unsafe impl Send for StepGraph {}
 
 /// A decoder on one CUDA device with a preallocated KV cache, fused decode kernels (one
 /// weight read per step for up to [`MAX_SEQS`] sequences) and cuBLAS for prompt prefill.
@@ -170,9 +234,11 @@ pub struct CudaDecoder {
     cos: Buf,
     sin: Buf,
     cache: Option<Cache>,
-    spare: Option<Cache>,
     s: Scratch,
     chunk: usize,
+    /// Captured decode steps by sequence count (they name the cache's addresses: dropped
+    /// whenever the cache is reallocated); `None` when graphs are off.
+    graphs: Option<HashMap<usize, StepGraph>>,
     /// Sequences in the cache and positions each holds.
     seqs: usize,
     len: usize,
@@ -193,17 +259,20 @@ impl CudaDecoder {
         let ctx = CudaContext::new(0)?;
         // SAFETY: the engine orders all its work on one stream and synchronises before reading back.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A stream of its own: the legacy default stream cannot be captured into a graph.
+        let stream = ctx.new_stream()?;
         let kernels = Kernels::compile(&ctx, stream.clone())?;
         let blas = CudaBlas::new(stream.clone())?;
         let chunk = opts.prefill_chunk.max(MAX_SEQS + 1);
         let w = WeightLoader { src, style, stream: &stream, dtype: opts.dtype, permuted: matches!(style, KeyStyle::Gguf { permuted_qk: true }) };
         let (d, hd, ff) = (c.hidden_size, c.head_dim, c.intermediate_size);
         let (q_out, kv_out) = (c.num_heads * hd, c.num_kv_heads * hd);
-        let embed = w.matrix(&[("model.embed_tokens.weight", c.vocab_size, None)], 0, d)?;
-        let lm_head = if c.tie_word_embeddings { None } else { Some(w.matrix(&[("lm_head.weight", c.vocab_size, None)], 0, d)?) };
+        let embed = w.matrix(&[("model.embed_tokens.weight", c.vocab_size, None)], 0, d, None)?;
+        let lm_head = if c.tie_word_embeddings { None } else { Some(w.matrix(&[("lm_head.weight", c.vocab_size, None)], 0, d, None)?) };
         let mut layers = Vec::with_capacity(c.num_layers);
         for l in 0..c.num_layers {
+            let attn_norm = w.host_vector(&[("model.layers.{}.input_layernorm.weight", d)], l)?;
+            let ffn_norm = w.host_vector(&[("model.layers.{}.post_attention_layernorm.weight", d)], l)?;
             let qkv_names = [
                 ("model.layers.{}.self_attn.q_proj.weight", q_out, Some(c.num_heads)),
                 ("model.layers.{}.self_attn.k_proj.weight", kv_out, Some(c.num_kv_heads)),
@@ -211,14 +280,12 @@ impl CudaDecoder {
             ];
             let bias_names = [("model.layers.{}.self_attn.q_proj.bias", q_out), ("model.layers.{}.self_attn.k_proj.bias", kv_out), ("model.layers.{}.self_attn.v_proj.bias", kv_out)];
             layers.push(LayerWeights {
-                attn_norm: w.vector(&[("model.layers.{}.input_layernorm.weight", d)], l)?,
-                qkv: w.matrix(&qkv_names, l, d)?,
+                qkv: w.matrix(&qkv_names, l, d, Some(&attn_norm))?,
                 qkv_bias: if c.qkv_bias { Some(w.vector(&bias_names, l)?) } else { None },
-                o: w.matrix(&[("model.layers.{}.self_attn.o_proj.weight", d, None)], l, q_out)?,
+                o: w.matrix(&[("model.layers.{}.self_attn.o_proj.weight", d, None)], l, q_out, None)?,
                 o_bias: if c.o_bias { Some(w.vector(&[("model.layers.{}.self_attn.o_proj.bias", d)], l)?) } else { None },
-                ffn_norm: w.vector(&[("model.layers.{}.post_attention_layernorm.weight", d)], l)?,
-                gate_up: w.matrix(&[("model.layers.{}.mlp.gate_proj.weight", ff, None), ("model.layers.{}.mlp.up_proj.weight", ff, None)], l, d)?,
-                down: w.matrix(&[("model.layers.{}.mlp.down_proj.weight", d, None)], l, ff)?,
+                gate_up: w.matrix(&[("model.layers.{}.mlp.gate_proj.weight", ff, None), ("model.layers.{}.mlp.up_proj.weight", ff, None)], l, d, Some(&ffn_norm))?,
+                down: w.matrix(&[("model.layers.{}.mlp.down_proj.weight", d, None)], l, ff, None)?,
             });
         }
         let norm = w.vector(&[("model.norm.weight", d)], 0)?;
@@ -240,9 +307,9 @@ impl CudaDecoder {
             cos,
             sin,
             cache: None,
-            spare: None,
             s,
             chunk,
+            graphs: opts.cuda_graphs.then(HashMap::new),
             seqs: 0,
             len: 0,
             flagged: 0,
@@ -290,10 +357,16 @@ impl CudaDecoder {
         self.flagged = 0;
         // SAFETY: `seen` holds `vocab_size` bytes.
         unsafe { cudarc::driver::result::memset_d8_async(self.s.seen.ptr, 0, self.s.seen.len, self.stream.cu_stream())? };
+        self.reorder_paths(None)?;
         let mut last_rows = 0;
         for (i, part) in embeds.chunks(self.chunk * d).enumerate() {
             let rows = part.len() / d;
             self.upload(self.s.h.ptr, part)?;
+            if rows <= MAX_SEQS {
+                let n = (rows * d) as i64;
+                let grid = ((n as u32).div_ceil(256), 1, 1);
+                self.kernels.launch(&format!("to_t_{}", self.dtype.suffix()), grid, 256, &[Arg::P(self.s.h.ptr), Arg::P(self.s.hx.ptr), Arg::L(n)])?;
+            }
             self.layers_forward(rows, i * self.chunk, 1, 0)?;
             last_rows = rows;
         }
@@ -309,11 +382,57 @@ impl CudaDecoder {
             return Err(CudaError::Unsupported(format!("{} tokens for {} sequences (prefill first)", tokens.len(), self.seqs)));
         }
         self.check_room(self.len + 1)?;
-        self.embed_rows(tokens)?;
-        self.layers_forward(tokens.len(), self.len, 0, 1)?;
-        self.head(0, tokens.len())?;
+        self.check_ids(tokens)?;
+        let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+        self.upload(self.s.ids.ptr, &ids)?;
+        self.upload(self.s.pos.ptr, &[self.len as i32])?;
+        let rows = tokens.len();
+        match self.graphs.as_ref().map(|g| g.contains_key(&rows)) {
+            None => self.decode_kernels(rows, false)?,
+            Some(true) => {}
+            Some(false) => {
+                let graph = self.capture(rows)?;
+                self.graphs.as_mut().expect("graphs on").insert(rows, StepGraph(graph));
+            }
+        }
+        if let Some(graph) = self.graphs.as_ref().and_then(|g| g.get(&rows)) {
+            graph.0.launch()?;
+        }
         self.len += 1;
         Ok(())
+    }
+
+    /// Whether decode steps replay captured CUDA graphs (see [`EngineOptions::cuda_graphs`]).
+    pub fn set_cuda_graphs(&mut self, on: bool) {
+        if on != self.graphs.is_some() {
+            self.graphs = on.then(HashMap::new);
+        }
+    }
+
+    /// A decode step's kernels for `rows` sequences, their ids in `ids` and their position in
+    /// `pos` on the device: the token embeddings, every layer, the LM head. `fixed`: launched
+    /// as a graph records them (the position read on the device, a fixed attention grid).
+    fn decode_kernels(&self, rows: usize, fixed: bool) -> Result<(), CudaError> {
+        let name = format!("embed_{}", self.dtype.suffix());
+        let args = [Arg::P(self.embed.ptr), Arg::P(self.s.ids.ptr), Arg::P(self.s.h.ptr), Arg::P(self.s.hx.ptr), Arg::I(self.config.hidden_size as i32)];
+        self.kernels.launch(&name, (rows as u32, 1, 1), 256, &args)?;
+        let at = RowGeometry { rows, pos0: self.len, pos_step: 0, seq_step: 1, pos_dev: if fixed { self.s.pos.ptr } else { 0 } };
+        for l in 0..self.layers.len() {
+            for part in Part::launched(rows) {
+                self.run_part(part, l, at)?;
+            }
+        }
+        self.head(0, rows)
+    }
+
+    /// Records [`Self::decode_kernels`] for `rows` sequences into a graph (which runs nothing
+    /// until launched).
+    fn capture(&self, rows: usize) -> Result<CudaGraph, CudaError> {
+        self.stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+        let recorded = self.decode_kernels(rows, true);
+        let graph = self.stream.end_capture(CUgraphInstantiate_flags(0));
+        recorded?;
+        graph?.ok_or_else(|| CudaError::Unsupported("the CUDA graph capture recorded nothing".into()))
     }
 
     /// The logits of the last position of every sequence.
@@ -327,8 +446,8 @@ impl CudaDecoder {
     /// Greedy choice for sequence 0 on the device: the argmax after Hugging Face's repetition
     /// `penalty` over the tokens of `seq` (the sequence so far), only the id read back.
     pub fn greedy_token(&mut self, seq: &[u32], penalty: f32) -> Result<u32, CudaError> {
+        self.check_ids(seq)?;
         let new = seq.get(self.flagged..).unwrap_or_default();
-        self.check_ids(new)?;
         for part in new.chunks(self.s.ids.len) {
             let ids: Vec<i32> = part.iter().map(|&t| t as i32).collect();
             self.upload(self.s.ids.ptr, &ids)?;
@@ -344,35 +463,91 @@ impl CudaDecoder {
     }
 
     /// Keeps sequences `rows` (in that order, repeats allowed): how beam search follows its
-    /// beams, and how one prompt becomes several beams.
+    /// beams, and how one prompt becomes several beams. Only the slot tables move; the cache
+    /// grows (once) when there are more sequences than slots.
     pub fn reorder(&mut self, rows: &[usize]) -> Result<(), CudaError> {
-        if rows.len() > MAX_SEQS || rows.iter().any(|&r| r >= self.seqs) {
-            return Err(CudaError::Unsupported(format!("reorder to {rows:?} with {} sequences (at most {MAX_SEQS})", self.seqs)));
+        if rows.is_empty() || rows.len() > MAX_SEQS || rows.iter().any(|&r| r >= self.seqs) {
+            return Err(CudaError::Unsupported(format!("reorder to {rows:?} with {} sequences (1 to {MAX_SEQS})", self.seqs)));
         }
         if rows.len() == self.seqs && rows.iter().enumerate().all(|(i, &r)| i == r) {
             return Ok(());
         }
-        let (src_cap, dst_cap) = (self.cache.as_ref().map_or(0, |c| c.capacity), rows.len());
-        if self.spare.as_ref().is_none_or(|s| s.capacity < dst_cap) {
-            self.spare = None;
-            self.spare = Some(self.new_cache(dst_cap)?);
-        }
-        let dst_cap = self.spare.as_ref().map_or(dst_cap, |s| s.capacity);
+        self.grow_cache(rows.len())?;
         let ids: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
         self.upload(self.s.ids.ptr, &ids)?;
-        let c = &self.config;
-        let eb = self.dtype.bytes();
-        let seq_bytes = (self.context_len() * c.num_kv_heads * c.head_dim * eb) as i64;
-        let span_bytes = (self.len * c.num_kv_heads * c.head_dim * eb) as i64;
-        let grid = ((span_bytes as usize / 16).div_ceil(256).clamp(1, 64) as u32, (c.num_layers * rows.len()) as u32, 1);
-        let (cur, spare) = (self.cache.as_ref().expect("a prefilled cache"), self.spare.as_ref().expect("allocated above"));
-        for (src, dst) in [(cur.k.ptr, spare.k.ptr), (cur.v.ptr, spare.v.ptr)] {
-            let args = [Arg::P(src), Arg::P(dst), Arg::P(self.s.ids.ptr), Arg::I(src_cap as i32), Arg::I(dst_cap as i32), Arg::I(rows.len() as i32), Arg::L(seq_bytes), Arg::L(span_bytes), Arg::I(eb as i32)];
-            self.kernels.launch("reorder_cache", grid, 256, &args)?;
-        }
-        std::mem::swap(&mut self.cache, &mut self.spare);
+        self.reorder_paths(Some(rows.len()))?;
         self.seqs = rows.len();
         Ok(())
+    }
+
+    /// The slot tables after a reorder to the `rows` uploaded in `ids` (`Some(count)`), or the
+    /// identity (`None`, after a prefill).
+    fn reorder_paths(&self, rows: Option<usize>) -> Result<(), CudaError> {
+        let ctx = self.context_len();
+        let (src, dst) = (self.s.paths.ptr, self.s.paths_spare.ptr);
+        let (rows_ptr, seqs) = rows.map_or((0, MAX_SEQS), |n| (self.s.ids.ptr, n));
+        let n = (seqs * ctx) as u32;
+        let args = [Arg::P(src), Arg::P(dst), Arg::P(rows_ptr), Arg::I(seqs as i32), Arg::I(self.len as i32), Arg::I(ctx as i32)];
+        self.kernels.launch("reorder_paths", (n.div_ceil(256), 1, 1), 256, &args)?;
+        // Copied back rather than swapped: captured graphs hold the table's address.
+        // SAFETY: both tables hold MAX_SEQS × context i32 on the engine's stream.
+        unsafe { cudarc::driver::result::memcpy_dtod_async(src, dst, n as usize * 4, self.stream.cu_stream())? };
+        Ok(())
+    }
+
+    /// At least `seqs` cache slots, the slots held so far copied over.
+    fn grow_cache(&mut self, seqs: usize) -> Result<(), CudaError> {
+        let old_cap = self.cache.as_ref().map_or(0, |c| c.capacity);
+        if old_cap >= seqs {
+            return Ok(());
+        }
+        let grown = self.new_cache(seqs)?;
+        if let Some(old) = self.cache.take() {
+            let ids: Vec<i32> = (0..old_cap as i32).collect();
+            self.upload(self.s.ids.ptr, &ids)?;
+            let c = &self.config;
+            let eb = self.dtype.bytes();
+            let seq_bytes = (self.context_len() * c.num_kv_heads * c.head_dim * eb) as i64;
+            let span_bytes = (self.len * c.num_kv_heads * c.head_dim * eb) as i64;
+            let grid = ((span_bytes as usize / 16).div_ceil(256).clamp(1, 64) as u32, (c.num_layers * old_cap) as u32, 1);
+            for (src, dst) in [(old.k.ptr, grown.k.ptr), (old.v.ptr, grown.v.ptr)] {
+                let args = [Arg::P(src), Arg::P(dst), Arg::P(self.s.ids.ptr), Arg::I(old_cap as i32), Arg::I(seqs as i32), Arg::I(old_cap as i32), Arg::L(seq_bytes), Arg::L(span_bytes), Arg::I(eb as i32)];
+                self.kernels.launch("reorder_cache", grid, 256, &args)?;
+            }
+            // The old cache is freed once the copies are done.
+            self.stream.synchronize()?;
+        }
+        self.cache = Some(grown);
+        self.drop_graphs();
+        Ok(())
+    }
+
+    /// [`StepDecoder::top_logprobs`] on the device: only `k` (log-prob, id) pairs per row come back.
+    pub fn top_logprobs(&mut self, seqs: &[Vec<u32>], penalty: f32, k: usize) -> Result<Vec<Vec<(f32, u32)>>, CudaError> {
+        let (v, rows) = (self.config.vocab_size, seqs.len());
+        if rows == 0 || rows > self.seqs.max(1) || k == 0 || k > TOPK_MAX.min(v) {
+            return Err(CudaError::Unsupported(format!("top {k} of {rows} rows ({} sequences, k ≤ {TOPK_MAX})", self.seqs)));
+        }
+        // SAFETY: `beam_seen` holds MAX_SEQS × vocab bytes and rows ≤ MAX_SEQS.
+        unsafe { cudarc::driver::result::memset_d8_async(self.s.beam_seen.ptr, 0, rows * v, self.stream.cu_stream())? };
+        let mut flat = Vec::new();
+        for (r, seq) in seqs.iter().enumerate() {
+            self.check_ids(seq)?;
+            flat.extend(seq.iter().map(|&t| (r * v) as i32 + t as i32));
+        }
+        if penalty != 1.0 {
+            for part in flat.chunks(self.s.ids.len) {
+                self.upload(self.s.ids.ptr, part)?;
+                let n = part.len() as u32;
+                self.kernels.launch("flag_tokens", (n.div_ceil(256), 1, 1), 256, &[Arg::P(self.s.ids.ptr), Arg::I(n as i32), Arg::P(self.s.beam_seen.ptr)])?;
+            }
+        }
+        let args = [Arg::P(self.s.logits.ptr), Arg::I(v as i32), Arg::P(self.s.beam_seen.ptr), Arg::F(penalty), Arg::I(k as i32), Arg::P(self.s.top_v.ptr), Arg::P(self.s.top_i.ptr)];
+        self.kernels.launch("beam_topk", (rows as u32, 1, 1), 1024, &args)?;
+        let (mut vals, mut ids) = (vec![0f32; rows * k], vec![0i32; rows * k]);
+        self.download(self.s.top_i.ptr, &mut ids)?;
+        self.download(self.s.top_v.ptr, &mut vals)?;
+        Ok(vals.chunks(k).zip(ids.chunks(k)).map(|(vs, is)| vs.iter().zip(is).map(|(&x, &i)| (x, i as u32)).collect()).collect())
     }
 
     /// Waits for the device (for timing).
@@ -396,9 +571,17 @@ impl CudaDecoder {
     fn ensure_capacity(&mut self, seqs: usize) -> Result<(), CudaError> {
         if self.cache.as_ref().is_none_or(|c| c.capacity < seqs) {
             self.cache = None;
+            self.drop_graphs();
             self.cache = Some(self.new_cache(seqs)?);
         }
         Ok(())
+    }
+
+    /// Forgets the captured graphs (they name addresses about to change).
+    fn drop_graphs(&mut self) {
+        if let Some(g) = self.graphs.as_mut() {
+            g.clear();
+        }
     }
 
     fn upload<T: cudarc::driver::DeviceRepr>(&self, dst: u64, data: &[T]) -> Result<(), CudaError> {
@@ -424,41 +607,44 @@ impl CudaDecoder {
         }
     }
 
-    /// Looks up at most a chunk of ids into the first rows of `h`.
-    fn embed_rows(&mut self, ids: &[u32]) -> Result<(), CudaError> {
+    /// Looks up at most a chunk of ids into the first rows of `h` (and `hx`).
+    fn embed_rows(&self, ids: &[u32]) -> Result<(), CudaError> {
         self.check_ids(ids)?;
         let ids: Vec<i32> = ids.iter().map(|&t| t as i32).collect();
         self.upload(self.s.ids.ptr, &ids)?;
         let name = format!("embed_{}", self.dtype.suffix());
-        self.kernels.launch(&name, (ids.len() as u32, 1, 1), 256, &[Arg::P(self.embed.ptr), Arg::P(self.s.ids.ptr), Arg::P(self.s.h.ptr), Arg::I(self.config.hidden_size as i32)])
+        self.kernels.launch(&name, (ids.len() as u32, 1, 1), 256, &[Arg::P(self.embed.ptr), Arg::P(self.s.ids.ptr), Arg::P(self.s.h.ptr), Arg::P(self.s.hx.ptr), Arg::I(self.config.hidden_size as i32)])
     }
 
     /// All layers over `rows` rows of `h`; row r is position `pos0 + r·pos_step` of sequence `r·seq_step`.
     fn layers_forward(&mut self, rows: usize, pos0: usize, pos_step: usize, seq_step: usize) -> Result<(), CudaError> {
-        let at = RowGeometry { rows, pos0, pos_step, seq_step };
+        let at = RowGeometry { rows, pos0, pos_step, seq_step, pos_dev: 0 };
         for l in 0..self.layers.len() {
-            for part in Part::ALL {
+            for part in Part::launched(rows) {
                 self.run_part(part, l, at)?;
             }
         }
         Ok(())
     }
 
-    /// One part of layer `l` over the rows `at` describes.
+    /// One part of layer `l` over the rows `at` describes (see [`Part::launched`]).
     fn run_part(&self, part: Part, l: usize, at: RowGeometry) -> Result<(), CudaError> {
         let c = &self.config;
         let (d, hd, ff, sfx) = (c.hidden_size, c.head_dim, c.intermediate_size, self.dtype.suffix());
         let (nh, nkv, rows) = (c.num_heads, c.num_kv_heads, at.rows);
+        // The matrix-vector kernels normalise `hx` themselves; cuBLAS takes rows normalised by a kernel.
+        let normed = if rows <= MAX_SEQS { self.s.hx.ptr } else { self.s.xn.ptr };
         let lw = &self.layers[l];
         let cache = self.cache.as_ref().expect("allocated by prefill");
         let layer_bytes = (cache.capacity * self.context_len() * nkv * hd * self.dtype.bytes()) as u64;
         let (kc, vc) = (cache.k.ptr + l as u64 * layer_bytes, cache.v.ptr + l as u64 * layer_bytes);
         let geometry = [nh, nkv, hd, at.pos0, at.pos_step, at.seq_step, self.context_len()].map(|v| Arg::I(v as i32));
         match part {
-            Part::AttnNorm => self.rmsnorm(self.s.h.ptr, lw.attn_norm.ptr, rows),
+            Part::AttnNorm | Part::FfnNorm => self.rmsnorm(self.s.h.ptr, 0, rows),
             Part::Qkv => {
                 let bias = lw.qkv_bias.as_ref().map_or(0, |b| b.ptr);
-                self.project(lw.qkv.ptr, (nh + 2 * nkv) * hd, d, self.s.xn.ptr, rows, Epilogue::Store { out: self.s.qkv.ptr, bias })
+                let epi = if rows <= MAX_SEQS { Epilogue::Rope { bias, kc, vc, at } } else { Epilogue::Store { out: self.s.qkv.ptr, bias } };
+                self.project(lw.qkv.ptr, (nh + 2 * nkv) * hd, d, normed, rows, epi)
             }
             Part::Rope => {
                 let mut args = vec![Arg::P(self.s.qkv.ptr), Arg::P(self.cos.ptr), Arg::P(self.sin.ptr), Arg::P(self.s.q.ptr), Arg::P(kc), Arg::P(vc)];
@@ -466,21 +652,21 @@ impl CudaDecoder {
                 self.kernels.launch(&format!("rope_kv_{sfx}"), (rows as u32, (nh + nkv) as u32, 1), (hd / 2) as u32, &args)
             }
             Part::Attention => {
-                // Key spans enough for the row that sees the most keys.
-                let spans = (at.pos0 + (rows - 1) * at.pos_step + 1).div_ceil(ATT_SPAN);
-                let mut args = vec![Arg::P(self.s.q.ptr), Arg::P(kc), Arg::P(vc), Arg::P(self.s.part.ptr)];
+                // Spans of ATT_SPAN keys for the row that sees the most, or a graph's fixed count.
+                let spans = match at.pos_dev {
+                    0 => (at.pos0 + (rows - 1) * at.pos_step + 1).div_ceil(ATT_SPAN),
+                    _ => graph_spans(self.context_len()),
+                };
+                let mut args = vec![Arg::P(self.s.q.ptr), Arg::P(kc), Arg::P(vc), Arg::P(self.s.paths.ptr), Arg::P(self.s.part.ptr), Arg::P(self.s.done.ptr), Arg::P(self.s.att.ptr), Arg::P(at.pos_dev)];
                 args.extend(geometry);
-                args.extend([Arg::F(1.0 / (hd as f32).sqrt()), Arg::I(spans as i32)]);
-                self.kernels.launch(&format!("attention_split_{sfx}"), (nh as u32, rows as u32, spans as u32), 128, &args)?;
-                let args = [Arg::P(self.s.part.ptr), Arg::P(self.s.att.ptr), Arg::I(nh as i32), Arg::I(hd as i32), Arg::I(spans as i32)];
-                self.kernels.launch(&format!("attention_merge_{sfx}"), (nh as u32, rows as u32, 1), 128, &args)
+                args.push(Arg::F(1.0 / (hd as f32).sqrt()));
+                self.kernels.launch(&format!("attention_{sfx}"), (nh as u32, rows as u32, spans as u32), 128, &args)
             }
             Part::Out => {
                 let bias = lw.o_bias.as_ref().map_or(0, |b| b.ptr);
                 self.project(lw.o.ptr, d, nh * hd, self.s.att.ptr, rows, Epilogue::Add { out: self.s.h.ptr, bias })
             }
-            Part::FfnNorm => self.rmsnorm(self.s.h.ptr, lw.ffn_norm.ptr, rows),
-            Part::GateUp => self.project(lw.gate_up.ptr, ff, d, self.s.xn.ptr, rows, Epilogue::SwiGlu { out: self.s.act.ptr }),
+            Part::GateUp => self.project(lw.gate_up.ptr, ff, d, normed, rows, Epilogue::SwiGlu { out: self.s.act.ptr }),
             Part::Down => self.project(lw.down.ptr, d, ff, self.s.act.ptr, rows, Epilogue::Add { out: self.s.h.ptr, bias: 0 }),
         }
     }
@@ -492,7 +678,7 @@ impl CudaDecoder {
         if self.seqs < rows || self.is_empty() {
             return Err(CudaError::Unsupported(format!("profile_step needs {rows} prefilled sequences")));
         }
-        let at = RowGeometry { rows, pos0: self.len - 1, pos_step: 0, seq_step: 1 };
+        let at = RowGeometry { rows, pos0: self.len - 1, pos_step: 0, seq_step: 1, pos_dev: 0 };
         let time = |f: &dyn Fn() -> Result<(), CudaError>| -> Result<f64, CudaError> {
             f()?;
             self.stream.synchronize()?;
@@ -504,8 +690,8 @@ impl CudaDecoder {
             Ok(t.elapsed().as_secs_f64() * 1e6 / reps as f64)
         };
         let mut out = vec![];
-        for part in Part::ALL {
-            out.push((part.name(), time(&|| self.run_part(part, 0, at))?));
+        for part in Part::launched(rows) {
+            out.push((part.name(rows), time(&|| self.run_part(part, 0, at))?));
         }
         out.push(("lm head", time(&|| self.lm_head_logits(rows))?));
         let v = self.config.vocab_size;
@@ -515,7 +701,7 @@ impl CudaDecoder {
     }
 
     /// Final norm of `rows` rows of `h` from `first`, then the LM head into `logits`.
-    fn head(&mut self, first: usize, rows: usize) -> Result<(), CudaError> {
+    fn head(&self, first: usize, rows: usize) -> Result<(), CudaError> {
         self.rmsnorm(self.s.h.at(first * self.config.hidden_size, 4), self.norm.ptr, rows)?;
         self.lm_head_logits(rows)
     }
@@ -535,15 +721,8 @@ impl CudaDecoder {
     /// `rows` rows of `x` (weight type, `[rows, k]`) times `W[n, k]ᵀ` (`[2n, k]` for SwiGLU):
     /// the matrix-vector kernels for a decode step, cuBLAS plus an epilogue kernel for prefill.
     fn project(&self, w: u64, n: usize, k: usize, x: u64, rows: usize, epi: Epilogue) -> Result<(), CudaError> {
-        let sfx = self.dtype.suffix();
         if rows <= MAX_SEQS {
-            let (kind, w2, bias, out_f, out_t) = match epi {
-                Epilogue::Store { out, bias } => ("store", 0, bias, out, 0),
-                Epilogue::Add { out, bias } => ("add", 0, bias, out, 0),
-                Epilogue::SwiGlu { out } => ("swiglu", w + (n * k * self.dtype.bytes()) as u64, 0, 0, out),
-            };
-            let args = [Arg::P(w), Arg::P(w2), Arg::P(x), Arg::P(bias), Arg::P(out_f), Arg::P(out_t), Arg::I(n as i32), Arg::I(k as i32)];
-            return self.kernels.launch(&format!("gemv_{kind}_{sfx}_{rows}"), ((n as u32).div_ceil(8), 1, 1), 256, &args);
+            return self.gemv(w, n, k, x, rows, epi);
         }
         let elementwise = |count: usize| ((count as u32).div_ceil(256), 1, 1);
         match epi {
@@ -560,9 +739,29 @@ impl CudaDecoder {
             }
             Epilogue::SwiGlu { out } => {
                 self.gemm(w, 2 * n, k, x, rows, self.s.tmp.ptr)?;
-                self.kernels.launch(&format!("swiglu_{sfx}"), elementwise(rows * n), 256, &[Arg::P(self.s.tmp.ptr), Arg::P(out), Arg::I(rows as i32), Arg::I(n as i32)])
+                let name = format!("swiglu_{}", self.dtype.suffix());
+                self.kernels.launch(&name, elementwise(rows * n), 256, &[Arg::P(self.s.tmp.ptr), Arg::P(out), Arg::I(rows as i32), Arg::I(n as i32)])
             }
+            Epilogue::Rope { .. } => Err(CudaError::Unsupported(format!("the fused q/k/v kernel runs at most {MAX_SEQS} rows, not {rows}"))),
         }
+    }
+
+    /// The matrix-vector kernel for `rows` ≤ [`MAX_SEQS`] rows (8 warps per block, a warp per
+    /// output or, for SwiGLU and RoPE, per pair of outputs).
+    fn gemv(&self, w: u64, n: usize, k: usize, x: u64, rows: usize, epi: Epilogue) -> Result<(), CudaError> {
+        let c = &self.config;
+        let none = RowGeometry { rows, pos0: 0, pos_step: 0, seq_step: 0, pos_dev: 0 };
+        let (kind, warps, bias, out_f, out_t, rope) = match epi {
+            Epilogue::Store { out, bias } => ("store", n, bias, out, 0, (0, 0, none)),
+            Epilogue::Add { out, bias } => ("add", n, bias, out, self.s.hx.ptr, (0, 0, none)),
+            Epilogue::SwiGlu { out } => ("swiglu", n, 0, 0, out, (0, 0, none)),
+            Epilogue::Rope { bias, kc, vc, at } => ("rope", n / 2, bias, 0, 0, (kc, vc, at)),
+        };
+        let (kc, vc, at) = rope;
+        let mut args = vec![Arg::P(w), Arg::P(x), Arg::P(bias), Arg::P(out_f), Arg::P(out_t), Arg::I(warps as i32), Arg::I(k as i32), Arg::F(c.rms_norm_eps)];
+        args.extend([self.cos.ptr, self.sin.ptr, self.s.q.ptr, kc, vc, at.pos_dev].map(Arg::P));
+        args.extend([c.num_heads, c.num_kv_heads, c.head_dim, at.pos0, at.pos_step, at.seq_step, self.context_len()].map(|v| Arg::I(v as i32)));
+        self.kernels.launch(&format!("gemv_{kind}_{}_{rows}", self.dtype.suffix()), ((warps as u32).div_ceil(8), 1, 1), 256, &args)
     }
 
     /// `out[rows, n] (f32) = x[rows, k] · W[n, k]ᵀ` through cuBLAS (f32 accumulation).
@@ -609,17 +808,25 @@ impl Scratch {
         let typed = |n: usize| dtype.zeros(stream, n);
         Ok(Scratch {
             h: Buf::zeros::<f32>(stream, chunk * d)?,
+            hx: typed(chunk * d)?,
             xn: typed(chunk * d.max(q))?,
             qkv: Buf::zeros::<f32>(stream, chunk * width)?,
             q: Buf::zeros::<f32>(stream, chunk * q)?,
             att: typed(chunk * q)?,
             tmp: Buf::zeros::<f32>(stream, chunk * (2 * ff).max(d))?,
             act: typed(chunk * ff)?,
-            part: Buf::zeros::<f32>(stream, chunk * c.num_heads * c.max_position.max(1).div_ceil(ATT_SPAN) * (hd + 2))?,
+            part: Buf::zeros::<f32>(stream, chunk * c.num_heads * max_spans(c.max_position.max(1)) * (hd + 2))?,
             logits: Buf::zeros::<f32>(stream, MAX_SEQS * c.vocab_size)?,
+            done: Buf::zeros::<i32>(stream, chunk * c.num_heads)?,
             seen: Buf::zeros::<u8>(stream, c.vocab_size)?,
             ids: Buf::zeros::<i32>(stream, chunk)?,
             token: Buf::zeros::<i32>(stream, 1)?,
+            pos: Buf::zeros::<i32>(stream, 1)?,
+            paths: Buf::zeros::<i32>(stream, MAX_SEQS * c.max_position.max(1))?,
+            paths_spare: Buf::zeros::<i32>(stream, MAX_SEQS * c.max_position.max(1))?,
+            beam_seen: Buf::zeros::<u8>(stream, MAX_SEQS * c.vocab_size)?,
+            top_v: Buf::zeros::<f32>(stream, MAX_SEQS * TOPK_MAX)?,
+            top_i: Buf::zeros::<i32>(stream, MAX_SEQS * TOPK_MAX)?,
         })
     }
 }
@@ -635,8 +842,8 @@ struct WeightLoader<'a> {
 
 impl WeightLoader<'_> {
     /// `[Σ rows, cols]`: the tensors named (HF names, `{}` the layer) stacked by rows; those with
-    /// a head count had llama.cpp's q/k permutation undone.
-    fn matrix(&self, parts: &[(&str, usize, Option<usize>)], layer: usize, cols: usize) -> Result<Buf, CudaError> {
+    /// a head count had llama.cpp's q/k permutation undone; column j scaled by `fold[j]` if given.
+    fn matrix(&self, parts: &[(&str, usize, Option<usize>)], layer: usize, cols: usize, fold: Option<&[f32]>) -> Result<Buf, CudaError> {
         let mut all: Vec<f32> = Vec::with_capacity(parts.iter().map(|p| p.1).sum::<usize>() * cols);
         for &(hf, rows, heads) in parts {
             let t = self.src.load_shaped(&self.style.name(hf, layer), &[rows, cols])?;
@@ -645,6 +852,9 @@ impl WeightLoader<'_> {
                 None => t,
             };
             all.extend_from_slice(&t.data);
+        }
+        if let Some(scale) = fold {
+            all.par_chunks_mut(cols).for_each(|row| row.iter_mut().zip(scale).for_each(|(x, s)| *x *= s));
         }
         match self.dtype {
             EngineDtype::F32 => Buf::upload(self.stream, &all),
@@ -655,12 +865,17 @@ impl WeightLoader<'_> {
         }
     }
 
-    /// f32 vectors stacked (norm weights and biases stay f32).
+    /// f32 vectors stacked on the device (norm weights and biases stay f32).
     fn vector(&self, parts: &[(&str, usize)], layer: usize) -> Result<Buf, CudaError> {
+        Buf::upload(self.stream, &self.host_vector(parts, layer)?)
+    }
+
+    /// f32 vectors stacked, on the host.
+    fn host_vector(&self, parts: &[(&str, usize)], layer: usize) -> Result<Vec<f32>, CudaError> {
         let mut all = vec![];
         for &(hf, n) in parts {
             all.extend(self.src.load_shaped(&self.style.name(hf, layer), &[n])?.data);
         }
-        Buf::upload(self.stream, &all)
+        Ok(all)
     }
 }

@@ -23,42 +23,62 @@ template <> __device__ __forceinline__ f16 from_f<f16>(float x) {
     return h;
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+struct Sum {
+    template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return a + b; }
+};
+struct Max {
+    __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+template <typename T, typename Op> __device__ __forceinline__ T warp_reduce(T v, Op op) {
+    for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
+__device__ __forceinline__ float warp_sum(float v) { return warp_reduce(v, Sum()); }
+__device__ __forceinline__ float warp_max(float v) { return warp_reduce(v, Max()); }
 
-__device__ __forceinline__ float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-
-// Sum over a block of up to 1024 threads; every thread gets the result.
-__device__ float block_sum(float v) {
-    __shared__ float part[32];
-    __shared__ float total;
+// `op` over a block of up to 1024 threads (`identity` pads the missing warps); every thread
+// gets the result.
+template <typename T, typename Op> __device__ T block_reduce(T v, T identity, Op op) {
+    __shared__ T part[32];
+    __shared__ T total;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = warp_sum(v);
+    v = warp_reduce(v, op);
     if (lane == 0) part[warp] = v;
     __syncthreads();
     if (warp == 0) {
-        float s = lane < (int)((blockDim.x + 31) >> 5) ? part[lane] : 0.f;
-        s = warp_sum(s);
+        T s = lane < (int)((blockDim.x + 31) >> 5) ? part[lane] : identity;
+        s = warp_reduce(s, op);
         if (lane == 0) total = s;
     }
     __syncthreads();
     return total;
 }
+__device__ float block_sum(float v) { return block_reduce(v, 0.f, Sum()); }
+__device__ float block_max(float v) { return block_reduce(v, NEG_INF, Max()); }
+__device__ double block_sum_f64(double v) { return block_reduce(v, 0.0, Sum()); }
 
-// h[r, :] = table[ids[r], :] (one block per row).
+// h[r, :] = table[ids[r], :] in f32 and hx[r, :] in T (one block per row).
 template <typename T>
-__device__ void embed(const T* table, const int* ids, float* h, int dim) {
+__device__ void embed(const T* table, const int* ids, float* h, T* hx, int dim) {
     const T* src = table + (long long)ids[blockIdx.x] * dim;
     float* dst = h + (long long)blockIdx.x * dim;
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) dst[i] = to_f(src[i]);
+    T* dst_t = hx + (long long)blockIdx.x * dim;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+        dst[i] = to_f(src[i]);
+        dst_t[i] = src[i];
+    }
 }
 
-// out[r, :] = T(x[r, :] / sqrt(mean(x[r, :]^2) + eps) * w) (one block per row).
+// out[i] = T(x[i]) for i < n.
+template <typename T>
+__device__ void to_t(const float* x, T* out, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = from_f<T>(x[i]);
+}
+
+// out[r, :] = T(x[r, :] / sqrt(mean(x[r, :]^2) + eps) * w) (one block per row; w null: ones,
+// for weights with the norm folded in).
 template <typename T>
 __device__ void rmsnorm(const float* x, const float* w, T* out, int dim, float eps) {
     const float* row = x + (long long)blockIdx.x * dim;
@@ -66,14 +86,18 @@ __device__ void rmsnorm(const float* x, const float* w, T* out, int dim, float e
     float ss = 0.f;
     for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += row[i] * row[i];
     float inv = rsqrtf(block_sum(ss) / dim + eps);
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) o[i] = from_f<T>(row[i] * inv * w[i]);
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) o[i] = from_f<T>(row[i] * inv * (w ? w[i] : 1.f));
 }
 
-// Matrix-vector products for M <= 8 rows of activations, one warp per output row, the weight
-// read once for all M rows with 16-byte loads. What happens to each dot product:
+// Matrix-vector products for M <= 8 rows of activations, one warp per output (or per pair of
+// outputs), the weight read once for all M rows with 16-byte loads. What happens to each dot:
 #define EPI_STORE 0  // out_f[m, n] = dot + bias[n]
-#define EPI_ADD 1    // out_f[m, n] += dot + bias[n]   (residual add)
-#define EPI_SWIGLU 2 // out_t[m, n] = T(silu(dot(W[n])) * dot(W2[n]))
+#define EPI_ADD 1    // out_f[m, n] += dot + bias[n] (the residual), and out_t[m, n] = T(out_f[m, n])
+#define EPI_SWIGLU 2 // out_t[m, n] = T(silu(dot(W[n])) * dot(W[N + n]))
+#define EPI_ROPE 3   // q/k/v rows (W[r], W[r + hd/2]) of one head: RoPE, q to `q`, k and v into the cache
+// With NORM the input rows are the un-normalised residual stream and the weight has the RMSNorm
+// weight folded into its columns: each warp sums the squares of the x values it reads anyway and
+// scales its dot products by 1 / rms, so no norm kernel runs before the product.
 
 __device__ __forceinline__ void fma_chunk(float* acc, uint4 w, uint4 x, f16) {
     const f16* wp = (const f16*)&w;
@@ -87,6 +111,16 @@ __device__ __forceinline__ void fma_chunk(float* acc, uint4 w, uint4 x, float) {
 #pragma unroll
     for (int i = 0; i < 4; i++) *acc = fmaf(wp[i], xp[i], *acc);
 }
+__device__ __forceinline__ void sq_chunk(float* ss, uint4 x, f16) {
+    const f16* xp = (const f16*)&x;
+#pragma unroll
+    for (int i = 0; i < 8; i++) *ss = fmaf(to_f(xp[i]), to_f(xp[i]), *ss);
+}
+__device__ __forceinline__ void sq_chunk(float* ss, uint4 x, float) {
+    const float* xp = (const float*)&x;
+#pragma unroll
+    for (int i = 0; i < 4; i++) *ss = fmaf(xp[i], xp[i], *ss);
+}
 
 __device__ __forceinline__ uint4 load_stream(const uint4* p) {
     uint4 v;
@@ -95,56 +129,121 @@ __device__ __forceinline__ uint4 load_stream(const uint4* p) {
     return v;
 }
 
-template <typename T, int M, int MODE>
-__device__ void gemv(const T* W, const T* W2, const T* x, const float* bias, float* out_f, T* out_t, int N, int K) {
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int n = blockIdx.x * (blockDim.x >> 5) + warp;
-    if (n >= N) return;
+// Where EPI_ROPE writes: RoPE tables [positions, hd], q [M, nh*hd] f32, caches
+// [seqs, cache_len, nkv*hd]; row m is position pos0 + m*pos_step of sequence m*seq_step, pos0
+// read from `pos_dev` when it is not null (a replayed CUDA graph's position).
+template <typename T> struct RopeOut {
+    const float* cos_t;
+    const float* sin_t;
+    float* q;
+    T* kc;
+    T* vc;
+    const int* pos_dev;
+    int nh, nkv, hd, pos0, pos_step, seq_step, cache_len;
+};
+
+// The lane's partial dot products of rows w1 (and w2 when TWO) with the M rows of x, and with
+// NORM the partial sums of x's squares.
+template <typename T, int M, bool TWO, bool NORM>
+__device__ __forceinline__ void dot_rows(const T* w1, const T* w2, const T* x, int K, float* acc, float* acc2, float* ss) {
     const int VEC = 16 / sizeof(T);
-    float acc[M], acc2[M];
-#pragma unroll
-    for (int m = 0; m < M; m++) acc[m] = acc2[m] = 0.f;
-    const T* wrow = W + (long long)n * K;
-    const T* w2row = MODE == EPI_SWIGLU ? W2 + (long long)n * K : wrow;
+    int lane = threadIdx.x & 31;
     if (K % VEC == 0) {
-        const uint4* w4 = (const uint4*)wrow;
-        const uint4* w24 = (const uint4*)w2row;
+        const uint4* a4 = (const uint4*)w1;
+        const uint4* b4 = (const uint4*)w2;
         int chunks = K / VEC;
 #pragma unroll 4
         for (int c = lane; c < chunks; c += 32) {
-            uint4 wv = load_stream(w4 + c);
+            uint4 wv = load_stream(a4 + c);
             uint4 wv2;
-            if (MODE == EPI_SWIGLU) wv2 = load_stream(w24 + c);
+            if (TWO) wv2 = load_stream(b4 + c);
 #pragma unroll
             for (int m = 0; m < M; m++) {
                 uint4 xv = __ldg((const uint4*)(x + (long long)m * K) + c);
                 fma_chunk(&acc[m], wv, xv, T());
-                if (MODE == EPI_SWIGLU) fma_chunk(&acc2[m], wv2, xv, T());
+                if (TWO) fma_chunk(&acc2[m], wv2, xv, T());
+                if (NORM) sq_chunk(&ss[m], xv, T());
             }
         }
     } else {
         for (int k = lane; k < K; k += 32) {
-            float wv = to_f(wrow[k]);
-            float wv2 = MODE == EPI_SWIGLU ? to_f(w2row[k]) : 0.f;
+            float wv = to_f(w1[k]);
+            float wv2 = TWO ? to_f(w2[k]) : 0.f;
 #pragma unroll
             for (int m = 0; m < M; m++) {
                 float xv = to_f(x[(long long)m * K + k]);
                 acc[m] = fmaf(wv, xv, acc[m]);
-                if (MODE == EPI_SWIGLU) acc2[m] = fmaf(wv2, xv, acc2[m]);
+                if (TWO) acc2[m] = fmaf(wv2, xv, acc2[m]);
+                if (NORM) ss[m] = fmaf(xv, xv, ss[m]);
             }
         }
     }
+}
+
+// The q/k/v pair (i, i + hd/2) of `head` for row m, dot products done: RoPE on q and k, then q
+// to `q`, k and v into the cache.
+template <typename T>
+__device__ __forceinline__ void rope_store(const RopeOut<T>& ro, int m, int head, int i, float y1, float y2) {
+    int pos0 = ro.pos_dev ? *ro.pos_dev : ro.pos0;
+    int half = ro.hd / 2, pos = pos0 + m * ro.pos_step, seq = m * ro.seq_step;
+    if (head < ro.nh + ro.nkv) {
+        const float* c = ro.cos_t + (long long)pos * ro.hd;
+        const float* s = ro.sin_t + (long long)pos * ro.hd;
+        float x1 = y1, x2 = y2;
+        y1 = x1 * c[i] - x2 * s[i];
+        y2 = x2 * c[i + half] + x1 * s[i + half];
+    }
+    if (head < ro.nh) {
+        float* dst = ro.q + (long long)m * ro.nh * ro.hd + head * ro.hd;
+        dst[i] = y1;
+        dst[i + half] = y2;
+        return;
+    }
+    int kvh = head < ro.nh + ro.nkv ? head - ro.nh : head - ro.nh - ro.nkv;
+    T* cache = head < ro.nh + ro.nkv ? ro.kc : ro.vc;
+    long long at = ((long long)seq * ro.cache_len + pos) * ro.nkv * ro.hd + kvh * ro.hd;
+    cache[at + i] = from_f<T>(y1);
+    cache[at + i + half] = from_f<T>(y2);
+}
+
+// N outputs (EPI_ROPE: N = (nh + 2 nkv) * hd / 2 pairs), 8 warps per block.
+template <typename T, int M, int MODE, bool NORM>
+__device__ void gemv(const T* W, const T* x, const float* bias, float* out_f, T* out_t, int N, int K, float eps,
+                     RopeOut<T> ro) {
+    const bool TWO = MODE == EPI_SWIGLU || MODE == EPI_ROPE;
+    int lane = threadIdx.x & 31;
+    int n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (n >= N) return;
+    int r1 = n, r2 = n + N, head = 0, i = 0;
+    if (MODE == EPI_ROPE) {
+        int half = ro.hd / 2;
+        head = n / half;
+        i = n % half;
+        r1 = head * ro.hd + i;
+        r2 = r1 + half;
+    }
+    float acc[M], acc2[M], ss[M];
+#pragma unroll
+    for (int m = 0; m < M; m++) acc[m] = acc2[m] = ss[m] = 0.f;
+    dot_rows<T, M, TWO, NORM>(W + (long long)r1 * K, W + (long long)r2 * K, x, K, acc, acc2, ss);
 #pragma unroll
     for (int m = 0; m < M; m++) {
         float d = warp_sum(acc[m]);
-        float d2 = MODE == EPI_SWIGLU ? warp_sum(acc2[m]) : 0.f;
-        if (lane == 0) {
-            long long at = (long long)m * N + n;
-            float b = bias ? bias[n] : 0.f;
-            if (MODE == EPI_STORE) out_f[at] = d + b;
-            else if (MODE == EPI_ADD) out_f[at] += d + b;
-            else out_t[at] = from_f<T>(d / (1.f + __expf(-d)) * d2);
+        float d2 = TWO ? warp_sum(acc2[m]) : 0.f;
+        if (NORM) {
+            float inv = rsqrtf(warp_sum(ss[m]) / K + eps);
+            d *= inv;
+            d2 *= inv;
         }
+        if (lane != 0) continue;
+        long long at = (long long)m * N + n;
+        if (MODE == EPI_STORE) out_f[at] = d + (bias ? bias[n] : 0.f);
+        else if (MODE == EPI_ADD) {
+            float v = out_f[at] + d + (bias ? bias[n] : 0.f);
+            out_f[at] = v;
+            out_t[at] = from_f<T>(v);
+        } else if (MODE == EPI_SWIGLU) out_t[at] = from_f<T>(d / (1.f + __expf(-d)) * d2);
+        else rope_store<T>(ro, m, head, i, d + (bias ? bias[r1] : 0.f), d2 + (bias ? bias[r2] : 0.f));
     }
 }
 
@@ -180,24 +279,26 @@ __device__ void rope_kv(const float* qkv, const float* cos_t, const float* sin_t
     }
 }
 
-// Causal attention in two kernels (flash-decoding): `attention_split` has one block per (query
-// head, row, span of ATT_SPAN keys) and writes the span's max score, exp-sum and unnormalised
-// output; `attention_merge` combines the spans of each (head, row). Row r is position
-// pos0 + r*pos_step of sequence r*seq_step and sees keys 0..=pos. hd <= 256; softmax in f32.
-// Partials: [rows, nh, spans, hd + 2] floats (max, sum, then the output).
-#define ATT_SPAN 32
+// Causal attention (flash-decoding) in one launch: a block per (query head, row, span of at
+// most ATT_SPAN_MAX keys; gridDim.z spans share out the keys of the row that sees the most)
+// writes the span's max score, exp-sum and unnormalised output to `part`; the last
+// block of a (head, row) to finish (counted in `done`, which it resets) merges the spans into
+// `out`. Row r is position pos0 + r*pos_step of sequence r*seq_step and sees keys 0..=pos; pos0
+// comes from `pos_dev` when it is not null.
+// hd <= 256; softmax in f32. Partials: [rows, nh, spans, hd + 2] floats (max, sum, output).
+#define ATT_SPAN_MAX 256
 #define ATT_THREADS 128
+// `path` ([seqs, cache_len]) names the cache slot holding each position of each sequence: beams
+// share their common history instead of copying it when they are reordered.
 template <typename T>
-__device__ void attention_split(const float* q, const T* kc, const T* vc, float* part, int nh, int nkv, int hd,
-                                int pos0, int pos_step, int seq_step, int cache_len, float scale, int spans) {
+__device__ void attention_span(const float* q, const T* kc, const T* vc, const int* path, float* out, int nh, int nkv,
+                               int hd, int pos, int seq, int cache_len, float scale, int k0, int k1) {
     __shared__ float qs[256];
-    __shared__ float sc[ATT_SPAN];
+    __shared__ float sc[ATT_SPAN_MAX];
+    __shared__ long long base[ATT_SPAN_MAX];
     __shared__ float stat[2];
-    int head = blockIdx.x, r = blockIdx.y, span = blockIdx.z;
+    int head = blockIdx.x, r = blockIdx.y;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = ATT_THREADS / 32;
-    int pos = pos0 + r * pos_step, seq = r * seq_step;
-    int k0 = span * ATT_SPAN, k1 = min(k0 + ATT_SPAN, pos + 1);
-    float* out = part + (((long long)r * nh + head) * spans + span) * (hd + 2);
     if (k0 >= k1) {
         if (threadIdx.x == 0) { out[0] = NEG_INF; out[1] = 0.f; }
         for (int d = threadIdx.x; d < hd; d += ATT_THREADS) out[2 + d] = 0.f;
@@ -205,15 +306,15 @@ __device__ void attention_split(const float* q, const T* kc, const T* vc, float*
     }
     int kvh = head / (nh / nkv);
     const float* qr = q + (long long)r * nh * hd + head * hd;
-    for (int d = threadIdx.x; d < hd; d += ATT_THREADS) qs[d] = qr[d] * scale;
-    __syncthreads();
     const long long stride = (long long)nkv * hd;
-    const T* kb = kc + (long long)seq * cache_len * stride + kvh * hd;
-    const T* vb = vc + (long long)seq * cache_len * stride + kvh * hd;
+    for (int d = threadIdx.x; d < hd; d += ATT_THREADS) qs[d] = qr[d] * scale;
+    for (int t = k0 + threadIdx.x; t < k1; t += ATT_THREADS)
+        base[t - k0] = ((long long)path[(long long)seq * cache_len + t] * cache_len + t) * stride + kvh * hd;
+    __syncthreads();
     // Scores: a warp per key, the keys of a warp independent of each other.
 #pragma unroll 4
     for (int t = k0 + warp; t < k1; t += warps) {
-        const T* kt = kb + t * stride;
+        const T* kt = kc + base[t - k0];
         float s = 0.f;
         for (int d = lane; d < hd; d += 32) s += qs[d] * to_f(kt[d]);
         s = warp_sum(s);
@@ -238,32 +339,54 @@ __device__ void attention_split(const float* q, const T* kc, const T* vc, float*
     for (int d = threadIdx.x; d < hd; d += ATT_THREADS) {
         float acc = 0.f;
 #pragma unroll 8
-        for (int t = k0; t < k1; t++) acc += sc[t - k0] * to_f(vb[t * stride + d]);
+        for (int t = k0; t < k1; t++) acc += sc[t - k0] * to_f(vc[base[t - k0] + d]);
         out[2 + d] = acc;
     }
     if (threadIdx.x == 0) { out[0] = stat[0]; out[1] = stat[1]; }
 }
 
+// Combines the `spans` partials `p` of one (head, row) into its output `o` (L2 reads: other
+// blocks wrote them).
 template <typename T>
-__device__ void attention_merge(const float* part, T* out, int nh, int hd, int spans) {
-    int head = blockIdx.x, r = blockIdx.y;
-    const float* p = part + ((long long)r * nh + head) * spans * (hd + 2);
+__device__ void attention_merge(const float* p, T* o, int hd, int spans) {
     float gm = NEG_INF;
-    for (int s = 0; s < spans; s++) gm = fmaxf(gm, p[s * (hd + 2)]);
+    for (int s = 0; s < spans; s++) gm = fmaxf(gm, __ldcg(p + s * (hd + 2)));
     float gl = 0.f;
     for (int s = 0; s < spans; s++) {
-        float m = p[s * (hd + 2)];
-        if (m != NEG_INF) gl += p[s * (hd + 2) + 1] * __expf(m - gm);
+        float m = __ldcg(p + s * (hd + 2));
+        if (m != NEG_INF) gl += __ldcg(p + s * (hd + 2) + 1) * __expf(m - gm);
     }
-    T* o = out + (long long)r * nh * hd + head * hd;
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float v = 0.f;
         for (int s = 0; s < spans; s++) {
-            float m = p[s * (hd + 2)];
-            if (m != NEG_INF) v += p[s * (hd + 2) + 2 + d] * __expf(m - gm);
+            float m = __ldcg(p + s * (hd + 2));
+            if (m != NEG_INF) v += __ldcg(p + s * (hd + 2) + 2 + d) * __expf(m - gm);
         }
         o[d] = from_f<T>(v / gl);
     }
+}
+
+template <typename T>
+__device__ void attention(const float* q, const T* kc, const T* vc, const int* path, float* part, int* done, T* out,
+                          const int* pos_dev, int nh, int nkv, int hd, int pos0, int pos_step, int seq_step,
+                          int cache_len, float scale) {
+    __shared__ bool last;
+    int head = blockIdx.x, r = blockIdx.y, span = blockIdx.z, spans = gridDim.z;
+    if (pos_dev) pos0 = *pos_dev;
+    int pos = pos0 + r * pos_step;
+    int len = (pos0 + (gridDim.y - 1) * pos_step + spans) / spans;
+    int k0 = span * len, k1 = min(k0 + len, pos + 1);
+    float* base = part + ((long long)r * nh + head) * spans * (hd + 2);
+    attention_span<T>(q, kc, vc, path, base + span * (hd + 2), nh, nkv, hd, pos, r * seq_step, cache_len, scale, k0, k1);
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int* counter = done + (long long)r * nh + head;
+        last = atomicAdd(counter, 1) == spans - 1;
+        if (last) *counter = 0;
+    }
+    __syncthreads();
+    if (last) attention_merge<T>(base, out + (long long)r * nh * hd + head * hd, hd, spans);
 }
 
 // Prefill epilogues after cuBLAS (f32 outputs): bias add, residual add, SwiGLU.
@@ -283,6 +406,11 @@ __device__ void swiglu(const float* gu, T* out, int rows, int f) {
     float g = gu[r * 2 * f + c], u = gu[r * 2 * f + f + c];
     out[i] = from_f<T>(g / (1.f + __expf(-g)) * u);
 }
+
+// Entry points: compiled once without XC_GEMV_ROWS for everything but the matrix-vector
+// kernels, and once per row count M with -DXC_GEMV_ROWS=M for those (NVRTC runs the programs in
+// parallel).
+#ifndef XC_GEMV_ROWS
 
 // Greedy choice on the device: the argmax (first index on ties) of one logits row after Hugging
 // Face's repetition penalty on the tokens flagged in `seen`; writes the id to `token[0]` and
@@ -320,6 +448,82 @@ extern "C" __global__ void flag_tokens(const int* ids, int n, unsigned char* see
     if (i < n) seen[ids[i]] = 1;
 }
 
+// Beam search's candidates, one block of 1024 threads per row r: the row's log-softmax (the
+// exp-sum in f64), Hugging Face's repetition penalty on the tokens flagged in seen[r, :], then
+// the k <= TOPK_MAX best (value descending, lower id first) into out_v/out_i[r, :k].
+#define TOPK_MAX 16
+__device__ __forceinline__ bool ranks_before(float a, int ia, float b, int ib) { return a > b || (a == b && ia < ib); }
+
+extern "C" __global__ void beam_topk(const float* logits, int v, const unsigned char* seen, float penalty, int k,
+                                     float* out_v, int* out_i) {
+    __shared__ int win_i;
+    const float* row = logits + (long long)blockIdx.x * v;
+    const unsigned char* flags = seen + (long long)blockIdx.x * v;
+    float m = NEG_INF;
+    for (int i = threadIdx.x; i < v; i += blockDim.x) m = fmaxf(m, row[i]);
+    m = block_max(m);
+    double s = 0.0;
+    for (int i = threadIdx.x; i < v; i += blockDim.x) s += exp((double)(row[i] - m));
+    double lse = (double)m + log(block_sum_f64(s));
+    float bv[TOPK_MAX];
+    int bi[TOPK_MAX];
+#pragma unroll
+    for (int j = 0; j < TOPK_MAX; j++) { bv[j] = NEG_INF; bi[j] = 0x7fffffff; }
+    for (int i = threadIdx.x; i < v; i += blockDim.x) {
+        float p = (float)((double)row[i] - lse);
+        if (flags[i]) p = p < 0.f ? p * penalty : p / penalty;
+        if (!ranks_before(p, i, bv[TOPK_MAX - 1], bi[TOPK_MAX - 1])) continue;
+        bv[TOPK_MAX - 1] = p;
+        bi[TOPK_MAX - 1] = i;
+#pragma unroll
+        for (int j = TOPK_MAX - 1; j > 0; j--) {
+            if (ranks_before(bv[j], bi[j], bv[j - 1], bi[j - 1])) {
+                float tv = bv[j]; bv[j] = bv[j - 1]; bv[j - 1] = tv;
+                int ti = bi[j]; bi[j] = bi[j - 1]; bi[j - 1] = ti;
+            }
+        }
+    }
+    __shared__ float cv[32];
+    __shared__ int ci[32];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int j = 0; j < k; j++) {
+        float best = bv[0];
+        int at = bi[0];
+        for (int o = 16; o > 0; o >>= 1) {
+            float ob = __shfl_xor_sync(0xffffffffu, best, o);
+            int oi = __shfl_xor_sync(0xffffffffu, at, o);
+            if (ranks_before(ob, oi, best, at)) { best = ob; at = oi; }
+        }
+        if (lane == 0) { cv[warp] = best; ci[warp] = at; }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            for (int w = 1; w < (int)(blockDim.x >> 5); w++)
+                if (ranks_before(cv[w], ci[w], best, at)) { best = cv[w]; at = ci[w]; }
+            win_i = at;
+            out_v[blockIdx.x * k + j] = best;
+            out_i[blockIdx.x * k + j] = at;
+        }
+        __syncthreads();
+        if (bi[0] == win_i) {
+#pragma unroll
+            for (int q = 0; q < TOPK_MAX - 1; q++) { bv[q] = bv[q + 1]; bi[q] = bi[q + 1]; }
+            bv[TOPK_MAX - 1] = NEG_INF;
+            bi[TOPK_MAX - 1] = 0x7fffffff;
+        }
+        __syncthreads();
+    }
+}
+
+// Cache slots of beams ([seqs, len] int tables, see attention): dst[s, t] = src[rows[s], t] for
+// t < len, and s for t >= len (a sequence's new positions go to its own slot). rows null: the
+// identity (every sequence in its own slot).
+extern "C" __global__ void reorder_paths(const int* src, int* dst, const int* rows, int seqs, int len, int cache_len) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)seqs * cache_len) return;
+    int s = (int)(i / cache_len), t = (int)(i % cache_len);
+    dst[i] = rows && t < len ? src[(long long)rows[s] * cache_len + t] : s;
+}
+
 // Beam reordering: dst sequence s gets src sequence rows[s]'s first `len` positions, for every
 // layer. Caches are [layers, capacity, cache_len, width] (src and dst capacities may differ, so
 // the same kernel grows a cache). Grid (x, layers * seqs); moved in 16-byte words when a
@@ -344,7 +548,10 @@ extern "C" __global__ void reorder_cache(const char* src, char* dst, const int* 
 
 // extern "C" entry points, one per weight type (suffix _h: f16, _f: f32).
 #define INSTANTIATE(T, S)                                                                                        \
-    extern "C" __global__ void embed_##S(const T* t, const int* ids, float* h, int dim) { embed<T>(t, ids, h, dim); } \
+    extern "C" __global__ void embed_##S(const T* t, const int* ids, float* h, T* hx, int dim) {                 \
+        embed<T>(t, ids, h, hx, dim);                                                                            \
+    }                                                                                                            \
+    extern "C" __global__ void to_t_##S(const float* x, T* o, long long n) { to_t<T>(x, o, n); }                \
     extern "C" __global__ void rmsnorm_##S(const float* x, const float* w, T* o, int dim, float eps) {          \
         rmsnorm<T>(x, w, o, dim, eps);                                                                           \
     }                                                                                                            \
@@ -352,35 +559,38 @@ extern "C" __global__ void reorder_cache(const char* src, char* dst, const int* 
                                            int nh, int nkv, int hd, int p0, int ps, int ss, int cl) {            \
         rope_kv<T>(qkv, c, s, q, kc, vc, nh, nkv, hd, p0, ps, ss, cl);                                           \
     }                                                                                                            \
-    extern "C" __global__ void attention_split_##S(const float* q, const T* kc, const T* vc, float* part, int nh, \
-                                                   int nkv, int hd, int p0, int ps, int ss, int cl, float scale,  \
-                                                   int spans) {                                                  \
-        attention_split<T>(q, kc, vc, part, nh, nkv, hd, p0, ps, ss, cl, scale, spans);                          \
-    }                                                                                                            \
-    extern "C" __global__ void attention_merge_##S(const float* part, T* o, int nh, int hd, int spans) {         \
-        attention_merge<T>(part, o, nh, hd, spans);                                                              \
-    }                                                                                                            \
+    extern "C" __global__ void attention_##S(const float* q, const T* kc, const T* vc, const int* path, float* part, \
+                                             int* done, T* o, const int* pd, int nh, int nkv, int hd, int p0, int ps,  \
+                                             int ss, int cl, float scale) {                                          \
+        attention<T>(q, kc, vc, path, part, done, o, pd, nh, nkv, hd, p0, ps, ss, cl, scale);                        \
+    }                                                                                                                \
     extern "C" __global__ void swiglu_##S(const float* gu, T* o, int rows, int f) { swiglu<T>(gu, o, rows, f); }
 
 INSTANTIATE(f16, h)
 INSTANTIATE(float, f)
 
-#define GEMV_ONE(T, S, M, MODE, NAME)                                                                            \
-    extern "C" __global__ void gemv_##NAME##_##S##_##M(const T* W, const T* W2, const T* x, const float* bias,   \
-                                                      float* out_f, T* out_t, int N, int K) {                    \
-        gemv<T, M, MODE>(W, W2, x, bias, out_f, out_t, N, K);                                                    \
-    }
-#define GEMV_M(T, S, M)                         \
-    GEMV_ONE(T, S, M, EPI_STORE, store)         \
-    GEMV_ONE(T, S, M, EPI_ADD, add)             \
-    GEMV_ONE(T, S, M, EPI_SWIGLU, swiglu)
-#define GEMV_ALL(T, S) \
-    GEMV_M(T, S, 1) GEMV_M(T, S, 2) GEMV_M(T, S, 3) GEMV_M(T, S, 4) GEMV_M(T, S, 5) GEMV_M(T, S, 6) GEMV_M(T, S, 7) GEMV_M(T, S, 8)
-
-GEMV_ALL(f16, h)
-GEMV_ALL(float, f)
-
 extern "C" __global__ void add_bias_f(float* x, const float* bias, int rows, int n) { add_bias(x, bias, rows, n); }
 extern "C" __global__ void residual_add_f(float* h, const float* y, const float* bias, int rows, int n) {
     residual_add(h, y, bias, rows, n);
 }
+
+#else
+
+#define GEMV_ONE(T, S, M, MODE, NORM, NAME)                                                                      \
+    extern "C" __global__ void gemv_##NAME##_##S##_##M(const T* W, const T* x, const float* bias, float* out_f,        \
+                                                      T* out_t, int N, int K, float eps, const float* c,               \
+                                                      const float* s, float* q, T* kc, T* vc, const int* pd, int nh,   \
+                                                      int nkv, int hd, int p0, int ps, int ss, int cl) {               \
+        RopeOut<T> ro = {c, s, q, kc, vc, pd, nh, nkv, hd, p0, ps, ss, cl};                                           \
+        gemv<T, M, MODE, NORM>(W, x, bias, out_f, out_t, N, K, eps, ro);                                               \
+    }
+#define GEMV_M(T, S, M)                                \
+    GEMV_ONE(T, S, M, EPI_STORE, false, store)         \
+    GEMV_ONE(T, S, M, EPI_ADD, false, add)             \
+    GEMV_ONE(T, S, M, EPI_SWIGLU, true, swiglu)        \
+    GEMV_ONE(T, S, M, EPI_ROPE, true, rope)
+
+GEMV_M(f16, h, XC_GEMV_ROWS)
+GEMV_M(float, f, XC_GEMV_ROWS)
+
+#endif

@@ -6,9 +6,9 @@ use std::ffi::c_void;
 use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, ValidAsZeroBits};
-use cudarc::nvrtc::{CompileOptions, compile_ptx_with_opts};
+use cudarc::nvrtc::{CompileOptions, Ptx, compile_ptx_with_opts};
 
-use super::CudaError;
+use super::{CudaError, MAX_SEQS};
 
 /// The kernel source (see its header for the conventions).
 pub const SOURCE: &str = include_str!("kernels.cu");
@@ -66,22 +66,39 @@ pub struct Kernels {
 }
 
 impl Kernels {
-    /// Compiles [`SOURCE`] for the context's device and loads every entry point.
+    /// Compiles [`SOURCE`] for the context's device (one program for the matrix-vector kernels
+    /// of each row count and one for the rest, in parallel) and loads every entry point.
     pub fn compile(ctx: &Arc<CudaContext>, stream: Arc<CudaStream>) -> Result<Self, CudaError> {
         let (major, minor) = ctx.compute_capability()?;
         let arch: &'static str = Box::leak(format!("sm_{major}{minor}").into_boxed_str());
-        let opts = CompileOptions { arch: Some(arch), options: vec!["--std=c++17".into()], ..Default::default() };
-        let ptx = compile_ptx_with_opts(SOURCE, opts).map_err(|e| CudaError::Compile(e.to_string()))?;
-        let names: Vec<String> = ptx
-            .to_src()
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix(".visible .entry ").map(|n| n.trim_end_matches('(').to_string()))
-            .collect();
-        let module = ctx.load_module(ptx)?;
+        let defines: Vec<Option<usize>> = std::iter::once(None).chain((1..=MAX_SEQS).map(Some)).collect();
+        let ptxs: Vec<Result<Ptx, CudaError>> = std::thread::scope(|scope| {
+            let jobs: Vec<_> = defines
+                .iter()
+                .map(|rows| {
+                    scope.spawn(move || {
+                        let mut options = vec!["--std=c++17".to_string()];
+                        options.extend(rows.map(|m| format!("-DXC_GEMV_ROWS={m}")));
+                        let opts = CompileOptions { arch: Some(arch), options, ..Default::default() };
+                        compile_ptx_with_opts(SOURCE, opts).map_err(|e| CudaError::Compile(e.to_string()))
+                    })
+                })
+                .collect();
+            jobs.into_iter().map(|j| j.join().unwrap_or_else(|_| Err(CudaError::Compile("NVRTC panicked".into())))).collect()
+        });
         let mut funcs = HashMap::new();
-        for n in names {
-            let f = module.load_function(&n)?;
-            funcs.insert(n, f);
+        for ptx in ptxs {
+            let ptx = ptx?;
+            let names: Vec<String> = ptx
+                .to_src()
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix(".visible .entry ").map(|n| n.trim_end_matches('(').to_string()))
+                .collect();
+            let module = ctx.load_module(ptx)?;
+            for n in names {
+                let f = module.load_function(&n)?;
+                funcs.insert(n, f);
+            }
         }
         Ok(Kernels { funcs, stream })
     }

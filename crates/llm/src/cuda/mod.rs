@@ -14,7 +14,7 @@
 mod engine;
 mod kernels;
 
-pub use engine::{CudaDecoder, EngineDtype, EngineOptions, MAX_SEQS};
+pub use engine::{CudaDecoder, EngineDtype, EngineOptions, MAX_SEQS, TOPK_MAX};
 
 use crate::beam::StepDecoder;
 use crate::weights::WeightError;
@@ -76,5 +76,9 @@ impl StepDecoder for EngineSteps<'_> {
 
     fn greedy_token(&mut self, seq: &[u32], penalty: f32) -> Result<u32, CudaError> {
         self.engine.greedy_token(seq, penalty)
+    }
+
+    fn top_logprobs(&mut self, seqs: &[Vec<u32>], penalty: f32, k: usize) -> Result<Vec<Vec<(f32, u32)>>, CudaError> {
+        self.engine.top_logprobs(seqs, penalty, k)
     }
 }
