@@ -2,12 +2,13 @@
 //! (`kernels.cu`, compiled by NVRTC at load) instead of burn's per-operation dispatch, which
 //! costs far more per decoded token than the token's weight reads.
 //!
-//! Per layer and step: RMSNorm, one q/k/v matrix-vector product with the biases fused, RoPE
-//! written straight into a preallocated KV cache, attention over the cache, the output
-//! projection with the residual add fused, RMSNorm, gate/up with SwiGLU fused, the down
-//! projection with the residual add fused: 8 launches, each weight read once for every
-//! sequence decoded together (beams). Prompt prefill uses cuBLAS. Greedy choices (with the
-//! repetition penalty) are made on the device and only the id comes back.
+//! Per layer and step, 5 launches: the q/k/v matrix-vector product with the RMSNorm folded in,
+//! the biases, RoPE and the KV append in its epilogue; attention over spans of keys merged by the
+//! last span block; the output projection with the residual add fused; gate/up with the RMSNorm
+//! and SwiGLU fused; the down projection with the residual add fused. Each weight is read once per
+//! step for up to [`MAX_SEQS`] sequences (beams), a step is replayed from a captured CUDA graph,
+//! and beams share their common history through a slot table. Prompt prefill uses cuBLAS. Greedy
+//! choices and beam candidates are made on the device and only ids and scores come back.
 //!
 //! burn keeps everything else (the image encoder, the CPU path).
 
