@@ -261,6 +261,19 @@ fn compose_refuses_bad_input_with_a_clear_message() {
     assert!(stderr(&out).contains("language \"fr\": expected en or zh"), "{}", stderr(&out));
     let out = run(&["compose", "About owls.", "--out", out_dir.to_str().unwrap(), "--device", "cuda"]);
     assert!(stderr(&out).contains("--device cuda runs the --xcomposer model; the default text models run on the CPU"), "{}", stderr(&out));
+    // The demo's writing controls: only for --xcomposer, in the demo's ranges, checked before loading.
+    let out = run(&["compose", "About owls.", "--out", out_dir.to_str().unwrap(), "--temperature", "0.7"]);
+    assert!(stderr(&out).contains("set how the --xcomposer model writes; add --xcomposer DIR"), "{}", stderr(&out));
+    for (flags, says) in [
+        (&["--beams", "9"][..], "--beams must be 1 to 6 (the original's range), got 9"),
+        (&["--beams", "3", "--temperature", "0.5"][..], "--temperature samples one sequence; --beams 3 cannot be combined with it"),
+        (&["--top-p", "0.9"][..], "--top-p 0.9 needs --temperature"),
+        (&["--temperature", "0.5", "--top-p", "1.5"][..], "--top-p must be in (0, 1], got 1.5"),
+        (&["--repetition-penalty", "0"][..], "--repetition-penalty must be a positive number, got 0"),
+    ] {
+        let out = run(&[&["compose", "About owls.", "--out", out_dir.to_str().unwrap(), "--xcomposer", "/no/such/model"][..], flags].concat());
+        assert!(stderr(&out).contains(says), "{flags:?}: {}", stderr(&out));
+    }
     assert!(!out_dir.exists(), "nothing written on failure");
     std::fs::remove_dir_all(&dir).unwrap();
 }

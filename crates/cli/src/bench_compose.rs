@@ -78,6 +78,7 @@ pub fn run(args: ComposeBenchArgs) -> Result<()> {
         scoring: ScorerOptions { scorer: ScorerArg::Hybrid, tag_weight: 0.5, metadata_weight: 0.5, clip: None, clip_weight: None },
         format: vec![],
         run_on: args.run_on,
+        writing: Default::default(),
     };
     let composer = build_composer(&opts, xcomposer_composer::Language::detect(&args.instruction))?;
     let load = t.elapsed().as_secs_f64();

@@ -10,6 +10,8 @@ use anyhow::{Context, Result, bail};
 use xcomposer_composer::render::{self, Format};
 use xcomposer_composer::{Article, ChatLanguageModel, ComposeRequest, Composer, Edit, Event, Language, LibraryRetriever, PromptSet, Prompts, Stage};
 use xcomposer_composer::xcomposer_model::XComposer;
+use xcomposer_composer::xcomposer_text::XCOMPOSER_WRITING;
+use xcomposer_composer::text_model::Sampling;
 use xcomposer_llm::LanguageModel;
 
 use crate::backend::{DeviceArg, DeviceOptions, peak_rss_mib, resolve_model, set_float_dtype};
@@ -35,8 +37,8 @@ pub struct PipelineOptions {
     #[command(flatten)]
     pub scoring: ScorerOptions,
     /// An InternLM-XComposer folder: the model does every stage as the original composes (writes
-    /// with 5 beams, chooses the image lines, captions, picks each image among its 4 candidates);
-    /// `--model` is then not used.
+    /// with 5 beams unless --beams/--temperature say otherwise, chooses the image lines, captions,
+    /// picks each image among its 4 candidates); `--model` is then not used.
     #[arg(long)]
     pub xcomposer: Option<PathBuf>,
     /// Output formats, comma-separated.
@@ -45,6 +47,68 @@ pub struct PipelineOptions {
     /// Where the `--xcomposer` model runs (the default text models run on the CPU).
     #[command(flatten)]
     pub run_on: DeviceOptions,
+    /// How the `--xcomposer` model writes the article.
+    #[command(flatten)]
+    pub writing: WritingOptions,
+}
+
+/// The original web demo's writing controls, for the `--xcomposer` model's article (the other
+/// stages keep the demo's own settings).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct WritingOptions {
+    /// With --xcomposer: beams for the article (the demo's slider, 1–6; default 5).
+    #[arg(long)]
+    pub beams: Option<usize>,
+    /// With --xcomposer: the article's repetition penalty (the demo's default 5.0).
+    #[arg(long)]
+    pub repetition_penalty: Option<f32>,
+    /// With --xcomposer: sample the article at this temperature, one beam, seeded by --seed (the
+    /// demo's "random sample" box).
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// With --temperature: keep the likeliest tokens whose probability reaches p (default 1: all).
+    #[arg(long)]
+    pub top_p: Option<f32>,
+}
+
+impl WritingOptions {
+    /// The article's decoding, the demo's defaults where a flag is not given; refuses values
+    /// the demo does not offer and combinations that cannot run.
+    pub fn sampling(&self) -> Result<Sampling> {
+        let mut s = XCOMPOSER_WRITING;
+        if let Some(t) = self.temperature {
+            if !(t > 0.0 && t.is_finite()) {
+                bail!("--temperature must be a positive number, got {t}");
+            }
+            (s.temperature, s.beams) = (t, 1);
+        }
+        if let Some(b) = self.beams {
+            if !(1..=6).contains(&b) {
+                bail!("--beams must be 1 to 6 (the original's range), got {b}");
+            }
+            if b > 1 && self.temperature.is_some() {
+                bail!("--temperature samples one sequence; --beams {b} cannot be combined with it");
+            }
+            s.beams = b;
+        }
+        if let Some(p) = self.repetition_penalty {
+            if !(p > 0.0 && p.is_finite()) {
+                bail!("--repetition-penalty must be a positive number, got {p}");
+            }
+            s.repetition_penalty = p;
+        }
+        match self.top_p {
+            Some(p) if self.temperature.is_none() => bail!("--top-p {p} needs --temperature (it only shapes sampling)"),
+            Some(p) if !(p > 0.0 && p <= 1.0) => bail!("--top-p must be in (0, 1], got {p}"),
+            Some(p) => s.top_p = p,
+            None => {}
+        }
+        Ok(s)
+    }
+
+    fn is_set(&self) -> bool {
+        self.beams.is_some() || self.repetition_penalty.is_some() || self.temperature.is_some() || self.top_p.is_some()
+    }
 }
 
 /// Arguments of `xcomposer compose`.
@@ -145,6 +209,10 @@ pub(crate) fn build_composer(opts: &PipelineOptions, language: Language) -> Resu
     if opts.run_on.device != DeviceArg::Cpu && opts.xcomposer.is_none() {
         bail!("--device cuda runs the --xcomposer model; the default text models run on the CPU (drop --device, or add --xcomposer DIR)");
     }
+    if opts.writing.is_set() && opts.xcomposer.is_none() {
+        bail!("--beams, --repetition-penalty, --temperature and --top-p set how the --xcomposer model writes; add --xcomposer DIR (the default writer has its own settings)");
+    }
+    let writing = opts.writing.sampling()?;
     let mut library = open_library(opts.library.as_deref(), opts.index.as_deref())?;
     let scorer = opts.scoring.scorer(&mut library)?;
     let retriever = Box::new(LibraryRetriever { library, scorer, scorer_name: opts.scoring.name() });
@@ -155,7 +223,7 @@ pub(crate) fn build_composer(opts: &PipelineOptions, language: Language) -> Resu
     }
     let prompts = Arc::new(prompts);
     if let Some(dir) = &opts.xcomposer {
-        return crate::with_backend!(opts.run_on.device, |device: B| xcomposer_composer::<B>(dir, &device, &opts.run_on, prompts, retriever));
+        return crate::with_backend!(opts.run_on.device, |device: B| xcomposer_composer::<B>(dir, &device, &opts.run_on, prompts, retriever, writing));
     }
     let path = resolve_model(opts.model.clone())?;
     let llm = LanguageModel::<burn::backend::Flex>::load(&path, &Default::default()).with_context(|| format!("loading {}", path.display()))?;
@@ -164,13 +232,13 @@ pub(crate) fn build_composer(opts: &PipelineOptions, language: Language) -> Resu
 }
 
 /// Every stage on the one XComposer model (loaded once, on `device`), as the original composes.
-fn xcomposer_composer<B: burn::tensor::backend::Backend>(dir: &Path, device: &B::Device, run_on: &DeviceOptions, prompts: Arc<Prompts>, retriever: Box<LibraryRetriever>) -> Result<Composer>
+fn xcomposer_composer<B: burn::tensor::backend::Backend>(dir: &Path, device: &B::Device, run_on: &DeviceOptions, prompts: Arc<Prompts>, retriever: Box<LibraryRetriever>, writing: Sampling) -> Result<Composer>
 where
     XComposer<B>: Send + Sync,
 {
     set_float_dtype::<B>(device, run_on.dtype)?;
     let model = XComposer::<B>::load_with(dir, device, run_on.engine_choice()).with_context(|| format!("loading {}", dir.display()))?;
-    Ok(Composer::with_xcomposer(Arc::new(model), prompts, retriever))
+    Ok(Composer::with_xcomposer_writing(Arc::new(model), prompts, retriever, writing))
 }
 
 /// A folder name from the instruction: its words, lower-case, ASCII or CJK, at most 48

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
-use xcomposer_llm::beam::{BurnSteps, EmbedGenConfig, EmbedGenOutput, StepDecoder, beam_steps, greedy_steps};
+use xcomposer_llm::beam::{BurnSteps, Chosen, EmbedGenConfig, EmbedGenOutput, StepDecoder, TokenChoice, beam_steps, greedy_steps};
+use xcomposer_llm::generation::Sampler;
 #[cfg(feature = "cuda")]
 use xcomposer_llm::cuda::{CudaDecoder, EngineOptions};
 use xcomposer_llm::decoder::KeyStyle;
@@ -318,17 +319,30 @@ impl<B: Backend> XComposer<B> {
         if !seen.is_empty() && cfg.num_beams > 1 {
             return Err(XComposerError::BadRequest(format!("a penalised prompt decodes greedily, as the original's use_inputs; {} beams asked", cfg.num_beams)));
         }
+        self.decode_with(prompt, (!seen.is_empty()).then_some(TokenChoice::SeeingPrompt(seen)), cfg, on_step)
+    }
+
+    /// Sampled decoding, the original's `do_sample=True` with one beam: each token drawn by
+    /// `sampler` (temperature, top-p, seed; its repetition penalty over `[BOS] + generated`).
+    pub fn decode_sampled(&self, prompt: Tensor<B, 3>, sampler: &mut Sampler, cfg: &EmbedGenConfig, on_step: &mut dyn FnMut(&[u32])) -> Result<EmbedGenOutput, XComposerError> {
+        if cfg.num_beams > 1 {
+            return Err(XComposerError::BadRequest(format!("sampling draws one sequence; {} beams asked (the original's beam sampling is not built)", cfg.num_beams)));
+        }
+        self.decode_with(prompt, Some(TokenChoice::Sampled(sampler)), cfg, on_step)
+    }
+
+    fn decode_with(&self, prompt: Tensor<B, 3>, choice: Option<TokenChoice<'_>>, cfg: &EmbedGenConfig, on_step: &mut dyn FnMut(&[u32])) -> Result<EmbedGenOutput, XComposerError> {
         self.check_context(prompt.dims()[1], cfg.max_new_tokens)?;
         match &self.text {
             TextDecoder::Burn(d) => {
-                let Ok(out) = run_steps(BurnSteps::new(d, prompt), seen, cfg, on_step);
+                let Ok(out) = run_steps(BurnSteps::new(d, prompt), choice, cfg, on_step);
                 Ok(out)
             }
             #[cfg(feature = "cuda")]
             TextDecoder::Cuda(e) => {
                 let mut e = lock(e);
                 let prompt = host_rows(prompt);
-                run_steps(xcomposer_llm::cuda::EngineSteps { engine: &mut e, prompt: &prompt }, seen, cfg, on_step).map_err(engine_error)
+                run_steps(xcomposer_llm::cuda::EngineSteps { engine: &mut e, prompt: &prompt }, choice, cfg, on_step).map_err(engine_error)
             }
         }
     }
@@ -341,45 +355,12 @@ impl<B: Backend> XComposer<B> {
     }
 }
 
-/// Greedy decoding for one beam, else beam search; with `seen`, greedy with the repetition
-/// penalty over those ids too ([`PromptSeen`]).
-fn run_steps<D: StepDecoder>(mut dec: D, seen: &[u32], cfg: &EmbedGenConfig, on_step: &mut dyn FnMut(&[u32])) -> Result<EmbedGenOutput, D::Error> {
-    if !seen.is_empty() {
-        return greedy_steps(&mut PromptSeen { inner: dec, seen }, cfg, on_step);
-    }
-    if cfg.num_beams <= 1 { greedy_steps(&mut dec, cfg, on_step) } else { beam_steps(&mut dec, cfg, on_step) }
-}
-
-/// A decoder whose greedy repetition penalty sees `seen` (the prompt's ids, BOS first) before
-/// the answer, as HF's does when the prompt's ids are the `inputs`.
-struct PromptSeen<'a, D> {
-    inner: D,
-    seen: &'a [u32],
-}
-
-impl<D: StepDecoder> StepDecoder for PromptSeen<'_, D> {
-    type Error = D::Error;
-
-    fn prefill(&mut self) -> Result<(), Self::Error> {
-        self.inner.prefill()
-    }
-
-    fn logits(&mut self) -> Result<Vec<Vec<f32>>, Self::Error> {
-        self.inner.logits()
-    }
-
-    fn reorder(&mut self, rows: &[usize]) -> Result<(), Self::Error> {
-        self.inner.reorder(rows)
-    }
-
-    fn step(&mut self, tokens: &[u32]) -> Result<(), Self::Error> {
-        self.inner.step(tokens)
-    }
-
-    fn greedy_token(&mut self, seq: &[u32], penalty: f32) -> Result<u32, Self::Error> {
-        // `seq` is [BOS, answer…]; the prompt's ids already start with BOS.
-        let all: Vec<u32> = self.seen.iter().chain(&seq[1..]).copied().collect();
-        self.inner.greedy_token(&all, penalty)
+/// A one-sequence decode with its token choice, else greedy for one beam, else beam search.
+fn run_steps<D: StepDecoder>(mut dec: D, choice: Option<TokenChoice<'_>>, cfg: &EmbedGenConfig, on_step: &mut dyn FnMut(&[u32])) -> Result<EmbedGenOutput, D::Error> {
+    match choice {
+        Some(choice) => greedy_steps(&mut Chosen { inner: dec, choice }, cfg, on_step),
+        None if cfg.num_beams <= 1 => greedy_steps(&mut dec, cfg, on_step),
+        None => beam_steps(&mut dec, cfg, on_step),
     }
 }
 

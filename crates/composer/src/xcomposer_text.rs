@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use burn::tensor::backend::Backend;
 use xcomposer_llm::beam::{EmbedGenConfig, EmbedGenOutput};
+use xcomposer_llm::generation::{GenerationConfig, Sampler};
 
 use crate::captioner::{CaptionStyle, LlmCaptioner};
 use crate::composer::Composer;
@@ -20,7 +21,7 @@ use crate::xcomposer_model::XComposer;
 
 /// An InternLM-XComposer model answering text prompts as the original's composition code asks
 /// them: `[BOS] " <|User|>:{user}\n<TOKENS_UNUSED_0> <|Bot|>:{prefix}"`, no meta instruction,
-/// greedy or beam decoding (no sampling), the best running beam streamed.
+/// greedy, beam or (temperature > 0, one beam) sampled decoding, the best running beam streamed.
 pub struct XComposerText<B: Backend> {
     /// The model (shared with the selector).
     pub model: Arc<XComposer<B>>,
@@ -83,6 +84,19 @@ fn gen_config(req: &Request, prompt_ids: usize, prompt_chars: usize, room: usize
     EmbedGenConfig { num_beams: req.sampling.beams.max(1), max_new_tokens, repetition_penalty: req.sampling.repetition_penalty, ..EmbedGenConfig::xcomposer() }
 }
 
+/// The draw for `sampling` when it samples (temperature > 0, one beam), as the original's
+/// `do_sample=True`: temperature, top-p, the repetition penalty and the seed.
+fn sampler_for(sampling: &Sampling) -> Result<Option<Sampler>, String> {
+    if sampling.temperature == 0.0 {
+        return Ok(None);
+    }
+    if sampling.beams > 1 {
+        return Err(format!("sampling draws one sequence; {} beams asked with temperature {} (the original's beam sampling is not built)", sampling.beams, sampling.temperature));
+    }
+    let cfg = GenerationConfig { temperature: sampling.temperature, top_p: sampling.top_p, repetition_penalty: sampling.repetition_penalty, seed: sampling.seed, ..Default::default() };
+    Sampler::new(&cfg).map(Some).map_err(|e| e.to_string())
+}
+
 impl<B: Backend> XComposerText<B>
 where
     XComposer<B>: Send + Sync,
@@ -90,8 +104,9 @@ where
     /// Answers `req` as [`TextModel::complete`] does, keeping the prompt's ids, the settings and
     /// the decoded sequence.
     pub fn answer(&self, req: &Request, on_text: &mut (dyn FnMut(&str) + Send)) -> Result<Answered, String> {
-        if req.sampling.temperature > 0.0 {
-            return Err(format!("{} decodes greedily or with beams, as the original (temperature {} asked)", self.id(), req.sampling.temperature));
+        let mut sampler = sampler_for(&req.sampling)?;
+        if sampler.is_some() && req.prompt_as_inputs {
+            return Err(format!("{} samples only prompts whose ids the penalty does not see (temperature {} asked)", self.id(), req.sampling.temperature));
         }
         let m = &self.model;
         let t = Instant::now();
@@ -104,17 +119,20 @@ where
         // Stream the running text while it only grows (a beam search may change its best beam).
         let mut shown = String::new();
         let mut first_token = None;
-        let out = m
-            .decode_seeing(prompt, seen, &cfg, &mut |seq| {
-                first_token.get_or_insert_with(Instant::now);
-                let text = m.tokenizer.decode(seq, true).unwrap_or_default();
-                let text = cut(text.split("<TOKENS_UNUSED_1>").next().unwrap_or_default(), &req.stop, req.max_lines).0;
-                if let Some(new) = text.strip_prefix(shown.as_str()).filter(|n| !n.is_empty()) {
-                    on_text(new);
-                    shown = text;
-                }
-            })
-            .map_err(|e| e.to_string())?;
+        let mut on_step = |seq: &[u32]| {
+            first_token.get_or_insert_with(Instant::now);
+            let text = m.tokenizer.decode(seq, true).unwrap_or_default();
+            let text = cut(text.split("<TOKENS_UNUSED_1>").next().unwrap_or_default(), &req.stop, req.max_lines).0;
+            if let Some(new) = text.strip_prefix(shown.as_str()).filter(|n| !n.is_empty()) {
+                on_text(new);
+                shown = text;
+            }
+        };
+        let out = match sampler.as_mut() {
+            Some(s) => m.decode_sampled(prompt, s, &cfg, &mut on_step),
+            None => m.decode_seeing(prompt, seen, &cfg, &mut on_step),
+        }
+        .map_err(|e| e.to_string())?;
         let (answer, why) = cut(&m.answer_text(&out), &req.stop, req.max_lines);
         let new_tokens = out.new_tokens().len();
         let ended_by_token = out.sequence.last().is_some_and(|t| *t == cfg.eos_id || cfg.stop_ids.contains(t));
@@ -151,6 +169,9 @@ pub mod budget {
     pub const SELECT: usize = 9;
 }
 
+/// The web demo's default article decoding: 5 beams, repetition penalty 5.0, no sampling.
+pub const XCOMPOSER_WRITING: Sampling = Sampling { temperature: 0.0, top_p: 1.0, repetition_penalty: 5.0, seed: 0, beams: 5 };
+
 impl Composer {
     /// Every stage on one InternLM-XComposer model, decoded as the original web demo decodes
     /// them: the article with 5 beams and repetition penalty 5.0; image lines with 5 beams (299
@@ -161,14 +182,26 @@ impl Composer {
     where
         XComposer<B>: Send + Sync,
     {
+        Self::with_xcomposer_writing(model, prompts, retriever, XCOMPOSER_WRITING)
+    }
+
+    /// [`Composer::with_xcomposer`] with the article written as `writing` asks: the web demo's
+    /// controls (beams, repetition penalty, and its "random sample" box as a temperature > 0
+    /// with one beam; the seed is the compose request's).
+    pub fn with_xcomposer_writing<B: Backend>(model: Arc<XComposer<B>>, prompts: Arc<Prompts>, retriever: Box<dyn Retriever>, writing: Sampling) -> Self
+    where
+        XComposer<B>: Send + Sync,
+    {
         let text: Arc<dyn TextModel> = Arc::new(XComposerText { model: model.clone() });
-        Self::xcomposer_stages(text, Box::new(VlmSelector { model, prompts: prompts.clone() }), prompts, retriever)
+        let mut composer = Self::xcomposer_stages(text.clone(), Box::new(VlmSelector { model, prompts: prompts.clone() }), prompts.clone(), retriever);
+        composer.writer = Box::new(LlmWriter { sampling: writing, ..LlmWriter::new(text, prompts) });
+        composer
     }
 
     /// The stages of [`Composer::with_xcomposer`] around any text model and selector (in tests,
     /// wrappers that record what the stages ask).
     pub fn xcomposer_stages(text: Arc<dyn TextModel>, selector: Box<dyn Selector>, prompts: Arc<Prompts>, retriever: Box<dyn Retriever>) -> Self {
-        let writer = LlmWriter { sampling: Sampling { beams: 5, ..Sampling::greedy(5.0) }, ..LlmWriter::new(text.clone(), prompts.clone()) };
+        let writer = LlmWriter { sampling: XCOMPOSER_WRITING, ..LlmWriter::new(text.clone(), prompts.clone()) };
         let spotter = LlmSpotter { max_new_tokens: budget::SPOT, beams: 5, ..LlmSpotter::new(text.clone(), prompts.clone()) };
         let captioner = LlmCaptioner { repetition_penalty: 5.0, max_new_tokens: budget::CAPTION, style: CaptionStyle::Original, ..LlmCaptioner::new(text, prompts) };
         Composer { writer: Box::new(writer), spotter: Box::new(spotter), captioner: Box::new(captioner), retriever, selector }

@@ -288,3 +288,27 @@ fn every_stage_runs_on_xcomposer_tiny() {
     assert!(written.files.iter().all(|f| f.exists()));
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+#[test]
+fn the_article_can_be_sampled_as_the_demos_random_sample_box_asks() {
+    use std::sync::Arc;
+    use xcomposer_composer::prompts::Prompt;
+    use xcomposer_composer::text_model::{Request, Sampling};
+    use xcomposer_composer::xcomposer_text::XComposerText;
+    let dir = common::fixture("xcomposer-tiny");
+    let text = XComposerText { model: Arc::new(XComposer::<Flex>::load(&dir, &Default::default()).unwrap()) };
+    let prompt = Prompt { user: "根据给定标题写一个图文并茂，不重复的文章：长城".into(), prefix: String::new() };
+    let ask = |sampling: Sampling| {
+        let req = Request { prompt: &prompt, max_new_tokens: 16, sampling, stop: vec![], max_lines: 0, prompt_as_inputs: false };
+        text.answer(&req, &mut |_| {}).map(|a| a.output.sequence)
+    };
+    let sampled = |seed: u64| Sampling { temperature: 1.0, top_p: 1.0, repetition_penalty: 5.0, seed, beams: 1 };
+    let greedy = ask(Sampling::greedy(5.0)).unwrap();
+    let (a, b, c) = (ask(sampled(1)).unwrap(), ask(sampled(1)).unwrap(), ask(sampled(2)).unwrap());
+    assert_eq!(a, b, "one seed, one article");
+    assert!(a != greedy || c != greedy, "sampling at temperature 1 gave the greedy ids twice: {a:?}");
+    assert!(a != c, "two seeds gave the same 16 tokens: {a:?}");
+    // Sampling draws one sequence: with beams it is refused, naming both.
+    let e = ask(Sampling { beams: 5, ..sampled(1) }).unwrap_err();
+    assert!(e.contains("5 beams") && e.contains("temperature 1"), "{e}");
+}

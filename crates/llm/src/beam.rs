@@ -9,7 +9,7 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
 use crate::decoder::{Decoder, KvCache};
-use crate::generation::{apply_repetition_penalty, argmax};
+use crate::generation::{Sampler, apply_repetition_penalty, argmax};
 
 /// What to decode.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,6 +82,58 @@ pub trait StepDecoder {
     /// log-probabilities), its `k` best as (log-prob, id), best first, lower id first on ties.
     fn top_logprobs(&mut self, seqs: &[Vec<u32>], penalty: f32, k: usize) -> Result<Vec<Vec<(f32, u32)>>, Self::Error> {
         Ok(top_logprobs_host(self.logits()?, seqs, penalty, k))
+    }
+}
+
+/// How a one-sequence decode chooses each token instead of plain greedy.
+pub enum TokenChoice<'a> {
+    /// Greedy, the repetition penalty also over these ids before the answer (the prompt's ids,
+    /// BOS first), as HF's penalty does when the prompt's ids are the `inputs`.
+    SeeingPrompt(&'a [u32]),
+    /// Drawn by a sampler (temperature, top-p, its own repetition penalty over `[BOS] +
+    /// generated`, seeded): the original's `do_sample=True` with one beam.
+    Sampled(&'a mut Sampler),
+}
+
+/// A decoder whose greedy choice is made as `choice` says, so [`greedy_steps`] decodes with it.
+pub struct Chosen<'a, D> {
+    /// The decoder.
+    pub inner: D,
+    /// How each token is chosen.
+    pub choice: TokenChoice<'a>,
+}
+
+impl<D: StepDecoder> StepDecoder for Chosen<'_, D> {
+    type Error = D::Error;
+
+    fn prefill(&mut self) -> Result<(), Self::Error> {
+        self.inner.prefill()
+    }
+
+    fn logits(&mut self) -> Result<Vec<Vec<f32>>, Self::Error> {
+        self.inner.logits()
+    }
+
+    fn reorder(&mut self, rows: &[usize]) -> Result<(), Self::Error> {
+        self.inner.reorder(rows)
+    }
+
+    fn step(&mut self, tokens: &[u32]) -> Result<(), Self::Error> {
+        self.inner.step(tokens)
+    }
+
+    fn greedy_token(&mut self, seq: &[u32], penalty: f32) -> Result<u32, Self::Error> {
+        match &mut self.choice {
+            TokenChoice::SeeingPrompt(seen) => {
+                // `seq` is [BOS, answer…]; the prompt's ids already start with BOS.
+                let all: Vec<u32> = seen.iter().chain(&seq[1..]).copied().collect();
+                self.inner.greedy_token(&all, penalty)
+            }
+            TokenChoice::Sampled(sampler) => {
+                let mut row = self.inner.logits()?.swap_remove(0);
+                Ok(sampler.sample(&mut row, seq))
+            }
+        }
     }
 }
 
@@ -319,6 +371,22 @@ mod tests {
         // The best hypothesis is BOS closed at once by EOS (log-prob ≈ −0.066 over length 1).
         assert_eq!(out.sequence, vec![1, 2]);
         assert_eq!(out.hypotheses[0].0, vec![1]);
+    }
+
+    #[test]
+    fn sampled_decoding_draws_from_the_sampler_and_repeats_with_its_seed() {
+        use crate::generation::GenerationConfig;
+        let cfg = EmbedGenConfig { num_beams: 1, max_new_tokens: 40, repetition_penalty: 1.0, length_penalty: 1.0, bos_id: 1, eos_id: 99, stop_ids: vec![] };
+        let draw = |seed: u64| {
+            let mut sampler = Sampler::new(&GenerationConfig { temperature: 1.0, seed, ..Default::default() }).unwrap();
+            greedy_steps(&mut Chosen { inner: SameRow { rows: 1 }, choice: TokenChoice::Sampled(&mut sampler) }, &cfg, &mut |_| {}).unwrap().sequence
+        };
+        let (a, b) = (draw(7), draw(7));
+        assert_eq!(a, b, "one seed, one sequence");
+        assert_eq!(a.len(), 41);
+        // Greedy would repeat id 2 (the likeliest); a draw at temperature 1 does not always take it.
+        assert!(a[1..].iter().any(|&t| t != 2), "{a:?}");
+        assert!(a[1..].iter().all(|&t| t < 4));
     }
 
     #[test]
