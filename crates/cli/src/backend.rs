@@ -60,8 +60,8 @@ pub struct DeviceOptions {
 
 impl DeviceOptions {
     /// The XComposer decoder's engine these options ask for.
-    pub fn engine_choice(&self) -> xcomposer_composer::xcomposer_model::EngineChoice {
-        use xcomposer_composer::xcomposer_model::EngineChoice;
+    pub fn engine_choice(&self) -> xcomposer_vision::xcomposer::model::EngineChoice {
+        use xcomposer_vision::xcomposer::model::EngineChoice;
         match (self.device, self.engine) {
             #[cfg(feature = "cuda")]
             (DeviceArg::Cuda, EngineArg::Fused) => {

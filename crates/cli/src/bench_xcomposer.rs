@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
-use xcomposer_composer::xcomposer_model::{TextDecoder, XComposer};
+use xcomposer_vision::xcomposer::model::{TextDecoder, XComposer};
 
 use crate::backend::{DeviceOptions, peak_rss_mib, set_float_dtype};
 use crate::bench::{LlamaAnchor, LlamaRows, TorchAnchor, median};

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::Backend;
-use xcomposer_composer::xcomposer_model::{Turn, XComposer};
+use xcomposer_vision::xcomposer::model::{Turn, XComposer};
 use xcomposer_llm::beam::EmbedGenConfig;
 use xcomposer_llm::{GenerationConfig, LanguageModel, Message};
 use xcomposer_vision::{ImageInput, ImageTagger};
@@ -100,7 +100,7 @@ fn xcomposer_chat<B: Backend>(args: &ChatArgs, dir: &Path, device: &B::Device) -
     let t = Instant::now();
     let model = XComposer::<B>::load_with(dir, device, args.run_on.engine_choice()).with_context(|| format!("loading {}", dir.display()))?;
     eprintln!("[chat] loaded {} in {:.1} s; peak memory {}", dir.display(), t.elapsed().as_secs_f64(), peak_rss_mib().map_or("unknown".into(), |m| format!("{m:.0} MiB")));
-    let cfg = EmbedGenConfig { num_beams: args.beams, max_new_tokens: args.max_new_tokens, repetition_penalty: args.repeat_penalty, ..EmbedGenConfig::xcomposer() };
+    let cfg = EmbedGenConfig { num_beams: args.beams, max_new_tokens: args.max_new_tokens, repetition_penalty: args.repeat_penalty, ..xcomposer_vision::xcomposer::language::gen_config() };
     let mut history: Vec<(Turn, Vec<burn::tensor::Tensor<B, 3>>)> = vec![];
     questions(args, |q, paths| {
         let t = Instant::now();

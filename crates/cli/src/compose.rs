@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use xcomposer_composer::render::{self, Format};
 use xcomposer_composer::{Article, ChatLanguageModel, ComposeRequest, Composer, Edit, Event, Language, LibraryRetriever, PromptSet, Prompts, Stage};
-use xcomposer_composer::xcomposer_model::XComposer;
+use xcomposer_vision::xcomposer::model::XComposer;
 use xcomposer_composer::xcomposer_text::XCOMPOSER_WRITING;
 use xcomposer_composer::text_model::Sampling;
 use xcomposer_llm::LanguageModel;

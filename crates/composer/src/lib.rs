@@ -41,7 +41,7 @@ pub mod spotter;
 pub mod text_model;
 pub mod vlm_selector;
 pub mod writer;
-pub mod xcomposer_model;
+
 pub mod xcomposer_text;
 
 pub use article::{Article, Candidate, ImageSlot, Provenance, Source};

@@ -21,7 +21,7 @@ use crate::article::{Candidate, Provenance, Source};
 use crate::error::ComposeError;
 use crate::prompts::Prompts;
 use crate::selector::{SelectContext, Selector};
-use crate::xcomposer_model::{IMAGE_PLACEHOLDER, Piece, XComposer};
+use xcomposer_vision::xcomposer::model::{IMAGE_PLACEHOLDER, Piece, XComposer};
 
 /// Longest prompt, in positions: the original cuts the text and images to its `max_txt_len`
 /// 1680, puts BOS in front and drops the last 2 (its appended eoa and `</s>`, which this prompt
@@ -141,7 +141,7 @@ where
             embeds = embeds.slice([0..b, 0..MAX_PROMPT, 0..d]);
             layout.truncate(MAX_PROMPT);
         }
-        let config = EmbedGenConfig { num_beams: 5, max_new_tokens: crate::xcomposer_text::budget::SELECT, repetition_penalty: 1.0, stop_ids: vec![], ..EmbedGenConfig::xcomposer() };
+        let config = EmbedGenConfig { num_beams: 5, max_new_tokens: crate::xcomposer_text::budget::SELECT, repetition_penalty: 1.0, stop_ids: vec![], ..xcomposer_vision::xcomposer::language::gen_config() };
         let output = self.model.decode(embeds, &config).map_err(|e| bad(e.to_string()))?;
         let answer = self.model.answer_text(&output);
         Ok(Asked { text, layout, config, output, answer })

@@ -17,7 +17,7 @@ use crate::spotter::LlmSpotter;
 use crate::text_model::{Completion, Request, Sampling, TextModel};
 use crate::vlm_selector::VlmSelector;
 use crate::writer::LlmWriter;
-use crate::xcomposer_model::XComposer;
+use xcomposer_vision::xcomposer::model::XComposer;
 
 /// An InternLM-XComposer model answering text prompts as the original's composition code asks
 /// them: `[BOS] " <|User|>:{user}\n<TOKENS_UNUSED_0> <|Bot|>:{prefix}"`, no meta instruction,
@@ -81,7 +81,7 @@ pub struct Answered {
 /// counted over the prompt's ids too (and no more than the context holds).
 fn gen_config(req: &Request, prompt_ids: usize, prompt_chars: usize, room: usize) -> EmbedGenConfig {
     let max_new_tokens = if req.prompt_as_inputs { (req.max_new_tokens + prompt_chars).saturating_sub(prompt_ids).min(room) } else { req.max_new_tokens };
-    EmbedGenConfig { num_beams: req.sampling.beams.max(1), max_new_tokens, repetition_penalty: req.sampling.repetition_penalty, ..EmbedGenConfig::xcomposer() }
+    EmbedGenConfig { num_beams: req.sampling.beams.max(1), max_new_tokens, repetition_penalty: req.sampling.repetition_penalty, ..xcomposer_vision::xcomposer::language::gen_config() }
 }
 
 /// The draw for `sampling` when it samples (temperature > 0, one beam), as the original's

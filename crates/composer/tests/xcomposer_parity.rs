@@ -10,7 +10,7 @@ mod common;
 use burn::backend::Flex;
 use burn::tensor::Tensor;
 use safetensors::SafeTensors;
-use xcomposer_composer::xcomposer_model::{Piece, XComposer};
+use xcomposer_vision::xcomposer::model::{Piece, XComposer};
 use xcomposer_llm::beam::EmbedGenConfig;
 
 fn values<const D: usize>(t: Tensor<Flex, D>) -> Vec<f32> {
@@ -69,12 +69,12 @@ fn prompts_activations_and_generations_match_the_original() {
         report.push(format!("final norm {err:.1e}, logits {lerr:.1e}"));
 
         let ids = |v: &serde_json::Value| -> Vec<u32> { v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect() };
-        let greedy_cfg = EmbedGenConfig { num_beams: 1, max_new_tokens: 24, repetition_penalty: 1.0, ..EmbedGenConfig::xcomposer() };
+        let greedy_cfg = EmbedGenConfig { num_beams: 1, max_new_tokens: 24, repetition_penalty: 1.0, ..xcomposer_vision::xcomposer::language::gen_config() };
         let g = model.decode(prompt.clone(), &greedy_cfg).expect("decodes");
         assert_eq!(g.sequence, ids(&c["greedy"]["sequence"]), "{case}: greedy tokens");
         assert_eq!(model.answer_text(&g), c["greedy"]["text"].as_str().unwrap(), "{case}: greedy text");
 
-        let beam_cfg = EmbedGenConfig { max_new_tokens: 24, ..EmbedGenConfig::xcomposer() };
+        let beam_cfg = EmbedGenConfig { max_new_tokens: 24, ..xcomposer_vision::xcomposer::language::gen_config() };
         let b = model.decode(prompt, &beam_cfg).expect("decodes");
         assert_eq!(b.sequence, ids(&c["beam"]["sequence"]), "{case}: beam tokens");
         let serr = (b.score - c["beam"]["sequence_score"].as_f64().unwrap() as f32).abs();
@@ -139,7 +139,7 @@ impl xcomposer_llm::weights::WeightSource for Altered<'_> {
 fn missing_or_misshaped_tensors_are_named() {
     use xcomposer_llm::decoder::KeyStyle;
     use xcomposer_llm::torch::TorchWeights;
-    use xcomposer_llm::xcomposer::LoraMerged;
+    use xcomposer_vision::xcomposer::language::LoraMerged;
     use xcomposer_vision::{VisualConfig, XComposerVisual};
     let dir = common::fixture("xcomposer-tiny");
     let src = TorchWeights::open_dir(&dir).unwrap();
@@ -158,7 +158,7 @@ fn missing_or_misshaped_tensors_are_named() {
 
 #[test]
 fn multi_turn_prompts_follow_the_original_layout() {
-    use xcomposer_composer::xcomposer_model::Turn;
+    use xcomposer_vision::xcomposer::model::Turn;
     let dir = common::fixture("xcomposer-tiny");
     let model = XComposer::<Flex>::load(&dir, &Default::default()).unwrap();
     let image = model.encode_image(&dir.join("../images/coffee.png")).unwrap();
@@ -186,7 +186,7 @@ fn multi_turn_prompts_follow_the_original_layout() {
 
 #[test]
 fn images_of_every_turn_stay_in_the_history() {
-    use xcomposer_composer::xcomposer_model::Turn;
+    use xcomposer_vision::xcomposer::model::Turn;
     let dir = common::fixture("xcomposer-tiny");
     let model = XComposer::<Flex>::load(&dir, &Default::default()).unwrap();
     let a = model.encode_image(&dir.join("../images/coffee.png")).unwrap();
@@ -214,7 +214,7 @@ fn a_prompt_longer_than_the_context_is_refused() {
     let model = XComposer::<Flex>::load(&dir, &Default::default()).unwrap();
     let max = model.text.config().max_position;
     let prompt = model.generate_prompt(&"word ".repeat(max), &[]).unwrap();
-    let cfg = xcomposer_llm::beam::EmbedGenConfig { max_new_tokens: 4, ..xcomposer_llm::beam::EmbedGenConfig::xcomposer() };
+    let cfg = xcomposer_llm::beam::EmbedGenConfig { max_new_tokens: 4, ..xcomposer_vision::xcomposer::language::gen_config() };
     for beams in [1, 5] {
         let e = model.decode(prompt.clone(), &xcomposer_llm::beam::EmbedGenConfig { num_beams: beams, ..cfg.clone() }).unwrap_err().to_string();
         assert!(e.contains("the model's context holds"), "{e}");

@@ -19,7 +19,7 @@ use xcomposer_composer::selector::SelectContext;
 use xcomposer_composer::text_model::{Completion, Request, Sampling};
 use xcomposer_composer::vlm_selector::{VlmSelector, parse_choice};
 use xcomposer_composer::writer::WriteRequest;
-use xcomposer_composer::xcomposer_model::XComposer;
+use xcomposer_vision::xcomposer::model::XComposer;
 use xcomposer_composer::xcomposer_text::{Answered, XComposerText};
 use xcomposer_composer::{Article, BestScore, Candidate, Composer, Edit, ImageSlot, Language, LlmWriter, Prompts, Provenance, Source, TextModel};
 

@@ -30,14 +30,6 @@ pub struct EmbedGenConfig {
     pub stop_ids: Vec<u32>,
 }
 
-impl EmbedGenConfig {
-    /// InternLM-XComposer's `gen_config`: 5 beams, repetition penalty 1.5, length penalty 1,
-    /// 500 new tokens, stop at eoh/eoa.
-    pub fn xcomposer() -> Self {
-        EmbedGenConfig { num_beams: 5, max_new_tokens: 500, repetition_penalty: 1.5, length_penalty: 1.0, bos_id: 1, eos_id: 2, stop_ids: vec![crate::xcomposer::EOH, crate::xcomposer::EOA] }
-    }
-}
-
 /// A decoded sequence.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EmbedGenOutput {

@@ -37,7 +37,7 @@ pub mod random_weights;
 pub mod tokenizer;
 pub mod torch;
 pub mod weights;
-pub mod xcomposer;
+
 
 pub use chat::{ChatTemplate, Message};
 pub use config::{Arch, DecoderConfig};

@@ -5,7 +5,9 @@
 //! - [`resize`] and [`preprocess`]: Pillow-exact bicubic resizing and the resize → crop →
 //!   normalise chains of each reference model ([`Preprocess`]);
 //! - [`efficientnet`] and [`tagger`]: EfficientNet-Lite0 in burn and the [`ImageTagger`] that
-//!   turns photos into ImageNet tags and pooled features.
+//!   turns photos into ImageNet tags and pooled features;
+//! - [`xcomposer`]: the InternLM-XComposer vision-language family (image encoder, LoRA merge,
+//!   tokenizer, prompt protocol, the model).
 //!
 //! ```no_run
 //! use burn::backend::Flex;
@@ -24,10 +26,10 @@ pub mod input;
 pub mod preprocess;
 pub mod resize;
 pub mod tagger;
-pub mod xcomposer_visual;
+pub mod xcomposer;
 
 pub use efficientnet::{EfficientNet, EfficientNetConfig};
 pub use input::{Alpha, DecodedImage, ImageError, ImageInput};
 pub use preprocess::Preprocess;
 pub use tagger::{ImageNetLabels, ImageTagger, Tag, TaggerError, Tagging};
-pub use xcomposer_visual::{EvaVit, PerceiveSampler, VisualConfig, XComposerVisual};
+pub use xcomposer::visual::{EvaVit, PerceiveSampler, VisualConfig, XComposerVisual};

@@ -2,10 +2,11 @@
 //! (`../shared/fixtures/internlm-tokenizer`): ids with and without BOS and the three decodes,
 //! for all 50 strings.
 
+#[path = "../../llm/tests/common.rs"]
 mod common;
 
 use serde::Deserialize;
-use xcomposer_llm::xcomposer::InternLmTokenizer;
+use xcomposer_vision::xcomposer::language::InternLmTokenizer;
 
 #[derive(Deserialize)]
 struct Cases {

@@ -20,9 +20,10 @@ use xcomposer_llm::generation::Sampler;
 use xcomposer_llm::cuda::{CudaDecoder, EngineOptions};
 use xcomposer_llm::decoder::KeyStyle;
 use xcomposer_llm::torch::TorchWeights;
-use xcomposer_llm::xcomposer::{InternLmTokenizer, LoraMerged};
+use super::language::{InternLmTokenizer, LoraMerged};
 use xcomposer_llm::{Decoder, DecoderConfig};
-use xcomposer_vision::{ImageInput, Preprocess, VisualConfig, XComposerVisual};
+use super::visual::{VisualConfig, XComposerVisual};
+use crate::{ImageInput, Preprocess};
 
 /// The original's meta instruction (it ends with "conversation\n").
 pub const META_INSTRUCTION: &str = "meta instruction\nYou are an AI assistant whose name is 浦语.\n- 浦语 is a conversational language model that is developed by Shanghai AI Laboratory (上海人工智能实验室). It is designed to be helpful, honest, and harmless.\n- 浦语 can understand and communicate fluently in the language chosen by the user such as English and 中文.\nconversation\n";
@@ -38,7 +39,7 @@ pub enum XComposerError {
     Load(String),
     /// An image could not be read.
     #[error(transparent)]
-    Image(#[from] xcomposer_vision::ImageError),
+    Image(#[from] crate::ImageError),
     /// The request does not fit the prompt (placeholders vs images, the model's context).
     #[error("{0}")]
     BadRequest(String),

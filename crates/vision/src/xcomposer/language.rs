@@ -13,8 +13,9 @@ use std::path::Path;
 use burn::backend::Flex;
 use burn::tensor::{Tensor, TensorData};
 
-use crate::tokenizer::{Tokenizer, TokenizerError};
-use crate::weights::{HostTensor, WeightError, WeightSource};
+use xcomposer_llm::beam::EmbedGenConfig;
+use xcomposer_llm::tokenizer::{Tokenizer, TokenizerError};
+use xcomposer_llm::weights::{HostTensor, WeightError, WeightSource};
 
 /// A weight source that reads `prefix + name` from another and adds each LoRA pair it finds
 /// (`….lora_A.weight` `[r, in]`, `….lora_B.weight` `[out, r]`) to the base weight, in f32.
@@ -65,6 +66,12 @@ impl WeightSource for LoraMerged<'_> {
 pub const EOH: u32 = 103027;
 /// `<TOKENS_UNUSED_1>`, end of the assistant's turn.
 pub const EOA: u32 = 103028;
+
+/// InternLM-XComposer's `gen_config`: 5 beams, repetition penalty 1.5, length penalty 1,
+/// 500 new tokens, stop at eoh/eoa.
+pub fn gen_config() -> EmbedGenConfig {
+    EmbedGenConfig { num_beams: 5, max_new_tokens: 500, repetition_penalty: 1.5, length_penalty: 1.0, bos_id: 1, eos_id: 2, stop_ids: vec![EOH, EOA] }
+}
 
 /// The special tokens the slow tokenizer splits text on, with their ids.
 const SPECIAL: [(&str, u32); 3] = [("<unk>", 0), ("<s>", 1), ("</s>", 2)];
