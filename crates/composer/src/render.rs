@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use pulldown_cmark::{Event, Parser, Tag};
 
+use xcomposer_llm::fetch::replace_file;
+
 use crate::article::Article;
 use crate::error::ComposeError;
 
@@ -289,40 +291,6 @@ fn copy_image(source: &Path, target: &Path) -> std::io::Result<()> {
         return Err(std::io::Error::other("not a regular file"));
     }
     replace_file(target, |to| std::io::copy(&mut from, to).map(drop))
-}
-
-/// Writes `target` anew through `fill`: into a temporary file next to it, created exclusively
-/// under an unpredictable name, then renamed over it (a symlink at `target` is replaced, not followed).
-fn replace_file(target: &Path, fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>) -> std::io::Result<()> {
-    let (tmp, mut file) = create_temp(target)?;
-    let done = fill(&mut file).and_then(|()| file.sync_all()).and_then(|()| std::fs::rename(&tmp, target));
-    if done.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    done
-}
-
-/// A new file `.NAME.RANDOM.tmp` next to `target`, created with `create_new` (never an existing file or link).
-fn create_temp(target: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
-    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    for _ in 0..16 {
-        let tmp = target.with_file_name(format!(".{name}.{:016x}.tmp", random_u64()));
-        match std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp) {
-            Ok(f) => return Ok((tmp, f)),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, format!("no free temporary name next to {}", target.display())))
-}
-
-/// An unpredictable number: std's randomly keyed hasher over the time and the process id.
-fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
-    h.write_u32(std::process::id());
-    h.finish()
 }
 
 /// Deletes each `assets/NAME` in `stale` that is a file directly inside `assets_dir`; returns

@@ -180,16 +180,46 @@ pub fn sha256_file(path: &Path) -> Result<String, FetchError> {
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Writes a file through a uniquely named temporary beside it and a rename, so that a reader
-/// never sees a partial file and concurrent writers (threads or processes) never collide.
+/// Writes a file through a temporary beside it and a rename (see [`replace_file`]), so that a
+/// reader never sees a partial file and concurrent writers (threads or processes) never collide.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()));
-    std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path)).inspect_err(|_| {
+    replace_file(path, |file| std::io::Write::write_all(file, bytes))
+}
+
+/// Writes `target` anew through `fill`: into a temporary file next to it, created exclusively
+/// under an unpredictable name, then renamed over it (a symlink at `target` is replaced, not followed).
+pub fn replace_file(target: &Path, fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>) -> std::io::Result<()> {
+    let (tmp, mut file) = create_temp(target)?;
+    let done = fill(&mut file).and_then(|()| file.sync_all()).and_then(|()| std::fs::rename(&tmp, target));
+    if done.is_err() {
         let _ = std::fs::remove_file(&tmp);
-    })
+    }
+    done
+}
+
+/// A new file `.NAME.RANDOM.tmp` next to `target`, created with `create_new` (never an existing file or link).
+fn create_temp(target: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    for _ in 0..16 {
+        let tmp = target.with_file_name(format!(".{name}.{:016x}.tmp", random_u64()));
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp) {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, format!("no free temporary name next to {}", target.display())))
+}
+
+/// An unpredictable number: std's randomly keyed hasher over a counter, the time and the process id.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.write_u32(std::process::id());
+    h.finish()
 }
 
 /// Checks a file's sha256 against a pin.
@@ -361,6 +391,30 @@ mod tests {
         let e = ensure(&SMOLLM2_135M, &dir, &mut |_| {}).unwrap_err().to_string();
         assert!(e.contains("sha256") && e.contains(SMOLLM2_135M.files[0].sha256), "{e}");
         assert_eq!(std::fs::read(&target).unwrap(), b"not a model");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[cfg(all(test, unix))]
+mod symlink_tests {
+    use super::*;
+
+    #[test]
+    fn write_atomic_does_not_follow_a_symlink_planted_at_a_temporary_name() {
+        let dir = std::env::temp_dir().join(format!("xcomposer-write-atomic-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let victim = dir.join("victim");
+        std::fs::write(&victim, b"keep me").unwrap();
+        // The names the old helper would pick: `.NAME.PID.N.tmp`.
+        for n in 0..256 {
+            let link = dir.join(format!(".out.{}.{n}.tmp", std::process::id()));
+            std::os::unix::fs::symlink(&victim, link).unwrap();
+        }
+        write_atomic(&dir.join("out"), b"new").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+        assert_eq!(std::fs::read(dir.join("out")).unwrap(), b"new");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
