@@ -16,6 +16,10 @@ pub enum Arch {
     InternLm,
 }
 
+/// The longest context a configuration may declare (2^20 positions): the RoPE tables are sized
+/// from it before any tensor is read, so a larger value is refused rather than allocated.
+pub const MAX_CONTEXT: usize = 1 << 20;
+
 /// Errors in a model configuration.
 #[derive(Debug, thiserror::Error)]
 #[error("{source_name}: {field}: {reason}")]
@@ -26,6 +30,13 @@ pub struct ConfigError {
     pub field: String,
     /// What was expected.
     pub reason: String,
+}
+
+impl ConfigError {
+    /// The same error with the file it came from named: `path (what)`.
+    pub fn in_file(self, path: &std::path::Path) -> Self {
+        ConfigError { source_name: format!("{} ({})", path.display(), self.source_name), ..self }
+    }
 }
 
 /// Sizes and switches of a llama-family decoder.
@@ -77,7 +88,8 @@ impl DecoderConfig {
         };
         let int = |k: &str| -> Result<usize, ConfigError> {
             let key = format!("{arch_name}.{k}");
-            g.get_u64(&key).map(|v| v as usize).map_err(|e| err(&key, e.to_string()))
+            let v = g.get_u64(&key).map_err(|e| err(&key, e.to_string()))?;
+            usize::try_from(v).map_err(|_| err(&key, format!("{v} does not fit this machine's address space")))
         };
         let hidden_size = int("embedding_length")?;
         let num_heads = int("attention.head_count")?;
@@ -94,10 +106,8 @@ impl DecoderConfig {
                 Some(_) => g.get_f64(&key).map(|v| v as f32).map_err(|e| err(&key, e.to_string())),
             }
         };
-        if let Some(v) = g.get(&format!("{arch_name}.rope.scaling.type")) {
-            if v.as_str() != Some("none") {
-                return Err(err(&format!("{arch_name}.rope.scaling.type"), format!("RoPE scaling {v:?} is not supported")));
-            }
+        if let Some(v) = g.get(&format!("{arch_name}.rope.scaling.type")).filter(|v| v.as_str() != Some("none")) {
+            return Err(err(&format!("{arch_name}.rope.scaling.type"), format!("RoPE scaling {v:?} is not supported")));
         }
         let cfg = DecoderConfig {
             arch,
@@ -116,6 +126,7 @@ impl DecoderConfig {
             tie_word_embeddings: g.tensor_info("output.weight").is_none(),
             rope_inv_freq_f16: false,
         };
+        check_gguf_sizes(g, arch_name, &cfg).map_err(|(field, reason)| err(&field, reason))?;
         cfg.validate("GGUF metadata")
     }
 
@@ -172,14 +183,70 @@ impl DecoderConfig {
                 return Err(err(name, "must be positive".into()));
             }
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if self.max_position > MAX_CONTEXT {
+            return Err(err("max_position", format!("{} is above the supported maximum {MAX_CONTEXT}", self.max_position)));
+        }
+        self.check_products().map_err(|(field, reason)| err(field, reason))?;
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(err("num_kv_heads", format!("{} does not divide num_heads {}", self.num_kv_heads, self.num_heads)));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(err("head_dim", format!("{} is odd; RoPE needs an even head width", self.head_dim)));
         }
         Ok(self)
     }
+}
+
+impl DecoderConfig {
+    /// Checks that every tensor size the decoder allocates from these values fits in memory
+    /// (`rows × cols` f32 values below `isize::MAX` bytes) instead of wrapping.
+    fn check_products(&self) -> Result<(), (&'static str, String)> {
+        let (d, hd) = (("hidden_size", self.hidden_size), ("head_dim", self.head_dim));
+        let pairs = [
+            (("vocab_size", self.vocab_size), d),
+            (("num_heads", self.num_heads), hd),
+            (("num_kv_heads", self.num_kv_heads), hd),
+            (("intermediate_size", self.intermediate_size), d),
+            (("max_position", self.max_position), hd),
+        ];
+        for ((a, x), (b, y)) in pairs {
+            if x.checked_mul(y).and_then(|n| n.checked_mul(4)).is_none_or(|bytes| bytes > isize::MAX as usize) {
+                return Err((b, format!("{a} {x} × {b} {y} f32 values overflow the address space")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks the GGUF values that allocations are sized from, before any tensor is read: the
+/// context length against [`MAX_CONTEXT`], the block count against the layers whose tensors the
+/// file holds, and the vocabulary against the rows of `token_embd.weight`.
+fn check_gguf_sizes(g: &Gguf, arch: &str, c: &DecoderConfig) -> Result<(), (String, String)> {
+    if c.max_position > MAX_CONTEXT {
+        return Err((format!("{arch}.context_length"), format!("{} is above the supported maximum {MAX_CONTEXT}", c.max_position)));
+    }
+    let layers = layers_present(g);
+    if c.num_layers > layers {
+        let reason = format!("{} blocks declared, but the file holds tensors for {layers} layer(s) (blk.0. onwards)", c.num_layers);
+        return Err((format!("{arch}.block_count"), reason));
+    }
+    let Some(&rows) = g.tensor_info("token_embd.weight").and_then(|t| t.dims.get(1)) else { return Ok(()) };
+    let tokens = g.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).map_or(0, <[_]>::len);
+    let too_many = |what: String, n: usize| (what, format!("{n} tokens, but the embedding token_embd.weight has {rows} rows"));
+    if tokens as u64 > rows {
+        return Err(too_many("tokenizer.ggml.tokens".into(), tokens));
+    }
+    if c.vocab_size as u64 > rows {
+        return Err(too_many(format!("{arch}.vocab_size"), c.vocab_size));
+    }
+    Ok(())
+}
+
+/// How many layers, from `blk.0.` on without a gap, have tensors in the file.
+fn layers_present(g: &Gguf) -> usize {
+    let layer = |name: &str| name.strip_prefix("blk.")?.split('.').next()?.parse::<usize>().ok();
+    let present: std::collections::BTreeSet<usize> = g.tensors.iter().filter_map(|t| layer(&t.name)).collect();
+    (0..).take_while(|i| present.contains(i)).count()
 }
 
 #[derive(Deserialize)]
@@ -231,5 +298,73 @@ mod tests {
             "num_hidden_layers":1,"num_attention_heads":2,"rope_scaling":{"type":"yarn"}}"#;
         let e = DecoderConfig::from_hf_json(json, "config.json").unwrap_err().to_string();
         assert!(e.contains("rope_scaling"), "{e}");
+    }
+
+    /// A tiny llama GGUF: width 8, 2 heads, the given block count, context length and token
+    /// count, an embedding of `rows` rows and layer 0's norm.
+    fn tiny_gguf(blocks: u32, context: u32, tokens: usize, rows: u64) -> Vec<u8> {
+        let mut arr = 8u32.to_le_bytes().to_vec();
+        arr.extend_from_slice(&(tokens as u64).to_le_bytes());
+        for i in 0..tokens {
+            let t = format!("t{i}");
+            arr.extend_from_slice(&(t.len() as u64).to_le_bytes());
+            arr.extend_from_slice(t.as_bytes());
+        }
+        crate::gguf::tests::Builder::new()
+            .kv_str("general.architecture", "llama")
+            .kv_u32("llama.embedding_length", 8)
+            .kv_u32("llama.attention.head_count", 2)
+            .kv_u32("llama.feed_forward_length", 8)
+            .kv_u32("llama.block_count", blocks)
+            .kv_u32("llama.context_length", context)
+            .kv_raw("tokenizer.ggml.tokens", 9, arr)
+            .tensor("token_embd.weight", &[8, rows], 0, vec![0; 8 * 4 * rows as usize])
+            .tensor("blk.0.attn_norm.weight", &[8], 0, vec![0; 32])
+            .build()
+    }
+
+    fn gguf_config(bytes: Vec<u8>) -> Result<DecoderConfig, ConfigError> {
+        DecoderConfig::from_gguf(&Gguf::from_bytes(bytes).unwrap())
+    }
+
+    #[test]
+    fn a_well_formed_tiny_gguf_gives_a_config() {
+        let c = gguf_config(tiny_gguf(1, 64, 4, 4)).unwrap();
+        assert_eq!((c.num_layers, c.max_position, c.vocab_size), (1, 64, 4));
+    }
+
+    #[test]
+    fn a_block_count_past_the_layers_in_the_file_is_refused() {
+        let e = gguf_config(tiny_gguf(u32::MAX, 64, 4, 4)).unwrap_err().to_string();
+        assert!(e.contains("llama.block_count") && e.contains("4294967295") && e.contains("1 layer"), "{e}");
+    }
+
+    #[test]
+    fn a_context_length_above_the_cap_is_refused() {
+        let e = gguf_config(tiny_gguf(1, u32::MAX, 4, 4)).unwrap_err().to_string();
+        assert!(e.contains("llama.context_length") && e.contains("4294967295") && e.contains(&MAX_CONTEXT.to_string()), "{e}");
+    }
+
+    #[test]
+    fn a_vocabulary_larger_than_the_embedding_is_refused() {
+        let e = gguf_config(tiny_gguf(1, 64, 6, 4)).unwrap_err().to_string();
+        assert!(e.contains("tokenizer.ggml.tokens") && e.contains('6') && e.contains("4 rows"), "{e}");
+    }
+
+    #[test]
+    fn sizes_that_overflow_are_refused_not_wrapped() {
+        let json = r#"{"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":8,
+            "num_hidden_layers":1,"num_attention_heads":2,"head_dim":9223372036854775808}"#;
+        let e = DecoderConfig::from_hf_json(json, "config.json").unwrap_err().to_string();
+        assert!(e.contains("head_dim") && e.contains("overflow"), "{e}");
+    }
+
+    #[test]
+    fn a_model_load_error_names_the_file() {
+        let path = std::env::temp_dir().join(format!("xcomposer-config-test-{}.gguf", std::process::id()));
+        std::fs::write(&path, tiny_gguf(u32::MAX, 64, 4, 4)).unwrap();
+        let e = crate::model::LanguageModel::<burn::backend::Flex>::load(&path, &Default::default()).err().unwrap().to_string();
+        std::fs::remove_file(&path).unwrap();
+        assert!(e.contains(&path.display().to_string()) && e.contains("llama.block_count"), "{e}");
     }
 }

@@ -26,7 +26,7 @@ pub fn gguf_to_hf(gguf_path: &Path, out: &Path, max_shard_bytes: usize) -> Resul
         return Err(LoadError::File { path: out.into(), reason: "already exists; choose a new folder".into() });
     }
     let gguf = Gguf::open(gguf_path).map_err(|source| LoadError::Gguf { path: gguf_path.into(), source })?;
-    let c = DecoderConfig::from_gguf(&gguf)?;
+    let c = DecoderConfig::from_gguf(&gguf).map_err(|e| e.in_file(gguf_path))?;
     let tokenizer = Tokenizer::from_gguf(&gguf).map_err(|source| LoadError::Tokenizer { path: gguf_path.into(), source })?;
     std::fs::create_dir_all(out).map_err(io(out))?;
 

@@ -219,7 +219,7 @@ impl<B: Backend> Decoder<B> {
         };
         let embed = Tensor::<B, 2>::from_data(TensorData::new(embed_host.data, [c.vocab_size, d]), device);
 
-        let mut layers = Vec::with_capacity(c.num_layers);
+        let mut layers = Vec::new(); // sized by the tensors found, not by the declared count
         for l in 0..c.num_layers {
             let bqkv = if c.qkv_bias {
                 Some([

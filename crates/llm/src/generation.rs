@@ -99,6 +99,14 @@ pub enum GenerationError {
     /// The prompt does not fit the context.
     #[error("the prompt has {0} tokens, more than the model's context of {1}")]
     PromptTooLong(usize, usize),
+    /// A prompt id has no row in the embedding.
+    #[error("prompt token id {id} is past the model's embedding, which has {rows} rows (ids 0 to {rows} - 1)")]
+    TokenOutOfRange {
+        /// The id.
+        id: u32,
+        /// Rows of the embedding (the model's vocabulary size).
+        rows: usize,
+    },
     /// A sampling setting is out of range.
     #[error("{0}")]
     BadConfig(String),
@@ -257,6 +265,10 @@ impl<B: Backend> Generator<'_, B> {
         if prompt_ids.len() >= ctx {
             return Err(GenerationError::PromptTooLong(prompt_ids.len(), ctx));
         }
+        let rows = self.model.config.vocab_size;
+        if let Some(&id) = prompt_ids.iter().find(|&&id| id as usize >= rows) {
+            return Err(GenerationError::TokenOutOfRange { id, rows });
+        }
         let mut sampler = Sampler::new(cfg)?;
         let mut cache = self.model.new_cache();
         let mut context = prompt_ids.to_vec();
@@ -413,5 +425,30 @@ mod tests {
         assert!(hit);
         assert_eq!(b, "o ");
         assert_eq!(s.text, "Hello ");
+    }
+
+    #[test]
+    fn a_prompt_id_past_the_embedding_rows_is_refused() {
+        use crate::config::{Arch, DecoderConfig};
+        use crate::decoder::KeyStyle;
+        let c = DecoderConfig {
+            arch: Arch::Llama, vocab_size: 4, hidden_size: 8, intermediate_size: 8, num_layers: 1, num_heads: 2, num_kv_heads: 2,
+            head_dim: 4, rope_theta: 10000.0, rms_norm_eps: 1e-6, max_position: 16, qkv_bias: false, o_bias: false,
+            tie_word_embeddings: true, rope_inv_freq_f16: false,
+        };
+        let src = crate::random_weights::RandomWeights::for_decoder(&c, 1);
+        let model = Decoder::<burn::backend::Flex>::load(c, &src, KeyStyle::HuggingFace, &Default::default()).unwrap();
+        let mut tokens = 8u32.to_le_bytes().to_vec();
+        tokens.extend_from_slice(&4u64.to_le_bytes());
+        for t in ["a", "b", "c", "d"] {
+            tokens.extend_from_slice(&1u64.to_le_bytes());
+            tokens.extend_from_slice(t.as_bytes());
+        }
+        let g = crate::gguf::tests::Builder::new().kv_str("tokenizer.ggml.model", "llama").kv_raw("tokenizer.ggml.tokens", 9, tokens).build();
+        let tokenizer = Tokenizer::from_gguf(&crate::gguf::Gguf::from_bytes(g).unwrap()).unwrap();
+        let r = Generator { model: &model, tokenizer: &tokenizer }.generate(&[1, 9], &GenerationConfig::default(), &mut |_| {});
+        let Err(e) = r else { panic!("id 9 of a 4-row embedding was accepted") };
+        let e = e.to_string();
+        assert!(e.contains("9") && e.contains("4 rows"), "{e}");
     }
 }

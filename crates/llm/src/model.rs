@@ -87,7 +87,7 @@ impl<B: Backend> LanguageModel<B> {
 
     fn load_gguf(path: &Path, device: &B::Device) -> Result<Self, LoadError> {
         let gguf = Gguf::open(path).map_err(|source| LoadError::Gguf { path: path.into(), source })?;
-        let config = DecoderConfig::from_gguf(&gguf)?;
+        let config = DecoderConfig::from_gguf(&gguf).map_err(|e| e.in_file(path))?;
         let tokenizer = Tokenizer::from_gguf(&gguf).map_err(|source| LoadError::Tokenizer { path: path.into(), source })?;
         let token_str = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i)).unwrap_or_default();
         let chat_template = match gguf.get("tokenizer.chat_template").and_then(|v| v.as_str()) {
