@@ -31,6 +31,11 @@ pub enum ChatError {
     Render(String),
 }
 
+/// Template instructions one render may run: far more than any real chat template needs for a
+/// long conversation, and a bound on hostile ones (nested `range` loops would otherwise run for
+/// hours).
+pub const TEMPLATE_FUEL: u64 = 20_000_000;
+
 /// A compiled chat template with the special-token strings it may refer to.
 #[derive(Debug, Clone)]
 pub struct ChatTemplate {
@@ -49,6 +54,7 @@ impl ChatTemplate {
 
     fn env(&self) -> Result<Environment<'_>, ChatError> {
         let mut env = Environment::new();
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
             Err(Error::new(ErrorKind::InvalidOperation, msg))
@@ -90,5 +96,16 @@ mod tests {
         let e = t.render(&[], false).unwrap_err().to_string();
         assert!(e.contains("roles must alternate"), "{e}");
         assert!(ChatTemplate::new("{% for %}", "", "").is_err());
+    }
+
+    #[test]
+    fn a_template_that_would_run_for_hours_runs_out_of_fuel() {
+        let t = ChatTemplate::new("{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}", "", "").unwrap();
+        let e = t.render(&[], false).unwrap_err().to_string();
+        assert!(e.contains("fuel"), "{e}");
+        // A long real conversation stays far inside the budget.
+        let chatml = ChatTemplate::new("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}", "", "").unwrap();
+        let long: Vec<Message> = (0..5000).map(|i| Message::new(if i % 2 == 0 { "user" } else { "assistant" }, "some words")).collect();
+        assert!(chatml.render(&long, true).is_ok());
     }
 }
