@@ -382,9 +382,7 @@ impl CudaDecoder {
             return Err(CudaError::Unsupported(format!("{} tokens for {} sequences (prefill first)", tokens.len(), self.seqs)));
         }
         self.check_room(self.len + 1)?;
-        self.check_ids(tokens)?;
-        let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
-        self.upload(self.s.ids.ptr, &ids)?;
+        self.upload_ids(tokens)?;
         self.upload(self.s.pos.ptr, &[self.len as i32])?;
         let rows = tokens.len();
         match self.graphs.as_ref().map(|g| g.contains_key(&rows)) {
@@ -413,9 +411,7 @@ impl CudaDecoder {
     /// `pos` on the device: the token embeddings, every layer, the LM head. `fixed`: launched
     /// as a graph records them (the position read on the device, a fixed attention grid).
     fn decode_kernels(&self, rows: usize, fixed: bool) -> Result<(), CudaError> {
-        let name = format!("embed_{}", self.dtype.suffix());
-        let args = [Arg::P(self.embed.ptr), Arg::P(self.s.ids.ptr), Arg::P(self.s.h.ptr), Arg::P(self.s.hx.ptr), Arg::I(self.config.hidden_size as i32)];
-        self.kernels.launch(&name, (rows as u32, 1, 1), 256, &args)?;
+        self.launch_embed(rows)?;
         let at = RowGeometry { rows, pos0: self.len, pos_step: 0, seq_step: 1, pos_dev: if fixed { self.s.pos.ptr } else { 0 } };
         for l in 0..self.layers.len() {
             for part in Part::launched(rows) {
@@ -447,13 +443,8 @@ impl CudaDecoder {
     /// `penalty` over the tokens of `seq` (the sequence so far), only the id read back.
     pub fn greedy_token(&mut self, seq: &[u32], penalty: f32) -> Result<u32, CudaError> {
         self.check_ids(seq)?;
-        let new = seq.get(self.flagged..).unwrap_or_default();
-        for part in new.chunks(self.s.ids.len) {
-            let ids: Vec<i32> = part.iter().map(|&t| t as i32).collect();
-            self.upload(self.s.ids.ptr, &ids)?;
-            let n = ids.len() as u32;
-            self.kernels.launch("flag_tokens", (n.div_ceil(256), 1, 1), 256, &[Arg::P(self.s.ids.ptr), Arg::I(n as i32), Arg::P(self.s.seen.ptr)])?;
-        }
+        let new: Vec<i32> = seq.get(self.flagged..).unwrap_or_default().iter().map(|&t| t as i32).collect();
+        self.flag(&new, self.s.seen.ptr)?;
         let v = self.config.vocab_size as i32;
         self.kernels.launch("argmax_penalized", (1, 1, 1), 1024, &[Arg::P(self.s.logits.ptr), Arg::I(v), Arg::P(self.s.seen.ptr), Arg::F(penalty), Arg::P(self.s.token.ptr)])?;
         let mut tok = [0i32; 1];
@@ -536,11 +527,7 @@ impl CudaDecoder {
             flat.extend(seq.iter().map(|&t| (r * v) as i32 + t as i32));
         }
         if penalty != 1.0 {
-            for part in flat.chunks(self.s.ids.len) {
-                self.upload(self.s.ids.ptr, part)?;
-                let n = part.len() as u32;
-                self.kernels.launch("flag_tokens", (n.div_ceil(256), 1, 1), 256, &[Arg::P(self.s.ids.ptr), Arg::I(n as i32), Arg::P(self.s.beam_seen.ptr)])?;
-            }
+            self.flag(&flat, self.s.beam_seen.ptr)?;
         }
         let args = [Arg::P(self.s.logits.ptr), Arg::I(v as i32), Arg::P(self.s.beam_seen.ptr), Arg::F(penalty), Arg::I(k as i32), Arg::P(self.s.top_v.ptr), Arg::P(self.s.top_i.ptr)];
         self.kernels.launch("beam_topk", (rows as u32, 1, 1), 1024, &args)?;
@@ -607,13 +594,35 @@ impl CudaDecoder {
         }
     }
 
-    /// Looks up at most a chunk of ids into the first rows of `h` (and `hx`).
-    fn embed_rows(&self, ids: &[u32]) -> Result<(), CudaError> {
+    /// Flags `ids` (offsets into the byte table at `seen`) for the repetition penalty, in chunks
+    /// of the ids buffer.
+    fn flag(&self, ids: &[i32], seen: u64) -> Result<(), CudaError> {
+        for part in ids.chunks(self.s.ids.len) {
+            self.upload(self.s.ids.ptr, part)?;
+            let n = part.len() as u32;
+            self.kernels.launch("flag_tokens", (n.div_ceil(256), 1, 1), 256, &[Arg::P(self.s.ids.ptr), Arg::I(n as i32), Arg::P(seen)])?;
+        }
+        Ok(())
+    }
+
+    /// At most a chunk of token ids, checked against the vocabulary, into the ids buffer.
+    fn upload_ids(&self, ids: &[u32]) -> Result<(), CudaError> {
         self.check_ids(ids)?;
         let ids: Vec<i32> = ids.iter().map(|&t| t as i32).collect();
-        self.upload(self.s.ids.ptr, &ids)?;
+        self.upload(self.s.ids.ptr, &ids)
+    }
+
+    /// The embeddings of the first `rows` ids of the ids buffer into the first rows of `h` (and `hx`).
+    fn launch_embed(&self, rows: usize) -> Result<(), CudaError> {
         let name = format!("embed_{}", self.dtype.suffix());
-        self.kernels.launch(&name, (ids.len() as u32, 1, 1), 256, &[Arg::P(self.embed.ptr), Arg::P(self.s.ids.ptr), Arg::P(self.s.h.ptr), Arg::P(self.s.hx.ptr), Arg::I(self.config.hidden_size as i32)])
+        let args = [Arg::P(self.embed.ptr), Arg::P(self.s.ids.ptr), Arg::P(self.s.h.ptr), Arg::P(self.s.hx.ptr), Arg::I(self.config.hidden_size as i32)];
+        self.kernels.launch(&name, (rows as u32, 1, 1), 256, &args)
+    }
+
+    /// Looks up at most a chunk of ids into the first rows of `h` (and `hx`).
+    fn embed_rows(&self, ids: &[u32]) -> Result<(), CudaError> {
+        self.upload_ids(ids)?;
+        self.launch_embed(ids.len())
     }
 
     /// All layers over `rows` rows of `h`; row r is position `pos0 + r·pos_step` of sequence `r·seq_step`.
