@@ -133,6 +133,61 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>, Stri
     Ok(out)
 }
 
+/// One Q4_0 block of 32 values as ggml's reference quantizer makes it: the scale `d` (the
+/// value of largest magnitude over −8) and 16 bytes of nibbles, value j in the low nibble of byte j
+/// and value j + 16 in its high nibble; a value is `(q − 8)·d`.
+pub fn quantize_block_q4_0(x: &[f32; 32]) -> (f16, [u8; 16]) {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in x {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    let d = max / -8.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let q = |v: f32| ((v * id + 8.5) as i8).clamp(0, 15) as u8;
+    let mut qs = [0u8; 16];
+    for j in 0..16 {
+        qs[j] = q(x[j]) | (q(x[j + 16]) << 4);
+    }
+    (f16::from_f32(d), qs)
+}
+
+/// One Q8_0 block of 32 values as ggml's reference quantizer makes it: the scale `d` (largest
+/// magnitude over 127) and 32 signed bytes rounded half away from zero; a value is `q·d`.
+pub fn quantize_block_q8_0(x: &[f32; 32]) -> (f16, [i8; 32]) {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    (f16::from_f32(d), x.map(|v| (v * id).round() as i8))
+}
+
+/// Quantizes `x` into GGML blocks of `ty` (Q4_0 or Q8_0, the types [`quantize_block_q4_0`] and
+/// [`quantize_block_q8_0`] make), in the GGUF block layout; errors when `x` is not whole blocks.
+pub fn quantize(ty: GgmlType, x: &[f32]) -> Result<Vec<u8>, String> {
+    if !matches!(ty, GgmlType::Q4_0 | GgmlType::Q8_0) {
+        return Err(format!("quantizing to {ty:?} is not supported (Q4_0 and Q8_0 are)"));
+    }
+    if x.len() % 32 != 0 {
+        return Err(format!("{} values is not a whole number of {ty:?} blocks of 32", x.len()));
+    }
+    let mut out = vec![0u8; x.len() / 32 * ty.block_bytes()];
+    out.par_chunks_mut(ty.block_bytes()).zip(x.par_chunks(32)).for_each(|(b, x)| {
+        let x: &[f32; 32] = x.try_into().expect("blocks of 32");
+        if ty == GgmlType::Q4_0 {
+            let (d, qs) = quantize_block_q4_0(x);
+            b[..2].copy_from_slice(&d.to_le_bytes());
+            b[2..].copy_from_slice(&qs);
+        } else {
+            let (d, qs) = quantize_block_q8_0(x);
+            b[..2].copy_from_slice(&d.to_le_bytes());
+            b[2..].iter_mut().zip(qs).for_each(|(b, q)| *b = q as u8);
+        }
+    });
+    Ok(out)
+}
+
 #[inline(always)]
 fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
