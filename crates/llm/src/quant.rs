@@ -169,7 +169,7 @@ pub fn quantize(ty: GgmlType, x: &[f32]) -> Result<Vec<u8>, String> {
     if !matches!(ty, GgmlType::Q4_0 | GgmlType::Q8_0) {
         return Err(format!("quantizing to {ty:?} is not supported (Q4_0 and Q8_0 are)"));
     }
-    if x.len() % 32 != 0 {
+    if !x.len().is_multiple_of(32) {
         return Err(format!("{} values is not a whole number of {ty:?} blocks of 32", x.len()));
     }
     let mut out = vec![0u8; x.len() / 32 * ty.block_bytes()];

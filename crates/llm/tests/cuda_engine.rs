@@ -10,7 +10,9 @@ use burn::tensor::{Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use xcomposer_llm::config::Arch;
-use xcomposer_llm::cuda::{CudaDecoder, CudaError, EngineDtype, EngineOptions};
+use xcomposer_llm::cuda::{CudaDecoder, CudaError, EngineDtype, EngineOptions, WeightQuant};
+use xcomposer_llm::quant::{GgmlType, dequantize, quantize};
+use xcomposer_llm::weights::{HostTensor, WeightError, WeightSource};
 use xcomposer_llm::beam::top_logprobs_host;
 use xcomposer_llm::decoder::KeyStyle;
 use xcomposer_llm::generation::{apply_repetition_penalty, argmax};
@@ -55,13 +57,19 @@ fn burn_rows(t: Tensor<Flex, 3>) -> Vec<Vec<f32>> {
 /// Runs every comparison for one model shape and engine type, decode steps replayed from CUDA
 /// graphs or (`graphs` false) launched kernel by kernel.
 fn check(c: DecoderConfig, dtype: EngineDtype, tol: f32, seed: u64, graphs: bool) {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let src = RandomWeights::for_decoder(&c, seed);
+    let opts = EngineOptions { dtype, prefill_chunk: 9, cuda_graphs: graphs, quant: None };
+    check_against(c, &src, &src, opts, tol, seed);
+}
+
+/// [`check`] with the engine loading `engine_src` and the CPU decoder `reference_src`.
+fn check_against(c: DecoderConfig, engine_src: &dyn WeightSource, reference_src: &dyn WeightSource, opts: EngineOptions, tol: f32, seed: u64) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let dev = Default::default();
-    let reference = Decoder::<Flex>::load(c.clone(), &src, KeyStyle::HuggingFace, &dev).unwrap();
-    let mut engine = CudaDecoder::load(c.clone(), &src, KeyStyle::HuggingFace, EngineOptions { dtype, prefill_chunk: 9, cuda_graphs: graphs }).unwrap();
+    let reference = Decoder::<Flex>::load(c.clone(), reference_src, KeyStyle::HuggingFace, &dev).unwrap();
+    let mut engine = CudaDecoder::load(c.clone(), engine_src, KeyStyle::HuggingFace, opts).unwrap();
     let d = c.hidden_size;
-    let label = format!("{dtype:?} hidden {d}, {} heads / {} kv, graphs {graphs}", c.num_heads, c.num_kv_heads);
+    let label = format!("{:?} {:?} hidden {d}, {} heads / {} kv, graphs {}", opts.dtype, opts.quant, c.num_heads, c.num_kv_heads, opts.cuda_graphs);
 
     // Embeddings.
     let ids = [5u32, 1002, 0, 77];
@@ -142,4 +150,58 @@ fn engine_f32_matches_the_cpu_decoder() {
 fn engine_f16_matches_the_cpu_decoder() {
     check(config(256, 4, 4, 688), EngineDtype::F16, 2e-2, 3, true);
     check(config(196, 2, 1, 300), EngineDtype::F16, 2e-2, 4, true);
+}
+
+/// Random weights with unit RMSNorm weights (so that folding them into the products before
+/// quantizing changes nothing), and, with `quant`, every matrix replaced by its quantized values
+/// as ggml dequantizes them: the layers and embeddings to `quant`, the LM head to Q8_0 (what
+/// the engine keeps). The CPU decoder on these is the plain computation the quantized engine
+/// must match, up to the quantization of its products' inputs to bytes.
+struct QuantizedRandom {
+    inner: RandomWeights,
+    quant: Option<GgmlType>,
+}
+
+impl WeightSource for QuantizedRandom {
+    fn source_name(&self) -> String {
+        "random weights, quantized".into()
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.inner.contains(name)
+    }
+    fn load(&self, name: &str) -> Result<HostTensor, WeightError> {
+        let mut t = self.inner.load(name)?;
+        if name.ends_with("layernorm.weight") {
+            t.data.iter_mut().for_each(|x| *x = 1.0);
+        }
+        let ty = if name.contains("lm_head") { self.quant.map(|_| GgmlType::Q8_0) } else { self.quant };
+        if let (Some(ty), 2) = (ty, t.shape.len()) {
+            let blocks = quantize(ty, &t.data).unwrap();
+            t.data = dequantize(ty, &blocks, t.data.len()).unwrap();
+        }
+        Ok(t)
+    }
+}
+
+#[test]
+fn quantized_engine_matches_the_cpu_decoder_on_the_dequantized_weights() {
+    let c = config(256, 4, 2, 704);
+    for (quant, ty) in [(WeightQuant::Q8_0, GgmlType::Q8_0), (WeightQuant::Q4_0, GgmlType::Q4_0)] {
+        let engine_src = QuantizedRandom { inner: RandomWeights::for_decoder(&c, 6), quant: None };
+        let reference_src = QuantizedRandom { inner: RandomWeights::for_decoder(&c, 6), quant: Some(ty) };
+        for graphs in [true, false] {
+            let opts = EngineOptions { dtype: EngineDtype::F16, prefill_chunk: 9, cuda_graphs: graphs, quant: Some(quant) };
+            check_against(c.clone(), &engine_src, &reference_src, opts, 3e-2, 6);
+        }
+    }
+}
+
+#[test]
+fn quantized_weights_are_refused_where_the_engine_cannot_run_them() {
+    let src = RandomWeights::for_decoder(&config(256, 4, 4, 688), 7);
+    let f32_q4 = EngineOptions { dtype: EngineDtype::F32, quant: Some(WeightQuant::Q4_0), ..Default::default() };
+    assert!(matches!(CudaDecoder::load(config(256, 4, 4, 704), &src, KeyStyle::HuggingFace, f32_q4), Err(CudaError::Unsupported(m)) if m.contains("f16")));
+    let q8 = EngineOptions { quant: Some(WeightQuant::Q8_0), ..Default::default() };
+    let err = CudaDecoder::load(config(256, 4, 4, 688), &src, KeyStyle::HuggingFace, q8).err().expect("688 is not whole blocks");
+    assert!(err.to_string().contains("intermediate_size"), "{err}");
 }

@@ -12,6 +12,7 @@ use rayon::prelude::*;
 
 use super::CudaError;
 use super::kernels::{Arg, Buf, Kernels};
+use super::matrix::{Matrix, WeightQuant};
 use crate::config::DecoderConfig;
 use crate::decoder::{KeyStyle, rope_cos_sin, unpermute_rows};
 use crate::weights::WeightSource;
@@ -31,9 +32,20 @@ fn graph_spans(context: usize) -> usize {
     context.div_ceil(ATT_SPAN_MAX).max(16)
 }
 
-/// Most key spans of any attention launch (sizes the partials).
-fn max_spans(context: usize) -> usize {
-    context.div_ceil(ATT_SPAN).max(graph_spans(context))
+/// Key spans of an attention launched directly over `rows` rows, the last of which sees `keys`
+/// keys: spans of [`ATT_SPAN`] keys for a decode step (its few rows need the spans'
+/// parallelism), of [`ATT_SPAN_MAX`] for prefill (its rows give the parallelism, and fewer
+/// spans leave fewer partials to merge).
+fn direct_spans(rows: usize, keys: usize) -> usize {
+    keys.div_ceil(if rows <= MAX_SEQS { ATT_SPAN } else { ATT_SPAN_MAX })
+}
+
+/// Floats of attention partials for any launch (see [`Scratch::part`]).
+fn partial_floats(c: &DecoderConfig, chunk: usize) -> usize {
+    let ctx = c.max_position.max(1);
+    let decode = MAX_SEQS * direct_spans(1, ctx).max(graph_spans(ctx));
+    let prefill = chunk * direct_spans(chunk, ctx);
+    decode.max(prefill) * c.num_heads * (c.head_dim + 2)
 }
 
 /// The type the engine keeps weights, normalised activations and the KV cache in.
@@ -79,11 +91,14 @@ pub struct EngineOptions {
     /// Decode steps replayed from a captured CUDA graph (one launch per step instead of one per
     /// kernel); off, every kernel is launched from the host.
     pub cuda_graphs: bool,
+    /// Weights quantized at load to this block format (f16 engine only; the LM head goes to
+    /// Q8_0); `None` keeps them in `dtype`.
+    pub quant: Option<WeightQuant>,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { dtype: EngineDtype::F16, prefill_chunk: 512, cuda_graphs: true }
+        EngineOptions { dtype: EngineDtype::F16, prefill_chunk: 512, cuda_graphs: true, quant: None }
     }
 }
 
@@ -91,13 +106,13 @@ impl Default for EngineOptions {
 /// follow them (`qkv`, `gate_up`), whose inputs are then normalised with unit weights.
 struct LayerWeights {
     /// q, k and v stacked: `[(nh + 2 nkv)·hd, d]`.
-    qkv: Buf,
+    qkv: Matrix,
     qkv_bias: Option<Buf>,
-    o: Buf,
+    o: Matrix,
     o_bias: Option<Buf>,
     /// gate and up stacked: `[2 ff, d]`.
-    gate_up: Buf,
-    down: Buf,
+    gate_up: Matrix,
+    down: Matrix,
 }
 
 /// Keys and values `[layers, capacity, cache_len, kv_width]`: `capacity` slots, each a
@@ -139,7 +154,17 @@ struct Scratch {
     beam_seen: Buf,
     top_v: Buf,
     top_i: Buf,
+    /// Quantized engines: the inputs of a matrix-vector product in blocks of 32 (`[MAX_SEQS, K]`
+    /// signed bytes, `[MAX_SEQS, K/32]` scales and scaled sums; see `quantize_x`), and a
+    /// weight slice expanded to f16 for cuBLAS (`[WTMP_ROWS, K]`).
+    xq: Buf,
+    xd: Buf,
+    xs: Buf,
+    wtmp: Buf,
 }
+
+/// Rows of a quantized weight expanded to f16 at a time for a prefill product.
+const WTMP_ROWS: usize = 2048;
 
 /// Most candidates per row [`CudaDecoder::top_logprobs`] returns (`TOPK_MAX` in kernels.cu).
 pub const TOPK_MAX: usize = 16;
@@ -227,8 +252,8 @@ pub struct CudaDecoder {
     stream: Arc<CudaStream>,
     blas: CudaBlas,
     kernels: Kernels,
-    embed: Buf,
-    lm_head: Option<Buf>,
+    embed: Matrix,
+    lm_head: Option<Matrix>,
     norm: Buf,
     layers: Vec<LayerWeights>,
     cos: Buf,
@@ -256,6 +281,7 @@ impl CudaDecoder {
                 c.head_dim, c.num_heads, c.num_kv_heads
             )));
         }
+        check_quant(c, opts)?;
         let ctx = CudaContext::new(0)?;
         // SAFETY: the engine orders all its work on one stream and synchronises before reading back.
         unsafe { ctx.disable_event_tracking() };
@@ -264,11 +290,14 @@ impl CudaDecoder {
         let kernels = Kernels::compile(&ctx, stream.clone())?;
         let blas = CudaBlas::new(stream.clone())?;
         let chunk = opts.prefill_chunk.max(MAX_SEQS + 1);
-        let w = WeightLoader { src, style, stream: &stream, dtype: opts.dtype, permuted: matches!(style, KeyStyle::Gguf { permuted_qk: true }) };
+        let w = WeightLoader { src, style, stream: &stream, dtype: opts.dtype, quant: opts.quant, permuted: matches!(style, KeyStyle::Gguf { permuted_qk: true }) };
+        // The LM head keeps 8 bits when the rest goes to 4 (the embeddings follow the layers, as
+        // in llama.cpp's Q4_0 files).
+        let head = WeightLoader { quant: opts.quant.map(|_| WeightQuant::Q8_0), ..w };
         let (d, hd, ff) = (c.hidden_size, c.head_dim, c.intermediate_size);
         let (q_out, kv_out) = (c.num_heads * hd, c.num_kv_heads * hd);
         let embed = w.matrix(&[("model.embed_tokens.weight", c.vocab_size, None)], 0, d, None)?;
-        let lm_head = if c.tie_word_embeddings { None } else { Some(w.matrix(&[("lm_head.weight", c.vocab_size, None)], 0, d, None)?) };
+        let lm_head = if c.tie_word_embeddings { None } else { Some(head.matrix(&[("lm_head.weight", c.vocab_size, None)], 0, d, None)?) };
         let mut layers = Vec::with_capacity(c.num_layers);
         for l in 0..c.num_layers {
             let attn_norm = w.host_vector(&[("model.layers.{}.input_layernorm.weight", d)], l)?;
@@ -291,7 +320,7 @@ impl CudaDecoder {
         let norm = w.vector(&[("model.norm.weight", d)], 0)?;
         let (cos, sin) = rope_cos_sin(c);
         let (cos, sin) = (Buf::upload(&stream, &cos)?, Buf::upload(&stream, &sin)?);
-        let s = Scratch::new(&stream, c, opts.dtype, chunk)?;
+        let s = Scratch::new(&stream, c, opts, chunk)?;
         stream.synchronize()?;
         Ok(CudaDecoder {
             config,
@@ -537,6 +566,36 @@ impl CudaDecoder {
         Ok(vals.chunks(k).zip(ids.chunks(k)).map(|(vs, is)| vs.iter().zip(is).map(|(&x, &i)| (x, i as u32)).collect()).collect())
     }
 
+    /// Bytes of the weights on the device (embeddings and LM head included).
+    pub fn weight_bytes(&self) -> usize {
+        let vectors = |l: &LayerWeights| [&l.qkv_bias, &l.o_bias].iter().filter_map(|b| b.as_ref()).map(|b| b.bytes).sum::<usize>();
+        let layers: usize = self.layers.iter().map(|l| [&l.qkv, &l.o, &l.gate_up, &l.down].iter().map(|m| m.bytes()).sum::<usize>() + vectors(l)).sum();
+        layers + self.embed.bytes() + self.lm_head.as_ref().map_or(0, Matrix::bytes) + self.norm.bytes + self.cos.bytes + self.sin.bytes
+    }
+
+    /// Bytes the engine holds on the device: weights, KV cache and scratch (not the CUDA
+    /// context, cuBLAS's workspace or the compiled kernels).
+    pub fn allocated_bytes(&self) -> usize {
+        let cache = self.cache.as_ref().map_or(0, |c| c.k.bytes + c.v.bytes);
+        self.weight_bytes() + cache + self.s.bytes()
+    }
+
+    /// Whether each kernel may start while the one before it drains (programmatic dependent
+    /// launch, sm_90 and later; off by default: on the H200 it measured no faster); returns
+    /// whether it now does. Captured
+    /// graphs are dropped, so the next steps record the new launches.
+    pub fn set_programmatic_launch(&mut self, on: bool) -> bool {
+        self.drop_graphs();
+        self.kernels.set_programmatic_launch(on)
+    }
+
+    /// Bytes of device memory in use as the driver reports it: this process's allocations and
+    /// CUDA context, and any other process's on the same device.
+    pub fn memory_in_use(&self) -> Result<usize, CudaError> {
+        let (free, total) = cudarc::driver::result::mem_get_info()?;
+        Ok(total - free)
+    }
+
     /// Waits for the device (for timing).
     pub fn synchronize(&self) -> Result<(), CudaError> {
         Ok(self.stream.synchronize()?)
@@ -614,8 +673,11 @@ impl CudaDecoder {
 
     /// The embeddings of the first `rows` ids of the ids buffer into the first rows of `h` (and `hx`).
     fn launch_embed(&self, rows: usize) -> Result<(), CudaError> {
-        let name = format!("embed_{}", self.dtype.suffix());
-        let args = [Arg::P(self.embed.ptr), Arg::P(self.s.ids.ptr), Arg::P(self.s.h.ptr), Arg::P(self.s.hx.ptr), Arg::I(self.config.hidden_size as i32)];
+        let (name, mut args) = match &self.embed {
+            Matrix::Plain(t) => (format!("embed_{}", self.dtype.suffix()), vec![Arg::P(t.ptr)]),
+            Matrix::Quant { q, d, ty } => (format!("embed_q{}_h", ty.bits()), vec![Arg::P(q.ptr), Arg::P(d.ptr)]),
+        };
+        args.extend([Arg::P(self.s.ids.ptr), Arg::P(self.s.h.ptr), Arg::P(self.s.hx.ptr), Arg::I(self.config.hidden_size as i32)]);
         self.kernels.launch(&name, (rows as u32, 1, 1), 256, &args)
     }
 
@@ -653,7 +715,7 @@ impl CudaDecoder {
             Part::Qkv => {
                 let bias = lw.qkv_bias.as_ref().map_or(0, |b| b.ptr);
                 let epi = if rows <= MAX_SEQS { Epilogue::Rope { bias, kc, vc, at } } else { Epilogue::Store { out: self.s.qkv.ptr, bias } };
-                self.project(lw.qkv.ptr, (nh + 2 * nkv) * hd, d, normed, rows, epi)
+                self.project(&lw.qkv, (nh + 2 * nkv) * hd, d, normed, rows, epi)
             }
             Part::Rope => {
                 let mut args = vec![Arg::P(self.s.qkv.ptr), Arg::P(self.cos.ptr), Arg::P(self.sin.ptr), Arg::P(self.s.q.ptr), Arg::P(kc), Arg::P(vc)];
@@ -661,9 +723,9 @@ impl CudaDecoder {
                 self.kernels.launch(&format!("rope_kv_{sfx}"), (rows as u32, (nh + nkv) as u32, 1), (hd / 2) as u32, &args)
             }
             Part::Attention => {
-                // Spans of ATT_SPAN keys for the row that sees the most, or a graph's fixed count.
+                // Spans for the row that sees the most keys, or a graph's fixed count.
                 let spans = match at.pos_dev {
-                    0 => (at.pos0 + (rows - 1) * at.pos_step + 1).div_ceil(ATT_SPAN),
+                    0 => direct_spans(rows, at.pos0 + (rows - 1) * at.pos_step + 1),
                     _ => graph_spans(self.context_len()),
                 };
                 let mut args = vec![Arg::P(self.s.q.ptr), Arg::P(kc), Arg::P(vc), Arg::P(self.s.paths.ptr), Arg::P(self.s.part.ptr), Arg::P(self.s.done.ptr), Arg::P(self.s.att.ptr), Arg::P(at.pos_dev)];
@@ -673,10 +735,10 @@ impl CudaDecoder {
             }
             Part::Out => {
                 let bias = lw.o_bias.as_ref().map_or(0, |b| b.ptr);
-                self.project(lw.o.ptr, d, nh * hd, self.s.att.ptr, rows, Epilogue::Add { out: self.s.h.ptr, bias })
+                self.project(&lw.o, d, nh * hd, self.s.att.ptr, rows, Epilogue::Add { out: self.s.h.ptr, bias })
             }
-            Part::GateUp => self.project(lw.gate_up.ptr, ff, d, normed, rows, Epilogue::SwiGlu { out: self.s.act.ptr }),
-            Part::Down => self.project(lw.down.ptr, d, ff, self.s.act.ptr, rows, Epilogue::Add { out: self.s.h.ptr, bias: 0 }),
+            Part::GateUp => self.project(&lw.gate_up, ff, d, normed, rows, Epilogue::SwiGlu { out: self.s.act.ptr }),
+            Part::Down => self.project(&lw.down, d, ff, self.s.act.ptr, rows, Epilogue::Add { out: self.s.h.ptr, bias: 0 }),
         }
     }
 
@@ -717,7 +779,7 @@ impl CudaDecoder {
 
     /// The LM head (the embeddings when tied) over `rows` normalised rows of `xn` into `logits`.
     fn lm_head_logits(&self, rows: usize) -> Result<(), CudaError> {
-        let w = self.lm_head.as_ref().unwrap_or(&self.embed).ptr;
+        let w = self.lm_head.as_ref().unwrap_or(&self.embed);
         self.project(w, self.config.vocab_size, self.config.hidden_size, self.s.xn.ptr, rows, Epilogue::Store { out: self.s.logits.ptr, bias: 0 })
     }
 
@@ -729,7 +791,7 @@ impl CudaDecoder {
 
     /// `rows` rows of `x` (weight type, `[rows, k]`) times `W[n, k]ᵀ` (`[2n, k]` for SwiGLU):
     /// the matrix-vector kernels for a decode step, cuBLAS plus an epilogue kernel for prefill.
-    fn project(&self, w: u64, n: usize, k: usize, x: u64, rows: usize, epi: Epilogue) -> Result<(), CudaError> {
+    fn project(&self, w: &Matrix, n: usize, k: usize, x: u64, rows: usize, epi: Epilogue) -> Result<(), CudaError> {
         if rows <= MAX_SEQS {
             return self.gemv(w, n, k, x, rows, epi);
         }
@@ -756,8 +818,9 @@ impl CudaDecoder {
     }
 
     /// The matrix-vector kernel for `rows` ≤ [`MAX_SEQS`] rows (8 warps per block, a warp per
-    /// output or, for SwiGLU and RoPE, per pair of outputs).
-    fn gemv(&self, w: u64, n: usize, k: usize, x: u64, rows: usize, epi: Epilogue) -> Result<(), CudaError> {
+    /// output or, for SwiGLU and RoPE, per pair of outputs); a quantized weight's inputs are
+    /// quantized first (normalised on the way for SwiGLU and RoPE, whose weights hold the norm).
+    fn gemv(&self, w: &Matrix, n: usize, k: usize, x: u64, rows: usize, epi: Epilogue) -> Result<(), CudaError> {
         let c = &self.config;
         let none = RowGeometry { rows, pos0: 0, pos_step: 0, seq_step: 0, pos_dev: 0 };
         let (kind, warps, bias, out_f, out_t, rope) = match epi {
@@ -767,27 +830,59 @@ impl CudaDecoder {
             Epilogue::Rope { bias, kc, vc, at } => ("rope", n / 2, bias, 0, 0, (kc, vc, at)),
         };
         let (kc, vc, at) = rope;
-        let mut args = vec![Arg::P(w), Arg::P(x), Arg::P(bias), Arg::P(out_f), Arg::P(out_t), Arg::I(warps as i32), Arg::I(k as i32), Arg::F(c.rms_norm_eps)];
+        let (name, mut args) = match w {
+            Matrix::Plain(b) => (format!("gemv_{kind}_{}_{rows}", self.dtype.suffix()), vec![Arg::P(b.ptr), Arg::P(x)]),
+            Matrix::Quant { q, d, ty } => {
+                let norm = if matches!(kind, "swiglu" | "rope") { "_norm" } else { "" };
+                let quantize = [Arg::P(x), Arg::P(self.s.xq.ptr), Arg::P(self.s.xd.ptr), Arg::P(self.s.xs.ptr), Arg::I(k as i32), Arg::F(c.rms_norm_eps)];
+                self.kernels.launch(&format!("quantize_x{norm}_h"), ((k / 32).div_ceil(8) as u32, rows as u32, 1), 256, &quantize)?;
+                let name = format!("gemvq_{kind}_q{}_{rows}", ty.bits());
+                (name, vec![Arg::P(q.ptr), Arg::P(d.ptr), Arg::P(self.s.xq.ptr), Arg::P(self.s.xd.ptr), Arg::P(self.s.xs.ptr)])
+            }
+        };
+        args.extend([Arg::P(bias), Arg::P(out_f), Arg::P(out_t), Arg::I(warps as i32), Arg::I(k as i32)]);
+        if matches!(w, Matrix::Plain(_)) {
+            args.push(Arg::F(c.rms_norm_eps));
+        }
         args.extend([self.cos.ptr, self.sin.ptr, self.s.q.ptr, kc, vc, at.pos_dev].map(Arg::P));
         args.extend([c.num_heads, c.num_kv_heads, c.head_dim, at.pos0, at.pos_step, at.seq_step, self.context_len()].map(|v| Arg::I(v as i32)));
-        self.kernels.launch(&format!("gemv_{kind}_{}_{rows}", self.dtype.suffix()), ((warps as u32).div_ceil(8), 1, 1), 256, &args)
+        self.kernels.launch(&name, ((warps as u32).div_ceil(8), 1, 1), 256, &args)
     }
 
-    /// `out[rows, n] (f32) = x[rows, k] · W[n, k]ᵀ` through cuBLAS (f32 accumulation).
-    fn gemm(&self, w: u64, n: usize, k: usize, x: u64, rows: usize, out: u64) -> Result<(), CudaError> {
+    /// `out[rows, n] (f32) = x[rows, k] · W[n, k]ᵀ` through cuBLAS (f32 accumulation); a
+    /// quantized weight is expanded to f16 [`WTMP_ROWS`] rows at a time.
+    fn gemm(&self, w: &Matrix, n: usize, k: usize, x: u64, rows: usize, out: u64) -> Result<(), CudaError> {
+        let (q, d, ty) = match w {
+            Matrix::Plain(b) => return self.gemm_rows(b.ptr, n, k, x, rows, out, n),
+            Matrix::Quant { q, d, ty } => (q, d, ty),
+        };
+        for n0 in (0..n).step_by(WTMP_ROWS) {
+            let m = WTMP_ROWS.min(n - n0);
+            let blocks = (m * k / 32) as i64;
+            let (q_at, d_at) = (q.at(n0 * k * ty.bits() / 8, 1), d.at(n0 * k / 32, 2));
+            let args = [Arg::P(q_at), Arg::P(d_at), Arg::P(self.s.wtmp.ptr), Arg::L(blocks)];
+            self.kernels.launch(&format!("dequantize_q{}", ty.bits()), ((blocks as u64).div_ceil(256) as u32, 1, 1), 256, &args)?;
+            self.gemm_rows(self.s.wtmp.ptr, m, k, x, rows, out + (n0 * 4) as u64, n)?;
+        }
+        Ok(())
+    }
+
+    /// `m` output columns of `out` (row stride `ldc` f32) from the `[m, k]` weight at `w`.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_rows(&self, w: u64, m: usize, k: usize, x: u64, rows: usize, out: u64, ldc: usize) -> Result<(), CudaError> {
         let ty = match self.dtype {
             EngineDtype::F16 => blas::cudaDataType::CUDA_R_16F,
             EngineDtype::F32 => blas::cudaDataType::CUDA_R_32F,
         };
         let (alpha, beta) = (1f32, 0f32);
-        // SAFETY: W is [n, k], x is [rows, k] and out [rows, n] on the engine's stream; column-major
-        // cuBLAS sees Wᵀ·xᵀ = outᵀ.
+        // SAFETY: W is [m, k], x is [rows, k] and out [rows, ldc ≥ m] on the engine's stream;
+        // column-major cuBLAS sees Wᵀ·xᵀ = outᵀ.
         unsafe {
             cudarc::cublas::result::gemm_ex(
                 *self.blas.handle(),
                 blas::cublasOperation_t::CUBLAS_OP_T,
                 blas::cublasOperation_t::CUBLAS_OP_N,
-                n as i32,
+                m as i32,
                 rows as i32,
                 k as i32,
                 &alpha as *const f32 as *const _,
@@ -800,7 +895,7 @@ impl CudaDecoder {
                 &beta as *const f32 as *const _,
                 out as *mut _,
                 blas::cudaDataType::CUDA_R_32F,
-                n as i32,
+                ldc as i32,
                 blas::cublasComputeType_t::CUBLAS_COMPUTE_32F,
                 blas::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )?;
@@ -809,12 +904,37 @@ impl CudaDecoder {
     }
 }
 
+/// Refuses a `--quant` the engine cannot run: f32 engines, and rows not made of whole blocks.
+fn check_quant(c: &DecoderConfig, opts: EngineOptions) -> Result<(), CudaError> {
+    let Some(ty) = opts.quant else { return Ok(()) };
+    if opts.dtype != EngineDtype::F16 {
+        return Err(CudaError::Unsupported(format!("{ty:?} weights run on the f16 engine (--dtype f16), not {:?}", opts.dtype)));
+    }
+    let (q, ff) = (c.num_heads * c.head_dim, c.intermediate_size);
+    for (name, cols) in [("hidden_size", c.hidden_size), ("num_heads × head_dim", q), ("intermediate_size", ff)] {
+        if !cols.is_multiple_of(32) {
+            return Err(CudaError::Unsupported(format!("{ty:?} weights need {name} to be a multiple of 32, not {cols}")));
+        }
+    }
+    Ok(())
+}
+
 impl Scratch {
-    fn new(stream: &Arc<CudaStream>, c: &DecoderConfig, dtype: EngineDtype, chunk: usize) -> Result<Self, CudaError> {
+    /// Bytes of every buffer.
+    fn bytes(&self) -> usize {
+        let s = self;
+        let all = [&s.h, &s.hx, &s.xn, &s.qkv, &s.q, &s.att, &s.tmp, &s.act, &s.part, &s.done, &s.logits, &s.seen, &s.ids, &s.token, &s.pos];
+        let more = [&s.paths, &s.paths_spare, &s.beam_seen, &s.top_v, &s.top_i, &s.xq, &s.xd, &s.xs, &s.wtmp];
+        all.iter().chain(more.iter()).map(|b| b.bytes).sum()
+    }
+
+    fn new(stream: &Arc<CudaStream>, c: &DecoderConfig, opts: EngineOptions, chunk: usize) -> Result<Self, CudaError> {
+        let dtype = opts.dtype;
         let (d, hd, ff) = (c.hidden_size, c.head_dim, c.intermediate_size);
         let width = (c.num_heads + 2 * c.num_kv_heads) * hd;
         let q = c.num_heads * hd;
         let typed = |n: usize| dtype.zeros(stream, n);
+        let (quant, k_max) = (opts.quant.is_some(), d.max(q).max(ff));
         Ok(Scratch {
             h: Buf::zeros::<f32>(stream, chunk * d)?,
             hx: typed(chunk * d)?,
@@ -824,7 +944,7 @@ impl Scratch {
             att: typed(chunk * q)?,
             tmp: Buf::zeros::<f32>(stream, chunk * (2 * ff).max(d))?,
             act: typed(chunk * ff)?,
-            part: Buf::zeros::<f32>(stream, chunk * c.num_heads * max_spans(c.max_position.max(1)) * (hd + 2))?,
+            part: Buf::zeros::<f32>(stream, partial_floats(c, chunk))?,
             logits: Buf::zeros::<f32>(stream, MAX_SEQS * c.vocab_size)?,
             done: Buf::zeros::<i32>(stream, chunk * c.num_heads)?,
             seen: Buf::zeros::<u8>(stream, c.vocab_size)?,
@@ -836,23 +956,29 @@ impl Scratch {
             beam_seen: Buf::zeros::<u8>(stream, MAX_SEQS * c.vocab_size)?,
             top_v: Buf::zeros::<f32>(stream, MAX_SEQS * TOPK_MAX)?,
             top_i: Buf::zeros::<i32>(stream, MAX_SEQS * TOPK_MAX)?,
+            xq: Buf::zeros::<i8>(stream, if quant { MAX_SEQS * k_max } else { 0 })?,
+            xd: Buf::zeros::<f32>(stream, if quant { MAX_SEQS * k_max / 32 } else { 0 })?,
+            xs: Buf::zeros::<f32>(stream, if quant { MAX_SEQS * k_max / 32 } else { 0 })?,
+            wtmp: Buf::zeros::<u16>(stream, if quant { WTMP_ROWS * k_max } else { 0 })?,
         })
     }
 }
 
 /// Reads checkpoint tensors, stacks them and uploads them in the engine's type.
+#[derive(Clone, Copy)]
 struct WeightLoader<'a> {
     src: &'a dyn WeightSource,
     style: KeyStyle,
     stream: &'a Arc<CudaStream>,
     dtype: EngineDtype,
+    quant: Option<WeightQuant>,
     permuted: bool,
 }
 
 impl WeightLoader<'_> {
     /// `[Σ rows, cols]`: the tensors named (HF names, `{}` the layer) stacked by rows; those with
     /// a head count had llama.cpp's q/k permutation undone; column j scaled by `fold[j]` if given.
-    fn matrix(&self, parts: &[(&str, usize, Option<usize>)], layer: usize, cols: usize, fold: Option<&[f32]>) -> Result<Buf, CudaError> {
+    fn matrix(&self, parts: &[(&str, usize, Option<usize>)], layer: usize, cols: usize, fold: Option<&[f32]>) -> Result<Matrix, CudaError> {
         let mut all: Vec<f32> = Vec::with_capacity(parts.iter().map(|p| p.1).sum::<usize>() * cols);
         for &(hf, rows, heads) in parts {
             let t = self.src.load_shaped(&self.style.name(hf, layer), &[rows, cols])?;
@@ -865,13 +991,16 @@ impl WeightLoader<'_> {
         if let Some(scale) = fold {
             all.par_chunks_mut(cols).for_each(|row| row.iter_mut().zip(scale).for_each(|(x, s)| *x *= s));
         }
-        match self.dtype {
-            EngineDtype::F32 => Buf::upload(self.stream, &all),
+        if let Some(ty) = self.quant {
+            return Matrix::quantize(self.stream, &all, cols, ty);
+        }
+        Ok(Matrix::Plain(match self.dtype {
+            EngineDtype::F32 => Buf::upload(self.stream, &all)?,
             EngineDtype::F16 => {
                 let bits: Vec<u16> = all.par_iter().map(|&x| half::f16::from_f32(x).to_bits()).collect();
-                Buf::upload(self.stream, &bits)
+                Buf::upload(self.stream, &bits)?
             }
-        }
+        }))
     }
 
     /// f32 vectors stacked on the device (norm weights and biases stay f32).

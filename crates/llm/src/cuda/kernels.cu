@@ -23,6 +23,26 @@ template <> __device__ __forceinline__ f16 from_f<f16>(float x) {
     return h;
 }
 
+// Programmatic dependent launch (sm_90 and later, when the engine launches with the attribute
+// that allows it: off by default, as it measured no faster): a kernel lets the next one in the stream start as soon as all its blocks are
+// running (`pdl_trigger`), and waits for the previous one to finish, its writes visible, before
+// it touches memory that kernel writes or reads (`pdl_wait`). Without the attribute both are
+// no-ops, and so are they on older GPUs.
+__device__ __forceinline__ void pdl_trigger() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_start() {
+    pdl_trigger();
+    pdl_wait();
+}
+
 struct Sum {
     template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return a + b; }
 };
@@ -61,6 +81,7 @@ __device__ double block_sum_f64(double v) { return block_reduce(v, 0.0, Sum()); 
 // h[r, :] = table[ids[r], :] in f32 and hx[r, :] in T (one block per row).
 template <typename T>
 __device__ void embed(const T* table, const int* ids, float* h, T* hx, int dim) {
+    pdl_start();
     const T* src = table + (long long)ids[blockIdx.x] * dim;
     float* dst = h + (long long)blockIdx.x * dim;
     T* dst_t = hx + (long long)blockIdx.x * dim;
@@ -73,6 +94,7 @@ __device__ void embed(const T* table, const int* ids, float* h, T* hx, int dim) 
 // out[i] = T(x[i]) for i < n.
 template <typename T>
 __device__ void to_t(const float* x, T* out, long long n) {
+    pdl_start();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = from_f<T>(x[i]);
 }
@@ -81,6 +103,7 @@ __device__ void to_t(const float* x, T* out, long long n) {
 // for weights with the norm folded in).
 template <typename T>
 __device__ void rmsnorm(const float* x, const float* w, T* out, int dim, float eps) {
+    pdl_start();
     const float* row = x + (long long)blockIdx.x * dim;
     T* o = out + (long long)blockIdx.x * dim;
     float ss = 0.f;
@@ -206,26 +229,51 @@ __device__ __forceinline__ void rope_store(const RopeOut<T>& ro, int m, int head
     cache[at + i + half] = from_f<T>(y2);
 }
 
+// Which rows of W a warp's output n reads (r1, and r2 for SwiGLU and RoPE) and, for RoPE, the
+// head and the pair index i within it.
+struct Target {
+    int n, r1, r2, head, i;
+};
+template <typename T, int MODE> __device__ __forceinline__ Target target(int n, int N, const RopeOut<T>& ro) {
+    Target t = {n, n, n + N, 0, 0};
+    if (MODE == EPI_ROPE) {
+        int half = ro.hd / 2;
+        t.head = n / half;
+        t.i = n % half;
+        t.r1 = t.head * ro.hd + t.i;
+        t.r2 = t.r1 + half;
+    }
+    return t;
+}
+
+// The epilogue of output t for row m (lane 0 of the warp), the dot products d (row r1) and d2 (r2) done.
+template <typename T, int MODE>
+__device__ __forceinline__ void finish(const Target& t, int m, float d, float d2, const float* bias, float* out_f, T* out_t,
+                                       int N, const RopeOut<T>& ro) {
+    long long at = (long long)m * N + t.n;
+    if (MODE == EPI_STORE) out_f[at] = d + (bias ? bias[t.n] : 0.f);
+    else if (MODE == EPI_ADD) {
+        float v = out_f[at] + d + (bias ? bias[t.n] : 0.f);
+        out_f[at] = v;
+        out_t[at] = from_f<T>(v);
+    } else if (MODE == EPI_SWIGLU) out_t[at] = from_f<T>(d / (1.f + __expf(-d)) * d2);
+    else rope_store<T>(ro, m, t.head, t.i, d + (bias ? bias[t.r1] : 0.f), d2 + (bias ? bias[t.r2] : 0.f));
+}
+
 // N outputs (EPI_ROPE: N = (nh + 2 nkv) * hd / 2 pairs), 8 warps per block.
 template <typename T, int M, int MODE, bool NORM>
 __device__ void gemv(const T* W, const T* x, const float* bias, float* out_f, T* out_t, int N, int K, float eps,
                      RopeOut<T> ro) {
     const bool TWO = MODE == EPI_SWIGLU || MODE == EPI_ROPE;
-    int lane = threadIdx.x & 31;
+    pdl_trigger();
     int n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (n >= N) return;
-    int r1 = n, r2 = n + N, head = 0, i = 0;
-    if (MODE == EPI_ROPE) {
-        int half = ro.hd / 2;
-        head = n / half;
-        i = n % half;
-        r1 = head * ro.hd + i;
-        r2 = r1 + half;
-    }
+    Target t = target<T, MODE>(n, N, ro);
+    pdl_wait();
     float acc[M], acc2[M], ss[M];
 #pragma unroll
     for (int m = 0; m < M; m++) acc[m] = acc2[m] = ss[m] = 0.f;
-    dot_rows<T, M, TWO, NORM>(W + (long long)r1 * K, W + (long long)r2 * K, x, K, acc, acc2, ss);
+    dot_rows<T, M, TWO, NORM>(W + (long long)t.r1 * K, W + (long long)t.r2 * K, x, K, acc, acc2, ss);
 #pragma unroll
     for (int m = 0; m < M; m++) {
         float d = warp_sum(acc[m]);
@@ -235,15 +283,103 @@ __device__ void gemv(const T* W, const T* x, const float* bias, float* out_f, T*
             d *= inv;
             d2 *= inv;
         }
-        if (lane != 0) continue;
-        long long at = (long long)m * N + n;
-        if (MODE == EPI_STORE) out_f[at] = d + (bias ? bias[n] : 0.f);
-        else if (MODE == EPI_ADD) {
-            float v = out_f[at] + d + (bias ? bias[n] : 0.f);
-            out_f[at] = v;
-            out_t[at] = from_f<T>(v);
-        } else if (MODE == EPI_SWIGLU) out_t[at] = from_f<T>(d / (1.f + __expf(-d)) * d2);
-        else rope_store<T>(ro, m, head, i, d + (bias ? bias[r1] : 0.f), d2 + (bias ? bias[r2] : 0.f));
+        if ((threadIdx.x & 31) == 0) finish<T, MODE>(t, m, d, d2, bias, out_f, out_t, N, ro);
+    }
+}
+
+// Quantized weights, in blocks of 32 along K as GGML's Q4_0 (QT = 4) and Q8_0 (QT = 8) hold
+// them but split in two arrays: the quants `Wq` (Q4_0: [N, K/2] bytes, value j of a block in the
+// low nibble of byte j and value j + 16 in its high nibble; Q8_0: [N, K] signed bytes) and the
+// f16 scales `Wd` [N, K/32]. Their inputs are quantized too, to signed bytes per block of 32
+// (quantize_x), so each block's dot product is 8 integer dp4a instructions.
+__device__ __forceinline__ int dp4a(int a, int b, int c) {
+    int r;
+    asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+    return r;
+}
+
+// Block b of a quantized row as 8 ints of 4 values each, in the order of the input's values.
+template <int QT> __device__ __forceinline__ void load_block(const unsigned char* row, int b, int* w) {
+    if (QT == 4) {
+        uint4 v = load_stream((const uint4*)(row + (long long)b * 16));
+        unsigned u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            w[i] = (int)(u[i] & 0x0F0F0F0Fu);
+            w[4 + i] = (int)((u[i] >> 4) & 0x0F0F0F0Fu);
+        }
+    } else {
+        uint4 a = load_stream((const uint4*)(row + (long long)b * 32));
+        uint4 c = load_stream((const uint4*)(row + (long long)b * 32) + 1);
+        w[0] = a.x; w[1] = a.y; w[2] = a.z; w[3] = a.w;
+        w[4] = c.x; w[5] = c.y; w[6] = c.z; w[7] = c.w;
+    }
+}
+
+// One block's contribution for input row m: the weight scale times the dot of the quants with
+// the input's (less 8 · the input's block sum for Q4_0, whose quants are offset by 8).
+template <int QT>
+__device__ __forceinline__ float block_dot(const int* w, float wd, const int* xi, float xd, float xs) {
+    int dot = 0;
+#pragma unroll
+    for (int i = 0; i < 8; i++) dot = dp4a(w[i], xi[i], dot);
+    return QT == 4 ? wd * (xd * (float)dot - 8.f * xs) : wd * xd * (float)dot;
+}
+
+// Inputs quantized per block of 32: xq [M, K] signed bytes, xd [M, K/32] scales and xs [M, K/32]
+// the scale times the block's sum of quants.
+struct QuantIn {
+    const signed char* q;
+    const float* d;
+    const float* s;
+};
+
+template <int QT, int M, bool TWO>
+__device__ __forceinline__ void dot_rows_q(const unsigned char* q1, const unsigned char* q2, const f16* d1, const f16* d2,
+                                           QuantIn x, int K, float* acc, float* acc2) {
+    int lane = threadIdx.x & 31, blocks = K / 32;
+#pragma unroll 2
+    for (int b = lane; b < blocks; b += 32) {
+        int w[8], w2[8];
+        load_block<QT>(q1, b, w);
+        float wd = to_f(d1[b]), wd2 = 0.f;
+        if (TWO) {
+            load_block<QT>(q2, b, w2);
+            wd2 = to_f(d2[b]);
+        }
+#pragma unroll
+        for (int m = 0; m < M; m++) {
+            const int4* xp = (const int4*)(x.q + (long long)m * K + b * 32);
+            int4 lo = __ldg(xp), hi = __ldg(xp + 1);
+            int xi[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+            float xd = __ldg(x.d + m * blocks + b), xs = QT == 4 ? __ldg(x.s + m * blocks + b) : 0.f;
+            acc[m] += block_dot<QT>(w, wd, xi, xd, xs);
+            if (TWO) acc2[m] += block_dot<QT>(w2, wd2, xi, xd, xs);
+        }
+    }
+}
+
+// The quantized counterpart of gemv (K a multiple of 32; the input norm, if any, is in x's scales).
+template <int QT, int M, int MODE>
+__device__ void gemv_q(const unsigned char* Wq, const f16* Wd, QuantIn x, const float* bias, float* out_f, f16* out_t, int N,
+                       int K, RopeOut<f16> ro) {
+    const bool TWO = MODE == EPI_SWIGLU || MODE == EPI_ROPE;
+    pdl_trigger();
+    int n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (n >= N) return;
+    Target t = target<f16, MODE>(n, N, ro);
+    long long row_bytes = (long long)K * QT / 8, row_blocks = K / 32;
+    pdl_wait();
+    float acc[M], acc2[M];
+#pragma unroll
+    for (int m = 0; m < M; m++) acc[m] = acc2[m] = 0.f;
+    dot_rows_q<QT, M, TWO>(Wq + t.r1 * row_bytes, Wq + t.r2 * row_bytes, Wd + t.r1 * row_blocks, Wd + t.r2 * row_blocks, x, K,
+                           acc, acc2);
+#pragma unroll
+    for (int m = 0; m < M; m++) {
+        float d = warp_sum(acc[m]);
+        float d2 = TWO ? warp_sum(acc2[m]) : 0.f;
+        if ((threadIdx.x & 31) == 0) finish<f16, MODE>(t, m, d, d2, bias, out_f, out_t, N, ro);
     }
 }
 
@@ -254,6 +390,7 @@ __device__ void gemv(const T* W, const T* x, const float* bias, float* out_f, T*
 template <typename T>
 __device__ void rope_kv(const float* qkv, const float* cos_t, const float* sin_t, float* q, T* kc, T* vc,
                         int nh, int nkv, int hd, int pos0, int pos_step, int seq_step, int cache_len) {
+    pdl_start();
     int r = blockIdx.x, head = blockIdx.y, i = threadIdx.x, half = hd / 2;
     int pos = pos0 + r * pos_step, seq = r * seq_step;
     int width = (nh + 2 * nkv) * hd;
@@ -370,6 +507,7 @@ template <typename T>
 __device__ void attention(const float* q, const T* kc, const T* vc, const int* path, float* part, int* done, T* out,
                           const int* pos_dev, int nh, int nkv, int hd, int pos0, int pos_step, int seq_step,
                           int cache_len, float scale) {
+    pdl_start();
     __shared__ bool last;
     int head = blockIdx.x, r = blockIdx.y, span = blockIdx.z, spans = gridDim.z;
     if (pos_dev) pos0 = *pos_dev;
@@ -389,17 +527,93 @@ __device__ void attention(const float* q, const T* kc, const T* vc, const int* p
     if (last) attention_merge<T>(base, out + (long long)r * nh * hd + head * hd, hd, spans);
 }
 
+// Input rows of the quantized products: row r of x ([rows, K], T) into blocks of 32 signed bytes
+// (xq [rows, K]) with a scale (xd [rows, K/32]) and the scale times the block's sum of quants
+// (xs), as ggml's Q8_1. With NORM the scales also carry the row's 1 / rms (the RMSNorm weight is
+// folded into the weights), which every thread block works out from the whole row. K a multiple
+// of 32; grid (K/32 / warps per block, rows), a warp per block of 32.
+template <typename T, bool NORM>
+__device__ void quantize_x(const T* x, signed char* xq, float* xd, float* xs, int K, float eps) {
+    pdl_start();
+    const T* row = x + (long long)blockIdx.y * K;
+    float inv = 1.f;
+    if (NORM) {
+        const int VEC = 16 / sizeof(T);
+        float ss = 0.f;
+        for (int c = threadIdx.x; c < K / VEC; c += blockDim.x) sq_chunk(&ss, __ldg((const uint4*)row + c), T());
+        inv = rsqrtf(block_sum(ss) / K + eps);
+    }
+    int lane = threadIdx.x & 31, blocks = K / 32;
+    int b = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (b >= blocks) return;
+    float v = to_f(row[b * 32 + lane]);
+    float d = warp_max(fabsf(v)) / 127.f;
+    int q = d != 0.f ? (int)roundf(v / d) : 0;
+    xq[(long long)blockIdx.y * K + b * 32 + lane] = (signed char)q;
+    int sum = warp_reduce(q, Sum());
+    if (lane == 0) {
+        xd[(long long)blockIdx.y * blocks + b] = d * inv;
+        xs[(long long)blockIdx.y * blocks + b] = d * inv * (float)sum;
+    }
+}
+
+// The value of element i of a quantized matrix (blocks numbered across rows: K is a multiple of 32).
+template <int QT> __device__ __forceinline__ float quant_value(const unsigned char* q, const f16* d, long long i) {
+    long long b = i / 32;
+    int j = (int)(i % 32);
+    int v = QT == 4 ? ((q[b * 16 + (j & 15)] >> (j < 16 ? 0 : 4)) & 15) - 8 : (int)(signed char)q[i];
+    return (float)v * to_f(d[b]);
+}
+
+// The first `blocks` blocks of 32 of a quantized matrix expanded to f16 (for cuBLAS in prefill),
+// a thread per block: one 16- or 32-byte load in, four 16-byte stores out.
+template <int QT> __device__ void dequantize(const unsigned char* q, const f16* d, f16* out, long long blocks) {
+    pdl_start();
+    long long b = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (b >= blocks) return;
+    int w[8];
+    load_block<QT>(q + b * (QT * 4), 0, w);
+    float scale = to_f(d[b]);
+    uint4 o[4];
+    f16* op = (f16*)o;
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            int byte = (w[i] >> (8 * j)) & 0xFF;
+            op[4 * i + j] = from_f<f16>((float)(QT == 4 ? byte - 8 : (int)(signed char)byte) * scale);
+        }
+    }
+    uint4* dst = (uint4*)(out + b * 32);
+#pragma unroll
+    for (int i = 0; i < 4; i++) dst[i] = o[i];
+}
+
+// embed from a quantized table (dim a multiple of 32).
+template <int QT> __device__ void embed_q(const unsigned char* q, const f16* d, const int* ids, float* h, f16* hx, int dim) {
+    pdl_start();
+    long long first = (long long)ids[blockIdx.x] * dim;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+        float v = quant_value<QT>(q, d, first + i);
+        h[(long long)blockIdx.x * dim + i] = v;
+        hx[(long long)blockIdx.x * dim + i] = from_f<f16>(v);
+    }
+}
+
 // Prefill epilogues after cuBLAS (f32 outputs): bias add, residual add, SwiGLU.
 __device__ void add_bias(float* x, const float* bias, int rows, int n) {
+    pdl_start();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < (long long)rows * n) x[i] += bias[i % n];
 }
 __device__ void residual_add(float* h, const float* y, const float* bias, int rows, int n) {
+    pdl_start();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < (long long)rows * n) h[i] += y[i] + (bias ? bias[i % n] : 0.f);
 }
 template <typename T>
 __device__ void swiglu(const float* gu, T* out, int rows, int f) {
+    pdl_start();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)rows * f) return;
     long long r = i / f, c = i % f;
@@ -416,6 +630,7 @@ __device__ void swiglu(const float* gu, T* out, int rows, int f) {
 // Face's repetition penalty on the tokens flagged in `seen`; writes the id to `token[0]` and
 // flags it. One block of 1024 threads.
 extern "C" __global__ void argmax_penalized(const float* logits, int v, unsigned char* seen, float penalty, int* token) {
+    pdl_start();
     __shared__ float bv[32];
     __shared__ int bi[32];
     float best = NEG_INF;
@@ -444,6 +659,7 @@ extern "C" __global__ void argmax_penalized(const float* logits, int v, unsigned
 
 // Flags ids[0..n] in `seen`.
 extern "C" __global__ void flag_tokens(const int* ids, int n, unsigned char* seen) {
+    pdl_start();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) seen[ids[i]] = 1;
 }
@@ -456,6 +672,7 @@ __device__ __forceinline__ bool ranks_before(float a, int ia, float b, int ib) {
 
 extern "C" __global__ void beam_topk(const float* logits, int v, const unsigned char* seen, float penalty, int k,
                                      float* out_v, int* out_i) {
+    pdl_start();
     __shared__ int win_i;
     const float* row = logits + (long long)blockIdx.x * v;
     const unsigned char* flags = seen + (long long)blockIdx.x * v;
@@ -518,6 +735,7 @@ extern "C" __global__ void beam_topk(const float* logits, int v, const unsigned 
 // t < len, and s for t >= len (a sequence's new positions go to its own slot). rows null: the
 // identity (every sequence in its own slot).
 extern "C" __global__ void reorder_paths(const int* src, int* dst, const int* rows, int seqs, int len, int cache_len) {
+    pdl_start();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)seqs * cache_len) return;
     int s = (int)(i / cache_len), t = (int)(i % cache_len);
@@ -530,6 +748,7 @@ extern "C" __global__ void reorder_paths(const int* src, int* dst, const int* ro
 // sequence's span allows, else in elements of `elem` bytes (2 or 4).
 extern "C" __global__ void reorder_cache(const char* src, char* dst, const int* rows, int src_cap, int dst_cap, int seqs,
                                          long long seq_bytes, long long span_bytes, int elem) {
+    pdl_start();
     int layer = blockIdx.y / seqs, s = blockIdx.y % seqs;
     const char* from = src + ((long long)layer * src_cap + rows[s]) * seq_bytes;
     char* to = dst + ((long long)layer * dst_cap + s) * seq_bytes;
@@ -569,6 +788,24 @@ extern "C" __global__ void reorder_cache(const char* src, char* dst, const int* 
 INSTANTIATE(f16, h)
 INSTANTIATE(float, f)
 
+extern "C" __global__ void quantize_x_h(const f16* x, signed char* xq, float* xd, float* xs, int K, float eps) {
+    quantize_x<f16, false>(x, xq, xd, xs, K, eps);
+}
+extern "C" __global__ void quantize_x_norm_h(const f16* x, signed char* xq, float* xd, float* xs, int K, float eps) {
+    quantize_x<f16, true>(x, xq, xd, xs, K, eps);
+}
+extern "C" __global__ void dequantize_q4(const unsigned char* q, const f16* d, f16* out, long long blocks) {
+    dequantize<4>(q, d, out, blocks);
+}
+extern "C" __global__ void dequantize_q8(const unsigned char* q, const f16* d, f16* out, long long blocks) {
+    dequantize<8>(q, d, out, blocks);
+}
+extern "C" __global__ void embed_q4_h(const unsigned char* q, const f16* d, const int* ids, float* h, f16* hx, int dim) {
+    embed_q<4>(q, d, ids, h, hx, dim);
+}
+extern "C" __global__ void embed_q8_h(const unsigned char* q, const f16* d, const int* ids, float* h, f16* hx, int dim) {
+    embed_q<8>(q, d, ids, h, hx, dim);
+}
 extern "C" __global__ void add_bias_f(float* x, const float* bias, int rows, int n) { add_bias(x, bias, rows, n); }
 extern "C" __global__ void residual_add_f(float* h, const float* y, const float* bias, int rows, int n) {
     residual_add(h, y, bias, rows, n);
@@ -592,5 +829,25 @@ extern "C" __global__ void residual_add_f(float* h, const float* y, const float*
 
 GEMV_M(f16, h, XC_GEMV_ROWS)
 GEMV_M(float, f, XC_GEMV_ROWS)
+
+// The quantized products (f16 engine only): gemvq_{mode}_q{4,8}_{M}.
+#define GEMVQ_ONE(QT, M, MODE, NAME)                                                                            \
+    extern "C" __global__ void gemvq_##NAME##_q##QT##_##M(const unsigned char* Wq, const f16* Wd, const signed char* xq, \
+                                                        const float* xd, const float* xs, const float* bias,           \
+                                                        float* out_f, f16* out_t, int N, int K, const float* c,        \
+                                                        const float* s, float* q, f16* kc, f16* vc, const int* pd,     \
+                                                        int nh, int nkv, int hd, int p0, int ps, int ss, int cl) {     \
+        RopeOut<f16> ro = {c, s, q, kc, vc, pd, nh, nkv, hd, p0, ps, ss, cl};                                         \
+        QuantIn x = {xq, xd, xs};                                                                                     \
+        gemv_q<QT, M, MODE>(Wq, Wd, x, bias, out_f, out_t, N, K, ro);                                                 \
+    }
+#define GEMVQ_M(QT, M)                        \
+    GEMVQ_ONE(QT, M, EPI_STORE, store)        \
+    GEMVQ_ONE(QT, M, EPI_ADD, add)            \
+    GEMVQ_ONE(QT, M, EPI_SWIGLU, swiglu)      \
+    GEMVQ_ONE(QT, M, EPI_ROPE, rope)
+
+GEMVQ_M(4, XC_GEMV_ROWS)
+GEMVQ_M(8, XC_GEMV_ROWS)
 
 #endif

@@ -10,12 +10,19 @@
 //! and beams share their common history through a slot table. Prompt prefill uses cuBLAS. Greedy
 //! choices and beam candidates are made on the device and only ids and scores come back.
 //!
+//! With `EngineOptions::quant` the weights are kept in Q4_0 or Q8_0 blocks (quantized at load as
+//! ggml does) and the products' inputs are quantized to signed bytes per block of 32, so each
+//! block's dot product is integer dp4a instructions; prefill expands weight slices to f16 for
+//! cuBLAS.
+//!
 //! burn keeps everything else (the image encoder, the CPU path).
 
 mod engine;
 mod kernels;
+mod matrix;
 
 pub use engine::{CudaDecoder, EngineDtype, EngineOptions, MAX_SEQS, TOPK_MAX};
+pub use matrix::WeightQuant;
 
 use crate::beam::StepDecoder;
 use crate::weights::WeightError;
