@@ -5,8 +5,9 @@
 # images/, and anchors/ (a copy of ../shared/anchors) for the llama.cpp rows. Writes under $OUT.
 #   PART=check:  the engine's kernel tests against burn's CPU decoder, and the xcomposer-tiny fixture
 #                on --device cuda (f32 and f16: logits, greedy and beam tokens against the reference).
-#   PART=engine: check, then `bench engine` (random 7B-shaped weights made in memory) beside
-#                PyTorch eager and llama-bench on an f16 and a Q4_0 GGUF of the same decoder shape.
+#   PART=engine: `bench engine` (random 7B-shaped weights made in memory; f16, and quantized at
+#                load to Q4_0 and Q8_0) beside PyTorch eager and llama-bench on an f16 and a Q4_0
+#                GGUF of the same decoder shape. PART=all: check, then engine.
 #   PART=bench:  `bench xcomposer` on a random 7B checkpoint in the original format (load time,
 #                image encode, the whole model) with the same anchors.
 set -uo pipefail
@@ -33,7 +34,7 @@ if [ "$PART" != check ] && [ -d "$DIR/anchors" ] && [ ! -x "$A/llama.cpp/build/b
   BUILD=$!
 fi
 
-if [ "$PART" != bench ]; then
+if [ "$PART" = check ] || [ "$PART" = all ]; then
   echo "== kernel tests (engine vs burn's CPU decoder)"
   "$W/cuda_engine" --test-threads 1 --nocapture 2>&1 | tee "$OUT/cuda_engine.log" | grep -E "rel. error|test result|panicked|FAILED|ok$" | tail -20
   echo "== xcomposer-tiny fixture on the fused engine"
@@ -50,9 +51,9 @@ if [ -d "$A" ]; then
   [ -f /tmp/m-q4.gguf ] || "$LB/llama-quantize" /tmp/m-f16.gguf /tmp/m-q4.gguf Q4_0 16 > "$OUT/quant.log" 2>&1
   LLAMA=(--llama-bench "$LB/llama-bench" --gguf /tmp/m-f16.gguf --gguf /tmp/m-q4.gguf)
 fi
-if [ "$PART" = engine ]; then
+if [ "$PART" = engine ] || [ "$PART" = all ]; then
   echo "== engine on random 7B-shaped weights, beside PyTorch and llama.cpp"
-  "$BIN" bench engine --dtype f16 --runs 5 --torch "${LLAMA[@]}" 2> "$OUT/engine.err" | tee "$OUT/bench-engine.md"
+  "$BIN" bench engine --dtype f16 --quant q4_0,q8_0 --runs 5 --torch "${LLAMA[@]}" 2> "$OUT/engine.err" | tee "$OUT/bench-engine.md"
   tail -2 "$OUT/engine.err"
 else
   M=/tmp/xcomposer-7b-random

@@ -34,6 +34,17 @@ impl DtypeArg {
     }
 }
 
+/// A block format for the fused engine's weights (`--quant`), quantized at load as ggml does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum QuantArg {
+    /// 4-bit quants, an f16 scale per 32 (4.5 bits per weight); the LM head in Q8_0.
+    #[value(name = "q4_0")]
+    Q4_0,
+    /// 8-bit quants, an f16 scale per 32 (8.5 bits per weight).
+    #[value(name = "q8_0")]
+    Q8_0,
+}
+
 /// What runs InternLM-XComposer's decoder on `--device cuda`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum EngineArg {
@@ -56,22 +67,60 @@ pub struct DeviceOptions {
     /// What runs InternLM-XComposer's decoder on `--device cuda` (the CPU always uses burn).
     #[arg(long, value_enum, default_value_t = EngineArg::Fused)]
     pub engine: EngineArg,
+    /// Keep InternLM-XComposer's decoder weights in this block format (`--device cuda --dtype
+    /// f16`, fused engine only); unset, they stay in `--dtype`.
+    #[arg(long, value_enum)]
+    pub quant: Option<QuantArg>,
 }
 
 impl DeviceOptions {
-    /// The XComposer decoder's engine these options ask for.
-    pub fn engine_choice(&self) -> xcomposer_vision::xcomposer::model::EngineChoice {
+    /// The XComposer decoder's engine these options ask for; `--quant` anywhere but the fused
+    /// f16 engine on CUDA is refused.
+    pub fn engine_choice(&self) -> Result<xcomposer_vision::xcomposer::model::EngineChoice> {
         use xcomposer_vision::xcomposer::model::EngineChoice;
-        match (self.device, self.engine) {
+        if let Some(q) = self.quant
+            && (self.device != DeviceArg::Cuda || self.engine != EngineArg::Fused || self.dtype != DtypeArg::F16)
+        {
+            bail!("--quant {} runs on the fused engine only: add --device cuda --dtype f16 (and no --engine burn)", q.name());
+        }
+        Ok(match (self.device, self.engine) {
             #[cfg(feature = "cuda")]
             (DeviceArg::Cuda, EngineArg::Fused) => {
                 let dtype = match self.dtype {
                     DtypeArg::F16 => xcomposer_llm::cuda::EngineDtype::F16,
                     DtypeArg::F32 => xcomposer_llm::cuda::EngineDtype::F32,
                 };
-                EngineChoice::Cuda(xcomposer_llm::cuda::EngineOptions { dtype, ..Default::default() })
+                let quant = self.quant.map(QuantArg::engine);
+                EngineChoice::Cuda(xcomposer_llm::cuda::EngineOptions { dtype, quant, ..Default::default() })
             }
             _ => EngineChoice::Burn,
+        })
+    }
+
+    /// Refuses `--quant` in a command that runs no InternLM decoder.
+    pub fn refuse_quant(&self, command: &str) -> Result<()> {
+        match self.quant {
+            Some(q) => bail!("--quant {} applies to InternLM-XComposer's decoder; `{command}` runs none", q.name()),
+            None => Ok(()),
+        }
+    }
+}
+
+impl QuantArg {
+    /// The name as typed.
+    pub fn name(self) -> &'static str {
+        match self {
+            QuantArg::Q4_0 => "q4_0",
+            QuantArg::Q8_0 => "q8_0",
+        }
+    }
+
+    /// The engine's format.
+    #[cfg(feature = "cuda")]
+    pub fn engine(self) -> xcomposer_llm::cuda::WeightQuant {
+        match self {
+            QuantArg::Q4_0 => xcomposer_llm::cuda::WeightQuant::Q4_0,
+            QuantArg::Q8_0 => xcomposer_llm::cuda::WeightQuant::Q8_0,
         }
     }
 }

@@ -6,7 +6,7 @@
 
 use anyhow::{Result, bail};
 
-use crate::backend::DtypeArg;
+use crate::backend::{DtypeArg, QuantArg};
 use crate::bench::{LlamaAnchor, TorchAnchor};
 #[cfg(feature = "cuda")]
 use crate::bench::LlamaRows;
@@ -29,6 +29,10 @@ pub struct EngineBenchArgs {
     /// Beams of the beam-step measurement.
     #[arg(long, default_value_t = 5)]
     beams: usize,
+    /// Also measure the engine with its weights quantized to these formats (a row each, beside
+    /// the llama.cpp row of the same format when one is given), e.g. `--quant q4_0,q8_0`.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    quant: Vec<QuantArg>,
     /// Timed repetitions (the median is reported).
     #[arg(long, default_value_t = 5)]
     runs: usize,
@@ -51,8 +55,28 @@ pub(crate) struct Ours {
     pub tg: f64,
     /// Greedy decode with every kernel launched from the host (graphs off).
     pub tg_launched: f64,
+    /// Greedy decode from graphs with programmatic dependent launch on (each kernel may start
+    /// while the one before drains).
+    pub tg_pdl: f64,
     /// Beam steps, per beam.
     pub beam: f64,
+}
+
+/// One engine configuration's measurements.
+#[cfg(feature = "cuda")]
+struct Variant {
+    /// `f16`, `f16 + Q4_0`, ….
+    label: String,
+    quant: Option<QuantArg>,
+    speeds: Ours,
+    /// Weights on the device; the engine's allocations (weights, one sequence's KV cache at the
+    /// full context, scratch); all device memory in use then (adds the CUDA context and
+    /// cuBLAS), GB.
+    weights_gb: f64,
+    engine_gb: f64,
+    in_use_gb: f64,
+    profiles: Vec<String>,
+    profiled_at: usize,
 }
 
 /// Decoder shapes to measure.
@@ -110,30 +134,38 @@ fn measure(args: &EngineBenchArgs) -> Result<()> {
         DtypeArg::F16 => EngineDtype::F16,
         DtypeArg::F32 => EngineDtype::F32,
     };
-    let t = Instant::now();
-    let mut e = CudaDecoder::load(c.clone(), &RandomWeights::for_decoder(&c, 0), KeyStyle::HuggingFace, EngineOptions { dtype, ..Default::default() })?;
-    eprintln!("[bench] random {:?} weights made and uploaded in {:.1} s", args.shape, t.elapsed().as_secs_f64());
     let d = c.hidden_size;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let mut embeds = |n: usize| -> Vec<f32> { (0..n * d).map(|_| (rng.random::<f32>() * 2.0 - 1.0) * 0.02).collect() };
     let (prompt, long) = (embeds(args.prompt), embeds(512));
     let k = args.beams.clamp(1, xcomposer_llm::cuda::MAX_SEQS);
-    let ours = speeds(&mut e, &prompt, &long, args.new_tokens, k, args.runs)?;
-    let Ours { pp, pp512, tg, tg_launched, beam } = ours;
-    let profiles_at = e.len();
-    let mut profiles = vec![];
-    for rows in [1, k] {
+    let mut variants = vec![];
+    for quant in std::iter::once(None).chain(args.quant.iter().copied().map(Some)) {
+        let t = Instant::now();
+        let opts = EngineOptions { dtype, quant: quant.map(QuantArg::engine), ..Default::default() };
+        let mut e = CudaDecoder::load(c.clone(), &RandomWeights::for_decoder(&c, 0), KeyStyle::HuggingFace, opts)?;
+        let label = match quant {
+            None => args.dtype.name().to_string(),
+            Some(q) => format!("{} + {}", args.dtype.name(), q.name()),
+        };
+        eprintln!("[bench] {label}: random {:?} weights made, converted and uploaded in {:.1} s", args.shape, t.elapsed().as_secs_f64());
+        // Memory with one sequence, before beam search grows the cache to more.
         e.prefill(&prompt)?;
-        e.reorder(&vec![0; rows])?;
-        for step in 0..args.new_tokens {
-            e.step(&(0..rows).map(|b| (50 + step + b) as u32).collect::<Vec<_>>())?;
+        let (weights_gb, engine_gb, in_use_gb) = (e.weight_bytes() as f64 / 1e9, e.allocated_bytes() as f64 / 1e9, e.memory_in_use()? as f64 / 1e9);
+        let speeds = speeds(&mut e, &prompt, &long, args.new_tokens, k, args.runs)?;
+        let profiled_at = args.prompt + args.new_tokens;
+        let mut profiles = vec![];
+        for rows in [1, k] {
+            e.prefill(&prompt)?;
+            e.reorder(&vec![0; rows])?;
+            for step in 0..args.new_tokens {
+                e.step(&(0..rows).map(|b| (50 + step + b) as u32).collect::<Vec<_>>())?;
+            }
+            profiles.push(profile(&mut e, &c, rows, dtype, quant)?);
         }
-        profiles.push(profile(&mut e, &c, rows, dtype)?);
-    }
-    drop(e);
-    eprintln!("[bench] engine: prefill {pp:.0} t/s ({} pos.), {pp512:.0} t/s (512); decode {tg:.1} t/s ({tg_launched:.1} without graphs); {k}-beam {beam:.1} t/s per beam", args.prompt);
-    for p in &profiles {
-        eprintln!("{p}");
+        let Ours { pp, pp512, tg, tg_launched, tg_pdl, beam } = speeds;
+        eprintln!("[bench] {label}: prefill {pp:.0} t/s ({} pos.), {pp512:.0} t/s (512); decode {tg:.1} t/s ({tg_pdl:.1} with PDL, {tg_launched:.1} without graphs); {k}-beam {beam:.1} t/s per beam; weights {weights_gb:.2} GB, engine {engine_gb:.2} GB, {in_use_gb:.2} GB in use", args.prompt);
+        variants.push(Variant { label, quant, speeds, weights_gb, engine_gb, in_use_gb, profiles, profiled_at });
     }
     let torch = if args.anchor.torch {
         Some(args.anchor.run(TORCH_SCRIPT, &[args.dtype.name().to_string(), args.prompt.to_string(), args.new_tokens.to_string(), args.runs.to_string()])?)
@@ -143,12 +175,14 @@ fn measure(args: &EngineBenchArgs) -> Result<()> {
     let llama = args.llama.run(args.runs)?;
     println!("{:?} decoder shape, {}, random weights; prompt {} positions, {} greedy new tokens, median of {} runs; same GPU, same run", args.shape, args.dtype.name(), args.prompt, args.new_tokens, args.runs);
     println!();
-    print_table(args, k, &ours, torch.as_ref(), &llama);
-    println!();
-    println!("Where a decode step's time goes at {profiles_at} positions (µs per launch, layer 0, launched back to back; × layers per token):");
-    for p in profiles {
+    print_table(args, k, &variants, torch.as_ref(), &llama);
+    for v in variants {
         println!();
-        print!("{p}");
+        println!("Where a {} decode step's time goes at {} positions (µs per launch, layer 0, launched back to back; × layers per token):", v.label, v.profiled_at);
+        for p in v.profiles {
+            println!();
+            print!("{p}");
+        }
     }
     Ok(())
 }
@@ -156,27 +190,48 @@ fn measure(args: &EngineBenchArgs) -> Result<()> {
 #[cfg(feature = "cuda")]
 const TORCH_SCRIPT: &str = include_str!("../../../scripts/bench_xcomposer_torch.py");
 
+/// The llama.cpp row a variant compares with: the GGUF whose file name names its format (`q4_0`
+/// in `m-q4_0.gguf` or `q4` in `m-q4.gguf`), else the first (f16).
 #[cfg(feature = "cuda")]
-fn print_table(args: &EngineBenchArgs, k: usize, ours: &Ours, torch: Option<&serde_json::Value>, llama: &[LlamaRows]) {
-    let base = llama.first().and_then(|(_, r)| r.iter().find(|(t, _)| t.starts_with("tg")).map(|x| x.1));
-    let base_pp = llama.first().and_then(|(_, r)| r.iter().find(|(t, _)| t == "pp512").map(|x| x.1));
+fn anchor_for(quant: Option<QuantArg>, llama: &[LlamaRows]) -> Option<&LlamaRows> {
+    let named = |tag: &str| llama.iter().find(|(name, _)| name.to_lowercase().contains(tag));
+    match quant {
+        Some(q) => named(q.name()).or_else(|| named(&q.name()[..2])),
+        None => llama.first(),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn print_table(args: &EngineBenchArgs, k: usize, variants: &[Variant], torch: Option<&serde_json::Value>, llama: &[LlamaRows]) {
+    let tg_of = |rows: &[(String, f64)]| rows.iter().find(|(t, _)| t.starts_with("tg")).map(|x| x.1);
+    let pp_of = |rows: &[(String, f64)], t: &str| rows.iter().find(|(x, _)| x == t).map(|x| x.1);
     let ratio = |x: f64, b: Option<f64>| b.map_or("–".to_string(), |b| format!("{:.2}×", x / b));
-    println!("| engine | prefill t/s ({}) | prefill t/s (512) | decode t/s | {k}-beam t/s per beam |", args.prompt);
-    println!("|---|---|---|---|---|");
-    println!(
-        "| xcomposer fused CUDA engine | {:.0} | {:.0} ({}) | {:.1} ({}) | {:.1} ({:.2}× single) |",
-        ours.pp, ours.pp512, ratio(ours.pp512, base_pp), ours.tg, ratio(ours.tg, base), ours.beam, ours.beam / ours.tg
-    );
-    println!("| the same, kernels launched from the host (no CUDA graph) | – | – | {:.1} ({}) | – |", ours.tg_launched, ratio(ours.tg_launched, base));
+    let f16_base = llama.first().map(|(_, r)| (pp_of(r, "pp512"), tg_of(r)));
+    println!("Ratios are to the llama.cpp row of the same weight format (f16 for PyTorch).");
+    println!();
+    println!("Memory with one sequence at the full context: the weights, everything the engine allocates (adds the KV cache and scratch), and the device memory in use (adds the CUDA context, kernels and cuBLAS).");
+    println!();
+    println!("| engine | weights GB | engine GB | in use GB | prefill t/s ({}) | prefill t/s (512) | decode t/s | {k}-beam t/s per beam |", args.prompt);
+    println!("|---|---|---|---|---|---|---|---|");
+    for v in variants {
+        let (base_pp, base_tg) = anchor_for(v.quant, llama).map_or((None, None), |(_, r)| (pp_of(r, "pp512"), tg_of(r)));
+        let o = &v.speeds;
+        println!(
+            "| xcomposer fused CUDA engine, {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} ({}) | {:.1} ({}) | {:.1} ({:.2}× single) |",
+            v.label, v.weights_gb, v.engine_gb, v.in_use_gb, o.pp, o.pp512, ratio(o.pp512, base_pp), o.tg, ratio(o.tg, base_tg), o.beam, o.beam / o.tg
+        );
+        println!("| the same, with programmatic dependent launch | | | | – | – | {:.1} ({}) | – |", o.tg_pdl, ratio(o.tg_pdl, base_tg));
+        println!("| the same, kernels launched from the host (no CUDA graph) | | | | – | – | {:.1} ({}) | – |", o.tg_launched, ratio(o.tg_launched, base_tg));
+    }
+    let (base_pp, base) = f16_base.unwrap_or((None, None));
     if let Some(v) = torch {
         let f = |key: &str| v[key].as_f64().unwrap_or(f64::NAN);
         let name = format!("PyTorch {} + transformers {} eager", v["torch"].as_str().unwrap_or("?"), v["transformers"].as_str().unwrap_or("?"));
-        println!("| {name} | {:.0} | {:.0} ({}) | {:.1} ({}) | – |", f("prefill_tps"), f("prefill512_tps"), ratio(f("prefill512_tps"), base_pp), f("decode_tps"), ratio(f("decode_tps"), base));
+        println!("| {name} | | | | {:.0} | {:.0} ({}) | {:.1} ({}) | – |", f("prefill_tps"), f("prefill512_tps"), ratio(f("prefill512_tps"), base_pp), f("decode_tps"), ratio(f("decode_tps"), base));
     }
     for (name, rows) in llama {
-        let get = |t: &str| rows.iter().find(|(x, _)| x == t).map_or(f64::NAN, |x| x.1);
-        let tg = rows.iter().find(|(t, _)| t.starts_with("tg")).map_or(f64::NAN, |x| x.1);
-        println!("| llama.cpp CUDA, {name} | {:.0} | {:.0} ({}) | {:.1} ({}) | – |", get("pp161"), get("pp512"), ratio(get("pp512"), base_pp), tg, ratio(tg, base));
+        let get = |t: &str| pp_of(rows, t).unwrap_or(f64::NAN);
+        println!("| llama.cpp CUDA, {name} | | | | {:.0} | {:.0} | {:.1} | – |", get("pp161"), get("pp512"), tg_of(rows).unwrap_or(f64::NAN));
     }
 }
 
@@ -224,6 +279,8 @@ pub(crate) fn speeds(e: &mut xcomposer_llm::cuda::CudaDecoder, prompt: &[f32], l
         Ok(tps)
     };
     let tg_launched = decode(e, false)?;
+    let tg_pdl = if e.set_programmatic_launch(true) { decode(e, true)? } else { f64::NAN };
+    e.set_programmatic_launch(false);
     let tg = decode(e, true)?;
     let cfg = EmbedGenConfig { num_beams: beams, max_new_tokens: new_tokens, repetition_penalty: 1.5, length_penalty: 1.0, bos_id: 1, eos_id: u32::MAX, stop_ids: vec![] };
     let beam = (new_tokens - 1) as f64
@@ -235,15 +292,20 @@ pub(crate) fn speeds(e: &mut xcomposer_llm::cuda::CudaDecoder, prompt: &[f32], l
             })?;
             Ok(start.map_or(f64::NAN, |t| t.elapsed().as_secs_f64()))
         })?;
-    Ok(Ours { pp, pp512, tg, tg_launched, beam })
+    Ok(Ours { pp, pp512, tg, tg_launched, tg_pdl, beam })
 }
 
 /// Prints the time of each part of one layer's decode step at the current length.
 #[cfg(feature = "cuda")]
-fn profile(e: &mut xcomposer_llm::cuda::CudaDecoder, c: &xcomposer_llm::config::DecoderConfig, rows: usize, dtype: xcomposer_llm::cuda::EngineDtype) -> Result<String> {
+fn profile(e: &mut xcomposer_llm::cuda::CudaDecoder, c: &xcomposer_llm::config::DecoderConfig, rows: usize, dtype: xcomposer_llm::cuda::EngineDtype, quant: Option<QuantArg>) -> Result<String> {
     use std::fmt::Write;
     let parts = e.profile_step(rows, 50)?;
-    let eb = if dtype == xcomposer_llm::cuda::EngineDtype::F16 { 2.0 } else { 4.0 };
+    let plain = if dtype == xcomposer_llm::cuda::EngineDtype::F16 { 2.0 } else { 4.0 };
+    // Bytes per weight of the layers, and of the LM head (Q8_0 whenever the layers are quantized).
+    let (eb, head_eb) = match quant {
+        Some(q) => (q.engine().bytes_per_weight(), xcomposer_llm::cuda::WeightQuant::Q8_0.bytes_per_weight()),
+        None => (plain, plain),
+    };
     let (d, ff, hd) = (c.hidden_size as f64, c.intermediate_size as f64, c.head_dim as f64);
     let (q, kv) = (c.num_heads as f64 * hd, c.num_kv_heads as f64 * hd);
     let bytes = |name: &str| -> Option<f64> {
@@ -253,8 +315,8 @@ fn profile(e: &mut xcomposer_llm::cuda::CudaDecoder, c: &xcomposer_llm::config::
             _ if has("output projection") => d * q,
             _ if has("gate/up") => 2.0 * ff * d,
             _ if has("down projection") => d * ff,
-            _ if has("lm head") => c.vocab_size as f64 * d,
-            _ if has("attention (") => 2.0 * kv * e.len() as f64 * rows as f64,
+            _ if has("lm head") => c.vocab_size as f64 * d * head_eb / eb,
+            _ if has("attention (") => 2.0 * kv * e.len() as f64 * rows as f64 * plain / eb,
             _ => return None,
         })
     };

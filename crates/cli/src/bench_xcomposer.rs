@@ -91,7 +91,7 @@ fn burn_op_us<B: Backend>(device: &B::Device) -> f64 {
 fn measure<B: Backend>(args: &XComposerBenchArgs, device: &B::Device) -> Result<Numbers> {
     set_float_dtype::<B>(device, args.run_on.dtype)?;
     let t = Instant::now();
-    let model = XComposer::<B>::load_with(&args.model, device, args.run_on.engine_choice()).with_context(|| format!("loading {}", args.model.display()))?;
+    let model = XComposer::<B>::load_with(&args.model, device, args.run_on.engine_choice()?).with_context(|| format!("loading {}", args.model.display()))?;
     let load_s = t.elapsed().as_secs_f64();
     let rss_mib = peak_rss_mib().unwrap_or(f64::NAN);
     eprintln!("[bench] loaded in {load_s:.1} s, peak resident memory {rss_mib:.0} MiB");

@@ -98,7 +98,7 @@ fn questions(args: &ChatArgs, mut each: impl FnMut(&str, &[PathBuf]) -> Result<(
 fn xcomposer_chat<B: Backend>(args: &ChatArgs, dir: &Path, device: &B::Device) -> Result<()> {
     set_float_dtype::<B>(device, args.run_on.dtype)?;
     let t = Instant::now();
-    let model = XComposer::<B>::load_with(dir, device, args.run_on.engine_choice()).with_context(|| format!("loading {}", dir.display()))?;
+    let model = XComposer::<B>::load_with(dir, device, args.run_on.engine_choice()?).with_context(|| format!("loading {}", dir.display()))?;
     eprintln!("[chat] loaded {} in {:.1} s; peak memory {}", dir.display(), t.elapsed().as_secs_f64(), peak_rss_mib().map_or("unknown".into(), |m| format!("{m:.0} MiB")));
     let cfg = EmbedGenConfig { num_beams: args.beams, max_new_tokens: args.max_new_tokens, repetition_penalty: args.repeat_penalty, ..xcomposer_vision::xcomposer::language::gen_config() };
     let mut history: Vec<(Turn, Vec<burn::tensor::Tensor<B, 3>>)> = vec![];

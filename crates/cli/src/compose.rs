@@ -237,7 +237,7 @@ where
     XComposer<B>: Send + Sync,
 {
     set_float_dtype::<B>(device, run_on.dtype)?;
-    let model = XComposer::<B>::load_with(dir, device, run_on.engine_choice()).with_context(|| format!("loading {}", dir.display()))?;
+    let model = XComposer::<B>::load_with(dir, device, run_on.engine_choice()?).with_context(|| format!("loading {}", dir.display()))?;
     Ok(Composer::with_xcomposer_writing(Arc::new(model), prompts, retriever, writing))
 }
 
