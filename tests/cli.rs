@@ -261,6 +261,11 @@ fn compose_refuses_bad_input_with_a_clear_message() {
     assert!(stderr(&out).contains("language \"fr\": expected en or zh"), "{}", stderr(&out));
     let out = run(&["compose", "About owls.", "--out", out_dir.to_str().unwrap(), "--device", "cuda"]);
     assert!(stderr(&out).contains("--device cuda runs the --xcomposer model; the default text models run on the CPU"), "{}", stderr(&out));
+    // --quant: only for the --xcomposer decoder on the fused f16 CUDA engine, checked before loading.
+    let out = run(&["compose", "About owls.", "--out", out_dir.to_str().unwrap(), "--quant", "q4_0"]);
+    assert!(stderr(&out).contains("--quant q4_0 applies to InternLM-XComposer's decoder (--xcomposer DIR); composing with the default text models runs none"), "{}", stderr(&out));
+    let out = run(&["compose", "About owls.", "--out", out_dir.to_str().unwrap(), "--xcomposer", "no-such-dir", "--quant", "q8_0"]);
+    assert!(stderr(&out).contains("--quant q8_0 runs on the fused engine only: add --device cuda --dtype f16"), "{}", stderr(&out));
     // The demo's writing controls: only for --xcomposer, in the demo's ranges, checked before loading.
     let out = run(&["compose", "About owls.", "--out", out_dir.to_str().unwrap(), "--temperature", "0.7"]);
     assert!(stderr(&out).contains("set how the --xcomposer model writes; add --xcomposer DIR"), "{}", stderr(&out));

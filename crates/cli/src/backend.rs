@@ -97,10 +97,10 @@ impl DeviceOptions {
         })
     }
 
-    /// Refuses `--quant` in a command that runs no InternLM decoder.
+    /// Refuses `--quant` where no InternLM decoder runs (`command` names the command or mode).
     pub fn refuse_quant(&self, command: &str) -> Result<()> {
         match self.quant {
-            Some(q) => bail!("--quant {} applies to InternLM-XComposer's decoder; `{command}` runs none", q.name()),
+            Some(q) => bail!("--quant {} applies to InternLM-XComposer's decoder (--xcomposer DIR); {command} runs none", q.name()),
             None => Ok(()),
         }
     }

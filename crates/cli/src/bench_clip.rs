@@ -37,7 +37,7 @@ pub struct ClipBenchArgs {
 
 /// Images/s at each batch size.
 fn time_vision<B: Backend>(args: &ClipBenchArgs, device: &B::Device) -> Result<Vec<f64>> {
-    args.run_on.refuse_quant("bench clip")?;
+    args.run_on.refuse_quant("`bench clip`")?;
     set_float_dtype::<B>(device, args.run_on.dtype)?;
     let t = Instant::now();
     let clip = Clip::<B>::load(&args.model, device).with_context(|| format!("loading {}", args.model.display()))?;

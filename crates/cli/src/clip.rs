@@ -46,7 +46,7 @@ pub fn run(cmd: ClipCommand) -> Result<()> {
             if args.images.is_empty() && args.texts.is_empty() {
                 bail!("nothing to embed: give --image PATH and/or --text STR");
             }
-            args.run_on.refuse_quant("clip embed")?;
+            args.run_on.refuse_quant("`clip embed`")?;
             crate::with_backend!(args.run_on.device, |device: B| embed::<B>(&args, &device))
         }
     }

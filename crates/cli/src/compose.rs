@@ -206,6 +206,13 @@ pub enum EditOp {
 
 /// Builds the default pipeline: the language model, the library and its scorer.
 pub(crate) fn build_composer(opts: &PipelineOptions, language: Language) -> Result<Composer> {
+    match &opts.xcomposer {
+        None => opts.run_on.refuse_quant("composing with the default text models")?,
+        // --quant's checks, before anything loads.
+        Some(_) => {
+            opts.run_on.engine_choice()?;
+        }
+    }
     if opts.run_on.device != DeviceArg::Cpu && opts.xcomposer.is_none() {
         bail!("--device cuda runs the --xcomposer model; the default text models run on the CPU (drop --device, or add --xcomposer DIR)");
     }
