@@ -55,9 +55,6 @@ pub(crate) struct Ours {
     pub tg: f64,
     /// Greedy decode with every kernel launched from the host (graphs off).
     pub tg_launched: f64,
-    /// Greedy decode from graphs with programmatic dependent launch on (each kernel may start
-    /// while the one before drains).
-    pub tg_pdl: f64,
     /// Beam steps, per beam.
     pub beam: f64,
 }
@@ -163,8 +160,8 @@ fn measure(args: &EngineBenchArgs) -> Result<()> {
             }
             profiles.push(profile(&mut e, &c, rows, dtype, quant)?);
         }
-        let Ours { pp, pp512, tg, tg_launched, tg_pdl, beam } = speeds;
-        eprintln!("[bench] {label}: prefill {pp:.0} t/s ({} pos.), {pp512:.0} t/s (512); decode {tg:.1} t/s ({tg_pdl:.1} with PDL, {tg_launched:.1} without graphs); {k}-beam {beam:.1} t/s per beam; weights {weights_gb:.2} GB, engine {engine_gb:.2} GB, {in_use_gb:.2} GB in use", args.prompt);
+        let Ours { pp, pp512, tg, tg_launched, beam } = speeds;
+        eprintln!("[bench] {label}: prefill {pp:.0} t/s ({} pos.), {pp512:.0} t/s (512); decode {tg:.1} t/s ({tg_launched:.1} without graphs); {k}-beam {beam:.1} t/s per beam; weights {weights_gb:.2} GB, engine {engine_gb:.2} GB, {in_use_gb:.2} GB in use", args.prompt);
         variants.push(Variant { label, quant, speeds, weights_gb, engine_gb, in_use_gb, profiles, profiled_at });
     }
     let torch = if args.anchor.torch {
@@ -220,7 +217,6 @@ fn print_table(args: &EngineBenchArgs, k: usize, variants: &[Variant], torch: Op
             "| xcomposer fused CUDA engine, {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} ({}) | {:.1} ({}) | {:.1} ({:.2}× single) |",
             v.label, v.weights_gb, v.engine_gb, v.in_use_gb, o.pp, o.pp512, ratio(o.pp512, base_pp), o.tg, ratio(o.tg, base_tg), o.beam, o.beam / o.tg
         );
-        println!("| the same, with programmatic dependent launch | | | | – | – | {:.1} ({}) | – |", o.tg_pdl, ratio(o.tg_pdl, base_tg));
         println!("| the same, kernels launched from the host (no CUDA graph) | | | | – | – | {:.1} ({}) | – |", o.tg_launched, ratio(o.tg_launched, base_tg));
     }
     let (base_pp, base) = f16_base.unwrap_or((None, None));
@@ -279,8 +275,6 @@ pub(crate) fn speeds(e: &mut xcomposer_llm::cuda::CudaDecoder, prompt: &[f32], l
         Ok(tps)
     };
     let tg_launched = decode(e, false)?;
-    let tg_pdl = if e.set_programmatic_launch(true) { decode(e, true)? } else { f64::NAN };
-    e.set_programmatic_launch(false);
     let tg = decode(e, true)?;
     let cfg = EmbedGenConfig { num_beams: beams, max_new_tokens: new_tokens, repetition_penalty: 1.5, length_penalty: 1.0, bos_id: 1, eos_id: u32::MAX, stop_ids: vec![] };
     let beam = (new_tokens - 1) as f64
@@ -292,7 +286,7 @@ pub(crate) fn speeds(e: &mut xcomposer_llm::cuda::CudaDecoder, prompt: &[f32], l
             })?;
             Ok(start.map_or(f64::NAN, |t| t.elapsed().as_secs_f64()))
         })?;
-    Ok(Ours { pp, pp512, tg, tg_launched, tg_pdl, beam })
+    Ok(Ours { pp, pp512, tg, tg_launched, beam })
 }
 
 /// Prints the time of each part of one layer's decode step at the current length.

@@ -580,15 +580,6 @@ impl CudaDecoder {
         self.weight_bytes() + cache + self.s.bytes()
     }
 
-    /// Whether each kernel may start while the one before it drains (programmatic dependent
-    /// launch, sm_90 and later; off by default: on the H200 it measured no faster); returns
-    /// whether it now does. Captured
-    /// graphs are dropped, so the next steps record the new launches.
-    pub fn set_programmatic_launch(&mut self, on: bool) -> bool {
-        self.drop_graphs();
-        self.kernels.set_programmatic_launch(on)
-    }
-
     /// Bytes of device memory in use as the driver reports it: this process's allocations and
     /// CUDA context, and any other process's on the same device.
     pub fn memory_in_use(&self) -> Result<usize, CudaError> {

@@ -23,26 +23,6 @@ template <> __device__ __forceinline__ f16 from_f<f16>(float x) {
     return h;
 }
 
-// Programmatic dependent launch (sm_90 and later, when the engine launches with the attribute
-// that allows it: off by default, as it measured no faster): a kernel lets the next one in the stream start as soon as all its blocks are
-// running (`pdl_trigger`), and waits for the previous one to finish, its writes visible, before
-// it touches memory that kernel writes or reads (`pdl_wait`). Without the attribute both are
-// no-ops, and so are they on older GPUs.
-__device__ __forceinline__ void pdl_trigger() {
-#if __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_wait() {
-#if __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_start() {
-    pdl_trigger();
-    pdl_wait();
-}
-
 struct Sum {
     template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return a + b; }
 };
@@ -81,7 +61,6 @@ __device__ double block_sum_f64(double v) { return block_reduce(v, 0.0, Sum()); 
 // h[r, :] = table[ids[r], :] in f32 and hx[r, :] in T (one block per row).
 template <typename T>
 __device__ void embed(const T* table, const int* ids, float* h, T* hx, int dim) {
-    pdl_start();
     const T* src = table + (long long)ids[blockIdx.x] * dim;
     float* dst = h + (long long)blockIdx.x * dim;
     T* dst_t = hx + (long long)blockIdx.x * dim;
@@ -94,7 +73,6 @@ __device__ void embed(const T* table, const int* ids, float* h, T* hx, int dim) 
 // out[i] = T(x[i]) for i < n.
 template <typename T>
 __device__ void to_t(const float* x, T* out, long long n) {
-    pdl_start();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = from_f<T>(x[i]);
 }
@@ -103,7 +81,6 @@ __device__ void to_t(const float* x, T* out, long long n) {
 // for weights with the norm folded in).
 template <typename T>
 __device__ void rmsnorm(const float* x, const float* w, T* out, int dim, float eps) {
-    pdl_start();
     const float* row = x + (long long)blockIdx.x * dim;
     T* o = out + (long long)blockIdx.x * dim;
     float ss = 0.f;
@@ -265,11 +242,9 @@ template <typename T, int M, int MODE, bool NORM>
 __device__ void gemv(const T* W, const T* x, const float* bias, float* out_f, T* out_t, int N, int K, float eps,
                      RopeOut<T> ro) {
     const bool TWO = MODE == EPI_SWIGLU || MODE == EPI_ROPE;
-    pdl_trigger();
     int n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (n >= N) return;
     Target t = target<T, MODE>(n, N, ro);
-    pdl_wait();
     float acc[M], acc2[M], ss[M];
 #pragma unroll
     for (int m = 0; m < M; m++) acc[m] = acc2[m] = ss[m] = 0.f;
@@ -364,12 +339,10 @@ template <int QT, int M, int MODE>
 __device__ void gemv_q(const unsigned char* Wq, const f16* Wd, QuantIn x, const float* bias, float* out_f, f16* out_t, int N,
                        int K, RopeOut<f16> ro) {
     const bool TWO = MODE == EPI_SWIGLU || MODE == EPI_ROPE;
-    pdl_trigger();
     int n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (n >= N) return;
     Target t = target<f16, MODE>(n, N, ro);
     long long row_bytes = (long long)K * QT / 8, row_blocks = K / 32;
-    pdl_wait();
     float acc[M], acc2[M];
 #pragma unroll
     for (int m = 0; m < M; m++) acc[m] = acc2[m] = 0.f;
@@ -390,7 +363,6 @@ __device__ void gemv_q(const unsigned char* Wq, const f16* Wd, QuantIn x, const 
 template <typename T>
 __device__ void rope_kv(const float* qkv, const float* cos_t, const float* sin_t, float* q, T* kc, T* vc,
                         int nh, int nkv, int hd, int pos0, int pos_step, int seq_step, int cache_len) {
-    pdl_start();
     int r = blockIdx.x, head = blockIdx.y, i = threadIdx.x, half = hd / 2;
     int pos = pos0 + r * pos_step, seq = r * seq_step;
     int width = (nh + 2 * nkv) * hd;
@@ -507,7 +479,6 @@ template <typename T>
 __device__ void attention(const float* q, const T* kc, const T* vc, const int* path, float* part, int* done, T* out,
                           const int* pos_dev, int nh, int nkv, int hd, int pos0, int pos_step, int seq_step,
                           int cache_len, float scale) {
-    pdl_start();
     __shared__ bool last;
     int head = blockIdx.x, r = blockIdx.y, span = blockIdx.z, spans = gridDim.z;
     if (pos_dev) pos0 = *pos_dev;
@@ -534,7 +505,6 @@ __device__ void attention(const float* q, const T* kc, const T* vc, const int* p
 // of 32; grid (K/32 / warps per block, rows), a warp per block of 32.
 template <typename T, bool NORM>
 __device__ void quantize_x(const T* x, signed char* xq, float* xd, float* xs, int K, float eps) {
-    pdl_start();
     const T* row = x + (long long)blockIdx.y * K;
     float inv = 1.f;
     if (NORM) {
@@ -557,18 +527,22 @@ __device__ void quantize_x(const T* x, signed char* xq, float* xd, float* xs, in
     }
 }
 
+// The integer level a stored quant stands for: a Q4_0 nibble less 8, a Q8_0 byte as signed.
+template <int QT> __device__ __forceinline__ int quant_level(int stored) {
+    return QT == 4 ? stored - 8 : (int)(signed char)stored;
+}
+
 // The value of element i of a quantized matrix (blocks numbered across rows: K is a multiple of 32).
 template <int QT> __device__ __forceinline__ float quant_value(const unsigned char* q, const f16* d, long long i) {
     long long b = i / 32;
     int j = (int)(i % 32);
-    int v = QT == 4 ? ((q[b * 16 + (j & 15)] >> (j < 16 ? 0 : 4)) & 15) - 8 : (int)(signed char)q[i];
-    return (float)v * to_f(d[b]);
+    int byte = QT == 4 ? (q[b * 16 + (j & 15)] >> (j < 16 ? 0 : 4)) & 15 : q[i];
+    return (float)quant_level<QT>(byte) * to_f(d[b]);
 }
 
 // The first `blocks` blocks of 32 of a quantized matrix expanded to f16 (for cuBLAS in prefill),
 // a thread per block: one 16- or 32-byte load in, four 16-byte stores out.
 template <int QT> __device__ void dequantize(const unsigned char* q, const f16* d, f16* out, long long blocks) {
-    pdl_start();
     long long b = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (b >= blocks) return;
     int w[8];
@@ -581,7 +555,7 @@ template <int QT> __device__ void dequantize(const unsigned char* q, const f16* 
 #pragma unroll
         for (int j = 0; j < 4; j++) {
             int byte = (w[i] >> (8 * j)) & 0xFF;
-            op[4 * i + j] = from_f<f16>((float)(QT == 4 ? byte - 8 : (int)(signed char)byte) * scale);
+            op[4 * i + j] = from_f<f16>((float)quant_level<QT>(byte) * scale);
         }
     }
     uint4* dst = (uint4*)(out + b * 32);
@@ -591,7 +565,6 @@ template <int QT> __device__ void dequantize(const unsigned char* q, const f16* 
 
 // embed from a quantized table (dim a multiple of 32).
 template <int QT> __device__ void embed_q(const unsigned char* q, const f16* d, const int* ids, float* h, f16* hx, int dim) {
-    pdl_start();
     long long first = (long long)ids[blockIdx.x] * dim;
     for (int i = threadIdx.x; i < dim; i += blockDim.x) {
         float v = quant_value<QT>(q, d, first + i);
@@ -602,18 +575,15 @@ template <int QT> __device__ void embed_q(const unsigned char* q, const f16* d, 
 
 // Prefill epilogues after cuBLAS (f32 outputs): bias add, residual add, SwiGLU.
 __device__ void add_bias(float* x, const float* bias, int rows, int n) {
-    pdl_start();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < (long long)rows * n) x[i] += bias[i % n];
 }
 __device__ void residual_add(float* h, const float* y, const float* bias, int rows, int n) {
-    pdl_start();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < (long long)rows * n) h[i] += y[i] + (bias ? bias[i % n] : 0.f);
 }
 template <typename T>
 __device__ void swiglu(const float* gu, T* out, int rows, int f) {
-    pdl_start();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)rows * f) return;
     long long r = i / f, c = i % f;
@@ -630,7 +600,6 @@ __device__ void swiglu(const float* gu, T* out, int rows, int f) {
 // Face's repetition penalty on the tokens flagged in `seen`; writes the id to `token[0]` and
 // flags it. One block of 1024 threads.
 extern "C" __global__ void argmax_penalized(const float* logits, int v, unsigned char* seen, float penalty, int* token) {
-    pdl_start();
     __shared__ float bv[32];
     __shared__ int bi[32];
     float best = NEG_INF;
@@ -659,7 +628,6 @@ extern "C" __global__ void argmax_penalized(const float* logits, int v, unsigned
 
 // Flags ids[0..n] in `seen`.
 extern "C" __global__ void flag_tokens(const int* ids, int n, unsigned char* seen) {
-    pdl_start();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) seen[ids[i]] = 1;
 }
@@ -672,7 +640,6 @@ __device__ __forceinline__ bool ranks_before(float a, int ia, float b, int ib) {
 
 extern "C" __global__ void beam_topk(const float* logits, int v, const unsigned char* seen, float penalty, int k,
                                      float* out_v, int* out_i) {
-    pdl_start();
     __shared__ int win_i;
     const float* row = logits + (long long)blockIdx.x * v;
     const unsigned char* flags = seen + (long long)blockIdx.x * v;
@@ -735,7 +702,6 @@ extern "C" __global__ void beam_topk(const float* logits, int v, const unsigned 
 // t < len, and s for t >= len (a sequence's new positions go to its own slot). rows null: the
 // identity (every sequence in its own slot).
 extern "C" __global__ void reorder_paths(const int* src, int* dst, const int* rows, int seqs, int len, int cache_len) {
-    pdl_start();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)seqs * cache_len) return;
     int s = (int)(i / cache_len), t = (int)(i % cache_len);
@@ -748,7 +714,6 @@ extern "C" __global__ void reorder_paths(const int* src, int* dst, const int* ro
 // sequence's span allows, else in elements of `elem` bytes (2 or 4).
 extern "C" __global__ void reorder_cache(const char* src, char* dst, const int* rows, int src_cap, int dst_cap, int seqs,
                                          long long seq_bytes, long long span_bytes, int elem) {
-    pdl_start();
     int layer = blockIdx.y / seqs, s = blockIdx.y % seqs;
     const char* from = src + ((long long)layer * src_cap + rows[s]) * seq_bytes;
     char* to = dst + ((long long)layer * dst_cap + s) * seq_bytes;

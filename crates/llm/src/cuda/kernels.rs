@@ -65,10 +65,6 @@ pub enum Arg {
 pub struct Kernels {
     funcs: HashMap<String, CudaFunction>,
     stream: Arc<CudaStream>,
-    /// Launch with programmatic stream serialisation (see `pdl_trigger` in kernels.cu): only
-    /// when turned on, and only on sm_90 and later (on the H200 it measured no faster).
-    pdl: std::cell::Cell<bool>,
-    pdl_supported: bool,
 }
 
 impl Kernels {
@@ -106,15 +102,7 @@ impl Kernels {
                 funcs.insert(n, f);
             }
         }
-        let pdl_supported = major >= 9;
-        Ok(Kernels { funcs, stream, pdl: std::cell::Cell::new(false), pdl_supported })
-    }
-
-    /// Whether launches let each kernel start while the one before drains (where the GPU can);
-    /// returns whether they now do.
-    pub fn set_programmatic_launch(&self, on: bool) -> bool {
-        self.pdl.set(on && self.pdl_supported);
-        self.pdl.get()
+        Ok(Kernels { funcs, stream })
     }
 
     /// Launches `name` on the engine's stream.
@@ -133,27 +121,7 @@ impl Kernels {
         // SAFETY: the arguments match the kernel's parameters (each call site follows kernels.cu)
         // and every address is a live buffer of the engine.
         unsafe {
-            if !self.pdl.get() {
-                cudarc::driver::result::launch_kernel(f.cu_function(), grid, (block, 1, 1), 0, self.stream.cu_stream(), &mut params)?;
-                return Ok(());
-            }
-            use cudarc::driver::sys;
-            let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
-            attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-            attr.value.programmaticStreamSerializationAllowed = 1;
-            let config = sys::CUlaunchConfig {
-                gridDimX: grid.0,
-                gridDimY: grid.1,
-                gridDimZ: grid.2,
-                blockDimX: block,
-                blockDimY: 1,
-                blockDimZ: 1,
-                sharedMemBytes: 0,
-                hStream: self.stream.cu_stream(),
-                attrs: &mut attr,
-                numAttrs: 1,
-            };
-            sys::cuLaunchKernelEx(&config, f.cu_function(), params.as_mut_ptr(), std::ptr::null_mut()).result()?;
+            cudarc::driver::result::launch_kernel(f.cu_function(), grid, (block, 1, 1), 0, self.stream.cu_stream(), &mut params)?;
         }
         Ok(())
     }
