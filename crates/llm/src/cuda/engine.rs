@@ -91,8 +91,8 @@ pub struct EngineOptions {
     /// Decode steps replayed from a captured CUDA graph (one launch per step instead of one per
     /// kernel); off, every kernel is launched from the host.
     pub cuda_graphs: bool,
-    /// Weights quantized at load to this block format (f16 engine only; the LM head goes to
-    /// Q8_0); `None` keeps them in `dtype`.
+    /// Weights quantized at load to this block format (f16 engine only; an untied LM head goes
+    /// to Q8_0, a tied one is the embeddings'); `None` keeps them in `dtype`.
     pub quant: Option<WeightQuant>,
 }
 
@@ -291,8 +291,8 @@ impl CudaDecoder {
         let blas = CudaBlas::new(stream.clone())?;
         let chunk = opts.prefill_chunk.max(MAX_SEQS + 1);
         let w = WeightLoader { src, style, stream: &stream, dtype: opts.dtype, quant: opts.quant, permuted: matches!(style, KeyStyle::Gguf { permuted_qk: true }) };
-        // The LM head keeps 8 bits when the rest goes to 4 (the embeddings follow the layers, as
-        // in llama.cpp's Q4_0 files).
+        // An untied LM head keeps 8 bits when the rest goes to 4 (the embeddings, and a tied head
+        // with them, follow the layers, as in llama.cpp's Q4_0 files).
         let head = WeightLoader { quant: opts.quant.map(|_| WeightQuant::Q8_0), ..w };
         let (d, hd, ff) = (c.hidden_size, c.head_dim, c.intermediate_size);
         let (q_out, kv_out) = (c.num_heads * hd, c.num_kv_heads * hd);
