@@ -411,3 +411,51 @@ fn an_xcomposer_folder_given_as_a_text_model_is_explained() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("an InternLM-XComposer folder, not a text model: use `xcomposer chat --model DIR`"), "{}", stderr(&out));
 }
+
+/// A models folder holding only a copy of the default library with its current index, as the
+/// offline GPU machine gets it: no text model, text embedder or tagger to load or fetch.
+fn models_dir_with_only_the_library(tag: &str) -> PathBuf {
+    let lib = xcomposer_retrieval::default_library::open::<burn::backend::Flex>(&xcomposer_llm::fetch::models_dir(), &Default::default(), &mut |m| eprintln!("[fetch] {m}"), &mut |_| {})
+        .expect("the default library, indexed");
+    let models = empty_models_dir(tag);
+    for dir in [lib.root().to_path_buf(), lib.index_dir().to_path_buf()] {
+        let to = models.join("library").join(dir.strip_prefix(lib.root()).unwrap());
+        std::fs::create_dir_all(&to).unwrap();
+        for f in std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_file()) {
+            std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    models
+}
+
+#[test]
+fn xcomposer_with_clip_alone_composes_offline_from_the_library_only() {
+    let models = models_dir_with_only_the_library("offline");
+    // No pip, apt or python: a fetch would fail, not download.
+    let no_tools = models.join("no-tools");
+    std::fs::create_dir_all(&no_tools).unwrap();
+    let (tiny, clip) = (common::fixture("xcomposer-tiny"), clip_tiny());
+    let run = |args: &[&str]| {
+        let out = xcomposer().env("XCOMPOSER_MODELS", &models).env("PATH", &no_tools).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        assert!(!stderr(&out).contains("[models]"), "nothing fetched or loaded from the models folder: {}", stderr(&out));
+        out
+    };
+    let model_flags = ["--xcomposer", tiny.to_str().unwrap(), "--clip", clip.to_str().unwrap(), "--max-new-tokens", "24"];
+
+    let out = run(&[&["bench", "compose", "--runs", "1", "--threads", "1"][..], &model_flags].concat());
+    let table = String::from_utf8_lossy(&out.stdout);
+    for row in ["| writer |", "| spotter |", "| captioner |", "| retriever |", "| selector |", "| total |"] {
+        assert!(table.contains(row), "{row} in {table}");
+    }
+    assert!(table.contains("clip ("), "the scorer is named: {table}");
+
+    let article = models.join("article");
+    run(&[&["compose", "About coffee.", "--out", article.to_str().unwrap(), "--images", "1"][..], &model_flags].concat());
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(article.join("article.json")).unwrap()).unwrap();
+    assert!(json.to_string().contains("clip ("), "the retriever's provenance names CLIP: {json}");
+    let mut left: Vec<String> = std::fs::read_dir(&models).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    left.sort();
+    assert_eq!(left, ["article", "library", "no-tools"], "no model was fetched into the models folder");
+    std::fs::remove_dir_all(&models).unwrap();
+}

@@ -1,5 +1,6 @@
 //! `xcomposer bench compose`: wall time per stage and in total for a 6-paragraph, 3-image
-//! article with the default models and library, the writer's tokens/s and peak memory.
+//! article with the default models (or every stage on `--xcomposer`) and the default library,
+//! scored as the scorer flags say, the writer's tokens/s and peak memory.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -10,7 +11,7 @@ use xcomposer_composer::{Article, ComposeRequest, Composer};
 use crate::backend::DeviceOptions;
 use crate::bench::median;
 use crate::compose::{PipelineOptions, build_composer};
-use crate::library::{ScorerArg, ScorerOptions};
+use crate::library::ScorerOptions;
 
 /// Arguments of `xcomposer bench compose`.
 #[derive(clap::Args)]
@@ -43,6 +44,9 @@ pub struct ComposeBenchArgs {
     /// Where the `--xcomposer` model runs.
     #[command(flatten)]
     run_on: DeviceOptions,
+    /// How the retriever scores the library's images.
+    #[command(flatten)]
+    scoring: ScorerOptions,
 }
 
 const STAGES: [&str; 5] = ["writer", "spotter", "captioner", "retriever", "selector"];
@@ -75,7 +79,7 @@ pub fn run(args: ComposeBenchArgs) -> Result<()> {
         model: args.model.clone(),
         prompts: None,
         xcomposer: args.xcomposer.clone(),
-        scoring: ScorerOptions { scorer: ScorerArg::Hybrid, tag_weight: 0.5, metadata_weight: 0.5, clip: None, clip_weight: None },
+        scoring: args.scoring.clone(),
         format: vec![],
         run_on: args.run_on,
         writing: Default::default(),
@@ -114,7 +118,7 @@ pub fn run(args: ComposeBenchArgs) -> Result<()> {
         columns.push((threads, stages, total, tps, tokens));
     }
 
-    println!("{:?}: {paragraphs} paragraphs, {images} images, seed {seed}; default library; median of {} runs", args.instruction, args.runs);
+    println!("{:?}: {paragraphs} paragraphs, {images} images, seed {seed}; default library, {} scorer; median of {} runs", args.instruction, args.scoring.name(), args.runs);
     println!("models and library loaded in {load:.1} s (not counted below)");
     println!();
     let head: Vec<String> = args.threads.iter().map(|t| format!("{t} thread{}", if *t == 1 { "" } else { "s" })).collect();

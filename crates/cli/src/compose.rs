@@ -220,7 +220,7 @@ pub(crate) fn build_composer(opts: &PipelineOptions, language: Language) -> Resu
         bail!("--beams, --repetition-penalty, --temperature and --top-p set how the --xcomposer model writes; add --xcomposer DIR (the default writer has its own settings)");
     }
     let writing = opts.writing.sampling()?;
-    let mut library = open_library(opts.library.as_deref(), opts.index.as_deref())?;
+    let mut library = open_library(opts.library.as_deref(), opts.index.as_deref(), &opts.scoring)?;
     let scorer = opts.scoring.scorer(&mut library)?;
     let retriever = Box::new(LibraryRetriever { library, scorer, scorer_name: opts.scoring.name() });
     // The original XComposer is prompted in Chinese whatever the title's language.

@@ -67,21 +67,30 @@ pub struct ScorerOptions {
 
 impl ScorerOptions {
     /// The scorer the flags describe, for `lib` (CLIP features are added to it when missing).
+    /// CLIP alone (`--clip` without `--clip-weight`) loads no text embedder.
     pub fn scorer(&self, lib: &mut ImageLibrary) -> Result<Box<dyn Scorer>> {
-        let text = Box::new(self.build()?);
-        let Some(dir) = &self.clip else { return Ok(text) };
+        let weights = self.weights()?;
+        let Some(dir) = &self.clip else { return Ok(Box::new(text_scorer(weights)?)) };
+        if let Some(w) = self.clip_weight.filter(|w| w.is_nan() || *w <= 0.0) {
+            anyhow::bail!("--clip-weight {w}: must be > 0");
+        }
         let clip = Arc::new(ClipEmbedder::<burn::backend::Flex>::load(dir, &Default::default()).with_context(|| format!("loading {}", dir.display()))?);
         add_clip_features(lib, &clip)?;
         let clip_scorer = Box::new(ClipScorer::new(clip));
         Ok(match self.clip_weight {
             None => clip_scorer,
-            Some(w) if w > 0.0 => Box::new(HybridScorer::new(vec![(clip_scorer, w), (text, 1.0)])),
-            Some(w) => anyhow::bail!("--clip-weight {w}: must be > 0"),
+            Some(w) => Box::new(HybridScorer::new(vec![(clip_scorer, w), (Box::new(text_scorer(weights)?), 1.0)])),
         })
     }
 
-    /// The text-embedding scorer the flags describe, with the default text embedder.
-    pub fn build(&self) -> Result<EmbeddingScorer<burn::backend::Flex>> {
+    /// Whether the scorer uses the index's tag and metadata features (and so the default text
+    /// embedder): everything but CLIP alone.
+    pub fn uses_text_features(&self) -> bool {
+        self.clip.is_none() || self.clip_weight.is_some()
+    }
+
+    /// The tag and metadata weights the flags describe, checked.
+    fn weights(&self) -> Result<(f32, f32)> {
         let (tw, mw) = match self.scorer {
             ScorerArg::Hybrid => (self.tag_weight, self.metadata_weight),
             ScorerArg::Tags => (1.0, 0.0),
@@ -90,8 +99,7 @@ impl ScorerOptions {
         if tw < 0.0 || mw < 0.0 || tw + mw <= 0.0 {
             anyhow::bail!("--tag-weight {tw} / --metadata-weight {mw}: weights must be ≥ 0 and not both 0");
         }
-        let embedder = Arc::new(TextEmbedder::<burn::backend::Flex>::load_default(&fetch::models_dir(), &Default::default(), &mut log)?);
-        Ok(EmbeddingScorer::weighted(embedder, tw, mw))
+        Ok((tw, mw))
     }
 
     /// The scorer's name, for display and provenance.
@@ -124,12 +132,22 @@ pub fn add_clip_features(lib: &mut ImageLibrary, clip: &ClipEmbedder<burn::backe
     Ok(())
 }
 
-/// Opens the library at `dir` (indexed with the default models), or the default library.
-pub fn open_library(dir: Option<&Path>, index: Option<&Path>) -> Result<ImageLibrary> {
-    match dir {
-        None => default_library(),
-        Some(dir) => Ok(ImageLibrary::open_for(dir, index, &ModelIds::default_models())?),
+/// Opens the library at `dir`, or the default library, for `scoring`: its index must have been
+/// made with the default models when the scorer uses their tag and metadata features; with CLIP
+/// alone an index made with other models will do (only its images and CLIP features are used).
+pub fn open_library(dir: Option<&Path>, index: Option<&Path>, scoring: &ScorerOptions) -> Result<ImageLibrary> {
+    let models = scoring.uses_text_features().then(ModelIds::default_models);
+    match (dir, &models) {
+        (None, _) => default_library(models.as_ref()),
+        (Some(dir), Some(models)) => Ok(ImageLibrary::open_for(dir, index, models)?),
+        (Some(dir), None) => Ok(ImageLibrary::open(dir, index)?),
     }
+}
+
+/// The default text embedder's scorer with tag weight `tw` and metadata weight `mw`.
+fn text_scorer((tw, mw): (f32, f32)) -> Result<EmbeddingScorer<burn::backend::Flex>> {
+    let embedder = Arc::new(TextEmbedder::<burn::backend::Flex>::load_default(&fetch::models_dir(), &Default::default(), &mut log)?);
+    Ok(EmbeddingScorer::weighted(embedder, tw, mw))
 }
 
 /// Arguments of `xcomposer search`.
@@ -222,18 +240,19 @@ pub fn run_index(args: IndexArgs) -> Result<()> {
     })
 }
 
-/// Opens the default library, fetching and indexing it when needed.
-pub fn default_library() -> Result<ImageLibrary> {
-    let models = fetch::models_dir();
-    let (bar, mut on_progress) = index_progress(&default_library::dir(&models));
-    let lib = default_library::open::<burn::backend::Flex>(&models, &Default::default(), &mut log, &mut on_progress)?;
+/// Opens the default library, fetching and indexing it when needed; `models` as in
+/// [`default_library::open_with`].
+pub fn default_library(models: Option<&ModelIds>) -> Result<ImageLibrary> {
+    let dir = fetch::models_dir();
+    let (bar, mut on_progress) = index_progress(&default_library::dir(&dir));
+    let lib = default_library::open_with::<burn::backend::Flex>(&dir, &Default::default(), models, &mut log, &mut on_progress)?;
     bar.finish_and_clear();
     Ok(lib)
 }
 
 /// Runs `xcomposer search`.
 pub fn run_search(args: SearchArgs) -> Result<()> {
-    let mut lib = open_library(args.library.as_deref(), args.index.as_deref())?;
+    let mut lib = open_library(args.library.as_deref(), args.index.as_deref(), &args.scoring)?;
     let scorer = args.scoring.scorer(&mut lib)?;
     let t0 = Instant::now();
     let hits = lib.search(scorer.as_ref(), &[args.query.as_str()], args.k)?.remove(0);

@@ -108,8 +108,19 @@ pub fn ensure(models_dir: &Path, log: &mut dyn FnMut(&str)) -> Result<PathBuf, F
 /// the default models when the index is missing or was made by other models; `progress` sees
 /// the indexing.
 pub fn open<B: Backend>(models_dir: &Path, device: &B::Device, log: &mut dyn FnMut(&str), progress: &mut dyn FnMut(Progress)) -> Result<ImageLibrary, LibraryError> {
+    open_with::<B>(models_dir, device, Some(&ModelIds::default_models()), log, progress)
+}
+
+/// [`open`], with the index's tag and metadata models checked against `models`; `None` (for a
+/// caller that scores with CLIP alone and reads neither feature) takes an index made with any
+/// models as it is. A missing, empty or unreadable index is made with the default models.
+pub fn open_with<B: Backend>(models_dir: &Path, device: &B::Device, models: Option<&ModelIds>, log: &mut dyn FnMut(&str), progress: &mut dyn FnMut(Progress)) -> Result<ImageLibrary, LibraryError> {
     let dir = ensure(models_dir, log).map_err(|e| LibraryError::Models(format!("fetching the default image library: {e}")))?;
-    match ImageLibrary::open_for(&dir, None, &ModelIds::default_models()) {
+    let opened = match models {
+        Some(models) => ImageLibrary::open_for(&dir, None, models),
+        None => ImageLibrary::open(&dir, None),
+    };
+    match opened {
         Ok(lib) if !lib.is_empty() => Ok(lib),
         Ok(_) | Err(LibraryError::NoIndex { .. } | LibraryError::Stale { .. }) => {
             let indexer = Indexer::<B>::load_default(models_dir, device, log).map_err(|e| LibraryError::Models(e.to_string()))?;
