@@ -10,6 +10,11 @@
 #                GGUF of the same decoder shape. PART=all: check, then engine.
 #   PART=bench:  `bench xcomposer` on a random 7B checkpoint in the original format (load time,
 #                image encode, the whole model) with the same anchors.
+#   PART=compose: `bench compose --xcomposer` on that checkpoint, f16 then --quant q4_0 (QUANTS="f16"
+#                or "q4_0" for one; each loads the checkpoint, about 2 minutes): wall time
+#                per stage of a whole article, every text stage on the 7B model, images chosen from
+#                the carried default library ($DIR/library, with its index) by CLIP alone
+#                ($DIR/clip-tiny), so no other model is needed (nothing is fetched).
 set -uo pipefail
 DIR=${DIR:-.device}
 PART=${PART:-engine}
@@ -26,7 +31,7 @@ BIN="$W/xcomposer"
 
 # llama.cpp builds in the background while the checks run.
 A="$W/anchors"
-if [ "$PART" != check ] && [ -d "$DIR/anchors" ] && [ ! -x "$A/llama.cpp/build/bin/llama-bench" ]; then
+if [ "$PART" != check ] && [ "$PART" != compose ] && [ -d "$DIR/anchors" ] && [ ! -x "$A/llama.cpp/build/bin/llama-bench" ]; then
   mkdir -p "$A" && cp -r "$DIR/anchors/." "$A/" && tar xJf "$A/llama.cpp.tar.xz" -C "$A"
   ( cd "$A/llama.cpp" && cmake -B build -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
       -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DCMAKE_BUILD_TYPE=Release \
@@ -43,6 +48,28 @@ if [ "$PART" = check ] || [ "$PART" = all ]; then
 fi
 [ "$PART" = check ] && exit 0
 
+M=/tmp/xcomposer-7b-random
+random_7b() {
+  [ -f "$M/config.json" ] || python3 scripts/make_xcomposer_random.py "$M" "$W/xcomposer-tiny/tokenizer.model" > "$OUT/make7b.log" 2>&1
+}
+if [ "$PART" = compose ]; then
+  for d in library/.xcomposer/index.json clip-tiny/config.json; do
+    [ -f "$DIR/$d" ] || { echo "$DIR/$d is missing: scripts/prepare-device.sh carries it" >&2; exit 1; }
+  done
+  random_7b
+  # A models folder holding only the default library (a writable copy: CLIP's features go into its index).
+  export XCOMPOSER_MODELS="$W/models"
+  rm -rf "$XCOMPOSER_MODELS" && mkdir -p "$XCOMPOSER_MODELS" && cp -r "$DIR/library" "$XCOMPOSER_MODELS/library"
+  for q in ${QUANTS:-f16 q4_0}; do
+    QUANT=(); [ "$q" = f16 ] || QUANT=(--quant "$q")
+    echo "== bench compose --xcomposer, random 7B, $q"
+    "$BIN" bench compose --xcomposer "$M" --device cuda --dtype f16 "${QUANT[@]}" --clip "$DIR/clip-tiny" --runs 3 --threads 16 \
+      2> "$OUT/bench-compose-$q.err" | tee "$OUT/bench-compose-$q.md"
+    tail -3 "$OUT/bench-compose-$q.err"
+  done
+  exit 0
+fi
+
 LLAMA=()
 if [ -d "$A" ]; then
   [ -f /tmp/m-f16.gguf ] || PYTHONPATH="$A/llama.cpp/gguf-py" python3 "$A/gpu/write_gguf.py" /tmp/m-f16.gguf > "$OUT/gguf.log" 2>&1
@@ -56,8 +83,7 @@ if [ "$PART" = engine ] || [ "$PART" = all ]; then
   "$BIN" bench engine --dtype f16 --quant q4_0,q8_0 --runs 5 --torch "${LLAMA[@]}" 2> "$OUT/engine.err" | tee "$OUT/bench-engine.md"
   tail -2 "$OUT/engine.err"
 else
-  M=/tmp/xcomposer-7b-random
-  [ -f "$M/config.json" ] || python3 scripts/make_xcomposer_random.py "$M" "$W/xcomposer-tiny/tokenizer.model" > "$OUT/make7b.log" 2>&1
+  random_7b
   "$BIN" bench xcomposer --model "$M" --device cuda --dtype f16 --torch --runs 5 --new-tokens 128 "${LLAMA[@]}" 2> "$OUT/bench.err" | tee "$OUT/bench-xcomposer.md"
   tail -3 "$OUT/bench.err"
 fi
