@@ -20,6 +20,7 @@
 //! ```
 
 pub mod beam;
+pub mod capped;
 pub mod chat;
 pub mod config;
 pub mod convert;

@@ -13,7 +13,8 @@
 //! The file is memory-mapped and a tensor's bytes are converted only when it is loaded, so a
 //! sharded 18 GB checkpoint is streamed rather than held twice.
 
-use std::cell::RefCell;
+use std::borrow::Cow;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::path::Path;
 use std::rc::Rc;
@@ -104,19 +105,246 @@ pub struct TorchTensor {
     pub storage: String,
 }
 
+/// The most deeply nested containers a pickle may build (state dicts nest a few levels).
+const MAX_DEPTH: u32 = 256;
+/// The largest `data.pkl` inflated from a zip checkpoint (a sharded 18 GB model's is a few MB).
+pub const MAX_PICKLE_BYTES: u64 = 256 << 20;
+
+/// The pickle opcodes this reader knows, named as in Python's `pickletools` (shown upper-case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Proto,
+    Frame,
+    Stop,
+    Mark,
+    EmptyDict,
+    EmptyList,
+    EmptyTuple,
+    EmptySet,
+    None,
+    NewTrue,
+    NewFalse,
+    BinInt1,
+    BinInt2,
+    BinInt,
+    Long1,
+    Long4,
+    BinFloat,
+    BinUnicode,
+    ShortBinUnicode,
+    BinUnicode8,
+    BinString,
+    ShortBinString,
+    BinBytes,
+    ShortBinBytes,
+    BinPut,
+    LongBinPut,
+    Memoize,
+    BinGet,
+    LongBinGet,
+    Tuple,
+    Tuple1,
+    Tuple2,
+    Tuple3,
+    List,
+    Dict,
+    Append,
+    Appends,
+    AddItems,
+    SetItem,
+    SetItems,
+    Pop,
+    PopMark,
+    Dup,
+    Global,
+    StackGlobal,
+    Reduce,
+    NewObj,
+    Build,
+    BinPersId,
+}
+
+impl Op {
+    /// The opcode a byte stands for.
+    fn from_byte(b: u8) -> Option<Self> {
+        use Op::*;
+        Some(match b {
+            0x80 => Proto,
+            0x95 => Frame,
+            b'.' => Stop,
+            b'(' => Mark,
+            b'}' => EmptyDict,
+            b']' => EmptyList,
+            b')' => EmptyTuple,
+            0x8f => EmptySet,
+            b'N' => None,
+            0x88 => NewTrue,
+            0x89 => NewFalse,
+            b'K' => BinInt1,
+            b'M' => BinInt2,
+            b'J' => BinInt,
+            0x8a => Long1,
+            0x8b => Long4,
+            b'G' => BinFloat,
+            b'X' => BinUnicode,
+            0x8c => ShortBinUnicode,
+            0x8d => BinUnicode8,
+            b'T' => BinString,
+            b'U' => ShortBinString,
+            b'B' => BinBytes,
+            b'C' => ShortBinBytes,
+            b'q' => BinPut,
+            b'r' => LongBinPut,
+            0x94 => Memoize,
+            b'h' => BinGet,
+            b'j' => LongBinGet,
+            b't' => Tuple,
+            0x85 => Tuple1,
+            0x86 => Tuple2,
+            0x87 => Tuple3,
+            b'l' => List,
+            b'd' => Dict,
+            b'a' => Append,
+            b'e' => Appends,
+            0x90 => AddItems,
+            b's' => SetItem,
+            b'u' => SetItems,
+            b'0' => Pop,
+            b'1' => PopMark,
+            b'2' => Dup,
+            b'c' => Global,
+            0x93 => StackGlobal,
+            b'R' => Reduce,
+            0x81 => NewObj,
+            b'b' => Build,
+            b'Q' => BinPersId,
+            _ => return Option::None,
+        })
+    }
+}
+
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&format!("{self:?}").to_uppercase())
+    }
+}
+
+/// What is wrong at a place in a pickle.
+#[derive(Debug, thiserror::Error)]
+enum PickleProblem {
+    /// The data ends inside an opcode's argument.
+    #[error("truncated pickle")]
+    Truncated,
+    /// A text argument has no closing newline.
+    #[error("unterminated text line")]
+    UnterminatedLine,
+    /// A byte that is no opcode this reader knows.
+    #[error("unsupported pickle opcode 0x{0:02x}")]
+    UnknownOpcode(u8),
+    /// An opcode needs more values than the stack holds.
+    #[error("{0} on a stack with too few values")]
+    StackUnderflow(Op),
+    /// An opcode that collects items since the last MARK found none.
+    #[error("{0} without a MARK on the stack")]
+    NoMark(Op),
+    /// An opcode found a value of the wrong kind.
+    #[error("{op} needs {expected} on the stack, found {found}")]
+    WrongType { op: Op, expected: &'static str, found: &'static str },
+    /// Containers nested past [`MAX_DEPTH`].
+    #[error("{op} nests containers deeper than {MAX_DEPTH} levels")]
+    TooDeep { op: Op },
+    /// A memo slot read before it was written.
+    #[error("{op} of memo {index}, which is not set")]
+    MemoMissing { op: Op, index: u32 },
+    /// A FRAME longer than what is left of the data.
+    #[error("FRAME of {len} bytes reaches past the end of the pickle ({left} bytes left)")]
+    Frame { len: u64, left: usize },
+    /// Key/value items of odd count.
+    #[error("{0} with an odd number of items; expected key, value pairs")]
+    OddItems(Op),
+    /// A torch object (persistent id, tensor arguments) that is not as torch writes it.
+    #[error("{0}")]
+    Torch(&'static str),
+    /// A storage class torch does not write (or this reader does not read).
+    #[error("unsupported storage type {0}")]
+    StorageType(String),
+}
+
+/// A pickle that cannot be read: which, where and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: pickle byte {pos}: {problem}")]
+struct PickleError {
+    what: String,
+    pos: usize,
+    problem: PickleProblem,
+}
+
+/// A container's items and how deeply it nests. It is dropped without recursion, so a pickle
+/// that builds a long chain of containers cannot overflow the stack when it is freed.
+#[derive(Debug)]
+struct Node<T: Items> {
+    depth: Cell<u32>,
+    items: RefCell<Vec<T>>,
+}
+
+/// What a container holds: values, or key/value pairs.
+trait Items: Sized {
+    /// Moves the values out into `out`.
+    fn into_values(self, out: &mut Vec<Value>);
+}
+
+impl Items for Value {
+    fn into_values(self, out: &mut Vec<Value>) {
+        out.push(self)
+    }
+}
+
+impl Items for (Value, Value) {
+    fn into_values(self, out: &mut Vec<Value>) {
+        out.extend([self.0, self.1])
+    }
+}
+
+impl<T: Items> Node<T> {
+    fn new(items: Vec<T>, depth: u32) -> Rc<Self> {
+        Rc::new(Self { depth: Cell::new(depth), items: RefCell::new(items) })
+    }
+
+    fn drain_into(&self, out: &mut Vec<Value>) {
+        for item in self.items.borrow_mut().drain(..) {
+            item.into_values(out);
+        }
+    }
+}
+
+impl<T: Items> Drop for Node<T> {
+    fn drop(&mut self) {
+        let mut pending = vec![];
+        self.drain_into(&mut pending);
+        while let Some(v) = pending.pop() {
+            match v {
+                Value::Tuple(n) | Value::List(n) => Rc::into_inner(n).into_iter().for_each(|n| n.drain_into(&mut pending)),
+                Value::Dict(n) => Rc::into_inner(n).into_iter().for_each(|n| n.drain_into(&mut pending)),
+                _ => {}
+            }
+        }
+    }
+}
+
 /// A decoded pickle value (only what state dicts contain is given structure; floats and byte
-/// strings are skipped, as no state dict entry we read needs their values).
+/// strings are skipped, as no state dict entry we read needs their values). Cloning is cheap
+/// (strings and containers are shared), so DUP and memo reads copy no data.
 #[derive(Debug, Clone)]
 enum Value {
     None,
     Bool(bool),
     Int(i64),
     Float,
-    Str(String),
+    Str(Rc<str>),
     Bytes,
-    Tuple(Rc<Vec<Value>>),
-    List(Rc<RefCell<Vec<Value>>>),
-    Dict(Rc<RefCell<Vec<(Value, Value)>>>),
+    Tuple(Rc<Node<Value>>),
+    List(Rc<Node<Value>>),
+    Dict(Rc<Node<(Value, Value)>>),
     Global(Rc<(String, String)>),
     /// A storage reference from a persistent id: (dtype, key).
     Storage(TorchDtype, Rc<str>),
@@ -126,312 +354,395 @@ enum Value {
     Mark,
 }
 
+impl Value {
+    /// How many containers deep the value nests (0 for a scalar).
+    fn depth(&self) -> u32 {
+        match self {
+            Value::Tuple(n) | Value::List(n) => n.depth.get(),
+            Value::Dict(n) => n.depth.get(),
+            _ => 0,
+        }
+    }
+
+    /// The value's kind, for messages.
+    fn kind(&self) -> &'static str {
+        match self {
+            Value::None => "None",
+            Value::Bool(_) => "a bool",
+            Value::Int(_) => "an int",
+            Value::Float => "a float",
+            Value::Str(_) => "a string",
+            Value::Bytes => "bytes",
+            Value::Tuple(_) => "a tuple",
+            Value::List(_) => "a list",
+            Value::Dict(_) => "a dict",
+            Value::Global(_) => "a global",
+            Value::Storage(..) => "a storage",
+            Value::Tensor(_) => "a tensor",
+            Value::Opaque => "an object",
+            Value::Mark => "a MARK",
+        }
+    }
+}
+
+/// Pairs up `[k0, v0, k1, v1, …]`; `None` when the count is odd.
+fn pairs(items: Vec<Value>) -> Option<Vec<(Value, Value)>> {
+    if !items.len().is_multiple_of(2) {
+        return Option::None;
+    }
+    let mut it = items.into_iter();
+    let mut out = Vec::with_capacity(it.len() / 2);
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        out.push((k, v));
+    }
+    Some(out)
+}
+
 struct Unpickler<'a> {
     data: &'a [u8],
     pos: usize,
+    /// Where the current opcode starts (errors name it).
+    at: usize,
     stack: Vec<Value>,
     memo: HashMap<u32, Value>,
     what: &'a str,
 }
 
+type PResult<T> = Result<T, PickleError>;
+
 impl<'a> Unpickler<'a> {
-    fn err(&self, msg: impl std::fmt::Display) -> String {
-        format!("{}: pickle byte {}: {msg}", self.what, self.pos)
+    fn err(&self, problem: PickleProblem) -> PickleError {
+        PickleError { what: self.what.to_string(), pos: self.at, problem }
     }
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len()).ok_or_else(|| self.err("truncated pickle"))?;
+    fn take(&mut self, n: usize) -> PResult<&'a [u8]> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len()).ok_or_else(|| self.err(PickleProblem::Truncated))?;
         let s = &self.data[self.pos..end];
         self.pos = end;
         Ok(s)
     }
-    fn u8(&mut self) -> Result<u8, String> {
+    fn array<const N: usize>(&mut self) -> PResult<[u8; N]> {
+        Ok(self.take(N)?.try_into().expect("take returns N bytes"))
+    }
+    fn u8(&mut self) -> PResult<u8> {
         Ok(self.take(1)?[0])
     }
-    fn u16(&mut self) -> Result<usize, String> {
-        let b = self.take(2)?;
-        Ok(u16::from_le_bytes([b[0], b[1]]) as usize)
+    fn u32(&mut self) -> PResult<usize> {
+        Ok(u32::from_le_bytes(self.array()?) as usize)
     }
-    fn u32(&mut self) -> Result<usize, String> {
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes(b.try_into().unwrap()) as usize)
-    }
-    fn line(&mut self) -> Result<String, String> {
+    fn line(&mut self) -> PResult<String> {
         let rest = &self.data[self.pos..];
-        let n = rest.iter().position(|&b| b == b'\n').ok_or_else(|| self.err("unterminated text line"))?;
+        let n = rest.iter().position(|&b| b == b'\n').ok_or_else(|| self.err(PickleProblem::UnterminatedLine))?;
         let s = String::from_utf8_lossy(&rest[..n]).into_owned();
         self.pos += n + 1;
         Ok(s)
     }
-    fn pop(&mut self) -> Result<Value, String> {
-        self.stack.pop().ok_or_else(|| self.err("stack underflow"))
+    fn pop(&mut self, op: Op) -> PResult<Value> {
+        self.stack.pop().ok_or_else(|| self.err(PickleProblem::StackUnderflow(op)))
     }
-    fn pop_mark(&mut self) -> Result<Vec<Value>, String> {
-        let at = self.stack.iter().rposition(|v| matches!(v, Value::Mark)).ok_or_else(|| self.err("no MARK on the stack"))?;
+    fn pop_mark(&mut self, op: Op) -> PResult<Vec<Value>> {
+        let at = self.stack.iter().rposition(|v| matches!(v, Value::Mark)).ok_or_else(|| self.err(PickleProblem::NoMark(op)))?;
         let items = self.stack.split_off(at + 1);
         self.stack.pop();
         Ok(items)
     }
-    fn top(&mut self) -> Result<&mut Value, String> {
-        let e = self.err("stack underflow");
-        self.stack.last_mut().ok_or(e)
+    fn top(&self, op: Op) -> PResult<Value> {
+        self.stack.last().cloned().ok_or_else(|| self.err(PickleProblem::StackUnderflow(op)))
     }
-    fn str(&mut self, n: usize) -> Result<Value, String> {
+    fn str(&mut self, n: usize) -> PResult<Value> {
         let b = self.take(n)?;
-        Ok(Value::Str(String::from_utf8_lossy(b).into_owned()))
+        Ok(Value::Str(String::from_utf8_lossy(b).into()))
+    }
+    fn memo_get(&self, op: Op, index: u32) -> PResult<Value> {
+        self.memo.get(&index).cloned().ok_or_else(|| self.err(PickleProblem::MemoMissing { op, index }))
+    }
+    fn memo_put(&mut self, op: Op, index: u32) -> PResult<()> {
+        let v = self.top(op)?;
+        self.memo.insert(index, v);
+        Ok(())
+    }
+
+    /// The depth of a container at `depth` once `items` are in it; refused past [`MAX_DEPTH`].
+    fn deeper(&self, op: Op, depth: u32, items: &[Value]) -> PResult<u32> {
+        let d = items.iter().map(|v| v.depth() + 1).fold(depth.max(1), u32::max);
+        if d > MAX_DEPTH {
+            return Err(self.err(PickleProblem::TooDeep { op }));
+        }
+        Ok(d)
+    }
+    fn tuple(&self, op: Op, items: Vec<Value>) -> PResult<Value> {
+        let d = self.deeper(op, 1, &items)?;
+        Ok(Value::Tuple(Node::new(items, d)))
+    }
+    fn list(&self, op: Op, items: Vec<Value>) -> PResult<Value> {
+        let d = self.deeper(op, 1, &items)?;
+        Ok(Value::List(Node::new(items, d)))
+    }
+    fn dict(&self, op: Op, items: Vec<Value>) -> PResult<Value> {
+        let d = self.deeper(op, 1, &items)?;
+        let pairs = pairs(items).ok_or_else(|| self.err(PickleProblem::OddItems(op)))?;
+        Ok(Value::Dict(Node::new(pairs, d)))
+    }
+    /// APPEND, APPENDS, ADDITEMS: `items` go into the list (or set) on top of the stack.
+    fn extend_list(&self, op: Op, items: Vec<Value>) -> PResult<()> {
+        let Value::List(l) = self.top(op)? else { return Err(self.wrong(op, "a list")) };
+        l.depth.set(self.deeper(op, l.depth.get(), &items)?);
+        l.items.borrow_mut().extend(items);
+        Ok(())
+    }
+    /// SETITEM, SETITEMS: `items` (keys and values) go into the dict on top of the stack.
+    fn extend_dict(&self, op: Op, items: Vec<Value>) -> PResult<()> {
+        let Value::Dict(d) = self.top(op)? else { return Err(self.wrong(op, "a dict")) };
+        d.depth.set(self.deeper(op, d.depth.get(), &items)?);
+        let pairs = pairs(items).ok_or_else(|| self.err(PickleProblem::OddItems(op)))?;
+        d.items.borrow_mut().extend(pairs);
+        Ok(())
+    }
+    fn wrong(&self, op: Op, expected: &'static str) -> PickleError {
+        let found = self.stack.last().map_or("nothing", Value::kind);
+        self.err(PickleProblem::WrongType { op, expected, found })
+    }
+    /// FRAME: the frame must lie inside the data.
+    fn frame(&mut self) -> PResult<()> {
+        let len = u64::from_le_bytes(self.array()?);
+        let left = self.data.len() - self.pos;
+        if len > left as u64 {
+            return Err(self.err(PickleProblem::Frame { len, left }));
+        }
+        Ok(())
+    }
+    /// LONG1 and LONG4: little-endian two's complement of `n` bytes.
+    fn long(&mut self, n: usize) -> PResult<Value> {
+        let b = self.take(n)?;
+        if n > 8 {
+            // Only the legacy magic number is this long; keep its low bits.
+            return Ok(Value::Int(i64::from_le_bytes(b[..8].try_into().expect("8 bytes"))));
+        }
+        let mut buf = [if b.last().is_some_and(|&x| x & 0x80 != 0) { 0xff } else { 0 }; 8];
+        buf[..n].copy_from_slice(b);
+        Ok(Value::Int(i64::from_le_bytes(buf)))
     }
 
     /// Runs the pickle to its STOP and returns the result.
-    fn run(&mut self) -> Result<Value, String> {
+    fn run(&mut self) -> PResult<Value> {
         loop {
-            let op = self.u8()?;
-            match op {
-                0x80 => {
-                    self.u8()?;
-                } // PROTO
-                0x95 => {
-                    self.take(8)?;
-                } // FRAME
-                b'.' => return self.pop(),
-                b'(' => self.stack.push(Value::Mark),
-                b'}' => self.stack.push(Value::Dict(Default::default())),
-                b']' => self.stack.push(Value::List(Default::default())),
-                b')' => self.stack.push(Value::Tuple(Rc::new(vec![]))),
-                0x8f => self.stack.push(Value::List(Default::default())), // EMPTY_SET (as a list)
-                b'N' => self.stack.push(Value::None),
-                0x88 => self.stack.push(Value::Bool(true)),
-                0x89 => self.stack.push(Value::Bool(false)),
-                b'K' => {
-                    let v = self.u8()? as i64;
-                    self.stack.push(Value::Int(v))
-                }
-                b'M' => {
-                    let v = self.u16()? as i64;
-                    self.stack.push(Value::Int(v))
-                }
-                b'J' => {
-                    let b = self.take(4)?;
-                    self.stack.push(Value::Int(i32::from_le_bytes(b.try_into().unwrap()) as i64))
-                }
-                0x8a | 0x8b => {
-                    let n = if op == 0x8a { self.u8()? as usize } else { self.u32()? };
-                    let b = self.take(n)?;
-                    if n > 8 {
-                        // Only the legacy magic number is this long; keep its low bits.
-                        self.stack.push(Value::Int(i64::from_le_bytes(b[..8].try_into().unwrap())));
-                    } else {
-                        let mut buf = [if b.last().is_some_and(|&x| x & 0x80 != 0) { 0xff } else { 0 }; 8];
-                        buf[..n].copy_from_slice(b);
-                        self.stack.push(Value::Int(i64::from_le_bytes(buf)));
-                    }
-                }
-                b'G' => {
-                    let b = self.take(8)?;
-                    let _ = b;
-                    self.stack.push(Value::Float)
-                }
-                b'X' => {
-                    let n = self.u32()?;
-                    let v = self.str(n)?;
-                    self.stack.push(v)
-                }
-                0x8c => {
-                    let n = self.u8()? as usize;
-                    let v = self.str(n)?;
-                    self.stack.push(v)
-                }
-                0x8d => {
-                    let b = self.take(8)?;
-                    let n = u64::from_le_bytes(b.try_into().unwrap()) as usize;
-                    let v = self.str(n)?;
-                    self.stack.push(v)
-                }
-                b'T' | b'U' | b'B' | b'C' => {
-                    let n = if matches!(op, b'U' | b'C') { self.u8()? as usize } else { self.u32()? };
-                    let b = self.take(n)?;
-                    self.stack.push(if matches!(op, b'T' | b'U') { Value::Str(String::from_utf8_lossy(b).into_owned()) } else { Value::Bytes })
-                }
-                b'q' => {
-                    let i = self.u8()? as u32;
-                    let v = self.top()?.clone();
-                    self.memo.insert(i, v);
-                }
-                b'r' => {
-                    let i = self.u32()? as u32;
-                    let v = self.top()?.clone();
-                    self.memo.insert(i, v);
-                }
-                0x94 => {
-                    let i = self.memo.len() as u32;
-                    let v = self.top()?.clone();
-                    self.memo.insert(i, v);
-                }
-                b'h' | b'j' => {
-                    let i = if op == b'h' { self.u8()? as u32 } else { self.u32()? as u32 };
-                    let v = self.memo.get(&i).cloned().ok_or_else(|| self.err(format!("memo {i} is not set")))?;
-                    self.stack.push(v)
-                }
-                b't' => {
-                    let items = self.pop_mark()?;
-                    self.stack.push(Value::Tuple(Rc::new(items)))
-                }
-                0x85..=0x87 => {
-                    let n = (op - 0x84) as usize;
-                    if self.stack.len() < n {
-                        return Err(self.err("stack underflow"));
-                    }
-                    let items = self.stack.split_off(self.stack.len() - n);
-                    self.stack.push(Value::Tuple(Rc::new(items)))
-                }
-                b'l' => {
-                    let items = self.pop_mark()?;
-                    self.stack.push(Value::List(Rc::new(RefCell::new(items))))
-                }
-                b'd' => {
-                    let items = self.pop_mark()?;
-                    let pairs = items.chunks(2).filter(|c| c.len() == 2).map(|c| (c[0].clone(), c[1].clone())).collect();
-                    self.stack.push(Value::Dict(Rc::new(RefCell::new(pairs))))
-                }
-                b'a' => {
-                    let v = self.pop()?;
-                    if let Value::List(l) = self.top()? {
-                        l.borrow_mut().push(v);
-                    }
-                }
-                b'e' | 0x90 => {
-                    let items = self.pop_mark()?;
-                    if let Value::List(l) = self.top()? {
-                        l.borrow_mut().extend(items);
-                    }
-                }
-                b's' => {
-                    let v = self.pop()?;
-                    let k = self.pop()?;
-                    if let Value::Dict(d) = self.top()? {
-                        d.borrow_mut().push((k, v));
-                    }
-                }
-                b'u' => {
-                    let items = self.pop_mark()?;
-                    if let Value::Dict(d) = self.top()? {
-                        d.borrow_mut().extend(items.chunks(2).filter(|c| c.len() == 2).map(|c| (c[0].clone(), c[1].clone())));
-                    }
-                }
-                b'0' => {
-                    self.pop()?;
-                }
-                b'1' => {
-                    self.pop_mark()?;
-                }
-                b'2' => {
-                    let v = self.top()?.clone();
-                    self.stack.push(v)
-                }
-                b'c' => {
-                    let module = self.line()?;
-                    let name = self.line()?;
-                    self.stack.push(Value::Global(Rc::new((module, name))))
-                }
-                0x93 => {
-                    let name = self.pop()?;
-                    let module = self.pop()?;
-                    match (module, name) {
-                        (Value::Str(m), Value::Str(n)) => self.stack.push(Value::Global(Rc::new((m, n)))),
-                        _ => return Err(self.err("STACK_GLOBAL needs two strings")),
-                    }
-                }
-                b'R' | 0x81 => {
-                    let args = self.pop()?;
-                    let func = self.pop()?;
-                    let v = self.call(func, args)?;
-                    self.stack.push(v)
-                }
-                b'b' => {
-                    // BUILD: object state (e.g. a state dict's `_metadata`); not needed.
-                    self.pop()?;
-                }
-                b'Q' => {
-                    let pid = self.pop()?;
-                    let v = self.persistent(pid)?;
-                    self.stack.push(v)
-                }
-                _ => return Err(self.err(format!("unsupported pickle opcode 0x{op:02x}"))),
+            self.at = self.pos;
+            let byte = self.u8()?;
+            let op = Op::from_byte(byte).ok_or_else(|| self.err(PickleProblem::UnknownOpcode(byte)))?;
+            if op == Op::Stop {
+                return self.pop(op);
             }
+            self.step(op)?;
         }
     }
 
-    fn persistent(&self, pid: Value) -> Result<Value, String> {
-        let Value::Tuple(t) = pid else { return Err(self.err("persistent id is not a tuple")) };
+    /// Runs one opcode (its argument bytes follow it).
+    fn step(&mut self, op: Op) -> PResult<()> {
+        let v = match op {
+            Op::Proto => return self.u8().map(drop),
+            Op::Frame => return self.frame(),
+            Op::Mark => Value::Mark,
+            Op::EmptyDict => Value::Dict(Node::new(vec![], 1)),
+            Op::EmptyList | Op::EmptySet => Value::List(Node::new(vec![], 1)),
+            Op::EmptyTuple => Value::Tuple(Node::new(vec![], 1)),
+            Op::None => Value::None,
+            Op::NewTrue => Value::Bool(true),
+            Op::NewFalse => Value::Bool(false),
+            Op::BinInt1 => Value::Int(self.u8()? as i64),
+            Op::BinInt2 => Value::Int(u16::from_le_bytes(self.array()?) as i64),
+            Op::BinInt => Value::Int(i32::from_le_bytes(self.array()?) as i64),
+            Op::Long1 => {
+                let n = self.u8()? as usize;
+                self.long(n)?
+            }
+            Op::Long4 => {
+                let n = self.u32()?;
+                self.long(n)?
+            }
+            Op::BinFloat => {
+                self.take(8)?;
+                Value::Float
+            }
+            Op::BinUnicode | Op::BinString => {
+                let n = self.u32()?;
+                self.str(n)?
+            }
+            Op::ShortBinUnicode | Op::ShortBinString => {
+                let n = self.u8()? as usize;
+                self.str(n)?
+            }
+            Op::BinUnicode8 => {
+                let n = usize::try_from(u64::from_le_bytes(self.array()?)).unwrap_or(usize::MAX);
+                self.str(n)?
+            }
+            Op::BinBytes | Op::ShortBinBytes => {
+                let n = if op == Op::BinBytes { self.u32()? } else { self.u8()? as usize };
+                self.take(n)?;
+                Value::Bytes
+            }
+            Op::BinPut => {
+                let i = self.u8()? as u32;
+                return self.memo_put(op, i);
+            }
+            Op::LongBinPut => {
+                let i = self.u32()? as u32;
+                return self.memo_put(op, i);
+            }
+            Op::Memoize => return self.memo_put(op, self.memo.len() as u32),
+            Op::BinGet => {
+                let i = self.u8()? as u32;
+                self.memo_get(op, i)?
+            }
+            Op::LongBinGet => {
+                let i = self.u32()? as u32;
+                self.memo_get(op, i)?
+            }
+            Op::Tuple => {
+                let items = self.pop_mark(op)?;
+                self.tuple(op, items)?
+            }
+            Op::Tuple1 | Op::Tuple2 | Op::Tuple3 => {
+                let n = [Op::Tuple1, Op::Tuple2, Op::Tuple3].iter().position(|&t| t == op).expect("a TUPLEn") + 1;
+                if self.stack.len() < n {
+                    return Err(self.err(PickleProblem::StackUnderflow(op)));
+                }
+                let items = self.stack.split_off(self.stack.len() - n);
+                self.tuple(op, items)?
+            }
+            Op::List => {
+                let items = self.pop_mark(op)?;
+                self.list(op, items)?
+            }
+            Op::Dict => {
+                let items = self.pop_mark(op)?;
+                self.dict(op, items)?
+            }
+            Op::Append => {
+                let v = self.pop(op)?;
+                return self.extend_list(op, vec![v]);
+            }
+            Op::Appends | Op::AddItems => {
+                let items = self.pop_mark(op)?;
+                return self.extend_list(op, items);
+            }
+            Op::SetItem => {
+                let v = self.pop(op)?;
+                let k = self.pop(op)?;
+                return self.extend_dict(op, vec![k, v]);
+            }
+            Op::SetItems => {
+                let items = self.pop_mark(op)?;
+                return self.extend_dict(op, items);
+            }
+            Op::Pop => return self.pop(op).map(drop),
+            Op::PopMark => return self.pop_mark(op).map(drop),
+            Op::Dup => self.top(op)?,
+            Op::Global => {
+                let module = self.line()?;
+                let name = self.line()?;
+                Value::Global(Rc::new((module, name)))
+            }
+            Op::StackGlobal => {
+                let name = self.pop(op)?;
+                let module = self.pop(op)?;
+                match (module, name) {
+                    (Value::Str(m), Value::Str(n)) => Value::Global(Rc::new((m.to_string(), n.to_string()))),
+                    (m, _) => return Err(self.err(PickleProblem::WrongType { op, expected: "two strings", found: m.kind() })),
+                }
+            }
+            Op::Reduce | Op::NewObj => {
+                let args = self.pop(op)?;
+                let func = self.pop(op)?;
+                self.call(func, args)?
+            }
+            // BUILD: object state (e.g. a state dict's `_metadata`); not needed.
+            Op::Build => return self.pop(op).map(drop),
+            Op::BinPersId => {
+                let pid = self.pop(op)?;
+                self.persistent(pid)?
+            }
+            Op::Stop => unreachable!("handled by run"),
+        };
+        self.stack.push(v);
+        Ok(())
+    }
+
+    fn persistent(&self, pid: Value) -> PResult<Value> {
+        let torch = |m| self.err(PickleProblem::Torch(m));
+        let Value::Tuple(t) = pid else { return Err(torch("persistent id is not a tuple")) };
+        let t = t.items.borrow();
         match t.as_slice() {
-            [Value::Str(kind), Value::Global(class), Value::Str(key), _location, _numel, rest @ ..] if kind == "storage" => {
-                if let Some(v) = rest.first()
-                    && !matches!(v, Value::None)
-                {
-                    return Err(self.err("storage views (pre-1.0 checkpoints) are not supported"));
+            [Value::Str(kind), Value::Global(class), Value::Str(key), _location, _numel, rest @ ..] if &**kind == "storage" => {
+                if rest.first().is_some_and(|v| !matches!(v, Value::None)) {
+                    return Err(torch("storage views (pre-1.0 checkpoints) are not supported"));
                 }
-                let dtype = TorchDtype::from_storage_class(&class.1).ok_or_else(|| self.err(format!("unsupported storage type {}.{}", class.0, class.1)))?;
-                Ok(Value::Storage(dtype, key.as_str().into()))
+                let dtype = TorchDtype::from_storage_class(&class.1).ok_or_else(|| self.err(PickleProblem::StorageType(format!("{}.{}", class.0, class.1))))?;
+                Ok(Value::Storage(dtype, key.clone()))
             }
-            _ => Err(self.err("unrecognised persistent id")),
+            _ => Err(torch("unrecognised persistent id")),
         }
     }
 
-    fn call(&self, func: Value, args: Value) -> Result<Value, String> {
+    fn call(&self, func: Value, args: Value) -> PResult<Value> {
         let Value::Global(g) = &func else { return Ok(Value::Opaque) };
-        let args: &[Value] = match &args {
-            Value::Tuple(t) => t,
-            _ => &[],
+        let args: Vec<Value> = match &args {
+            Value::Tuple(t) => t.items.borrow().clone(),
+            _ => vec![],
         };
         match (g.0.as_str(), g.1.as_str()) {
-            ("collections", "OrderedDict") | ("builtins", "dict") => Ok(Value::Dict(Default::default())),
-            ("torch._utils", "_rebuild_tensor_v2" | "_rebuild_tensor") => {
-                let ints = |v: &Value| -> Option<Vec<usize>> {
-                    match v {
-                        Value::Tuple(t) => t.iter().map(|x| if let Value::Int(i) = x { usize::try_from(*i).ok() } else { None }).collect(),
-                        _ => None,
-                    }
-                };
-                match args {
-                    [Value::Storage(dtype, key), Value::Int(offset), size, stride, ..] => {
-                        let shape = ints(size).ok_or_else(|| self.err("tensor size is not a tuple of ints"))?;
-                        let stride = ints(stride).ok_or_else(|| self.err("tensor stride is not a tuple of ints"))?;
-                        if shape.len() != stride.len() {
-                            return Err(self.err("tensor size and stride differ in length"));
-                        }
-                        Ok(Value::Tensor(Rc::new(TorchTensor { dtype: *dtype, shape, stride, offset: *offset as usize, storage: key.to_string() })))
-                    }
-                    _ => Err(self.err("unexpected arguments to _rebuild_tensor_v2")),
-                }
-            }
+            ("collections", "OrderedDict") | ("builtins", "dict") => Ok(Value::Dict(Node::new(vec![], 1))),
+            ("torch._utils", "_rebuild_tensor_v2" | "_rebuild_tensor") => self.rebuild_tensor(&args),
             ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => Ok(args.first().cloned().unwrap_or(Value::Opaque)),
             _ => Ok(Value::Opaque),
         }
     }
+
+    /// `_rebuild_tensor_v2(storage, offset, size, stride, …)`.
+    fn rebuild_tensor(&self, args: &[Value]) -> PResult<Value> {
+        let torch = |m| self.err(PickleProblem::Torch(m));
+        let ints = |v: &Value| -> Option<Vec<usize>> {
+            match v {
+                Value::Tuple(t) => t.items.borrow().iter().map(|x| if let Value::Int(i) = x { usize::try_from(*i).ok() } else { Option::None }).collect(),
+                _ => Option::None,
+            }
+        };
+        let [Value::Storage(dtype, key), Value::Int(offset), size, stride, ..] = args else { return Err(torch("unexpected arguments to _rebuild_tensor_v2")) };
+        let offset = usize::try_from(*offset).map_err(|_| torch("negative storage offset"))?;
+        let shape = ints(size).ok_or_else(|| torch("tensor size is not a tuple of non-negative ints"))?;
+        let stride = ints(stride).ok_or_else(|| torch("tensor stride is not a tuple of non-negative ints"))?;
+        if shape.len() != stride.len() {
+            return Err(torch("tensor size and stride differ in length"));
+        }
+        Ok(Value::Tensor(Rc::new(TorchTensor { dtype: *dtype, shape, stride, offset, storage: key.to_string() })))
+    }
 }
 
 /// Runs one pickle starting at `pos`; returns its value and the position after it.
-fn unpickle(data: &[u8], pos: usize, what: &str) -> Result<(Value, usize), String> {
-    let mut u = Unpickler { data, pos, stack: vec![], memo: HashMap::new(), what };
+fn unpickle(data: &[u8], pos: usize, what: &str) -> Result<(Value, usize), PickleError> {
+    let mut u = Unpickler { data, pos, at: pos, stack: vec![], memo: HashMap::new(), what };
     let v = u.run()?;
     Ok((v, u.pos))
 }
 
-/// Flattens a (possibly nested) state dict into `name → tensor`.
-fn collect_tensors(v: &Value, prefix: &str, out: &mut Vec<(String, TorchTensor)>) {
+/// Flattens a (possibly nested) state dict into `name → tensor`; a dict nested deeper than
+/// [`MAX_DEPTH`] (or inside itself) is refused.
+fn collect_tensors(v: &Value, prefix: &str, depth: u32, out: &mut Vec<(String, TorchTensor)>) -> Result<(), String> {
     match v {
         Value::Tensor(t) => out.push((prefix.to_string(), (**t).clone())),
+        Value::Dict(_) if depth > MAX_DEPTH => return Err(format!("the state dict nests deeper than {MAX_DEPTH} levels at '{prefix}'")),
         Value::Dict(d) => {
-            for (k, v) in d.borrow().iter() {
+            for (k, v) in d.items.borrow().iter() {
                 let key = match k {
-                    Value::Str(s) => s.clone(),
+                    Value::Str(s) => s.to_string(),
                     Value::Int(i) => i.to_string(),
                     _ => continue,
                 };
                 let name = if prefix.is_empty() { key } else { format!("{prefix}.{key}") };
-                collect_tensors(v, &name, out);
+                collect_tensors(v, &name, depth + 1, out)?;
             }
         }
         _ => {}
     }
+    Ok(())
 }
 
 /// One checkpoint file: its tensors and where each storage's bytes lie in the mapped file.
@@ -497,18 +808,14 @@ impl TorchWeights {
         // read-only inputs).
         let map = unsafe { Mmap::map(&file) }.map_err(|e| file_err(path, e))?;
         let what = path.display().to_string();
-        let (found, storages) = if map.starts_with(b"PK\x03\x04") { read_zip(&file, &map, path)? } else { read_legacy(&map, &what).map_err(|e| file_err(path, e))? };
+        let (found, storages) = if map.starts_with(b"PK\x03\x04") { read_zip(&file, &map, path)? } else { read_legacy(&map, &what, path)? };
         if found.is_empty() {
             return Err(file_err(path, "holds no tensors (is it a state dict?)"));
         }
         let idx = self.files.len();
         for (name, t) in found {
             let (start, end) = *storages.get(&t.storage).ok_or_else(|| file_err(path, format!("tensor '{name}' refers to storage {} which is not in the file", t.storage)))?;
-            let avail = (end - start) / t.dtype.size();
-            let last = t.offset + t.shape.iter().zip(&t.stride).map(|(&n, &s)| n.saturating_sub(1) * s).sum::<usize>();
-            if t.shape.iter().all(|&n| n > 0) && last >= avail {
-                return Err(file_err(path, format!("tensor '{name}' reaches past the end of its storage")));
-            }
+            check_extent(&t, (end - start) / t.dtype.size()).map_err(|e| file_err(path, format!("tensor '{name}' {e}")))?;
             self.names.push(name.clone());
             self.tensors.insert(name, (idx, t));
         }
@@ -527,6 +834,30 @@ impl TorchWeights {
     }
 }
 
+/// Checks that a tensor's elements lie inside its storage of `avail` elements: no stride 0
+/// along a dimension longer than 1, no more elements than the storage holds, and the last
+/// element inside it (in checked arithmetic); an empty tensor reads nothing and passes.
+fn check_extent(t: &TorchTensor, avail: usize) -> Result<(), String> {
+    if t.shape.contains(&0) {
+        return Ok(());
+    }
+    let (mut numel, mut last) = (1usize, Some(t.offset));
+    for (d, (&n, &s)) in t.shape.iter().zip(&t.stride).enumerate() {
+        if n > 1 && s == 0 {
+            return Err(format!("has stride 0 in dimension {d}; expected a view of distinct elements"));
+        }
+        numel = numel.saturating_mul(n);
+        last = last.and_then(|l| l.checked_add((n - 1).checked_mul(s)?));
+    }
+    if numel > avail {
+        return Err(format!("has {numel} elements but its storage holds {avail}"));
+    }
+    match last {
+        Some(l) if l < avail => Ok(()),
+        _ => Err("reaches past the end of its storage".into()),
+    }
+}
+
 /// Reads the zip container: `*/data.pkl` and the `*/data/KEY` members (stored uncompressed).
 /// A checkpoint's tensors (name, layout) and the byte range of each storage in the file.
 type Contents = (Vec<(String, TorchTensor)>, HashMap<String, (usize, usize)>);
@@ -539,13 +870,11 @@ fn read_zip(file: &std::fs::File, map: &[u8], path: &Path) -> Result<Contents, W
         let entry = zip.by_index_raw(i).map_err(|e| file_err(path, e))?;
         let name = entry.name().to_string();
         let Some((_, rest)) = name.split_once('/') else { continue };
-        let start = entry.data_start() as usize;
-        let end = start + entry.compressed_size() as usize;
-        if end > map.len() {
-            return Err(file_err(path, format!("zip member {name} reaches past the end of the file")));
-        }
+        let start = usize::try_from(entry.data_start()).unwrap_or(usize::MAX);
+        let end = usize::try_from(entry.compressed_size()).ok().and_then(|n| start.checked_add(n)).filter(|&e| e <= map.len());
+        let end = end.ok_or_else(|| file_err(path, format!("zip member {name} reaches past the end of the file")))?;
         if rest == "data.pkl" {
-            pkl = Some((name.clone(), entry.compression(), start, end));
+            pkl = Some((name.clone(), entry.compression(), start, end, entry.size()));
         } else if let Some(key) = rest.strip_prefix("data/") {
             if entry.compression() != zip::CompressionMethod::Stored {
                 return Err(file_err(path, format!("storage {name} is compressed; torch writes them stored")));
@@ -553,59 +882,70 @@ fn read_zip(file: &std::fs::File, map: &[u8], path: &Path) -> Result<Contents, W
             storages.insert(key.to_string(), (start, end));
         }
     }
-    let (name, method, start, end) = pkl.ok_or_else(|| file_err(path, "zip checkpoint without data.pkl"))?;
-    let bytes: Vec<u8> = if method == zip::CompressionMethod::Stored {
-        map[start..end].to_vec()
-    } else {
-        let mut s = vec![];
-        std::io::Read::read_to_end(&mut zip.by_name(&name).map_err(|e| file_err(path, e))?, &mut s).map_err(|e| file_err(path, e))?;
-        s
-    };
+    let (name, method, start, end, size) = pkl.ok_or_else(|| file_err(path, "zip checkpoint without data.pkl"))?;
+    let bytes: Cow<[u8]> = if method == zip::CompressionMethod::Stored { Cow::Borrowed(&map[start..end]) } else { Cow::Owned(inflate_pickle(&mut zip, &name, size, path)?) };
     let what = format!("{}:{name}", path.display());
     let (root, _) = unpickle(&bytes, 0, &what).map_err(|e| file_err(path, e))?;
     let mut tensors = vec![];
-    collect_tensors(&root, "", &mut tensors);
+    collect_tensors(&root, "", 0, &mut tensors).map_err(|e| file_err(path, e))?;
     Ok((tensors, storages))
+}
+
+/// Inflates the compressed zip member `name` of `size` bytes (as the zip directory says),
+/// refusing it before inflating when that size is over [`MAX_PICKLE_BYTES`], and stopping at
+/// the cap when the data inflates to more than the directory said.
+fn inflate_pickle(zip: &mut zip::ZipArchive<&std::fs::File>, name: &str, size: u64, path: &Path) -> Result<Vec<u8>, WeightError> {
+    let too_big = || file_err(path, format!("zip member {name} inflates to more than {MAX_PICKLE_BYTES} bytes, the limit for a pickle"));
+    if size > MAX_PICKLE_BYTES {
+        return Err(too_big());
+    }
+    let member = zip.by_name(name).map_err(|e| file_err(path, e))?;
+    crate::capped::read_to_end_capped(member, MAX_PICKLE_BYTES).map_err(|e| file_err(path, e))?.ok_or_else(too_big)
 }
 
 /// The low 64 bits of torch's legacy magic number 0x1950a86a20f9469cfc6c.
 const LEGACY_MAGIC_LOW: i64 = 0xa86a_20f9_469c_fc6c_u64 as i64;
 
 /// Reads the legacy container: five pickles, then the storages in the order of the key list.
-fn read_legacy(map: &[u8], what: &str) -> Result<Contents, String> {
-    let (magic, pos) = unpickle(map, 0, what).map_err(|e| format!("not a PyTorch checkpoint ({e})"))?;
+fn read_legacy(map: &[u8], what: &str, path: &Path) -> Result<Contents, WeightError> {
+    let fail = |e: &dyn std::fmt::Display| file_err(path, e);
+    let (magic, pos) = unpickle(map, 0, what).map_err(|e| file_err(path, format!("not a PyTorch checkpoint ({e})")))?;
     if !matches!(magic, Value::Int(LEGACY_MAGIC_LOW)) {
-        return Err("not a PyTorch checkpoint (no zip header and no legacy magic number)".into());
+        return Err(fail(&"not a PyTorch checkpoint (no zip header and no legacy magic number)"));
     }
-    let (_protocol, pos) = unpickle(map, pos, what)?;
-    let (sys_info, pos) = unpickle(map, pos, what)?;
-    if let Value::Dict(d) = &sys_info {
-        for (k, v) in d.borrow().iter() {
-            if matches!((k, v), (Value::Str(k), Value::Bool(false)) if k == "little_endian") {
-                return Err("big-endian checkpoints are not supported".into());
-            }
-        }
+    let (_protocol, pos) = unpickle(map, pos, what).map_err(|e| fail(&e))?;
+    let (sys_info, pos) = unpickle(map, pos, what).map_err(|e| fail(&e))?;
+    if let Value::Dict(d) = &sys_info
+        && d.items.borrow().iter().any(|kv| matches!(kv, (Value::Str(k), Value::Bool(false)) if &**k == "little_endian"))
+    {
+        return Err(fail(&"big-endian checkpoints are not supported"));
     }
-    let (root, pos) = unpickle(map, pos, what)?;
-    let (keys, mut pos) = unpickle(map, pos, what)?;
-    let Value::List(keys) = keys else { return Err("the storage key list is not a list".into()) };
-    // The element size of each storage comes from the tensors that use it.
+    let (root, pos) = unpickle(map, pos, what).map_err(|e| fail(&e))?;
+    let (keys, pos) = unpickle(map, pos, what).map_err(|e| fail(&e))?;
+    let Value::List(keys) = keys else { return Err(fail(&"the storage key list is not a list")) };
     let mut tensors = vec![];
-    collect_tensors(&root, "", &mut tensors);
+    collect_tensors(&root, "", 0, &mut tensors).map_err(|e| fail(&e))?;
+    let storages = legacy_storages(map, pos, &keys.items.borrow(), &tensors).map_err(|e| fail(&e))?;
+    Ok((tensors, storages))
+}
+
+/// Where each storage of a legacy checkpoint lies: from `pos` on, each is an i64 element count
+/// and its bytes, in the order of `keys`; the element size comes from the tensors that use it.
+fn legacy_storages(map: &[u8], mut pos: usize, keys: &[Value], tensors: &[(String, TorchTensor)]) -> Result<HashMap<String, (usize, usize)>, String> {
     let elem: HashMap<&str, usize> = tensors.iter().map(|(_, t)| (t.storage.as_str(), t.dtype.size())).collect();
     let mut storages = HashMap::new();
-    for k in keys.borrow().iter() {
+    for k in keys {
         let Value::Str(k) = k else { return Err("a storage key is not a string".into()) };
-        let head = map.get(pos..pos + 8).ok_or_else(|| format!("storage {k}: truncated file"))?;
-        let n = i64::from_le_bytes(head.try_into().unwrap());
-        let size = *elem.get(k.as_str()).unwrap_or(&1);
+        let head: [u8; 8] = map.get(pos..).and_then(|m| m.get(..8)).and_then(|h| h.try_into().ok()).ok_or_else(|| format!("storage {k}: truncated file"))?;
+        let n = i64::from_le_bytes(head);
+        let size = *elem.get(&**k).unwrap_or(&1);
         let bytes = usize::try_from(n).ok().and_then(|n| n.checked_mul(size)).ok_or_else(|| format!("storage {k}: bad element count {n}"))?;
         let start = pos + 8;
         let end = start.checked_add(bytes).filter(|&e| e <= map.len()).ok_or_else(|| format!("storage {k}: truncated file"))?;
-        storages.insert(k.clone(), (start, end));
+        storages.insert(k.to_string(), (start, end));
         pos = end;
     }
-    Ok((tensors, storages))
+    Ok(storages)
 }
 
 impl WeightSource for TorchWeights {
@@ -659,6 +999,11 @@ mod tests {
 
     /// Writes a legacy checkpoint by hand: {"a": f32 [2,3] (transposed strides), "b.c": f16 [2]}.
     fn legacy_bytes() -> Vec<u8> {
+        legacy_with(&[b'K', 0, b'K', 2, b'K', 3, 0x86, b'K', 1, b'K', 2, 0x86])
+    }
+
+    /// [`legacy_bytes`] with `a_layout` (offset, size, stride opcodes) as tensor "a"'s layout.
+    fn legacy_with(a_layout: &[u8]) -> Vec<u8> {
         let mut p = vec![];
         // magic number pickle: PROTO 2, LONG1 10 bytes, STOP
         p.extend([0x80, 2, 0x8a, 10]);
@@ -680,7 +1025,9 @@ mod tests {
         p.extend(b"ctorch\nFloatStorage\n");
         s(&mut p, "k0");
         s(&mut p, "cpu");
-        p.extend([b'K', 6, b'N', b't', b'Q', b'K', 0, b'K', 2, b'K', 3, 0x86, b'K', 1, b'K', 2, 0x86, 0x89, b'N', b't', b'R']);
+        p.extend([b'K', 6, b'N', b't', b'Q']);
+        p.extend(a_layout);
+        p.extend([0x89, b'N', b't', b'R']);
         s(&mut p, "b");
         p.extend(b"}(");
         s(&mut p, "c");
@@ -728,6 +1075,122 @@ mod tests {
             let e = TorchWeights::open_file(&path).err().unwrap_or_else(|| panic!("a file cut at {cut} opened"));
             assert!(e.to_string().contains("legacy.pth"), "{e}");
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn temp_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("xcomposer-torch-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn run(pickle: &[u8]) -> Result<Value, String> {
+        unpickle(pickle, 0, "t.pkl").map(|(v, _)| v).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_and_deep_chains_free_without_recursion() {
+        let mut p = vec![0x80, 2, b'N'];
+        p.extend(std::iter::repeat_n(0x85, 3_000_000));
+        p.push(b'.');
+        let e = run(&p).unwrap_err();
+        assert!(e.starts_with("t.pkl: pickle byte 259: TUPLE1 nests containers deeper than 256 levels"), "{e}");
+        // Lists linked through the memo after they were nested (so no depth is seen growing):
+        // a chain of a million lists, freed without recursion.
+        let n = 1_000_000u32;
+        let mut p = vec![0x80, 2];
+        for i in 0..n {
+            p.push(b']');
+            p.push(b'r');
+            p.extend(i.to_le_bytes());
+            p.push(b'0');
+        }
+        for i in 0..n - 1 {
+            p.push(b'j');
+            p.extend(i.to_le_bytes());
+            p.push(b'j');
+            p.extend((i + 1).to_le_bytes());
+            p.extend([b'a', b'0']);
+        }
+        p.extend([b'j', 0, 0, 0, 0, b'.']);
+        assert!(matches!(run(&p), Ok(Value::List(_))));
+        // A dict inside itself is refused when its tensors are collected.
+        let dict_in_itself = [0x80, 2, b'}', b'q', 0, 0x8c, 1, b'k', b'h', 0, b's', b'.'];
+        let root = run(&dict_in_itself).unwrap();
+        let e = collect_tensors(&root, "", 0, &mut vec![]).unwrap_err();
+        assert!(e.starts_with("the state dict nests deeper than 256 levels at 'k.k.k"), "{e}");
+    }
+
+    #[test]
+    fn dup_and_memo_reads_share_strings_instead_of_copying_them() {
+        // A 1 MiB string duplicated 200 000 times would be 200 GiB as copies.
+        let mut p = vec![0x80, 2, b'X'];
+        p.extend((1u32 << 20).to_le_bytes());
+        p.extend(std::iter::repeat_n(b'x', 1 << 20));
+        p.extend([b'q', 0]);
+        p.extend(std::iter::repeat_n(b'2', 200_000));
+        for _ in 0..200_000 {
+            p.extend([b'h', 0]);
+        }
+        p.push(b'.');
+        let Ok(Value::Str(s)) = run(&p) else { panic!("expected the string") };
+        assert_eq!(s.len(), 1 << 20);
+    }
+
+    #[test]
+    fn frames_past_the_end_and_list_or_dict_ops_on_the_wrong_type_are_errors() {
+        let mut frame = vec![0x80, 4, 0x95];
+        frame.extend(1000u64.to_le_bytes());
+        frame.extend([b'N', b'.']);
+        assert_eq!(run(&frame).unwrap_err(), "t.pkl: pickle byte 2: FRAME of 1000 bytes reaches past the end of the pickle (2 bytes left)");
+        let cases: [(&[u8], &str); 5] = [
+            (b"}Na.", "APPEND needs a list on the stack, found a dict"),
+            (b"N(Ne.", "APPENDS needs a list on the stack, found None"),
+            (b"]NNs.", "SETITEM needs a dict on the stack, found a list"),
+            (b")(NNu.", "SETITEMS needs a dict on the stack, found a tuple"),
+            (b"}(Nu.", "SETITEMS with an odd number of items; expected key, value pairs"),
+        ];
+        for (p, want) in cases {
+            let e = run(p).unwrap_err();
+            assert!(e.ends_with(want), "{:?}: {e}", String::from_utf8_lossy(p));
+        }
+    }
+
+    #[test]
+    fn stride_zero_and_negative_offsets_fail_the_extent_check() {
+        let dir = temp_dir("extent");
+        let path = dir.join("bad.pth");
+        let cases: [(&[u8], &str); 3] = [
+            // size (2, 3), stride (1, 0): six elements read from three.
+            (&[b'K', 0, b'K', 2, b'K', 3, 0x86, b'K', 1, b'K', 0, 0x86], "tensor 'a' has stride 0 in dimension 1"),
+            // offset −1 (BININT), which wraps to the end of memory as an unsigned offset.
+            (&[b'J', 0xff, 0xff, 0xff, 0xff, b'K', 2, b'K', 3, 0x86, b'K', 1, b'K', 2, 0x86], "negative storage offset"),
+            // size (2, 3), stride (1, 3): the last element is at 1 + 2·3 = 7 of 6.
+            (&[b'K', 0, b'K', 2, b'K', 3, 0x86, b'K', 1, b'K', 3, 0x86], "tensor 'a' reaches past the end of its storage"),
+        ];
+        for (layout, want) in cases {
+            std::fs::write(&path, legacy_with(layout)).unwrap();
+            let e = TorchWeights::open_file(&path).err().expect("refused").to_string();
+            assert!(e.starts_with(&format!("{}: ", path.display())) && e.contains(want), "{e}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_zip_pickle_over_the_cap_is_refused_before_it_is_inflated() {
+        use std::io::Write;
+        let dir = temp_dir("zip");
+        let path = dir.join("big.pt");
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+        let deflated = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+        zip.start_file("archive/data.pkl", deflated).unwrap();
+        let chunk = vec![b'N'; 1 << 20];
+        for _ in 0..(MAX_PICKLE_BYTES >> 20) + 1 {
+            zip.write_all(&chunk).unwrap();
+        }
+        zip.finish().unwrap();
+        let e = TorchWeights::open_file(&path).err().expect("refused").to_string();
+        assert_eq!(e, format!("{}: zip member archive/data.pkl inflates to more than 268435456 bytes, the limit for a pickle", path.display()));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

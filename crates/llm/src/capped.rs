@@ -1,0 +1,99 @@
+//! Reading input files with a size cap: only a regular file is read (a FIFO or device is
+//! refused before it is opened, so a read never blocks or streams forever), and never more
+//! than the cap.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// Why a capped read failed; each message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum CappedReadError {
+    /// The file could not be opened or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A folder, FIFO, socket or device.
+    #[error("{path}: not a regular file (a folder, FIFO or device); expected a file")]
+    NotRegular {
+        /// The path.
+        path: PathBuf,
+    },
+    /// More bytes than the cap.
+    #[error("{path}: larger than the limit of {cap} bytes")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The cap in bytes.
+        cap: u64,
+    },
+}
+
+impl CappedReadError {
+    /// Whether the file does not exist (callers often treat that as "absent", not as an error).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+}
+
+/// Reads `reader` to its end if it yields at most `cap` bytes; `None` when it yields more (then
+/// only `cap + 1` bytes were read).
+pub fn read_to_end_capped(reader: impl Read, cap: u64) -> std::io::Result<Option<Vec<u8>>> {
+    let mut out = vec![];
+    reader.take(cap.saturating_add(1)).read_to_end(&mut out)?;
+    Ok((out.len() as u64 <= cap).then_some(out))
+}
+
+/// Reads the regular file at `path` (links followed) if it holds at most `cap` bytes; its type
+/// and size are checked before it is opened, and again on the opened file.
+pub fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>, CappedReadError> {
+    let io = |source| CappedReadError::Io { path: path.to_path_buf(), source };
+    let check = |meta: std::fs::Metadata| {
+        if !meta.is_file() {
+            return Err(CappedReadError::NotRegular { path: path.to_path_buf() });
+        }
+        if meta.len() > cap {
+            return Err(CappedReadError::TooLarge { path: path.to_path_buf(), cap });
+        }
+        Ok(())
+    };
+    check(std::fs::metadata(path).map_err(io)?)?;
+    let file = std::fs::File::open(path).map_err(io)?;
+    check(file.metadata().map_err(io)?)?;
+    read_to_end_capped(file, cap).map_err(io)?.ok_or_else(|| CappedReadError::TooLarge { path: path.to_path_buf(), cap })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_folders_fifos_and_files_over_the_cap() {
+        let dir = std::env::temp_dir().join(format!("xcomposer-capped-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("f.json");
+        std::fs::write(&file, b"12345").unwrap();
+        assert_eq!(read_capped(&file, 5).unwrap(), b"12345");
+        let e = read_capped(&file, 4).unwrap_err().to_string();
+        assert_eq!(e, format!("{}: larger than the limit of 4 bytes", file.display()));
+        let e = read_capped(&dir, 100).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        assert!(read_capped(&dir.join("absent"), 1).unwrap_err().is_not_found());
+        // A FIFO with no writer would block an open for reading forever.
+        let fifo = dir.join("pipe.json");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success());
+        if made {
+            let e = read_capped(&fifo, 100).unwrap_err().to_string();
+            assert!(e.contains("pipe.json: not a regular file"), "{e}");
+        }
+        // /dev/zero never ends: refused by type, without reading.
+        let e = read_capped(Path::new("/dev/zero"), 100).unwrap_err().to_string();
+        assert!(e.starts_with("/dev/zero: not a regular file"), "{e}");
+        assert_eq!(read_to_end_capped(&b"abc"[..], 2).unwrap(), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
