@@ -138,7 +138,7 @@ fn tag_grounded(args: &ChatArgs) -> Result<()> {
     let input = ImageInput::default();
     let mut seen = vec![];
     for p in &args.images {
-        let img = input.open(p)?;
+        let img = input.open_for(p, tagger.preprocess())?;
         let tags = tagger.tag(&[&img.rgb], 5).remove(0).tags;
         let names: Vec<String> = tags.iter().map(|t| format!("{} ({:.0}%)", t.label, t.probability * 100.0)).collect();
         seen.push(format!("{}: {}", p.file_name().unwrap_or_default().to_string_lossy(), names.join(", ")));

@@ -60,7 +60,7 @@ where
     let clip = ClipEmbedder::<B>::load(&args.model, device).with_context(|| format!("loading {}", args.model.display()))?;
     // CLIPImageProcessor's convert("RGB") drops alpha rather than compositing it.
     let input = ImageInput::pil_compatible();
-    let images = args.images.iter().map(|p| input.open(p).map(|d| d.rgb)).collect::<Result<Vec<_>, _>>()?;
+    let images = args.images.iter().map(|p| input.open_for(p, &clip.preprocess).map(|d| d.rgb)).collect::<Result<Vec<_>, _>>()?;
     let image_embeds = clip.embed_images(&images);
     let texts: Vec<&str> = args.texts.iter().map(String::as_str).collect();
     let tokens = clip.tokenizer.encode(&texts);

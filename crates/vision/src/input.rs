@@ -3,12 +3,18 @@
 //! JPEG, PNG, WebP and GIF (first frame) are read; the EXIF orientation is applied; grey, grey +
 //! alpha, RGBA and 16-bit images become 8-bit RGB (alpha composited on white by default, or
 //! dropped as PIL's `convert("RGB")` does, which the reference preprocessors use); images above a
-//! pixel limit are refused before their pixels are decoded. Every error names the file.
+//! pixel limit are refused before their pixels are decoded, and so are images whose resize for a
+//! model ([`ImageInput::open_for`]) would be above it (an extreme aspect ratio); files are read
+//! with a size cap, and a JPEG that ends before its end marker is refused as truncated. Every
+//! error names the file.
 
 use std::io::{BufRead, Cursor, Seek};
 use std::path::{Path, PathBuf};
 
 use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
+use xcomposer_llm::capped::{CappedReadError, read_capped};
+
+use crate::Preprocess;
 
 /// Why an image could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +40,30 @@ pub enum ImageError {
         path: PathBuf,
         /// The decoder's message.
         reason: String,
+    },
+    /// The file is larger than the file-size cap.
+    #[error("{path}: larger than the limit of {limit} bytes for an image file (raise it with ImageInput::max_file_bytes)")]
+    FileTooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The cap in bytes.
+        limit: u64,
+    },
+    /// Resizing the image for a model would make more pixels than the limit.
+    #[error("{path}: {width}×{height} would be resized to {resized_width}×{resized_height}, more than the limit of {limit} pixels (an extreme aspect ratio; raise it with ImageInput::max_pixels)")]
+    ResizeTooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Width.
+        width: u32,
+        /// Height.
+        height: u32,
+        /// Width after the resize.
+        resized_width: u64,
+        /// Height after the resize.
+        resized_height: u64,
+        /// The limit.
+        limit: u64,
     },
     /// The image is larger than the pixel limit.
     #[error("{path}: {width}×{height} is {pixels} pixels, more than the limit of {limit} (raise it with ImageInput::max_pixels)")]
@@ -73,8 +103,10 @@ pub struct DecodedImage {
 /// Settings for reading images.
 #[derive(Debug, Clone, Copy)]
 pub struct ImageInput {
-    /// The largest width × height accepted (decompression-bomb guard).
+    /// The largest width × height accepted, before and after a resize (decompression-bomb guard).
     pub max_pixels: u64,
+    /// The largest file read, in bytes.
+    pub max_file_bytes: u64,
     /// What to do with transparency.
     pub alpha: Alpha,
     /// Whether to apply the EXIF orientation.
@@ -83,7 +115,7 @@ pub struct ImageInput {
 
 impl Default for ImageInput {
     fn default() -> Self {
-        Self { max_pixels: 64 * 1024 * 1024, alpha: Alpha::OverWhite, apply_orientation: true }
+        Self { max_pixels: 64 * 1024 * 1024, max_file_bytes: 256 << 20, alpha: Alpha::OverWhite, apply_orientation: true }
     }
 }
 
@@ -96,32 +128,69 @@ impl ImageInput {
 
     /// Reads and decodes a file.
     pub fn open(&self, path: &Path) -> Result<DecodedImage, ImageError> {
-        let bytes = std::fs::read(path).map_err(|e| ImageError::Io { path: path.to_path_buf(), reason: e.to_string() })?;
-        self.decode(&bytes, path)
+        self.decode_with(&self.read(path)?, path, None)
+    }
+
+    /// Reads and decodes a file that `preprocess` will resize, refusing it before decoding when
+    /// the resized image would be above the pixel limit.
+    pub fn open_for(&self, path: &Path, preprocess: &Preprocess) -> Result<DecodedImage, ImageError> {
+        self.decode_with(&self.read(path)?, path, Some(preprocess))
+    }
+
+    /// The bytes of a regular file of at most `max_file_bytes`.
+    fn read(&self, path: &Path) -> Result<Vec<u8>, ImageError> {
+        let io = |reason: String| ImageError::Io { path: path.to_path_buf(), reason };
+        read_capped(path, self.max_file_bytes).map_err(|e| match e {
+            CappedReadError::TooLarge { .. } => ImageError::FileTooLarge { path: path.to_path_buf(), limit: self.max_file_bytes },
+            CappedReadError::NotRegular { .. } => io("not a regular file (a folder, FIFO or device); expected an image file".into()),
+            CappedReadError::Io { source, .. } => io(source.to_string()),
+        })
     }
 
     /// Decodes bytes; `path` is only used in messages.
     pub fn decode(&self, bytes: &[u8], path: &Path) -> Result<DecodedImage, ImageError> {
+        self.decode_with(bytes, path, None)
+    }
+
+    /// Decodes bytes, checking the size after `preprocess`'s resize too when given.
+    pub fn decode_for(&self, bytes: &[u8], path: &Path, preprocess: &Preprocess) -> Result<DecodedImage, ImageError> {
+        self.decode_with(bytes, path, Some(preprocess))
+    }
+
+    fn decode_with(&self, bytes: &[u8], path: &Path, preprocess: Option<&Preprocess>) -> Result<DecodedImage, ImageError> {
         let reader = ImageReader::new(Cursor::new(bytes))
             .with_guessed_format()
             .map_err(|e| ImageError::Io { path: path.to_path_buf(), reason: e.to_string() })?;
-        if reader.format().is_none() {
-            return Err(ImageError::UnknownFormat { path: path.to_path_buf() });
+        match reader.format() {
+            None => return Err(ImageError::UnknownFormat { path: path.to_path_buf() }),
+            Some(image::ImageFormat::Jpeg) if !jpeg_is_complete(bytes) => {
+                return Err(ImageError::Corrupt { path: path.to_path_buf(), reason: "truncated JPEG: the data ends before the image's end marker".into() });
+            }
+            Some(_) => {}
         }
-        self.decode_reader(reader, path)
+        self.decode_reader(reader, path, preprocess)
     }
 
-    fn decode_reader<R: BufRead + Seek>(&self, reader: ImageReader<R>, path: &Path) -> Result<DecodedImage, ImageError> {
+    /// Refuses `width × height` above the pixel limit, before and after `preprocess`'s resize.
+    fn check_size(&self, (width, height): (u32, u32), path: &Path, preprocess: Option<&Preprocess>) -> Result<(), ImageError> {
+        let pixels = width as u64 * height as u64;
+        if pixels > self.max_pixels {
+            return Err(ImageError::TooLarge { path: path.to_path_buf(), width, height, pixels, limit: self.max_pixels });
+        }
+        let Some((resized_width, resized_height)) = preprocess.map(|p| p.resized_size_u64((width, height))) else { return Ok(()) };
+        if resized_width.saturating_mul(resized_height) > self.max_pixels {
+            return Err(ImageError::ResizeTooLarge { path: path.to_path_buf(), width, height, resized_width, resized_height, limit: self.max_pixels });
+        }
+        Ok(())
+    }
+
+    fn decode_reader<R: BufRead + Seek>(&self, reader: ImageReader<R>, path: &Path, preprocess: Option<&Preprocess>) -> Result<DecodedImage, ImageError> {
         let corrupt = |e: image::ImageError| match e {
             image::ImageError::Unsupported(_) => ImageError::UnknownFormat { path: path.to_path_buf() },
             e => ImageError::Corrupt { path: path.to_path_buf(), reason: e.to_string() },
         };
         let mut decoder = reader.into_decoder().map_err(corrupt)?;
-        let (width, height) = decoder.dimensions();
-        let pixels = width as u64 * height as u64;
-        if pixels > self.max_pixels {
-            return Err(ImageError::TooLarge { path: path.to_path_buf(), width, height, pixels, limit: self.max_pixels });
-        }
+        self.check_size(decoder.dimensions(), path, preprocess)?;
         let exif = decoder.exif_metadata().ok().flatten();
         let orientation = if self.apply_orientation { decoder.orientation().ok() } else { None };
         let mut img = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
@@ -131,6 +200,15 @@ impl ImageInput {
         let description = exif.as_deref().and_then(|e| exif_ascii(e, EXIF_IMAGE_DESCRIPTION)).map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
         Ok(DecodedImage { rgb: to_rgb8(img, self.alpha), description })
     }
+}
+
+/// Whether a JPEG's data reaches its end marker: an EOI (`FF D9`) after the last start of scan
+/// (`FF DA`). Entropy-coded data never holds `FF D9` (0xFF bytes are stuffed), so a file cut
+/// anywhere in or after its last scan header lacks it.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let marker = |m: u8| move |w: &[u8]| w == [0xff, m];
+    let last_scan = bytes.windows(2).rposition(marker(0xda)).unwrap_or(0);
+    bytes[last_scan..].windows(2).any(marker(0xd9))
 }
 
 /// Converts any colour type to 8-bit RGB under an alpha policy.
@@ -282,5 +360,53 @@ mod tests {
         assert!(e.starts_with("big.png: 5×4 is 20 pixels, more than the limit of 19"), "{e}");
         let e = ImageInput::default().open(Path::new("/nonexistent/cat.jpg")).unwrap_err().to_string();
         assert!(e.starts_with("/nonexistent/cat.jpg: "), "{e}");
+    }
+
+    #[test]
+    fn extreme_aspect_ratios_are_refused_before_the_resize_allocates() {
+        let pre = Preprocess::efficientnet_lite0();
+        // 8 × 8 000 000 (64 M pixels, under the input limit) would be resized to 256 × 256 000 000.
+        let tall = ImageInput::default().check_size((8, 8_000_000), Path::new("tall.png"), Some(&pre)).unwrap_err().to_string();
+        assert_eq!(tall, "tall.png: 8×8000000 would be resized to 256×256000000, more than the limit of 67108864 pixels (an extreme aspect ratio; raise it with ImageInput::max_pixels)");
+        // 1 × 60 000 000: the long side, 15 360 000 000, does not even fit in 32 bits.
+        let clip = Preprocess::clip(256);
+        let thin = ImageInput::default().check_size((1, 60_000_000), Path::new("thin.png"), Some(&clip)).unwrap_err().to_string();
+        assert!(thin.starts_with("thin.png: 1×60000000 would be resized to 256×15360000000,"), "{thin}");
+        // A real file: 1 × 300 000 with a pixel limit of 1 M is refused by name, not decoded.
+        let line = DynamicImage::ImageLuma8(image::GrayImage::new(1, 300_000));
+        let small = ImageInput { max_pixels: 1_000_000, ..ImageInput::default() };
+        let e = small.decode_for(&png(&line), Path::new("line.png"), &pre).unwrap_err().to_string();
+        assert!(e.starts_with("line.png: 1×300000 would be resized to 256×76800000,"), "{e}");
+        let ok = RgbImage::from_pixel(400, 300, image::Rgb([1, 2, 3]));
+        assert!(ImageInput::default().decode_for(&png(&DynamicImage::ImageRgb8(ok)), Path::new("ok.png"), &pre).is_ok());
+    }
+
+    #[test]
+    fn files_are_read_with_a_size_cap_and_only_when_regular() {
+        let dir = std::env::temp_dir().join(format!("xcomposer-input-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("big.png");
+        let img = DynamicImage::ImageRgb8(RgbImage::from_fn(64, 64, |x, y| image::Rgb([x as u8 * 4, y as u8 * 4, 0])));
+        let bytes = png(&img);
+        std::fs::write(&path, &bytes).unwrap();
+        let capped = ImageInput { max_file_bytes: bytes.len() as u64 - 1, ..ImageInput::default() };
+        let e = capped.open(&path).unwrap_err().to_string();
+        assert_eq!(e, format!("{}: larger than the limit of {} bytes for an image file (raise it with ImageInput::max_file_bytes)", path.display(), bytes.len() - 1));
+        assert!(ImageInput { max_file_bytes: bytes.len() as u64, ..ImageInput::default() }.open(&path).is_ok());
+        let e = ImageInput::default().open(Path::new("/dev/zero")).unwrap_err().to_string();
+        assert_eq!(e, "/dev/zero: not a regular file (a folder, FIFO or device); expected an image file");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_truncated_jpeg_is_an_error_naming_the_file() {
+        let img = RgbImage::from_fn(64, 48, |x, y| image::Rgb([(x * 4) as u8, (y * 5) as u8, ((x + y) * 2) as u8]));
+        let mut j = vec![];
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut j, 90).write_image(&img, 64, 48, image::ExtendedColorType::Rgb8).unwrap();
+        assert!(ImageInput::default().decode(&j, Path::new("whole.jpg")).is_ok());
+        for keep in [j.len() - 2, j.len() * 3 / 4, j.len() / 2 + 40] {
+            let e = ImageInput::default().decode(&j[..keep], Path::new("cut.jpg")).unwrap_err().to_string();
+            assert!(e.starts_with("cut.jpg: corrupt or truncated image"), "{keep} of {}: {e}", j.len());
+        }
     }
 }

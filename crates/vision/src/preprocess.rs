@@ -184,7 +184,16 @@ impl Preprocess {
         self.crop.unwrap_or_else(|| resized_size(self.resize, input))
     }
 
-    /// Resizes and crops, returning 8-bit pixels (what the references call `crop_u8`).
+    /// The size after the resize step, before the crop, in 64 bits: what resizing `input`
+    /// allocates ([`ImageInput::open_for`](crate::ImageInput::open_for) checks it).
+    pub fn resized_size_u64(&self, input: (u32, u32)) -> (u64, u64) {
+        resized_size_u64(self.resize, input)
+    }
+
+    /// Resizes and crops, returning 8-bit pixels (what the references call `crop_u8`). The
+    /// resize allocates its full output: open files with
+    /// [`ImageInput::open_for`](crate::ImageInput::open_for), which refuses an image whose
+    /// resize would be above the pixel limit.
     pub fn resize_and_crop(&self, img: &RgbImage) -> RgbImage {
         let (w, h) = resized_size(self.resize, img.dimensions());
         let resized = resize_bicubic(img, w, h);
@@ -200,17 +209,23 @@ impl Preprocess {
     }
 }
 
-/// The size after a resize step.
-pub fn resized_size(resize: Resize, (w, h): (u32, u32)) -> (u32, u32) {
+/// The size after a resize step (each side at most `u32::MAX`; see [`resized_size_u64`]).
+pub fn resized_size(resize: Resize, input: (u32, u32)) -> (u32, u32) {
+    let (w, h) = resized_size_u64(resize, input);
+    (u32::try_from(w).unwrap_or(u32::MAX), u32::try_from(h).unwrap_or(u32::MAX))
+}
+
+/// The size after a resize step, in 64 bits (an extreme aspect ratio can pass 32).
+pub fn resized_size_u64(resize: Resize, (w, h): (u32, u32)) -> (u64, u64) {
     match resize {
-        Resize::Exact { width, height } => (width, height),
+        Resize::Exact { width, height } => (width as u64, height as u64),
         Resize::ShortestSide { size, rounding } => {
             let (short, long) = if w <= h { (w, h) } else { (h, w) };
             let long = match rounding {
-                SideRounding::Round => (long as f64 * (size as f64 / short.max(1) as f64)).round_ties_even() as u32,
-                SideRounding::Truncate => (size as u64 * long as u64 / short.max(1) as u64) as u32,
+                SideRounding::Round => (long as f64 * (size as f64 / short.max(1) as f64)).round_ties_even() as u64,
+                SideRounding::Truncate => size as u64 * long as u64 / short.max(1) as u64,
             };
-            if w <= h { (size, long) } else { (long, size) }
+            if w <= h { (size as u64, long) } else { (long, size as u64) }
         }
     }
 }

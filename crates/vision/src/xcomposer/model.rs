@@ -180,7 +180,7 @@ impl<B: Backend> XComposer<B> {
     /// The preprocessed pixels of an image file, `[3, S, S]` as a flat vector.
     pub fn pixels(&self, path: &Path) -> Result<Vec<f32>, XComposerError> {
         // The original opens with PIL and `convert("RGB")` (alpha dropped).
-        let img = ImageInput::pil_compatible().open(path)?;
+        let img = ImageInput::pil_compatible().open_for(path, &self.preprocess)?;
         Ok(self.preprocess.apply(&img.rgb))
     }
 
