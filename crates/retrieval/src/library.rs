@@ -15,6 +15,11 @@
 //! Image text comes from, in order: the folder's `library.json` (`{"images": {"PATH": {...}}}`),
 //! a sidecar `IMAGE.json` (both with `title`, `description`, `alt`), the EXIF
 //! `ImageDescription`, and the file name (words of the stem, camera-style names ignored).
+//!
+//! Every file is read with a size cap, and only if it is a regular file (a FIFO or device next
+//! to an image is reported, never opened); `index.json` is not trusted: an image path that is
+//! absolute or climbs out with `..`, or a feature name that is not a plain word, is refused with
+//! the field named.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -23,6 +28,7 @@ use std::sync::Arc;
 use burn::tensor::backend::Backend;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use xcomposer_llm::capped::{CappedReadError, read_capped};
 use xcomposer_llm::fetch;
 use xcomposer_vision::{ImageInput, ImageTagger, Tag};
 
@@ -40,6 +46,12 @@ pub const INDEX_DIR: &str = ".xcomposer";
 pub const TOP_TAGS: usize = 5;
 const FORMAT: &str = "xcomposer-image-index";
 const EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "webp", "gif", "jpe"];
+/// The largest `index.json` read, in bytes.
+pub const MAX_INDEX_BYTES: u64 = 1 << 30;
+/// The largest `library.json` read, in bytes.
+pub const MAX_LIBRARY_META_BYTES: u64 = 64 << 20;
+/// The largest sidecar `IMAGE.json` read, in bytes.
+pub const MAX_SIDECAR_BYTES: u64 = 1 << 20;
 
 /// Errors of the library.
 #[derive(Debug, thiserror::Error)]
@@ -378,8 +390,8 @@ impl ImageLibrary {
             return Err(LibraryError::NoIndex { index: file, root: root.to_path_buf() });
         }
         let stale = |reason: String| LibraryError::Stale { index: file.clone(), root: root.to_path_buf(), reason };
-        let text = std::fs::read_to_string(&file).map_err(io(&file))?;
-        let head: serde_json::Value = serde_json::from_str(&text).map_err(|e| stale(format!("not a readable index ({e})")))?;
+        let text = read_capped(&file, MAX_INDEX_BYTES).map_err(|e| LibraryError::Io { path: file.clone(), reason: io_reason(e) })?;
+        let head: serde_json::Value = serde_json::from_slice(&text).map_err(|e| stale(format!("not a readable index ({e})")))?;
         if head.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
             return Err(stale("not an xcomposer image index".into()));
         }
@@ -388,16 +400,22 @@ impl ImageLibrary {
             return Err(stale(format!("written in index format version {version}, this xcomposer reads version {INDEX_VERSION}")));
         }
         let idx: IndexFile = serde_json::from_value(head).map_err(|e| stale(format!("damaged index ({e})")))?;
+        check_index_fields(&idx).map_err(stale)?;
         let mut features = BTreeMap::new();
         for (name, &dim) in &idx.features {
             let path = index_dir.join(format!("features-{name}.f32"));
-            let bytes = std::fs::read(&path).map_err(io(&path))?;
-            let data: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
             let row_of: Vec<Option<u32>> = idx.images.iter().map(|im| im.rows.get(name).copied()).collect();
-            let rows = row_of.iter().flatten().map(|&r| r as usize + 1).max().unwrap_or(0);
-            if bytes.len() % 4 != 0 || dim == 0 || data.len() != rows * dim {
-                return Err(stale(format!("{} does not match index.json", path.display())));
+            let rows = row_of.iter().flatten().map(|&r| r as u64 + 1).max().unwrap_or(0);
+            let mismatch = || stale(format!("{} does not match index.json", path.display()));
+            let expected = rows.checked_mul(dim as u64).and_then(|n| n.checked_mul(4)).filter(|_| dim > 0).ok_or_else(mismatch)?;
+            let bytes = match read_capped(&path, expected) {
+                Err(CappedReadError::TooLarge { .. }) => return Err(mismatch()),
+                r => r.map_err(|e| LibraryError::Io { path: path.clone(), reason: io_reason(e) })?,
+            };
+            if bytes.len() as u64 != expected {
+                return Err(mismatch());
             }
+            let data: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
             features.insert(name.clone(), FeatureMatrix { dim, data, row_of });
         }
         Ok(Self { root: root.to_path_buf(), index_dir, models: idx.models, images: idx.images, features })
@@ -428,8 +446,8 @@ impl ImageLibrary {
         let previous = match Self::open_for(root, Some(&index_dir), &models) {
             Ok(lib) => Some(lib),
             Err(LibraryError::NoIndex { .. }) => None,
-            Err(e @ LibraryError::Stale { .. }) => {
-                report.warnings.push(format!("{e} (rebuilding it now)"));
+            Err(e @ (LibraryError::Stale { .. } | LibraryError::Io { .. })) => {
+                report.warnings.push(format!("{e} (rebuilding the index now)"));
                 None
             }
             Err(e) => return Err(e),
@@ -481,7 +499,7 @@ impl ImageLibrary {
                 .map(|(rel, _)| {
                     let path = root.join(rel);
                     let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-                    input.open(&path).map(|d| {
+                    input.open_for(&path, &preprocess).map(|d| {
                         let pixels = preprocess.apply(&d.rgb);
                         (d, pixels, bytes)
                     })
@@ -589,7 +607,7 @@ impl ImageLibrary {
         // CLIPImageProcessor's convert("RGB") drops alpha rather than compositing it.
         let input = ImageInput::pil_compatible();
         for chunk in todo.chunks(batch.max(1)) {
-            let decoded: Vec<Result<Vec<f32>, String>> = chunk.par_iter().map(|&i| input.open(&self.root.join(&self.images[i].path)).map(|d| clip.preprocess.apply(&d.rgb)).map_err(|e| e.to_string())).collect();
+            let decoded: Vec<Result<Vec<f32>, String>> = chunk.par_iter().map(|&i| input.open_for(&self.root.join(&self.images[i].path), &clip.preprocess).map(|d| clip.preprocess.apply(&d.rgb)).map_err(|e| e.to_string())).collect();
             let mut ok = vec![];
             let mut pixels = vec![];
             for (&i, d) in chunk.iter().zip(decoded) {
@@ -715,11 +733,57 @@ impl ImageLibrary {
     }
 }
 
+/// The reason of a capped read's error, without the path (the caller's message names it).
+fn io_reason(e: CappedReadError) -> String {
+    match e {
+        CappedReadError::Io { source, .. } => source.to_string(),
+        CappedReadError::NotRegular { .. } => "not a regular file (a folder, FIFO or device); expected a file".into(),
+        CappedReadError::TooLarge { cap, .. } => format!("larger than the limit of {cap} bytes"),
+    }
+}
+
+/// Refuses what `index.json` must not say: an image path that is empty, absolute or not plainly
+/// inside the library (`..`, `.`), or a feature name that is not a plain word (it names a file).
+fn check_index_fields(idx: &IndexFile) -> Result<(), String> {
+    use std::path::Component::Normal;
+    for (i, im) in idx.images.iter().enumerate() {
+        let p = Path::new(&im.path);
+        if im.path.is_empty() || !p.components().all(|c| matches!(c, Normal(_))) {
+            return Err(format!("images[{i}].path {:?} is not a relative path inside the library (absolute paths and `..` are refused)", im.path));
+        }
+        if let Some(name) = im.rows.keys().find(|n| !plain_name(n)) {
+            return Err(format!("images[{i}].rows names feature {name:?}; expected letters, digits, `-` or `_`"));
+        }
+    }
+    match idx.features.keys().find(|n| !plain_name(n)) {
+        Some(name) => Err(format!("features names {name:?}; expected letters, digits, `-` or `_`")),
+        None => Ok(()),
+    }
+}
+
+/// Letters, digits, `-` and `_`, at most 64 of them.
+fn plain_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+}
+
+/// Reads a metadata file: `None` when it is absent; a file that cannot be read (not a regular
+/// file, over `cap`, unreadable) is reported in `report.warnings` and ignored.
+fn read_meta_file(path: &Path, cap: u64, report: &mut IndexReport) -> Option<Vec<u8>> {
+    match read_capped(path, cap) {
+        Ok(bytes) => Some(bytes),
+        Err(e) if e.is_not_found() => None,
+        Err(e) => {
+            report.warnings.push(format!("{}: ignored, {}", path.display(), io_reason(e)));
+            None
+        }
+    }
+}
+
 fn read_library_meta(root: &Path, report: &mut IndexReport) -> LibraryMeta {
     let path = root.join(crate::default_library::METADATA_FILE);
-    match std::fs::read_to_string(&path) {
-        Err(_) => LibraryMeta::default(),
-        Ok(text) => serde_json::from_str(&text).unwrap_or_else(|e| {
+    match read_meta_file(&path, MAX_LIBRARY_META_BYTES, report) {
+        None => LibraryMeta::default(),
+        Some(text) => serde_json::from_slice(&text).unwrap_or_else(|e| {
             report.warnings.push(format!("{}: ignored, not valid library metadata ({e}); expected {{\"images\": {{\"PATH\": {{\"title\": …, \"description\": …}}}}}}", path.display()));
             LibraryMeta::default()
         }),
@@ -735,8 +799,8 @@ fn metadata_text(root: &Path, im: &IndexedImage, lib: &LibraryMeta, report: &mut
         sources.push(crate::default_library::METADATA_FILE.to_string());
     }
     let sidecar = root.join(format!("{}.json", im.path));
-    if let Ok(text) = std::fs::read_to_string(&sidecar) {
-        match serde_json::from_str::<MetaEntry>(&text) {
+    if let Some(text) = read_meta_file(&sidecar, MAX_SIDECAR_BYTES, report) {
+        match serde_json::from_slice::<MetaEntry>(&text) {
             Ok(m) => {
                 if let Some(t) = m.text() {
                     parts.push(t);
@@ -796,5 +860,66 @@ mod tests {
         assert_eq!(hits[0].iter().map(|h| h.path.as_str()).collect::<Vec<_>>(), ["d", "c"]);
         let all = lib.search(&Fixed, &["q"], 10).unwrap();
         assert_eq!(all[0].len(), 3);
+    }
+
+    fn temp_root(name: &str) -> PathBuf {
+        let root = std::env::temp_dir().join(format!("xcomposer-library-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        root
+    }
+
+    fn image(path: &str, rows: &[(&str, u32)]) -> IndexedImage {
+        let rows = rows.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        IndexedImage { path: path.into(), sha256: String::new(), bytes: 0, width: 1, height: 1, tags: vec![], exif_description: None, metadata_text: None, metadata_sources: vec![], rows }
+    }
+
+    #[test]
+    fn metadata_files_that_are_devices_fifos_or_too_large_are_reported_not_read() {
+        let root = temp_root("meta");
+        let not_regular = "ignored, not a regular file (a folder, FIFO or device); expected a file";
+        // library.json → /dev/zero would be read for ever.
+        let lib_json = root.join("library.json");
+        std::os::unix::fs::symlink("/dev/zero", &lib_json).unwrap();
+        let mut report = IndexReport::default();
+        assert!(read_library_meta(&root, &mut report).images.is_empty());
+        assert_eq!(report.warnings, [format!("{}: {not_regular}", lib_json.display())]);
+        // A FIFO next to an image would block the read until someone writes to it.
+        let sidecar = root.join("IMG_0001.png.json");
+        assert!(std::process::Command::new("mkfifo").arg(&sidecar).status().unwrap().success());
+        let text = metadata_text(&root, &image("cat.png", &[]), &LibraryMeta::default(), &mut report);
+        assert_eq!(text, Some(("cat".to_string(), vec!["file name".to_string()])));
+        let text = metadata_text(&root, &image("IMG_0001.png", &[]), &LibraryMeta::default(), &mut report);
+        assert_eq!(text, None);
+        assert_eq!(report.warnings[1], format!("{}: {not_regular}", sidecar.display()));
+        // A regular library.json over the cap (a sparse file: nothing is written or read).
+        std::fs::remove_file(&lib_json).unwrap();
+        std::fs::File::create(&lib_json).unwrap().set_len(MAX_LIBRARY_META_BYTES + 1).unwrap();
+        assert!(read_library_meta(&root, &mut report).images.is_empty());
+        assert_eq!(report.warnings[2], format!("{}: ignored, larger than the limit of 67108864 bytes", lib_json.display()));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn index_json_image_paths_and_feature_names_are_not_trusted() {
+        let root = temp_root("index");
+        let lib = ImageLibrary::from_parts(&root, vec![image("a.png", &[(TAG_FEATURE, 0)])], BTreeMap::from([(TAG_FEATURE.to_string(), (2, vec![1.0, 0.0]))]));
+        lib.save().unwrap();
+        assert_eq!(ImageLibrary::open(&root, None).unwrap().feature(TAG_FEATURE).unwrap().row(0), Some(&[1.0f32, 0.0][..]));
+        let index = root.join(INDEX_DIR).join("index.json");
+        let good = std::fs::read_to_string(&index).unwrap();
+        let cases = [
+            ("\"path\": \"a.png\"", "\"path\": \"/etc/passwd\"", "images[0].path \"/etc/passwd\" is not a relative path inside the library"),
+            ("\"path\": \"a.png\"", "\"path\": \"../../outside.png\"", "images[0].path \"../../outside.png\" is not a relative path inside the library"),
+            ("\"tags\": 2", "\"../../../etc/x\": 2", "features names \"../../../etc/x\"; expected letters, digits, `-` or `_`"),
+            ("\"tags\": 0", "\"/x\": 0", "images[0].rows names feature \"/x\""),
+        ];
+        for (from, to, want) in cases {
+            assert!(good.contains(from), "{good}");
+            std::fs::write(&index, good.replace(from, to)).unwrap();
+            let e = ImageLibrary::open(&root, None).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("{}: {want}", index.display())) && e.contains("re-index"), "{e}");
+        }
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }
