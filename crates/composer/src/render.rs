@@ -106,13 +106,15 @@ fn safe_url(url: &str) -> bool {
 }
 
 /// The article as a standalone HTML page (raw HTML in the text is shown as text, not run;
-/// links and images other than http, https, mailto and relative ones are dropped).
+/// links other than http, https, mailto and relative ones lead nowhere, and an image shows only
+/// when its source is one of the article's own copies, `assets/NAME` of a slot).
 pub fn html(article: &Article) -> String {
     let md = markdown(article);
+    let assets: BTreeSet<&str> = article.images.iter().filter_map(|s| s.asset.as_deref()).filter(|a| asset_file(a).is_some()).collect();
     let events = Parser::new(&md).map(|e| match e {
         Event::Html(h) | Event::InlineHtml(h) => Event::Text(h),
         Event::Start(Tag::Link { link_type, dest_url, title, id }) if !safe_url(&dest_url) => Event::Start(Tag::Link { link_type, dest_url: "#".into(), title, id }),
-        Event::Start(Tag::Image { link_type, dest_url, title, id }) if !safe_url(&dest_url) => Event::Start(Tag::Image { link_type, dest_url: "".into(), title, id }),
+        Event::Start(Tag::Image { link_type, dest_url, title, id }) if !assets.contains(&*dest_url) => Event::Start(Tag::Image { link_type, dest_url: "".into(), title, id }),
         e => e,
     });
     let mut body = String::new();
@@ -309,16 +311,18 @@ fn remove_stale<'a>(assets_dir: &Path, stale: impl Iterator<Item = &'a String>) 
     left_alone
 }
 
-/// For `assets/FILE`: the file to delete, or `Some(None)` when it is already gone; `None` for
-/// any other name or for something there that is not a file or a link.
-fn stale_asset(assets_dir: &Path, name: &str) -> Option<Option<PathBuf>> {
+/// `FILE` of a name `assets/FILE` (exactly two plain components, no backslash); `None` otherwise.
+fn asset_file(name: &str) -> Option<&std::ffi::OsStr> {
     use std::path::Component::Normal;
     let mut parts = Path::new(name).components();
     let (Some(Normal(folder)), Some(Normal(file)), None) = (parts.next(), parts.next(), parts.next()) else { return None };
-    if folder != ASSETS_DIR || name.contains('\\') {
-        return None;
-    }
-    let path = assets_dir.join(file);
+    (folder == ASSETS_DIR && !name.contains('\\')).then_some(file)
+}
+
+/// For `assets/FILE`: the file to delete, or `Some(None)` when it is already gone; `None` for
+/// any other name or for something there that is not a file or a link.
+fn stale_asset(assets_dir: &Path, name: &str) -> Option<Option<PathBuf>> {
+    let path = assets_dir.join(asset_file(name)?);
     match std::fs::symlink_metadata(&path) {
         Ok(m) if m.is_file() || m.is_symlink() => Some(Some(path)),
         Ok(_) => None,
@@ -363,11 +367,29 @@ mod tests {
             }
             assert!(!body.contains("script:") || !body.contains("href=\"java"), "{p:?} → {body}");
         }
-        let good = ["[a](https://example.org/x)", "[a](http://e.org)", "[a](mailto:me@e.org)", "[a](other.html#top)", "![i](assets/01-x.png)", "[a](#s)"];
+        let good = ["[a](https://example.org/x)", "[a](http://e.org)", "[a](mailto:me@e.org)", "[a](other.html#top)", "[a](#s)"];
         for p in good {
             let h = html(&article(&[p]));
             let dest = p.rsplit('(').next().unwrap().trim_end_matches(')');
             assert!(h.contains(&format!("=\"{dest}\"")), "{p:?} → {h}");
         }
+    }
+
+    #[test]
+    fn images_show_only_from_the_articles_own_assets() {
+        let mut a = article(&["First.", "![x](https://tracker.example/p.png) ![y](../../secret.png) ![z](/etc/hostname) ![w](assets/02-other.png)"]);
+        let slot = serde_json::json!({
+            "after_paragraph": 0, "caption": "a cup", "caption_source": {"by": "user", "detail": ""},
+            "candidates": [{"path": "/lib/cup.png", "score": 1.0}], "chosen": 0,
+            "selection": {"by": "user", "detail": ""}, "asset": "assets/01-cup.png"
+        });
+        a.images.push(serde_json::from_value(slot).unwrap());
+        let h = html(&a);
+        let sources: Vec<&str> = h.split("src=\"").skip(1).map(|r| &r[..r.find('"').unwrap()]).collect();
+        assert_eq!(sources, ["assets/01-cup.png", "", "", "", ""], "{h}");
+        // An asset name that is not `assets/NAME` is no source either.
+        a.images[0].asset = Some("../x/01-cup.png".into());
+        let h = html(&a);
+        assert!(!h.contains("src=\"../x") && !h.contains("src=\"assets"), "{h}");
     }
 }
