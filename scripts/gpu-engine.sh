@@ -15,6 +15,8 @@
 #                per stage of a whole article, every text stage on the 7B model, images chosen from
 #                the carried default library ($DIR/library, with its index) by CLIP alone
 #                ($DIR/clip-tiny), so no other model is needed (nothing is fetched).
+#   PART=smollm2: `bench engine --shape smollm2` (the default text model's shape, random weights)
+#                beside llama-bench on a random f16 GGUF of that shape (scripts/write_random_gguf.py).
 set -uo pipefail
 DIR=${DIR:-.device}
 PART=${PART:-engine}
@@ -67,6 +69,16 @@ if [ "$PART" = compose ]; then
       2> "$OUT/bench-compose-$q.err" | tee "$OUT/bench-compose-$q.md"
     tail -3 "$OUT/bench-compose-$q.err"
   done
+  exit 0
+fi
+
+if [ "$PART" = smollm2 ]; then
+  [ -n "${BUILD:-}" ] && wait "$BUILD"
+  LB="$A/llama.cpp/build/bin"
+  [ -f /tmp/smollm2-f16.gguf ] || PYTHONPATH="$A/llama.cpp/gguf-py" python3 scripts/write_random_gguf.py smollm2 /tmp/smollm2-f16.gguf > "$OUT/gguf-smollm2.log" 2>&1
+  echo "== engine at the SmolLM2-135M shape, beside llama.cpp on a GGUF of the same shape"
+  "$BIN" bench engine --shape smollm2 --dtype f16 --runs 5 --llama-bench "$LB/llama-bench" --gguf /tmp/smollm2-f16.gguf 2> "$OUT/smollm2.err" | tee "$OUT/bench-smollm2.md"
+  tail -2 "$OUT/smollm2.err"
   exit 0
 fi
 

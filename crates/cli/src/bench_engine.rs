@@ -57,6 +57,8 @@ pub(crate) struct Ours {
     pub tg_launched: f64,
     /// Beam steps, per beam.
     pub beam: f64,
+    /// Beam steps, per beam, with the beams' products on the CUDA cores (tensor cores off).
+    pub beam_cuda_cores: f64,
 }
 
 /// One engine configuration's measurements.
@@ -81,6 +83,9 @@ struct Variant {
 pub enum Shape {
     /// InternLM-7B, XComposer's decoder: 32 layers, width 4096, 32 heads, FFN 11008, vocab 103168, q/k/v/o biases.
     Internlm7b,
+    /// SmolLM2-135M, the default text model: 30 layers, width 576, 9 heads over 3 kv heads, FFN
+    /// 1536, vocab 49152, tied embeddings, no biases.
+    Smollm2,
 }
 
 /// Runs the benchmark.
@@ -126,6 +131,23 @@ fn measure(args: &EngineBenchArgs) -> Result<()> {
             tie_word_embeddings: false,
             rope_inv_freq_f16: true,
         },
+        Shape::Smollm2 => DecoderConfig {
+            arch: Arch::Llama,
+            vocab_size: 49152,
+            hidden_size: 576,
+            intermediate_size: 1536,
+            num_layers: 30,
+            num_heads: 9,
+            num_kv_heads: 3,
+            head_dim: 64,
+            rope_theta: 100000.0,
+            rms_norm_eps: 1e-5,
+            max_position: 8192,
+            qkv_bias: false,
+            o_bias: false,
+            tie_word_embeddings: true,
+            rope_inv_freq_f16: false,
+        },
     };
     let dtype = match args.dtype {
         DtypeArg::F16 => EngineDtype::F16,
@@ -160,7 +182,9 @@ fn measure(args: &EngineBenchArgs) -> Result<()> {
             }
             profiles.push(profile(&mut e, &c, rows, dtype, quant)?);
         }
-        let Ours { pp, pp512, tg, tg_launched, beam } = speeds;
+        e.prefill(&long)?;
+        profiles.push(prefill_profile(&mut e, &c, long.len() / d)?);
+        let Ours { pp, pp512, tg, tg_launched, beam, .. } = speeds;
         eprintln!("[bench] {label}: prefill {pp:.0} t/s ({} pos.), {pp512:.0} t/s (512); decode {tg:.1} t/s ({tg_launched:.1} without graphs); {k}-beam {beam:.1} t/s per beam; weights {weights_gb:.2} GB, engine {engine_gb:.2} GB, {in_use_gb:.2} GB in use", args.prompt);
         variants.push(Variant { label, quant, speeds, weights_gb, engine_gb, in_use_gb, profiles, profiled_at });
     }
@@ -175,7 +199,7 @@ fn measure(args: &EngineBenchArgs) -> Result<()> {
     print_table(args, k, &variants, torch.as_ref(), &llama);
     for v in variants {
         println!();
-        println!("Where a {} decode step's time goes at {} positions (µs per launch, layer 0, launched back to back; × layers per token):", v.label, v.profiled_at);
+        println!("Where a {} decode step's time goes at {} positions, and a 512-position prefill's (µs per launch, layer 0, launched back to back; × layers):", v.label, v.profiled_at);
         for p in v.profiles {
             println!();
             print!("{p}");
@@ -218,6 +242,9 @@ fn print_table(args: &EngineBenchArgs, k: usize, variants: &[Variant], torch: Op
             v.label, v.weights_gb, v.engine_gb, v.in_use_gb, o.pp, o.pp512, ratio(o.pp512, base_pp), o.tg, ratio(o.tg, base_tg), o.beam, o.beam / o.tg
         );
         println!("| the same, kernels launched from the host (no CUDA graph) | | | | – | – | {:.1} ({}) | – |", o.tg_launched, ratio(o.tg_launched, base_tg));
+        if args.dtype == DtypeArg::F16 {
+            println!("| the same, beams' products on the CUDA cores (tensor cores off) | | | | – | – | – | {:.1} ({:.2}× single) |", o.beam_cuda_cores, o.beam_cuda_cores / o.tg);
+        }
     }
     let (base_pp, base) = f16_base.unwrap_or((None, None));
     if let Some(v) = torch {
@@ -277,16 +304,41 @@ pub(crate) fn speeds(e: &mut xcomposer_llm::cuda::CudaDecoder, prompt: &[f32], l
     let tg_launched = decode(e, false)?;
     let tg = decode(e, true)?;
     let cfg = EmbedGenConfig { num_beams: beams, max_new_tokens: new_tokens, repetition_penalty: 1.5, length_penalty: 1.0, bos_id: 1, eos_id: u32::MAX, stop_ids: vec![] };
-    let beam = (new_tokens - 1) as f64
-        / timed(e, &mut |e| {
-            // Timed from the first step's candidates (the prompt is prefilled by then).
-            let mut start = None;
-            beam_steps(&mut EngineSteps { engine: e, prompt }, &cfg, &mut |_| {
-                start.get_or_insert_with(Instant::now);
+    let beam = |e: &mut CudaDecoder, tensor_cores: bool| -> Result<f64> {
+        e.set_tensor_cores(tensor_cores);
+        let tps = (new_tokens - 1) as f64
+            / timed(e, &mut |e| {
+                // Timed from the first step's candidates (the prompt is prefilled by then).
+                let mut start = None;
+                beam_steps(&mut EngineSteps { engine: e, prompt }, &cfg, &mut |_| {
+                    start.get_or_insert_with(Instant::now);
+                })?;
+                Ok(start.map_or(f64::NAN, |t| t.elapsed().as_secs_f64()))
             })?;
-            Ok(start.map_or(f64::NAN, |t| t.elapsed().as_secs_f64()))
-        })?;
-    Ok(Ours { pp, pp512, tg, tg_launched, beam })
+        Ok(tps)
+    };
+    let beam_cuda_cores = beam(e, false)?;
+    let beam = beam(e, true)?;
+    Ok(Ours { pp, pp512, tg, tg_launched, beam, beam_cuda_cores })
+}
+
+/// The time of each part of one layer's prefill pass over `positions` positions (prefilled).
+#[cfg(feature = "cuda")]
+fn prefill_profile(e: &mut xcomposer_llm::cuda::CudaDecoder, c: &xcomposer_llm::config::DecoderConfig, positions: usize) -> Result<String> {
+    use std::fmt::Write;
+    let parts = e.profile_prefill(positions, 10)?;
+    let mut out = String::new();
+    writeln!(out, "| prefill of {positions} positions: part | µs |")?;
+    writeln!(out, "|---|---|")?;
+    let mut layer = 0.0;
+    // The last two parts (LM head, greedy choice) run once per prompt, on its last row only.
+    for (name, us) in &parts[..parts.len() - 2] {
+        writeln!(out, "| {name} | {us:.1} |")?;
+        layer += us;
+    }
+    let total = layer * c.num_layers as f64;
+    writeln!(out, "| **sum over {} layers** | {total:.0} | ⇒ {:.0} positions/s |", c.num_layers, positions as f64 / total * 1e6)?;
+    Ok(out)
 }
 
 /// Prints the time of each part of one layer's decode step at the current length.

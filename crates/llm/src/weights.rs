@@ -64,8 +64,9 @@ pub struct HostTensor {
     pub shape: Vec<usize>,
 }
 
-/// Anything that yields named tensors as f32.
-pub trait WeightSource {
+/// Anything that yields named tensors as f32 (shared across threads: loaders read several
+/// tensors at once).
+pub trait WeightSource: Sync {
     /// A short description for error messages (the file path).
     fn source_name(&self) -> String;
     /// Whether a tensor exists.

@@ -58,8 +58,12 @@ fn burn_rows(t: Tensor<Flex, 3>) -> Vec<Vec<f32>> {
 /// graphs or (`graphs` false) launched kernel by kernel.
 fn check(c: DecoderConfig, dtype: EngineDtype, tol: f32, seed: u64, graphs: bool) {
     let src = RandomWeights::for_decoder(&c, seed);
-    let opts = EngineOptions { dtype, prefill_chunk: 9, cuda_graphs: graphs, quant: None };
-    check_against(c, &src, &src, opts, tol, seed);
+    // f16: the beams' products on the tensor cores and on the CUDA cores.
+    let modes: &[bool] = if dtype == EngineDtype::F16 { &[true, false] } else { &[false] };
+    for &tensor_cores in modes {
+        let opts = EngineOptions { dtype, prefill_chunk: 9, cuda_graphs: graphs, quant: None, tensor_cores };
+        check_against(c.clone(), &src, &src, opts, tol, seed);
+    }
 }
 
 /// [`check`] with the engine loading `engine_src` and the CPU decoder `reference_src`.
@@ -69,7 +73,7 @@ fn check_against(c: DecoderConfig, engine_src: &dyn WeightSource, reference_src:
     let reference = Decoder::<Flex>::load(c.clone(), reference_src, KeyStyle::HuggingFace, &dev).unwrap();
     let mut engine = CudaDecoder::load(c.clone(), engine_src, KeyStyle::HuggingFace, opts).unwrap();
     let d = c.hidden_size;
-    let label = format!("{:?} {:?} hidden {d}, {} heads / {} kv, graphs {}", opts.dtype, opts.quant, c.num_heads, c.num_kv_heads, opts.cuda_graphs);
+    let label = format!("{:?} {:?} hidden {d}, {} heads / {} kv, graphs {}, tensor cores {}", opts.dtype, opts.quant, c.num_heads, c.num_kv_heads, opts.cuda_graphs, opts.tensor_cores);
 
     // Embeddings.
     let ids = [5u32, 1002, 0, 77];
@@ -189,8 +193,10 @@ fn quantized_engine_matches_the_cpu_decoder_on_the_dequantized_weights() {
     for (quant, ty) in [(WeightQuant::Q8_0, GgmlType::Q8_0), (WeightQuant::Q4_0, GgmlType::Q4_0)] {
         let engine_src = QuantizedRandom { inner: RandomWeights::for_decoder(&c, 6), quant: None };
         let reference_src = QuantizedRandom { inner: RandomWeights::for_decoder(&c, 6), quant: Some(ty) };
-        for graphs in [true, false] {
-            let opts = EngineOptions { dtype: EngineDtype::F16, prefill_chunk: 9, cuda_graphs: graphs, quant: Some(quant) };
+        // Beams' products on the tensor cores (weights expanded to f16, inputs f16) and on the
+        // CUDA cores (inputs quantized to bytes); each with and without graphs.
+        for (graphs, tensor_cores) in [(true, true), (false, true), (true, false)] {
+            let opts = EngineOptions { dtype: EngineDtype::F16, prefill_chunk: 9, cuda_graphs: graphs, quant: Some(quant), tensor_cores };
             check_against(c.clone(), &engine_src, &reference_src, opts, 3e-2, 6);
         }
     }

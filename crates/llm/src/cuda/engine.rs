@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use super::CudaError;
 use super::kernels::{Arg, Buf, Kernels};
-use super::matrix::{Matrix, WeightQuant};
+use super::matrix::{HostMatrix, Matrix, WeightQuant};
 use crate::config::DecoderConfig;
 use crate::decoder::{KeyStyle, rope_cos_sin, unpermute_rows};
 use crate::weights::WeightSource;
@@ -25,6 +25,13 @@ const ATT_SPAN: usize = 32;
 
 /// Most keys per block of the attention kernel (`ATT_SPAN_MAX` in kernels.cu).
 const ATT_SPAN_MAX: usize = 256;
+
+/// Layers read and converted at once while loading (bounds the host memory: about 1.2 GB per
+/// InternLM-7B layer in flight).
+const LOAD_GROUP: usize = 8;
+
+/// Prompt rows per block of `attention_rows8` (they read each key and value once for all).
+const ATT_ROW_GROUP: usize = 8;
 
 /// Key spans of the attention launch in a captured decode step (fixed, as a graph's grid is):
 /// each span then holds at most [`ATT_SPAN_MAX`] keys.
@@ -94,11 +101,14 @@ pub struct EngineOptions {
     /// Weights quantized at load to this block format (f16 engine only; an untied LM head goes
     /// to Q8_0, a tied one is the embeddings'); `None` keeps them in `dtype`.
     pub quant: Option<WeightQuant>,
+    /// Products of 2–[`MAX_SEQS`] rows (beams) on the tensor cores, quantized weights expanded
+    /// to f16 in registers; off, on the CUDA cores as a single row's are.
+    pub tensor_cores: bool,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { dtype: EngineDtype::F16, prefill_chunk: 512, cuda_graphs: true, quant: None }
+        EngineOptions { dtype: EngineDtype::F16, prefill_chunk: 512, cuda_graphs: true, quant: None, tensor_cores: true }
     }
 }
 
@@ -264,6 +274,8 @@ pub struct CudaDecoder {
     /// Captured decode steps by sequence count (they name the cache's addresses: dropped
     /// whenever the cache is reallocated); `None` when graphs are off.
     graphs: Option<HashMap<usize, StepGraph>>,
+    /// Whether products of several rows run on the tensor cores.
+    tensor_cores: bool,
     /// Sequences in the cache and positions each holds.
     seqs: usize,
     len: usize,
@@ -290,34 +302,28 @@ impl CudaDecoder {
         let kernels = Kernels::compile(&ctx, stream.clone())?;
         let blas = CudaBlas::new(stream.clone())?;
         let chunk = opts.prefill_chunk.max(MAX_SEQS + 1);
-        let w = WeightLoader { src, style, stream: &stream, dtype: opts.dtype, quant: opts.quant, permuted: matches!(style, KeyStyle::Gguf { permuted_qk: true }) };
+        let w = WeightLoader { src, style, dtype: opts.dtype, quant: opts.quant, permuted: matches!(style, KeyStyle::Gguf { permuted_qk: true }) };
         // An untied LM head keeps 8 bits when the rest goes to 4 (the embeddings, and a tied head
         // with them, follow the layers, as in llama.cpp's Q4_0 files).
         let head = WeightLoader { quant: opts.quant.map(|_| WeightQuant::Q8_0), ..w };
-        let (d, hd, ff) = (c.hidden_size, c.head_dim, c.intermediate_size);
-        let (q_out, kv_out) = (c.num_heads * hd, c.num_kv_heads * hd);
-        let embed = w.matrix(&[("model.embed_tokens.weight", c.vocab_size, None)], 0, d, None)?;
-        let lm_head = if c.tie_word_embeddings { None } else { Some(head.matrix(&[("lm_head.weight", c.vocab_size, None)], 0, d, None)?) };
+        let d = c.hidden_size;
+        // The embeddings and LM head, then the layers LOAD_GROUP at a time, are read, converted
+        // and quantized in parallel on the host and uploaded in turn.
+        let (embed, lm_head) = rayon::join(
+            || w.host_matrix(&[("model.embed_tokens.weight", c.vocab_size, None)], 0, d, None),
+            || (!c.tie_word_embeddings).then(|| head.host_matrix(&[("lm_head.weight", c.vocab_size, None)], 0, d, None)).transpose(),
+        );
+        let embed = embed?.upload(&stream)?;
+        let lm_head = lm_head?.map(|m| m.upload(&stream)).transpose()?;
         let mut layers = Vec::with_capacity(c.num_layers);
-        for l in 0..c.num_layers {
-            let attn_norm = w.host_vector(&[("model.layers.{}.input_layernorm.weight", d)], l)?;
-            let ffn_norm = w.host_vector(&[("model.layers.{}.post_attention_layernorm.weight", d)], l)?;
-            let qkv_names = [
-                ("model.layers.{}.self_attn.q_proj.weight", q_out, Some(c.num_heads)),
-                ("model.layers.{}.self_attn.k_proj.weight", kv_out, Some(c.num_kv_heads)),
-                ("model.layers.{}.self_attn.v_proj.weight", kv_out, None),
-            ];
-            let bias_names = [("model.layers.{}.self_attn.q_proj.bias", q_out), ("model.layers.{}.self_attn.k_proj.bias", kv_out), ("model.layers.{}.self_attn.v_proj.bias", kv_out)];
-            layers.push(LayerWeights {
-                qkv: w.matrix(&qkv_names, l, d, Some(&attn_norm))?,
-                qkv_bias: if c.qkv_bias { Some(w.vector(&bias_names, l)?) } else { None },
-                o: w.matrix(&[("model.layers.{}.self_attn.o_proj.weight", d, None)], l, q_out, None)?,
-                o_bias: if c.o_bias { Some(w.vector(&[("model.layers.{}.self_attn.o_proj.bias", d)], l)?) } else { None },
-                gate_up: w.matrix(&[("model.layers.{}.mlp.gate_proj.weight", ff, None), ("model.layers.{}.mlp.up_proj.weight", ff, None)], l, d, Some(&ffn_norm))?,
-                down: w.matrix(&[("model.layers.{}.mlp.down_proj.weight", d, None)], l, ff, None)?,
-            });
+        let ids: Vec<usize> = (0..c.num_layers).collect();
+        for group in ids.chunks(LOAD_GROUP) {
+            let host: Vec<Result<HostLayer, CudaError>> = group.par_iter().map(|&l| w.host_layer(c, l)).collect();
+            for layer in host {
+                layers.push(layer?.upload(&stream)?);
+            }
         }
-        let norm = w.vector(&[("model.norm.weight", d)], 0)?;
+        let norm = Buf::upload(&stream, &w.host_vector(&[("model.norm.weight", d)], 0)?)?;
         let (cos, sin) = rope_cos_sin(c);
         let (cos, sin) = (Buf::upload(&stream, &cos)?, Buf::upload(&stream, &sin)?);
         let s = Scratch::new(&stream, c, opts, chunk)?;
@@ -339,6 +345,7 @@ impl CudaDecoder {
             s,
             chunk,
             graphs: opts.cuda_graphs.then(HashMap::new),
+            tensor_cores: opts.tensor_cores,
             seqs: 0,
             len: 0,
             flagged: 0,
@@ -433,6 +440,17 @@ impl CudaDecoder {
     pub fn set_cuda_graphs(&mut self, on: bool) {
         if on != self.graphs.is_some() {
             self.graphs = on.then(HashMap::new);
+        }
+    }
+
+    /// Runs products of several rows on the tensor cores or (off) the CUDA cores
+    /// (see [`EngineOptions::tensor_cores`]); captured steps are dropped, as they name kernels.
+    pub fn set_tensor_cores(&mut self, on: bool) {
+        if on != self.tensor_cores {
+            self.tensor_cores = on;
+            if let Some(g) = self.graphs.as_mut() {
+                g.clear();
+            }
         }
     }
 
@@ -719,10 +737,12 @@ impl CudaDecoder {
                     0 => direct_spans(rows, at.pos0 + (rows - 1) * at.pos_step + 1),
                     _ => graph_spans(self.context_len()),
                 };
-                let mut args = vec![Arg::P(self.s.q.ptr), Arg::P(kc), Arg::P(vc), Arg::P(self.s.paths.ptr), Arg::P(self.s.part.ptr), Arg::P(self.s.done.ptr), Arg::P(self.s.att.ptr), Arg::P(at.pos_dev)];
+                let mut args = vec![Arg::P(self.s.q.ptr), Arg::P(kc), Arg::P(vc), Arg::P(self.s.paths.ptr), Arg::P(self.s.part.ptr), Arg::P(self.s.done.ptr), Arg::P(self.s.att.ptr), Arg::P(at.pos_dev), Arg::I(rows as i32)];
                 args.extend(geometry);
                 args.push(Arg::F(1.0 / (hd as f32).sqrt()));
-                self.kernels.launch(&format!("attention_{sfx}"), (nh as u32, rows as u32, spans as u32), 128, &args)
+                // A prompt's rows (one sequence) share the key and value loads eight at a time.
+                let (name, group) = if rows > MAX_SEQS && at.seq_step == 0 { ("attention_rows8", ATT_ROW_GROUP) } else { ("attention", 1) };
+                self.kernels.launch(&format!("{name}_{sfx}"), (nh as u32, rows.div_ceil(group) as u32, spans as u32), 128, &args)
             }
             Part::Out => {
                 let bias = lw.o_bias.as_ref().map_or(0, |b| b.ptr);
@@ -740,7 +760,24 @@ impl CudaDecoder {
         if self.seqs < rows || self.is_empty() {
             return Err(CudaError::Unsupported(format!("profile_step needs {rows} prefilled sequences")));
         }
-        let at = RowGeometry { rows, pos0: self.len - 1, pos_step: 0, seq_step: 1, pos_dev: 0 };
+        self.profile_parts(RowGeometry { rows, pos0: self.len - 1, pos_step: 0, seq_step: 1, pos_dev: 0 }, reps)
+    }
+
+    /// As [`Self::profile_step`] for one prefill pass over the first `positions` positions of
+    /// the current sequence (at most a prefill chunk; the cache must hold them).
+    pub fn profile_prefill(&mut self, positions: usize, reps: usize) -> Result<Vec<(&'static str, f64)>, CudaError> {
+        if self.len < positions || positions > self.chunk || positions <= MAX_SEQS {
+            return Err(CudaError::Unsupported(format!("profile_prefill needs {positions} prefilled positions, more than {MAX_SEQS} and at most a chunk ({})", self.chunk)));
+        }
+        self.profile_parts(RowGeometry { rows: positions, pos0: 0, pos_step: 1, seq_step: 0, pos_dev: 0 }, reps)
+    }
+
+    /// Microseconds per launch of each part of one layer over the rows `at` describes, then of
+    /// the LM head and the greedy choice (over the last row only when there are more rows than
+    /// sequences, as a prefill runs them: the logits hold [`MAX_SEQS`] rows).
+    fn profile_parts(&mut self, at: RowGeometry, reps: usize) -> Result<Vec<(&'static str, f64)>, CudaError> {
+        let rows = at.rows;
+        let head_rows = if rows <= MAX_SEQS { rows } else { 1 };
         let time = |f: &dyn Fn() -> Result<(), CudaError>| -> Result<f64, CudaError> {
             f()?;
             self.stream.synchronize()?;
@@ -755,7 +792,7 @@ impl CudaDecoder {
         for part in Part::launched(rows) {
             out.push((part.name(rows), time(&|| self.run_part(part, 0, at))?));
         }
-        out.push(("lm head", time(&|| self.lm_head_logits(rows))?));
+        out.push(("lm head", time(&|| self.lm_head_logits(head_rows))?));
         let v = self.config.vocab_size;
         let args = [Arg::P(self.s.logits.ptr), Arg::I(v as i32), Arg::P(self.s.seen.ptr), Arg::F(1.0), Arg::P(self.s.token.ptr)];
         out.push(("greedy choice", time(&|| self.kernels.launch("argmax_penalized", (1, 1, 1), 1024, &args))?));
@@ -770,6 +807,9 @@ impl CudaDecoder {
 
     /// The LM head (the embeddings when tied) over `rows` normalised rows of `xn` into `logits`.
     fn lm_head_logits(&self, rows: usize) -> Result<(), CudaError> {
+        if rows > MAX_SEQS {
+            return Err(CudaError::Unsupported(format!("the logits hold {MAX_SEQS} rows, not {rows}")));
+        }
         let w = self.lm_head.as_ref().unwrap_or(&self.embed);
         self.project(w, self.config.vocab_size, self.config.hidden_size, self.s.xn.ptr, rows, Epilogue::Store { out: self.s.logits.ptr, bias: 0 })
     }
@@ -809,8 +849,9 @@ impl CudaDecoder {
     }
 
     /// The matrix-vector kernel for `rows` ≤ [`MAX_SEQS`] rows (8 warps per block, a warp per
-    /// output or, for SwiGLU and RoPE, per pair of outputs); a quantized weight's inputs are
-    /// quantized first (normalised on the way for SwiGLU and RoPE, whose weights hold the norm).
+    /// output or, for SwiGLU and RoPE, per pair of outputs; on the tensor cores, a block per 16
+    /// weight rows); a quantized weight's inputs are quantized first (normalised on the way for
+    /// SwiGLU and RoPE, whose weights hold the norm).
     fn gemv(&self, w: &Matrix, n: usize, k: usize, x: u64, rows: usize, epi: Epilogue) -> Result<(), CudaError> {
         let c = &self.config;
         let none = RowGeometry { rows, pos0: 0, pos_step: 0, seq_step: 0, pos_dev: 0 };
@@ -821,8 +862,24 @@ impl CudaDecoder {
             Epilogue::Rope { bias, kc, vc, at } => ("rope", n / 2, bias, 0, 0, (kc, vc, at)),
         };
         let (kc, vc, at) = rope;
+        // Several rows on the tensor cores: f16 weights whose rows are whole steps of 32, and
+        // quantized weights (whole blocks of 32 by construction), with f16 inputs.
+        let tensor = self.tensor_cores
+            && rows >= 2
+            && match w {
+                Matrix::Plain(_) => self.dtype == EngineDtype::F16 && k.is_multiple_of(32),
+                Matrix::Quant { .. } => true,
+            };
+        // Outputs per block: a warp each, or 16 weight rows (8 pairs) on the tensor cores.
+        let per_block = match (tensor, kind) {
+            (false, _) => 8,
+            (true, "swiglu" | "rope") => 8,
+            (true, _) => 16,
+        };
         let (name, mut args) = match w {
+            Matrix::Plain(b) if tensor => (format!("gemvt_{kind}_h_{rows}"), vec![Arg::P(b.ptr), Arg::P(x)]),
             Matrix::Plain(b) => (format!("gemv_{kind}_{}_{rows}", self.dtype.suffix()), vec![Arg::P(b.ptr), Arg::P(x)]),
+            Matrix::Quant { q, d, ty } if tensor => (format!("gemvtq_{kind}_q{}_{rows}", ty.bits()), vec![Arg::P(q.ptr), Arg::P(d.ptr), Arg::P(x)]),
             Matrix::Quant { q, d, ty } => {
                 let norm = if matches!(kind, "swiglu" | "rope") { "_norm" } else { "" };
                 let quantize = [Arg::P(x), Arg::P(self.s.xq.ptr), Arg::P(self.s.xd.ptr), Arg::P(self.s.xs.ptr), Arg::I(k as i32), Arg::F(c.rms_norm_eps)];
@@ -832,12 +889,13 @@ impl CudaDecoder {
             }
         };
         args.extend([Arg::P(bias), Arg::P(out_f), Arg::P(out_t), Arg::I(warps as i32), Arg::I(k as i32)]);
-        if matches!(w, Matrix::Plain(_)) {
+        // The kernels that read f16 inputs normalise them themselves.
+        if tensor || matches!(w, Matrix::Plain(_)) {
             args.push(Arg::F(c.rms_norm_eps));
         }
         args.extend([self.cos.ptr, self.sin.ptr, self.s.q.ptr, kc, vc, at.pos_dev].map(Arg::P));
         args.extend([c.num_heads, c.num_kv_heads, c.head_dim, at.pos0, at.pos_step, at.seq_step, self.context_len()].map(|v| Arg::I(v as i32)));
-        self.kernels.launch(&name, ((warps as u32).div_ceil(8), 1, 1), 256, &args)
+        self.kernels.launch(&name, ((warps as u32).div_ceil(per_block), 1, 1), 256, &args)
     }
 
     /// `out[rows, n] (f32) = x[rows, k] · W[n, k]ᵀ` through cuBLAS (f32 accumulation); a
@@ -955,21 +1013,69 @@ impl Scratch {
     }
 }
 
-/// Reads checkpoint tensors, stacks them and uploads them in the engine's type.
+/// Reads checkpoint tensors and stacks them in the engine's type, on the host.
 #[derive(Clone, Copy)]
 struct WeightLoader<'a> {
     src: &'a dyn WeightSource,
     style: KeyStyle,
-    stream: &'a Arc<CudaStream>,
     dtype: EngineDtype,
     quant: Option<WeightQuant>,
     permuted: bool,
 }
 
+/// One layer's weights prepared on the host (see [`HostMatrix`]).
+struct HostLayer {
+    qkv: HostMatrix,
+    qkv_bias: Option<Vec<f32>>,
+    o: HostMatrix,
+    o_bias: Option<Vec<f32>>,
+    gate_up: HostMatrix,
+    down: HostMatrix,
+}
+
+impl HostLayer {
+    /// Copies it to the device.
+    fn upload(self, stream: &Arc<CudaStream>) -> Result<LayerWeights, CudaError> {
+        let vector = |v: Option<Vec<f32>>| v.map(|v| Buf::upload(stream, &v)).transpose();
+        Ok(LayerWeights {
+            qkv: self.qkv.upload(stream)?,
+            qkv_bias: vector(self.qkv_bias)?,
+            o: self.o.upload(stream)?,
+            o_bias: vector(self.o_bias)?,
+            gate_up: self.gate_up.upload(stream)?,
+            down: self.down.upload(stream)?,
+        })
+    }
+}
+
 impl WeightLoader<'_> {
+    /// Layer `l` of a decoder shaped as `c`, on the host: q/k/v and gate/up stacked, the
+    /// RMSNorm weights folded into the columns of the products that follow them.
+    fn host_layer(&self, c: &DecoderConfig, l: usize) -> Result<HostLayer, CudaError> {
+        let (d, hd, ff) = (c.hidden_size, c.head_dim, c.intermediate_size);
+        let (q_out, kv_out) = (c.num_heads * hd, c.num_kv_heads * hd);
+        let attn_norm = self.host_vector(&[("model.layers.{}.input_layernorm.weight", d)], l)?;
+        let ffn_norm = self.host_vector(&[("model.layers.{}.post_attention_layernorm.weight", d)], l)?;
+        let qkv_names = [
+            ("model.layers.{}.self_attn.q_proj.weight", q_out, Some(c.num_heads)),
+            ("model.layers.{}.self_attn.k_proj.weight", kv_out, Some(c.num_kv_heads)),
+            ("model.layers.{}.self_attn.v_proj.weight", kv_out, None),
+        ];
+        let bias_names = [("model.layers.{}.self_attn.q_proj.bias", q_out), ("model.layers.{}.self_attn.k_proj.bias", kv_out), ("model.layers.{}.self_attn.v_proj.bias", kv_out)];
+        let gate_up = [("model.layers.{}.mlp.gate_proj.weight", ff, None), ("model.layers.{}.mlp.up_proj.weight", ff, None)];
+        Ok(HostLayer {
+            qkv: self.host_matrix(&qkv_names, l, d, Some(&attn_norm))?,
+            qkv_bias: if c.qkv_bias { Some(self.host_vector(&bias_names, l)?) } else { None },
+            o: self.host_matrix(&[("model.layers.{}.self_attn.o_proj.weight", d, None)], l, q_out, None)?,
+            o_bias: if c.o_bias { Some(self.host_vector(&[("model.layers.{}.self_attn.o_proj.bias", d)], l)?) } else { None },
+            gate_up: self.host_matrix(&gate_up, l, d, Some(&ffn_norm))?,
+            down: self.host_matrix(&[("model.layers.{}.mlp.down_proj.weight", d, None)], l, ff, None)?,
+        })
+    }
+
     /// `[Σ rows, cols]`: the tensors named (HF names, `{}` the layer) stacked by rows; those with
     /// a head count had llama.cpp's q/k permutation undone; column j scaled by `fold[j]` if given.
-    fn matrix(&self, parts: &[(&str, usize, Option<usize>)], layer: usize, cols: usize, fold: Option<&[f32]>) -> Result<Matrix, CudaError> {
+    fn host_matrix(&self, parts: &[(&str, usize, Option<usize>)], layer: usize, cols: usize, fold: Option<&[f32]>) -> Result<HostMatrix, CudaError> {
         let mut all: Vec<f32> = Vec::with_capacity(parts.iter().map(|p| p.1).sum::<usize>() * cols);
         for &(hf, rows, heads) in parts {
             let t = self.src.load_shaped(&self.style.name(hf, layer), &[rows, cols])?;
@@ -983,20 +1089,12 @@ impl WeightLoader<'_> {
             all.par_chunks_mut(cols).for_each(|row| row.iter_mut().zip(scale).for_each(|(x, s)| *x *= s));
         }
         if let Some(ty) = self.quant {
-            return Matrix::quantize(self.stream, &all, cols, ty);
+            return HostMatrix::quantize(&all, cols, ty);
         }
-        Ok(Matrix::Plain(match self.dtype {
-            EngineDtype::F32 => Buf::upload(self.stream, &all)?,
-            EngineDtype::F16 => {
-                let bits: Vec<u16> = all.par_iter().map(|&x| half::f16::from_f32(x).to_bits()).collect();
-                Buf::upload(self.stream, &bits)?
-            }
-        }))
-    }
-
-    /// f32 vectors stacked on the device (norm weights and biases stay f32).
-    fn vector(&self, parts: &[(&str, usize)], layer: usize) -> Result<Buf, CudaError> {
-        Buf::upload(self.stream, &self.host_vector(parts, layer)?)
+        Ok(match self.dtype {
+            EngineDtype::F32 => HostMatrix::F32(all),
+            EngineDtype::F16 => HostMatrix::F16(all.par_iter().map(|&x| half::f16::from_f32(x).to_bits()).collect()),
+        })
     }
 
     /// f32 vectors stacked, on the host.

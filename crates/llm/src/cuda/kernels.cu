@@ -262,6 +262,168 @@ __device__ void gemv(const T* W, const T* x, const float* bias, float* out_f, T*
     }
 }
 
+// Tensor-core products for 2 <= M <= 8 rows (f16 weights, K a multiple of 32): one
+// mma.m16n8k16 multiplies 16 weight rows by the M input rows (padded to 8) over 16 values of K.
+// The dot products do not depend on the order of K, so each lane loads 16 contiguous bytes of
+// its two weight rows and of its input row and gives them to the mma as the K positions its
+// fragments hold: lane (g = lane / 4, t = lane % 4) holds A rows g and g + 8 and B column
+// (input row) g at K positions {2t, 2t+1, 2t+8, 2t+9}, the same four for A and B.
+// A block of 8 warps covers 16 weight rows, each warp every 8th step of 32 values of K; warp 0
+// sums the warps' results and runs the epilogue. The 16 rows are 16 outputs, or for SwiGLU and
+// RoPE 8 outputs whose two rows (r1, r2) are A rows g and g + 8.
+__device__ __forceinline__ void mma_16816(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0,
+                                          unsigned b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                 "{%0, %1, %2, %3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// The lane's part of the 16 × 8 product of weight rows ra (A row g) and rb (A row g + 8) with
+// input row g (zeros when g >= M) over the warp's steps of K, and with NORM the sum of squares of
+// the input values it loaded.
+template <int M, bool NORM>
+__device__ __forceinline__ void mma_rows(const uint4* wa, const uint4* wb, const uint4* xr, int K, float* d, float* ss) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int steps = K / 32;
+#pragma unroll 4
+    for (int s = warp; s < steps; s += 8) {
+        int c = s * 4 + t;
+        uint4 a = load_stream(wa + c), b = load_stream(wb + c);
+        uint4 xv = {0u, 0u, 0u, 0u};
+        if (g < M) xv = __ldg(xr + c);
+        if (NORM) sq_chunk(ss, xv, f16());
+        mma_16816(d, a.x, b.x, a.y, b.y, xv.x, xv.y);
+        mma_16816(d, a.z, b.z, a.w, b.w, xv.z, xv.w);
+    }
+}
+
+// The tensor-core products with quantized weights (2 <= M <= 8 rows, f16 inputs, K a multiple of
+// 32): as gemv_mma, but each lane loads a whole block of 32 weights of its two rows (block
+// 4s + t of step s) and dequantizes it to f16 in registers, (q - offset) · scale, for eight
+// mmas: mma j < 4 takes the block's values 4j..4j+3, mma j + 4 its values 16 + 4j..16 + 4j + 3,
+// and the input row's values at the same places. No input quantization: the inputs stay f16.
+__device__ __forceinline__ unsigned prmt(unsigned a, unsigned b, unsigned sel) {
+    unsigned r;
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
+    return r;
+}
+// (h - off) * s on two f16 values at once.
+__device__ __forceinline__ unsigned dequant_f16x2(unsigned h, unsigned off, unsigned s) {
+    unsigned r;
+    asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(h), "r"(off));
+    asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(r), "r"(s));
+    return r;
+}
+// Four unsigned bytes u (quants, biased to be non-negative) as two f16x2 of (u - off) · s:
+// each byte becomes the f16 1024 + u (0x64 as its high byte), less 1024 + off.
+__device__ __forceinline__ void dequant4(unsigned u, unsigned off, unsigned s, unsigned* lo, unsigned* hi) {
+    *lo = dequant_f16x2(prmt(u, 0x64646464u, 0x4140u), off, s);
+    *hi = dequant_f16x2(prmt(u, 0x64646464u, 0x4342u), off, s);
+}
+// The biased quants of values 4j..4j+3 (half 0) or 16+4j..16+4j+3 (half 1) of a block held in
+// w (Q4_0: 16 bytes in w[0]; Q8_0: 32 bytes in w[0], w[1]).
+template <int QT> __device__ __forceinline__ unsigned quads(const uint4* w, int j, int half) {
+    const unsigned* u = (const unsigned*)&w[QT == 4 ? 0 : half];
+    if (QT == 4) return half ? (u[j] >> 4) & 0x0F0F0F0Fu : u[j] & 0x0F0F0F0Fu;
+    return u[j] ^ 0x80808080u;
+}
+
+template <int QT, int M, bool NORM>
+__device__ __forceinline__ void mma_rows_q(const unsigned char* qa, const unsigned char* qb, const f16* da, const f16* db,
+                                           const uint4* xr, int K, float* d, float* ss) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int blocks = K / 32, VECS = QT == 4 ? 1 : 2;
+    // 1024 + 8 (Q4_0's offset) or 1024 + 128 (Q8_0's bytes, sign bit flipped), twice.
+    const unsigned off = QT == 4 ? 0x64086408u : 0x64806480u;
+#pragma unroll 2
+    for (int s = warp; s * 4 < blocks; s += 8) {
+        int b = s * 4 + t;
+        uint4 wa[2] = {{0u, 0u, 0u, 0u}, {0u, 0u, 0u, 0u}}, wb[2] = {{0u, 0u, 0u, 0u}, {0u, 0u, 0u, 0u}};
+        uint4 xv[4] = {{0u, 0u, 0u, 0u}, {0u, 0u, 0u, 0u}, {0u, 0u, 0u, 0u}, {0u, 0u, 0u, 0u}};
+        unsigned sa = 0u, sb = 0u;
+        if (b < blocks) {
+#pragma unroll
+            for (int v = 0; v < VECS; v++) {
+                wa[v] = load_stream((const uint4*)(qa + (long long)b * QT * 4) + v);
+                wb[v] = load_stream((const uint4*)(qb + (long long)b * QT * 4) + v);
+            }
+            unsigned ha = __ldg(da + b), hb = __ldg(db + b);
+            sa = ha | (ha << 16);
+            sb = hb | (hb << 16);
+            if (g < M) {
+#pragma unroll
+                for (int v = 0; v < 4; v++) xv[v] = __ldg(xr + b * 4 + v);
+            }
+        }
+        if (NORM) {
+#pragma unroll
+            for (int v = 0; v < 4; v++) sq_chunk(ss, xv[v], f16());
+        }
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                unsigned a01, a23, b01, b23;
+                dequant4(quads<QT>(wa, j, half), off, sa, &a01, &a23);
+                dequant4(quads<QT>(wb, j, half), off, sb, &b01, &b23);
+                const uint4& x = xv[half * 2 + j / 2];
+                mma_16816(d, a01, b01, a23, b23, j % 2 ? x.z : x.x, j % 2 ? x.w : x.y);
+            }
+        }
+    }
+}
+
+// QT 16: f16 weights W; QT 4 / 8: quantized weights (Wq, Wd as gemv_q reads them).
+template <int QT, int M, int MODE, bool NORM>
+__device__ void gemv_mma(const void* W, const f16* Wd, const f16* x, const float* bias, float* out_f, f16* out_t, int N,
+                         int K, float eps, RopeOut<f16> ro) {
+    const bool TWO = MODE == EPI_SWIGLU || MODE == EPI_ROPE;
+    __shared__ float4 red[8][32];
+    __shared__ float sqs[8][8];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    int na = blockIdx.x * (TWO ? 8 : 16) + g, nb = TWO ? na : na + 8;
+    Target ta = target<f16, MODE>(min(na, N - 1), N, ro), tb = target<f16, MODE>(min(nb, N - 1), N, ro);
+    long long ra = ta.r1, rb = TWO ? ta.r2 : tb.r1;
+    float d[4] = {0.f, 0.f, 0.f, 0.f}, ss = 0.f;
+    const uint4* xr = (const uint4*)(x + (long long)min(g, M - 1) * K);
+    if constexpr (QT == 16) {
+        const f16* w = (const f16*)W;
+        mma_rows<M, NORM>((const uint4*)(w + ra * K), (const uint4*)(w + rb * K), xr, K, d, &ss);
+    } else {
+        const unsigned char* q = (const unsigned char*)W;
+        long long row_bytes = (long long)K * QT / 8, row_blocks = K / 32;
+        mma_rows_q<QT, M, NORM>(q + ra * row_bytes, q + rb * row_bytes, Wd + ra * row_blocks, Wd + rb * row_blocks, xr, K, d, &ss);
+    }
+    red[warp][lane] = make_float4(d[0], d[1], d[2], d[3]);
+    if (NORM) {
+        ss += __shfl_xor_sync(0xffffffffu, ss, 1);
+        ss += __shfl_xor_sync(0xffffffffu, ss, 2);
+        if (t == 0) sqs[warp][g] = ss;
+    }
+    __syncthreads();
+    if (warp != 0) return;
+    float v[4] = {0.f, 0.f, 0.f, 0.f};
+    for (int w = 0; w < 8; w++) {
+        float4 p = red[w][lane];
+        v[0] += p.x; v[1] += p.y; v[2] += p.z; v[3] += p.w;
+    }
+    // v[j]: A row g with input row 2t + j; v[2 + j]: A row g + 8 with it.
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+        int m = 2 * t + j;
+        if (m >= M) continue;
+        float inv = 1.f;
+        if (NORM) {
+            float sm = 0.f;
+            for (int w = 0; w < 8; w++) sm += sqs[w][m];
+            inv = rsqrtf(sm / K + eps);
+        }
+        if (na < N) finish<f16, MODE>(ta, m, v[j] * inv, v[2 + j] * inv, bias, out_f, out_t, N, ro);
+        if (!TWO && nb < N) finish<f16, MODE>(tb, m, v[2 + j] * inv, 0.f, bias, out_f, out_t, N, ro);
+    }
+}
+
 // Quantized weights, in blocks of 32 along K as GGML's Q4_0 (QT = 4) and Q8_0 (QT = 8) hold
 // them but split in two arrays: the quants `Wq` (Q4_0: [N, K/2] bytes, value j of a block in the
 // low nibble of byte j and value j + 16 in its high nibble; Q8_0: [N, K] signed bytes) and the
@@ -388,70 +550,218 @@ __device__ void rope_kv(const float* qkv, const float* cos_t, const float* sin_t
     }
 }
 
-// Causal attention (flash-decoding) in one launch: a block per (query head, row, span of at
-// most ATT_SPAN_MAX keys; gridDim.z spans share out the keys of the row that sees the most)
-// writes the span's max score, exp-sum and unnormalised output to `part`; the last
-// block of a (head, row) to finish (counted in `done`, which it resets) merges the spans into
-// `out`. Row r is position pos0 + r*pos_step of sequence r*seq_step and sees keys 0..=pos; pos0
-// comes from `pos_dev` when it is not null.
+// Causal attention (flash-decoding) in one launch: a block per (query head, group of R rows,
+// span of at most ATT_SPAN_MAX keys; gridDim.z spans share out the keys of the row that sees
+// the most) writes each row's max score, exp-sum and unnormalised output over the span to
+// `part`; the last block of a (head, group) to finish (counted in `done`, which it resets)
+// merges the spans into `out`. Row r is position pos0 + r*pos_step of sequence r*seq_step and
+// sees keys 0..=pos; pos0 comes from `pos_dev` when it is not null. R > 1 (a prompt's rows,
+// which read the same keys) needs seq_step 0: the group's rows share each key and value load.
 // hd <= 256; softmax in f32. Partials: [rows, nh, spans, hd + 2] floats (max, sum, output).
 #define ATT_SPAN_MAX 256
 #define ATT_THREADS 128
-// `path` ([seqs, cache_len]) names the cache slot holding each position of each sequence: beams
-// share their common history instead of copying it when they are reordered.
+// Keys and values go through shared memory a chunk of at most ATT_CHUNK keys at a time, each
+// row padded by 16 bytes (fewer bank conflicts): f16, hd 128: 32 keys in ATT_TILE_BYTES.
+#define ATT_TILE_BYTES 17408
+#define ATT_CHUNK 64
+// Vectors of 16 bytes each thread loads before it stores any (loads in flight).
+#define ATT_LOADS 8
+
+// q · k for one 16-byte vector of a key row (8 f16 or 4 f32 values) and q's matching values.
+__device__ __forceinline__ float dot_vec(uint4 k, const float* q, f16) {
+    const f16* kp = (const f16*)&k;
+    float s = 0.f;
+#pragma unroll
+    for (int i = 0; i < 8; i++) s = fmaf(q[i], to_f(kp[i]), s);
+    return s;
+}
+__device__ __forceinline__ float dot_vec(uint4 k, const float* q, float) {
+    const float* kp = (const float*)&k;
+    return q[0] * kp[0] + q[1] * kp[1] + q[2] * kp[2] + q[3] * kp[3];
+}
+
+// Where a chunk of keys and values sits in shared memory: key j's row at kt + j*rs, its value
+// row at vt + j*rs (rs elements apart); rows of whole 16-byte vectors (`vec`) move as such.
+template <typename T> struct Tile {
+    T* kt;
+    T* vt;
+    int rs, hd;
+    bool vec;
+};
+
+template <typename T> __device__ __forceinline__ Tile<T> make_tile(uint4* mem, int hd, int* cap) {
+    Tile<T> t;
+    t.hd = hd;
+    t.vec = hd * sizeof(T) % 16 == 0;
+    t.rs = t.vec ? hd + 16 / (int)sizeof(T) : hd;
+    *cap = min(ATT_CHUNK, ATT_TILE_BYTES / (2 * t.rs * (int)sizeof(T)));
+    t.kt = (T*)mem;
+    t.vt = t.kt + *cap * t.rs;
+    return t;
+}
+
+// Copies the key and value rows of keys base[0..n) into the tile, ATT_LOADS independent
+// 16-byte loads in flight per thread (a value at a time when rows are not whole vectors).
 template <typename T>
-__device__ void attention_span(const float* q, const T* kc, const T* vc, const int* path, float* out, int nh, int nkv,
-                               int hd, int pos, int seq, int cache_len, float scale, int k0, int k1) {
-    __shared__ float qs[256];
-    __shared__ float sc[ATT_SPAN_MAX];
-    __shared__ long long base[ATT_SPAN_MAX];
-    __shared__ float stat[2];
-    int head = blockIdx.x, r = blockIdx.y;
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = ATT_THREADS / 32;
-    if (k0 >= k1) {
-        if (threadIdx.x == 0) { out[0] = NEG_INF; out[1] = 0.f; }
-        for (int d = threadIdx.x; d < hd; d += ATT_THREADS) out[2 + d] = 0.f;
+__device__ __forceinline__ void load_tile(const T* kc, const T* vc, const long long* base, const Tile<T>& tl, int n) {
+    if (!tl.vec) {
+        const int per = n * tl.hd;
+        for (int i = threadIdx.x; i < 2 * per; i += ATT_THREADS) {
+            int which = i >= per, rem = i - which * per, key = rem / tl.hd, e = rem - key * tl.hd;
+            (which ? tl.vt : tl.kt)[key * tl.rs + e] = ((which ? vc : kc) + base[key])[e];
+        }
         return;
     }
-    int kvh = head / (nh / nkv);
-    const float* qr = q + (long long)r * nh * hd + head * hd;
-    const long long stride = (long long)nkv * hd;
-    for (int d = threadIdx.x; d < hd; d += ATT_THREADS) qs[d] = qr[d] * scale;
-    for (int t = k0 + threadIdx.x; t < k1; t += ATT_THREADS)
-        base[t - k0] = ((long long)path[(long long)seq * cache_len + t] * cache_len + t) * stride + kvh * hd;
-    __syncthreads();
-    // Scores: a warp per key, the keys of a warp independent of each other.
-#pragma unroll 4
-    for (int t = k0 + warp; t < k1; t += warps) {
-        const T* kt = kc + base[t - k0];
-        float s = 0.f;
-        for (int d = lane; d < hd; d += 32) s += qs[d] * to_f(kt[d]);
-        s = warp_sum(s);
-        if (lane == 0) sc[t - k0] = s;
+    const int VEC = 16 / sizeof(T), row_vecs = tl.hd / VEC, per = n * row_vecs, total = 2 * per;
+    for (int i0 = 0; i0 < total; i0 += ATT_LOADS * ATT_THREADS) {
+        uint4 r[ATT_LOADS];
+#pragma unroll
+        for (int u = 0; u < ATT_LOADS; u++) {
+            int i = i0 + u * ATT_THREADS + threadIdx.x;
+            if (i < total) {
+                int which = i >= per, rem = i - which * per, key = rem / row_vecs;
+                r[u] = __ldg((const uint4*)((which ? vc : kc) + base[key]) + (rem - key * row_vecs));
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < ATT_LOADS; u++) {
+            int i = i0 + u * ATT_THREADS + threadIdx.x;
+            if (i < total) {
+                int which = i >= per, rem = i - which * per, key = rem / row_vecs;
+                *((uint4*)((which ? tl.vt : tl.kt) + key * tl.rs) + (rem - key * row_vecs)) = r[u];
+            }
+        }
     }
-    __syncthreads();
-    if (warp == 0) {
-        float m = NEG_INF;
-        for (int i = lane; i < k1 - k0; i += 32) m = fmaxf(m, sc[i]);
-        m = warp_max(m);
-        float l = 0.f;
-        for (int i = lane; i < k1 - k0; i += 32) {
-            float p = __expf(sc[i] - m);
-            sc[i] = p;
+}
+
+// The scores of R query rows (scaled, in qs[r*hd..]) with the n keys of the tile into
+// sc[r*ATT_CHUNK + j], -inf where key k0 + j is past row r's position pos[r]: four threads per
+// (row, key), each summing every fourth vector (or value) of the row.
+template <typename T, int R>
+__device__ __forceinline__ void tile_scores(const Tile<T>& tl, const float* qs, float* sc, int n, int k0, const int* pos) {
+    const int VEC = 16 / sizeof(T), total = R * n * 4, hd = tl.hd;
+    int part = threadIdx.x & 3;
+    for (int i0 = 0; i0 < total; i0 += ATT_THREADS) {
+        int i = i0 + threadIdx.x, pair = i >> 2, r = pair / n, j = pair - r * n;
+        bool on = i < total;
+        float s = 0.f;
+        if (on) {
+            const T* kr = tl.kt + j * tl.rs;
+            const float* qr = qs + r * hd;
+            if (tl.vec)
+                for (int v = part; v < hd / VEC; v += 4) s += dot_vec(*((const uint4*)kr + v), qr + v * VEC, T());
+            else
+                for (int e = part; e < hd; e += 4) s = fmaf(qr[e], to_f(kr[e]), s);
+        }
+        s += __shfl_xor_sync(0xffffffffu, s, 1);
+        s += __shfl_xor_sync(0xffffffffu, s, 2);
+        if (on && part == 0) sc[r * ATT_CHUNK + j] = k0 + j <= pos[r] ? s : NEG_INF;
+    }
+}
+
+// Warp w, for rows w, w + 4, ...: the chunk's scores sc[r*ATT_CHUNK + 0..n) become
+// exp(score - max) under the row's running max, and its stat (running max, running sum, factor
+// its outputs so far are rescaled by) is updated. A row that has seen no key keeps max -inf.
+template <int R> __device__ __forceinline__ void chunk_softmax(float* sc, float* stat, int n) {
+    int lane = threadIdx.x & 31;
+    for (int r = threadIdx.x >> 5; r < R; r += ATT_THREADS / 32) {
+        float* s = sc + r * ATT_CHUNK;
+        float* st = stat + r * 3;
+        float m_old = st[0], cm = NEG_INF;
+        for (int i = lane; i < n; i += 32) cm = fmaxf(cm, s[i]);
+        float m = fmaxf(m_old, warp_max(cm)), l = 0.f;
+        for (int i = lane; i < n; i += 32) {
+            float p = m == NEG_INF ? 0.f : __expf(s[i] - m);
+            s[i] = p;
             l += p;
         }
         l = warp_sum(l);
-        if (lane == 0) { stat[0] = m; stat[1] = l; }
+        if (lane == 0) {
+            float f = m == NEG_INF ? 1.f : __expf(m_old - m);
+            st[0] = m;
+            st[1] = st[1] * f + l;
+            st[2] = f;
+        }
     }
+}
+
+// `path` ([seqs, cache_len]) names the cache slot holding each position of each sequence: beams
+// share their common history instead of copying it when they are reordered. Rows r0..r0+R of
+// `rows` (the group's rows past `rows` idle), positions pos0 + r*pos_step, keys k0..k1 of
+// sequence `seq`; row r's partial goes to out + r * out_stride.
+template <typename T, int R>
+__device__ void attention_span(const float* q, const T* kc, const T* vc, const int* path, float* out, long long out_stride,
+                               int nh, int nkv, int hd, int r0, int rows, int pos0, int pos_step, int seq, int cache_len,
+                               float scale, int k0, int k1) {
+    __shared__ float qs[R * 256];
+    __shared__ float sc[R * ATT_CHUNK];
+    __shared__ long long base[ATT_SPAN_MAX];
+    __shared__ uint4 mem[ATT_TILE_BYTES / 16];
+    __shared__ float stat[R * 3];
+    __shared__ int pos[R];
+    int head = blockIdx.x, kvh = head / (nh / nkv);
+    if (k0 >= k1) {
+        for (int r = 0; r < R && r0 + r < rows; r++) {
+            float* o = out + r * out_stride;
+            if (threadIdx.x == 0) { o[0] = NEG_INF; o[1] = 0.f; }
+            for (int d = threadIdx.x; d < hd; d += ATT_THREADS) o[2 + d] = 0.f;
+        }
+        return;
+    }
+    for (int i = threadIdx.x; i < R * hd; i += ATT_THREADS) {
+        int r = i / hd, d = i - r * hd;
+        qs[i] = r0 + r < rows ? q[(long long)(r0 + r) * nh * hd + head * hd + d] * scale : 0.f;
+    }
+    const long long stride = (long long)nkv * hd;
+    for (int t = k0 + threadIdx.x; t < k1; t += ATT_THREADS)
+        base[t - k0] = ((long long)path[(long long)seq * cache_len + t] * cache_len + t) * stride + kvh * hd;
+    if (threadIdx.x < R) {
+        stat[threadIdx.x * 3] = NEG_INF;
+        stat[threadIdx.x * 3 + 1] = 0.f;
+        // Idle rows see no key.
+        pos[threadIdx.x] = r0 + (int)threadIdx.x < rows ? pos0 + (r0 + (int)threadIdx.x) * pos_step : -1;
+    }
+    int cap;
+    Tile<T> tl = make_tile<T>(mem, hd, &cap);
+    float acc[R][2];
+#pragma unroll
+    for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = 0.f;
+    int d0 = threadIdx.x, d1 = threadIdx.x + ATT_THREADS;
     __syncthreads();
-    // Values: a thread per output dimension, the keys' loads independent of each other.
-    for (int d = threadIdx.x; d < hd; d += ATT_THREADS) {
-        float acc = 0.f;
-#pragma unroll 8
-        for (int t = k0; t < k1; t++) acc += sc[t - k0] * to_f(vc[base[t - k0] + d]);
-        out[2 + d] = acc;
+    for (int c0 = k0; c0 < k1; c0 += cap) {
+        int n = min(cap, k1 - c0);
+        load_tile<T>(kc, vc, base + (c0 - k0), tl, n);
+        __syncthreads();
+        tile_scores<T, R>(tl, qs, sc, n, c0, pos);
+        __syncthreads();
+        chunk_softmax<R>(sc, stat, n);
+        __syncthreads();
+        // Values: a thread per output dimension (two when hd > ATT_THREADS) of every row.
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            acc[r][0] *= stat[r * 3 + 2];
+            acc[r][1] *= stat[r * 3 + 2];
+        }
+        for (int t = 0; t < n; t++) {
+            float v0 = d0 < hd ? to_f(tl.vt[t * tl.rs + d0]) : 0.f;
+            float v1 = d1 < hd ? to_f(tl.vt[t * tl.rs + d1]) : 0.f;
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                float p = sc[r * ATT_CHUNK + t];
+                acc[r][0] = fmaf(p, v0, acc[r][0]);
+                acc[r][1] = fmaf(p, v1, acc[r][1]);
+            }
+        }
+        __syncthreads();
     }
-    if (threadIdx.x == 0) { out[0] = stat[0]; out[1] = stat[1]; }
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        if (r0 + r >= rows) break;
+        float* o = out + r * out_stride;
+        if (d0 < hd) o[2 + d0] = acc[r][0];
+        if (d1 < hd) o[2 + d1] = acc[r][1];
+        if (threadIdx.x == 0) { o[0] = stat[r * 3]; o[1] = stat[r * 3 + 1]; }
+    }
 }
 
 // Combines the `spans` partials `p` of one (head, row) into its output `o` (L2 reads: other
@@ -475,27 +785,32 @@ __device__ void attention_merge(const float* p, T* o, int hd, int spans) {
     }
 }
 
-template <typename T>
+// Grid (heads, ceil(rows / R), spans); see attention_span.
+template <typename T, int R>
 __device__ void attention(const float* q, const T* kc, const T* vc, const int* path, float* part, int* done, T* out,
-                          const int* pos_dev, int nh, int nkv, int hd, int pos0, int pos_step, int seq_step,
+                          const int* pos_dev, int rows, int nh, int nkv, int hd, int pos0, int pos_step, int seq_step,
                           int cache_len, float scale) {
     __shared__ bool last;
-    int head = blockIdx.x, r = blockIdx.y, span = blockIdx.z, spans = gridDim.z;
+    int head = blockIdx.x, r0 = blockIdx.y * R, span = blockIdx.z, spans = gridDim.z;
     if (pos_dev) pos0 = *pos_dev;
-    int pos = pos0 + r * pos_step;
-    int len = (pos0 + (gridDim.y - 1) * pos_step + spans) / spans;
-    int k0 = span * len, k1 = min(k0 + len, pos + 1);
-    float* base = part + ((long long)r * nh + head) * spans * (hd + 2);
-    attention_span<T>(q, kc, vc, path, base + span * (hd + 2), nh, nkv, hd, pos, r * seq_step, cache_len, scale, k0, k1);
+    int last_row = min(r0 + R, rows) - 1;
+    int len = (pos0 + (rows - 1) * pos_step + spans) / spans;
+    int k0 = span * len, k1 = min(k0 + len, pos0 + last_row * pos_step + 1);
+    const long long row_stride = (long long)nh * spans * (hd + 2);
+    float* base = part + ((long long)r0 * nh + head) * spans * (hd + 2);
+    attention_span<T, R>(q, kc, vc, path, base + span * (hd + 2), row_stride, nh, nkv, hd, r0, rows, pos0, pos_step,
+                         r0 * seq_step, cache_len, scale, k0, k1);
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) {
-        int* counter = done + (long long)r * nh + head;
+        int* counter = done + (long long)r0 * nh + head;
         last = atomicAdd(counter, 1) == spans - 1;
         if (last) *counter = 0;
     }
     __syncthreads();
-    if (last) attention_merge<T>(base, out + (long long)r * nh * hd + head * hd, hd, spans);
+    if (!last) return;
+    for (int r = r0; r <= last_row; r++)
+        attention_merge<T>(base + (r - r0) * row_stride, out + (long long)r * nh * hd + head * hd, hd, spans);
 }
 
 // Input rows of the quantized products: row r of x ([rows, K], T) into blocks of 32 signed bytes
@@ -744,9 +1059,14 @@ extern "C" __global__ void reorder_cache(const char* src, char* dst, const int* 
         rope_kv<T>(qkv, c, s, q, kc, vc, nh, nkv, hd, p0, ps, ss, cl);                                           \
     }                                                                                                            \
     extern "C" __global__ void attention_##S(const float* q, const T* kc, const T* vc, const int* path, float* part, \
-                                             int* done, T* o, const int* pd, int nh, int nkv, int hd, int p0, int ps,  \
-                                             int ss, int cl, float scale) {                                          \
-        attention<T>(q, kc, vc, path, part, done, o, pd, nh, nkv, hd, p0, ps, ss, cl, scale);                        \
+                                             int* done, T* o, const int* pd, int rows, int nh, int nkv, int hd, int p0, \
+                                             int ps, int ss, int cl, float scale) {                                  \
+        attention<T, 1>(q, kc, vc, path, part, done, o, pd, rows, nh, nkv, hd, p0, ps, ss, cl, scale);               \
+    }                                                                                                                \
+    extern "C" __global__ void attention_rows8_##S(const float* q, const T* kc, const T* vc, const int* path,         \
+                                                   float* part, int* done, T* o, const int* pd, int rows, int nh,     \
+                                                   int nkv, int hd, int p0, int ps, int ss, int cl, float scale) {    \
+        attention<T, 8>(q, kc, vc, path, part, done, o, pd, rows, nh, nkv, hd, p0, ps, ss, cl, scale);               \
     }                                                                                                                \
     extern "C" __global__ void swiglu_##S(const float* gu, T* o, int rows, int f) { swiglu<T>(gu, o, rows, f); }
 
@@ -794,6 +1114,37 @@ extern "C" __global__ void residual_add_f(float* h, const float* y, const float*
 
 GEMV_M(f16, h, XC_GEMV_ROWS)
 GEMV_M(float, f, XC_GEMV_ROWS)
+
+// The tensor-core products (f16 inputs, 2 <= M <= 8): gemvt_{mode}_h_{M} (f16 weights) and
+// gemvtq_{mode}_q{4,8}_{M} (quantized weights).
+#if XC_GEMV_ROWS >= 2
+#define GEMVTQ_ONE(QT, M, MODE, NORM, NAME)                                                                     \
+    extern "C" __global__ void gemvtq_##NAME##_q##QT##_##M(const unsigned char* Wq, const f16* Wd, const f16* x,       \
+                                                          const float* bias, float* out_f, f16* out_t, int N, int K,   \
+                                                          float eps, const float* c, const float* s, float* q,         \
+                                                          f16* kc, f16* vc, const int* pd, int nh, int nkv, int hd,    \
+                                                          int p0, int ps, int ss, int cl) {                            \
+        RopeOut<f16> ro = {c, s, q, kc, vc, pd, nh, nkv, hd, p0, ps, ss, cl};                                         \
+        gemv_mma<QT, M, MODE, NORM>(Wq, Wd, x, bias, out_f, out_t, N, K, eps, ro);                                     \
+    }
+#define GEMVT_ONE(M, MODE, NORM, NAME)                                                                          \
+    extern "C" __global__ void gemvt_##NAME##_h_##M(const f16* W, const f16* x, const float* bias, float* out_f,      \
+                                                    f16* out_t, int N, int K, float eps, const float* c,             \
+                                                    const float* s, float* q, f16* kc, f16* vc, const int* pd, int nh, \
+                                                    int nkv, int hd, int p0, int ps, int ss, int cl) {               \
+        RopeOut<f16> ro = {c, s, q, kc, vc, pd, nh, nkv, hd, p0, ps, ss, cl};                                         \
+        gemv_mma<16, M, MODE, NORM>(W, nullptr, x, bias, out_f, out_t, N, K, eps, ro);                                \
+    }                                                                                                                 \
+    GEMVTQ_ONE(4, M, MODE, NORM, NAME)                                                                            \
+    GEMVTQ_ONE(8, M, MODE, NORM, NAME)
+#define GEMVT_M(M)                             \
+    GEMVT_ONE(M, EPI_STORE, false, store)      \
+    GEMVT_ONE(M, EPI_ADD, false, add)          \
+    GEMVT_ONE(M, EPI_SWIGLU, true, swiglu)     \
+    GEMVT_ONE(M, EPI_ROPE, true, rope)
+
+GEMVT_M(XC_GEMV_ROWS)
+#endif
 
 // The quantized products (f16 engine only): gemvq_{mode}_q{4,8}_{M}.
 #define GEMVQ_ONE(QT, M, MODE, NAME)                                                                            \

@@ -51,10 +51,37 @@ pub enum Matrix {
     },
 }
 
-impl Matrix {
+/// A [`Matrix`] prepared on the host (converted or quantized), so that many can be prepared in
+/// parallel and then uploaded one after the other.
+pub enum HostMatrix {
+    /// f32 values.
+    F32(Vec<f32>),
+    /// f16 values as bits.
+    F16(Vec<u16>),
+    /// Quants and f16 scale bits, as [`Matrix::Quant`] holds them.
+    Quant {
+        /// The quants.
+        q: Vec<u8>,
+        /// The scales.
+        d: Vec<u16>,
+        /// Their format.
+        ty: WeightQuant,
+    },
+}
+
+impl HostMatrix {
+    /// Copies it to the device.
+    pub fn upload(self, stream: &Arc<CudaStream>) -> Result<Matrix, CudaError> {
+        Ok(match self {
+            HostMatrix::F32(v) => Matrix::Plain(Buf::upload(stream, &v)?),
+            HostMatrix::F16(v) => Matrix::Plain(Buf::upload(stream, &v)?),
+            HostMatrix::Quant { q, d, ty } => Matrix::Quant { q: Buf::upload(stream, &q)?, d: Buf::upload(stream, &d)?, ty },
+        })
+    }
+
     /// Quantizes `data` (`[rows, cols]`, cols a multiple of 32) to `ty` as ggml's reference
-    /// quantizer does, and uploads it.
-    pub fn quantize(stream: &Arc<CudaStream>, data: &[f32], cols: usize, ty: WeightQuant) -> Result<Self, CudaError> {
+    /// quantizer does.
+    pub fn quantize(data: &[f32], cols: usize, ty: WeightQuant) -> Result<Self, CudaError> {
         if !cols.is_multiple_of(32) || !data.len().is_multiple_of(cols) {
             return Err(CudaError::Unsupported(format!("{ty:?} needs rows whose length is a multiple of 32, not {cols}")));
         }
@@ -78,9 +105,11 @@ impl Matrix {
             };
             *d = scale.to_bits();
         });
-        Ok(Matrix::Quant { q: Buf::upload(stream, &q)?, d: Buf::upload(stream, &d)?, ty })
+        Ok(HostMatrix::Quant { q, d, ty })
     }
+}
 
+impl Matrix {
     /// Bytes on the device.
     pub fn bytes(&self) -> usize {
         match self {
