@@ -187,6 +187,11 @@ impl SafetensorsWeights {
         }
         Ok(SafetensorsWeights { dir: dir.to_path_buf(), map, shards })
     }
+
+    /// Tensor names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.map.keys()
+    }
 }
 
 impl WeightSource for SafetensorsWeights {

@@ -1,0 +1,152 @@
+//! The fuzzed entry points, shared by the cargo-fuzz targets (`fuzz/fuzz_targets/`) and the
+//! stable replay test (`tests/fuzz_regressions.rs`), so both run exactly the same code. Each
+//! takes arbitrary bytes and must return without panicking, whatever the library answers (it
+//! returns whether the main reader accepted the input); each keeps inside the fuzzing bounds
+//! (1 GiB, 1 s) through the libraries' own limits.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use xcomposer_composer::{Article, captioner, render, spotter, vlm_selector};
+use xcomposer_llm::weights::{SafetensorsWeights, WeightSource};
+use xcomposer_llm::{ChatTemplate, DecoderConfig, Gguf, Message, Tokenizer, torch::TorchWeights};
+use xcomposer_retrieval::ImageLibrary;
+use xcomposer_vision::{ImageInput, Preprocess};
+
+/// The names of the targets, as `fuzz/Cargo.toml`, `scripts/fuzz.sh` and
+/// `tests/fuzz-regressions/<target>/` spell them.
+pub const TARGETS: &[(&str, fn(&[u8]) -> bool)] = &[
+    ("gguf", gguf),
+    ("torch", torch),
+    ("safetensors", safetensors),
+    ("image", image),
+    ("article", article),
+    ("index", index),
+    ("answers", answers),
+    ("chat", chat),
+];
+
+/// Tensors larger than this are not dequantized (the data is in the input, so this only keeps
+/// a few huge zero-size-type claims from dominating the run).
+const MAX_ELEMENTS: usize = 1 << 24;
+
+/// A scratch folder of this process (file-based readers read their input from it).
+fn scratch() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("xcomposer-fuzz-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch folder");
+    dir
+}
+
+/// Writes `data` to `name` in a fresh scratch sub-folder `sub` and returns the folder.
+fn write_scratch(sub: &str, name: &str, data: &[u8]) -> PathBuf {
+    let dir = scratch().join(sub);
+    let _ = std::fs::remove_dir_all(&dir);
+    let file = dir.join(name);
+    std::fs::create_dir_all(file.parent().expect("file in a folder")).expect("scratch sub-folder");
+    std::fs::write(&file, data).expect("scratch file");
+    dir
+}
+
+/// Loads every tensor a weight source lists; whether all loaded.
+fn load_all(w: &dyn WeightSource, names: &[String]) -> bool {
+    names.iter().map(|n| w.load(n).is_ok()).fold(true, |a, b| a & b)
+}
+
+/// GGUF: parse, dequantize every tensor, read the decoder config, tokenizer and chat template.
+pub fn gguf(data: &[u8]) -> bool {
+    let Ok(g) = Gguf::from_bytes(data.to_vec()) else { return false };
+    for t in &g.tensors {
+        if t.n_elements() <= MAX_ELEMENTS {
+            let _ = g.dequantize(&t.name);
+        }
+    }
+    let _ = DecoderConfig::from_gguf(&g);
+    if let Ok(tok) = Tokenizer::from_gguf(&g) {
+        if let Ok(ids) = tok.encode("Hello, world! 你好") {
+            let _ = tok.decode(&ids, false);
+        }
+    }
+    if let Ok(src) = g.get_str("tokenizer.chat_template") {
+        if let Ok(t) = ChatTemplate::new(src, "<s>", "</s>") {
+            let _ = t.render(&[Message::new("user", "hi")], true);
+        }
+    }
+    true
+}
+
+/// PyTorch checkpoint (zip or legacy pickle): open, then load every tensor.
+pub fn torch(data: &[u8]) -> bool {
+    let dir = write_scratch("torch", "model.bin", data);
+    let Ok(w) = TorchWeights::open_file(&dir.join("model.bin")) else { return false };
+    load_all(&w, w.names())
+}
+
+/// Safetensors: open a folder holding `model.safetensors`, then load every tensor.
+pub fn safetensors(data: &[u8]) -> bool {
+    let dir = write_scratch("safetensors", "model.safetensors", data);
+    let Ok(w) = SafetensorsWeights::open(&dir) else { return false };
+    let names: Vec<String> = w.names().cloned().collect();
+    load_all(&w, &names)
+}
+
+/// Image bytes: decode for CLIP's preprocessing (pixel limit lowered to 4 Mpx to keep each run
+/// short), then preprocess.
+pub fn image(data: &[u8]) -> bool {
+    let input = ImageInput { max_pixels: 4 << 20, ..ImageInput::default() };
+    let pre = Preprocess::clip(224);
+    let Ok(img) = input.decode_for(data, Path::new("fuzz.img"), &pre) else { return false };
+    pre.apply(&img.rgb).len() == 3 * 224 * 224
+}
+
+/// `article.json`: parse and check, then render Markdown and HTML.
+pub fn article(data: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(data);
+    let Ok(a) = Article::from_json(&text, Path::new("article.json")) else { return false };
+    let md = render::markdown(&a);
+    let _ = render::image_links(&md);
+    let _ = render::html(&a);
+    true
+}
+
+/// A library's `index.json` (up to the first NUL) and its `features-tags.f32` (the rest): open
+/// the library they describe.
+pub fn index(data: &[u8]) -> bool {
+    let (json, features) = data.split_at(data.iter().position(|&b| b == 0).unwrap_or(data.len()));
+    let dir = write_scratch("index", ".xcomposer/index.json", json);
+    if let Some(features) = features.get(1..) {
+        std::fs::write(dir.join(".xcomposer/features-tags.f32"), features).expect("scratch file");
+    }
+    let Ok(lib) = ImageLibrary::open(&dir, None) else { return false };
+    for i in 0..lib.len() {
+        let _ = lib.path_of(i);
+    }
+    true
+}
+
+/// The spotter's, captioner's and selector's answer parsers; the first byte picks the number of
+/// lines or choices.
+pub fn answers(data: &[u8]) -> bool {
+    let Some((&n, rest)) = data.split_first() else { return false };
+    let n = (n % 24) as usize;
+    let answer = String::from_utf8_lossy(rest);
+    let _ = spotter::parse_spots(&answer, n);
+    let paragraphs: Vec<String> = (0..n).map(|i| format!("Paragraph {i}.")).collect();
+    let _ = spotter::spots_from_answer(&answer, &paragraphs, if n % 2 == 0 { None } else { Some(n / 2) });
+    let _ = captioner::cut_caption(&answer);
+    let _ = captioner::cut_caption_as_original(&answer);
+    let _ = captioner::caption_from_paragraph(&answer);
+    let _ = vlm_selector::parse_choice(&answer, n);
+    true
+}
+
+/// Chat templates: the text up to the first NUL is the template, the rest NUL-separated
+/// messages (user and assistant in turn).
+pub fn chat(data: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(data);
+    let mut parts = text.split('\0');
+    let source = parts.next().unwrap_or_default();
+    let messages: Vec<Message> =
+        parts.enumerate().map(|(i, c)| Message::new(if i % 2 == 0 { "user" } else { "assistant" }, c)).collect();
+    let Ok(t) = ChatTemplate::new(source, "<s>", "</s>") else { return false };
+    t.render(&messages, messages.len() % 2 == 1).is_ok()
+}

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs every cargo-fuzz target in fuzz/ (issue 13) for SECONDS each (default 60), one after the
+# other, under the fuzzing bounds: at most 1 GiB of memory (-rss_limit_mb, -malloc_limit_mb) and
+# 1 s per input (-timeout). Each target's corpus (fuzz/corpus/TARGET, git-ignored) starts from
+# tests/fuzz-regressions/TARGET and grows from run to run. Prints a Markdown table: target,
+# seconds, executions, coverage (cov of libFuzzer's final line), crashes (crash-, oom-, timeout-
+# and leak- files libFuzzer left in fuzz/artifacts/TARGET during this run; it stops at the first).
+# Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`). TARGETS="gguf torch"
+# runs only those.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+SECONDS_EACH=${1:-60}
+FUZZ=(cargo +nightly fuzz)
+(cd fuzz && "${FUZZ[@]}" build -O) || exit 1
+TARGETS=${TARGETS:-$(cd fuzz && "${FUZZ[@]}" list)}
+mkdir -p fuzz/logs
+ROWS=()
+for t in $TARGETS; do
+  corpus=fuzz/corpus/$t artifacts=fuzz/artifacts/$t log=fuzz/logs/$t.log
+  mkdir -p "$corpus" "$artifacts"
+  cp -n tests/fuzz-regressions/"$t"/* "$corpus"/ 2>/dev/null
+  before=$(ls "$artifacts" | wc -l)
+  echo "== $t: $SECONDS_EACH s (log in $log)" >&2
+  (cd fuzz && "${FUZZ[@]}" run -O "$t" "../$corpus" -- -max_total_time="$SECONDS_EACH" \
+    -rss_limit_mb=1024 -malloc_limit_mb=1024 -timeout=1 -print_final_stats=1 \
+    -artifact_prefix="../$artifacts/") >"$log" 2>&1
+  execs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*$')
+  cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*$')
+  crashes=$(( $(ls "$artifacts" | wc -l) - before ))
+  ROWS+=("| $t | $SECONDS_EACH | ${execs:-?} | ${cov:-?} | $crashes |")
+done
+echo "| target | seconds | executions | coverage | crashes |"
+echo "|---|---:|---:|---:|---:|"
+printf '%s\n' "${ROWS[@]}"
