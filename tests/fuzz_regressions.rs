@@ -1,7 +1,8 @@
 //! Replays the fuzz regression corpus (issue 13) on stable, without libFuzzer: every file in
 //! `tests/fuzz-regressions/<target>/` goes through the same entry point as the cargo-fuzz target
 //! of that name (`fuzz/entries.rs`) and must return (the library's Ok or a clean Err), not panic.
-//! Inputs that once crashed a target are kept here (`crash-*`), with a few small valid seeds
+//! Inputs that once crashed a target or ran past its bounds are kept here (`crash-*`, `oom-*`,
+//! `timeout-*`), with a few small valid seeds
 //! (`seed-*`, which the reader must accept, so the replay goes down the real paths).
 
 #[path = "../fuzz/entries.rs"]
