@@ -7,7 +7,8 @@
 #                on --device cuda (f32 and f16: logits, greedy and beam tokens against the reference).
 #   PART=engine: `bench engine` (random 7B-shaped weights made in memory; f16, and quantized at
 #                load to Q4_0 and Q8_0) beside PyTorch eager and llama-bench on an f16 and a Q4_0
-#                GGUF of the same decoder shape. PART=all: check, then engine.
+#                GGUF of the same decoder shape (ENGINE_QUANTS=q4_0 for one format, TORCH=0 without
+#                PyTorch, to fit a shorter call). PART=all: check, then engine.
 #   PART=bench:  `bench xcomposer` on a random 7B checkpoint in the original format (load time,
 #                image encode, the whole model) with the same anchors.
 #   PART=compose: `bench compose --xcomposer` on that checkpoint, f16 then --quant q4_0 (QUANTS="f16"
@@ -92,7 +93,8 @@ if [ -d "$A" ]; then
 fi
 if [ "$PART" = engine ] || [ "$PART" = all ]; then
   echo "== engine on random 7B-shaped weights, beside PyTorch and llama.cpp"
-  "$BIN" bench engine --dtype f16 --quant q4_0,q8_0 --runs 5 --torch "${LLAMA[@]}" 2> "$OUT/engine.err" | tee "$OUT/bench-engine.md"
+  TORCH_ARG=(--torch); [ "${TORCH:-1}" = 0 ] && TORCH_ARG=()
+  "$BIN" bench engine --dtype f16 --quant "${ENGINE_QUANTS:-q4_0,q8_0}" --runs 5 "${TORCH_ARG[@]}" "${LLAMA[@]}" 2> "$OUT/engine.err" | tee "$OUT/bench-engine.md"
   tail -2 "$OUT/engine.err"
 else
   random_7b
