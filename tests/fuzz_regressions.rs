@@ -2,8 +2,8 @@
 //! `tests/fuzz-regressions/<target>/` goes through the same entry point as the cargo-fuzz target
 //! of that name (`fuzz/entries.rs`) and must return (the library's Ok or a clean Err), not panic.
 //! Inputs that once crashed a target or ran past its bounds are kept here (`crash-*`, `oom-*`,
-//! `timeout-*`), with a few small valid seeds
-//! (`seed-*`, which the reader must accept, so the replay goes down the real paths).
+//! `timeout-*`), with a few small valid seeds (`seed-*`, which the reader must accept, so the
+//! replay goes down the real paths).
 
 #[path = "../fuzz/entries.rs"]
 mod entries;

@@ -17,7 +17,7 @@ use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::path::Path;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 
 use memmap2::Mmap;
 
@@ -406,6 +406,43 @@ struct Unpickler<'a> {
     stack: Vec<Value>,
     memo: HashMap<u32, Value>,
     what: &'a str,
+    /// The containers APPEND/SETITEM changed: the only way to a reference cycle.
+    extended: Extended,
+}
+
+/// Weak references to the lists and dicts a pickle extended after building them.
+#[derive(Debug, Default)]
+struct Extended {
+    lists: Vec<Weak<Node<Value>>>,
+    dicts: Vec<Weak<Node<(Value, Value)>>>,
+}
+
+/// A pickle's value. Dropping it empties the containers that the pickle extended, so one put
+/// inside itself (`]` DUP APPEND) is freed instead of leaked through its own reference.
+#[derive(Debug)]
+struct Pickled {
+    value: Value,
+    extended: Extended,
+}
+
+impl std::ops::Deref for Pickled {
+    type Target = Value;
+    fn deref(&self) -> &Value {
+        &self.value
+    }
+}
+
+impl Drop for Pickled {
+    fn drop(&mut self) {
+        self.value = Value::None;
+        let mut pending = vec![];
+        for n in self.extended.lists.drain(..).filter_map(|w| w.upgrade()) {
+            n.drain_into(&mut pending);
+        }
+        for n in self.extended.dicts.drain(..).filter_map(|w| w.upgrade()) {
+            n.drain_into(&mut pending);
+        }
+    }
 }
 
 type PResult<T> = Result<T, PickleError>;
@@ -483,18 +520,20 @@ impl<'a> Unpickler<'a> {
         Ok(Value::Dict(Node::new(pairs, d)))
     }
     /// APPEND, APPENDS, ADDITEMS: `items` go into the list (or set) on top of the stack.
-    fn extend_list(&self, op: Op, items: Vec<Value>) -> PResult<()> {
+    fn extend_list(&mut self, op: Op, items: Vec<Value>) -> PResult<()> {
         let Value::List(l) = self.top(op)? else { return Err(self.wrong(op, "a list")) };
         l.depth.set(self.deeper(op, l.depth.get(), &items)?);
         l.items.borrow_mut().extend(items);
+        self.extended.lists.push(Rc::downgrade(&l));
         Ok(())
     }
     /// SETITEM, SETITEMS: `items` (keys and values) go into the dict on top of the stack.
-    fn extend_dict(&self, op: Op, items: Vec<Value>) -> PResult<()> {
+    fn extend_dict(&mut self, op: Op, items: Vec<Value>) -> PResult<()> {
         let Value::Dict(d) = self.top(op)? else { return Err(self.wrong(op, "a dict")) };
         d.depth.set(self.deeper(op, d.depth.get(), &items)?);
         let pairs = pairs(items).ok_or_else(|| self.err(PickleProblem::OddItems(op)))?;
         d.items.borrow_mut().extend(pairs);
+        self.extended.dicts.push(Rc::downgrade(&d));
         Ok(())
     }
     fn wrong(&self, op: Op, expected: &'static str) -> PickleError {
@@ -717,10 +756,19 @@ impl<'a> Unpickler<'a> {
 }
 
 /// Runs one pickle starting at `pos`; returns its value and the position after it.
-fn unpickle(data: &[u8], pos: usize, what: &str) -> Result<(Value, usize), PickleError> {
-    let mut u = Unpickler { data, pos, at: pos, stack: vec![], memo: HashMap::new(), what };
-    let v = u.run()?;
-    Ok((v, u.pos))
+fn unpickle(data: &[u8], pos: usize, what: &str) -> Result<(Pickled, usize), PickleError> {
+    let mut u = Unpickler { data, pos, at: pos, stack: vec![], memo: HashMap::new(), what, extended: Extended::default() };
+    let v = u.run();
+    u.stack.clear();
+    u.memo.clear();
+    let extended = std::mem::take(&mut u.extended);
+    match v {
+        Ok(value) => Ok((Pickled { value, extended }, u.pos)),
+        Err(e) => {
+            drop(Pickled { value: Value::None, extended });
+            Err(e)
+        }
+    }
 }
 
 /// Flattens a (possibly nested) state dict into `name → tensor`; a dict nested deeper than
@@ -910,19 +958,19 @@ const LEGACY_MAGIC_LOW: i64 = 0xa86a_20f9_469c_fc6c_u64 as i64;
 fn read_legacy(map: &[u8], what: &str, path: &Path) -> Result<Contents, WeightError> {
     let fail = |e: &dyn std::fmt::Display| file_err(path, e);
     let (magic, pos) = unpickle(map, 0, what).map_err(|e| file_err(path, format!("not a PyTorch checkpoint ({e})")))?;
-    if !matches!(magic, Value::Int(LEGACY_MAGIC_LOW)) {
+    if !matches!(*magic, Value::Int(LEGACY_MAGIC_LOW)) {
         return Err(fail(&"not a PyTorch checkpoint (no zip header and no legacy magic number)"));
     }
     let (_protocol, pos) = unpickle(map, pos, what).map_err(|e| fail(&e))?;
     let (sys_info, pos) = unpickle(map, pos, what).map_err(|e| fail(&e))?;
-    if let Value::Dict(d) = &sys_info
+    if let Value::Dict(d) = &*sys_info
         && d.items.borrow().iter().any(|kv| matches!(kv, (Value::Str(k), Value::Bool(false)) if &**k == "little_endian"))
     {
         return Err(fail(&"big-endian checkpoints are not supported"));
     }
     let (root, pos) = unpickle(map, pos, what).map_err(|e| fail(&e))?;
     let (keys, pos) = unpickle(map, pos, what).map_err(|e| fail(&e))?;
-    let Value::List(keys) = keys else { return Err(fail(&"the storage key list is not a list")) };
+    let Value::List(keys) = &*keys else { return Err(fail(&"the storage key list is not a list")) };
     let mut tensors = vec![];
     collect_tensors(&root, "", 0, &mut tensors).map_err(|e| fail(&e))?;
     let storages = legacy_storages(map, pos, &keys.items.borrow(), &tensors).map_err(|e| fail(&e))?;
@@ -1084,7 +1132,7 @@ mod tests {
         dir
     }
 
-    fn run(pickle: &[u8]) -> Result<Value, String> {
+    fn run(pickle: &[u8]) -> Result<Pickled, String> {
         unpickle(pickle, 0, "t.pkl").map(|(v, _)| v).map_err(|e| e.to_string())
     }
 
@@ -1113,7 +1161,7 @@ mod tests {
             p.extend([b'a', b'0']);
         }
         p.extend([b'j', 0, 0, 0, 0, b'.']);
-        assert!(matches!(run(&p), Ok(Value::List(_))));
+        assert!(matches!(run(&p).as_deref(), Ok(Value::List(_))));
         // A dict inside itself is refused when its tensors are collected.
         let dict_in_itself = [0x80, 2, b'}', b'q', 0, 0x8c, 1, b'k', b'h', 0, b's', b'.'];
         let root = run(&dict_in_itself).unwrap();
@@ -1133,7 +1181,8 @@ mod tests {
             p.extend([b'h', 0]);
         }
         p.push(b'.');
-        let Ok(Value::Str(s)) = run(&p) else { panic!("expected the string") };
+        let v = run(&p);
+        let Ok(Value::Str(s)) = v.as_deref() else { panic!("expected the string") };
         assert_eq!(s.len(), 1 << 20);
     }
 
