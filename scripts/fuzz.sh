@@ -2,7 +2,8 @@
 # Runs every cargo-fuzz target in fuzz/ (issue 13) for SECONDS each (default 60), one after the
 # other, under the fuzzing bounds: at most 1 GiB of memory (-rss_limit_mb, -malloc_limit_mb) and
 # 1 s per input (-timeout). Each target's corpus (fuzz/corpus/TARGET, git-ignored) starts from
-# tests/fuzz-regressions/TARGET and grows from run to run. Prints a Markdown table: target,
+# the seed-* files of tests/fuzz-regressions/TARGET (the crash-/leak-/timeout- files there are for
+# `cargo test`: the timeout ones exceed 1 s in this sanitized build) and grows from run to run. Prints a Markdown table: target,
 # seconds, executions, coverage (cov of libFuzzer's final line), crashes (crash-, oom-, timeout-
 # and leak- files libFuzzer left in fuzz/artifacts/TARGET during this run; it stops at the first).
 # Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`). TARGETS="gguf torch"
@@ -18,7 +19,7 @@ ROWS=()
 for t in $TARGETS; do
   corpus=fuzz/corpus/$t artifacts=fuzz/artifacts/$t log=fuzz/logs/$t.log
   mkdir -p "$corpus" "$artifacts"
-  cp -n tests/fuzz-regressions/"$t"/* "$corpus"/ 2>/dev/null
+  cp -n tests/fuzz-regressions/"$t"/seed-* "$corpus"/ 2>/dev/null
   before=$(ls "$artifacts" | wc -l)
   echo "== $t: $SECONDS_EACH s (log in $log)" >&2
   (cd fuzz && "${FUZZ[@]}" run -O "$t" "../$corpus" -- -max_total_time="$SECONDS_EACH" \
