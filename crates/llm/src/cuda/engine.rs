@@ -448,9 +448,7 @@ impl CudaDecoder {
     pub fn set_tensor_cores(&mut self, on: bool) {
         if on != self.tensor_cores {
             self.tensor_cores = on;
-            if let Some(g) = self.graphs.as_mut() {
-                g.clear();
-            }
+            self.drop_graphs();
         }
     }
 
