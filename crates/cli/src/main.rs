@@ -14,6 +14,7 @@ mod compose;
 mod generate;
 mod library;
 mod models;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -52,6 +53,8 @@ enum Command {
         #[command(subcommand)]
         command: models::ModelsCommand,
     },
+    /// Serve the models over HTTP: an OpenAI-compatible API and the web app.
+    Serve(serve::ServeArgs),
     /// Benchmarks that print a table.
     Bench {
         #[command(subcommand)]
@@ -76,6 +79,7 @@ fn main() {
         Command::Chat(args) => chat::run(args),
         Command::Clip { command } => clip::run(command),
         Command::Models { command } => models::run(command),
+        Command::Serve(args) => serve::run(args),
         Command::Bench { command } => bench::run(command),
     };
     if let Err(e) = result {

@@ -1,6 +1,7 @@
 //! `Generator`: greedy decoding and seeded sampling (temperature, top-k, top-p) with a Hugging
 //! Face-style repetition penalty, stop tokens, stop strings, a token budget and streaming.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use burn::tensor::backend::Backend;
@@ -113,6 +114,9 @@ pub enum GenerationError {
     /// The tokenizer failed.
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
+    /// The caller's cancel flag was raised (a server client went away).
+    #[error("generation was cancelled")]
+    Cancelled,
 }
 
 /// Hugging Face's repetition penalty: each id of `seen`, once, has its score divided by `p` if
@@ -258,6 +262,18 @@ impl<B: Backend> Generator<'_, B> {
         cfg: &GenerationConfig,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<Generated, GenerationError> {
+        self.generate_cancellable(prompt_ids, cfg, on_text, &AtomicBool::new(false))
+    }
+
+    /// [`Generator::generate`] that stops with [`GenerationError::Cancelled`] before the next
+    /// token once `cancel` is set.
+    pub fn generate_cancellable(
+        &self,
+        prompt_ids: &[u32],
+        cfg: &GenerationConfig,
+        on_text: &mut dyn FnMut(&str),
+        cancel: &AtomicBool,
+    ) -> Result<Generated, GenerationError> {
         if prompt_ids.is_empty() {
             return Err(GenerationError::EmptyPrompt);
         }
@@ -283,6 +299,9 @@ impl<B: Backend> Generator<'_, B> {
         let mut reason = StopReason::MaxTokens;
         let mut first = true;
         loop {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(GenerationError::Cancelled);
+            }
             let mut row: Vec<f32> = logits.into_data().convert::<f32>().into_vec().expect("f32 logits");
             if first {
                 prefill_time = start.elapsed();

@@ -197,8 +197,13 @@ impl<B: Backend> LanguageModel<B> {
     /// token runs several parallel matrix products, and starting them from inside the pool
     /// avoids waking it from another thread each time.
     pub fn generate(&self, prompt_ids: &[u32], cfg: &GenerationConfig, on_text: &mut dyn FnMut(&str)) -> Result<Generated, GenerationError> {
+        self.generate_cancellable(prompt_ids, cfg, on_text, &std::sync::atomic::AtomicBool::new(false))
+    }
+
+    /// [`LanguageModel::generate`] that ends with [`GenerationError::Cancelled`] once `cancel` is set.
+    pub fn generate_cancellable(&self, prompt_ids: &[u32], cfg: &GenerationConfig, on_text: &mut dyn FnMut(&str), cancel: &std::sync::atomic::AtomicBool) -> Result<Generated, GenerationError> {
         let mut cfg = cfg.clone();
         cfg.stop_tokens.extend(&self.stop_tokens);
-        Generator { model: &self.decoder, tokenizer: &self.tokenizer }.generate(prompt_ids, &cfg, on_text)
+        Generator { model: &self.decoder, tokenizer: &self.tokenizer }.generate_cancellable(prompt_ids, &cfg, on_text, cancel)
     }
 }

@@ -1,0 +1,79 @@
+//! `xcomposer serve`: parses the flags, loads the models once and starts the HTTP server
+//! (`xcomposer-server`); the server holds every route.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use xcomposer_composer::ChatLanguageModel;
+use xcomposer_llm::LanguageModel;
+use xcomposer_server::{AppState, Limits, ServerConfig, ServerModels};
+use xcomposer_vision::xcomposer::model::XComposer;
+
+use crate::backend::{DeviceArg, resolve_model};
+
+/// Arguments of `xcomposer serve`.
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on (loopback by default; another address without --api-key warns).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port (0 picks a free one; the address is printed).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// A .gguf file or a Hugging Face model folder (default: the fetched SmolLM2-135M-Instruct).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// An InternLM-XComposer folder: answers requests with images.
+    #[arg(long)]
+    pub xcomposer: Option<PathBuf>,
+    /// The image library of articles (default: the default library).
+    #[arg(long)]
+    pub library: Option<PathBuf>,
+    /// Where to run (the CPU only for now).
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
+    /// Require `Authorization: Bearer KEY` on the API.
+    #[arg(long, env = "XCOMPOSER_API_KEY")]
+    pub api_key: Option<String>,
+    /// Folder for articles and uploads (default: ./xcomposer-data).
+    #[arg(long, default_value = "xcomposer-data")]
+    pub data: PathBuf,
+    /// Requests that may wait for the model behind the running one (more get 429).
+    #[arg(long, default_value_t = 32)]
+    pub max_queue: usize,
+    /// The largest max_tokens a request may ask for.
+    #[arg(long, default_value_t = 2048)]
+    pub max_tokens_cap: usize,
+}
+
+/// Runs `serve`.
+pub fn run(args: ServeArgs) -> Result<()> {
+    if args.device != DeviceArg::Cpu {
+        bail!("serve runs on the CPU for now: --device cuda is not wired to the server yet");
+    }
+    let ip: IpAddr = args.host.parse().with_context(|| format!("--host {}: not an IP address", args.host))?;
+    if !ip.is_loopback() && args.api_key.is_none() {
+        eprintln!("[serve] warning: listening on {ip}, not loopback, without --api-key: anyone who can reach this port can use the models");
+    }
+    if args.max_queue == 0 || args.max_tokens_cap == 0 {
+        bail!("--max-queue and --max-tokens-cap must be at least 1");
+    }
+    std::fs::create_dir_all(&args.data).with_context(|| format!("--data {}", args.data.display()))?;
+    let device = Default::default();
+    let path = resolve_model(args.model.clone())?;
+    let llm = LanguageModel::<burn::backend::Flex>::load(&path, &device).with_context(|| format!("loading {}", path.display()))?;
+    eprintln!("[serve] loaded {} in {:.2} s", path.display(), llm.load_time.as_secs_f64());
+    let xcomposer = match &args.xcomposer {
+        Some(dir) => Some(Arc::new(XComposer::<burn::backend::Flex>::load(dir, &device).with_context(|| format!("loading {}", dir.display()))?)),
+        None => None,
+    };
+    let limits = Limits { queue_capacity: args.max_queue, max_tokens_cap: args.max_tokens_cap, ..Limits::default() };
+    let config = ServerConfig { api_key: args.api_key.clone(), data_dir: args.data.clone(), limits };
+    let state = AppState::new(config, ServerModels { text: Arc::new(ChatLanguageModel::new(llm)), xcomposer });
+    xcomposer_server::run(&args.host, args.port, state, |addr| {
+        eprintln!("[serve] listening on http://{addr}/ (OpenAI API at http://{addr}/v1)");
+    })?;
+    Ok(())
+}

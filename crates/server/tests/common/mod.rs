@@ -1,0 +1,65 @@
+//! Starting the real server on a loopback port with the default model, for the API tests.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use burn::backend::Flex;
+use xcomposer_composer::ChatLanguageModel;
+use xcomposer_llm::LanguageModel;
+use xcomposer_server::{AppState, Limits, ServerConfig, ServerModels};
+
+/// The default model (SmolLM2-135M-Instruct), fetched on first use, loaded once per test binary.
+pub fn text_model() -> Arc<ChatLanguageModel<Flex>> {
+    static MODEL: OnceLock<Arc<ChatLanguageModel<Flex>>> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let dir = xcomposer_llm::fetch::models_dir();
+            let path = xcomposer_llm::fetch::ensure(&xcomposer_llm::fetch::SMOLLM2_135M, &dir, &mut |m| eprintln!("[fetch] {m}")).expect("the default model").path().to_path_buf();
+            Arc::new(ChatLanguageModel::new(LanguageModel::<Flex>::load(&path, &Default::default()).expect("loading the default model")))
+        })
+        .clone()
+}
+
+/// A fresh data folder under the test target folder.
+pub fn data_dir(tag: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("serve-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A running server: its base URL (`http://127.0.0.1:PORT`) and state.
+pub struct Running {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// The shared state.
+    pub state: Arc<AppState>,
+}
+
+/// Serves on 127.0.0.1, port 0, on the current tokio runtime.
+pub async fn start(tag: &str, limits: Limits, api_key: Option<&str>) -> Running {
+    let config = ServerConfig { api_key: api_key.map(String::from), data_dir: data_dir(tag), limits };
+    let state = AppState::new(config, ServerModels { text: text_model(), xcomposer: None });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(xcomposer_server::serve(listener, state.clone()));
+    Running { base, state }
+}
+
+/// The model id the server lists.
+pub fn model_id() -> String {
+    use xcomposer_composer::TextModel;
+    text_model().id()
+}
+
+/// A chat request body for one user message.
+pub fn ask(text: &str, max_tokens: u32) -> serde_json::Value {
+    serde_json::json!({"model": model_id(), "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens, "temperature": 0})
+}
+
+/// The `data: …` payloads of a server-sent-events body.
+pub fn sse_data(body: &str) -> Vec<String> {
+    body.split("\n\n").filter_map(|e| e.strip_prefix("data: ")).map(String::from).collect()
+}
