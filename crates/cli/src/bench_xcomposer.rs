@@ -48,6 +48,8 @@ pub struct XComposerBenchArgs {
 struct Numbers {
     engine: &'static str,
     load_s: f64,
+    /// Where the load's time went, in words.
+    load_detail: String,
     rss_mib: f64,
     encode_ms: f64,
     prompt_len: usize,
@@ -72,6 +74,18 @@ fn timed(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(median(times))
 }
 
+/// The load's parts: the image encoder and the language model load side by side, and on the
+/// engine its kernels compile beside the weights.
+fn load_detail<B: Backend>(model: &XComposer<B>) -> String {
+    let t = model.load_times;
+    let compile = match &model.text {
+        #[cfg(feature = "cuda")]
+        TextDecoder::Cuda(e) => format!(", kernels compiled in {:.1} s beside the weights", e.lock().map(|e| e.load_times.compile.as_secs_f64()).unwrap_or(f64::NAN)),
+        _ => String::new(),
+    };
+    format!("image encoder {:.1} s beside the language model {:.1} s{compile}", t.visual.as_secs_f64(), t.text.as_secs_f64())
+}
+
 /// The cost of one burn operation on the device: 2,000 dependent `x + 1` on a 4096-wide row.
 fn burn_op_us<B: Backend>(device: &B::Device) -> f64 {
     let x = Tensor::<B, 2>::zeros([1, 4096], device);
@@ -94,7 +108,8 @@ fn measure<B: Backend>(args: &XComposerBenchArgs, device: &B::Device) -> Result<
     let model = XComposer::<B>::load_with(&args.model, device, args.run_on.engine_choice()?).with_context(|| format!("loading {}", args.model.display()))?;
     let load_s = t.elapsed().as_secs_f64();
     let rss_mib = peak_rss_mib().unwrap_or(f64::NAN);
-    eprintln!("[bench] loaded in {load_s:.1} s, peak resident memory {rss_mib:.0} MiB");
+    let load_detail = load_detail(&model);
+    eprintln!("[bench] loaded in {load_s:.1} s ({load_detail}), peak resident memory {rss_mib:.0} MiB");
     let s = model.visual.config.img_size;
     let pixels = Tensor::<B, 4>::random([1, 3, s, s], Distribution::Normal(0.0, 1.0), device);
     let encode_s = timed(args.runs.max(10), || {
@@ -107,7 +122,7 @@ fn measure<B: Backend>(args: &XComposerBenchArgs, device: &B::Device) -> Result<
     let hidden = model.text.config().hidden_size;
     let long = Tensor::<B, 3>::random([1, 512, hidden], Distribution::Normal(0.0, 0.02), device);
     let burn_op_us = burn_op_us::<B>(device);
-    let mut n = Numbers { engine: "burn", load_s, rss_mib, encode_ms: encode_s * 1e3, prompt_len, prefill_tps: 0.0, prefill512_tps: 0.0, decode_tps: 0.0, beam_tps: None, burn_op_us };
+    let mut n = Numbers { engine: "burn", load_s, load_detail, rss_mib, encode_ms: encode_s * 1e3, prompt_len, prefill_tps: 0.0, prefill512_tps: 0.0, decode_tps: 0.0, beam_tps: None, burn_op_us };
     match &model.text {
         TextDecoder::Burn(dec) => {
             let argmax = |logits: Tensor<B, 3>| xcomposer_llm::generation::argmax(&logits.into_data().convert::<f32>().into_vec::<f32>().expect("f32"));
@@ -182,7 +197,7 @@ pub fn run(args: XComposerBenchArgs) -> Result<()> {
 fn print_table(args: &XComposerBenchArgs, ours: &Numbers, torch: Option<&serde_json::Value>, llama: &[LlamaRows]) {
     let dtype = args.run_on.dtype.name();
     println!("{}: prompt of {} positions (one image), {} greedy new tokens, {dtype}, median of {} runs", args.model.display(), ours.prompt_len, args.new_tokens, args.runs);
-    println!("xcomposer ({}): loaded in {:.1} s (LoRA merged), peak resident memory {:.0} MiB; burn on this device: {:.1} µs per operation", ours.engine, ours.load_s, ours.rss_mib, ours.burn_op_us);
+    println!("xcomposer ({}): loaded in {:.1} s (LoRA merged; {}), peak resident memory {:.0} MiB; burn on this device: {:.1} µs per operation", ours.engine, ours.load_s, ours.load_detail, ours.rss_mib, ours.burn_op_us);
     let llama_f16 = llama.first().and_then(|(_, r)| r.iter().find(|(t, _)| t.starts_with("tg")).map(|x| x.1));
     let llama_pp512 = llama.first().and_then(|(_, r)| r.iter().find(|(t, _)| t == "pp512").map(|x| x.1));
     let ratio = |x: f64, base: Option<f64>| base.map_or("–".to_string(), |b| format!("{:.2}×", x / b));

@@ -2,6 +2,7 @@
 //! for decoding at the speed of the GPU's memory.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use cudarc::cublas::{CudaBlas, sys as blas};
 use std::collections::HashMap;
@@ -281,6 +282,49 @@ pub struct CudaDecoder {
     len: usize,
     /// Tokens of the current sequence flagged for the repetition penalty.
     flagged: usize,
+    /// Where the load's time went.
+    pub load_times: EngineLoadTimes,
+}
+
+/// Where [`CudaDecoder::load`]'s time went (the kernels compile while the weights load).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EngineLoadTimes {
+    /// NVRTC compiling and loading the kernels, on threads beside the weights.
+    pub compile: Duration,
+    /// The whole load, wall time.
+    pub total: Duration,
+}
+
+/// The matrices [`upload_weights`] put on the device.
+struct UploadedWeights {
+    embed: Matrix,
+    lm_head: Option<Matrix>,
+    layers: Vec<LayerWeights>,
+}
+
+/// Reads, converts and quantizes the embeddings and LM head, then the layers [`LOAD_GROUP`] at a
+/// time, in parallel on the host, and uploads each in turn.
+fn upload_weights(c: &DecoderConfig, src: &dyn WeightSource, style: KeyStyle, opts: EngineOptions, stream: &Arc<CudaStream>) -> Result<UploadedWeights, CudaError> {
+    let w = WeightLoader { src, style, dtype: opts.dtype, quant: opts.quant, permuted: matches!(style, KeyStyle::Gguf { permuted_qk: true }) };
+    // An untied LM head keeps 8 bits when the rest goes to 4 (the embeddings, and a tied head
+    // with them, follow the layers, as in llama.cpp's Q4_0 files).
+    let head = WeightLoader { quant: opts.quant.map(|_| WeightQuant::Q8_0), ..w };
+    let d = c.hidden_size;
+    let (embed, lm_head) = rayon::join(
+        || w.host_matrix(&[("model.embed_tokens.weight", c.vocab_size, None)], 0, d, None),
+        || (!c.tie_word_embeddings).then(|| head.host_matrix(&[("lm_head.weight", c.vocab_size, None)], 0, d, None)).transpose(),
+    );
+    let embed = embed?.upload(stream)?;
+    let lm_head = lm_head?.map(|m| m.upload(stream)).transpose()?;
+    let mut layers = Vec::with_capacity(c.num_layers);
+    let ids: Vec<usize> = (0..c.num_layers).collect();
+    for group in ids.chunks(LOAD_GROUP) {
+        let host: Vec<Result<HostLayer, CudaError>> = group.par_iter().map(|&l| w.host_layer(c, l)).collect();
+        for layer in host {
+            layers.push(layer?.upload(stream)?);
+        }
+    }
+    Ok(UploadedWeights { embed, lm_head, layers })
 }
 
 impl CudaDecoder {
@@ -294,41 +338,35 @@ impl CudaDecoder {
             )));
         }
         check_quant(c, opts)?;
+        let start = Instant::now();
         let ctx = CudaContext::new(0)?;
         // SAFETY: the engine orders all its work on one stream and synchronises before reading back.
         unsafe { ctx.disable_event_tracking() };
         // A stream of its own: the legacy default stream cannot be captured into a graph.
         let stream = ctx.new_stream()?;
-        let kernels = Kernels::compile(&ctx, stream.clone())?;
+        // NVRTC compiles the kernels on threads of its own while the weights are read and uploaded.
+        let (kernels, compile, weights) = std::thread::scope(|scope| {
+            let compiling = scope.spawn(|| {
+                let t = Instant::now();
+                Kernels::compile(&ctx, stream.clone()).map(|k| (k, t.elapsed()))
+            });
+            let weights = upload_weights(c, src, style, opts, &stream);
+            let (kernels, compile) = compiling.join().unwrap_or_else(|_| Err(CudaError::Compile("NVRTC panicked".into())))?;
+            Ok::<_, CudaError>((kernels, compile, weights?))
+        })?;
+        let UploadedWeights { embed, lm_head, layers } = weights;
         let blas = CudaBlas::new(stream.clone())?;
         let chunk = opts.prefill_chunk.max(MAX_SEQS + 1);
         let w = WeightLoader { src, style, dtype: opts.dtype, quant: opts.quant, permuted: matches!(style, KeyStyle::Gguf { permuted_qk: true }) };
-        // An untied LM head keeps 8 bits when the rest goes to 4 (the embeddings, and a tied head
-        // with them, follow the layers, as in llama.cpp's Q4_0 files).
-        let head = WeightLoader { quant: opts.quant.map(|_| WeightQuant::Q8_0), ..w };
         let d = c.hidden_size;
-        // The embeddings and LM head, then the layers LOAD_GROUP at a time, are read, converted
-        // and quantized in parallel on the host and uploaded in turn.
-        let (embed, lm_head) = rayon::join(
-            || w.host_matrix(&[("model.embed_tokens.weight", c.vocab_size, None)], 0, d, None),
-            || (!c.tie_word_embeddings).then(|| head.host_matrix(&[("lm_head.weight", c.vocab_size, None)], 0, d, None)).transpose(),
-        );
-        let embed = embed?.upload(&stream)?;
-        let lm_head = lm_head?.map(|m| m.upload(&stream)).transpose()?;
-        let mut layers = Vec::with_capacity(c.num_layers);
-        let ids: Vec<usize> = (0..c.num_layers).collect();
-        for group in ids.chunks(LOAD_GROUP) {
-            let host: Vec<Result<HostLayer, CudaError>> = group.par_iter().map(|&l| w.host_layer(c, l)).collect();
-            for layer in host {
-                layers.push(layer?.upload(&stream)?);
-            }
-        }
         let norm = Buf::upload(&stream, &w.host_vector(&[("model.norm.weight", d)], 0)?)?;
         let (cos, sin) = rope_cos_sin(c);
         let (cos, sin) = (Buf::upload(&stream, &cos)?, Buf::upload(&stream, &sin)?);
         let s = Scratch::new(&stream, c, opts, chunk)?;
         stream.synchronize()?;
+        let load_times = EngineLoadTimes { compile, total: start.elapsed() };
         Ok(CudaDecoder {
+            load_times,
             config,
             dtype: opts.dtype,
             _ctx: ctx,
@@ -779,7 +817,7 @@ impl CudaDecoder {
         let time = |f: &dyn Fn() -> Result<(), CudaError>| -> Result<f64, CudaError> {
             f()?;
             self.stream.synchronize()?;
-            let t = std::time::Instant::now();
+            let t = Instant::now();
             for _ in 0..reps {
                 f()?;
             }

@@ -3,10 +3,13 @@
 
 use std::collections::HashMap;
 use std::ffi::c_void;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, ValidAsZeroBits};
 use cudarc::nvrtc::{CompileOptions, Ptx, compile_ptx_with_opts};
+
+use sha2::{Digest, Sha256};
 
 use super::{CudaError, MAX_SEQS};
 
@@ -61,6 +64,56 @@ pub enum Arg {
     F(f32),
 }
 
+/// Where compiled programs are kept: `$XCOMPOSER_KERNELS`, else `cuda-kernels` in the models
+/// folder. Each file is named by a hash of the source, the options, the architecture and the
+/// NVRTC and driver versions, so a changed kernel or toolkit never reads an old one.
+pub fn ptx_cache_dir() -> PathBuf {
+    std::env::var_os("XCOMPOSER_KERNELS").filter(|d| !d.is_empty()).map(PathBuf::from).unwrap_or_else(|| crate::fetch::models_dir().join("cuda-kernels"))
+}
+
+/// The cache file of one program.
+fn ptx_cache_path(arch: &str, options: &[String]) -> PathBuf {
+    let (mut major, mut minor, mut driver) = (0, 0, 0);
+    // SAFETY: both calls only write the integers they are given; a failure leaves them 0, which
+    // still gives a key of its own.
+    unsafe {
+        let _ = cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor);
+        let _ = cudarc::driver::sys::cuDriverGetVersion(&mut driver);
+    }
+    let mut h = Sha256::new();
+    h.update(SOURCE.as_bytes());
+    h.update(format!("\0{arch}\0{}\0nvrtc {major}.{minor}\0driver {driver}", options.join(" ")).as_bytes());
+    let key: String = h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect();
+    ptx_cache_dir().join(format!("{key}.ptx"))
+}
+
+/// One program's entry points: its cached PTX when that loads, else compiled by NVRTC (and
+/// cached; a cache that cannot be written only costs the next load its compile).
+fn load_program(ctx: &Arc<CudaContext>, arch: &'static str, options: Vec<String>) -> Result<Vec<(String, CudaFunction)>, CudaError> {
+    let path = ptx_cache_path(arch, &options);
+    if let Ok(src) = std::fs::read_to_string(&path)
+        && let Ok(funcs) = entry_points(ctx, Ptx::from_src(src))
+    {
+        return Ok(funcs);
+    }
+    let opts = CompileOptions { arch: Some(arch), options, ..Default::default() };
+    let ptx = compile_ptx_with_opts(SOURCE, opts).map_err(|e| CudaError::Compile(e.to_string()))?;
+    let src = ptx.to_src();
+    if let Some(dir) = path.parent()
+        && std::fs::create_dir_all(dir).is_ok()
+    {
+        let _ = crate::fetch::write_atomic(&path, src.as_bytes());
+    }
+    entry_points(ctx, Ptx::from_src(src))
+}
+
+/// Loads a PTX module and every `.entry` in it.
+fn entry_points(ctx: &Arc<CudaContext>, ptx: Ptx) -> Result<Vec<(String, CudaFunction)>, CudaError> {
+    let names: Vec<String> = ptx.to_src().lines().filter_map(|l| l.trim().strip_prefix(".visible .entry ").map(|n| n.trim_end_matches('(').to_string())).collect();
+    let module = ctx.load_module(ptx)?;
+    names.into_iter().map(|n| Ok((n.clone(), module.load_function(&n)?))).collect()
+}
+
 /// The compiled module's functions by name.
 pub struct Kernels {
     funcs: HashMap<String, CudaFunction>,
@@ -69,38 +122,28 @@ pub struct Kernels {
 
 impl Kernels {
     /// Compiles [`SOURCE`] for the context's device (one program for the matrix-vector kernels
-    /// of each row count and one for the rest, in parallel) and loads every entry point.
+    /// of each row count and one for the rest, in parallel) and loads every entry point. A
+    /// program compiled before by the same NVRTC for the same driver comes from [`ptx_cache_dir`].
     pub fn compile(ctx: &Arc<CudaContext>, stream: Arc<CudaStream>) -> Result<Self, CudaError> {
         let (major, minor) = ctx.compute_capability()?;
         let arch: &'static str = Box::leak(format!("sm_{major}{minor}").into_boxed_str());
         let defines: Vec<Option<usize>> = std::iter::once(None).chain((1..=MAX_SEQS).map(Some)).collect();
-        let ptxs: Vec<Result<Ptx, CudaError>> = std::thread::scope(|scope| {
+        let modules: Vec<Result<Vec<(String, CudaFunction)>, CudaError>> = std::thread::scope(|scope| {
             let jobs: Vec<_> = defines
                 .iter()
                 .map(|rows| {
                     scope.spawn(move || {
                         let mut options = vec!["--std=c++17".to_string()];
                         options.extend(rows.map(|m| format!("-DXC_GEMV_ROWS={m}")));
-                        let opts = CompileOptions { arch: Some(arch), options, ..Default::default() };
-                        compile_ptx_with_opts(SOURCE, opts).map_err(|e| CudaError::Compile(e.to_string()))
+                        load_program(ctx, arch, options)
                     })
                 })
                 .collect();
             jobs.into_iter().map(|j| j.join().unwrap_or_else(|_| Err(CudaError::Compile("NVRTC panicked".into())))).collect()
         });
         let mut funcs = HashMap::new();
-        for ptx in ptxs {
-            let ptx = ptx?;
-            let names: Vec<String> = ptx
-                .to_src()
-                .lines()
-                .filter_map(|l| l.trim().strip_prefix(".visible .entry ").map(|n| n.trim_end_matches('(').to_string()))
-                .collect();
-            let module = ctx.load_module(ptx)?;
-            for n in names {
-                let f = module.load_function(&n)?;
-                funcs.insert(n, f);
-            }
+        for module in modules {
+            funcs.extend(module?);
         }
         Ok(Kernels { funcs, stream })
     }

@@ -21,7 +21,7 @@ mod engine;
 mod kernels;
 mod matrix;
 
-pub use engine::{CudaDecoder, EngineDtype, EngineOptions, MAX_SEQS, TOPK_MAX};
+pub use engine::{CudaDecoder, EngineDtype, EngineLoadTimes, EngineOptions, MAX_SEQS, TOPK_MAX};
 pub use matrix::WeightQuant;
 
 use crate::beam::StepDecoder;

@@ -14,4 +14,4 @@ pub mod model;
 pub mod visual;
 
 pub use language::{EOA, EOH, InternLmTokenizer, LoraMerged, gen_config};
-pub use model::{EngineChoice, Piece, TextDecoder, Turn, XComposer, XComposerError};
+pub use model::{EngineChoice, LoadTimes, Piece, TextDecoder, Turn, XComposer, XComposerError};

@@ -11,6 +11,7 @@
 //! - a new turn after a history: `" <|User|>:" [image] "{text}" "\n<TOKENS_UNUSED_0> <|Bot|>:"`, no BOS.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
@@ -20,6 +21,7 @@ use xcomposer_llm::generation::Sampler;
 use xcomposer_llm::cuda::{CudaDecoder, EngineOptions};
 use xcomposer_llm::decoder::KeyStyle;
 use xcomposer_llm::torch::TorchWeights;
+use xcomposer_llm::weights::WeightSource;
 use super::language::{InternLmTokenizer, LoraMerged};
 use xcomposer_llm::{Decoder, DecoderConfig};
 use super::visual::{VisualConfig, XComposerVisual};
@@ -95,6 +97,15 @@ pub enum TextDecoder<B: Backend> {
 }
 
 impl<B: Backend> TextDecoder<B> {
+    /// Loads the language model's weights from `src` into the implementation `engine` names.
+    fn load(cfg: DecoderConfig, src: &dyn WeightSource, device: &B::Device, engine: EngineChoice) -> Result<Self, XComposerError> {
+        Ok(match engine {
+            EngineChoice::Burn => TextDecoder::Burn(Decoder::load(cfg, src, KeyStyle::HuggingFace, device).map_err(|e| XComposerError::Load(e.to_string()))?),
+            #[cfg(feature = "cuda")]
+            EngineChoice::Cuda(opts) => TextDecoder::Cuda(std::sync::Mutex::new(CudaDecoder::load(cfg, src, KeyStyle::HuggingFace, opts).map_err(|e| XComposerError::Load(e.to_string()))?)),
+        })
+    }
+
     /// burn's decoder, when that is what runs the model.
     pub fn burn(&self) -> Option<&Decoder<B>> {
         match self {
@@ -140,6 +151,20 @@ pub struct XComposer<B: Backend> {
     pub preprocess: Preprocess,
     /// Where it was loaded from.
     pub dir: PathBuf,
+    /// Where the load's time went.
+    pub load_times: LoadTimes,
+}
+
+/// Where [`XComposer::load_with`]'s time went: the image encoder and the language model load
+/// side by side, so `total` is about the larger of the two, not their sum.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadTimes {
+    /// The image encoder (EVA-ViT-g, the perceive sampler, the projection) onto burn's device.
+    pub visual: Duration,
+    /// The language model, LoRA merged (on the engine: kernels compiled beside the weights).
+    pub text: Duration,
+    /// The whole load, shard indexes included, wall time.
+    pub total: Duration,
 }
 
 impl<B: Backend> XComposer<B> {
@@ -165,16 +190,24 @@ impl<B: Backend> XComposer<B> {
                 (get("lora_alpha")? / get("lora_r")?) as f32
             }
         };
+        let start = Instant::now();
         let src = TorchWeights::open_dir(dir).map_err(|e| XComposerError::Load(e.to_string()))?;
-        let visual = XComposerVisual::load(&src, &visual_cfg, device).map_err(|e| XComposerError::Load(e.to_string()))?;
         let llm_src = LoraMerged { inner: &src, prefix: "internlm_model.".into(), scale };
-        let text = match engine {
-            EngineChoice::Burn => TextDecoder::Burn(Decoder::load(llm_cfg, &llm_src, KeyStyle::HuggingFace, device).map_err(|e| XComposerError::Load(e.to_string()))?),
-            #[cfg(feature = "cuda")]
-            EngineChoice::Cuda(opts) => TextDecoder::Cuda(std::sync::Mutex::new(CudaDecoder::load(llm_cfg, &llm_src, KeyStyle::HuggingFace, opts).map_err(|e| XComposerError::Load(e.to_string()))?)),
-        };
+        // The image encoder loads on a thread of its own while the language model loads here.
+        let (visual, text) = std::thread::scope(|scope| {
+            let visual = scope.spawn(|| {
+                let t = Instant::now();
+                XComposerVisual::load(&src, &visual_cfg, device).map(|v| (v, t.elapsed())).map_err(|e| XComposerError::Load(e.to_string()))
+            });
+            let t = Instant::now();
+            let text = TextDecoder::load(llm_cfg, &llm_src, device, engine).map(|d| (d, t.elapsed()));
+            let visual = visual.join().unwrap_or_else(|_| Err(XComposerError::Load("the image encoder's load panicked".into())));
+            (visual, text)
+        });
+        let ((visual, visual_time), (text, text_time)) = (visual?, text?);
+        let load_times = LoadTimes { visual: visual_time, text: text_time, total: start.elapsed() };
         let tokenizer = InternLmTokenizer::load(&dir.join("tokenizer.model")).map_err(|e| XComposerError::Load(format!("{}: {e}", dir.join("tokenizer.model").display())))?;
-        Ok(XComposer { preprocess: Preprocess::xcomposer(visual_cfg.img_size as u32), visual, text, device: device.clone(), tokenizer, dir: dir.into() })
+        Ok(XComposer { preprocess: Preprocess::xcomposer(visual_cfg.img_size as u32), visual, text, device: device.clone(), tokenizer, dir: dir.into(), load_times })
     }
 
     /// The preprocessed pixels of an image file, `[3, S, S]` as a flat vector.
