@@ -77,18 +77,24 @@ fn start(state: &Arc<AppState>, body: Result<Bytes, BytesRejection>) -> Result<S
     if plan.model != text_id && Some(&plan.model) != state.xcomposer_id().as_ref() {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", format!("the model {:?} does not exist here; GET /v1/models lists {text_id:?}", plan.model)).param("model").code("model_not_found"));
     }
+    if let Some(xc) = state.models.xcomposer.clone().filter(|_| plan.model != text_id) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let guard = CancelOnDrop::new();
+        let job = crate::vlm::job(state, xc, plan.clone(), tx, guard.flag.clone());
+        state.queue.submit(job)?;
+        return Ok((plan, rx, guard));
+    }
     if let Some((_, param, _)) = plan.images.first() {
-        return Err(ApiError::invalid(
-            param.clone(),
-            format!("the model {:?} cannot see images (a text model); start the server with --xcomposer DIR to answer about images", plan.model),
-        )
-        .code("image_input_unsupported"));
+        let hint = match state.xcomposer_id() {
+            Some(id) => format!("ask for the model {id:?}, which sees images"),
+            None => "start the server with --xcomposer DIR to answer about images".into(),
+        };
+        return Err(ApiError::invalid(param.clone(), format!("the model {:?} cannot see images (a text model); {hint}", plan.model)).code("image_input_unsupported"));
     }
     let model = state.models.text.clone();
     let ids = model.model.encode_chat(&plan.messages).map_err(|e| ApiError::invalid("messages", format!("the messages do not fit the model's chat template: {e}")))?;
-    let ctx = model.model.decoder.config.max_position;
-    if ids.len() > limits.max_prompt_tokens || ids.len() >= ctx {
-        return Err(ApiError::invalid("messages", format!("the prompt is {} tokens, over the limit of {} (model context {ctx})", ids.len(), limits.max_prompt_tokens.min(ctx - 1))).code("context_length_exceeded"));
+    if ids.len() > limits.max_prompt_tokens {
+        return Err(ApiError::invalid("messages", format!("the prompt is {} tokens, over the limit of {}", ids.len(), limits.max_prompt_tokens)).code("context_length_exceeded"));
     }
     let (tx, rx) = mpsc::unbounded_channel();
     let guard = CancelOnDrop::new();
@@ -130,6 +136,9 @@ fn text_job(state: &Arc<AppState>, ids: Vec<u32>, cfg: GenerationConfig, tx: mps
                 let _ = tx.send(ChatEvent::Done { finish_reason, prompt_tokens: ids.len(), completion_tokens: out.ids.len() });
             }
             Err(GenerationError::Cancelled) => metrics.record_cancel(),
+            Err(e @ GenerationError::PromptTooLong(..)) => {
+                let _ = tx.send(ChatEvent::Error(ApiError::invalid("messages", e.to_string()).code("context_length_exceeded")));
+            }
             Err(e) => {
                 let _ = tx.send(ChatEvent::Error(ApiError::internal(format!("generation failed: {e}"))));
             }

@@ -14,6 +14,7 @@ pub mod limits;
 pub mod metrics;
 pub mod openai;
 pub mod queue;
+pub mod vlm;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -104,7 +104,7 @@ pub struct ImageUrl {
 }
 
 /// A checked request, ready for the model.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Plan {
     /// The model id asked for.
     pub model: String,

@@ -173,6 +173,18 @@ async fn metric(base: &str, name: &str) -> f64 {
     line.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
+/// Waits up to 5 s for a metric to reach `want` (the worker clears its busy flag just after
+/// the answer is sent), then asserts it.
+async fn eventually(base: &str, name: &str, want: f64) {
+    for _ in 0..100 {
+        if metric(base, name).await == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metric(base, name).await, want, "{name}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_queue_answers_429_and_a_gone_client_cancels_its_generation() {
     let s = start("queue", Limits { queue_capacity: 1, ..Limits::default() }, None).await;
@@ -215,7 +227,7 @@ async fn a_full_queue_answers_429_and_a_gone_client_cancels_its_generation() {
     assert_eq!(metric(&s.base, "xcomposer_cancelled_total").await, cancelled + 1.0);
     assert_eq!(metric(&s.base, "xcomposer_requests_total{status=\"429\"}").await, 1.0);
     assert!(metric(&s.base, "xcomposer_generated_tokens_total").await >= 4.0);
-    assert_eq!(metric(&s.base, "xcomposer_model_busy").await, 0.0);
+    eventually(&s.base, "xcomposer_model_busy", 0.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -224,13 +236,7 @@ async fn a_whole_answer_is_cancelled_when_its_client_hangs_up() {
     let client = reqwest::Client::builder().timeout(Duration::from_millis(1500)).build().unwrap();
     let r = client.post(format!("{}/v1/chat/completions", s.base)).json(&ask("Write a very long story about a dragon.", 2000)).send().await;
     assert!(r.is_err_and(|e| e.is_timeout()));
-    for _ in 0..100 {
-        if metric(&s.base, "xcomposer_cancelled_total").await == 1.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(metric(&s.base, "xcomposer_cancelled_total").await, 1.0);
-    assert_eq!(metric(&s.base, "xcomposer_model_busy").await, 0.0);
+    eventually(&s.base, "xcomposer_cancelled_total", 1.0).await;
+    eventually(&s.base, "xcomposer_model_busy", 0.0).await;
     assert_eq!(metric(&s.base, "xcomposer_generated_tokens_total").await, 0.0, "a cancelled generation records no tokens");
 }

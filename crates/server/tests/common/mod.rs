@@ -22,6 +22,14 @@ pub fn text_model() -> Arc<ChatLanguageModel<Flex>> {
         .clone()
 }
 
+/// `../shared/fixtures/NAME` beside the checkout (or under `$XCOMPOSER_SHARED/fixtures`).
+pub fn fixture(name: &str) -> PathBuf {
+    let shared = std::env::var_os("XCOMPOSER_SHARED").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
+    let dir = shared.join("fixtures").join(name);
+    assert!(dir.is_dir(), "fixture folder {} is missing: the fixtures live in ../shared beside the checkout", dir.display());
+    dir
+}
+
 /// A fresh data folder under the test target folder.
 pub fn data_dir(tag: &str) -> PathBuf {
     let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("serve-{tag}-{}", std::process::id()));
@@ -40,8 +48,14 @@ pub struct Running {
 
 /// Serves on 127.0.0.1, port 0, on the current tokio runtime.
 pub async fn start(tag: &str, limits: Limits, api_key: Option<&str>) -> Running {
+    start_with(tag, limits, api_key, None).await
+}
+
+/// [`start`] with InternLM-XComposer loaded from `xcomposer` too.
+pub async fn start_with(tag: &str, limits: Limits, api_key: Option<&str>, xcomposer: Option<&std::path::Path>) -> Running {
     let config = ServerConfig { api_key: api_key.map(String::from), data_dir: data_dir(tag), limits };
-    let state = AppState::new(config, ServerModels { text: text_model(), xcomposer: None });
+    let xcomposer = xcomposer.map(|dir| Arc::new(xcomposer_vision::xcomposer::model::XComposer::<Flex>::load(dir, &Default::default()).expect("loading the XComposer fixture")));
+    let state = AppState::new(config, ServerModels { text: text_model(), xcomposer });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(xcomposer_server::serve(listener, state.clone()));
