@@ -6,12 +6,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use xcomposer_composer::ChatLanguageModel;
+use burn::backend::Flex;
+use xcomposer_composer::xcomposer_text::XCOMPOSER_WRITING;
+use xcomposer_composer::{ChatLanguageModel, Composer, LibraryRetriever, Prompts};
 use xcomposer_llm::LanguageModel;
+use xcomposer_server::articles::ComposerFactory;
 use xcomposer_server::{AppState, Limits, ServerConfig, ServerModels};
 use xcomposer_vision::xcomposer::model::XComposer;
 
 use crate::backend::{DeviceArg, resolve_model};
+use crate::library::{ScorerOptions, open_library};
 
 /// Arguments of `xcomposer serve`.
 #[derive(clap::Args)]
@@ -46,6 +50,31 @@ pub struct ServeArgs {
     /// The largest max_tokens a request may ask for.
     #[arg(long, default_value_t = 2048)]
     pub max_tokens_cap: usize,
+    /// How the article API scores library images.
+    #[command(flatten)]
+    pub scoring: ScorerOptions,
+}
+
+/// The article pipeline of `compose`, around the models the server already loaded.
+struct Composers {
+    text: Arc<ChatLanguageModel<Flex>>,
+    xcomposer: Option<Arc<XComposer<Flex>>>,
+    library: Option<PathBuf>,
+    scoring: ScorerOptions,
+}
+
+impl ComposerFactory for Composers {
+    fn composer(&self, library: Option<&std::path::Path>) -> Result<Composer, String> {
+        let dir = library.or(self.library.as_deref());
+        let mut lib = open_library(dir, None, &self.scoring).map_err(|e| format!("{e:#}"))?;
+        let scorer = self.scoring.scorer(&mut lib).map_err(|e| format!("{e:#}"))?;
+        let retriever = Box::new(LibraryRetriever { library: lib, scorer, scorer_name: self.scoring.name() });
+        Ok(match &self.xcomposer {
+            // As `compose --xcomposer`: every stage on the one model, the original's prompts.
+            Some(xc) => Composer::with_xcomposer_writing(xc.clone(), Arc::new(Prompts::original()), retriever, XCOMPOSER_WRITING),
+            None => Composer::with_prompts(self.text.clone(), Arc::new(Prompts::default()), retriever),
+        })
+    }
 }
 
 /// Runs `serve`.
@@ -63,15 +92,17 @@ pub fn run(args: ServeArgs) -> Result<()> {
     std::fs::create_dir_all(&args.data).with_context(|| format!("--data {}", args.data.display()))?;
     let device = Default::default();
     let path = resolve_model(args.model.clone())?;
-    let llm = LanguageModel::<burn::backend::Flex>::load(&path, &device).with_context(|| format!("loading {}", path.display()))?;
+    let llm = LanguageModel::<Flex>::load(&path, &device).with_context(|| format!("loading {}", path.display()))?;
     eprintln!("[serve] loaded {} in {:.2} s", path.display(), llm.load_time.as_secs_f64());
     let xcomposer = match &args.xcomposer {
-        Some(dir) => Some(Arc::new(XComposer::<burn::backend::Flex>::load(dir, &device).with_context(|| format!("loading {}", dir.display()))?)),
+        Some(dir) => Some(Arc::new(XComposer::<Flex>::load(dir, &device).with_context(|| format!("loading {}", dir.display()))?)),
         None => None,
     };
     let limits = Limits { queue_capacity: args.max_queue, max_tokens_cap: args.max_tokens_cap, ..Limits::default() };
     let config = ServerConfig { api_key: args.api_key.clone(), data_dir: args.data.clone(), limits };
-    let state = AppState::new(config, ServerModels { text: Arc::new(ChatLanguageModel::new(llm)), xcomposer });
+    let text = Arc::new(ChatLanguageModel::new(llm));
+    let composers = Composers { text: text.clone(), xcomposer: xcomposer.clone(), library: args.library.clone(), scoring: args.scoring.clone() };
+    let state = AppState::new(config, ServerModels { text, xcomposer, composers: Some(Arc::new(composers)) })?;
     xcomposer_server::run(&args.host, args.port, state, |addr| {
         eprintln!("[serve] listening on http://{addr}/ (OpenAI API at http://{addr}/v1)");
     })?;

@@ -7,6 +7,8 @@
 //! Model work goes through one bounded queue ([`queue::ModelQueue`]): a request past its
 //! capacity gets 429 with `Retry-After`, and a client that goes away cancels its generation.
 
+pub mod article_api;
+pub mod articles;
 pub mod chat;
 pub mod error;
 pub mod images;
@@ -38,6 +40,18 @@ pub struct ServerModels {
     pub text: Arc<ChatLanguageModel<Flex>>,
     /// InternLM-XComposer (`--xcomposer DIR`), which sees images.
     pub xcomposer: Option<Arc<XComposer<Flex>>>,
+    /// Builds the article pipeline (`None`: the article API answers 503).
+    pub composers: Option<Arc<dyn articles::ComposerFactory>>,
+}
+
+/// The article side: the store and the pipelines built so far, by library name.
+pub struct Articles {
+    /// The articles on disk.
+    pub store: articles::Store,
+    /// Makes a pipeline for a library.
+    pub factory: Arc<dyn articles::ComposerFactory>,
+    /// Pipelines built so far.
+    pub cache: std::sync::Mutex<std::collections::HashMap<Option<String>, Arc<xcomposer_composer::Composer>>>,
 }
 
 /// Settings that are not models.
@@ -61,14 +75,21 @@ pub struct AppState {
     pub queue: queue::ModelQueue,
     /// Counters.
     pub metrics: Arc<metrics::Metrics>,
+    /// The article store and pipelines, when a composer factory was given.
+    pub articles: Option<Articles>,
 }
 
 impl AppState {
-    /// State around loaded models; starts the model's worker thread.
-    pub fn new(config: ServerConfig, models: ServerModels) -> Arc<Self> {
+    /// State around loaded models: opens the data folder's articles and starts the model's
+    /// worker thread.
+    pub fn new(config: ServerConfig, models: ServerModels) -> Result<Arc<Self>, ServerError> {
+        let articles = match &models.composers {
+            Some(factory) => Some(Articles { store: articles::Store::open(&config.data_dir)?, factory: factory.clone(), cache: Default::default() }),
+            None => None,
+        };
         let metrics = Arc::new(metrics::Metrics::default());
         let queue = queue::ModelQueue::start(config.limits.queue_capacity, metrics.clone());
-        Arc::new(AppState { config, models, queue, metrics })
+        Ok(Arc::new(AppState { config, models, queue, metrics, articles }))
     }
 
     /// The id of the text model, as `GET /v1/models` lists it.
@@ -88,6 +109,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/models", get(chat::models))
         .route("/metrics", get(metrics_page))
+        .route("/api/articles", get(article_api::list).post(article_api::create))
+        .route("/api/articles/{id}", get(article_api::get).delete(article_api::delete))
+        .route("/api/articles/{id}/events", get(article_api::events))
+        .route("/api/articles/{id}/edit", post(article_api::edit))
+        .route("/api/articles/{id}/assets/{name}", get(article_api::asset))
+        .route("/api/articles/{id}/{file}", get(article_api::file))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
         .route("/health", get(health))

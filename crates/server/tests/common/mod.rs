@@ -55,7 +55,7 @@ pub async fn start(tag: &str, limits: Limits, api_key: Option<&str>) -> Running 
 pub async fn start_with(tag: &str, limits: Limits, api_key: Option<&str>, xcomposer: Option<&std::path::Path>) -> Running {
     let config = ServerConfig { api_key: api_key.map(String::from), data_dir: data_dir(tag), limits };
     let xcomposer = xcomposer.map(|dir| Arc::new(xcomposer_vision::xcomposer::model::XComposer::<Flex>::load(dir, &Default::default()).expect("loading the XComposer fixture")));
-    let state = AppState::new(config, ServerModels { text: text_model(), xcomposer });
+    let state = AppState::new(config, ServerModels { text: text_model(), xcomposer, composers: None }).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(xcomposer_server::serve(listener, state.clone()));

@@ -1,0 +1,131 @@
+//! The article API against the real server with the default models and library: a composition
+//! job followed over server-sent events, the article in every format, edits, list, delete, bad
+//! requests naming the field, paths that try to leave the data folder, and a restart that
+//! finds the articles again.
+
+mod common;
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+
+use burn::backend::Flex;
+use serde_json::{Value, json};
+use xcomposer_composer::{Composer, LibraryRetriever};
+use xcomposer_retrieval::{EmbeddingScorer, TextEmbedder, default_library};
+use xcomposer_server::articles::ComposerFactory;
+use xcomposer_server::{AppState, Limits, ServerConfig, ServerModels};
+
+/// The default pipeline of the tests in tests/compose.rs: SmolLM2, the default library, hybrid scores.
+struct DefaultComposers;
+
+impl ComposerFactory for DefaultComposers {
+    fn composer(&self, library: Option<&Path>) -> Result<Composer, String> {
+        assert!(library.is_none(), "the test names no library");
+        let (device, models) = (Default::default(), xcomposer_llm::fetch::models_dir());
+        let lib = default_library::open::<Flex>(&models, &device, &mut |m| eprintln!("[fetch] {m}"), &mut |_| {}).map_err(|e| e.to_string())?;
+        let embedder = Arc::new(TextEmbedder::<Flex>::load_default(&models, &device, &mut |m| eprintln!("[fetch] {m}")).map_err(|e| e.to_string())?);
+        let retriever = LibraryRetriever { library: lib, scorer: Box::new(EmbeddingScorer::hybrid(embedder)), scorer_name: "hybrid".into() };
+        Ok(Composer::with_model(common::text_model(), Box::new(retriever)))
+    }
+}
+
+async fn serve(data: &Path) -> String {
+    let config = ServerConfig { api_key: None, data_dir: data.to_path_buf(), limits: Limits::default() };
+    let state = AppState::new(config, ServerModels { text: common::text_model(), xcomposer: None, composers: Some(Arc::new(DefaultComposers)) }).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(xcomposer_server::serve(listener, state));
+    base
+}
+
+async fn json_of(r: reqwest::Response) -> (u16, Value) {
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn compose_follow_fetch_edit_restart_and_delete_an_article() {
+    let data = common::data_dir("articles");
+    let base = serve(&data).await;
+    let c = reqwest::Client::new();
+    let api = format!("{base}/api/articles");
+
+    for (body, param) in [
+        (json!({"instruction": "  "}), "instruction"),
+        (json!({"instruction": "x", "images": 20}), "images"),
+        (json!({"instruction": "x", "library": "../../etc"}), "library"),
+        (json!({"instruction": "x", "max_new_tokens": 0}), "max_new_tokens"),
+        (json!({"instruction": "x", "colour": "red"}), "colour"),
+    ] {
+        let (status, v) = json_of(c.post(&api).json(&body).send().await.unwrap()).await;
+        assert_eq!((status, v["error"]["param"].as_str()), (400, Some(param)), "{body} → {v}");
+    }
+
+    let (status, v) = json_of(c.post(&api).json(&json!({"instruction": "Write an illustrated article about coffee.", "images": 1, "max_new_tokens": 60, "seed": 0})).send().await.unwrap()).await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+
+    // The events: stages, streamed text, the end.
+    let body = c.get(format!("{api}/{id}/events")).send().await.unwrap().text().await.unwrap();
+    let events: Vec<Value> = common::sse_data(&body).iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    assert!(events.iter().any(|e| e["type"] == "stage" && e["stage"] == "writer" && e["state"] == "started"));
+    assert!(events.iter().any(|e| e["type"] == "stage" && e["stage"] == "selector" && e["state"] == "finished"));
+    let text: String = events.iter().filter_map(|e| e["text"].as_str()).collect();
+    assert!(text.split_whitespace().count() > 10, "streamed text: {text:?}");
+    assert_eq!(events.last().unwrap(), &json!({"type": "end", "status": "done"}), "{events:?}");
+
+    // The article, as JSON, Markdown, HTML and a bundle.
+    let (_, v) = json_of(c.get(format!("{api}/{id}")).send().await.unwrap()).await;
+    assert_eq!(v["job"]["status"], "done");
+    let article = &v["article"];
+    assert_eq!(article["images"].as_array().unwrap().len(), 1, "{article}");
+    let md = c.get(format!("{api}/{id}/article.md")).send().await.unwrap().text().await.unwrap();
+    assert!(md.starts_with(&format!("# {}", article["title"].as_str().unwrap())));
+    let asset = article["images"][0]["asset"].as_str().unwrap().to_string();
+    assert!(md.contains(&format!("]({asset} ")), "{md}");
+    let html = c.get(format!("{api}/{id}/article.html")).send().await.unwrap();
+    assert!(html.headers()["content-security-policy"].to_str().unwrap().contains("default-src 'none'"));
+    assert!(html.text().await.unwrap().contains("<h1>"));
+    let img = c.get(format!("{api}/{id}/{asset}")).send().await.unwrap();
+    assert_eq!(img.status(), 200);
+    assert!(img.headers()["content-type"].to_str().unwrap().starts_with("image/"));
+    let zip_bytes = c.get(format!("{api}/{id}/bundle.zip")).send().await.unwrap().bytes().await.unwrap();
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(zip_bytes.to_vec())).unwrap();
+    let names: Vec<String> = zip.file_names().map(String::from).collect();
+    assert!(names.contains(&"article.md".to_string()) && names.contains(&asset), "{names:?}");
+    let mut zipped_md = String::new();
+    zip.by_name("article.md").unwrap().read_to_string(&mut zipped_md).unwrap();
+    assert_eq!(zipped_md, md);
+
+    // Edits.
+    let edit = |body: Value| c.post(format!("{api}/{id}/edit")).json(&body).send();
+    let (status, v) = json_of(edit(json!({"op": "swap", "slot": 0, "candidate": 2})).await.unwrap()).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["article"]["images"][0]["chosen"], 2);
+    let (status, v) = json_of(edit(json!({"op": "swap", "slot": 3, "candidate": 0})).await.unwrap()).await;
+    assert_eq!(status, 400);
+    assert!(v["error"]["message"].as_str().unwrap().contains("slot 3"));
+    let (status, v) = json_of(edit(json!({"op": "caption", "slot": 0, "text": "a cup of espresso"})).await.unwrap()).await;
+    assert_eq!((status, v["article"]["images"][0]["caption"].as_str()), (200, Some("a cup of espresso")), "{v}");
+    let (status, v) = json_of(edit(json!({"op": "delete", "slot": 0})).await.unwrap()).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(v["summary"].as_str().unwrap().contains('0'));
+
+    // Paths that try to leave the data folder.
+    assert_eq!(c.get(format!("{api}/..%2F..%2Fetc/article.md")).send().await.unwrap().status(), 404);
+    assert_eq!(c.get(format!("{api}/{id}/assets/..%2Fjob.json")).send().await.unwrap().status(), 400);
+    assert_eq!(c.get(format!("{api}/{id}/job.json")).send().await.unwrap().status(), 404);
+
+    // A second server on the same data folder finds the article.
+    let again = serve(&data).await;
+    let (_, list) = json_of(c.get(format!("{again}/api/articles")).send().await.unwrap()).await;
+    assert_eq!(list["data"][0]["id"], id.as_str());
+    assert_eq!(list["data"][0]["status"], "done");
+    let (_, v) = json_of(c.get(format!("{again}/api/articles/{id}")).send().await.unwrap()).await;
+    assert_eq!(v["article"]["edits"].as_array().unwrap().len(), 3, "{v}");
+
+    // Delete.
+    assert_eq!(c.delete(format!("{again}/api/articles/{id}")).send().await.unwrap().status(), 200);
+    assert_eq!(c.get(format!("{again}/api/articles/{id}")).send().await.unwrap().status(), 404);
+    assert!(!data.join("articles").join(&id).exists());
+}
