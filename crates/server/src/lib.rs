@@ -2,6 +2,8 @@
 //!
 //! - the OpenAI-compatible API ([`chat`]): `POST /v1/chat/completions` (streamed as server-sent
 //!   events or not) and `GET /v1/models`, with OpenAI's error JSON ([`error::ApiError`]);
+//! - the article API ([`article_api`], stored by [`articles`]): compose, follow, fetch, edit;
+//! - the web app ([`web`]): a compose page at `/` and a chat page at `/chat`;
 //! - `/health` and `/metrics` (Prometheus text, [`metrics`]).
 //!
 //! Model work goes through one bounded queue ([`queue::ModelQueue`]): a request past its
@@ -17,6 +19,7 @@ pub mod metrics;
 pub mod openai;
 pub mod queue;
 pub mod vlm;
+pub mod web;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -118,6 +121,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
         .route("/health", get(health))
+        .route("/", get(web::compose_page))
+        .route("/chat", get(web::chat_page))
+        .route("/static/{name}", get(web::file))
         .merge(api)
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(state.config.limits.max_body_bytes))

@@ -240,3 +240,20 @@ async fn a_whole_answer_is_cancelled_when_its_client_hangs_up() {
     eventually(&s.base, "xcomposer_model_busy", 0.0).await;
     assert_eq!(metric(&s.base, "xcomposer_generated_tokens_total").await, 0.0, "a cancelled generation records no tokens");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pages_are_served_without_the_key_and_load_nothing_from_elsewhere() {
+    let s = start("pages", Limits::default(), Some("k")).await;
+    for (path, kind) in [("/", "text/html"), ("/chat", "text/html"), ("/static/app.css", "text/css"), ("/static/common.js", "text/javascript"), ("/static/compose.js", "text/javascript"), ("/static/chat.js", "text/javascript")] {
+        let r = reqwest::get(format!("{}{path}", s.base)).await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert!(r.headers()["content-type"].to_str().unwrap().starts_with(kind), "{path}");
+        assert!(r.headers()["content-security-policy"].to_str().unwrap().contains("script-src 'self'"));
+        let body = r.text().await.unwrap();
+        assert!(!body.contains("http://") && !body.contains("https://"), "{path} refers to another site");
+        if path.ends_with(".js") {
+            assert!(!body.contains("innerHTML") && !body.contains("insertAdjacentHTML") && !body.contains("document.write"), "{path} writes HTML");
+        }
+    }
+    assert_eq!(reqwest::get(format!("{}/static/../Cargo.toml", s.base)).await.unwrap().status(), 404);
+}
