@@ -103,10 +103,18 @@ fn start(state: &Arc<AppState>, body: Result<Bytes, BytesRejection>) -> Result<S
     Ok((plan, rx, guard))
 }
 
-/// The generation as a queue job: text pieces go to `tx`; `cancel` (or `tx`'s receiver gone)
-/// stops it before the next token.
-fn text_job(state: &Arc<AppState>, ids: Vec<u32>, cfg: GenerationConfig, tx: mpsc::UnboundedSender<ChatEvent>, cancel: Arc<AtomicBool>) -> crate::queue::Job {
-    let model = state.models.text.clone();
+/// What a chat generation ends with: `(finish_reason, prompt tokens, new tokens)`, or the error
+/// to answer (`None`: cancelled, nobody to answer).
+pub type Outcome = Result<(&'static str, usize, usize), Option<ApiError>>;
+
+/// A chat generation as a queue job: skipped if its client left while it waited; `run` gets the
+/// channel and the cancel flag, and its outcome goes to the channel and the metrics.
+pub fn chat_job(
+    state: &Arc<AppState>,
+    tx: mpsc::UnboundedSender<ChatEvent>,
+    cancel: Arc<AtomicBool>,
+    run: impl FnOnce(&mpsc::UnboundedSender<ChatEvent>, &AtomicBool) -> Outcome + Send + 'static,
+) -> crate::queue::Job {
     let metrics = state.metrics.clone();
     Box::new(move || {
         if cancel.load(Ordering::SeqCst) {
@@ -114,6 +122,24 @@ fn text_job(state: &Arc<AppState>, ids: Vec<u32>, cfg: GenerationConfig, tx: mps
             return;
         }
         let t = Instant::now();
+        match run(&tx, &cancel) {
+            Ok((finish_reason, prompt_tokens, completion_tokens)) => {
+                metrics.record_generation(completion_tokens, t.elapsed().as_secs_f64());
+                let _ = tx.send(ChatEvent::Done { finish_reason, prompt_tokens, completion_tokens });
+            }
+            Err(None) => metrics.record_cancel(),
+            Err(Some(e)) => {
+                let _ = tx.send(ChatEvent::Error(e));
+            }
+        }
+    })
+}
+
+/// The text model's generation as a queue job: text pieces go to `tx`; `cancel` (or `tx`'s
+/// receiver gone) stops it before the next token.
+fn text_job(state: &Arc<AppState>, ids: Vec<u32>, cfg: GenerationConfig, tx: mpsc::UnboundedSender<ChatEvent>, cancel: Arc<AtomicBool>) -> crate::queue::Job {
+    let model = state.models.text.clone();
+    chat_job(state, tx, cancel, move |tx, cancel| {
         let result = rayon::scope(|_| {
             model.model.generate_cancellable(
                 &ids,
@@ -123,25 +149,20 @@ fn text_job(state: &Arc<AppState>, ids: Vec<u32>, cfg: GenerationConfig, tx: mps
                         cancel.store(true, Ordering::SeqCst);
                     }
                 },
-                &cancel,
+                cancel,
             )
         });
         match result {
             Ok(out) => {
-                metrics.record_generation(out.ids.len(), t.elapsed().as_secs_f64());
                 let finish_reason = match out.stop_reason {
                     StopReason::MaxTokens | StopReason::ContextFull => "length",
                     _ => "stop",
                 };
-                let _ = tx.send(ChatEvent::Done { finish_reason, prompt_tokens: ids.len(), completion_tokens: out.ids.len() });
+                Ok((finish_reason, ids.len(), out.ids.len()))
             }
-            Err(GenerationError::Cancelled) => metrics.record_cancel(),
-            Err(e @ GenerationError::PromptTooLong(..)) => {
-                let _ = tx.send(ChatEvent::Error(ApiError::invalid("messages", e.to_string()).code("context_length_exceeded")));
-            }
-            Err(e) => {
-                let _ = tx.send(ChatEvent::Error(ApiError::internal(format!("generation failed: {e}"))));
-            }
+            Err(GenerationError::Cancelled) => Err(None),
+            Err(e @ GenerationError::PromptTooLong(..)) => Err(Some(ApiError::invalid("messages", e.to_string()).code("context_length_exceeded"))),
+            Err(e) => Err(Some(ApiError::internal(format!("generation failed: {e}")))),
         }
     })
 }

@@ -7,7 +7,6 @@ use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
 
 use burn::backend::Flex;
 use burn::tensor::Tensor;
@@ -18,7 +17,7 @@ use xcomposer_vision::ImageInput;
 use xcomposer_vision::xcomposer::model::{Turn, XComposer};
 
 use crate::AppState;
-use crate::chat::ChatEvent;
+use crate::chat::{ChatEvent, Outcome};
 use crate::error::ApiError;
 use crate::openai::Plan;
 use crate::queue::Job;
@@ -69,28 +68,11 @@ fn conversation(xc: &XComposer<Flex>, plan: &Plan) -> Result<Conversation, ApiEr
 
 /// The job answering `plan` with InternLM-XComposer.
 pub fn job(state: &Arc<AppState>, xc: Arc<XComposer<Flex>>, plan: Plan, tx: mpsc::UnboundedSender<ChatEvent>, cancel: Arc<AtomicBool>) -> Job {
-    let metrics = state.metrics.clone();
-    Box::new(move || {
-        if cancel.load(Ordering::SeqCst) {
-            metrics.record_cancel();
-            return;
-        }
-        let t = Instant::now();
-        match run(&xc, &plan, &tx, &cancel) {
-            Ok((finish_reason, prompt_tokens, completion_tokens)) => {
-                metrics.record_generation(completion_tokens, t.elapsed().as_secs_f64());
-                let _ = tx.send(ChatEvent::Done { finish_reason, prompt_tokens, completion_tokens });
-            }
-            Err(None) => metrics.record_cancel(),
-            Err(Some(e)) => {
-                let _ = tx.send(ChatEvent::Error(e));
-            }
-        }
-    })
+    crate::chat::chat_job(state, tx, cancel, move |tx, cancel| run(&xc, &plan, tx, cancel))
 }
 
 /// Decodes, sending text as it grows; `Err(None)` when cancelled.
-fn run(xc: &XComposer<Flex>, plan: &Plan, tx: &mpsc::UnboundedSender<ChatEvent>, cancel: &AtomicBool) -> Result<(&'static str, usize, usize), Option<ApiError>> {
+fn run(xc: &XComposer<Flex>, plan: &Plan, tx: &mpsc::UnboundedSender<ChatEvent>, cancel: &AtomicBool) -> Outcome {
     let (history, text, images) = conversation(xc, plan).map_err(Some)?;
     let prompt = xc.chat_prompt(&text, &images, &history).map_err(|e| Some(ApiError::invalid("messages", e.to_string())))?;
     let prompt_tokens = prompt.dims()[1];
@@ -137,7 +119,7 @@ fn run(xc: &XComposer<Flex>, plan: &Plan, tx: &mpsc::UnboundedSender<ChatEvent>,
     Ok((finish, prompt_tokens, n))
 }
 
-fn halted(halt: Box<dyn Any + Send>, prompt_tokens: usize, steps: usize) -> Result<(&'static str, usize, usize), Option<ApiError>> {
+fn halted(halt: Box<dyn Any + Send>, prompt_tokens: usize, steps: usize) -> Outcome {
     match halt.downcast::<Halt>() {
         Ok(h) => match *h {
             Halt::Cancelled => Err(None),
