@@ -7,36 +7,11 @@ mod common;
 
 use std::io::Read;
 use std::path::Path;
-use std::sync::Arc;
 
-use burn::backend::Flex;
 use serde_json::{Value, json};
-use xcomposer_composer::{Composer, LibraryRetriever};
-use xcomposer_retrieval::{EmbeddingScorer, TextEmbedder, default_library};
-use xcomposer_server::articles::ComposerFactory;
-use xcomposer_server::{AppState, Limits, ServerConfig, ServerModels};
-
-/// The default pipeline of the tests in tests/compose.rs: SmolLM2, the default library, hybrid scores.
-struct DefaultComposers;
-
-impl ComposerFactory for DefaultComposers {
-    fn composer(&self, library: Option<&Path>) -> Result<Composer, String> {
-        assert!(library.is_none(), "the test names no library");
-        let (device, models) = (Default::default(), xcomposer_llm::fetch::models_dir());
-        let lib = default_library::open::<Flex>(&models, &device, &mut |m| eprintln!("[fetch] {m}"), &mut |_| {}).map_err(|e| e.to_string())?;
-        let embedder = Arc::new(TextEmbedder::<Flex>::load_default(&models, &device, &mut |m| eprintln!("[fetch] {m}")).map_err(|e| e.to_string())?);
-        let retriever = LibraryRetriever { library: lib, scorer: Box::new(EmbeddingScorer::hybrid(embedder)), scorer_name: "hybrid".into() };
-        Ok(Composer::with_model(common::text_model(), Box::new(retriever)))
-    }
-}
 
 async fn serve(data: &Path) -> String {
-    let config = ServerConfig { api_key: None, data_dir: data.to_path_buf(), limits: Limits::default() };
-    let state = AppState::new(config, ServerModels { text: common::text_model(), xcomposer: None, composers: Some(Arc::new(DefaultComposers)) }).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(xcomposer_server::serve(listener, state));
-    base
+    common::serve_articles(data).await
 }
 
 async fn json_of(r: reqwest::Response) -> (u16, Value) {

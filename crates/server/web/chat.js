@@ -55,6 +55,7 @@ async function send(ev) {
     history.push({ role: "assistant", content: answer });
   } catch (e) {
     history.pop();
+    out.parentElement.remove();
     showError($("error"), e);
   }
 }

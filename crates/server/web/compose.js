@@ -102,6 +102,7 @@ async function openArticle(id) {
     });
     parts.push(el("hr"), dl);
     view.replaceChildren(...parts);
+    view.dataset.edits = String(a.edits.length);
   } catch (e) { showError($("error"), e); }
 }
 

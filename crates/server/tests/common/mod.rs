@@ -77,3 +77,28 @@ pub fn ask(text: &str, max_tokens: u32) -> serde_json::Value {
 pub fn sse_data(body: &str) -> Vec<String> {
     body.split("\n\n").filter_map(|e| e.strip_prefix("data: ")).map(String::from).collect()
 }
+
+/// The default pipeline of the tests in tests/compose.rs: SmolLM2, the default library, hybrid scores.
+pub struct DefaultComposers;
+
+impl xcomposer_server::articles::ComposerFactory for DefaultComposers {
+    fn composer(&self, library: Option<&std::path::Path>) -> Result<xcomposer_composer::Composer, String> {
+        use xcomposer_retrieval::{EmbeddingScorer, TextEmbedder, default_library};
+        assert!(library.is_none(), "the tests name no library");
+        let (device, models) = (Default::default(), xcomposer_llm::fetch::models_dir());
+        let lib = default_library::open::<Flex>(&models, &device, &mut |m| eprintln!("[fetch] {m}"), &mut |_| {}).map_err(|e| e.to_string())?;
+        let embedder = Arc::new(TextEmbedder::<Flex>::load_default(&models, &device, &mut |m| eprintln!("[fetch] {m}")).map_err(|e| e.to_string())?);
+        let retriever = xcomposer_composer::LibraryRetriever { library: lib, scorer: Box::new(EmbeddingScorer::hybrid(embedder)), scorer_name: "hybrid".into() };
+        Ok(xcomposer_composer::Composer::with_model(text_model(), Box::new(retriever)))
+    }
+}
+
+/// A server with the article API (default pipeline) on `data`, on the current runtime; its base URL.
+pub async fn serve_articles(data: &std::path::Path) -> String {
+    let config = ServerConfig { api_key: None, data_dir: data.to_path_buf(), limits: Limits::default() };
+    let state = AppState::new(config, ServerModels { text: text_model(), xcomposer: None, composers: Some(Arc::new(DefaultComposers)) }).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(xcomposer_server::serve(listener, state));
+    base
+}
