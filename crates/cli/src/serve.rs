@@ -1,7 +1,7 @@
 //! `xcomposer serve`: parses the flags, loads the models once and starts the HTTP server
 //! (`xcomposer-server`); the server holds every route.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -82,9 +82,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if args.device != DeviceArg::Cpu {
         bail!("serve runs on the CPU for now: --device cuda is not wired to the server yet");
     }
-    let ip: IpAddr = args.host.parse().with_context(|| format!("--host {}: not an IP address", args.host))?;
-    if !ip.is_loopback() && args.api_key.is_none() {
-        eprintln!("[serve] warning: listening on {ip}, not loopback, without --api-key: anyone who can reach this port can use the models");
+    let addrs: Vec<IpAddr> = (args.host.as_str(), args.port).to_socket_addrs().with_context(|| format!("--host {}: not an address of this machine", args.host))?.map(|a| a.ip()).collect();
+    if addrs.iter().any(|ip| !ip.is_loopback()) && args.api_key.is_none() {
+        eprintln!("[serve] warning: listening on {}, not loopback, without --api-key: anyone who can reach this port can use the models", args.host);
     }
     if args.max_queue == 0 || args.max_tokens_cap == 0 {
         bail!("--max-queue and --max-tokens-cap must be at least 1");

@@ -160,8 +160,11 @@ pub async fn create(State(state): State<Arc<AppState>>, body: Result<Bytes, Byte
         ..ComposeRequest::new("")
     };
     let (st, j) = (state.clone(), job.clone());
-    state.queue.submit(Box::new(move || compose_job(&st, &j, &compose)))?;
     let id = job.record().id;
+    if let Err(e) = state.queue.submit(Box::new(move || compose_job(&st, &j, &compose))) {
+        a.store.discard(&id);
+        return Err(e);
+    }
     Ok((StatusCode::ACCEPTED, axum::Json(json!({"id": id, "status": "queued", "events": format!("/api/articles/{id}/events")}))).into_response())
 }
 

@@ -171,6 +171,14 @@ impl Store {
         std::fs::remove_dir_all(self.dir(id)).map_err(|e| ApiError::internal(format!("deleting the article: {e}")))
     }
 
+    /// Forgets a job that never ran (its queue refused it) and removes its folder.
+    pub fn discard(&self, id: &str) {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        if valid_id(id) {
+            let _ = std::fs::remove_dir_all(self.dir(id));
+        }
+    }
+
     /// The folder of a library named in a request: a plain name under `DATA/libraries`.
     pub fn library_dir(&self, name: &str) -> Result<PathBuf, ApiError> {
         let plain = !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
