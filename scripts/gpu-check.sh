@@ -1,36 +1,50 @@
 #!/usr/bin/env bash
-# Runs on the GPU machine: greedy parity of `--device cuda` against `--device cpu` and the
-# reference ids on the SmolLM2 fixture prompts, then the decode/prefill benchmark on CUDA.
-# Expects in $DIR: xcomposer (built with --features cuda), the model .gguf, expected.json.
-# Prints a summary; writes the raw outputs under $OUT when set.
-set -euo pipefail
+# Runs on the GPU machine: SmolLM2-135M (the default model) through `xcomposer generate --device
+# cuda`: the fixture prompts' greedy ids against the reference on the fused engine (f32, f16) and
+# on burn-cuda (--engine burn), token agreement of --quant q8_0 / q4_0 with f16, and decode
+# tokens/s of each on a 256-token raw continuation.
+# $1: a folder with xcomposer (built with --features cuda, plain or .xz), the model .gguf (or
+# its pieces *.gguf.part*, joined here) and the fixture's expected.json. Writes under $OUT.
+set -uo pipefail
 DIR=${1:-.device}
 OUT=${OUT:-/tmp/gpu-check}
-mkdir -p "$OUT"
+W=/tmp/xc-check
+mkdir -p "$OUT" "$W"
 export CUDA_PATH=${CUDA_PATH:-/usr/local/cuda} LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-/usr/local/cuda/lib64}
 BIN="$DIR/xcomposer"
-MODEL=$(ls "$DIR"/*.gguf)
+[ -f "$DIR/xcomposer.xz" ] && { xz -dc "$DIR/xcomposer.xz" > "$W/xcomposer" && chmod +x "$W/xcomposer"; BIN="$W/xcomposer"; }
+MODEL=$(ls "$DIR"/*.gguf 2>/dev/null | head -1)
+if [ -z "$MODEL" ]; then
+  MODEL="$W/model.gguf"
+  cat $(ls "$DIR"/*.gguf.part* | sort) > "$MODEL"
+fi
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader || true
-n=$(python3 -c "import json,sys; print(len(json.load(open('$DIR/expected.json'))['cases']))")
-for i in $(seq 0 $((n - 1))); do
-  msg=$(python3 -c "import json; print(json.load(open('$DIR/expected.json'))['cases'][$i]['user_message'])")
-  for dev in cpu cuda; do
-    "$BIN" generate --model "$MODEL" --device $dev --json --max-new-tokens 48 "$msg" > "$OUT/$dev-$i.json" 2> "$OUT/$dev-$i.log"
-    tail -n 1 "$OUT/$dev-$i.log"
+VARIANTS="fused-f32:--dtype=f32 fused-f16:--dtype=f16 fused-q8_0:--dtype=f16,--quant=q8_0 fused-q4_0:--dtype=f16,--quant=q4_0 burn-f32:--engine=burn,--dtype=f32"
+n=$(python3 -c "import json; print(len(json.load(open('$DIR/expected.json'))['cases']))")
+for v in $VARIANTS; do
+  name=${v%%:*}; IFS=, read -r -a flags <<< "${v#*:}"
+  for i in $(seq 0 $((n - 1))); do
+    msg=$(python3 -c "import json; print(json.load(open('$DIR/expected.json'))['cases'][$i]['user_message'])")
+    "$BIN" generate --model "$MODEL" --device cuda "${flags[@]}" --json --max-new-tokens 48 "$msg" > "$OUT/$name-$i.json" 2> "$OUT/$name-$i.log"
   done
+  "$BIN" generate --model "$MODEL" --device cuda "${flags[@]}" --raw --max-new-tokens 256 "Once upon a time, in a small village by the sea," > /dev/null 2> "$OUT/$name-speed.log"
+  echo "$name: $(grep -o 'decode [0-9.]* t/s' "$OUT/$name-speed.log" | tail -1) ($(grep -o '[0-9]* new tokens' "$OUT/$name-speed.log" | tail -1)); $(grep -o 'loaded .* in [0-9.]* s' "$OUT/$name-speed.log" | tail -1)"
 done
-python3 - "$DIR/expected.json" "$OUT" <<'PY'
+python3 - "$DIR/expected.json" "$OUT" $VARIANTS <<'PY'
 import json, sys
-exp = json.load(open(sys.argv[1]))
-ok = True
-for i, c in enumerate(exp["cases"]):
-    for dev in ("cpu", "cuda"):
-        got = json.load(open(f"{sys.argv[2]}/{dev}-{i}.json"))
-        same_prompt = got["prompt_ids"] == c["prompt_ids"]
-        same = got["generated_ids"] == c["greedy_new_ids"]
-        ok &= same and same_prompt
-        print(f"case {i} {dev}: prompt ids {'match' if same_prompt else 'DIFFER'}, "
-              f"{len(got['generated_ids'])} greedy ids {'match' if same else 'DIFFER'} the reference")
-print("GPU PARITY", "OK" if ok else "FAILED")
+exp = json.load(open(sys.argv[1]))["cases"]
+out, names = sys.argv[2], [v.split(":")[0] for v in sys.argv[3:]]
+got = {(n, i): json.load(open(f"{out}/{n}-{i}.json")) for n in names for i in range(len(exp))}
+def agree(a, b):
+    k = 0
+    while k < min(len(a), len(b)) and a[k] == b[k]:
+        k += 1
+    return k
+print("| variant | prompt ids | greedy ids equal to the reference | ids equal to fused f16 (first difference) |")
+print("|---|---|---|---|")
+for n in names:
+    prompt = all(got[n, i]["prompt_ids"] == c["prompt_ids"] for i, c in enumerate(exp))
+    ref = sum(got[n, i]["generated_ids"] == c["greedy_new_ids"] for i, c in enumerate(exp))
+    f16 = [f"{agree(got[n, i]['generated_ids'], got['fused-f16', i]['generated_ids'])}/{len(got['fused-f16', i]['generated_ids'])}" for i in range(len(exp))]
+    print(f"| {n} | {'match' if prompt else 'DIFFER'} | {ref}/{len(exp)} cases | {', '.join(f16)} |")
 PY
-"$BIN" bench llm --model "$MODEL" --device cuda --no-llama-cpp --runs 3 | tee "$OUT/bench-cuda.txt"

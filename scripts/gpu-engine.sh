@@ -16,6 +16,10 @@
 #                per stage of a whole article, every text stage on the 7B model, images chosen from
 #                the carried default library ($DIR/library, with its index) by CLIP alone
 #                ($DIR/clip-tiny), so no other model is needed (nothing is fetched).
+#   PART=load:   the random 7B checkpoint loaded by `bench xcomposer` twice (the first compiles the
+#                kernels and caches their PTX, the second reads them back), no anchors; then PART=edit.
+#   PART=edit:   an article composed with --xcomposer on the GPU (f16, CLIP alone from $DIR/clip-tiny,
+#                the carried library), then `edit recaption 0` and `edit add 1` on it, on the GPU too.
 #   PART=smollm2: `bench engine --shape smollm2` (the default text model's shape, random weights)
 #                beside llama-bench on a random f16 GGUF of that shape (scripts/write_random_gguf.py).
 set -uo pipefail
@@ -27,14 +31,17 @@ mkdir -p "$OUT" "$W"
 export CUDA_PATH=${CUDA_PATH:-/usr/local/cuda} LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-/usr/local/cuda/lib64}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 for b in xcomposer cuda_engine; do
-  xz -dc "$DIR/$b.xz" > "$W/$b" && chmod +x "$W/$b"
+  [ -f "$DIR/$b.xz" ] && xz -dc "$DIR/$b.xz" > "$W/$b" && chmod +x "$W/$b"
 done
-[ -d "$W/xcomposer-tiny" ] || tar xJf "$DIR/xcomposer-tiny.tar.xz" -C "$W"
+[ -d "$W/xcomposer-tiny" ] || [ ! -f "$DIR/xcomposer-tiny.tar.xz" ] || tar xJf "$DIR/xcomposer-tiny.tar.xz" -C "$W"
+# The random 7B takes its tokenizer from the fixture, or from $DIR/tokenizer.model when the
+# fixture is left behind to make room in the carry.
+TOKENIZER="$W/xcomposer-tiny/tokenizer.model"; [ -f "$DIR/tokenizer.model" ] && TOKENIZER="$DIR/tokenizer.model"
 BIN="$W/xcomposer"
 
 # llama.cpp builds in the background while the checks run.
 A="$W/anchors"
-if [ "$PART" != check ] && [ "$PART" != compose ] && [ -d "$DIR/anchors" ] && [ ! -x "$A/llama.cpp/build/bin/llama-bench" ]; then
+if [ "$PART" != check ] && [ "$PART" != compose ] && [ "$PART" != load ] && [ "$PART" != edit ] && [ -d "$DIR/anchors" ] && [ ! -x "$A/llama.cpp/build/bin/llama-bench" ]; then
   mkdir -p "$A" && cp -r "$DIR/anchors/." "$A/" && tar xJf "$A/llama.cpp.tar.xz" -C "$A"
   ( cd "$A/llama.cpp" && cmake -B build -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
       -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DCMAKE_BUILD_TYPE=Release \
@@ -53,16 +60,50 @@ fi
 
 M=/tmp/xcomposer-7b-random
 random_7b() {
-  [ -f "$M/config.json" ] || python3 scripts/make_xcomposer_random.py "$M" "$W/xcomposer-tiny/tokenizer.model" > "$OUT/make7b.log" 2>&1
+  [ -f "$M/config.json" ] || python3 scripts/make_xcomposer_random.py "$M" "$TOKENIZER" > "$OUT/make7b.log" 2>&1
 }
-if [ "$PART" = compose ]; then
+library_models() {
   for d in library/.xcomposer/index.json clip-tiny/config.json; do
     [ -f "$DIR/$d" ] || { echo "$DIR/$d is missing: scripts/prepare-device.sh carries it" >&2; exit 1; }
   done
-  random_7b
   # A models folder holding only the default library (a writable copy: CLIP's features go into its index).
   export XCOMPOSER_MODELS="$W/models"
-  rm -rf "$XCOMPOSER_MODELS" && mkdir -p "$XCOMPOSER_MODELS" && cp -r "$DIR/library" "$XCOMPOSER_MODELS/library"
+  rm -rf "$XCOMPOSER_MODELS/library" && mkdir -p "$XCOMPOSER_MODELS" && cp -r "$DIR/library" "$XCOMPOSER_MODELS/library"
+}
+if [ "$PART" = load ]; then
+  random_7b
+  export XCOMPOSER_KERNELS="$W/kernels" && rm -rf "$XCOMPOSER_KERNELS"
+  for pass in "no cached kernels" "kernels from the PTX cache"; do
+    echo "== bench xcomposer on the random 7B, $pass"
+    "$BIN" bench xcomposer --model "$M" --device cuda --dtype f16 --runs 1 --new-tokens 16 2> "$OUT/load.err" | grep "loaded in"
+  done
+  PART=edit
+fi
+if [ "$PART" = edit ]; then
+  random_7b
+  library_models
+  ART="$W/article-gpu"
+  GPU=(--xcomposer "$M" --device cuda --dtype f16 --clip "$DIR/clip-tiny")
+  echo "== compose and edit on the GPU, random 7B, f16"
+  "$BIN" compose "Write an illustrated article about the history of coffee." --images 2 --out "$ART" --force "${GPU[@]}" > "$OUT/compose.log" 2>&1 || tail -5 "$OUT/compose.log"
+  cp "$ART/article.json" "$OUT/article-before.json"
+  "$BIN" edit "$ART/article.json" "${GPU[@]}" recaption 0 > "$OUT/edit-recaption.log" 2>&1 || tail -5 "$OUT/edit-recaption.log"
+  "$BIN" edit "$ART/article.json" "${GPU[@]}" add 1 > "$OUT/edit-add.log" 2>&1 || tail -5 "$OUT/edit-add.log"
+  cp "$ART/article.json" "$OUT/article-after.json"
+  python3 - "$OUT/article-before.json" "$OUT/article-after.json" <<'PY'
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:])
+print(f"before: {len(a['images'])} images; after recaption 0 and add 1: {len(b['images'])} images")
+for tag, x in (("before", a), ("after", b)):
+    for s in x["images"]:
+        print(f"  {tag}: after paragraph {s['after_paragraph']}, caption {s['caption'][:60]!r} (by {s['caption_source'].get('by')}), chosen {s['chosen']} of {len(s['candidates'])}")
+PY
+  grep -h "loaded\|\[edit\]\|error" "$OUT/edit-recaption.log" "$OUT/edit-add.log" | head -8
+  exit 0
+fi
+if [ "$PART" = compose ]; then
+  random_7b
+  library_models
   for q in ${QUANTS:-f16 q4_0}; do
     QUANT=(); [ "$q" = f16 ] || QUANT=(--quant "$q")
     echo "== bench compose --xcomposer, random 7B, $q"

@@ -64,20 +64,21 @@ pub struct DeviceOptions {
     /// first tensor).
     #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
     pub dtype: DtypeArg,
-    /// What runs InternLM-XComposer's decoder on `--device cuda` (the CPU always uses burn).
+    /// What runs the decoder (InternLM-XComposer's, or `generate`'s model) on `--device cuda`
+    /// (the CPU always uses burn).
     #[arg(long, value_enum, default_value_t = EngineArg::Fused)]
     pub engine: EngineArg,
-    /// Keep InternLM-XComposer's decoder weights in this block format (`--device cuda --dtype
-    /// f16`, fused engine only); unset, they stay in `--dtype`.
+    /// Keep the decoder's weights in this block format (`--device cuda --dtype f16`, fused engine
+    /// only); unset, they stay in `--dtype`.
     #[arg(long, value_enum)]
     pub quant: Option<QuantArg>,
 }
 
 impl DeviceOptions {
-    /// The XComposer decoder's engine these options ask for; `--quant` anywhere but the fused
-    /// f16 engine on CUDA is refused.
-    pub fn engine_choice(&self) -> Result<xcomposer_vision::xcomposer::model::EngineChoice> {
-        use xcomposer_vision::xcomposer::model::EngineChoice;
+    /// The decoder's engine these options ask for; `--quant` anywhere but the fused f16 engine on
+    /// CUDA is refused.
+    pub fn engine_choice(&self) -> Result<xcomposer_llm::text_decoder::EngineChoice> {
+        use xcomposer_llm::text_decoder::EngineChoice;
         if let Some(q) = self.quant
             && (self.device != DeviceArg::Cuda || self.engine != EngineArg::Fused || self.dtype != DtypeArg::F16)
         {

@@ -219,7 +219,7 @@ fn bench_xcomposer<B: Backend>(args: &LlmBenchArgs, path: &Path, device: &B::Dev
     let model = LanguageModel::<B>::load(path, device).with_context(|| format!("loading {}", path.display()))?;
     eprintln!("[bench] loaded in {:.2} s", model.load_time.as_secs_f64());
     let prompt = prompt_ids(&model, args.prompt_tokens)?;
-    let d = &model.decoder;
+    let d = model.decoder.burn().context("bench llm measures burn's decoder")?;
     let sync = |t: burn::Tensor<B, 3>| argmax(&t.into_data().convert::<f32>().into_vec::<f32>().expect("f32 logits"));
     let mut rows = Vec::new();
     let thread_counts: Vec<usize> = if args.device == DeviceArg::Cpu { args.threads.clone() } else { vec![0] };

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
+use xcomposer_llm::text_decoder::EngineChoice;
 use xcomposer_llm::{GenerationConfig, LanguageModel, Message};
 
-use crate::backend::{DeviceArg, peak_rss_mib, resolve_model};
+use crate::backend::{DeviceOptions, peak_rss_mib, resolve_model, set_float_dtype};
 
 /// Arguments of `xcomposer generate`.
 #[derive(clap::Args)]
@@ -47,9 +48,9 @@ pub struct GenerateArgs {
     /// Stop when this string appears (repeatable).
     #[arg(long = "stop")]
     pub stop: Vec<String>,
-    /// Where to run.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-    pub device: DeviceArg,
+    /// Where and how the decoder runs (`--device cuda` runs the fused engine unless `--engine burn`).
+    #[command(flatten)]
+    pub run_on: DeviceOptions,
     /// Print one JSON object (prompt ids, generated ids, text) instead of streaming text.
     #[arg(long)]
     pub json: bool,
@@ -58,11 +59,13 @@ pub struct GenerateArgs {
 /// Runs `generate`.
 pub fn run(args: GenerateArgs) -> Result<()> {
     let path = resolve_model(args.model.clone())?;
-    crate::with_backend!(args.device, |device: B| generate::<B>(&args, &path, &device))
+    let engine = args.run_on.engine_choice()?;
+    crate::with_backend!(args.run_on.device, |device: B| generate::<B>(&args, &path, &device, engine))
 }
 
-fn generate<B: Backend>(args: &GenerateArgs, path: &std::path::Path, device: &B::Device) -> Result<()> {
-    let model = LanguageModel::<B>::load(path, device).with_context(|| format!("loading {}", path.display()))?;
+fn generate<B: Backend>(args: &GenerateArgs, path: &std::path::Path, device: &B::Device, engine: EngineChoice) -> Result<()> {
+    set_float_dtype::<B>(device, args.run_on.dtype)?;
+    let model = LanguageModel::<B>::load_with(path, device, engine).with_context(|| format!("loading {}", path.display()))?;
     eprintln!("[generate] loaded {} in {:.2} s", path.display(), model.load_time.as_secs_f64());
     let prompt_ids = if args.raw {
         model.tokenizer.encode_prompt(&args.prompt)?

@@ -8,7 +8,8 @@ use burn::tensor::backend::Backend;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::decoder::Decoder;
+use crate::beam::StepDecoder;
+use crate::text_decoder::{TextDecoder, TextDecoderError};
 use crate::tokenizer::{StreamDecoder, Tokenizer, TokenizerError};
 
 /// How to pick tokens and when to stop.
@@ -114,6 +115,9 @@ pub enum GenerationError {
     /// The tokenizer failed.
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
+    /// The decoder failed (the CUDA engine).
+    #[error(transparent)]
+    Decoder(#[from] TextDecoderError),
     /// The caller's cancel flag was raised (a server client went away).
     #[error("generation was cancelled")]
     Cancelled,
@@ -249,7 +253,7 @@ fn complete_lines(text: &str) -> usize {
 /// Generates text from a prompt with a decoder and its tokenizer.
 pub struct Generator<'a, B: Backend> {
     /// The model.
-    pub model: &'a Decoder<B>,
+    pub model: &'a TextDecoder<B>,
     /// Its tokenizer.
     pub tokenizer: &'a Tokenizer,
 }
@@ -277,48 +281,79 @@ impl<B: Backend> Generator<'_, B> {
         if prompt_ids.is_empty() {
             return Err(GenerationError::EmptyPrompt);
         }
-        let ctx = self.model.config.max_position;
+        let config = self.model.config();
+        let ctx = config.max_position;
         if prompt_ids.len() >= ctx {
             return Err(GenerationError::PromptTooLong(prompt_ids.len(), ctx));
         }
-        let rows = self.model.config.vocab_size;
+        let rows = config.vocab_size;
         if let Some(&id) = prompt_ids.iter().find(|&&id| id as usize >= rows) {
             return Err(GenerationError::TokenOutOfRange { id, rows });
         }
         let mut sampler = Sampler::new(cfg)?;
-        let mut cache = self.model.new_cache();
+        let run = Run { prompt_ids, cfg, ctx, cancel };
+        self.model.steps(prompt_ids, |steps| run.decode(steps, self.tokenizer, &mut sampler, on_text))?
+    }
+}
+
+/// One generation's settings, for [`Run::decode`].
+struct Run<'a> {
+    prompt_ids: &'a [u32],
+    cfg: &'a GenerationConfig,
+    /// The model's context length.
+    ctx: usize,
+    cancel: &'a AtomicBool,
+}
+
+impl Run<'_> {
+    /// Prefills the prompt, then chooses, streams and appends tokens until a stop condition. A
+    /// greedy choice is made by the decoder itself (on the device, for the CUDA engine).
+    fn decode(
+        &self,
+        steps: &mut dyn StepDecoder<Error = TextDecoderError>,
+        tokenizer: &Tokenizer,
+        sampler: &mut Sampler,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Generated, GenerationError> {
+        let (prompt_ids, cfg) = (self.prompt_ids, self.cfg);
         let mut context = prompt_ids.to_vec();
         let mut ids = Vec::new();
         let mut stream = StreamDecoder::new();
         let mut stops = StopStrings { stops: &cfg.stop_strings, text: String::new(), emitted: 0 };
 
         let start = Instant::now();
-        let mut logits = self.model.forward_ids(prompt_ids, &mut cache, 1);
+        steps.prefill()?;
         let mut prefill_time = Duration::ZERO;
-        let decode_start;
         let mut reason = StopReason::MaxTokens;
         let mut first = true;
         loop {
-            if cancel.load(Ordering::Relaxed) {
+            if self.cancel.load(Ordering::Relaxed) {
                 return Err(GenerationError::Cancelled);
             }
-            let mut row: Vec<f32> = logits.into_data().convert::<f32>().into_vec().expect("f32 logits");
+            if ids.len() >= cfg.max_new_tokens {
+                if first {
+                    prefill_time = start.elapsed();
+                }
+                break;
+            }
+            let seen = if cfg.penalize_prompt { &context[..] } else { &context[prompt_ids.len()..] };
+            let next = if cfg.temperature == 0.0 {
+                steps.greedy_token(seen, cfg.repetition_penalty)?
+            } else {
+                let mut row = steps.logits()?.swap_remove(0);
+                sampler.sample(&mut row, seen)
+            };
             if first {
                 prefill_time = start.elapsed();
                 first = false;
             }
-            if ids.len() >= cfg.max_new_tokens {
-                break;
-            }
-            let seen = if cfg.penalize_prompt { &context[..] } else { &context[prompt_ids.len()..] };
-            let next = sampler.sample(&mut row, seen);
             ids.push(next);
             context.push(next);
             if cfg.stop_tokens.contains(&next) {
                 reason = StopReason::StopToken;
                 break;
             }
-            if let Some(piece) = stream.push(self.tokenizer, next)? {
+            if let Some(piece) = stream.push(tokenizer, next)? {
                 let (show, hit) = stops.push(&piece);
                 if !show.is_empty() {
                     on_text(&show);
@@ -332,16 +367,16 @@ impl<B: Backend> Generator<'_, B> {
                     break;
                 }
             }
-            if context.len() >= ctx {
+            if context.len() >= self.ctx {
                 reason = StopReason::ContextFull;
                 break;
             }
             if ids.len() >= cfg.max_new_tokens {
                 break;
             }
-            logits = self.model.forward_ids(&[next], &mut cache, 1);
+            steps.step(&[next])?;
         }
-        decode_start = start + prefill_time;
+        let decode_start = start + prefill_time;
         if reason == StopReason::MaxLines {
             let end = stops.text.trim_end_matches(|c: char| c != '\n').len();
             stops.text.truncate(end);
@@ -456,7 +491,7 @@ mod tests {
             tie_word_embeddings: true, rope_inv_freq_f16: false,
         };
         let src = crate::random_weights::RandomWeights::for_decoder(&c, 1);
-        let model = Decoder::<burn::backend::Flex>::load(c, &src, KeyStyle::HuggingFace, &Default::default()).unwrap();
+        let model = TextDecoder::Burn(crate::decoder::Decoder::<burn::backend::Flex>::load(c, &src, KeyStyle::HuggingFace, &Default::default()).unwrap());
         let mut tokens = 8u32.to_le_bytes().to_vec();
         tokens.extend_from_slice(&4u64.to_le_bytes());
         for t in ["a", "b", "c", "d"] {

@@ -35,6 +35,7 @@ pub mod model;
 pub mod nn;
 pub mod quant;
 pub mod random_weights;
+pub mod text_decoder;
 pub mod tokenizer;
 pub mod torch;
 pub mod weights;

@@ -8,9 +8,10 @@ use burn::tensor::backend::Backend;
 
 use crate::chat::{ChatError, ChatTemplate, Message};
 use crate::config::{Arch, ConfigError, DecoderConfig};
-use crate::decoder::{Decoder, KeyStyle};
+use crate::decoder::KeyStyle;
 use crate::gguf::{Gguf, GgufError};
 use crate::generation::{GenerationConfig, GenerationError, Generated, Generator};
+use crate::text_decoder::{EngineChoice, TextDecoder, TextDecoderError};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 use crate::weights::{GgufWeights, SafetensorsWeights, WeightError};
 
@@ -39,6 +40,9 @@ pub enum LoadError {
     /// A weight is missing or malformed.
     #[error(transparent)]
     Weights(#[from] WeightError),
+    /// The decoder could not be built (the CUDA engine refused the model or failed).
+    #[error(transparent)]
+    Decoder(#[from] TextDecoderError),
     /// The tokenizer could not be built.
     #[error("{path}: {source}")]
     Tokenizer {
@@ -62,8 +66,8 @@ const END_OF_TURN: &[&str] = &["<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_t
 
 /// A ready-to-use language model.
 pub struct LanguageModel<B: Backend> {
-    /// The network.
-    pub decoder: Decoder<B>,
+    /// The network, on burn or on the CUDA engine.
+    pub decoder: TextDecoder<B>,
     /// Its tokenizer.
     pub tokenizer: Tokenizer,
     /// Its chat template, if the model has one.
@@ -79,13 +83,18 @@ pub struct LanguageModel<B: Backend> {
 impl<B: Backend> LanguageModel<B> {
     /// Loads a `.gguf` file or a Hugging Face model folder onto `device`.
     pub fn load(path: &Path, device: &B::Device) -> Result<Self, LoadError> {
+        Self::load_with(path, device, EngineChoice::Burn)
+    }
+
+    /// [`LanguageModel::load`] with the decoder in the implementation `engine` names.
+    pub fn load_with(path: &Path, device: &B::Device, engine: EngineChoice) -> Result<Self, LoadError> {
         let start = Instant::now();
-        let mut m = if path.is_dir() { Self::load_hf(path, device)? } else { Self::load_gguf(path, device)? };
+        let mut m = if path.is_dir() { Self::load_hf(path, device, engine)? } else { Self::load_gguf(path, device, engine)? };
         m.load_time = start.elapsed();
         Ok(m)
     }
 
-    fn load_gguf(path: &Path, device: &B::Device) -> Result<Self, LoadError> {
+    fn load_gguf(path: &Path, device: &B::Device, engine: EngineChoice) -> Result<Self, LoadError> {
         let gguf = Gguf::open(path).map_err(|source| LoadError::Gguf { path: path.into(), source })?;
         let config = DecoderConfig::from_gguf(&gguf).map_err(|e| e.in_file(path))?;
         let tokenizer = Tokenizer::from_gguf(&gguf).map_err(|source| LoadError::Tokenizer { path: path.into(), source })?;
@@ -103,11 +112,11 @@ impl<B: Backend> LanguageModel<B> {
         }
         let style = KeyStyle::Gguf { permuted_qk: config.arch == Arch::Llama };
         let src = GgufWeights { gguf: &gguf, path: path.into() };
-        let decoder = Decoder::load(config, &src, style, device)?;
+        let decoder = TextDecoder::load(config, &src, style, device, engine)?;
         Ok(Self::assemble(decoder, tokenizer, chat_template, stop_tokens, path))
     }
 
-    fn load_hf(dir: &Path, device: &B::Device) -> Result<Self, LoadError> {
+    fn load_hf(dir: &Path, device: &B::Device, engine: EngineChoice) -> Result<Self, LoadError> {
         let read = |name: &str| -> Result<Option<String>, LoadError> {
             let p = dir.join(name);
             match std::fs::read_to_string(&p) {
@@ -168,11 +177,11 @@ impl<B: Backend> LanguageModel<B> {
             None => {}
         }
         let src = SafetensorsWeights::open(dir)?;
-        let decoder = Decoder::load(config, &src, KeyStyle::HuggingFace, device)?;
+        let decoder = TextDecoder::load(config, &src, KeyStyle::HuggingFace, device, engine)?;
         Ok(Self::assemble(decoder, tokenizer, chat_template, stop_tokens, dir))
     }
 
-    fn assemble(decoder: Decoder<B>, tokenizer: Tokenizer, chat_template: Option<ChatTemplate>, mut stop_tokens: Vec<u32>, path: &Path) -> Self {
+    fn assemble(decoder: TextDecoder<B>, tokenizer: Tokenizer, chat_template: Option<ChatTemplate>, mut stop_tokens: Vec<u32>, path: &Path) -> Self {
         stop_tokens.extend(END_OF_TURN.iter().filter_map(|t| tokenizer.token_to_id(t)));
         stop_tokens.sort_unstable();
         stop_tokens.dedup();

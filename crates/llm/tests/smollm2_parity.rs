@@ -94,8 +94,9 @@ fn chat_template_and_prompt_ids_match() {
 fn last_three_logits_within_1e_3() {
     let m = model();
     for (i, c) in expected().cases.iter().enumerate() {
-        let mut cache = m.decoder.new_cache();
-        let logits = m.decoder.forward_ids(&c.prompt_ids, &mut cache, 3);
+        let dec = m.decoder.burn().expect("burn's decoder");
+        let mut cache = dec.new_cache();
+        let logits = dec.forward_ids(&c.prompt_ids, &mut cache, 3);
         assert_eq!(logits.dims(), [1, 3, 49152]);
         let ours: Vec<f32> = logits.into_data().into_vec().unwrap();
         let theirs = reference_logits(i);
@@ -165,8 +166,9 @@ fn hugging_face_folder_gives_the_reference_numbers() {
     let text = m.chat_prompt(&[Message::new("user", &c.user_message)]).unwrap();
     assert_eq!(text, c.chat_text);
     assert_eq!(m.tokenizer.encode(&text).unwrap(), c.prompt_ids);
-    let mut cache = m.decoder.new_cache();
-    let ours: Vec<f32> = m.decoder.forward_ids(&c.prompt_ids, &mut cache, 3).into_data().into_vec().unwrap();
+    let dec = m.decoder.burn().expect("burn's decoder");
+    let mut cache = dec.new_cache();
+    let ours: Vec<f32> = dec.forward_ids(&c.prompt_ids, &mut cache, 3).into_data().into_vec().unwrap();
     let max_abs = ours.iter().zip(reference_logits(0)).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     eprintln!("HF folder: max |Δlogit| = {max_abs:.3e}");
     assert!(max_abs <= 1e-3, "max-abs logit difference {max_abs}");

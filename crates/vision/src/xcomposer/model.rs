@@ -21,9 +21,8 @@ use xcomposer_llm::generation::Sampler;
 use xcomposer_llm::cuda::{CudaDecoder, EngineOptions};
 use xcomposer_llm::decoder::KeyStyle;
 use xcomposer_llm::torch::TorchWeights;
-use xcomposer_llm::weights::WeightSource;
 use super::language::{InternLmTokenizer, LoraMerged};
-use xcomposer_llm::{Decoder, DecoderConfig};
+use xcomposer_llm::DecoderConfig;
 use super::visual::{VisualConfig, XComposerVisual};
 use crate::{ImageInput, Preprocess};
 
@@ -75,62 +74,9 @@ pub struct Turn {
     pub answer: String,
 }
 
-/// Which implementation runs the language model.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub enum EngineChoice {
-    /// burn's decoder on the model's device (the CPU, or the GPU through burn-cuda).
-    #[default]
-    Burn,
-    /// The fused CUDA engine on GPU 0 (the image encoder stays on burn).
-    #[cfg(feature = "cuda")]
-    Cuda(EngineOptions),
-}
-
-/// The language model (LoRA merged) in the implementation chosen at load.
-#[allow(clippy::large_enum_variant)] // one per loaded model
-pub enum TextDecoder<B: Backend> {
-    /// burn's decoder.
-    Burn(Decoder<B>),
-    /// The CUDA engine (behind a lock: it owns its KV cache and scratch buffers).
-    #[cfg(feature = "cuda")]
-    Cuda(std::sync::Mutex<CudaDecoder>),
-}
-
-impl<B: Backend> TextDecoder<B> {
-    /// Loads the language model's weights from `src` into the implementation `engine` names.
-    fn load(cfg: DecoderConfig, src: &dyn WeightSource, device: &B::Device, engine: EngineChoice) -> Result<Self, XComposerError> {
-        Ok(match engine {
-            EngineChoice::Burn => TextDecoder::Burn(Decoder::load(cfg, src, KeyStyle::HuggingFace, device).map_err(|e| XComposerError::Load(e.to_string()))?),
-            #[cfg(feature = "cuda")]
-            EngineChoice::Cuda(opts) => TextDecoder::Cuda(std::sync::Mutex::new(CudaDecoder::load(cfg, src, KeyStyle::HuggingFace, opts).map_err(|e| XComposerError::Load(e.to_string()))?)),
-        })
-    }
-
-    /// burn's decoder, when that is what runs the model.
-    pub fn burn(&self) -> Option<&Decoder<B>> {
-        match self {
-            TextDecoder::Burn(d) => Some(d),
-            #[cfg(feature = "cuda")]
-            TextDecoder::Cuda(_) => None,
-        }
-    }
-
-    /// The model's configuration.
-    pub fn config(&self) -> DecoderConfig {
-        match self {
-            TextDecoder::Burn(d) => d.config.clone(),
-            #[cfg(feature = "cuda")]
-            TextDecoder::Cuda(e) => lock(e).config.clone(),
-        }
-    }
-}
-
 #[cfg(feature = "cuda")]
-fn lock(e: &std::sync::Mutex<CudaDecoder>) -> std::sync::MutexGuard<'_, CudaDecoder> {
-    // A panic while the engine was held leaves nothing half-written that a new request reads:
-    // every request starts with a prefill.
-    e.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use xcomposer_llm::text_decoder::lock_engine as lock;
+pub use xcomposer_llm::text_decoder::{EngineChoice, TextDecoder};
 
 #[cfg(feature = "cuda")]
 fn engine_error(e: xcomposer_llm::cuda::CudaError) -> XComposerError {
@@ -200,7 +146,7 @@ impl<B: Backend> XComposer<B> {
                 XComposerVisual::load(&src, &visual_cfg, device).map(|v| (v, t.elapsed())).map_err(|e| XComposerError::Load(e.to_string()))
             });
             let t = Instant::now();
-            let text = TextDecoder::load(llm_cfg, &llm_src, device, engine).map(|d| (d, t.elapsed()));
+            let text = TextDecoder::load(llm_cfg, &llm_src, KeyStyle::HuggingFace, device, engine).map(|d| (d, t.elapsed())).map_err(|e| XComposerError::Load(e.to_string()));
             let visual = visual.join().unwrap_or_else(|_| Err(XComposerError::Load("the image encoder's load panicked".into())));
             (visual, text)
         });
