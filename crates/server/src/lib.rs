@@ -137,16 +137,21 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>) -> R
     axum::serve(listener, router(state)).await.map_err(|source| ServerError::Io { addr, source })
 }
 
-/// Binds `host:port` on a new tokio runtime and serves until the process ends; `on_bound` gets
-/// the address bound (port 0 picks a free one).
+/// Binds `host:port` on a new tokio runtime and serves until Ctrl-C; `on_bound` gets the
+/// address bound (port 0 picks a free one).
 pub fn run(host: &str, port: u16, state: Arc<AppState>, on_bound: impl FnOnce(std::net::SocketAddr)) -> Result<(), ServerError> {
     let addr = format!("{host}:{port}");
     let io = |source| ServerError::Io { addr: addr.clone(), source };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(io)?;
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(&addr).await.map_err(io)?;
-        on_bound(listener.local_addr().map_err(io)?);
-        serve(listener, state).await
+        let bound = listener.local_addr().map_err(io)?;
+        on_bound(bound);
+        // Ctrl-C stops accepting connections and lets the answers in flight finish.
+        let stop = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        axum::serve(listener, router(state)).with_graceful_shutdown(stop).await.map_err(|source| ServerError::Io { addr: bound.to_string(), source })
     })
 }
 

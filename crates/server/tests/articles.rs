@@ -39,9 +39,15 @@ async fn compose_follow_fetch_edit_restart_and_delete_an_article() {
     let (status, v) = json_of(c.post(&api).json(&json!({"instruction": "Write an illustrated article about coffee.", "images": 1, "max_new_tokens": 60, "seed": 0})).send().await.unwrap()).await;
     assert_eq!(status, 202, "{v}");
     let id = v["id"].as_str().unwrap().to_string();
+    let api = format!("{api}/{id}");
+    follow_and_fetch(&c, &api).await;
+    edit_and_escape(&c, &api).await;
+    restart_and_delete(&c, &data, &id).await;
+}
 
-    // The events: stages, streamed text, the end.
-    let body = c.get(format!("{api}/{id}/events")).send().await.unwrap().text().await.unwrap();
+/// The events (stages, streamed text, the end), then the article in every format.
+async fn follow_and_fetch(c: &reqwest::Client, api: &str) {
+    let body = c.get(format!("{api}/events")).send().await.unwrap().text().await.unwrap();
     let events: Vec<Value> = common::sse_data(&body).iter().map(|e| serde_json::from_str(e).unwrap()).collect();
     assert!(events.iter().any(|e| e["type"] == "stage" && e["stage"] == "writer" && e["state"] == "started"));
     assert!(events.iter().any(|e| e["type"] == "stage" && e["stage"] == "selector" && e["state"] == "finished"));
@@ -50,30 +56,32 @@ async fn compose_follow_fetch_edit_restart_and_delete_an_article() {
     assert_eq!(events.last().unwrap(), &json!({"type": "end", "status": "done"}), "{events:?}");
 
     // The article, as JSON, Markdown, HTML and a bundle.
-    let (_, v) = json_of(c.get(format!("{api}/{id}")).send().await.unwrap()).await;
+    let (_, v) = json_of(c.get(api).send().await.unwrap()).await;
     assert_eq!(v["job"]["status"], "done");
     let article = &v["article"];
     assert_eq!(article["images"].as_array().unwrap().len(), 1, "{article}");
-    let md = c.get(format!("{api}/{id}/article.md")).send().await.unwrap().text().await.unwrap();
+    let md = c.get(format!("{api}/article.md")).send().await.unwrap().text().await.unwrap();
     assert!(md.starts_with(&format!("# {}", article["title"].as_str().unwrap())));
     let asset = article["images"][0]["asset"].as_str().unwrap().to_string();
     assert!(md.contains(&format!("]({asset} ")), "{md}");
-    let html = c.get(format!("{api}/{id}/article.html")).send().await.unwrap();
+    let html = c.get(format!("{api}/article.html")).send().await.unwrap();
     assert!(html.headers()["content-security-policy"].to_str().unwrap().contains("default-src 'none'"));
     assert!(html.text().await.unwrap().contains("<h1>"));
-    let img = c.get(format!("{api}/{id}/{asset}")).send().await.unwrap();
+    let img = c.get(format!("{api}/{asset}")).send().await.unwrap();
     assert_eq!(img.status(), 200);
     assert!(img.headers()["content-type"].to_str().unwrap().starts_with("image/"));
-    let zip_bytes = c.get(format!("{api}/{id}/bundle.zip")).send().await.unwrap().bytes().await.unwrap();
+    let zip_bytes = c.get(format!("{api}/bundle.zip")).send().await.unwrap().bytes().await.unwrap();
     let mut zip = zip::ZipArchive::new(std::io::Cursor::new(zip_bytes.to_vec())).unwrap();
     let names: Vec<String> = zip.file_names().map(String::from).collect();
     assert!(names.contains(&"article.md".to_string()) && names.contains(&asset), "{names:?}");
     let mut zipped_md = String::new();
     zip.by_name("article.md").unwrap().read_to_string(&mut zipped_md).unwrap();
     assert_eq!(zipped_md, md);
+}
 
-    // Edits.
-    let edit = |body: Value| c.post(format!("{api}/{id}/edit")).json(&body).send();
+/// Edits, and paths that try to leave the data folder.
+async fn edit_and_escape(c: &reqwest::Client, api: &str) {
+    let edit = |body: Value| c.post(format!("{api}/edit")).json(&body).send();
     let (status, v) = json_of(edit(json!({"op": "swap", "slot": 0, "candidate": 2})).await.unwrap()).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["article"]["images"][0]["chosen"], 2);
@@ -87,14 +95,17 @@ async fn compose_follow_fetch_edit_restart_and_delete_an_article() {
     assert!(v["summary"].as_str().unwrap().contains('0'));
 
     // Paths that try to leave the data folder.
-    assert_eq!(c.get(format!("{api}/..%2F..%2Fetc/article.md")).send().await.unwrap().status(), 404);
-    assert_eq!(c.get(format!("{api}/{id}/assets/..%2Fjob.json")).send().await.unwrap().status(), 400);
-    assert_eq!(c.get(format!("{api}/{id}/job.json")).send().await.unwrap().status(), 404);
+    let list = api.rsplit_once('/').unwrap().0;
+    assert_eq!(c.get(format!("{list}/..%2F..%2Fetc/article.md")).send().await.unwrap().status(), 404);
+    assert_eq!(c.get(format!("{api}/assets/..%2Fjob.json")).send().await.unwrap().status(), 400);
+    assert_eq!(c.get(format!("{api}/job.json")).send().await.unwrap().status(), 404);
+}
 
-    // A second server on the same data folder finds the article.
-    let again = serve(&data).await;
+/// A second server on the same data folder finds the article; then it is deleted.
+async fn restart_and_delete(c: &reqwest::Client, data: &Path, id: &str) {
+    let again = serve(data).await;
     let (_, list) = json_of(c.get(format!("{again}/api/articles")).send().await.unwrap()).await;
-    assert_eq!(list["data"][0]["id"], id.as_str());
+    assert_eq!(list["data"][0]["id"], id);
     assert_eq!(list["data"][0]["status"], "done");
     let (_, v) = json_of(c.get(format!("{again}/api/articles/{id}")).send().await.unwrap()).await;
     assert_eq!(v["article"]["edits"].as_array().unwrap().len(), 3, "{v}");
@@ -102,5 +113,5 @@ async fn compose_follow_fetch_edit_restart_and_delete_an_article() {
     // Delete.
     assert_eq!(c.delete(format!("{again}/api/articles/{id}")).send().await.unwrap().status(), 200);
     assert_eq!(c.get(format!("{again}/api/articles/{id}")).send().await.unwrap().status(), 404);
-    assert!(!data.join("articles").join(&id).exists());
+    assert!(!data.join("articles").join(id).exists());
 }

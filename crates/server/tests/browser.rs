@@ -129,7 +129,14 @@ async fn compose_edit_download_and_chat_in_headless_chromium() {
     std::fs::create_dir_all(&downloads).unwrap();
     let mut d = Driver::start(&downloads).await;
     let base = common::serve_articles(&data).await;
+    compose_through_the_page(&mut d, &base).await;
+    edit_through_the_page(&mut d).await;
+    download_the_bundle(&d, &downloads).await;
+    chat_through_the_page(&mut d, &base).await;
+    assert!(d.screens.read_dir().unwrap().count() >= 10);
+}
 
+async fn compose_through_the_page(d: &mut Driver, base: &str) {
     d.go(&format!("{base}/")).await;
     d.type_into("#instruction", "Write an illustrated article about coffee.").await;
     d.type_into("#images", "1").await;
@@ -144,16 +151,19 @@ async fn compose_edit_download_and_chat_in_headless_chromium() {
     let stages = d.js("return [...document.querySelectorAll('#stages li.finished')].length", json!([])).await;
     assert!(stages.as_u64().unwrap() >= 4, "finished stages shown: {stages}");
     d.screenshot("article").await;
+}
 
+async fn edit_through_the_page(d: &mut Driver) {
+    let d = &mut *d;
     d.click("#article button[data-op=swap][data-candidate='1']").await;
-    edits_reach(&d, 1, "the swap").await;
+    edits_reach(d, 1, "the swap").await;
     let chosen = d.js("return document.querySelector(\"#article button[data-op=swap][data-candidate='1']\").textContent", json!([])).await;
     assert!(chosen.as_str().unwrap().starts_with('✓'), "{chosen}");
     d.screenshot("swapped").await;
 
     let before = d.js("return document.querySelector('#article figcaption').textContent", json!([])).await;
     d.click("#article button[data-op=recaption]").await;
-    edits_reach(&d, 2, "the re-caption").await;
+    edits_reach(d, 2, "the re-caption").await;
     d.screenshot("recaptioned").await;
     let after = d.js("return document.querySelector('#article figcaption').textContent", json!([])).await;
     assert!(!after.as_str().unwrap().is_empty(), "re-captioned: {before} → {after}");
@@ -162,24 +172,26 @@ async fn compose_edit_download_and_chat_in_headless_chromium() {
     let hostile = "<img src=x onerror=\"document.title='pwned'\"><script>document.title='pwned'</script>";
     d.type_into("#article figure input[aria-label=caption]", hostile).await;
     d.click("#article button[data-op=caption]").await;
-    edits_reach(&d, 3, "the caption").await;
+    edits_reach(d, 3, "the caption").await;
     assert_eq!(d.js("return document.querySelector('#article figcaption').textContent", json!([])).await, json!(hostile));
     assert_eq!(d.js("return document.querySelectorAll('#article img[src=x], #article script').length", json!([])).await, json!(0));
     assert_ne!(d.js("return document.title", json!([])).await, json!("pwned"));
     d.screenshot("hostile-caption-inert").await;
 
     d.click("#article button[data-op=delete]").await;
-    edits_reach(&d, 4, "the delete").await;
+    edits_reach(d, 4, "the delete").await;
     d.screenshot("deleted").await;
     d.click("#article button[data-op=add][data-after='0']").await;
-    edits_reach(&d, 5, "the add").await;
+    edits_reach(d, 5, "the add").await;
     d.wait("the added image", "return document.querySelectorAll('#article figure').length >= 1", 30).await;
     d.screenshot("added").await;
+}
 
+async fn download_the_bundle(d: &Driver, downloads: &Path) {
     d.click("#download").await;
     let t = Instant::now();
     let zip = loop {
-        let found = std::fs::read_dir(&downloads).unwrap().flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|e| e == "zip"));
+        let found = std::fs::read_dir(downloads).unwrap().flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|e| e == "zip"));
         if let Some(p) = found {
             break p;
         }
@@ -188,8 +200,10 @@ async fn compose_edit_download_and_chat_in_headless_chromium() {
     };
     let archive = zip::ZipArchive::new(std::fs::File::open(&zip).unwrap()).unwrap();
     assert!(archive.file_names().any(|n| n == "article.md"));
+}
 
-    // Chat: the text model refuses an uploaded image, then answers two turns.
+/// The text model refuses an uploaded image, then answers two turns.
+async fn chat_through_the_page(d: &mut Driver, base: &str) {
     d.go(&format!("{base}/chat")).await;
     d.wait("the model list", "return document.querySelectorAll('#model option').length", 20).await;
     let image = common::fixture("images").join("coffee.png").canonicalize().unwrap();
@@ -207,5 +221,4 @@ async fn compose_edit_download_and_chat_in_headless_chromium() {
         d.wait("an answer", &format!("const a = document.querySelectorAll('.msg.assistant span'); return a.length === {} && a[{}].textContent.length > 0", i + 1, i), 60).await;
     }
     d.screenshot("chat-two-turns").await;
-    assert!(d.screens.read_dir().unwrap().count() >= 10);
 }
