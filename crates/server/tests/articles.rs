@@ -115,3 +115,16 @@ async fn restart_and_delete(c: &reqwest::Client, data: &Path, id: &str) {
     assert_eq!(c.get(format!("{again}/api/articles/{id}")).send().await.unwrap().status(), 404);
     assert!(!data.join("articles").join(id).exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_article_the_full_queue_refuses_leaves_nothing_behind() {
+    let data = common::data_dir("articles-full");
+    let base = common::serve_articles_with(&data, xcomposer_server::Limits { queue_capacity: 0, ..Default::default() }).await;
+    let c = reqwest::Client::new();
+    let r = c.post(format!("{base}/api/articles")).json(&json!({"instruction": "Write about tea."})).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    let (_, list) = json_of(c.get(format!("{base}/api/articles")).send().await.unwrap()).await;
+    assert_eq!(list["data"], json!([]));
+    assert_eq!(std::fs::read_dir(data.join("articles")).unwrap().count(), 0);
+}

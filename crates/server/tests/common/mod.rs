@@ -95,7 +95,12 @@ impl xcomposer_server::articles::ComposerFactory for DefaultComposers {
 
 /// A server with the article API (default pipeline) on `data`, on the current runtime; its base URL.
 pub async fn serve_articles(data: &std::path::Path) -> String {
-    let config = ServerConfig { api_key: None, data_dir: data.to_path_buf(), limits: Limits::default() };
+    serve_articles_with(data, Limits::default()).await
+}
+
+/// [`serve_articles`] with other limits.
+pub async fn serve_articles_with(data: &std::path::Path, limits: Limits) -> String {
+    let config = ServerConfig { api_key: None, data_dir: data.to_path_buf(), limits };
     let state = AppState::new(config, ServerModels { text: text_model(), xcomposer: None, composers: Some(Arc::new(DefaultComposers)) }).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
