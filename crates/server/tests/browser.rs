@@ -25,8 +25,19 @@ struct Driver {
 }
 
 impl Drop for Driver {
+    /// Ends the session (which closes Chromium, on a panic too), then stops chromedriver.
     fn drop(&mut self) {
+        use std::io::{Read, Write};
+        let rest = self.url.trim_start_matches("http://");
+        if let Some((host, path)) = rest.split_once('/')
+            && let Ok(mut s) = std::net::TcpStream::connect(host)
+        {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+            let _ = write!(s, "DELETE /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = s.read_to_end(&mut Vec::new());
+        }
         let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
