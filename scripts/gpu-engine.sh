@@ -17,7 +17,8 @@
 #                the carried default library ($DIR/library, with its index) by CLIP alone
 #                ($DIR/clip-tiny), so no other model is needed (nothing is fetched).
 #   PART=load:   the random 7B checkpoint loaded by `bench xcomposer` twice (the first compiles the
-#                kernels and caches their PTX, the second reads them back), no anchors; then PART=edit.
+#                kernels and caches their PTX, the second reads them back; LOAD_PASSES=1 for the
+#                first only), no anchors; then PART=edit.
 #   PART=edit:   an article composed with --xcomposer on the GPU (f16, CLIP alone from $DIR/clip-tiny,
 #                the carried library), then `edit recaption 0` and `edit add 1` on it, on the GPU too.
 #   PART=smollm2: `bench engine --shape smollm2` (the default text model's shape, random weights)
@@ -73,7 +74,8 @@ library_models() {
 if [ "$PART" = load ]; then
   random_7b
   export XCOMPOSER_KERNELS="$W/kernels" && rm -rf "$XCOMPOSER_KERNELS"
-  for pass in "no cached kernels" "kernels from the PTX cache"; do
+  passes=("no cached kernels" "kernels from the PTX cache"); [ "${LOAD_PASSES:-2}" = 1 ] && passes=("${passes[0]}")
+  for pass in "${passes[@]}"; do
     echo "== bench xcomposer on the random 7B, $pass"
     "$BIN" bench xcomposer --model "$M" --device cuda --dtype f16 --runs 1 --new-tokens 16 2> "$OUT/load.err" | grep "loaded in"
   done
