@@ -17,8 +17,6 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use xcomposer_llm::beam::{BurnSteps, Chosen, EmbedGenConfig, EmbedGenOutput, StepDecoder, TokenChoice, beam_steps, greedy_steps};
 use xcomposer_llm::generation::Sampler;
-#[cfg(feature = "cuda")]
-use xcomposer_llm::cuda::{CudaDecoder, EngineOptions};
 use xcomposer_llm::decoder::KeyStyle;
 use xcomposer_llm::torch::TorchWeights;
 use super::language::{InternLmTokenizer, LoraMerged};
