@@ -5,8 +5,10 @@ use crate::article::{Article, ImageSlot, Provenance, Source};
 use crate::composer::Composer;
 use crate::error::ComposeError;
 
-/// One edit. Slots and paragraphs are numbered from 0, as in the article's JSON.
-#[derive(Debug, Clone, PartialEq)]
+/// One edit. Slots and paragraphs are numbered from 0, as in the article's JSON. As JSON (the
+/// server's edit body): `{"op": "swap", "slot": 0, "candidate": 2}`, `{"op": "add", "paragraph": 1}`.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Edit {
     /// Write slot's caption anew with the model (another sample each time), then search again.
     Recaption {
@@ -35,6 +37,7 @@ pub enum Edit {
     /// Add an image after paragraph `after`, captioned by the model.
     Add {
         /// The paragraph.
+        #[serde(rename = "paragraph")]
         after: usize,
     },
     /// Place `count` images anew: spot, caption, retrieve and select again.
@@ -150,5 +153,21 @@ impl Composer {
         article.edits.push(summary.clone());
         article.check().map_err(|e| ComposeError::BadRequest(format!("the edit left the article inconsistent: {e}")))?;
         Ok(summary)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Edit;
+
+    #[test]
+    fn edits_read_from_the_servers_json_bodies() {
+        let read = |s: &str| serde_json::from_str::<Edit>(s);
+        assert_eq!(read(r#"{"op": "swap", "slot": 0, "candidate": 2}"#).unwrap(), Edit::Swap { slot: 0, candidate: 2 });
+        assert_eq!(read(r#"{"op": "add", "paragraph": 1}"#).unwrap(), Edit::Add { after: 1 });
+        assert_eq!(read(r#"{"op": "regenerate", "paragraph": 3}"#).unwrap(), Edit::Regenerate { paragraph: 3 });
+        assert!(read(r#"{"op": "add", "after": 1}"#).is_err(), "the field is called paragraph");
+        assert!(read(r#"{"op": "delete", "slot": 0, "extra": 1}"#).is_err(), "unknown fields are refused");
+        assert!(read(r#"{"op": "rotate", "slot": 0}"#).is_err(), "unknown operations are refused");
     }
 }

@@ -42,65 +42,6 @@ pub struct CreateArticle {
     pub library: Option<String>,
 }
 
-/// `POST /api/articles/{id}/edit`'s body: one of the edit operations.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
-pub enum EditRequest {
-    /// Show another candidate in a slot.
-    Swap {
-        /// The image slot (from 0).
-        slot: usize,
-        /// The candidate (0 = best).
-        candidate: usize,
-    },
-    /// Set a caption and search again.
-    Caption {
-        /// The image slot.
-        slot: usize,
-        /// The new caption.
-        text: String,
-    },
-    /// The model writes another caption.
-    Recaption {
-        /// The image slot.
-        slot: usize,
-    },
-    /// Remove a slot's image.
-    Delete {
-        /// The image slot.
-        slot: usize,
-    },
-    /// Add an image after a paragraph, captioned by the model.
-    Add {
-        /// The paragraph (from 0).
-        paragraph: usize,
-    },
-    /// Place `count` images anew.
-    Insert {
-        /// How many images.
-        count: usize,
-    },
-    /// The model rewrites a paragraph.
-    Regenerate {
-        /// The paragraph (from 0).
-        paragraph: usize,
-    },
-}
-
-impl EditRequest {
-    fn edit(self) -> Edit {
-        match self {
-            EditRequest::Swap { slot, candidate } => Edit::Swap { slot, candidate },
-            EditRequest::Caption { slot, text } => Edit::Caption { slot, text },
-            EditRequest::Recaption { slot } => Edit::Recaption { slot },
-            EditRequest::Delete { slot } => Edit::Delete { slot },
-            EditRequest::Add { paragraph } => Edit::Add { after: paragraph },
-            EditRequest::Insert { count } => Edit::Insert { count },
-            EditRequest::Regenerate { paragraph } => Edit::Regenerate { paragraph },
-        }
-    }
-}
-
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
@@ -297,7 +238,7 @@ pub async fn edit(State(state): State<Arc<AppState>>, UrlPath(id): UrlPath<Strin
     if job.record().status != Status::Done {
         return Err(ApiError::new(StatusCode::CONFLICT, "invalid_request_error", "the article is not finished").param("id"));
     }
-    let edit = parse::<EditRequest>(&body_bytes(body, state.config.limits.max_body_bytes)?)?.edit();
+    let edit = parse::<Edit>(&body_bytes(body, state.config.limits.max_body_bytes)?)?;
     let (tx, rx) = oneshot::channel();
     let (st, dir) = (state.clone(), a.store.dir(&id));
     state.queue.submit(Box::new(move || {
