@@ -80,7 +80,7 @@ fn load_detail<B: Backend>(model: &XComposer<B>) -> String {
     let t = model.load_times;
     let compile = match &model.text {
         #[cfg(feature = "cuda")]
-        TextDecoder::Cuda(e) => format!(", kernels compiled in {:.1} s beside the weights", e.lock().map(|e| e.load_times.compile.as_secs_f64()).unwrap_or(f64::NAN)),
+        TextDecoder::Cuda(e) => format!(", kernels compiled in {:.1} s beside the weights", xcomposer_llm::text_decoder::lock_engine(e).load_times.compile.as_secs_f64()),
         _ => String::new(),
     };
     format!("image encoder {:.1} s beside the language model {:.1} s{compile}", t.visual.as_secs_f64(), t.text.as_secs_f64())

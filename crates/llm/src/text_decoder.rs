@@ -77,13 +77,13 @@ impl<B: Backend> TextDecoder<B> {
         match self {
             TextDecoder::Burn(d) => {
                 let embeds = d.embed_ids(prompt_ids).reshape([1, prompt_ids.len(), d.config.hidden_size]);
-                Ok(f(&mut Infallibly(BurnSteps::new(d, embeds))))
+                Ok(f(&mut AsTextDecoderErrors(BurnSteps::new(d, embeds))))
             }
             #[cfg(feature = "cuda")]
             TextDecoder::Cuda(e) => {
                 let mut engine = lock_engine(e);
                 let prompt = engine.embed_ids(prompt_ids)?;
-                Ok(f(&mut Infallibly(EngineSteps { engine: &mut engine, prompt: &prompt[..] })))
+                Ok(f(&mut AsTextDecoderErrors(EngineSteps { engine: &mut engine, prompt: &prompt[..] })))
             }
         }
     }
@@ -96,10 +96,11 @@ pub fn lock_engine(e: &std::sync::Mutex<CudaDecoder>) -> std::sync::MutexGuard<'
     e.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// A [`StepDecoder`] whose errors are given as [`TextDecoderError`]s.
-struct Infallibly<D>(D);
+/// A [`StepDecoder`] that reports its errors as [`TextDecoderError`]s, so either implementation
+/// fits one `dyn StepDecoder`.
+struct AsTextDecoderErrors<D>(D);
 
-impl<D: StepDecoder> StepDecoder for Infallibly<D>
+impl<D: StepDecoder> StepDecoder for AsTextDecoderErrors<D>
 where
     TextDecoderError: From<D::Error>,
 {

@@ -300,10 +300,11 @@ struct UploadedWeights {
     embed: Matrix,
     lm_head: Option<Matrix>,
     layers: Vec<LayerWeights>,
+    norm: Buf,
 }
 
 /// Reads, converts and quantizes the embeddings and LM head, then the layers [`LOAD_GROUP`] at a
-/// time, in parallel on the host, and uploads each in turn.
+/// time, in parallel on the host, and uploads each in turn; then the final norm.
 fn upload_weights(c: &DecoderConfig, src: &dyn WeightSource, style: KeyStyle, opts: EngineOptions, stream: &Arc<CudaStream>) -> Result<UploadedWeights, CudaError> {
     let w = WeightLoader { src, style, dtype: opts.dtype, quant: opts.quant, permuted: matches!(style, KeyStyle::Gguf { permuted_qk: true }) };
     // An untied LM head keeps 8 bits when the rest goes to 4 (the embeddings, and a tied head
@@ -324,7 +325,8 @@ fn upload_weights(c: &DecoderConfig, src: &dyn WeightSource, style: KeyStyle, op
             layers.push(layer?.upload(stream)?);
         }
     }
-    Ok(UploadedWeights { embed, lm_head, layers })
+    let norm = Buf::upload(stream, &w.host_vector(&[("model.norm.weight", d)], 0)?)?;
+    Ok(UploadedWeights { embed, lm_head, layers, norm })
 }
 
 impl CudaDecoder {
@@ -354,12 +356,9 @@ impl CudaDecoder {
             let (kernels, compile) = compiling.join().unwrap_or_else(|_| Err(CudaError::Compile("NVRTC panicked".into())))?;
             Ok::<_, CudaError>((kernels, compile, weights?))
         })?;
-        let UploadedWeights { embed, lm_head, layers } = weights;
+        let UploadedWeights { embed, lm_head, layers, norm } = weights;
         let blas = CudaBlas::new(stream.clone())?;
         let chunk = opts.prefill_chunk.max(MAX_SEQS + 1);
-        let w = WeightLoader { src, style, dtype: opts.dtype, quant: opts.quant, permuted: matches!(style, KeyStyle::Gguf { permuted_qk: true }) };
-        let d = c.hidden_size;
-        let norm = Buf::upload(&stream, &w.host_vector(&[("model.norm.weight", d)], 0)?)?;
         let (cos, sin) = rope_cos_sin(c);
         let (cos, sin) = (Buf::upload(&stream, &cos)?, Buf::upload(&stream, &sin)?);
         let s = Scratch::new(&stream, c, opts, chunk)?;
