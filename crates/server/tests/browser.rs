@@ -47,8 +47,14 @@ fn free_port() -> u16 {
 
 impl Driver {
     async fn start(downloads: &Path) -> Driver {
-        let exe = ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"].into_iter().find(|p| Path::new(p).exists());
-        let exe = exe.unwrap_or_else(|| panic!("the browser test needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver; .ci/run installs them)"));
+        let find = || ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"].into_iter().find(|p| Path::new(p).exists());
+        if find().is_none() {
+            // A fresh machine: install them as .ci/run does (apt-get, as root or through sudo).
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/install-chromium.sh");
+            let status = Command::new("bash").arg(&script).status().expect("running scripts/install-chromium.sh");
+            assert!(status.success(), "scripts/install-chromium.sh failed ({status}): the browser test needs Debian's chromium and chromium-driver");
+        }
+        let exe = find().unwrap_or_else(|| panic!("the browser test needs Debian's chromium and chromium-driver (scripts/install-chromium.sh installs them)"));
         let port = free_port();
         let child = Command::new(exe).arg(format!("--port={port}")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("starting chromedriver");
         let http = reqwest::Client::new();
