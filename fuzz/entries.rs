@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use xcomposer_composer::{Article, captioner, render, spotter, vlm_selector};
 use xcomposer_llm::weights::{SafetensorsWeights, WeightSource};
 use xcomposer_llm::{ChatTemplate, DecoderConfig, Gguf, Message, Tokenizer, torch::TorchWeights};
-use xcomposer_retrieval::ImageLibrary;
+use xcomposer_retrieval::{ClipTokenizer, ImageLibrary};
 use xcomposer_vision::{ImageInput, Preprocess};
 
 /// The names of the targets, as `fuzz/Cargo.toml`, `scripts/fuzz.sh` and
@@ -24,7 +24,11 @@ pub const TARGETS: &[(&str, fn(&[u8]) -> bool)] = &[
     ("index", index),
     ("answers", answers),
     ("chat", chat),
+    ("tokenizer", tokenizer),
 ];
+
+/// At most this many ids go through the streaming decoder (it decodes a growing window per id).
+const MAX_STREAMED: usize = 256;
 
 /// Tensors larger than this are not dequantized (the data is in the input, so this only keeps
 /// a few huge zero-size-type claims from dominating the run).
@@ -149,4 +153,51 @@ pub fn chat(data: &[u8]) -> bool {
         parts.enumerate().map(|(i, c)| Message::new(if i % 2 == 0 { "user" } else { "assistant" }, c)).collect();
     let Ok(t) = ChatTemplate::new(source, "<s>", "</s>") else { return false };
     t.render(&messages, messages.len() % 2 == 1).is_ok()
+}
+
+/// Tokenizers: the first byte picks the kind (GGUF-embedded, `tokenizer.json`, SentencePiece
+/// `tokenizer.model`, CLIP's `vocab.json` + `merges.txt`), the bytes up to the next NUL are the
+/// text, the rest the tokenizer's file (CLIP: vocab, NUL, merges). The text is encoded; its ids,
+/// and ids made of the text's byte pairs (out of range too), are decoded whole and streamed.
+pub fn tokenizer(data: &[u8]) -> bool {
+    let Some((&kind, rest)) = data.split_first() else { return false };
+    let (text, file) = split_at_nul(rest);
+    let text = String::from_utf8_lossy(text);
+    let tok = match kind % 4 {
+        0 => Gguf::from_bytes(file.to_vec()).ok().and_then(|g| Tokenizer::from_gguf(&g).ok()),
+        1 => {
+            let dir = write_scratch("tokenizer", "tokenizer.json", file);
+            Tokenizer::from_tokenizer_json(&dir.join("tokenizer.json"), Some(0), Some(1), true).ok()
+        }
+        2 => {
+            let dir = write_scratch("tokenizer", "tokenizer.model", file);
+            Tokenizer::from_sentencepiece_model(&dir.join("tokenizer.model")).ok()
+        }
+        _ => return clip_tokenizer(&text, file),
+    };
+    let Some(tok) = tok else { return false };
+    let Ok(mut ids) = tok.encode_prompt(&text) else { return false };
+    ids.extend(text.as_bytes().chunks(2).map(|c| c.iter().fold(0u32, |a, &b| a << 8 | b as u32)));
+    let _ = tok.decode(&ids, true);
+    let _ = tok.decode(&ids, false);
+    let mut stream = xcomposer_llm::StreamDecoder::new();
+    ids.iter().take(MAX_STREAMED).all(|&id| stream.push(&tok, id).is_ok())
+}
+
+/// CLIP's tokenizer from `vocab.json` NUL `merges.txt`: encode `text` at CLIP's context of 77.
+fn clip_tokenizer(text: &str, files: &[u8]) -> bool {
+    let (vocab, merges) = split_at_nul(files);
+    let dir = write_scratch("clip", "vocab.json", vocab);
+    std::fs::write(dir.join("merges.txt"), merges).expect("scratch file");
+    let Ok(tok) = ClipTokenizer::from_dir(&dir, 77) else { return false };
+    let t = tok.encode(&[text]);
+    t.ids[0].len() == 77 && t.mask[0].len() == 77
+}
+
+/// The bytes before the first NUL and those after it (empty when there is none).
+fn split_at_nul(data: &[u8]) -> (&[u8], &[u8]) {
+    match data.iter().position(|&b| b == 0) {
+        Some(at) => (&data[..at], &data[at + 1..]),
+        None => (data, &[]),
+    }
 }

@@ -27,6 +27,9 @@ pub enum TokenizerError {
         /// What went wrong.
         reason: String,
     },
+    /// A tokenizer file could not be read (missing, not a regular file, over the size limit).
+    #[error(transparent)]
+    Read(#[from] crate::capped::CappedReadError),
     /// Encoding or decoding failed inside the tokenizers library.
     #[error("tokenizer: {0}")]
     Library(String),
@@ -141,7 +144,7 @@ impl Tokenizer {
     /// SentencePiece itself encodes; `<s>`/`</s>` ids come from the pieces of those names.
     pub fn from_sentencepiece_model(path: &Path) -> Result<Self, TokenizerError> {
         let file_err = |reason: String| TokenizerError::File { path: path.display().to_string(), reason };
-        let bytes = std::fs::read(path).map_err(|e| file_err(e.to_string()))?;
+        let bytes = read_tokenizer_file(path)?;
         let model = sentencepiece_proto::parse(&bytes).map_err(file_err)?;
         let tokens: Vec<&str> = model.pieces.iter().map(|p| p.0.as_str()).collect();
         let scores: Vec<f32> = model.pieces.iter().map(|p| p.1).collect();
@@ -153,9 +156,15 @@ impl Tokenizer {
     }
 
     /// Loads a Hugging Face `tokenizer.json`; special token ids come from the caller's config.
+    /// Its padding and truncation settings are dropped: a prompt is encoded whole (the context
+    /// is checked by the generator), and a padding length from the file (`Fixed: 2000000000`)
+    /// would otherwise be allocated on every encode.
     pub fn from_tokenizer_json(path: &Path, bos_id: Option<u32>, eos_id: Option<u32>, add_bos: bool) -> Result<Self, TokenizerError> {
-        let tok = tokenizers::Tokenizer::from_file(path)
+        let bytes = read_tokenizer_file(path)?;
+        let mut tok = tokenizers::Tokenizer::from_bytes(&bytes)
             .map_err(|e| TokenizerError::File { path: path.display().to_string(), reason: e.to_string() })?;
+        tok.with_padding(None);
+        tok.with_truncation(None).map_err(|e| TokenizerError::Library(e.to_string()))?;
         Ok(Tokenizer { inner: Inner::Hf(Box::new(tok)), bos_id, eos_id, add_bos })
     }
 
@@ -225,6 +234,15 @@ impl Tokenizer {
             Inner::Spm(s) => s.pieces.len(),
         }
     }
+}
+
+/// The largest tokenizer file read (`tokenizer.json`, `tokenizer.model`); published ones are
+/// under 40 MiB.
+pub const MAX_TOKENIZER_BYTES: u64 = 256 << 20;
+
+/// Reads a tokenizer file: a regular file of at most [`MAX_TOKENIZER_BYTES`].
+fn read_tokenizer_file(path: &Path) -> Result<Vec<u8>, TokenizerError> {
+    Ok(crate::capped::read_capped(path, MAX_TOKENIZER_BYTES)?)
 }
 
 fn byte_level_bpe(tokens: &[&str], types: &[i64], merges: &[&str], pre: &str) -> Result<tokenizers::Tokenizer, TokenizerError> {
@@ -581,5 +599,43 @@ mod sentencepiece_proto {
             return Err("no pieces: not a SentencePiece model".into());
         }
         Ok(Model { pieces, add_dummy_prefix })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A byte-level BPE `tokenizer.json` of the letters of "hi" (ids 0, 1), with `padding`.
+    fn json_with_padding(padding: &str) -> String {
+        let byte_level = r#"{"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}"#;
+        format!(
+            r#"{{"version": "1.0", "truncation": {{"direction": "Right", "max_length": 1, "strategy": "LongestFirst", "stride": 0}},
+            "padding": {padding}, "added_tokens": [], "normalizer": null, "pre_tokenizer": {byte_level},
+            "post_processor": null, "decoder": {byte_level}, "model": {{"type": "BPE", "dropout": null, "unk_token": null,
+            "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+            "vocab": {{"h": 0, "i": 1}}, "merges": []}}}}"#
+        )
+    }
+
+    #[test]
+    fn tokenizer_json_padding_and_truncation_are_not_applied() {
+        let dir = std::env::temp_dir().join(format!("xcomposer-tokjson-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tokenizer.json");
+        let padding = r#"{"strategy": {"Fixed": 100}, "direction": "Right", "pad_to_multiple_of": null, "pad_id": 1, "pad_type_id": 0, "pad_token": "i"}"#;
+        std::fs::write(&path, json_with_padding(padding)).unwrap();
+        let tok = Tokenizer::from_tokenizer_json(&path, None, None, false).unwrap();
+        // Without the fix: truncated to 1 id, then padded to 100.
+        assert_eq!(tok.encode("hi").unwrap(), [0, 1]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn tokenizer_files_are_read_as_regular_files_only() {
+        let e = Tokenizer::from_tokenizer_json(Path::new("/dev/zero"), None, None, false).unwrap_err().to_string();
+        assert!(e.starts_with("/dev/zero: not a regular file"), "{e}");
+        let e = Tokenizer::from_sentencepiece_model(Path::new("/dev/zero")).unwrap_err().to_string();
+        assert!(e.starts_with("/dev/zero: not a regular file"), "{e}");
     }
 }
