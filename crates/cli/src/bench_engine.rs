@@ -312,6 +312,7 @@ pub(crate) fn speeds(e: &mut xcomposer_llm::cuda::CudaDecoder, prompt: &[f32], l
                 let mut start = None;
                 beam_steps(&mut EngineSteps { engine: e, prompt }, &cfg, &mut |_| {
                     start.get_or_insert_with(Instant::now);
+                    std::ops::ControlFlow::Continue(())
                 })?;
                 Ok(start.map_or(f64::NAN, |t| t.elapsed().as_secs_f64()))
             })?;

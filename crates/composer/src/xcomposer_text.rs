@@ -127,6 +127,7 @@ where
                 on_text(new);
                 shown = text;
             }
+            std::ops::ControlFlow::Continue(())
         };
         let out = match sampler.as_mut() {
             Some(s) => m.decode_sampled(prompt, s, &cfg, &mut on_step),

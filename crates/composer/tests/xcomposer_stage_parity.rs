@@ -137,7 +137,11 @@ fn the_writer_matches_the_original_greedy_and_with_beams() {
         // What the demo streamed: the running (best) sequence after each step but the last.
         let mut streamed = vec![];
         let prompt = s.model.embed_ids(&calls[0].prompt_ids).unwrap();
-        s.model.decode_streaming(prompt, &calls[0].config, &mut |seq| streamed.push(seq.to_vec())).unwrap();
+        s.model.decode_streaming(prompt, &calls[0].config, &mut |seq| {
+            streamed.push(seq.to_vec());
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
         let theirs: Vec<Vec<u32>> = want["streamed"].as_array().unwrap().iter().map(ids).collect();
         assert!(streamed.len() - theirs.len() <= 1 && streamed[..theirs.len()] == theirs[..], "writer {case}: streamed sequences");
         rows.push(format!("writer {case}: {} streamed sequences exact", theirs.len()));

@@ -5,6 +5,8 @@
 //! the stop tokens (eoh/eoa). [`greedy`] and [`beam_search`] (HF's `BeamSearchScorer` with
 //! `early_stopping=False`).
 
+use std::ops::ControlFlow;
+
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
@@ -28,6 +30,15 @@ pub struct EmbedGenConfig {
     pub eos_id: u32,
     /// Generation stops once every row ends in one of these.
     pub stop_ids: Vec<u32>,
+}
+
+/// A step callback: sees the running sequence (the best beam) after each step and answers
+/// `ControlFlow::Break(())` to end decoding there, with the tokens so far.
+pub type OnStep<'a> = dyn FnMut(&[u32]) -> ControlFlow<()> + 'a;
+
+/// The step callback that never stops decoding.
+pub fn every_step(_: &[u32]) -> ControlFlow<()> {
+    ControlFlow::Continue(())
 }
 
 /// A decoded sequence.
@@ -207,19 +218,19 @@ fn stopped(seqs: &[Vec<u32>], stop: &[u32]) -> bool {
 
 /// Greedy decoding after `prompt` (`[1, len, hidden]`) on burn.
 pub fn greedy<B: Backend>(dec: &Decoder<B>, prompt: Tensor<B, 3>, cfg: &EmbedGenConfig) -> EmbedGenOutput {
-    let Ok(out) = greedy_steps(&mut BurnSteps::new(dec, prompt), cfg, &mut |_| {});
+    let Ok(out) = greedy_steps(&mut BurnSteps::new(dec, prompt), cfg, &mut every_step);
     out
 }
 
-/// Greedy decoding on any [`StepDecoder`]; `on_step` sees the sequence after each new token.
-pub fn greedy_steps<D: StepDecoder>(dec: &mut D, cfg: &EmbedGenConfig, on_step: &mut dyn FnMut(&[u32])) -> Result<EmbedGenOutput, D::Error> {
+/// Greedy decoding on any [`StepDecoder`]; `on_step` sees the sequence after each new token
+/// and may end decoding there (the sequence then ends with that token).
+pub fn greedy_steps<D: StepDecoder>(dec: &mut D, cfg: &EmbedGenConfig, on_step: &mut OnStep<'_>) -> Result<EmbedGenOutput, D::Error> {
     dec.prefill()?;
     let mut seq = vec![cfg.bos_id];
     for _ in 0..cfg.max_new_tokens {
         let next = dec.greedy_token(&seq, cfg.repetition_penalty)?;
         seq.push(next);
-        on_step(&seq);
-        if next == cfg.eos_id || stopped(std::slice::from_ref(&seq), &cfg.stop_ids) || seq.len() > cfg.max_new_tokens {
+        if on_step(&seq).is_break() || next == cfg.eos_id || stopped(std::slice::from_ref(&seq), &cfg.stop_ids) || seq.len() > cfg.max_new_tokens {
             break;
         }
         dec.step(&[next])?;
@@ -257,13 +268,14 @@ impl Hypotheses {
 
 /// Beam search after `prompt` (`[1, len, hidden]`) on burn, as HF 4.33.1's `beam_search`.
 pub fn beam_search<B: Backend>(dec: &Decoder<B>, prompt: Tensor<B, 3>, cfg: &EmbedGenConfig) -> EmbedGenOutput {
-    let Ok(out) = beam_steps(&mut BurnSteps::new(dec, prompt), cfg, &mut |_| {});
+    let Ok(out) = beam_steps(&mut BurnSteps::new(dec, prompt), cfg, &mut every_step);
     out
 }
 
 /// Beam search on any [`StepDecoder`], as HF 4.33.1's `beam_search`; `on_step` sees the best
-/// running beam after each step (what the original's web demo streamed).
-pub fn beam_steps<D: StepDecoder>(dec: &mut D, cfg: &EmbedGenConfig, on_step: &mut dyn FnMut(&[u32])) -> Result<EmbedGenOutput, D::Error> {
+/// running beam after each step (what the original's web demo streamed); stopped there, the
+/// answer is that beam as it stands, with the hypotheses finished so far.
+pub fn beam_steps<D: StepDecoder>(dec: &mut D, cfg: &EmbedGenConfig, on_step: &mut OnStep<'_>) -> Result<EmbedGenOutput, D::Error> {
     let n = cfg.num_beams.max(1);
     dec.prefill()?;
     dec.reorder(&vec![0; n])?;
@@ -303,7 +315,12 @@ pub fn beam_steps<D: StepDecoder>(dec: &mut D, cfg: &EmbedGenConfig, on_step: &m
         done = done || hyps.is_done(cand[0].0, cur_len + 1);
         seqs = next.iter().map(|&(_, t, b)| seqs[b].iter().copied().chain([t]).collect()).collect();
         beam_scores = next.iter().map(|c| c.0).collect();
-        on_step(&seqs[0]);
+        if on_step(&seqs[0]).is_break() {
+            let score = beam_scores[0] / (seqs[0].len() as f32).powf(cfg.length_penalty);
+            let mut hypotheses: Vec<(Vec<u32>, f32)> = hyps.beams.into_iter().map(|(s, h)| (h, s)).collect();
+            hypotheses.sort_by(|a, b| b.1.total_cmp(&a.1));
+            return Ok(EmbedGenOutput { sequence: seqs.swap_remove(0), score, hypotheses });
+        }
         let order: Vec<usize> = next.iter().map(|c| c.2).collect();
         if done || stopped(&seqs, &cfg.stop_ids) || step + 1 == cfg.max_new_tokens {
             break;
@@ -337,6 +354,8 @@ mod tests {
     /// Every sequence's logits are the same row: EOS (id 2) the likeliest token.
     struct SameRow {
         rows: usize,
+        /// Steps run after the prefill.
+        steps: usize,
     }
 
     impl StepDecoder for SameRow {
@@ -352,14 +371,49 @@ mod tests {
             Ok(())
         }
         fn step(&mut self, _: &[u32]) -> Result<(), Self::Error> {
+            self.steps += 1;
             Ok(())
         }
+    }
+
+    /// A callback that ends decoding at its `at`-th call, keeping every sequence it saw.
+    fn stop_at(at: usize, seen: &mut Vec<Vec<u32>>) -> impl FnMut(&[u32]) -> ControlFlow<()> + '_ {
+        move |seq| {
+            seen.push(seq.to_vec());
+            if seen.len() == at { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        }
+    }
+
+    #[test]
+    fn a_callback_stop_ends_greedy_decoding_after_that_step_with_its_tokens() {
+        // EOS is out of reach: greedy repeats id 2, the likeliest, until told to stop.
+        let cfg = EmbedGenConfig { num_beams: 1, max_new_tokens: 10, repetition_penalty: 1.0, length_penalty: 1.0, bos_id: 1, eos_id: 99, stop_ids: vec![] };
+        let (mut dec, mut seen) = (SameRow { rows: 1, steps: 0 }, vec![]);
+        let out = greedy_steps(&mut dec, &cfg, &mut stop_at(3, &mut seen)).unwrap();
+        assert_eq!(out.sequence, vec![1, 2, 2, 2]);
+        assert_eq!(seen.len(), 3, "no callback after the stop");
+        assert_eq!(seen.last(), Some(&out.sequence));
+        assert_eq!(dec.steps, 2, "the stopped step's token is not run through the model");
+    }
+
+    #[test]
+    fn a_callback_stop_ends_beam_search_after_that_step_with_the_best_beam() {
+        let cfg = EmbedGenConfig { num_beams: 2, max_new_tokens: 10, repetition_penalty: 1.0, length_penalty: 1.0, bos_id: 1, eos_id: 99, stop_ids: vec![] };
+        let (mut dec, mut seen) = (SameRow { rows: 1, steps: 0 }, vec![]);
+        let out = beam_steps(&mut dec, &cfg, &mut stop_at(2, &mut seen)).unwrap();
+        assert_eq!(seen.len(), 2);
+        // The best beam as the callback saw it, no EOS written after it; id 2 twice is the best.
+        assert_eq!(out.sequence, vec![1, 2, 2]);
+        assert_eq!(seen[1], out.sequence);
+        assert_eq!(dec.steps, 1);
+        let unstopped = beam_steps(&mut SameRow { rows: 1, steps: 0 }, &cfg, &mut every_step).unwrap();
+        assert_eq!(unstopped.sequence.len(), 11, "without a stop the search runs to its budget");
     }
 
     #[test]
     fn a_hypothesis_ended_early_comes_back_with_its_eos_as_hf_finalize_writes_it() {
         let cfg = EmbedGenConfig { num_beams: 2, max_new_tokens: 5, repetition_penalty: 1.0, length_penalty: 1.0, bos_id: 1, eos_id: 2, stop_ids: vec![] };
-        let out = beam_steps(&mut SameRow { rows: 1 }, &cfg, &mut |_| {}).unwrap();
+        let out = beam_steps(&mut SameRow { rows: 1, steps: 0 }, &cfg, &mut every_step).unwrap();
         // The best hypothesis is BOS closed at once by EOS (log-prob ≈ −0.066 over length 1).
         assert_eq!(out.sequence, vec![1, 2]);
         assert_eq!(out.hypotheses[0].0, vec![1]);
@@ -371,7 +425,7 @@ mod tests {
         let cfg = EmbedGenConfig { num_beams: 1, max_new_tokens: 40, repetition_penalty: 1.0, length_penalty: 1.0, bos_id: 1, eos_id: 99, stop_ids: vec![] };
         let draw = |seed: u64| {
             let mut sampler = Sampler::new(&GenerationConfig { temperature: 1.0, seed, ..Default::default() }).unwrap();
-            greedy_steps(&mut Chosen { inner: SameRow { rows: 1 }, choice: TokenChoice::Sampled(&mut sampler) }, &cfg, &mut |_| {}).unwrap().sequence
+            greedy_steps(&mut Chosen { inner: SameRow { rows: 1, steps: 0 }, choice: TokenChoice::Sampled(&mut sampler) }, &cfg, &mut every_step).unwrap().sequence
         };
         let (a, b) = (draw(7), draw(7));
         assert_eq!(a, b, "one seed, one sequence");

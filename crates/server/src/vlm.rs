@@ -2,8 +2,7 @@
 //! conversation becomes the original's chat prompt (past user/assistant pairs as history, their
 //! images kept), decoded with one sequence (greedy, or sampled with `temperature`) and streamed.
 
-use std::any::Any;
-use std::panic::AssertUnwindSafe;
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,7 +21,7 @@ use crate::error::ApiError;
 use crate::openai::Plan;
 use crate::queue::Job;
 
-/// Why a decode was stopped from inside its step callback (unwound, then caught here).
+/// Why the step callback ended a decode.
 enum Halt {
     Cancelled,
     StopString,
@@ -45,7 +44,7 @@ fn conversation(xc: &XComposer<Flex>, plan: &Plan) -> Result<Conversation, ApiEr
             .filter(|(at, _, _)| *at == i)
             .map(|(_, param, img)| {
                 let decoded = ImageInput::pil_compatible().decode_for(&img.bytes, Path::new(param), &xc.preprocess).map_err(|e| ApiError::invalid(param.clone(), e.to_string()).code("invalid_image"))?;
-                Ok(xc.encode_pixels(xc.preprocess.apply(&decoded.rgb)))
+                xc.encode_pixels(xc.preprocess.apply(&decoded.rgb)).map_err(|e| ApiError::internal(e.to_string()))
             })
             .collect::<Result<Vec<_>, ApiError>>()?;
         match m.role.as_str() {
@@ -79,6 +78,7 @@ fn run(xc: &XComposer<Flex>, plan: &Plan, tx: &mpsc::UnboundedSender<ChatEvent>,
     let cfg = xcomposer_llm::beam::EmbedGenConfig { num_beams: 1, max_new_tokens: plan.cfg.max_new_tokens, ..xcomposer_vision::xcomposer::language::gen_config() };
     let mut emitted = String::new();
     let mut steps = 0usize;
+    let mut halt = None;
     let mut on_step = |seq: &[u32]| {
         steps = seq.len().saturating_sub(1);
         let text = answer(xc, seq);
@@ -89,27 +89,26 @@ fn run(xc: &XComposer<Flex>, plan: &Plan, tx: &mpsc::UnboundedSender<ChatEvent>,
             }
             emitted = text.to_string();
         }
-        if cancel.load(Ordering::SeqCst) {
-            std::panic::resume_unwind(Box::new(Halt::Cancelled));
-        }
-        if hit {
-            std::panic::resume_unwind(Box::new(Halt::StopString));
-        }
-    };
-    let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        if plan.cfg.temperature > 0.0 {
-            let gen_cfg = GenerationConfig { repetition_penalty: cfg.repetition_penalty, penalize_prompt: false, ..plan.cfg.clone() };
-            let mut sampler = Sampler::new(&gen_cfg).map_err(|e| e.to_string())?;
-            xc.decode_sampled(prompt, &mut sampler, &cfg, &mut on_step).map_err(|e| e.to_string())
+        halt = if cancel.load(Ordering::SeqCst) {
+            Some(Halt::Cancelled)
         } else {
-            xc.decode_streaming(prompt, &cfg, &mut on_step).map_err(|e| e.to_string())
-        }
-    }));
-    let out = match decoded {
-        Ok(Ok(out)) => out,
-        Ok(Err(e)) => return Err(Some(ApiError::internal(format!("InternLM-XComposer failed: {e}")))),
-        Err(halt) => return halted(halt, prompt_tokens, steps),
+            hit.then_some(Halt::StopString)
+        };
+        if halt.is_some() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
     };
+    let decoded = if plan.cfg.temperature > 0.0 {
+        let gen_cfg = GenerationConfig { repetition_penalty: cfg.repetition_penalty, penalize_prompt: false, ..plan.cfg.clone() };
+        let mut sampler = Sampler::new(&gen_cfg).map_err(|e| Some(ApiError::internal(format!("InternLM-XComposer failed: {e}"))))?;
+        xc.decode_sampled(prompt, &mut sampler, &cfg, &mut on_step)
+    } else {
+        xc.decode_streaming(prompt, &cfg, &mut on_step)
+    };
+    let out = decoded.map_err(|e| Some(ApiError::internal(format!("InternLM-XComposer failed: {e}"))))?;
+    match halt {
+        Some(Halt::Cancelled) => return Err(None),
+        Some(Halt::StopString) => return Ok(("stop", prompt_tokens, steps)),
+        None => {}
+    }
     let full = answer(xc, &out.sequence);
     if full.len() > emitted.len() && full.starts_with(emitted.as_str()) {
         let _ = tx.send(ChatEvent::Delta(full[emitted.len()..].to_string()));
@@ -117,16 +116,6 @@ fn run(xc: &XComposer<Flex>, plan: &Plan, tx: &mpsc::UnboundedSender<ChatEvent>,
     let n = out.new_tokens().len();
     let finish = if n >= cfg.max_new_tokens { "length" } else { "stop" };
     Ok((finish, prompt_tokens, n))
-}
-
-fn halted(halt: Box<dyn Any + Send>, prompt_tokens: usize, steps: usize) -> Outcome {
-    match halt.downcast::<Halt>() {
-        Ok(h) => match *h {
-            Halt::Cancelled => Err(None),
-            Halt::StopString => Ok(("stop", prompt_tokens, steps)),
-        },
-        Err(p) => std::panic::resume_unwind(p),
-    }
 }
 
 /// The answer text of a running sequence, as the original decodes it.

@@ -51,3 +51,57 @@ async fn images_go_to_xcomposer_and_are_refused_by_the_text_model() {
     assert_eq!(v["error"]["param"], "messages[0].content[0].image_url.url");
     assert!(v["error"]["message"].as_str().unwrap().contains("xcomposer-tiny"), "{v}");
 }
+
+async fn metric(base: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in\n{text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// Waits up to 10 s for a metric to reach `want`, then asserts it.
+async fn eventually(base: &str, name: &str, want: f64) {
+    for _ in 0..200 {
+        if metric(base, name).await == want {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(metric(base, name).await, want, "{name}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_string_and_a_gone_stream_end_xcomposer_decoding_early_and_cleanly() {
+    let panics = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = panics.clone();
+    std::panic::set_hook(Box::new(move |info| {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        eprintln!("panic: {info}");
+    }));
+    let s = common::start_with("vlm-stop", Limits::default(), None, Some(&common::fixture("xcomposer-tiny"))).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/chat/completions", s.base);
+    let ask = |max_tokens: u32, stop: Option<&str>, stream: bool| json!({"model": "xcomposer-tiny", "messages": [{"role": "user", "content": "Describe a harbour."}], "max_tokens": max_tokens, "temperature": 0, "stop": stop, "stream": stream});
+    let full: Value = client.post(&url).json(&ask(12, None, false)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(full["choices"][0]["finish_reason"], "length", "{full}");
+    let text = full["choices"][0]["message"]["content"].as_str().unwrap();
+    // A stop string from inside the answer: the answer ends before its first occurrence.
+    let stop: String = text.trim_end().chars().last().expect("some text").to_string();
+    let want = &text[..text.find(&stop).unwrap()];
+    let cut: Value = client.post(&url).json(&ask(12, Some(&stop), false)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(cut["choices"][0]["message"]["content"], want, "{cut}");
+    assert_eq!(cut["choices"][0]["finish_reason"], "stop");
+    assert!(cut["usage"]["completion_tokens"].as_u64().unwrap() <= 12);
+    // A long stream whose client leaves after its first text: the decode stops, the model is free.
+    let mut r = client.post(&url).json(&ask(1800, None, true)).send().await.unwrap();
+    let mut seen = String::new();
+    while !seen.contains("\"content\":\"") || seen.matches("data: ").count() < 3 {
+        seen.push_str(&String::from_utf8_lossy(&r.chunk().await.unwrap().expect("more events")));
+    }
+    drop(r);
+    eventually(&s.base, "xcomposer_cancelled_total", 1.0).await;
+    eventually(&s.base, "xcomposer_model_busy", 0.0).await;
+    let again: Value = client.post(&url).json(&ask(12, None, false)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(again["choices"][0]["message"]["content"], text, "the model thread answers the same after a stop");
+    let _ = std::panic::take_hook();
+    assert_eq!(panics.load(std::sync::atomic::Ordering::SeqCst), 0, "no panic on the way");
+}

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
-use xcomposer_llm::beam::{BurnSteps, Chosen, EmbedGenConfig, EmbedGenOutput, StepDecoder, TokenChoice, beam_steps, greedy_steps};
+use xcomposer_llm::beam::{BurnSteps, Chosen, EmbedGenConfig, EmbedGenOutput, OnStep, StepDecoder, TokenChoice, beam_steps, every_step, greedy_steps};
 use xcomposer_llm::generation::Sampler;
 use xcomposer_llm::decoder::KeyStyle;
 use xcomposer_llm::torch::TorchWeights;
@@ -282,18 +282,19 @@ impl<B: Backend> XComposer<B> {
 
     /// Decodes after a prompt: greedy for one beam, else beam search.
     pub fn decode(&self, prompt: Tensor<B, 3>, cfg: &EmbedGenConfig) -> Result<EmbedGenOutput, XComposerError> {
-        self.decode_streaming(prompt, cfg, &mut |_| {})
+        self.decode_streaming(prompt, cfg, &mut every_step)
     }
 
-    /// [`XComposer::decode`], `on_step` seeing the running sequence (the best beam) after each step.
-    pub fn decode_streaming(&self, prompt: Tensor<B, 3>, cfg: &EmbedGenConfig, on_step: &mut dyn FnMut(&[u32])) -> Result<EmbedGenOutput, XComposerError> {
+    /// [`XComposer::decode`], `on_step` seeing the running sequence (the best beam) after each step
+    /// and free to end decoding there.
+    pub fn decode_streaming(&self, prompt: Tensor<B, 3>, cfg: &EmbedGenConfig, on_step: &mut OnStep<'_>) -> Result<EmbedGenOutput, XComposerError> {
         self.decode_seeing(prompt, &[], cfg, on_step)
     }
 
     /// [`XComposer::decode_streaming`] with the repetition penalty also over `seen`, as HF's
     /// `generate(inputs=ids, inputs_embeds=…)` penalises the prompt's ids (the web demo's
     /// `use_inputs`); greedy only, as the demo asks it. The sequence still starts with BOS alone.
-    pub fn decode_seeing(&self, prompt: Tensor<B, 3>, seen: &[u32], cfg: &EmbedGenConfig, on_step: &mut dyn FnMut(&[u32])) -> Result<EmbedGenOutput, XComposerError> {
+    pub fn decode_seeing(&self, prompt: Tensor<B, 3>, seen: &[u32], cfg: &EmbedGenConfig, on_step: &mut OnStep<'_>) -> Result<EmbedGenOutput, XComposerError> {
         if !seen.is_empty() && cfg.num_beams > 1 {
             return Err(XComposerError::BadRequest(format!("a penalised prompt decodes greedily, as the original's use_inputs; {} beams asked", cfg.num_beams)));
         }
@@ -302,14 +303,14 @@ impl<B: Backend> XComposer<B> {
 
     /// Sampled decoding, the original's `do_sample=True` with one beam: each token drawn by
     /// `sampler` (temperature, top-p, seed; its repetition penalty over `[BOS] + generated`).
-    pub fn decode_sampled(&self, prompt: Tensor<B, 3>, sampler: &mut Sampler, cfg: &EmbedGenConfig, on_step: &mut dyn FnMut(&[u32])) -> Result<EmbedGenOutput, XComposerError> {
+    pub fn decode_sampled(&self, prompt: Tensor<B, 3>, sampler: &mut Sampler, cfg: &EmbedGenConfig, on_step: &mut OnStep<'_>) -> Result<EmbedGenOutput, XComposerError> {
         if cfg.num_beams > 1 {
             return Err(XComposerError::BadRequest(format!("sampling draws one sequence; {} beams asked (the original's beam sampling is not built)", cfg.num_beams)));
         }
         self.decode_with(prompt, Some(TokenChoice::Sampled(sampler)), cfg, on_step)
     }
 
-    fn decode_with(&self, prompt: Tensor<B, 3>, choice: Option<TokenChoice<'_>>, cfg: &EmbedGenConfig, on_step: &mut dyn FnMut(&[u32])) -> Result<EmbedGenOutput, XComposerError> {
+    fn decode_with(&self, prompt: Tensor<B, 3>, choice: Option<TokenChoice<'_>>, cfg: &EmbedGenConfig, on_step: &mut OnStep<'_>) -> Result<EmbedGenOutput, XComposerError> {
         self.check_context(prompt.dims()[1], cfg.max_new_tokens)?;
         match &self.text {
             TextDecoder::Burn(d) => {
@@ -334,7 +335,7 @@ impl<B: Backend> XComposer<B> {
 }
 
 /// A one-sequence decode with its token choice, else greedy for one beam, else beam search.
-fn run_steps<D: StepDecoder>(mut dec: D, choice: Option<TokenChoice<'_>>, cfg: &EmbedGenConfig, on_step: &mut dyn FnMut(&[u32])) -> Result<EmbedGenOutput, D::Error> {
+fn run_steps<D: StepDecoder>(mut dec: D, choice: Option<TokenChoice<'_>>, cfg: &EmbedGenConfig, on_step: &mut OnStep<'_>) -> Result<EmbedGenOutput, D::Error> {
     match choice {
         Some(choice) => greedy_steps(&mut Chosen { inner: dec, choice }, cfg, on_step),
         None if cfg.num_beams <= 1 => greedy_steps(&mut dec, cfg, on_step),
