@@ -20,7 +20,6 @@
 //! ```
 
 pub mod beam;
-pub mod capped;
 pub mod chat;
 pub mod config;
 pub mod convert;
@@ -29,18 +28,18 @@ pub mod cuda;
 pub mod decoder;
 pub mod fetch;
 pub mod generation;
-pub mod gguf;
 pub mod matvec;
 pub mod model;
 pub mod nn;
 pub mod quant;
 pub mod random_weights;
+pub mod readers;
 pub mod text_decoder;
 pub mod tokenizer;
-pub mod torch;
 pub mod weights;
 
 
+pub use readers::{capped, gguf, torch};
 pub use chat::{ChatTemplate, Message};
 pub use config::{Arch, DecoderConfig};
 pub use decoder::{Decoder, KvCache};

@@ -44,10 +44,12 @@ impl QMatrix {
         }
         let rb = Self::row_bytes(ty, cols);
         let rows: usize = parts.iter().map(|(_, o)| o.len()).sum();
-        let mut data = Vec::with_capacity(rows * rb);
+        let total = rows.checked_mul(rb).ok_or_else(|| format!("{rows} rows of {rb} bytes overflow the address space"))?;
+        let mut data = Vec::with_capacity(total);
         for (src, order) in parts {
             for &r in order {
-                let row = src.get(r * rb..(r + 1) * rb).ok_or_else(|| format!("row {r} is outside the {} bytes given", src.len()))?;
+                let range = r.checked_mul(rb).and_then(|s| Some(s..s.checked_add(rb)?));
+                let row = range.and_then(|range| src.get(range)).ok_or_else(|| format!("row {r} is outside the {} bytes given", src.len()))?;
                 data.extend_from_slice(row);
             }
         }
@@ -156,7 +158,8 @@ mod avx2 {
     unsafe fn dot_q4<const HAS_MIN: bool>(row: &[u8], x: &[f32], block_sums: &[f32]) -> f32 {
         let bb = if HAS_MIN { 20 } else { 18 };
         let nb = x.len() / 32;
-        debug_assert!(row.len() >= nb * bb && block_sums.len() >= nb);
+        // Checked once per row, outside the block loop: the reads below stay inside `row`.
+        assert!(row.len() >= nb * bb && block_sums.len() >= nb, "dot_q4: {} row bytes for {nb} blocks", row.len());
         let mask = _mm_set1_epi8(0x0F);
         let mut acc = unsafe { zero() };
         let mut offset = 0f32;
@@ -184,7 +187,7 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn dot_q8_0(row: &[u8], x: &[f32]) -> f32 {
         let nb = x.len() / 32;
-        debug_assert!(row.len() >= nb * 34);
+        assert!(row.len() >= nb * 34, "dot_q8_0: {} row bytes for {nb} blocks", row.len());
         let mut acc = unsafe { zero() };
         for b in 0..nb {
             unsafe {
@@ -206,7 +209,7 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
         let n = x.len();
-        debug_assert!(row.len() >= n * 4);
+        assert!(row.len() >= n * 4, "dot_f32: {} row bytes for {n} values", row.len());
         let (w, xp) = (row.as_ptr() as *const f32, x.as_ptr());
         let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         let mut i = 0;
@@ -233,8 +236,8 @@ mod avx2 {
     /// Dot product of one encoded row with `x`.
     ///
     /// # Safety
-    /// The CPU must have AVX2, FMA and F16C; `row` must hold the blocks of `x.len()` values and
-    /// `block_sums` the sums of `x` over each 32 values.
+    /// The CPU must have AVX2, FMA and F16C. A `row` shorter than the blocks of `x.len()` values
+    /// (or fewer `block_sums` than blocks) panics before any read.
     pub unsafe fn dot_row(ty: GgmlType, row: &[u8], x: &[f32], block_sums: &[f32]) -> f32 {
         unsafe {
             match ty {
@@ -318,6 +321,31 @@ fn lanes(w: &[f32], x: &[f32], acc: &mut [f32; 8]) {
 mod tests {
     use super::*;
     use crate::quant::dequantize;
+
+    #[test]
+    fn a_row_index_whose_byte_offset_wraps_is_refused() {
+        // F32, 2 columns: 8 bytes a row; row 2^61 starts at byte 2^64, which wrapped to row 0.
+        let src = [0u8; 16];
+        let e = QMatrix::from_rows(GgmlType::F32, 2, &[(&src, vec![1 << 61])]).unwrap_err();
+        assert!(e.contains("outside the 16 bytes"), "{e}");
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx2_kernels_refuse_a_short_row_before_reading() {
+        if !has_avx2_fma() {
+            eprintln!("no AVX2/FMA/F16C on this CPU: the kernels are not used");
+            return;
+        }
+        let x = [1f32; 64];
+        let sums = [32f32; 2];
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F32] {
+            let short = vec![0u8; QMatrix::row_bytes(ty, 64) - 1];
+            // SAFETY: the CPU has the features; the short row is what the kernel must refuse.
+            let r = std::panic::catch_unwind(|| unsafe { avx2::dot_row(ty, &short, &x, &sums) });
+            assert!(r.is_err(), "{ty:?}: a row of {} bytes for 64 values was read", short.len());
+        }
+    }
 
     /// A deterministic byte pattern with sane f16 scales where each type keeps them.
     fn block_bytes(ty: GgmlType, n_blocks: usize) -> Vec<u8> {

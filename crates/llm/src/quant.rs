@@ -116,7 +116,7 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>, Stri
     if n % bs != 0 {
         return Err(format!("{n} values is not a whole number of {ty:?} blocks of {bs}"));
     }
-    let need = n / bs * bb;
+    let need = (n / bs).checked_mul(bb).ok_or_else(|| format!("{n} {ty:?} values overflow the address space"))?;
     if bytes.len() != need {
         return Err(format!("{ty:?} data is {} bytes, expected {need} for {n} values", bytes.len()));
     }
@@ -378,6 +378,13 @@ mod tests {
     //! (bit by bit, independently of the decoders above), and checks the decoded values against
     //! `scale * code - min` computed directly from the chosen integers.
     use super::*;
+
+    #[test]
+    fn a_value_count_whose_byte_size_wraps_is_refused() {
+        // 2^62 f32 values are 2^64 bytes, which wrapped to 0 and matched an empty buffer.
+        let e = dequantize(GgmlType::F32, &[], 1 << 62).unwrap_err();
+        assert!(e.contains("overflow"), "{e}");
+    }
 
     fn h(x: f32) -> [u8; 2] {
         f16::from_f32(x).to_le_bytes()

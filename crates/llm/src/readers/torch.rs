@@ -829,20 +829,12 @@ impl TorchWeights {
         if !index.exists() {
             return Self::open_file(&dir.join("pytorch_model.bin"));
         }
-        let text = std::fs::read_to_string(&index).map_err(|e| file_err(&index, e))?;
-        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| file_err(&index, e))?;
-        let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| file_err(&index, "no \"weight_map\" object"))?;
-        let mut shards: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
-        shards.sort();
-        shards.dedup();
+        let shards = super::shard_index::ShardIndex::read(&index)?;
         let mut w = Self { files: vec![], tensors: HashMap::new(), names: vec![], name: dir.display().to_string() };
-        for s in shards {
-            if s.contains('/') || s.contains('\\') || s.starts_with('.') {
-                return Err(file_err(&index, format!("shard name {s:?} is not a plain file name")));
-            }
-            w.add_file(&dir.join(s))?;
+        for s in &shards.shards {
+            w.add_file(s)?;
         }
-        for (k, v) in map {
+        for (k, v) in &shards.weight_map {
             if !w.tensors.contains_key(k) {
                 return Err(file_err(&index, format!("lists tensor '{k}' in {v}, which does not hold it")));
             }
@@ -851,7 +843,7 @@ impl TorchWeights {
     }
 
     fn add_file(&mut self, path: &Path) -> Result<(), WeightError> {
-        let file = std::fs::File::open(path).map_err(|e| file_err(path, e))?;
+        let file = super::capped::open_regular(path)?;
         // SAFETY: the file is opened read-only and is not modified while mapped (checkpoints are
         // read-only inputs).
         let map = unsafe { Mmap::map(&file) }.map_err(|e| file_err(path, e))?;

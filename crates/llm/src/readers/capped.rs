@@ -48,23 +48,30 @@ pub fn read_to_end_capped(reader: impl Read, cap: u64) -> std::io::Result<Option
     Ok((out.len() as u64 <= cap).then_some(out))
 }
 
+/// Opens the regular file at `path` (links followed) for reading or mapping; a folder, FIFO or
+/// device is refused before it is opened (opening a FIFO would wait for a writer).
+pub fn open_regular(path: &Path) -> Result<std::fs::File, CappedReadError> {
+    let io = |source| CappedReadError::Io { path: path.to_path_buf(), source };
+    if !std::fs::metadata(path).map_err(io)?.is_file() {
+        return Err(CappedReadError::NotRegular { path: path.to_path_buf() });
+    }
+    let file = std::fs::File::open(path).map_err(io)?;
+    if !file.metadata().map_err(io)?.is_file() {
+        return Err(CappedReadError::NotRegular { path: path.to_path_buf() });
+    }
+    Ok(file)
+}
+
 /// Reads the regular file at `path` (links followed) if it holds at most `cap` bytes; its type
-/// and size are checked before it is opened, and again on the opened file.
+/// is checked before it is opened ([`open_regular`]), its size before it is read.
 pub fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>, CappedReadError> {
     let io = |source| CappedReadError::Io { path: path.to_path_buf(), source };
-    let check = |meta: std::fs::Metadata| {
-        if !meta.is_file() {
-            return Err(CappedReadError::NotRegular { path: path.to_path_buf() });
-        }
-        if meta.len() > cap {
-            return Err(CappedReadError::TooLarge { path: path.to_path_buf(), cap });
-        }
-        Ok(())
-    };
-    check(std::fs::metadata(path).map_err(io)?)?;
-    let file = std::fs::File::open(path).map_err(io)?;
-    check(file.metadata().map_err(io)?)?;
-    read_to_end_capped(file, cap).map_err(io)?.ok_or_else(|| CappedReadError::TooLarge { path: path.to_path_buf(), cap })
+    let too_large = || CappedReadError::TooLarge { path: path.to_path_buf(), cap };
+    let file = open_regular(path)?;
+    if file.metadata().map_err(io)?.len() > cap {
+        return Err(too_large());
+    }
+    read_to_end_capped(file, cap).map_err(io)?.ok_or_else(too_large)
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use crate::quant::GgmlType;
 /// Errors from reading a GGUF file.
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
-    /// The file could not be opened or mapped.
+    /// The file could not be mapped.
     #[error("{path}: {source}")]
     Io {
         /// The file.
@@ -20,6 +20,9 @@ pub enum GgufError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// The file could not be opened (missing, or not a regular file).
+    #[error(transparent)]
+    Read(#[from] super::capped::CappedReadError),
     /// The file does not start with the GGUF magic.
     #[error("not a GGUF file (magic {0:?}, expected \"GGUF\")")]
     BadMagic([u8; 4]),
@@ -341,7 +344,7 @@ impl Gguf {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, GgufError> {
         let path = path.as_ref();
         let io = |source| GgufError::Io { path: path.to_path_buf(), source };
-        let file = std::fs::File::open(path).map_err(io)?;
+        let file = super::capped::open_regular(path)?;
         // SAFETY: the map is read-only; like every mmap user we assume the file is not truncated
         // by another process while it is open.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
@@ -413,6 +416,7 @@ impl Gguf {
             raw.push((name, dims, ggml_type, offset));
         }
 
+        // No overflow: `pos` is at most the file length and `alignment` at most 2^20.
         let data_start = c.pos.div_ceil(alignment) * alignment;
         let mut tensors = Vec::with_capacity(raw.len());
         for (name, dims, ggml_type, offset) in raw {
@@ -513,6 +517,19 @@ impl Gguf {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn a_fifo_is_refused_without_waiting_for_a_writer() {
+        let dir = std::env::temp_dir().join(format!("xcomposer-gguf-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("model.gguf");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success());
+        assert!(made, "mkfifo failed");
+        // Before: File::open blocked here until something wrote to the FIFO.
+        let e = Gguf::open(&fifo).unwrap_err().to_string();
+        assert!(e.contains("model.gguf: not a regular file"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     /// Builds a GGUF v3 file in memory: one metadata entry per (key, tag, payload), then tensors.
     pub(crate) struct Builder {
