@@ -11,6 +11,7 @@ mod bench_xcomposer;
 mod chat;
 mod clip;
 mod compose;
+mod eval;
 mod generate;
 mod library;
 mod models;
@@ -55,6 +56,8 @@ enum Command {
     },
     /// Serve the models over HTTP: an OpenAI-compatible API and the web app.
     Serve(serve::ServeArgs),
+    /// Run a benchmark (MME, MMBench, CCBench, SEED-Bench) as the original's evaluation code, scored locally.
+    Eval(eval::EvalArgs),
     /// Benchmarks that print a table.
     Bench {
         #[command(subcommand)]
@@ -80,6 +83,7 @@ fn main() {
         Command::Clip { command } => clip::run(command),
         Command::Models { command } => models::run(command),
         Command::Serve(args) => serve::run(args),
+        Command::Eval(args) => eval::run(args),
         Command::Bench { command } => bench::run(command),
     };
     if let Err(e) = result {
