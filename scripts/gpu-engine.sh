@@ -21,6 +21,11 @@
 #                first only), no anchors; then PART=edit.
 #   PART=edit:   an article composed with --xcomposer on the GPU (f16, CLIP alone from $DIR/clip-tiny,
 #                the carried library), then `edit recaption 0` and `edit add 1` on it, on the GPU too.
+#   PART=encoder: the image encoders on the CUDA encoder runtime: their tests against the
+#                reference outputs of xcomposer-tiny and clip-tiny (f32 and f16), the xcomposer-tiny
+#                fixture on --device cuda (its image now encoded there), then `bench clip` on a
+#                random CLIP ViT-L/14 beside PyTorch (f16, batches 1, 32, 128) and `bench xcomposer`
+#                on the random 7B (image encode beside PyTorch; ENCODER_7B=0 skips it).
 #   PART=smollm2: `bench engine --shape smollm2` (the default text model's shape, random weights)
 #                beside llama-bench on a random f16 GGUF of that shape (scripts/write_random_gguf.py).
 set -uo pipefail
@@ -31,7 +36,7 @@ W=/tmp/xc-engine
 mkdir -p "$OUT" "$W"
 export CUDA_PATH=${CUDA_PATH:-/usr/local/cuda} LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-/usr/local/cuda/lib64}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-for b in xcomposer cuda_engine; do
+for b in xcomposer cuda_engine cuda_visual cuda_clip; do
   [ -f "$DIR/$b.xz" ] && xz -dc "$DIR/$b.xz" > "$W/$b" && chmod +x "$W/$b"
 done
 [ -d "$W/xcomposer-tiny" ] || [ ! -f "$DIR/xcomposer-tiny.tar.xz" ] || tar xJf "$DIR/xcomposer-tiny.tar.xz" -C "$W"
@@ -59,6 +64,7 @@ if [ "$PART" = check ] || [ "$PART" = all ]; then
 fi
 [ "$PART" = check ] && exit 0
 
+
 M=/tmp/xcomposer-7b-random
 random_7b() {
   [ -f "$M/config.json" ] || python3 scripts/make_xcomposer_random.py "$M" "$TOKENIZER" > "$OUT/make7b.log" 2>&1
@@ -71,6 +77,27 @@ library_models() {
   export XCOMPOSER_MODELS="$W/models"
   rm -rf "$XCOMPOSER_MODELS/library" && mkdir -p "$XCOMPOSER_MODELS" && cp -r "$DIR/library" "$XCOMPOSER_MODELS/library"
 }
+if [ "$PART" = encoder ]; then
+  echo "== encoder tests (CUDA encoder runtime vs the reference outputs)"
+  mkdir -p "$W/shared/fixtures" && ln -sfn "$W/xcomposer-tiny" "$W/shared/fixtures/xcomposer-tiny" && ln -sfn "$(realpath "$DIR/clip-tiny")" "$W/shared/fixtures/clip-tiny"
+  for t in cuda_visual cuda_clip; do
+    XCOMPOSER_SHARED="$W/shared" "$W/$t" --test-threads 1 --nocapture 2>&1 | tee "$OUT/$t.log" | grep -E "max-abs|test result|panicked|FAILED" | tail -8
+  done
+  echo "== xcomposer-tiny fixture on --device cuda (image encoded on the GPU)"
+  mkdir -p "$W/dev" && ln -sfn "$W/xcomposer-tiny" "$W/dev/xcomposer-tiny" && ln -sfn "$(realpath "$DIR/images")" "$W/dev/images" && cp "$BIN" "$W/dev/xcomposer"
+  OUT="$OUT" bash scripts/gpu-xcomposer.sh "$W/dev" fixture 2>&1 | grep "^xcomposer-tiny"
+  echo "== bench clip, random ViT-L/14, f16"
+  [ -f /tmp/clip-L14/config.json ] || python3 scripts/bench_clip_torch.py make L/14 /tmp/clip-L14 > "$OUT/clip-make.log" 2>&1
+  "$BIN" bench clip --model /tmp/clip-L14 --device cuda --dtype f16 --batches 1,32,128 --runs 10 --torch 2> "$OUT/bench-clip.err" | tee "$OUT/bench-clip.md"
+  tail -2 "$OUT/bench-clip.err"
+  if [ "${ENCODER_7B:-1}" = 1 ]; then
+    random_7b
+    echo "== bench xcomposer, random 7B, f16 (image encode on the CUDA encoder)"
+    "$BIN" bench xcomposer --model "$M" --device cuda --dtype f16 --torch --runs 10 --new-tokens 32 2> "$OUT/bench.err" | tee "$OUT/bench-xcomposer.md"
+    tail -3 "$OUT/bench.err"
+  fi
+  exit 0
+fi
 if [ "$PART" = load ]; then
   random_7b
   export XCOMPOSER_KERNELS="$W/kernels" && rm -rf "$XCOMPOSER_KERNELS"

@@ -35,7 +35,26 @@ pub struct ClipBenchArgs {
     anchor: TorchAnchor,
 }
 
-/// Images/s at each batch size.
+/// Images/s at each batch size: `call(b)` encodes a batch of `b` (3 warm-up calls, then the
+/// median of `runs`).
+fn images_per_s(batches: &[usize], runs: usize, mut call: impl FnMut(usize) -> Result<()>) -> Result<Vec<f64>> {
+    let mut out = vec![];
+    for &b in batches {
+        for _ in 0..3 {
+            call(b)?;
+        }
+        let mut times = vec![];
+        for _ in 0..runs {
+            let t = Instant::now();
+            call(b)?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        out.push(b as f64 / median(times));
+    }
+    Ok(out)
+}
+
+/// Images/s of burn's tower at each batch size.
 fn time_vision<B: Backend>(args: &ClipBenchArgs, device: &B::Device) -> Result<Vec<f64>> {
     args.run_on.refuse_quant("`bench clip`")?;
     set_float_dtype::<B>(device, args.run_on.dtype)?;
@@ -43,23 +62,30 @@ fn time_vision<B: Backend>(args: &ClipBenchArgs, device: &B::Device) -> Result<V
     let clip = Clip::<B>::load(&args.model, device).with_context(|| format!("loading {}", args.model.display()))?;
     eprintln!("[bench] loaded {} in {:.1} s", args.model.display(), t.elapsed().as_secs_f64());
     let s = clip.config.vision.image_size;
-    let mut out = vec![];
-    for &b in &args.batches {
-        let x = Tensor::<B, 4>::random([b, 3, s, s], Distribution::Normal(0.0, 1.0), device);
-        let call = || clip.image_features(x.clone()).into_data();
-        for _ in 0..3 {
-            call();
-        }
-        let times: Vec<f64> = (0..args.runs)
-            .map(|_| {
-                let t = Instant::now();
-                call();
-                t.elapsed().as_secs_f64()
-            })
-            .collect();
-        out.push(b as f64 / median(times));
-    }
-    Ok(out)
+    let inputs: Vec<Tensor<B, 4>> = args.batches.iter().map(|&b| Tensor::random([b, 3, s, s], Distribution::Normal(0.0, 1.0), device)).collect();
+    images_per_s(&args.batches, args.runs, |b| {
+        let i = args.batches.iter().position(|&x| x == b).expect("a listed batch");
+        clip.image_features(inputs[i].clone()).into_data();
+        Ok(())
+    })
+}
+
+/// Images/s of the tower on the CUDA encoder runtime (pixels uploaded from the host in each call).
+#[cfg(feature = "cuda")]
+fn time_encoder(args: &ClipBenchArgs) -> Result<Vec<f64>> {
+    use xcomposer_llm::cuda::EngineDtype;
+    args.run_on.refuse_quant("`bench clip`")?;
+    let dtype = if args.run_on.dtype == crate::backend::DtypeArg::F16 { EngineDtype::F16 } else { EngineDtype::F32 };
+    let t = Instant::now();
+    let mut clip = xcomposer_retrieval::clip_cuda::CudaClipVision::load(&args.model, dtype).with_context(|| format!("loading {}", args.model.display()))?;
+    eprintln!("[bench] loaded {} onto the CUDA encoder in {:.1} s", args.model.display(), t.elapsed().as_secs_f64());
+    let s = clip.config.vision.image_size;
+    let max = args.batches.iter().copied().max().unwrap_or(1);
+    let pixels: Vec<f32> = (0..max * 3 * s * s).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+    images_per_s(&args.batches, args.runs, |b| {
+        clip.image_features(&pixels[..b * 3 * s * s], b)?;
+        Ok(())
+    })
 }
 
 /// Runs the benchmark.
@@ -73,7 +99,10 @@ pub fn run(args: ClipBenchArgs) -> Result<()> {
         DeviceArg::Cpu => rows.push(("xcomposer (burn-flex)".into(), dtype.into(), time_vision::<burn::backend::Flex>(&args, &Default::default())?)),
         DeviceArg::Cuda => {
             #[cfg(feature = "cuda")]
-            rows.push(("xcomposer (burn-cuda)".into(), dtype.into(), time_vision::<burn::backend::Cuda>(&args, &Default::default())?));
+            match args.run_on.engine {
+                crate::backend::EngineArg::Fused => rows.push(("xcomposer (CUDA encoder)".into(), dtype.into(), time_encoder(&args)?)),
+                crate::backend::EngineArg::Burn => rows.push(("xcomposer (burn-cuda)".into(), dtype.into(), time_vision::<burn::backend::Cuda>(&args, &Default::default())?)),
+            }
             #[cfg(not(feature = "cuda"))]
             bail!("this xcomposer was built without CUDA; rebuild with `cargo build --release --features cuda`");
         }

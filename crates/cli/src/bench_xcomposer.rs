@@ -111,12 +111,12 @@ fn measure<B: Backend>(args: &XComposerBenchArgs, device: &B::Device) -> Result<
     let load_detail = load_detail(&model);
     eprintln!("[bench] loaded in {load_s:.1} s ({load_detail}), peak resident memory {rss_mib:.0} MiB");
     let s = model.visual.config.img_size;
-    let pixels = Tensor::<B, 4>::random([1, 3, s, s], Distribution::Normal(0.0, 1.0), device);
+    let pixels: Vec<f32> = Tensor::<B, 4>::random([1, 3, s, s], Distribution::Normal(0.0, 1.0), device).into_data().convert::<f32>().into_vec().expect("f32 pixels");
     let encode_s = timed(args.runs.max(10), || {
-        let _ = model.visual.forward(pixels.clone()).into_data();
+        let _ = model.encode_pixels(pixels.clone())?.into_data();
         Ok(())
     })?;
-    let image = model.visual.forward(pixels.clone());
+    let image = model.encode_pixels(pixels.clone())?;
     let prompt = model.generate_prompt("Describe this image in detail.", std::slice::from_ref(&image))?;
     let prompt_len = prompt.dims()[1];
     let hidden = model.text.config().hidden_size;

@@ -34,7 +34,7 @@ fn prompts_activations_and_generations_match_the_original() {
     for case in ["coffee", "chelsea"] {
         let c = &expected["cases"][case];
         // Pixels → image embeddings, from the reference pixels and from the image file.
-        let image = model.encode_pixels(get(&format!("{case}.pixel_values")));
+        let image = model.encode_pixels(get(&format!("{case}.pixel_values"))).unwrap();
         let ours = model.pixels(&dir.join("..").join("images").join(c["image"].as_str().unwrap().rsplit('/').next().unwrap())).unwrap();
         let px_err = max_abs(&ours, &get(&format!("{case}.pixel_values")));
         assert!(px_err <= 0.02, "{case}: pixel_values max-abs {px_err}");
@@ -300,7 +300,7 @@ fn the_article_can_be_sampled_as_the_demos_random_sample_box_asks() {
     let prompt = Prompt { user: "根据给定标题写一个图文并茂，不重复的文章：长城".into(), prefix: String::new() };
     let ask = |sampling: Sampling| {
         let req = Request { prompt: &prompt, max_new_tokens: 16, sampling, stop: vec![], max_lines: 0, prompt_as_inputs: false };
-        text.answer(&req, &mut |_| {}).map(|a| a.output.sequence)
+        text.answer(&req, &mut |_| std::ops::ControlFlow::Continue(())).map(|a| a.output.sequence)
     };
     let sampled = |seed: u64| Sampling { temperature: 1.0, top_p: 1.0, repetition_penalty: 5.0, seed, beams: 1 };
     let greedy = ask(Sampling::greedy(5.0)).unwrap();

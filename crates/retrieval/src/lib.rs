@@ -11,6 +11,8 @@
 
 pub mod bert;
 pub mod clip;
+#[cfg(feature = "cuda")]
+pub mod clip_cuda;
 pub mod clip_scorer;
 pub mod clip_tokenizer;
 pub mod embedder;

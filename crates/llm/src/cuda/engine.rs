@@ -66,7 +66,7 @@ pub enum EngineDtype {
 }
 
 impl EngineDtype {
-    fn bytes(self) -> usize {
+    pub(super) fn bytes(self) -> usize {
         match self {
             EngineDtype::F16 => 2,
             EngineDtype::F32 => 4,
@@ -81,7 +81,7 @@ impl EngineDtype {
         }
     }
 
-    fn suffix(self) -> &'static str {
+    pub(super) fn suffix(self) -> &'static str {
         match self {
             EngineDtype::F16 => "h",
             EngineDtype::F32 => "f",
@@ -1126,10 +1126,7 @@ impl WeightLoader<'_> {
         if let Some(ty) = self.quant {
             return HostMatrix::quantize(&all, cols, ty);
         }
-        Ok(match self.dtype {
-            EngineDtype::F32 => HostMatrix::F32(all),
-            EngineDtype::F16 => HostMatrix::F16(all.par_iter().map(|&x| half::f16::from_f32(x).to_bits()).collect()),
-        })
+        Ok(self.dtype.host_matrix(all))
     }
 
     /// f32 vectors stacked, on the host.

@@ -13,8 +13,9 @@ use sha2::{Digest, Sha256};
 
 use super::{CudaError, MAX_SEQS};
 
-/// The kernel source (see its header for the conventions).
-pub const SOURCE: &str = include_str!("kernels.cu");
+/// The kernel source (see its header for the conventions): the decoder's kernels, then the
+/// encoders'.
+pub const SOURCE: &str = concat!(include_str!("kernels.cu"), include_str!("encoder.cu"));
 
 /// A device allocation kept alive with its address (the engine launches with raw addresses, so
 /// a launch costs one driver call and nothing else).
@@ -107,6 +108,13 @@ fn load_program(ctx: &Arc<CudaContext>, arch: &'static str, options: Vec<String>
     entry_points(ctx, Ptx::from_src(src))
 }
 
+/// NVRTC's name of the context's architecture (`sm_90`), kept for the process (NVRTC's options
+/// borrow it).
+fn device_arch(ctx: &Arc<CudaContext>) -> Result<&'static str, CudaError> {
+    let (major, minor) = ctx.compute_capability()?;
+    Ok(Box::leak(format!("sm_{major}{minor}").into_boxed_str()))
+}
+
 /// Loads a PTX module and every `.entry` in it.
 fn entry_points(ctx: &Arc<CudaContext>, ptx: Ptx) -> Result<Vec<(String, CudaFunction)>, CudaError> {
     let names: Vec<String> = ptx.to_src().lines().filter_map(|l| l.trim().strip_prefix(".visible .entry ").map(|n| n.trim_end_matches('(').to_string())).collect();
@@ -125,8 +133,7 @@ impl Kernels {
     /// of each row count and one for the rest, in parallel) and loads every entry point. A
     /// program compiled before by the same NVRTC for the same driver comes from [`ptx_cache_dir`].
     pub fn compile(ctx: &Arc<CudaContext>, stream: Arc<CudaStream>) -> Result<Self, CudaError> {
-        let (major, minor) = ctx.compute_capability()?;
-        let arch: &'static str = Box::leak(format!("sm_{major}{minor}").into_boxed_str());
+        let arch = device_arch(ctx)?;
         let defines: Vec<Option<usize>> = std::iter::once(None).chain((1..=MAX_SEQS).map(Some)).collect();
         let modules: Vec<Result<Vec<(String, CudaFunction)>, CudaError>> = std::thread::scope(|scope| {
             let jobs: Vec<_> = defines
@@ -145,6 +152,14 @@ impl Kernels {
         for module in modules {
             funcs.extend(module?);
         }
+        Ok(Kernels { funcs, stream })
+    }
+
+    /// The program without the matrix-vector kernels (everything the encoders use), compiled or
+    /// read from [`ptx_cache_dir`].
+    pub fn compile_base(ctx: &Arc<CudaContext>, stream: Arc<CudaStream>) -> Result<Self, CudaError> {
+        let arch = device_arch(ctx)?;
+        let funcs = load_program(ctx, arch, vec!["--std=c++17".to_string()])?.into_iter().collect();
         Ok(Kernels { funcs, stream })
     }
 

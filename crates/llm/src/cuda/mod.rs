@@ -15,13 +15,16 @@
 //! block's dot product is integer dp4a instructions; prefill expands weight slices to f16 for
 //! cuBLAS.
 //!
-//! burn keeps everything else (the image encoder, the CPU path).
+//! The image encoders run on [`encoder`]: cuBLAS products between a few fused kernels.
+//! burn keeps everything else (the CPU path).
 
+pub mod encoder;
 mod engine;
 mod kernels;
 mod matrix;
 
 pub use engine::{CudaDecoder, EngineDtype, EngineLoadTimes, EngineOptions, MAX_SEQS, TOPK_MAX};
+pub use kernels::Buf;
 pub use matrix::WeightQuant;
 
 use crate::beam::StepDecoder;

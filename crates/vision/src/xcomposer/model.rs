@@ -14,14 +14,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 use xcomposer_llm::beam::{BurnSteps, Chosen, EmbedGenConfig, EmbedGenOutput, OnStep, StepDecoder, TokenChoice, beam_steps, every_step, greedy_steps};
 use xcomposer_llm::generation::Sampler;
 use xcomposer_llm::decoder::KeyStyle;
 use xcomposer_llm::torch::TorchWeights;
 use super::language::{InternLmTokenizer, LoraMerged};
 use xcomposer_llm::DecoderConfig;
-use super::visual::{VisualConfig, XComposerVisual};
+use super::image_encoder::ImageEncoder;
+use super::visual::VisualConfig;
 use crate::{ImageInput, Preprocess};
 
 /// The original's meta instruction (it ends with "conversation\n").
@@ -83,8 +84,8 @@ fn engine_error(e: xcomposer_llm::cuda::CudaError) -> XComposerError {
 
 /// The loaded model.
 pub struct XComposer<B: Backend> {
-    /// The image encoder.
-    pub visual: XComposerVisual<B>,
+    /// The image encoder (on burn, or beside the fused engine on the GPU).
+    pub visual: ImageEncoder<B>,
     /// The language model.
     pub text: TextDecoder<B>,
     /// The device of the image encoder and of the prompt embeddings.
@@ -103,7 +104,7 @@ pub struct XComposer<B: Backend> {
 /// side by side, so `total` is about the larger of the two, not their sum.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LoadTimes {
-    /// The image encoder (EVA-ViT-g, the perceive sampler, the projection) onto burn's device.
+    /// The image encoder (EVA-ViT-g, the perceive sampler, the projection) onto its device.
     pub visual: Duration,
     /// The language model, LoRA merged (on the engine: kernels compiled beside the weights).
     pub text: Duration,
@@ -141,7 +142,7 @@ impl<B: Backend> XComposer<B> {
         let (visual, text) = std::thread::scope(|scope| {
             let visual = scope.spawn(|| {
                 let t = Instant::now();
-                XComposerVisual::load(&src, &visual_cfg, device).map(|v| (v, t.elapsed())).map_err(|e| XComposerError::Load(e.to_string()))
+                ImageEncoder::load(&src, &visual_cfg, device, engine).map(|v| (v, t.elapsed()))
             });
             let t = Instant::now();
             let text = TextDecoder::load(llm_cfg, &llm_src, KeyStyle::HuggingFace, device, engine).map(|d| (d, t.elapsed())).map_err(|e| XComposerError::Load(e.to_string()));
@@ -161,16 +162,15 @@ impl<B: Backend> XComposer<B> {
         Ok(self.preprocess.apply(&img.rgb))
     }
 
-    /// An image's LLM embeddings `[1, tokens, hidden]` from its preprocessed pixels.
-    pub fn encode_pixels(&self, pixels: Vec<f32>) -> Tensor<B, 3> {
-        let s = self.visual.config.img_size;
-        let x = Tensor::<B, 4>::from_data(TensorData::new(pixels, [1, 3, s, s]), &self.device);
-        self.visual.forward(x)
+    /// The LLM embeddings `[n, tokens, hidden]` of `n` images' preprocessed pixels, encoded
+    /// in one batch.
+    pub fn encode_pixels(&self, pixels: Vec<f32>) -> Result<Tensor<B, 3>, XComposerError> {
+        self.visual.encode(pixels, &self.device)
     }
 
-    /// An image file's LLM embeddings.
+    /// An image file's LLM embeddings, `[1, tokens, hidden]`.
     pub fn encode_image(&self, path: &Path) -> Result<Tensor<B, 3>, XComposerError> {
-        Ok(self.encode_pixels(self.pixels(path)?))
+        self.encode_pixels(self.pixels(path)?)
     }
 
     /// The prompt embeddings of the pieces, concatenated: `[1, len, hidden]`.
@@ -250,7 +250,7 @@ impl<B: Backend> XComposer<B> {
             TextDecoder::Cuda(e) => {
                 let mut e = lock(e);
                 let rows = e.embed_ids(ids).map_err(engine_error)?;
-                Ok(Tensor::from_data(TensorData::new(rows, [1, ids.len(), e.config.hidden_size]), &self.device))
+                Ok(Tensor::from_data(burn::tensor::TensorData::new(rows, [1, ids.len(), e.config.hidden_size]), &self.device))
             }
         }
     }
