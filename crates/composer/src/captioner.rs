@@ -3,6 +3,7 @@
 //! answer at the closing quote ([`cut_caption`]); an empty answer falls back to the paragraph
 //! ([`caption_from_paragraph`]).
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use serde_json::json;
@@ -134,7 +135,7 @@ impl LlmCaptioner {
         let prompt = self.prompts.get(language).render("caption", json!({"article": article, "past": past, "line": after, "paragraph": paragraph, "insert": insert}))?;
         let max_new_tokens = if insert { crate::xcomposer_text::budget::INSERT_CAPTION } else { self.max_new_tokens };
         let req = Request { prompt: &prompt, max_new_tokens, sampling, stop: self.stop(), max_lines: 0, prompt_as_inputs: insert };
-        let out = self.model.complete(&req, &mut |_| {}).map_err(|reason| ComposeError::Model { stage: "captioner", reason })?;
+        let out = self.model.complete(&req, &mut |_| ControlFlow::Continue(())).map_err(|reason| ComposeError::Model { stage: "captioner", reason })?;
         let caption = match self.style {
             CaptionStyle::Cleaned => cut_caption(&out.text),
             CaptionStyle::Original => cut_caption_as_original(&out.text),

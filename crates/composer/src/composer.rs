@@ -1,6 +1,7 @@
 //! [`Composer`]: holds one component per stage and runs them in order, instruction → [`Article`].
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -60,6 +61,17 @@ pub enum Event<'a> {
         /// What it decided.
         summary: String,
     },
+}
+
+/// An event callback that may stop the composition: `ControlFlow::Break(())` ends it.
+pub type OnEvent<'a> = dyn FnMut(Event<'_>) -> ControlFlow<()> + Send + 'a;
+
+/// Reports `event`; [`ComposeError::Cancelled`] when the callback answers `Break`.
+fn emit(on_event: &mut OnEvent<'_>, event: Event<'_>) -> Result<(), ComposeError> {
+    match on_event(event) {
+        ControlFlow::Continue(()) => Ok(()),
+        ControlFlow::Break(()) => Err(ComposeError::Cancelled),
+    }
 }
 
 /// What to compose.
@@ -144,6 +156,15 @@ impl Composer {
 
     /// Runs the pipeline, reporting progress through `on_event`.
     pub fn compose(&self, req: &ComposeRequest, on_event: &mut (dyn FnMut(Event) + Send)) -> Result<Article, ComposeError> {
+        self.compose_stoppable(req, &mut |e| {
+            on_event(e);
+            ControlFlow::Continue(())
+        })
+    }
+
+    /// [`Composer::compose`] whose `on_event` may answer `Break` to stop it, at the next stage or
+    /// inside the writer's generation: the answer is then [`ComposeError::Cancelled`].
+    pub fn compose_stoppable(&self, req: &ComposeRequest, on_event: &mut OnEvent<'_>) -> Result<Article, ComposeError> {
         if req.instruction.trim().is_empty() {
             return Err(ComposeError::BadRequest("the instruction is empty".into()));
         }
@@ -153,13 +174,13 @@ impl Composer {
         let language = req.language.unwrap_or_else(|| Language::detect(&req.instruction));
         let mut timings = Vec::new();
 
-        on_event(Event::Started(Stage::Write));
+        emit(on_event, Event::Started(Stage::Write))?;
         let t = Instant::now();
         let wreq = WriteRequest { instruction: &req.instruction, language, max_new_tokens: req.max_new_tokens, max_paragraphs: req.max_paragraphs, seed: req.seed };
         let written = self.writer.write(&wreq, &mut |piece| on_event(Event::Text(piece)))?;
         let secs = t.elapsed().as_secs_f64();
         timings.push(StageTiming { stage: Stage::Write.name().into(), seconds: secs, new_tokens: Some(written.new_tokens) });
-        on_event(Event::Finished { stage: Stage::Write, seconds: secs, summary: format!("{:?}, {} paragraphs", written.title, written.paragraphs.len()) });
+        emit(on_event, Event::Finished { stage: Stage::Write, seconds: secs, summary: format!("{:?}, {} paragraphs", written.title, written.paragraphs.len()) })?;
 
         let mut article = Article {
             format: ARTICLE_FORMAT.into(),
@@ -183,17 +204,17 @@ impl Composer {
     }
 
     /// Spots, captions, retrieves and selects all images of `article` anew (its text kept).
-    pub fn illustrate(&self, article: &mut Article, count: Option<usize>, on_event: &mut (dyn FnMut(Event) + Send)) -> Result<(), ComposeError> {
+    pub fn illustrate(&self, article: &mut Article, count: Option<usize>, on_event: &mut OnEvent<'_>) -> Result<(), ComposeError> {
         article.timings.retain(|t| t.stage == Stage::Write.name());
-        on_event(Event::Started(Stage::Spot));
+        emit(on_event, Event::Started(Stage::Spot))?;
         let t = Instant::now();
         let spots = self.spotter.spot(&article.paragraphs, count, article.language)?;
         let secs = t.elapsed().as_secs_f64();
         article.timings.push(StageTiming { stage: Stage::Spot.name().into(), seconds: secs, new_tokens: None });
-        on_event(Event::Finished { stage: Stage::Spot, seconds: secs, summary: format!("after paragraphs {:?} ({})", spots.after, spots.provenance.detail) });
+        emit(on_event, Event::Finished { stage: Stage::Spot, seconds: secs, summary: format!("after paragraphs {:?} ({})", spots.after, spots.provenance.detail) })?;
         article.spotting = spots.provenance;
 
-        on_event(Event::Started(Stage::Caption));
+        emit(on_event, Event::Started(Stage::Caption))?;
         let t = Instant::now();
         let mut captions: Vec<(usize, String, Provenance)> = Vec::new();
         for &after in &spots.after {
@@ -203,7 +224,7 @@ impl Composer {
         }
         let secs = t.elapsed().as_secs_f64();
         article.timings.push(StageTiming { stage: Stage::Caption.name().into(), seconds: secs, new_tokens: None });
-        on_event(Event::Finished { stage: Stage::Caption, seconds: secs, summary: captions.iter().map(|c| format!("{:?}", c.1)).collect::<Vec<_>>().join(", ") });
+        emit(on_event, Event::Finished { stage: Stage::Caption, seconds: secs, summary: captions.iter().map(|c| format!("{:?}", c.1)).collect::<Vec<_>>().join(", ") })?;
 
         article.images = captions
             .into_iter()
@@ -218,17 +239,17 @@ impl Composer {
             })
             .collect();
         let (mut t_retrieve, mut t_select) = (0.0, 0.0);
-        on_event(Event::Started(Stage::Retrieve));
+        emit(on_event, Event::Started(Stage::Retrieve))?;
         for i in 0..article.images.len() {
             let (r, s) = self.fill_slot(article, i)?;
             t_retrieve += r;
             t_select += s;
         }
         article.timings.push(StageTiming { stage: Stage::Retrieve.name().into(), seconds: t_retrieve, new_tokens: None });
-        on_event(Event::Finished { stage: Stage::Retrieve, seconds: t_retrieve, summary: format!("{} candidates per slot", article.settings.candidates) });
+        emit(on_event, Event::Finished { stage: Stage::Retrieve, seconds: t_retrieve, summary: format!("{} candidates per slot", article.settings.candidates) })?;
         article.timings.push(StageTiming { stage: Stage::Select.name().into(), seconds: t_select, new_tokens: None });
         let chosen: Vec<String> = article.images.iter().filter_map(|s| s.image()).map(|c| c.path.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect();
-        on_event(Event::Finished { stage: Stage::Select, seconds: t_select, summary: chosen.join(", ") });
+        emit(on_event, Event::Finished { stage: Stage::Select, seconds: t_select, summary: chosen.join(", ") })?;
         Ok(())
     }
 

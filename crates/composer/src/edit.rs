@@ -136,7 +136,7 @@ impl Composer {
                 if *count == 0 {
                     return Err(ComposeError::BadRequest("insert needs a count of at least 1 (delete removes images)".into()));
                 }
-                self.illustrate(article, Some(*count), &mut |_| {})?;
+                self.illustrate(article, Some(*count), &mut |_| std::ops::ControlFlow::Continue(()))?;
                 article.settings.images = Some(*count);
                 format!("placed {} images anew", article.images.len())
             }

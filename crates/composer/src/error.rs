@@ -5,6 +5,9 @@ use std::path::PathBuf;
 /// Everything that can go wrong while composing, editing or rendering an article.
 #[derive(Debug, thiserror::Error)]
 pub enum ComposeError {
+    /// The caller's event callback asked to stop (between stages or while writing).
+    #[error("stopped by the caller")]
+    Cancelled,
     /// A prompt template file is malformed or lacks a stage.
     #[error("{file}: {reason}")]
     Prompts {

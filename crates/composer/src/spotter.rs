@@ -3,6 +3,7 @@
 //! answer robustly ([`parse_spots`]) and falls back to [`spread_spots`] when the answer is
 //! unusable.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use serde_json::json;
@@ -238,7 +239,7 @@ impl ImageSpotter for LlmSpotter {
         let count_text = count.map(|c| c.min(paragraphs.len()).to_string()).unwrap_or_default();
         let prompt = self.prompts.get(language).render("spot", json!({"article": marked_lines(paragraphs), "count": count_text}))?;
         let req = Request { prompt: &prompt, max_new_tokens: self.max_new_tokens, sampling: Sampling { beams: self.beams, ..Sampling::greedy(1.0) }, stop: vec![], max_lines: 0, prompt_as_inputs: false };
-        let out = self.model.complete(&req, &mut |_| {}).map_err(|reason| ComposeError::Model { stage: "spotter", reason })?;
+        let out = self.model.complete(&req, &mut |_| ControlFlow::Continue(())).map_err(|reason| ComposeError::Model { stage: "spotter", reason })?;
         Ok(spots_from_answer(&out.text, paragraphs, count))
     }
 }

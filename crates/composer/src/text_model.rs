@@ -1,6 +1,9 @@
 //! The language model as the composer's stages see it: a prompt (user turn + answer prefix) in,
 //! text out, streamed. [`ChatLanguageModel`] adapts an `xcomposer_llm::LanguageModel`.
 
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 use xcomposer_llm::{GenerationConfig, LanguageModel, Message, StopReason};
@@ -84,8 +87,9 @@ impl Completion {
 pub trait TextModel: Send + Sync {
     /// What the model is (shown in the article's provenance).
     fn id(&self) -> String;
-    /// Answers `req`, calling `on_text` with each piece of new text.
-    fn complete(&self, req: &Request, on_text: &mut (dyn FnMut(&str) + Send)) -> Result<Completion, String>;
+    /// Answers `req`, calling `on_text` with each piece of new text; a `Break` from it ends the
+    /// generation (the answer is then an error or cut short: the caller that stopped it knows).
+    fn complete(&self, req: &Request, on_text: &mut (dyn FnMut(&str) -> ControlFlow<()> + Send)) -> Result<Completion, String>;
 }
 
 /// How a prompt becomes the model's input text.
@@ -133,7 +137,7 @@ where
         self.model.path.file_name().map_or_else(|| self.model.path.display().to_string(), |n| n.to_string_lossy().into_owned())
     }
 
-    fn complete(&self, req: &Request, on_text: &mut (dyn FnMut(&str) + Send)) -> Result<Completion, String> {
+    fn complete(&self, req: &Request, on_text: &mut (dyn FnMut(&str) -> ControlFlow<()> + Send)) -> Result<Completion, String> {
         if req.sampling.beams > 1 {
             return Err(format!("{} decodes one sequence; {} beams need the InternLM-XComposer model", self.id(), req.sampling.beams));
         }
@@ -156,7 +160,13 @@ where
             ..Default::default()
         };
         // On a rayon worker, so that each token's parallel products start inside the pool.
-        let out = rayon::scope(|_| self.model.generate(&ids, &cfg, on_text)).map_err(|e| e.to_string())?;
+        let stop = AtomicBool::new(false);
+        let mut show = |t: &str| {
+            if on_text(t).is_break() {
+                stop.store(true, Ordering::Relaxed);
+            }
+        };
+        let out = rayon::scope(|_| self.model.generate_cancellable(&ids, &cfg, &mut show, &stop)).map_err(|e| e.to_string())?;
         let stop_reason = match out.stop_reason {
             StopReason::StopToken => "stop_token",
             StopReason::StopString => "stop_string",

@@ -1,6 +1,7 @@
 //! Stage 1, [`ArticleWriter`]: the article's text from the instruction, one paragraph per line,
 //! and its title. The default, [`LlmWriter`], streams a language model's answer.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use serde_json::json;
@@ -45,8 +46,9 @@ pub struct Written {
 pub trait ArticleWriter: Send + Sync {
     /// What the writer is (for provenance).
     fn id(&self) -> String;
-    /// Writes the article, calling `on_text` with the text as it is written.
-    fn write(&self, req: &WriteRequest, on_text: &mut (dyn FnMut(&str) + Send)) -> Result<Written, ComposeError>;
+    /// Writes the article, calling `on_text` with the text as it is written; a `Break` from it
+    /// stops the writing with [`ComposeError::Cancelled`].
+    fn write(&self, req: &WriteRequest, on_text: &mut (dyn FnMut(&str) -> ControlFlow<()> + Send)) -> Result<Written, ComposeError>;
     /// Writes paragraph `index` anew in the context of the others.
     fn rewrite_paragraph(&self, paragraphs: &[String], index: usize, language: Language, seed: u64) -> Result<(String, Provenance), ComposeError>;
 }
@@ -231,7 +233,7 @@ impl LlmWriter {
         let excerpt: String = paragraphs[0].chars().take(600).collect();
         let prompt = self.prompts.get(language).render("title", json!({"article": excerpt}))?;
         let req = Request { prompt: &prompt, max_new_tokens: 24, sampling: Sampling::greedy(1.3), stop: vec!["\"".into(), "”".into(), "\n".into()], max_lines: 0, prompt_as_inputs: false };
-        let out = self.model.complete(&req, &mut |_| {}).map_err(|reason| ComposeError::Model { stage: "title", reason })?;
+        let out = self.model.complete(&req, &mut |_| ControlFlow::Continue(())).map_err(|reason| ComposeError::Model { stage: "title", reason })?;
         let title = clean_title(&out.text).filter(|t| usable_title(t, &paragraphs[0]));
         Ok((title, out.text, out.new_tokens))
     }
@@ -246,12 +248,21 @@ impl ArticleWriter for LlmWriter {
         format!("{} (temperature {}, top-p {}, repetition penalty {})", self.model.id(), s.temperature, s.top_p, s.repetition_penalty)
     }
 
-    fn write(&self, req: &WriteRequest, on_text: &mut (dyn FnMut(&str) + Send)) -> Result<Written, ComposeError> {
+    fn write(&self, req: &WriteRequest, on_text: &mut (dyn FnMut(&str) -> ControlFlow<()> + Send)) -> Result<Written, ComposeError> {
         let prompt = self.prompts.get(req.language).render("writer", json!({"instruction": req.instruction}))?;
         let sampling = Sampling { seed: req.seed, ..self.sampling };
         // One line more than kept, so that the last kept paragraph is known to be complete.
         let mreq = Request { prompt: &prompt, max_new_tokens: req.max_new_tokens, sampling, stop: vec![], max_lines: req.max_paragraphs + 1, prompt_as_inputs: false };
-        let out = self.model.complete(&mreq, on_text).map_err(|reason| ComposeError::Model { stage: "writer", reason })?;
+        let mut stopped = false;
+        let out = self.model.complete(&mreq, &mut |t| {
+            let flow = on_text(t);
+            stopped |= flow.is_break();
+            flow
+        });
+        if stopped {
+            return Err(ComposeError::Cancelled);
+        }
+        let out = out.map_err(|reason| ComposeError::Model { stage: "writer", reason })?;
         let mut paras = paragraphs(&out.text, req.max_paragraphs + 1, out.truncated());
         // A first line that is a heading is the title.
         let heading = paras.first().filter(|p| p.starts_with('#') && paras.len() > 1).and_then(|p| clean_title(p));
@@ -289,7 +300,7 @@ impl ArticleWriter for LlmWriter {
         let current = paragraphs.get(index).ok_or_else(|| ComposeError::BadRequest(format!("paragraph {index} does not exist (the article has {})", paragraphs.len())))?;
         let prompt = self.prompts.get(language).render("paragraph", json!({"article": marked_lines(paragraphs), "line": index, "paragraph": current}))?;
         let req = Request { prompt: &prompt, max_new_tokens: 200, sampling: Sampling { seed, ..self.sampling }, stop: vec![], max_lines: 1, prompt_as_inputs: false };
-        let out = self.model.complete(&req, &mut |_| {}).map_err(|reason| ComposeError::Model { stage: "paragraph", reason })?;
+        let out = self.model.complete(&req, &mut |_| ControlFlow::Continue(())).map_err(|reason| ComposeError::Model { stage: "paragraph", reason })?;
         let text = paragraphs_of(&out.text, out.truncated());
         match text {
             Some(t) => Ok((t, Provenance::model(format!("rewritten by the model (seed {seed})"), out.text))),

@@ -1,6 +1,7 @@
 //! InternLM-XComposer as the composer's text model ([`XComposerText`]), and the composer with
 //! every stage on it, decoded as the original web demo decodes them ([`Composer::with_xcomposer`]).
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -103,7 +104,7 @@ where
 {
     /// Answers `req` as [`TextModel::complete`] does, keeping the prompt's ids, the settings and
     /// the decoded sequence.
-    pub fn answer(&self, req: &Request, on_text: &mut (dyn FnMut(&str) + Send)) -> Result<Answered, String> {
+    pub fn answer(&self, req: &Request, on_text: &mut (dyn FnMut(&str) -> ControlFlow<()> + Send)) -> Result<Answered, String> {
         let mut sampler = sampler_for(&req.sampling)?;
         if sampler.is_some() && req.prompt_as_inputs {
             return Err(format!("{} samples only prompts whose ids the penalty does not see (temperature {} asked)", self.id(), req.sampling.temperature));
@@ -123,11 +124,14 @@ where
             first_token.get_or_insert_with(Instant::now);
             let text = m.tokenizer.decode(seq, true).unwrap_or_default();
             let text = cut(text.split("<TOKENS_UNUSED_1>").next().unwrap_or_default(), &req.stop, req.max_lines).0;
-            if let Some(new) = text.strip_prefix(shown.as_str()).filter(|n| !n.is_empty()) {
-                on_text(new);
-                shown = text;
+            match text.strip_prefix(shown.as_str()).filter(|n| !n.is_empty()) {
+                Some(new) => {
+                    let flow = on_text(new);
+                    shown = text;
+                    flow
+                }
+                None => ControlFlow::Continue(()),
             }
-            std::ops::ControlFlow::Continue(())
         };
         let out = match sampler.as_mut() {
             Some(s) => m.decode_sampled(prompt, s, &cfg, &mut on_step),
@@ -153,7 +157,7 @@ where
         dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned())
     }
 
-    fn complete(&self, req: &Request, on_text: &mut (dyn FnMut(&str) + Send)) -> Result<Completion, String> {
+    fn complete(&self, req: &Request, on_text: &mut (dyn FnMut(&str) -> ControlFlow<()> + Send)) -> Result<Completion, String> {
         self.answer(req, on_text).map(|a| a.completion)
     }
 }

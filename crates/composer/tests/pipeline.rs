@@ -30,7 +30,7 @@ impl TextModel for ScriptedModel {
         "scripted".into()
     }
 
-    fn complete(&self, req: &Request, on_text: &mut (dyn FnMut(&str) + Send)) -> Result<Completion, String> {
+    fn complete(&self, req: &Request, on_text: &mut (dyn FnMut(&str) -> std::ops::ControlFlow<()> + Send)) -> Result<Completion, String> {
         let p = &req.prompt.user;
         self.seen.lock().unwrap().push(format!("{}|{}", p, req.prompt.prefix));
         let text = if req.prompt.prefix.starts_with("The lines") || req.prompt.prefix.starts_with("适合") {
@@ -44,7 +44,7 @@ impl TextModel for ScriptedModel {
         } else {
             ARTICLE.into()
         };
-        on_text(&text);
+        let _ = on_text(&text);
         Ok(Completion { text, prompt_tokens: 10, new_tokens: 5, prefill_seconds: 0.0, decode_seconds: 0.0, stop_reason: "stop_token".into() })
     }
 }
@@ -397,4 +397,32 @@ fn stale_assets_are_deleted_only_inside_the_assets_folder() {
     let gone = out.join(current.images[0].asset.as_ref().unwrap());
     render::write(&mut a, &out, &[Format::Markdown, Format::Json], true, &[dir.join("photos")]).unwrap();
     assert!(!gone.exists());
+}
+
+#[test]
+fn a_stopping_callback_ends_the_composition_at_the_next_stage_or_inside_the_writer() {
+    use std::ops::ControlFlow;
+    use xcomposer_composer::{Event, Stage};
+    let dir = tmp("stop");
+    let stop_at = |when: fn(&Event) -> bool| {
+        let model = ScriptedModel::new("适合 <Seg0>", &["ethiopia coffee"]);
+        let c = composer(model.clone(), &dir.join("photos"), PHOTOS);
+        let mut events = 0;
+        let r = c.compose_stoppable(&ComposeRequest::new("Write about coffee."), &mut |e| {
+            events += 1;
+            if when(&e) { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        });
+        let prompts = model.seen.lock().unwrap().len();
+        (r.map(|a| a.title), events, prompts)
+    };
+    // Inside the writer: its first text stops it; nothing after the writer runs.
+    let (r, events, prompts) = stop_at(|e| matches!(e, Event::Text(_)));
+    assert!(matches!(r, Err(ComposeError::Cancelled)), "{r:?}");
+    assert_eq!((events, prompts), (2, 1), "writer started, one text; only the writer's prompt ran");
+    // Between stages: the spotter's start stops it before the spotter's prompt.
+    let (r, _, before_spot) = stop_at(|e| matches!(e, Event::Started(Stage::Spot)));
+    assert!(matches!(r, Err(ComposeError::Cancelled)), "{r:?}");
+    let (whole, _, all) = stop_at(|_| false);
+    assert_eq!(whole.unwrap(), "Coffee Through Time");
+    assert!(before_spot < all, "the stages after the stop ran no prompt: {before_spot} of {all}");
 }

@@ -34,7 +34,7 @@ impl TextModel for Recorder {
         self.inner.id()
     }
 
-    fn complete(&self, req: &Request, on_text: &mut (dyn FnMut(&str) + Send)) -> Result<Completion, String> {
+    fn complete(&self, req: &Request, on_text: &mut (dyn FnMut(&str) -> std::ops::ControlFlow<()> + Send)) -> Result<Completion, String> {
         let answered = self.inner.answer(req, on_text)?;
         let completion = answered.completion.clone();
         self.calls.lock().unwrap().push(answered);
@@ -131,7 +131,7 @@ fn the_writer_matches_the_original_greedy_and_with_beams() {
         let greedy = LlmWriter { sampling: Sampling { beams: 1, ..Sampling::greedy(5.0) }, ..LlmWriter::new(s.text.clone(), Arc::new(Prompts::original())) };
         let w: &dyn xcomposer_composer::ArticleWriter = if case == "greedy" { &greedy } else { s.composer.writer.as_ref() };
         let req = WriteRequest { instruction: title, language: Language::detect(title), max_new_tokens: budget, max_paragraphs: 60, seed: 0 };
-        w.write(&req, &mut |_| {}).unwrap();
+        w.write(&req, &mut |_| std::ops::ControlFlow::Continue(())).unwrap();
         let calls = s.text.take();
         rows.push(check(&format!("writer {case}"), &calls[0], want));
         // What the demo streamed: the running (best) sequence after each step but the last.

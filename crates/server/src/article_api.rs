@@ -1,11 +1,14 @@
 //! The article API under `/api/articles`: create a composition job, follow it as server-sent
 //! events (stages and streamed text), fetch the article as JSON, Markdown, HTML or a zip bundle,
-//! apply the edit operations, list and delete. Composition runs on the model's queue.
+//! apply the edit operations, list and delete, cancel a composition. Composition runs on the
+//! model's queue.
 
 use std::convert::Infallible;
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
@@ -124,34 +127,63 @@ fn set_status(state: &AppState, job: &Job, status: Status, error: Option<String>
     }
 }
 
-/// Composes on the model thread, pushing each stage and text piece as an event.
+/// Composes on the model thread, pushing each stage and text piece as an event. A cancel asked
+/// for stops it at the next stage or generated text; it then ends `cancelled` with no article.
 fn compose_job(state: &AppState, job: &Job, req: &ComposeRequest) {
+    if job.cancelled() {
+        return end_cancelled(state, job);
+    }
     set_status(state, job, Status::Running, None, None);
     job.push(json!({"type": "status", "status": "running"}));
-    let result = (|| -> Result<Article, String> {
-        let library = job.record().library;
-        let c = composer(state, library.as_deref())?;
-        let mut article = c
-            .compose(req, &mut |e| match e {
-                Event::Started(stage) => job.push(json!({"type": "stage", "stage": stage.name(), "state": "started"})),
-                Event::Text(t) => job.push(json!({"type": "text", "text": t})),
-                Event::Finished { stage, seconds, summary } => job.push(json!({"type": "stage", "stage": stage.name(), "state": "finished", "seconds": seconds, "summary": summary})),
-            })
-            .map_err(|e| e.to_string())?;
-        let dir = state.articles.as_ref().ok_or("no store")?.store.dir(&job.record().id);
-        render::write(&mut article, &dir, &[Format::Markdown, Format::Html, Format::Json], true, &c.image_roots()).map_err(|e| e.to_string())?;
-        Ok(article)
-    })();
-    match result {
+    match compose_article(state, job, req) {
         Ok(article) => {
             set_status(state, job, Status::Done, None, Some(article.title.clone()));
             job.push(json!({"type": "done", "title": article.title}));
         }
-        Err(e) => {
+        Err(None) => end_cancelled(state, job),
+        Err(Some(e)) => {
             set_status(state, job, Status::Failed, Some(e.clone()), None);
             job.push(json!({"type": "error", "message": e}));
         }
     }
+}
+
+/// Composes and writes the article; `Err(None)` when cancelled before it was written.
+fn compose_article(state: &AppState, job: &Job, req: &ComposeRequest) -> Result<Article, Option<String>> {
+    let library = job.record().library;
+    let c = composer(state, library.as_deref()).map_err(Some)?;
+    let composed = c.compose_stoppable(req, &mut |e| {
+        job.push(match e {
+            Event::Started(stage) => json!({"type": "stage", "stage": stage.name(), "state": "started"}),
+            Event::Text(t) => json!({"type": "text", "text": t}),
+            Event::Finished { stage, seconds, summary } => json!({"type": "stage", "stage": stage.name(), "state": "finished", "seconds": seconds, "summary": summary}),
+        });
+        if job.cancelled() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+    });
+    if job.cancelled() {
+        return Err(None);
+    }
+    let mut article = composed.map_err(|e| Some(e.to_string()))?;
+    let dir = state.articles.as_ref().ok_or_else(|| Some("no store".to_string()))?.store.dir(&job.record().id);
+    render::write(&mut article, &dir, &[Format::Markdown, Format::Html, Format::Json], true, &c.image_roots()).map_err(|e| Some(e.to_string()))?;
+    Ok(article)
+}
+
+fn end_cancelled(state: &AppState, job: &Job) {
+    set_status(state, job, Status::Cancelled, None, None);
+    job.push(json!({"type": "cancelled"}));
+}
+
+/// `POST /api/articles/{id}/cancel`: asks a queued or running composition to stop (202); it
+/// ends with status `cancelled` and no article. A job that has ended answers 409.
+pub async fn cancel(State(state): State<Arc<AppState>>, UrlPath(id): UrlPath<String>) -> Result<Response, ApiError> {
+    let job = articles(&state)?.store.get(&id)?;
+    let status = job.record().status;
+    if status.ended() {
+        return Err(ApiError::new(StatusCode::CONFLICT, "invalid_request_error", format!("the article's job has already ended ({})", json!(status))).param("id"));
+    }
+    job.cancel.store(true, Ordering::SeqCst);
+    Ok((StatusCode::ACCEPTED, axum::Json(json!({"id": id, "status": status, "cancel": "requested"}))).into_response())
 }
 
 /// `GET /api/articles`: every article, newest first.
@@ -272,7 +304,7 @@ pub async fn events(State(state): State<Arc<AppState>>, UrlPath(id): UrlPath<Str
                 let notified = job.notify.notified();
                 let new: Vec<String> = job.events.lock().unwrap_or_else(|p| p.into_inner())[seen..].to_vec();
                 let status = job.record().status;
-                if new.is_empty() && !matches!(status, Status::Done | Status::Failed) {
+                if new.is_empty() && !status.ended() {
                     notified.await;
                     continue;
                 }

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -33,6 +33,15 @@ pub enum Status {
     Done,
     /// It failed (see `error`).
     Failed,
+    /// It was cancelled before the article was written; nothing of it is stored.
+    Cancelled,
+}
+
+impl Status {
+    /// Whether the job has ended (done, failed or cancelled).
+    pub fn ended(self) -> bool {
+        matches!(self, Status::Done | Status::Failed | Status::Cancelled)
+    }
 }
 
 /// A job's record, kept as `job.json` beside the article.
@@ -62,9 +71,21 @@ pub struct Job {
     pub events: Mutex<Vec<String>>,
     /// Woken on each new event.
     pub notify: Notify,
+    /// Set to stop the composition at its next stage or generated text.
+    pub cancel: AtomicBool,
 }
 
 impl Job {
+    /// A job with no events yet.
+    fn new(record: JobRecord) -> Self {
+        Job { record: Mutex::new(record), events: Mutex::new(vec![]), notify: Notify::new(), cancel: AtomicBool::new(false) }
+    }
+
+    /// Whether a cancel was asked for.
+    pub fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst)
+    }
+
     /// Appends an event and wakes the streams.
     pub fn push(&self, event: serde_json::Value) {
         self.events.lock().unwrap_or_else(|p| p.into_inner()).push(event.to_string());
@@ -121,8 +142,7 @@ impl Store {
                 rec.status = Status::Failed;
                 rec.error = Some("the server stopped before the article was finished".into());
             }
-            let job = Job { record: Mutex::new(rec), events: Mutex::new(vec![]), notify: Notify::new() };
-            jobs.insert(name, Arc::new(job));
+            jobs.insert(name, Arc::new(Job::new(rec)));
         }
         Ok(Store { root, libraries: data.join("libraries"), jobs: Mutex::new(jobs) })
     }
@@ -131,7 +151,7 @@ impl Store {
     pub fn create(&self, instruction: &str, library: Option<String>) -> Result<Arc<Job>, ApiError> {
         let rec = JobRecord { id: new_id(), instruction: instruction.into(), library, status: Status::Queued, error: None, title: None, created: now() };
         std::fs::create_dir_all(self.dir(&rec.id)).map_err(|e| ApiError::internal(format!("making the article folder: {e}")))?;
-        let job = Arc::new(Job { record: Mutex::new(rec.clone()), events: Mutex::new(vec![]), notify: Notify::new() });
+        let job = Arc::new(Job::new(rec.clone()));
         self.save(&rec)?;
         self.jobs.lock().unwrap_or_else(|p| p.into_inner()).insert(rec.id.clone(), job.clone());
         Ok(job)
@@ -164,8 +184,8 @@ impl Store {
     /// Deletes an article and its folder (not while it is being composed).
     pub fn delete(&self, id: &str) -> Result<(), ApiError> {
         let job = self.get(id)?;
-        if matches!(job.record().status, Status::Queued | Status::Running) {
-            return Err(ApiError::new(axum::http::StatusCode::CONFLICT, "invalid_request_error", "the article is still being composed").param("id"));
+        if !job.record().status.ended() {
+            return Err(ApiError::new(axum::http::StatusCode::CONFLICT, "invalid_request_error", "the article is still being composed (POST /api/articles/ID/cancel stops it)").param("id"));
         }
         self.jobs.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
         std::fs::remove_dir_all(self.dir(id)).map_err(|e| ApiError::internal(format!("deleting the article: {e}")))

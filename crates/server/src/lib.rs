@@ -116,6 +116,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/articles/{id}", get(article_api::get).delete(article_api::delete))
         .route("/api/articles/{id}/events", get(article_api::events))
         .route("/api/articles/{id}/edit", post(article_api::edit))
+        .route("/api/articles/{id}/cancel", post(article_api::cancel))
         .route("/api/articles/{id}/assets/{name}", get(article_api::asset))
         .route("/api/articles/{id}/{file}", get(article_api::file))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));

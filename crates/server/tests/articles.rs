@@ -128,3 +128,52 @@ async fn an_article_the_full_queue_refuses_leaves_nothing_behind() {
     assert_eq!(list["data"], json!([]));
     assert_eq!(std::fs::read_dir(data.join("articles")).unwrap().count(), 0);
 }
+
+/// The events of a job until its end, as JSON.
+async fn events_of(c: &reqwest::Client, api: &str) -> Vec<Value> {
+    let body = c.get(format!("{api}/events")).send().await.unwrap().text().await.unwrap();
+    common::sse_data(&body).iter().map(|e| serde_json::from_str(e).unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_composition_ends_cancelled_with_nothing_stored_and_frees_the_model() {
+    let data = common::data_dir("articles-cancel");
+    let base = serve(&data).await;
+    let c = reqwest::Client::new();
+    let create = |instruction: &str| c.post(format!("{base}/api/articles")).json(&json!({"instruction": instruction, "images": 1, "max_new_tokens": 2000})).send();
+    let (_, a) = json_of(create("Write a very long illustrated article about the history of coffee.").await.unwrap()).await;
+    let a = format!("{base}/api/articles/{}", a["id"].as_str().unwrap());
+    // A is writing once its first text has streamed.
+    let mut events = c.get(format!("{a}/events")).send().await.unwrap();
+    let mut seen = String::new();
+    while !seen.contains("\"type\":\"text\"") {
+        seen.push_str(&String::from_utf8_lossy(&events.chunk().await.unwrap().expect("more events")));
+    }
+    // B waits behind A and is cancelled while queued; then A is cancelled mid-text.
+    let (_, b) = json_of(create("Write about tea.").await.unwrap()).await;
+    let b = format!("{base}/api/articles/{}", b["id"].as_str().unwrap());
+    let (status, v) = json_of(c.post(format!("{b}/cancel")).send().await.unwrap()).await;
+    assert_eq!((status, v["status"].as_str()), (202, Some("queued")), "{v}");
+    let (status, v) = json_of(c.post(format!("{a}/cancel")).send().await.unwrap()).await;
+    assert_eq!((status, v["status"].as_str()), (202, Some("running")), "{v}");
+    drop(events);
+    let a_events = events_of(&c, &a).await;
+    assert_eq!(a_events.last().unwrap(), &json!({"type": "end", "status": "cancelled"}), "{a_events:?}");
+    assert!(!a_events.iter().any(|e| e["stage"] == "spotter"), "no stage after the writer ran: {a_events:?}");
+    let b_events = events_of(&c, &b).await;
+    assert_eq!(b_events, [json!({"type": "cancelled"}), json!({"type": "end", "status": "cancelled"})]);
+    for api in [&a, &b] {
+        let (_, v) = json_of(c.get(api.as_str()).send().await.unwrap()).await;
+        assert_eq!((v["job"]["status"].as_str(), &v["article"]), (Some("cancelled"), &Value::Null), "{v}");
+        assert_eq!(c.get(format!("{api}/article.md")).send().await.unwrap().status(), 404);
+        let id = api.rsplit('/').next().unwrap();
+        let files: Vec<_> = std::fs::read_dir(data.join("articles").join(id)).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(files, ["job.json"], "nothing of the article is stored");
+        // An ended job cannot be cancelled again; it can be deleted.
+        assert_eq!(c.post(format!("{api}/cancel")).send().await.unwrap().status(), 409);
+        assert_eq!(c.delete(api.as_str()).send().await.unwrap().status(), 200);
+    }
+    // The model thread is free: a chat is answered.
+    let r = c.post(format!("{base}/v1/chat/completions")).json(&common::ask("Name a colour.", 4)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
