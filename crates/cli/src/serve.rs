@@ -14,7 +14,7 @@ use xcomposer_server::articles::ComposerFactory;
 use xcomposer_server::{AppState, Limits, ServerConfig, ServerModels};
 use xcomposer_vision::xcomposer::model::XComposer;
 
-use crate::backend::{DeviceArg, resolve_model};
+use crate::backend::{DeviceArg, DeviceOptions, EngineArg, resolve_model, set_float_dtype};
 use crate::library::{ScorerOptions, open_library};
 
 /// Arguments of `xcomposer serve`.
@@ -35,9 +35,10 @@ pub struct ServeArgs {
     /// The image library of articles (default: the default library).
     #[arg(long)]
     pub library: Option<PathBuf>,
-    /// Where to run (the CPU only for now).
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-    pub device: DeviceArg,
+    /// Where the models run: `--device cuda` puts the text model's and InternLM-XComposer's
+    /// decoders (and XComposer's image encoder) on the fused CUDA engine.
+    #[command(flatten)]
+    pub run_on: DeviceOptions,
     /// Require `Authorization: Bearer KEY` on the API.
     #[arg(long, env = "XCOMPOSER_API_KEY")]
     pub api_key: Option<String>,
@@ -77,11 +78,31 @@ impl ComposerFactory for Composers {
     }
 }
 
+/// The decoders' engine for `--device`: burn on the CPU; on CUDA the fused engine, the one
+/// that runs beside the server's CPU tensors (burn-cuda's operations are not wired to it).
+fn engine_choice(run_on: &DeviceOptions) -> Result<xcomposer_llm::text_decoder::EngineChoice> {
+    if run_on.device == DeviceArg::Cuda {
+        if !cfg!(feature = "cuda") {
+            bail!("--device cuda: this xcomposer was built without CUDA; rebuild with `cargo build --release --features cuda`");
+        }
+        if run_on.engine == EngineArg::Burn {
+            bail!("serve runs --device cuda on the fused engine only; drop --engine burn");
+        }
+    }
+    run_on.engine_choice()
+}
+
+/// Where the decoders run, for the log.
+fn device_label(run_on: &DeviceOptions) -> String {
+    match run_on.device {
+        DeviceArg::Cpu => "the CPU".into(),
+        DeviceArg::Cuda => format!("CUDA (fused engine, {}{})", run_on.dtype.name(), run_on.quant.map_or(String::new(), |q| format!(", {}", q.name()))),
+    }
+}
+
 /// Runs `serve`.
 pub fn run(args: ServeArgs) -> Result<()> {
-    if args.device != DeviceArg::Cpu {
-        bail!("serve runs on the CPU for now: --device cuda is not wired to the server yet");
-    }
+    let engine = engine_choice(&args.run_on)?;
     let addrs: Vec<IpAddr> = (args.host.as_str(), args.port).to_socket_addrs().with_context(|| format!("--host {}: not an address of this machine", args.host))?.map(|a| a.ip()).collect();
     if addrs.iter().any(|ip| !ip.is_loopback()) && args.api_key.is_none() {
         eprintln!("[serve] warning: listening on {}, not loopback, without --api-key: anyone who can reach this port can use the models", args.host);
@@ -91,11 +112,15 @@ pub fn run(args: ServeArgs) -> Result<()> {
     }
     std::fs::create_dir_all(&args.data).with_context(|| format!("--data {}", args.data.display()))?;
     let device = Default::default();
+    if args.run_on.device == DeviceArg::Cpu {
+        // On CUDA the engine takes --dtype itself; the server's burn tensors stay f32 on the CPU.
+        set_float_dtype::<Flex>(&device, args.run_on.dtype)?;
+    }
     let path = resolve_model(args.model.clone())?;
-    let llm = LanguageModel::<Flex>::load(&path, &device).with_context(|| format!("loading {}", path.display()))?;
-    eprintln!("[serve] loaded {} in {:.2} s", path.display(), llm.load_time.as_secs_f64());
+    let llm = LanguageModel::<Flex>::load_with(&path, &device, engine).with_context(|| format!("loading {}", path.display()))?;
+    eprintln!("[serve] loaded {} in {:.2} s on {}", path.display(), llm.load_time.as_secs_f64(), device_label(&args.run_on));
     let xcomposer = match &args.xcomposer {
-        Some(dir) => Some(Arc::new(XComposer::<Flex>::load(dir, &device).with_context(|| format!("loading {}", dir.display()))?)),
+        Some(dir) => Some(Arc::new(XComposer::<Flex>::load_with(dir, &device, engine).with_context(|| format!("loading {}", dir.display()))?)),
         None => None,
     };
     let limits = Limits { queue_capacity: args.max_queue, max_tokens_cap: args.max_tokens_cap, ..Limits::default() };
