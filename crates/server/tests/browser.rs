@@ -1,6 +1,7 @@
 //! The web app in real headless Chromium (Debian's `chromium` + `chromium-driver`, which
 //! `.ci/run` installs when missing), driven over the W3C WebDriver protocol with reqwest:
-//! compose an article with the default models through the page, see the text and an image
+//! cancel a composition once its text streams, compose an article with the default models
+//! through the page, see the text and an image
 //! appear, swap, re-caption, delete, add, download the bundle, check that markup typed into a
 //! caption stays text, and chat (an uploaded image refused by the text model, two turns).
 //! A screenshot of each step goes to target/tmp/browser-screens/; the asserts are on the DOM.
@@ -146,11 +147,25 @@ async fn compose_edit_download_and_chat_in_headless_chromium() {
     std::fs::create_dir_all(&downloads).unwrap();
     let mut d = Driver::start(&downloads).await;
     let base = common::serve_articles(&data).await;
+    cancel_through_the_page(&mut d, &base).await;
     compose_through_the_page(&mut d, &base).await;
     edit_through_the_page(&mut d).await;
     download_the_bundle(&d, &downloads).await;
     chat_through_the_page(&mut d, &base).await;
     assert!(d.screens.read_dir().unwrap().count() >= 10);
+}
+
+/// A composition cancelled from the page once its text streams: the page says so, no article.
+async fn cancel_through_the_page(d: &mut Driver, base: &str) {
+    d.go(&format!("{base}/")).await;
+    d.type_into("#instruction", "Write a very long article about tea.").await;
+    d.click("#go").await;
+    d.wait("streamed text", "return document.getElementById('live').textContent.length > 0", 120).await;
+    d.click("#cancel").await;
+    d.wait("the cancel", "return document.querySelector('#stages li.cancelled')", 60).await;
+    d.wait("the status", "return document.getElementById('article').textContent.includes('cancelled')", 30).await;
+    assert_eq!(d.js("return document.getElementById('cancel').hidden", json!([])).await, json!(true));
+    d.screenshot("cancelled").await;
 }
 
 async fn compose_through_the_page(d: &mut Driver, base: &str) {

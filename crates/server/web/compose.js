@@ -34,10 +34,12 @@ async function compose(ev) {
   try {
     const job = await apiJson("/api/articles", { method: "POST", body });
     current = job.id;
+    $("cancel").hidden = false;
     const r = await api("/api/articles/" + job.id + "/events");
     await readEvents(r, (data) => onEvent(JSON.parse(data)));
     await openArticle(job.id);
   } catch (e) { showError($("error"), e); }
+  $("cancel").hidden = true;
   refreshList();
 }
 
@@ -46,7 +48,15 @@ function onEvent(e) {
   else if (e.type === "stage") {
     const li = el("li", e.stage + (e.state === "finished" ? ": " + e.summary : " …"), { class: e.state });
     $("stages").append(li);
-  } else if (e.type === "error") showError($("error"), e.message);
+  } else if (e.type === "cancelled") $("stages").append(el("li", "cancelled", { class: "cancelled" }));
+  else if (e.type === "error") showError($("error"), e.message);
+}
+
+// Asks the server to stop the running composition; its events then end with "cancelled".
+async function cancelCompose() {
+  try {
+    await apiJson("/api/articles/" + current + "/cancel", { method: "POST" });
+  } catch (e) { showError($("error"), e); }
 }
 
 async function edit(body) {
@@ -108,5 +118,6 @@ async function openArticle(id) {
 
 setupKeyBox();
 $("form").addEventListener("submit", compose);
+$("cancel").addEventListener("click", cancelCompose);
 refreshList();
 if (location.hash.length > 1) openArticle(location.hash.slice(1));
