@@ -10,7 +10,7 @@ use std::path::Path;
 use base64::Engine;
 
 use crate::error::{BadRows, EvalError};
-use crate::tsv::{Table, is_na};
+use crate::tsv::{Table, is_na, one_line};
 
 /// Circular copies have their question's index plus a multiple of this.
 pub const CIRCULAR_BASE: i64 = 1_000_000;
@@ -219,9 +219,13 @@ pub struct Accuracy {
 }
 
 impl Accuracy {
+    /// From counts: `hits / questions` as the official tools divide (NaN with none).
+    pub fn new(questions: usize, hits: usize) -> Accuracy {
+        Accuracy { questions, hits, accuracy: hits as f64 / questions as f64 }
+    }
+
     fn of(hits: &[bool]) -> Accuracy {
-        let h = hits.iter().filter(|x| **x).count();
-        Accuracy { questions: hits.len(), hits: h, accuracy: h as f64 / hits.len() as f64 }
+        Accuracy::new(hits.len(), hits.iter().filter(|x| **x).count())
     }
 }
 
@@ -290,7 +294,7 @@ pub const OFFICIAL_HEADER: &str = "index\tquestion\thint\tA\tB\tC\tD\tanswer\tca
 /// A prediction row for the official tools (TSV; `pandas.read_csv(f, sep='\t').to_excel(…)`
 /// gives the `.xlsx` the old script takes); tabs and newlines in cells become spaces.
 pub fn official_row(q: &McQuestion, prediction: &str) -> String {
-    let clean = |s: &str| s.chars().map(|c| if matches!(c, '\t' | '\n' | '\r') { ' ' } else { c }).collect::<String>();
+    let clean = one_line;
     let opt = |i: usize| q.options.get(i).cloned().flatten().map(|o| clean(&o)).unwrap_or_default();
     let fields = [q.index.to_string(), clean(&q.question), q.hint.as_deref().map(clean).unwrap_or_default(), opt(0), opt(1), opt(2), opt(3), q.answer.map(String::from).unwrap_or_default(), clean(&q.category), q.l2_category.as_deref().map(clean).unwrap_or_default(), clean(prediction)];
     fields.join("\t")

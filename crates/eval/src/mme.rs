@@ -205,8 +205,7 @@ fn truth(answer: &str) -> Option<Label> {
 /// (`image\tquestion\tanswer\tprediction`); tabs and newlines in the prediction become spaces
 /// (MME's readme: one line per answer).
 pub fn official_line(q: &MmeQuestion, prediction: &str) -> String {
-    let pred: String = prediction.chars().map(|c| if c == '\t' || c == '\n' || c == '\r' { ' ' } else { c }).collect();
-    format!("{}\t{}\t{}\t{pred}", q.image_name, q.question, q.answer)
+    format!("{}\t{}\t{}\t{}", q.image_name, q.question, q.answer, crate::tsv::one_line(prediction))
 }
 
 #[cfg(test)]

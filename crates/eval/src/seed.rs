@@ -106,7 +106,7 @@ pub fn score(questions: &[SeedQuestion], predictions: &BTreeMap<String, String>)
         e.0 += 1;
         e.1 += usize::from(*r);
     }
-    let acc = |n: usize, h: usize| Accuracy { questions: n, hits: h, accuracy: h as f64 / n as f64 };
+    let acc = Accuracy::new;
     let hits = right.iter().filter(|(_, r)| *r).count();
     SeedScores {
         overall: acc(right.len(), hits),

@@ -15,6 +15,11 @@ pub fn is_na(s: &str) -> bool {
     NA_VALUES.contains(&s)
 }
 
+/// `s` with tabs and line breaks made spaces, so it stays one cell of one line.
+pub fn one_line(s: &str) -> String {
+    s.chars().map(|c| if matches!(c, '\t' | '\n' | '\r') { ' ' } else { c }).collect()
+}
+
 /// A parsed table: the header and the rows, each cell `None` where pandas reads NaN.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Table {
