@@ -145,6 +145,27 @@ fn search_ranks_the_default_library_and_explains_the_score() {
 }
 
 #[test]
+fn image_limits_are_flags_and_an_image_over_them_is_skipped_by_name() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("limits-library-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(default_library_dir().join("coffee.png"), dir.join("coffee.png")).unwrap();
+    let d = dir.to_str().unwrap();
+    let out = xcomposer().args(["index", d, "--json", "--max-image-pixels", "100"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let why = report["skipped"][0][1].as_str().unwrap_or_default();
+    assert!(why.contains("coffee.png") && why.contains("limit of 100") && why.contains("--max-image-pixels"), "{report}");
+    let out = xcomposer().args(["index", d, "--json", "--max-image-bytes", "1000"]).output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["skipped"][0][1].as_str().unwrap_or_default().contains("--max-image-bytes"), "{report}");
+    let out = xcomposer().args(["index", d, "--json"]).output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["processed"].as_array().map(Vec::len), Some(1), "{report}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn index_then_search_a_user_folder() {
     let lib = default_library_dir();
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("user-library-{}", std::process::id()));

@@ -11,7 +11,7 @@ use burn::tensor::backend::Backend;
 use xcomposer_vision::xcomposer::model::{Turn, XComposer};
 use xcomposer_llm::beam::EmbedGenConfig;
 use xcomposer_llm::{GenerationConfig, LanguageModel, Message};
-use xcomposer_vision::{ImageInput, ImageTagger};
+use xcomposer_vision::{ImageInput, ImageLimits, ImageTagger};
 
 use crate::backend::{DeviceOptions, peak_rss_mib, resolve_model, set_float_dtype};
 
@@ -46,6 +46,9 @@ pub struct ChatArgs {
     /// checking a device against the reference (XComposer only).
     #[arg(long)]
     pub logits_out: Option<PathBuf>,
+    /// The size limits of each image.
+    #[command(flatten)]
+    pub image_limits: crate::library::ImageLimitOptions,
 }
 
 /// Runs `chat`.
@@ -104,7 +107,7 @@ fn xcomposer_chat<B: Backend>(args: &ChatArgs, dir: &Path, device: &B::Device) -
     let mut history: Vec<(Turn, Vec<burn::tensor::Tensor<B, 3>>)> = vec![];
     questions(args, |q, paths| {
         let t = Instant::now();
-        let images = paths.iter().map(|p| model.encode_image(p)).collect::<Result<Vec<_>, _>>()?;
+        let images = paths.iter().map(|p| encode_image(&model, p, args.image_limits.limits())).collect::<Result<Vec<_>>>()?;
         let encode_s = t.elapsed().as_secs_f64();
         let prompt = model.chat_prompt(q, &images, &history)?;
         let prompt_len = prompt.dims()[1];
@@ -129,13 +132,20 @@ fn xcomposer_chat<B: Backend>(args: &ChatArgs, dir: &Path, device: &B::Device) -
     })
 }
 
+/// An image's XComposer embeddings, read within `limits` (as `XComposer::encode_image` reads
+/// it otherwise: PIL-compatible, alpha dropped).
+fn encode_image<B: Backend>(model: &XComposer<B>, path: &Path, limits: ImageLimits) -> Result<burn::tensor::Tensor<B, 3>> {
+    let img = ImageInput::pil_compatible().with_limits(limits).open_for(path, &model.preprocess)?;
+    Ok(model.encode_pixels(model.preprocess.apply(&img.rgb))?)
+}
+
 /// The default models: the image's top tags written into SmolLM2's prompt.
 fn tag_grounded(args: &ChatArgs) -> Result<()> {
     let models = xcomposer_llm::fetch::models_dir();
     let device = Default::default();
     let tagger = ImageTagger::<burn::backend::Flex>::load_default(&models, &device, &mut |m| eprintln!("[models] {m}"))?;
     let llm = LanguageModel::<burn::backend::Flex>::load(&resolve_model(None)?, &device)?;
-    let input = ImageInput::default();
+    let input = ImageInput::default().with_limits(args.image_limits.limits());
     let mut seen = vec![];
     for p in &args.images {
         let img = input.open_for(p, tagger.preprocess())?;

@@ -11,6 +11,8 @@ use xcomposer_llm::fetch;
 use xcomposer_retrieval::library::{ImageLibrary, Indexer, ModelIds, Progress};
 use xcomposer_retrieval::{ClipEmbedder, ClipScorer, EmbeddingScorer, HybridScorer, Scorer, TextEmbedder, default_library};
 
+use xcomposer_vision::ImageLimits;
+
 use crate::backend::DeviceArg;
 
 /// Arguments of `xcomposer index`.
@@ -30,6 +32,28 @@ pub struct IndexArgs {
     /// Where the models run.
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
+    /// The size limits of each image.
+    #[command(flatten)]
+    pub images: ImageLimitOptions,
+}
+
+/// The image size limits, shared by every command that reads images (`index`, `search`,
+/// `compose`, `edit`, `chat`).
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub struct ImageLimitOptions {
+    /// Refuse an image of more pixels than this, as decoded or after the model's resize.
+    #[arg(long, default_value_t = ImageLimits::default().max_pixels)]
+    pub max_image_pixels: u64,
+    /// Refuse an image file of more bytes than this.
+    #[arg(long, default_value_t = ImageLimits::default().max_file_bytes)]
+    pub max_image_bytes: u64,
+}
+
+impl ImageLimitOptions {
+    /// The limits the flags set.
+    pub fn limits(&self) -> ImageLimits {
+        ImageLimits { max_pixels: self.max_image_pixels, max_file_bytes: self.max_image_bytes }
+    }
 }
 
 /// Which scorer ranks the images.
@@ -63,6 +87,9 @@ pub struct ScorerOptions {
     /// CLIP alone. CLIP's scores are its logits (about 0–35), the others cosines (0–1).
     #[arg(long, requires = "clip")]
     pub clip_weight: Option<f32>,
+    /// The size limits of the library's images (read when CLIP features are added).
+    #[command(flatten)]
+    pub images: ImageLimitOptions,
 }
 
 impl ScorerOptions {
@@ -75,7 +102,7 @@ impl ScorerOptions {
             anyhow::bail!("--clip-weight {w}: must be > 0");
         }
         let clip = Arc::new(ClipEmbedder::<burn::backend::Flex>::load(dir, &Default::default()).with_context(|| format!("loading {}", dir.display()))?);
-        add_clip_features(lib, &clip)?;
+        add_clip_features(lib, &clip, self.images.limits())?;
         let clip_scorer = Box::new(ClipScorer::new(clip));
         Ok(match self.clip_weight {
             None => clip_scorer,
@@ -117,11 +144,12 @@ impl ScorerOptions {
     }
 }
 
-/// Computes the CLIP features `lib` lacks for `clip`, with a progress bar.
-pub fn add_clip_features(lib: &mut ImageLibrary, clip: &ClipEmbedder<burn::backend::Flex>) -> Result<()> {
+/// Computes the CLIP features `lib` lacks for `clip`, with a progress bar; images over `limits`
+/// are skipped and reported.
+pub fn add_clip_features(lib: &mut ImageLibrary, clip: &ClipEmbedder<burn::backend::Flex>, limits: ImageLimits) -> Result<()> {
     let (bar, mut on_progress) = index_progress(lib.root());
     let mut skipped = vec![];
-    let n = lib.index_clip(clip, 8, &mut on_progress, &mut skipped)?;
+    let n = lib.index_clip(clip, 8, limits, &mut on_progress, &mut skipped)?;
     bar.finish_and_clear();
     for (path, why) in skipped {
         eprintln!("[index] skipped {path}: {why}");
@@ -210,11 +238,12 @@ pub fn run_index(args: IndexArgs) -> Result<()> {
         anyhow::bail!("{}: not a folder (expected a folder of images to index)", args.dir.display());
     }
     crate::with_backend!(args.device, |device: B| {
-        let indexer = Indexer::<B>::load_default(&fetch::models_dir(), &device, &mut log).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut indexer = Indexer::<B>::load_default(&fetch::models_dir(), &device, &mut log).map_err(|e| anyhow::anyhow!("{e}"))?;
+        indexer.limits = args.images.limits();
         let (mut lib, report, secs) = index_with_progress(&args.dir, args.index.as_deref(), &indexer)?;
         if let Some(dir) = &args.clip {
             let clip = ClipEmbedder::<burn::backend::Flex>::load(dir, &Default::default()).with_context(|| format!("loading {}", dir.display()))?;
-            add_clip_features(&mut lib, &clip)?;
+            add_clip_features(&mut lib, &clip, indexer.limits)?;
         }
         for w in &report.warnings {
             eprintln!("[index] warning: {w}");

@@ -162,9 +162,10 @@ impl Tokenizer {
     pub fn from_tokenizer_json(path: &Path, bos_id: Option<u32>, eos_id: Option<u32>, add_bos: bool) -> Result<Self, TokenizerError> {
         let bytes = read_tokenizer_file(path)?;
         let file_err = |e: &dyn std::fmt::Display| TokenizerError::File { path: path.display().to_string(), reason: e.to_string() };
-        // JSON syntax is checked first: tokenizers 0.23 panics (`expect("Helper")`) on a syntax
-        // error inside its `decoder` object instead of returning the error.
-        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| file_err(&e))?;
+        // The JSON is parsed whole first (strings and escapes too, which skipping it with
+        // IgnoredAny does not check): tokenizers 0.23 panics (`expect("Helper")`) on invalid JSON
+        // inside its `decoder` object instead of returning the error.
+        serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| file_err(&e))?;
         let mut tok = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| file_err(&e))?;
         tok.with_padding(None);
         tok.with_truncation(None).map_err(|e| TokenizerError::Library(e.to_string()))?;

@@ -30,7 +30,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use xcomposer_llm::capped::{CappedReadError, read_capped};
 use xcomposer_llm::fetch;
-use xcomposer_vision::{ImageInput, ImageTagger, Tag};
+use xcomposer_vision::{ImageInput, ImageLimits, ImageTagger, Tag};
 
 use crate::clip_scorer::{CLIP_FEATURE, ClipEmbedder};
 use crate::embedder::{EmbedderError, TextEmbedder, normalize};
@@ -242,6 +242,8 @@ pub struct Indexer<B: Backend> {
     pub embedder: Arc<TextEmbedder<B>>,
     /// Images per tagger batch.
     pub batch: usize,
+    /// The size limits of each image read.
+    pub limits: ImageLimits,
 }
 
 impl<B: Backend> Indexer<B> {
@@ -249,7 +251,7 @@ impl<B: Backend> Indexer<B> {
     pub fn load_default(models_dir: &Path, device: &B::Device, log: &mut dyn FnMut(&str)) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
         let tagger = ImageTagger::load_default(models_dir, device, log)?;
         let embedder = Arc::new(TextEmbedder::load_default(models_dir, device, log)?);
-        Ok(Self { tagger, embedder, batch: 8 })
+        Ok(Self { tagger, embedder, batch: 8, limits: ImageLimits::default() })
     }
 
     /// The text embedded for a label (its first ImageNet name).
@@ -489,7 +491,7 @@ impl ImageLibrary {
             }
         }
         progress(Progress::Planned { total: files.len(), to_process: todo.len() });
-        let input = ImageInput::default();
+        let input = ImageInput::default().with_limits(indexer.limits);
         let preprocess = *indexer.tagger.preprocess();
         let mut label_cache = HashMap::new();
         for chunk in todo.chunks(indexer.batch.max(1)) {
@@ -596,8 +598,8 @@ impl ImageLibrary {
 
     /// Adds CLIP image embeddings made by `clip` for every image that lacks one (all of them
     /// when the index holds another CLIP model's) and saves the index; returns how many were
-    /// embedded. Images that no longer decode are reported in `skipped`.
-    pub fn index_clip<B: Backend>(&mut self, clip: &ClipEmbedder<B>, batch: usize, progress: &mut dyn FnMut(Progress), skipped: &mut Vec<(String, String)>) -> Result<usize, LibraryError> {
+    /// embedded. Images that no longer decode, or are over `limits`, are reported in `skipped`.
+    pub fn index_clip<B: Backend>(&mut self, clip: &ClipEmbedder<B>, batch: usize, limits: ImageLimits, progress: &mut dyn FnMut(Progress), skipped: &mut Vec<(String, String)>) -> Result<usize, LibraryError> {
         let dim = clip.dim();
         let same = self.models.clip.as_deref() == Some(clip.id());
         let old = if same { self.features.remove(CLIP_FEATURE) } else { None };
@@ -605,7 +607,7 @@ impl ImageLibrary {
         let todo: Vec<usize> = (0..self.images.len()).filter(|&i| vectors[i].is_none()).collect();
         progress(Progress::Planned { total: self.images.len(), to_process: todo.len() });
         // CLIPImageProcessor's convert("RGB") drops alpha rather than compositing it.
-        let input = ImageInput::pil_compatible();
+        let input = ImageInput::pil_compatible().with_limits(limits);
         for chunk in todo.chunks(batch.max(1)) {
             let decoded: Vec<Result<Vec<f32>, String>> = chunk.par_iter().map(|&i| input.open_for(&self.root.join(&self.images[i].path), &clip.preprocess).map(|d| clip.preprocess.apply(&d.rgb)).map_err(|e| e.to_string())).collect();
             let mut ok = vec![];

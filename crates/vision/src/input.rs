@@ -42,7 +42,7 @@ pub enum ImageError {
         reason: String,
     },
     /// The file is larger than the file-size cap.
-    #[error("{path}: larger than the limit of {limit} bytes for an image file (raise it with ImageInput::max_file_bytes)")]
+    #[error("{path}: larger than the limit of {limit} bytes for an image file (raise it with --max-image-bytes or ImageInput::max_file_bytes)")]
     FileTooLarge {
         /// The file.
         path: PathBuf,
@@ -50,7 +50,7 @@ pub enum ImageError {
         limit: u64,
     },
     /// Resizing the image for a model would make more pixels than the limit.
-    #[error("{path}: {width}×{height} would be resized to {resized_width}×{resized_height}, more than the limit of {limit} pixels (an extreme aspect ratio; raise it with ImageInput::max_pixels)")]
+    #[error("{path}: {width}×{height} would be resized to {resized_width}×{resized_height}, more than the limit of {limit} pixels (an extreme aspect ratio; raise the limit with --max-image-pixels or ImageInput::max_pixels)")]
     ResizeTooLarge {
         /// The file.
         path: PathBuf,
@@ -66,7 +66,7 @@ pub enum ImageError {
         limit: u64,
     },
     /// The image is larger than the pixel limit.
-    #[error("{path}: {width}×{height} is {pixels} pixels, more than the limit of {limit} (raise it with ImageInput::max_pixels)")]
+    #[error("{path}: {width}×{height} is {pixels} pixels, more than the limit of {limit} (raise it with --max-image-pixels or ImageInput::max_pixels)")]
     TooLarge {
         /// The file.
         path: PathBuf,
@@ -113,13 +113,35 @@ pub struct ImageInput {
     pub apply_orientation: bool,
 }
 
+/// The size limits of one image, which a user can raise (the CLI's `--max-image-pixels` and
+/// `--max-image-bytes`); the defaults are 64 Mi pixels and 256 MiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageLimits {
+    /// The largest width × height accepted, before and after a resize.
+    pub max_pixels: u64,
+    /// The largest file read, in bytes.
+    pub max_file_bytes: u64,
+}
+
+impl Default for ImageLimits {
+    fn default() -> Self {
+        Self { max_pixels: 64 * 1024 * 1024, max_file_bytes: 256 << 20 }
+    }
+}
+
 impl Default for ImageInput {
     fn default() -> Self {
-        Self { max_pixels: 64 * 1024 * 1024, max_file_bytes: 256 << 20, alpha: Alpha::OverWhite, apply_orientation: true }
+        let ImageLimits { max_pixels, max_file_bytes } = ImageLimits::default();
+        Self { max_pixels, max_file_bytes, alpha: Alpha::OverWhite, apply_orientation: true }
     }
 }
 
 impl ImageInput {
+    /// The same settings with these size limits.
+    pub fn with_limits(self, limits: ImageLimits) -> Self {
+        Self { max_pixels: limits.max_pixels, max_file_bytes: limits.max_file_bytes, ..self }
+    }
+
     /// PIL-compatible reading, as the reference preprocessors do it: alpha dropped, EXIF
     /// orientation ignored.
     pub fn pil_compatible() -> Self {
@@ -367,7 +389,7 @@ mod tests {
         let pre = Preprocess::efficientnet_lite0();
         // 8 × 8 000 000 (64 M pixels, under the input limit) would be resized to 256 × 256 000 000.
         let tall = ImageInput::default().check_size((8, 8_000_000), Path::new("tall.png"), Some(&pre)).unwrap_err().to_string();
-        assert_eq!(tall, "tall.png: 8×8000000 would be resized to 256×256000000, more than the limit of 67108864 pixels (an extreme aspect ratio; raise it with ImageInput::max_pixels)");
+        assert_eq!(tall, "tall.png: 8×8000000 would be resized to 256×256000000, more than the limit of 67108864 pixels (an extreme aspect ratio; raise the limit with --max-image-pixels or ImageInput::max_pixels)");
         // 1 × 60 000 000: the long side, 15 360 000 000, does not even fit in 32 bits.
         let clip = Preprocess::clip(256);
         let thin = ImageInput::default().check_size((1, 60_000_000), Path::new("thin.png"), Some(&clip)).unwrap_err().to_string();
@@ -391,7 +413,7 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let capped = ImageInput { max_file_bytes: bytes.len() as u64 - 1, ..ImageInput::default() };
         let e = capped.open(&path).unwrap_err().to_string();
-        assert_eq!(e, format!("{}: larger than the limit of {} bytes for an image file (raise it with ImageInput::max_file_bytes)", path.display(), bytes.len() - 1));
+        assert_eq!(e, format!("{}: larger than the limit of {} bytes for an image file (raise it with --max-image-bytes or ImageInput::max_file_bytes)", path.display(), bytes.len() - 1));
         assert!(ImageInput { max_file_bytes: bytes.len() as u64, ..ImageInput::default() }.open(&path).is_ok());
         let e = ImageInput::default().open(Path::new("/dev/zero")).unwrap_err().to_string();
         assert_eq!(e, "/dev/zero: not a regular file (a folder, FIFO or device); expected an image file");

@@ -29,7 +29,7 @@ pub mod tagger;
 pub mod xcomposer;
 
 pub use efficientnet::{EfficientNet, EfficientNetConfig};
-pub use input::{Alpha, DecodedImage, ImageError, ImageInput};
+pub use input::{Alpha, DecodedImage, ImageError, ImageInput, ImageLimits};
 pub use preprocess::Preprocess;
 pub use tagger::{ImageNetLabels, ImageTagger, Tag, TaggerError, Tagging};
 pub use xcomposer::visual::{EvaVit, PerceiveSampler, VisualConfig, XComposerVisual};
