@@ -88,7 +88,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let mut log = PredictionLog::open(&out.join("predictions.jsonl"), args.resume)?;
     let stats = if runner::all_answered(&dataset, &log) {
         eprintln!("[eval] every pass has a prediction in {}: scoring only", out.join("predictions.jsonl").display());
-        RunStats { answered: 0, resumed: dataset.passes().len(), seconds: 0.0, passes_per_second: 0.0 }
+        RunStats { resumed: dataset.passes().len(), ..Default::default() }
     } else {
         let Some(dir) = &args.model else { bail!("--model DIR is needed: {} passes have no prediction yet", dataset.passes().len() - log.records.len().min(dataset.passes().len())) };
         crate::with_backend!(args.run_on.device, |device: B| answer::<B>(&args, dir, &device, &dataset, &mut log))?

@@ -71,13 +71,16 @@ pub fn prompt_ids<B: Backend>(model: &XComposer<B>, prompt: &str) -> Result<(Vec
 pub struct XComposerAnswerer<'a, B: Backend> {
     /// The model.
     pub model: &'a XComposer<B>,
+    /// SEED's candidate logits by one prefill per candidate prefix (what the fused engine, which
+    /// returns the last position's logits only, needs) instead of burn's cached prompt.
+    pub prefill_each_prefix: bool,
     cached: Option<(String, Tensor<B, 3>)>,
 }
 
 impl<'a, B: Backend> XComposerAnswerer<'a, B> {
     /// Wraps a loaded model.
     pub fn new(model: &'a XComposer<B>) -> Self {
-        XComposerAnswerer { model, cached: None }
+        XComposerAnswerer { model, prefill_each_prefix: model.text.burn().is_none(), cached: None }
     }
 
     fn image(&mut self, key: &str, image: &dyn Fn() -> Result<ImageRef, EvalError>) -> Result<Tensor<B, 3>, EvalError> {
@@ -134,20 +137,32 @@ impl<B: Backend> Answerer for XComposerAnswerer<'_, B> {
 
     fn rank(&mut self, prompt: &str, key: &str, image: &dyn Fn() -> Result<ImageRef, EvalError>, candidates: &[&str]) -> Result<Vec<f64>, EvalError> {
         let embeds = self.prompt(prompt, key, image)?;
-        let Some(dec) = self.model.text.burn() else {
-            return Err(EvalError::Unsupported("SEED's likelihood ranking runs on burn's decoder: add --engine burn".into()));
-        };
-        let len = embeds.dims()[1];
-        let mut cache = dec.new_cache();
-        let last = rows(dec.forward_embeds(embeds, &mut cache, 1));
+        let model_err = |source| EvalError::Model { id: key.into(), source };
         let mut losses = vec![];
+        let mut cache = None;
         for c in candidates {
             let ids = self.model.tokenizer.encode(c, false).map_err(|e| EvalError::Unsupported(format!("tokenizing {c:?}: {e}")))?;
-            self.model.check_context(len + ids.len(), 0).map_err(|source| EvalError::Model { id: key.into(), source })?;
-            let mut logits = last.clone();
-            if ids.len() > 1 {
-                logits.extend(rows(dec.forward_ids(&ids[..ids.len() - 1], &mut cache.clone(), ids.len() - 1)));
-            }
+            self.model.check_context(embeds.dims()[1] + ids.len(), 0).map_err(model_err)?;
+            // The logits before each of the candidate's tokens: the prompt's last position, then
+            // each candidate prefix's.
+            let logits = match self.model.text.burn().filter(|_| !self.prefill_each_prefix) {
+                Some(dec) => {
+                    let (cache, last) = cache.get_or_insert_with(|| {
+                        let mut kv = dec.new_cache();
+                        let last = rows(dec.forward_embeds(embeds.clone(), &mut kv, 1));
+                        (kv, last)
+                    });
+                    let mut l = last.clone();
+                    if ids.len() > 1 {
+                        l.extend(rows(dec.forward_ids(&ids[..ids.len() - 1], &mut cache.clone(), ids.len() - 1)));
+                    }
+                    l
+                }
+                None => (0..ids.len()).map(|j| {
+                    let prefix = if j == 0 { embeds.clone() } else { Tensor::cat(vec![embeds.clone(), self.model.embed_ids(&ids[..j])?], 1) };
+                    self.model.last_logits(prefix)
+                }).collect::<Result<Vec<_>, _>>().map_err(model_err)?,
+            };
             let ce: f64 = ids.iter().zip(&logits).map(|(&t, row)| cross_entropy(row, t as usize)).sum();
             losses.push(ce / ids.len() as f64);
         }

@@ -70,7 +70,7 @@ pub fn markdown(r: &Results) -> String {
             }
         }
     }
-    let _ = writeln!(s, "\nThis run: {} passes answered in {:.1} s ({:.3} passes/s), {} resumed from the predictions file; {} bad rows skipped.", r.run.answered, r.run.seconds, r.run.passes_per_second, r.run.resumed, r.skipped.len());
+    let _ = writeln!(s, "\nThis run: {} passes of {} questions answered in {:.1} s ({:.3} passes/s, {:.3} questions/s), {} resumed from the predictions file; {} bad rows skipped.", r.run.answered, r.run.questions, r.run.seconds, r.run.passes_per_second, r.run.questions_per_second, r.run.resumed, r.skipped.len());
     s
 }
 

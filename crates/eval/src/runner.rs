@@ -86,6 +86,8 @@ pub struct Pass<'a> {
     pub prompt: String,
     /// The same for every pass over one image (encoded once).
     pub image_key: String,
+    /// The question it belongs to (a question's circular copies share it).
+    pub question: String,
     /// Whether it is ranked by likelihood (SEED) rather than generated.
     pub rank: bool,
     image: ImageSource<'a>,
@@ -167,9 +169,9 @@ impl Dataset {
     /// The passes in run order.
     pub fn passes(&self) -> Vec<Pass<'_>> {
         match self {
-            Dataset::Mme(qs) => qs.iter().map(|(line, q)| Pass { id: q.id(*line), prompt: q.prompt(), image_key: format!("{}/{}", q.task, q.image_name), rank: false, image: ImageSource::File(&q.image) }).collect(),
-            Dataset::Mc { file, bench } => bench.rows.iter().map(|q| Pass { id: q.index.to_string(), prompt: q.prompt(), image_key: q.group().to_string(), rank: false, image: ImageSource::Base64(q, file) }).collect(),
-            Dataset::Seed(qs) => qs.iter().map(|q| Pass { id: q.id.clone(), prompt: q.prompt(), image_key: q.image.display().to_string(), rank: true, image: ImageSource::File(&q.image) }).collect(),
+            Dataset::Mme(qs) => qs.iter().map(|(line, q)| Pass { id: q.id(*line), prompt: q.prompt(), image_key: format!("{}/{}", q.task, q.image_name), question: q.id(*line), rank: false, image: ImageSource::File(&q.image) }).collect(),
+            Dataset::Mc { file, bench } => bench.rows.iter().map(|q| Pass { id: q.index.to_string(), prompt: q.prompt(), image_key: q.group().to_string(), question: q.group().to_string(), rank: false, image: ImageSource::Base64(q, file) }).collect(),
+            Dataset::Seed(qs) => qs.iter().map(|q| Pass { id: q.id.clone(), prompt: q.prompt(), image_key: q.image.display().to_string(), question: q.id.clone(), rank: true, image: ImageSource::File(&q.image) }).collect(),
         }
     }
 
@@ -217,7 +219,7 @@ impl Dataset {
 }
 
 /// How a run went.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct RunStats {
     /// Passes answered in this run.
     pub answered: usize,
@@ -227,6 +229,10 @@ pub struct RunStats {
     pub seconds: f64,
     /// Passes answered per second.
     pub passes_per_second: f64,
+    /// Questions with a pass answered in this run (a question's rotations count once).
+    pub questions: usize,
+    /// Those questions per second.
+    pub questions_per_second: f64,
 }
 
 /// Asks every pass not yet in `log`, appending each answer as it comes; `progress` sees
@@ -236,6 +242,7 @@ pub fn run(dataset: &Dataset, answerer: &mut dyn Answerer, log: &mut PredictionL
     let resumed = passes.iter().filter(|p| log.records.contains_key(&p.id)).count();
     let start = Instant::now();
     let mut answered = 0;
+    let mut questions = std::collections::BTreeSet::new();
     for pass in &passes {
         if log.records.contains_key(&pass.id) {
             continue;
@@ -252,10 +259,12 @@ pub fn run(dataset: &Dataset, answerer: &mut dyn Answerer, log: &mut PredictionL
         };
         log.append(Record { seconds: t.elapsed().as_secs_f64(), ..record })?;
         answered += 1;
+        questions.insert(pass.question.as_str());
         progress(resumed + answered, passes.len());
     }
     let seconds = start.elapsed().as_secs_f64();
-    Ok(RunStats { answered, resumed, seconds, passes_per_second: if seconds > 0.0 { answered as f64 / seconds } else { 0.0 } })
+    let rate = |n: usize| if seconds > 0.0 { n as f64 / seconds } else { 0.0 };
+    Ok(RunStats { answered, resumed, seconds, passes_per_second: rate(answered), questions: questions.len(), questions_per_second: rate(questions.len()) })
 }
 
 /// Whether every pass already has a prediction (then no model is needed).

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use burn::backend::Flex;
 use serde_json::Value;
-use xcomposer_eval::answerer::{XComposerAnswerer, prompt_ids};
+use xcomposer_eval::answerer::{Answerer, XComposerAnswerer, prompt_ids};
 use xcomposer_eval::predictions::PredictionLog;
 use xcomposer_eval::runner::{self, Bench, DataPaths, Dataset, Scores};
 use xcomposer_vision::xcomposer::XComposer;
@@ -139,6 +139,15 @@ fn seed(model: &XComposer<Flex>, tiny: &Path) {
             assert!((x - y.as_f64().unwrap()).abs() < 1e-3, "{id}: losses {:?} vs {}", r.losses, pass["ce_loss"]);
         }
         assert_eq!(r.prediction, pass["prediction"].as_str().unwrap());
+    }
+    // The fused engine's way (a prefill per candidate prefix) gives the same losses.
+    let mut by_prefill = XComposerAnswerer::new(model);
+    by_prefill.prefill_each_prefix = true;
+    for pass in ds.passes() {
+        let losses = by_prefill.rank(&pass.prompt, &pass.image_key, &|| pass.image(), &xcomposer_eval::seed::CANDIDATES).unwrap();
+        for (x, y) in losses.iter().zip(&log.records[&pass.id].losses) {
+            assert!((x - y).abs() < 1e-4, "{}: {losses:?} vs {:?}", pass.id, log.records[&pass.id].losses);
+        }
     }
     let Scores::Seed(s) = ds.score(&log.texts()) else { panic!() };
     assert_eq!(s.overall.accuracy, reference["accuracy"].as_f64().unwrap(), "the original's score/len");
