@@ -16,7 +16,7 @@ use crate::tsv::{Table, is_na, one_line};
 pub const CIRCULAR_BASE: i64 = 1_000_000;
 
 /// One row: a question or one of its circular copies.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct McQuestion {
     /// The row's index (a copy: its question's index + k·1e6).
     pub index: i64,
@@ -37,6 +37,23 @@ pub struct McQuestion {
     pub image_b64: String,
     /// The file's line where the row starts.
     pub line: usize,
+}
+
+impl std::fmt::Debug for McQuestion {
+    /// Every field but the image's base64, of which only the length is shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("McQuestion")
+            .field("index", &self.index)
+            .field("question", &self.question)
+            .field("hint", &self.hint)
+            .field("options", &self.options)
+            .field("answer", &self.answer)
+            .field("category", &self.category)
+            .field("l2_category", &self.l2_category)
+            .field("image_b64_len", &self.image_b64.len())
+            .field("line", &self.line)
+            .finish()
+    }
 }
 
 impl McQuestion {
@@ -322,6 +339,16 @@ mod tests {
         assert_eq!(extract("a dog and a cat", &c), None, "three option texts match: a tie");
         assert_eq!(extract("", &c), None, "read back as nan");
         assert_eq!(extract("E", &c), Some('E'));
+    }
+
+    #[test]
+    fn a_copy_whose_image_is_an_index_takes_that_rows_image() {
+        let q = |index, image: &str| McQuestion { index, question: "q".into(), hint: None, options: vec![], answer: None, category: "c".into(), l2_category: None, image_b64: image.into(), line: 2 };
+        let mut rows = vec![q(5, "iVBORw0KGgo="), q(1_000_005, "5")];
+        resolve_image_refs(&mut rows, Path::new("t.tsv")).unwrap();
+        assert_eq!(rows[1].image_b64, "iVBORw0KGgo=");
+        let mut dangling = vec![q(1_000_006, "6")];
+        assert_eq!(resolve_image_refs(&mut dangling, Path::new("t.tsv")).unwrap_err().to_string(), "t.tsv: line 2: the image refers to index 6, which has no image");
     }
 
     #[test]
