@@ -4,7 +4,6 @@
 use std::fmt::Write;
 
 use crate::error::Skipped;
-use crate::mme::{COGNITION, PERCEPTION};
 use crate::runner::{Bench, RunStats, Scores};
 
 /// The published per-task MME scores (`v1/evaluation/mme/MME_Bench.md`), in task order.
@@ -56,7 +55,6 @@ pub fn markdown(r: &Results) -> String {
             if !m.missing_tasks.is_empty() {
                 let _ = writeln!(s, "\nTasks with no questions (left out of the sums): {}.", m.missing_tasks.join(", "));
             }
-            let _ = (PERCEPTION, COGNITION);
         }
         Scores::Circular(c) => {
             for (k, a) in c.by_l2_category.iter().map(|(k, a)| (format!("l2: {k}"), a)).chain(c.by_category.iter().map(|(k, a)| (k.clone(), a))) {
