@@ -8,15 +8,15 @@ use std::path::{Path, PathBuf};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use image::RgbImage;
-use xcomposer_vision::Preprocess;
+use rayon::prelude::*;
+use xcomposer_vision::{ImageInput, ImageLimits, Preprocess};
 
 use crate::clip::{Clip, ClipError, l2_normalize};
 use crate::clip_tokenizer::ClipTokenizer;
-use crate::library::ImageLibrary;
+pub use crate::library::features::CLIP_FEATURE;
+use crate::library::{FeatureMatrix, ImageLibrary, LibraryError, Progress};
 use crate::scorer::{ScoreError, ScoreMatrix, Scorer, cosine_scores};
 
-/// The stored feature holding CLIP image embeddings.
-pub const CLIP_FEATURE: &str = "clip";
 
 /// A CLIP folder ready to embed images and captions.
 pub struct ClipEmbedder<B: Backend> {
@@ -128,5 +128,54 @@ where
             *v *= scale;
         }
         Ok(ScoreMatrix { parts: vec![part] })
+    }
+}
+
+impl ImageLibrary {
+    /// Adds CLIP image embeddings made by `clip` for every image that lacks one (all of them
+    /// when the index holds another CLIP model's) and saves the index; returns how many were
+    /// embedded. Images that no longer decode, or are over `limits`, are reported in `skipped`.
+    pub fn index_clip<B: Backend>(&mut self, clip: &ClipEmbedder<B>, batch: usize, limits: ImageLimits, progress: &mut dyn FnMut(Progress), skipped: &mut Vec<(String, String)>) -> Result<usize, LibraryError> {
+        let dim = clip.dim();
+        let same = self.models.clip.as_deref() == Some(clip.id());
+        let old = if same { self.features.remove(CLIP_FEATURE) } else { None };
+        let mut vectors: Vec<Option<Vec<f32>>> = (0..self.images.len()).map(|i| old.as_ref().and_then(|m| m.row(i)).map(<[f32]>::to_vec)).collect();
+        let todo: Vec<usize> = (0..self.images.len()).filter(|&i| vectors[i].is_none()).collect();
+        progress(Progress::Planned { total: self.images.len(), to_process: todo.len() });
+        // CLIPImageProcessor's convert("RGB") drops alpha rather than compositing it.
+        let input = ImageInput::pil_compatible().with_limits(limits);
+        for chunk in todo.chunks(batch.max(1)) {
+            let decoded: Vec<Result<Vec<f32>, String>> = chunk.par_iter().map(|&i| input.open_for(&self.root.join(&self.images[i].path), &clip.preprocess).map(|d| clip.preprocess.apply(&d.rgb)).map_err(|e| e.to_string())).collect();
+            let mut ok = vec![];
+            let mut pixels = vec![];
+            for (&i, d) in chunk.iter().zip(decoded) {
+                match d {
+                    Ok(p) => {
+                        ok.push(i);
+                        pixels.push(p);
+                    }
+                    Err(e) => skipped.push((self.images[i].path.clone(), e)),
+                }
+            }
+            for (i, v) in ok.into_iter().zip(clip.embed_pixels(&pixels)) {
+                vectors[i] = Some(v);
+            }
+            for _ in chunk {
+                progress(Progress::Processed);
+            }
+        }
+        let mut data = Vec::new();
+        for (im, v) in self.images.iter_mut().zip(&vectors) {
+            im.rows.remove(CLIP_FEATURE);
+            if let Some(v) = v {
+                im.rows.insert(CLIP_FEATURE.into(), (data.len() / dim) as u32);
+                data.extend_from_slice(v);
+            }
+        }
+        let row_of = self.images.iter().map(|im| im.rows.get(CLIP_FEATURE).copied()).collect();
+        self.features.insert(CLIP_FEATURE.into(), FeatureMatrix { dim, data, row_of });
+        self.models.clip = Some(clip.id().to_string());
+        self.save()?;
+        Ok(todo.len())
     }
 }

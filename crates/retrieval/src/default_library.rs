@@ -13,8 +13,7 @@ use crate::library::{ImageLibrary, Indexer, LibraryError, ModelIds, Progress};
 /// The library's metadata file, as shipped in `assets/library/library.json`.
 pub const LIBRARY_JSON: &str = include_str!("../../../assets/library/library.json");
 
-/// The file name of a library-level metadata file (see [`crate::library`]).
-pub const METADATA_FILE: &str = "library.json";
+pub use crate::library::metadata::METADATA_FILE;
 
 /// Sub-folder of the models folder that holds the default library.
 pub const DIR: &str = "library";

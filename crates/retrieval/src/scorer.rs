@@ -18,61 +18,10 @@ use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 
-use crate::embedder::{EmbedderError, TextEmbedder, dot};
-use crate::library::ImageLibrary;
-
-/// The stored feature the tag scorer reads.
-pub const TAG_FEATURE: &str = "tags";
-/// The stored feature the metadata scorer reads.
-pub const METADATA_FEATURE: &str = "metadata";
-
-/// One scorer's contribution to a score.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ScorePart {
-    /// The scorer's name.
-    pub scorer: String,
-    /// Its score.
-    pub score: f32,
-    /// Its weight in the total.
-    pub weight: f32,
-}
-
-/// A caption–image score and how it was made.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Score {
-    /// The score used for ranking.
-    pub total: f32,
-    /// The parts it combines (one part for a simple scorer).
-    pub parts: Vec<ScorePart>,
-}
-
-/// Errors while scoring.
-#[derive(Debug, thiserror::Error)]
-pub enum ScoreError {
-    /// Embedding the captions failed.
-    #[error(transparent)]
-    Embedder(#[from] EmbedderError),
-    /// The library's features were made by another model than the scorer's.
-    #[error("the library index at {index} holds features of {found}, not of {wanted}: re-index it with this model (`xcomposer index --clip DIR`)")]
-    OtherModel {
-        /// The index folder.
-        index: String,
-        /// The model that made the stored features.
-        found: String,
-        /// The scorer's model.
-        wanted: String,
-    },
-    /// The library lacks a feature this scorer needs.
-    #[error("the library index at {index} has no '{feature}' features: re-index it with `xcomposer index` and this scorer")]
-    MissingFeature {
-        /// The index folder.
-        index: String,
-        /// The feature.
-        feature: String,
-    },
-}
+use crate::embedder::{TextEmbedder, dot};
+pub use crate::library::features::{METADATA_FEATURE, Score, ScoreError, ScorePart, TAG_FEATURE};
+use crate::library::{Hit, ImageLibrary, LibraryError};
 
 /// One scorer's raw scores: `values[c][i]` for caption `c` and image `i`, `None` where it has
 /// no opinion about the image.
@@ -210,5 +159,54 @@ impl Scorer for HybridScorer {
             }
         }
         Ok(ScoreMatrix { parts })
+    }
+}
+
+impl ImageLibrary {
+    /// The `k` best images for each caption, best first (images the scorer has no opinion on
+    /// are not returned).
+    pub fn search(&self, scorer: &dyn Scorer, captions: &[&str], k: usize) -> Result<Vec<Vec<Hit>>, LibraryError> {
+        let scores = scorer.score(captions, self)?;
+        Ok((0..captions.len())
+            .map(|c| {
+                let mut ranked: Vec<(usize, f32)> = (0..self.len()).filter_map(|i| scores.total(c, i).map(|t| (i, t))).collect();
+                let k = k.min(ranked.len());
+                if k > 0 && k < ranked.len() {
+                    ranked.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
+                }
+                ranked.truncate(k);
+                ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(self.images[a.0].path.cmp(&self.images[b.0].path)));
+                ranked.into_iter().map(|(i, _)| Hit { image: i, path: self.images[i].path.clone(), score: scores.explain(c, i).expect("ranked images have a score") }).collect()
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use super::*;
+    use crate::library::IndexedImage;
+
+    #[test]
+    fn search_ranks_by_total_and_skips_images_without_an_opinion() {
+        struct Fixed;
+        impl Scorer for Fixed {
+            fn name(&self) -> &str {
+                "fixed"
+            }
+            fn score(&self, captions: &[&str], lib: &ImageLibrary) -> Result<ScoreMatrix, ScoreError> {
+                let values = captions.iter().map(|_| (0..lib.len()).map(|i| (i != 1).then_some(i as f32 * 0.1)).collect()).collect();
+                Ok(ScoreMatrix { parts: vec![PartScores { scorer: "fixed".into(), weight: 1.0, values }] })
+            }
+        }
+        let im = |p: &str| IndexedImage { path: p.into(), sha256: String::new(), bytes: 0, width: 1, height: 1, tags: vec![], exif_description: None, metadata_text: None, metadata_sources: vec![], rows: BTreeMap::new() };
+        let lib = ImageLibrary::from_parts(Path::new("/lib"), vec![im("a"), im("b"), im("c"), im("d")], BTreeMap::new());
+        let hits = lib.search(&Fixed, &["q"], 2).unwrap();
+        assert_eq!(hits[0].iter().map(|h| h.path.as_str()).collect::<Vec<_>>(), ["d", "c"]);
+        let all = lib.search(&Fixed, &["q"], 10).unwrap();
+        assert_eq!(all[0].len(), 3);
     }
 }
