@@ -27,6 +27,8 @@ pub enum BenchCommand {
     Clip(crate::bench_clip::ClipBenchArgs),
     /// Composition: wall time per stage for a 6-paragraph, 3-image article.
     Compose(crate::bench_compose::ComposeBenchArgs),
+    /// The server under load: concurrent streamed chat clients, requests/s, tokens/s, latency.
+    Serve(crate::bench_serve::ServeBenchArgs),
 }
 
 /// Arguments of `xcomposer bench llm`.
@@ -78,6 +80,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Clip(args) => crate::bench_clip::run(args),
         BenchCommand::Xcomposer(args) => crate::bench_xcomposer::run(args),
         BenchCommand::Engine(args) => crate::bench_engine::run(args),
+        BenchCommand::Serve(args) => crate::bench_serve::run(args),
     }
 }
 

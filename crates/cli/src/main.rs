@@ -7,6 +7,7 @@ mod bench_clip;
 mod bench_compose;
 mod bench_engine;
 mod bench_library;
+mod bench_serve;
 mod bench_xcomposer;
 mod chat;
 mod clip;

@@ -102,6 +102,16 @@ fn device_label(run_on: &DeviceOptions) -> String {
 
 /// Runs `serve`.
 pub fn run(args: ServeArgs) -> Result<()> {
+    let state = load(&args)?;
+    xcomposer_server::run(&args.host, args.port, state, |addr| {
+        eprintln!("[serve] listening on http://{addr}/ (OpenAI API at http://{addr}/v1)");
+    })?;
+    Ok(())
+}
+
+/// Checks the flags, loads the models and opens the data folder: the server's state, ready to
+/// serve (also `bench serve`'s in-process server).
+pub fn load(args: &ServeArgs) -> Result<Arc<AppState>> {
     let engine = engine_choice(&args.run_on)?;
     let addrs: Vec<IpAddr> = (args.host.as_str(), args.port).to_socket_addrs().with_context(|| format!("--host {}: not an address of this machine", args.host))?.map(|a| a.ip()).collect();
     if addrs.iter().any(|ip| !ip.is_loopback()) && args.api_key.is_none() {
@@ -127,9 +137,5 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let config = ServerConfig { api_key: args.api_key.clone(), data_dir: args.data.clone(), limits };
     let text = Arc::new(ChatLanguageModel::new(llm));
     let composers = Composers { text: text.clone(), xcomposer: xcomposer.clone(), library: args.library.clone(), scoring: args.scoring.clone() };
-    let state = AppState::new(config, ServerModels { text, xcomposer, composers: Some(Arc::new(composers)) })?;
-    xcomposer_server::run(&args.host, args.port, state, |addr| {
-        eprintln!("[serve] listening on http://{addr}/ (OpenAI API at http://{addr}/v1)");
-    })?;
-    Ok(())
+    Ok(AppState::new(config, ServerModels { text, xcomposer, composers: Some(Arc::new(composers)) })?)
 }

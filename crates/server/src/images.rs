@@ -19,7 +19,7 @@ pub struct RequestImage {
 /// `limits`; http(s) URLs are refused (remote fetching is not built).
 pub fn from_data_uri(url: &str, param: &str, limits: &Limits) -> Result<RequestImage, ApiError> {
     if url.starts_with("http://") || url.starts_with("https://") {
-        return Err(ApiError::invalid(param, "remote image URLs are not fetched by this server; send the image inline as a data: URI (data:image/png;base64,…)").code("remote_image_unsupported"));
+        return Err(ApiError::invalid(param, "http(s) image URLs are not fetched yet (remote fetching is a later feature); send the image inline as a data: URI (data:image/png;base64,…)").code("remote_image_unsupported"));
     }
     let rest = url.strip_prefix("data:").ok_or_else(|| ApiError::invalid(param, "an image URL must be a data: URI (data:image/png;base64,…)").code("invalid_image_url"))?;
     let (meta, payload) = rest.split_once(',').ok_or_else(|| ApiError::invalid(param, "the data: URI has no comma before its data").code("invalid_image_url"))?;
@@ -71,6 +71,9 @@ mod tests {
         assert!(e.message.contains("110 pixels"), "{}", e.message);
         let small = Limits { max_image_bytes: 10, ..Limits::default() };
         assert_eq!(from_data_uri(&png(10, 10), "p", &small).unwrap_err().code, Some("image_too_large"));
+        let e = from_data_uri("https://example.com/a.png", "p", &limits).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (400, Some("remote_image_unsupported")));
+        assert!(e.message.contains("not fetched yet") && e.message.contains("data: URI"), "{}", e.message);
         for bad in ["https://example.com/a.png", "file:///etc/passwd", "data:text/plain;base64,aGk=", "data:image/png;base64,!!!", "data:image/png;base64,aGVsbG8="] {
             let e = from_data_uri(bad, "p", &Limits::default()).unwrap_err();
             assert_eq!(e.status, 400, "{bad}: {}", e.message);
