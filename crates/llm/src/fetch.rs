@@ -187,14 +187,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Writes `target` anew through `fill`: into a temporary file next to it, created exclusively
-/// under an unpredictable name, then renamed over it (a symlink at `target` is replaced, not followed).
+/// under an unpredictable name, synced, then renamed over it (a symlink at `target` is replaced,
+/// not followed), and the folder synced so the rename itself survives a crash.
 pub fn replace_file(target: &Path, fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>) -> std::io::Result<()> {
     let (tmp, mut file) = create_temp(target)?;
     let done = fill(&mut file).and_then(|()| file.sync_all()).and_then(|()| std::fs::rename(&tmp, target));
     if done.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    done
+    done.and_then(|()| sync_parent(target))
+}
+
+/// Syncs the folder holding `path` (its entries: a rename or a new file in it).
+fn sync_parent(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// A new file `.NAME.RANDOM.tmp` next to `target`, created with `create_new` (never an existing file or link).
