@@ -110,41 +110,26 @@ pub struct ClipConfig {
     pub projection_dim: usize,
 }
 
-/// Reads a field of a JSON object, HF's default when absent, an error naming it when mistyped.
+/// A tower's fields ([`xcomposer_llm::readers::fields`]: HF's default when absent, an error
+/// naming the field when mistyped), with the file for the error.
 struct Fields<'a> {
-    obj: &'a Value,
-    prefix: &'a str,
+    f: xcomposer_llm::readers::fields::Fields<'a>,
     path: &'a Path,
 }
 
 impl Fields<'_> {
-    fn err(&self, key: &str, reason: String) -> ClipError {
-        ClipError::Config { path: self.path.into(), reason: format!("{}{key} {reason}", self.prefix) }
+    fn wrap(&self, e: xcomposer_llm::readers::fields::FieldError) -> ClipError {
+        ClipError::Config { path: self.path.into(), reason: e.to_string() }
     }
 
     fn usize(&self, key: &str, default: usize) -> Result<usize, ClipError> {
-        match self.obj.get(key) {
-            None | Some(Value::Null) => Ok(default),
-            Some(v) => match v.as_u64() {
-                Some(n) if n > 0 => Ok(n as usize),
-                _ => Err(self.err(key, format!("is {v}; expected a positive integer"))),
-            },
-        }
-    }
-
-    fn f64(&self, key: &str, default: f64) -> Result<f64, ClipError> {
-        match self.obj.get(key) {
-            None | Some(Value::Null) => Ok(default),
-            Some(v) => v.as_f64().filter(|x| *x > 0.0).ok_or_else(|| self.err(key, format!("is {v}; expected a positive number"))),
-        }
+        self.f.positive_usize(key, default).map_err(|e| self.wrap(e))
     }
 
     fn activation(&self) -> Result<Activation, ClipError> {
-        match self.obj.get("hidden_act") {
-            None | Some(Value::Null) => Ok(Activation::QuickGelu),
-            Some(Value::String(s)) if s == "quick_gelu" => Ok(Activation::QuickGelu),
-            Some(Value::String(s)) if s == "gelu" => Ok(Activation::Gelu),
-            Some(v) => Err(self.err("hidden_act", format!("is {v}; expected \"quick_gelu\" or \"gelu\""))),
+        match self.f.one_of("hidden_act", &["quick_gelu", "gelu"]).map_err(|e| self.wrap(e))? {
+            "gelu" => Ok(Activation::Gelu),
+            _ => Ok(Activation::QuickGelu),
         }
     }
 
@@ -155,10 +140,10 @@ impl Fields<'_> {
             num_hidden_layers: self.usize("num_hidden_layers", d.num_hidden_layers)?,
             num_attention_heads: self.usize("num_attention_heads", d.num_attention_heads)?,
             hidden_act: self.activation()?,
-            layer_norm_eps: self.f64("layer_norm_eps", d.layer_norm_eps)?,
+            layer_norm_eps: self.f.positive_f64("layer_norm_eps", d.layer_norm_eps).map_err(|e| self.wrap(e))?,
         };
         if !t.hidden_size.is_multiple_of(t.num_attention_heads) {
-            return Err(self.err("num_attention_heads", format!("is {}, which does not divide hidden_size {}", t.num_attention_heads, t.hidden_size)));
+            return Err(self.wrap(self.f.err("num_attention_heads", format!("is {}, which does not divide hidden_size {}", t.num_attention_heads, t.hidden_size))));
         }
         Ok(t)
     }
@@ -177,9 +162,8 @@ impl ClipConfig {
         }
         let sub = |a: &str, b: &str| v.get(a).filter(|x| x.is_object()).or_else(|| v.get(b).filter(|x| x.is_object())).cloned().unwrap_or(Value::Object(Default::default()));
         let (tv, vv) = (sub("text_config", "text_config_dict"), sub("vision_config", "vision_config_dict"));
-        let tf = Fields { obj: &tv, prefix: "text_config.", path };
-        let vf = Fields { obj: &vv, prefix: "vision_config.", path };
-        let top = Fields { obj: &v, prefix: "", path };
+        let fields = |obj, prefix| Fields { f: xcomposer_llm::readers::fields::Fields::new(obj, prefix), path };
+        let (tf, vf, top) = (fields(&tv, "text_config."), fields(&vv, "vision_config."), fields(&v, ""));
         let text = TextConfig {
             tower: tf.tower(TowerConfig { hidden_size: 512, intermediate_size: 2048, num_hidden_layers: 12, num_attention_heads: 8, hidden_act: Activation::QuickGelu, layer_norm_eps: 1e-5 })?,
             vocab_size: tf.usize("vocab_size", 49408)?,

@@ -111,17 +111,12 @@ impl Preprocess {
         let err = |reason: String| PreprocessConfigError { path: path.into(), reason };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let v: Value = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
-        let flag = |k: &str| -> Result<bool, PreprocessConfigError> {
-            match v.get(k) {
-                None | Some(Value::Null) => Ok(true),
-                Some(Value::Bool(b)) => Ok(*b),
-                Some(x) => Err(err(format!("{k} is {x}; expected true or false"))),
-            }
-        };
+        let fields = xcomposer_llm::readers::fields::Fields::new(&v, "");
+        let flag = |k: &str| fields.bool(k, true).map_err(|e| err(e.to_string()));
         let side = |k: &str, keys: &[&str]| -> Result<Option<(u32, u32)>, PreprocessConfigError> {
             let positive = |x: &Value| x.as_u64().filter(|n| *n > 0 && *n <= 8192).map(|n| n as u32);
-            match v.get(k) {
-                None | Some(Value::Null) => Ok(None),
+            match fields.get(k) {
+                None => Ok(None),
                 Some(x) if positive(x).is_some() => Ok(positive(x).map(|n| (n, n))),
                 Some(Value::Object(o)) => {
                     let get = |f: &str| o.get(f).and_then(positive);
@@ -138,14 +133,14 @@ impl Preprocess {
             }
         };
         let triple = |k: &str, default: [f32; 3]| -> Result<[f32; 3], PreprocessConfigError> {
-            match v.get(k) {
-                None | Some(Value::Null) => Ok(default),
+            match fields.get(k) {
+                None => Ok(default),
                 Some(Value::Array(a)) if a.len() == 3 && a.iter().all(Value::is_number) => Ok([0, 1, 2].map(|i| a[i].as_f64().unwrap_or(0.0) as f32)),
                 Some(x) => Err(err(format!("{k} is {x}; expected three numbers"))),
             }
         };
-        match v.get("resample") {
-            None | Some(Value::Null) => {}
+        match fields.get("resample") {
+            None => {}
             Some(x) if x.as_u64() == Some(3) => {}
             Some(x) => return Err(err(format!("resample is {x}; only 3 (bicubic) is supported"))),
         }
@@ -156,10 +151,7 @@ impl Preprocess {
         }
         let crop = if flag("do_center_crop")? { Some(side("crop_size", &["height", "width"])?.unwrap_or((224, 224))) } else { None };
         let rescale = if flag("do_rescale")? {
-            match v.get("rescale_factor") {
-                None | Some(Value::Null) => Rescale::MulF64(1.0 / 255.0),
-                Some(x) => Rescale::MulF64(x.as_f64().filter(|f| *f > 0.0).ok_or_else(|| err(format!("rescale_factor is {x}; expected a positive number")))?),
-            }
+            Rescale::MulF64(fields.positive_f64("rescale_factor", 1.0 / 255.0).map_err(|e| err(e.to_string()))?)
         } else {
             Rescale::None
         };

@@ -131,7 +131,8 @@ impl<B: Backend> XComposer<B> {
         let scale = match lora {
             None => 0.0,
             Some(l) => {
-                let get = |k: &str| l.get(k).and_then(|v| v.as_f64()).filter(|x| *x > 0.0).ok_or_else(|| XComposerError::Load(format!("{name}: internlm_lora.{k} is missing or not positive")));
+                let lora = xcomposer_llm::readers::fields::Fields::new(l, "internlm_lora.");
+                let get = |k: &str| lora.get(k).ok_or_else(|| lora.err(k, "is missing".into())).and_then(|_| lora.positive_f64(k, 0.0)).map_err(|e| XComposerError::Load(format!("{name}: {e}")));
                 (get("lora_alpha")? / get("lora_r")?) as f32
             }
         };

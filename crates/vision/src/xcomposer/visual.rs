@@ -67,22 +67,10 @@ pub struct VisualConfig {
 impl VisualConfig {
     /// Reads the sizes from an InternLM-XComposer `config.json` value; `name` is used in errors.
     pub fn from_json(v: &Value, name: &str) -> Result<Self, String> {
-        let u = |k: &str, d: usize| -> Result<usize, String> {
-            match v.get(k) {
-                None | Some(Value::Null) => Ok(d),
-                Some(x) => x.as_u64().filter(|n| *n > 0).map(|n| n as usize).ok_or_else(|| format!("{name}: {k} is {x}; expected a positive integer")),
-            }
-        };
-        let f = |k: &str, d: f64| -> Result<f64, String> {
-            match v.get(k) {
-                None | Some(Value::Null) => Ok(d),
-                Some(x) => x.as_f64().filter(|n| *n > 0.0).ok_or_else(|| format!("{name}: {k} is {x}; expected a positive number")),
-            }
-        };
-        match v.get("qformer_hidden_act").and_then(Value::as_str) {
-            None | Some("gelu") => {}
-            Some(other) => return Err(format!("{name}: qformer_hidden_act is {other:?}; expected \"gelu\"")),
-        }
+        let fields = xcomposer_llm::readers::fields::Fields::new(v, "");
+        let u = |k: &str, d: usize| fields.positive_usize(k, d).map_err(|e| format!("{name}: {e}"));
+        let f = |k: &str, d: f64| fields.positive_f64(k, d).map_err(|e| format!("{name}: {e}"));
+        fields.one_of("qformer_hidden_act", &["gelu"]).map_err(|e| format!("{name}: {e}"))?;
         let vit_dim = u("vit_embed_dim", 1408)?;
         let c = VisualConfig {
             img_size: u("vit_img_size", 224)?,

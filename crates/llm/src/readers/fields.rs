@@ -1,0 +1,87 @@
+//! Optional fields of a JSON configuration (`config.json`, `preprocessor_config.json`): the
+//! default when a field is absent or `null`, an error naming the field (with its path inside the
+//! file, `text_config.hidden_size`) when it has the wrong type or range. Numbers are converted
+//! with checks, never with a wrapping cast.
+
+use serde_json::Value;
+
+/// A field that is present but unusable.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field} {reason}")]
+pub struct FieldError {
+    /// The field, with its path inside the file (`vision_config.patch_size`).
+    pub field: String,
+    /// What is wrong, starting with the value found (`is 0; expected a positive integer`).
+    pub reason: String,
+}
+
+/// The fields of one JSON object.
+#[derive(Debug, Clone, Copy)]
+pub struct Fields<'a> {
+    obj: &'a Value,
+    prefix: &'a str,
+}
+
+impl<'a> Fields<'a> {
+    /// The fields of `obj`, whose errors name them as `PREFIXkey` (`prefix` "" at the top level,
+    /// "text_config." inside a nested object).
+    pub fn new(obj: &'a Value, prefix: &'a str) -> Self {
+        Fields { obj, prefix }
+    }
+
+    /// The value of `key`, `None` when absent or `null`.
+    pub fn get(&self, key: &str) -> Option<&'a Value> {
+        self.obj.get(key).filter(|v| !v.is_null())
+    }
+
+    /// An error about `key`.
+    pub fn err(&self, key: &str, reason: String) -> FieldError {
+        FieldError { field: format!("{}{key}", self.prefix), reason }
+    }
+
+    /// A positive integer that fits a `usize`, or `default`.
+    pub fn positive_usize(&self, key: &str, default: usize) -> Result<usize, FieldError> {
+        let Some(v) = self.get(key) else { return Ok(default) };
+        v.as_u64().filter(|n| *n > 0).and_then(|n| usize::try_from(n).ok()).ok_or_else(|| self.err(key, format!("is {v}; expected a positive integer")))
+    }
+
+    /// A positive finite number, or `default`.
+    pub fn positive_f64(&self, key: &str, default: f64) -> Result<f64, FieldError> {
+        let Some(v) = self.get(key) else { return Ok(default) };
+        v.as_f64().filter(|x| *x > 0.0 && x.is_finite()).ok_or_else(|| self.err(key, format!("is {v}; expected a positive number")))
+    }
+
+    /// `true` or `false`, or `default`.
+    pub fn bool(&self, key: &str, default: bool) -> Result<bool, FieldError> {
+        let Some(v) = self.get(key) else { return Ok(default) };
+        v.as_bool().ok_or_else(|| self.err(key, format!("is {v}; expected true or false")))
+    }
+
+    /// One of the strings in `allowed`; `allowed[0]` when absent.
+    pub fn one_of(&self, key: &str, allowed: &[&'static str]) -> Result<&'static str, FieldError> {
+        let Some(v) = self.get(key) else { return Ok(allowed[0]) };
+        let quoted: Vec<String> = allowed.iter().map(|a| format!("{a:?}")).collect();
+        v.as_str().and_then(|s| allowed.iter().find(|a| **a == s).copied()).ok_or_else(|| self.err(key, format!("is {v}; expected {}", quoted.join(" or "))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absent_and_null_take_the_default_and_bad_values_name_the_field() {
+        let v: Value = serde_json::json!({"a": 3, "n": null, "z": 0, "big": 1e300, "s": "gelu", "neg": -1.5, "b": "yes"});
+        let f = Fields::new(&v, "text_config.");
+        assert_eq!(f.positive_usize("a", 9), Ok(3));
+        assert_eq!(f.positive_usize("n", 9), Ok(9));
+        assert_eq!(f.positive_usize("missing", 9), Ok(9));
+        assert_eq!(f.positive_usize("z", 9).unwrap_err().to_string(), "text_config.z is 0; expected a positive integer");
+        assert_eq!(f.positive_f64("neg", 1.0).unwrap_err().to_string(), "text_config.neg is -1.5; expected a positive number");
+        assert_eq!(f.positive_f64("big", 1.0), Ok(1e300));
+        assert_eq!(f.bool("b", true).unwrap_err().to_string(), "text_config.b is \"yes\"; expected true or false");
+        assert_eq!(f.one_of("s", &["quick_gelu", "gelu"]), Ok("gelu"));
+        assert_eq!(f.one_of("n", &["quick_gelu", "gelu"]), Ok("quick_gelu"));
+        assert_eq!(f.one_of("a", &["gelu"]).unwrap_err().to_string(), "text_config.a is 3; expected \"gelu\"");
+    }
+}
