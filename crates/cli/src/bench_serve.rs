@@ -27,6 +27,9 @@ pub struct ServeBenchArgs {
     /// `max_tokens` of each request.
     #[arg(long, default_value_t = 8)]
     max_tokens: usize,
+    /// The model asked, as `GET /v1/models` lists it (default: the first listed, the text model).
+    #[arg(long)]
+    model_id: Option<String>,
     /// The user message of each request (answered greedily).
     #[arg(long, default_value = "Name a colour.")]
     prompt: String,
@@ -71,7 +74,12 @@ async fn bench(args: &ServeBenchArgs, base: &str) -> Result<()> {
     let client = reqwest::Client::new();
     let key = args.serve.api_key.as_deref();
     let models: Value = authed(client.get(format!("{base}/v1/models")), key).send().await.with_context(|| format!("{base}/v1/models"))?.json().await?;
-    let model = models["data"][0]["id"].as_str().with_context(|| format!("{base}/v1/models lists no model: {models}"))?.to_string();
+    let listed: Vec<&str> = models["data"].as_array().into_iter().flatten().filter_map(|m| m["id"].as_str()).collect();
+    let model = match &args.model_id {
+        Some(id) if !listed.contains(&id.as_str()) => bail!("--model-id {id:?}: {base}/v1/models lists {listed:?}"),
+        Some(id) => id.clone(),
+        None => listed.first().with_context(|| format!("{base}/v1/models lists no model: {models}"))?.to_string(),
+    };
     println!("{base}, model {model}, {} requests a row, max_tokens {}, streamed, greedy", args.requests, args.max_tokens);
     println!("| clients | ok | req/s | tokens/s | TTFT p50 / p95 / p99 s | total p50 / p95 / p99 s | errors |");
     println!("|---|---|---|---|---|---|---|");

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ask, model_id, sse_data, start};
+use common::{ask, eventually, metric, model_id, sse_data, start};
 use serde_json::{Value, json};
 use xcomposer_server::Limits;
 
@@ -165,24 +165,6 @@ async fn the_api_key_is_required_when_set() {
 async fn queue_depth(base: &str) -> u64 {
     let v: Value = reqwest::get(format!("{base}/health")).await.unwrap().json().await.unwrap();
     v["queue_depth"].as_u64().unwrap()
-}
-
-async fn metric(base: &str, name: &str) -> f64 {
-    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
-    let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in\n{text}"));
-    line.rsplit(' ').next().unwrap().parse().unwrap()
-}
-
-/// Waits up to 5 s for a metric to reach `want` (the worker clears its busy flag just after
-/// the answer is sent), then asserts it.
-async fn eventually(base: &str, name: &str, want: f64) {
-    for _ in 0..100 {
-        if metric(base, name).await == want {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(metric(base, name).await, want, "{name}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -52,23 +52,6 @@ async fn images_go_to_xcomposer_and_are_refused_by_the_text_model() {
     assert!(v["error"]["message"].as_str().unwrap().contains("xcomposer-tiny"), "{v}");
 }
 
-async fn metric(base: &str, name: &str) -> f64 {
-    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
-    let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in\n{text}"));
-    line.rsplit(' ').next().unwrap().parse().unwrap()
-}
-
-/// Waits up to 10 s for a metric to reach `want`, then asserts it.
-async fn eventually(base: &str, name: &str, want: f64) {
-    for _ in 0..200 {
-        if metric(base, name).await == want {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert_eq!(metric(base, name).await, want, "{name}");
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stop_string_and_a_gone_stream_end_xcomposer_decoding_early_and_cleanly() {
     let panics = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -98,8 +81,8 @@ async fn a_stop_string_and_a_gone_stream_end_xcomposer_decoding_early_and_cleanl
         seen.push_str(&String::from_utf8_lossy(&r.chunk().await.unwrap().expect("more events")));
     }
     drop(r);
-    eventually(&s.base, "xcomposer_cancelled_total", 1.0).await;
-    eventually(&s.base, "xcomposer_model_busy", 0.0).await;
+    common::eventually(&s.base, "xcomposer_cancelled_total", 1.0).await;
+    common::eventually(&s.base, "xcomposer_model_busy", 0.0).await;
     let again: Value = client.post(&url).json(&ask(12, None, false)).send().await.unwrap().json().await.unwrap();
     assert_eq!(again["choices"][0]["message"]["content"], text, "the model thread answers the same after a stop");
     let _ = std::panic::take_hook();

@@ -107,3 +107,22 @@ pub async fn serve_articles_with(data: &std::path::Path, limits: Limits) -> Stri
     tokio::spawn(xcomposer_server::serve(listener, state));
     base
 }
+
+/// The value of a `/metrics` line starting with `name`.
+pub async fn metric(base: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in\n{text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// Waits up to 10 s for a metric to reach `want` (the worker clears its busy flag just after
+/// the answer is sent), then asserts it.
+pub async fn eventually(base: &str, name: &str, want: f64) {
+    for _ in 0..200 {
+        if metric(base, name).await == want {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(metric(base, name).await, want, "{name}");
+}
