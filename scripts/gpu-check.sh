@@ -2,7 +2,7 @@
 # Runs on the GPU machine: SmolLM2-135M (the default model) through `xcomposer generate --device
 # cuda`: the fixture prompts' greedy ids against the reference on the fused engine (f32, f16) and
 # on burn-cuda (--engine burn), token agreement of --quant q8_0 / q4_0 with f16, and decode
-# tokens/s of each on a 256-token raw continuation.
+# tokens/s of each on a 256-token raw continuation; with LLAMA_BENCH, llama-bench on the same file.
 # $1: a folder with xcomposer (built with --features cuda, plain or .xz), the model .gguf (or
 # its pieces *.gguf.part*, joined here) and the fixture's expected.json. Writes under $OUT.
 set -uo pipefail
@@ -48,3 +48,22 @@ for n in names:
     f16 = [f"{agree(got[n, i]['generated_ids'], got['fused-f16', i]['generated_ids'])}/{len(got['fused-f16', i]['generated_ids'])}" for i in range(len(exp))]
     print(f"| {n} | {'match' if prompt else 'DIFFER'} | {ref}/{len(exp)} cases | {', '.join(f16)} |")
 PY
+# With LLAMA_BENCH (a llama-bench built with CUDA): llama.cpp on the same GGUF in the same run,
+# beside the decode rates above (ours over a 256-token generate, prompt and detokenizing included).
+if [ -n "${LLAMA_BENCH:-}" ]; then
+  "$LLAMA_BENCH" -m "$MODEL" -p 512 -n 128 -ngl 99 -fa 1 -r 5 -o json > "$OUT/llama-bench.json" 2> "$OUT/llama-bench.err" || tail -3 "$OUT/llama-bench.err"
+  python3 - "$OUT/llama-bench.json" "$OUT" $VARIANTS <<'PY'
+import json, re, sys
+rows = json.load(open(sys.argv[1]))
+out, names = sys.argv[2], [v.split(":")[0] for v in sys.argv[3:]]
+tg = next(r["avg_ts"] for r in rows if r["n_gen"] > 0)
+pp = next(r["avg_ts"] for r in rows if r["n_prompt"] > 0)
+print(f"llama.cpp on the same GGUF ({rows[0].get('model_type', '?')}): pp512 {pp:.0f} t/s, tg128 {tg:.1f} t/s")
+print("| variant | decode t/s | vs llama.cpp tg128 |")
+print("|---|---|---|")
+for n in names:
+    m = re.findall(r"decode ([0-9.]+) t/s", open(f"{out}/{n}-speed.log").read())
+    if m:
+        print(f"| {n} | {float(m[-1]):.1f} | {float(m[-1]) / tg:.2f}× |")
+PY
+fi

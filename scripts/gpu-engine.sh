@@ -96,6 +96,8 @@ if [ "$PART" = encoder ]; then
     "$BIN" bench xcomposer --model "$M" --device cuda --dtype f16 --torch --runs 10 --new-tokens 32 2> "$OUT/bench.err" | tee "$OUT/bench-xcomposer.md"
     tail -3 "$OUT/bench.err"
   fi
+  # llama.cpp (started above when anchors are carried) is left built for a following call.
+  [ -n "${BUILD:-}" ] && wait "$BUILD"
   exit 0
 fi
 if [ "$PART" = load ]; then

@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+use rayon::prelude::*;
+
 use xcomposer_llm::cuda::encoder::{Activation as Act, DevLinear, DevNorm, EncoderRuntime, HostLinear, HostNorm, HostPreNormBlock, HostVit, VitTower};
 use xcomposer_llm::cuda::{CudaError, EngineDtype};
 use xcomposer_llm::weights::{WeightError, WeightSource};
@@ -67,7 +69,7 @@ impl CudaClipVision {
             cls: src.load_shaped("vision_model.embeddings.class_embedding", &[d])?.data,
             pos: src.load_shaped("vision_model.embeddings.position_embedding.weight", &[grid * grid + 1, d])?.data,
             pre_norm: Some(HostNorm::load(src, "vision_model.pre_layrnorm", d, t.layer_norm_eps)?),
-            blocks: (0..t.num_hidden_layers).map(|i| block(src, &format!("vision_model.encoder.layers.{i}"), t)).collect::<Result<_, _>>()?,
+            blocks: (0..t.num_hidden_layers).into_par_iter().map(|i| block(src, &format!("vision_model.encoder.layers.{i}"), t)).collect::<Result<_, _>>()?,
             img: v.image_size,
             patch_size: p,
             heads: t.num_attention_heads,
@@ -104,7 +106,7 @@ impl CudaClipVision {
         let pooled = rt.scratch(n * d * e)?;
         rt.layer_norm(h, tokens * d, &self.post_norm, pooled, 0, n)?;
         let out = rt.scratch(n * self.projection.out * 4)?;
-        rt.product(pooled, n, &self.projection, out)?;
+        rt.product_f32(pooled, n, &self.projection, out)?;
         let features = rt.download_f32(out, n * self.projection.out)?;
         rt.release(mark);
         Ok(features)

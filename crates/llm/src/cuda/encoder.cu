@@ -2,8 +2,9 @@
 // ---------------------------------------------------------------------------------------------
 // The image encoders' kernels (crates/llm/src/cuda/encoder.rs): the pieces of pre- and post-LN
 // transformer encoders (ViTs, the Q-Former) around cuBLAS products. Appended to kernels.cu, whose
-// helpers they use. Conventions: the residual stream and every product output are f32; the inputs
-// of the products (normalised rows, activations, attention heads) are in T (f16 or f32).
+// helpers they use. Conventions: the residual stream is f32; the products' inputs and outputs
+// (normalised rows, activations, attention heads and scores) are in T (f16 or f32), accumulated
+// in f32 by cuBLAS and read back into f32 by the kernels that follow.
 #ifndef XC_GEMV_ROWS
 
 #define ACT_NONE 0
@@ -37,17 +38,24 @@ __device__ void layer_norm(const float* x, long long stride, const float* w, con
     }
 }
 
-// out[r, c] = T(act(y[r, c] + bias[c])) (bias may be null).
+// out[r, c] = T(act(y[r, c] + bias[c])) (bias may be null; out may be y).
 template <typename T>
-__device__ void bias_act(const float* y, const float* bias, T* out, long long rows, int n, int act) {
+__device__ void bias_act(const T* y, const float* bias, T* out, long long rows, int n, int act) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < rows * n) out[i] = from_f<T>(activation(y[i] + (bias ? bias[i % n] : 0.f), act));
+    if (i < rows * n) out[i] = from_f<T>(activation(to_f(y[i]) + (bias ? bias[i % n] : 0.f), act));
+}
+
+// h[r, c] += y[r, c] + bias[c] (bias may be null): a product's output into the f32 residual stream.
+template <typename T>
+__device__ void residual_add_t(float* h, const T* y, const float* bias, long long rows, int n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < rows * n) h[i] += to_f(y[i]) + (bias ? bias[i % n] : 0.f);
 }
 
 // Heads of a product output: out[b, h, t, e] = T((y[b·n + t, col0 + h·hd + e] + bias[col0 + h·hd
 // + e]) · scale) for t < n, 0 for n ≤ t < n_pad (so padded keys and values add nothing).
 template <typename T>
-__device__ void split_heads(const float* y, int ld, int col0, const float* bias, float scale, T* out, int batch, int n,
+__device__ void split_heads(const T* y, int ld, int col0, const float* bias, float scale, T* out, int batch, int n,
                             int n_pad, int heads, int hd) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     long long total = (long long)batch * heads * n_pad * hd;
@@ -61,26 +69,27 @@ __device__ void split_heads(const float* y, int ld, int col0, const float* bias,
     float v = 0.f;
     if (t < n) {
         int c = col0 + h * hd + e;
-        v = (y[(b * n + t) * ld + c] + (bias ? bias[c] : 0.f)) * scale;
+        v = (to_f(y[(b * n + t) * ld + c]) + (bias ? bias[c] : 0.f)) * scale;
     }
     out[i] = from_f<T>(v);
 }
 
 // Softmax of each row's first n of n_pad scores into p (the padding set to 0). One warp per row.
+// In place (p may be s).
 template <typename T>
-__device__ void softmax_rows(const float* s, T* p, long long rows, int n, int n_pad) {
+__device__ void softmax_rows(const T* s, T* p, long long rows, int n, int n_pad) {
     long long r = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (r >= rows) return;
     int lane = threadIdx.x & 31;
-    const float* x = s + r * n_pad;
+    const T* x = s + r * n_pad;
     float m = NEG_INF;
-    for (int i = lane; i < n; i += 32) m = fmaxf(m, x[i]);
+    for (int i = lane; i < n; i += 32) m = fmaxf(m, to_f(x[i]));
     m = warp_max(m);
     float sum = 0.f;
-    for (int i = lane; i < n; i += 32) sum += __expf(x[i] - m);
+    for (int i = lane; i < n; i += 32) sum += __expf(to_f(x[i]) - m);
     float inv = 1.f / warp_sum(sum);
     T* o = p + r * n_pad;
-    for (int i = lane; i < n_pad; i += 32) o[i] = from_f<T>(i < n ? __expf(x[i] - m) * inv : 0.f);
+    for (int i = lane; i < n_pad; i += 32) o[i] = from_f<T>(i < n ? __expf(to_f(x[i]) - m) * inv : 0.f);
 }
 
 // out[b·n + t, h·hd + e] = o[b, h, t, e]: attention heads back into rows.
@@ -139,14 +148,17 @@ __device__ void repeat_rows(const float* rows, float* h, int batch, int n, int d
                                               float* of, int dim, float eps) {                                       \
         layer_norm<T>(x, stride, w, b, o, of, dim, eps);                                                             \
     }                                                                                                                 \
-    extern "C" __global__ void bias_act_##S(const float* y, const float* bias, T* o, long long rows, int n, int act) { \
+    extern "C" __global__ void bias_act_##S(const T* y, const float* bias, T* o, long long rows, int n, int act) {     \
         bias_act<T>(y, bias, o, rows, n, act);                                                                       \
     }                                                                                                                 \
-    extern "C" __global__ void split_heads_##S(const float* y, int ld, int col0, const float* bias, float scale, T* o, \
+    extern "C" __global__ void residual_add_t_##S(float* h, const T* y, const float* bias, long long rows, int n) {   \
+        residual_add_t<T>(h, y, bias, rows, n);                                                                      \
+    }                                                                                                                 \
+    extern "C" __global__ void split_heads_##S(const T* y, int ld, int col0, const float* bias, float scale, T* o, \
                                                int batch, int n, int n_pad, int heads, int hd) {                      \
         split_heads<T>(y, ld, col0, bias, scale, o, batch, n, n_pad, heads, hd);                                     \
     }                                                                                                                 \
-    extern "C" __global__ void softmax_rows_##S(const float* s, T* p, long long rows, int n, int n_pad) {             \
+    extern "C" __global__ void softmax_rows_##S(const T* s, T* p, long long rows, int n, int n_pad) {                  \
         softmax_rows<T>(s, p, rows, n, n_pad);                                                                       \
     }                                                                                                                 \
     extern "C" __global__ void merge_heads_##S(const T* o, T* out, int batch, int n, int heads, int hd) {            \

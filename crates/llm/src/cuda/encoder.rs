@@ -240,24 +240,34 @@ impl EncoderRuntime {
         self.kernels.launch(&self.typed("layer_norm"), (rows as u32, 1, 1), 256, &args)
     }
 
-    /// `y[rows, out] (f32) = x[rows, inp] · Wᵀ`, no bias (the next kernel adds it).
+    /// `y[rows, out] = x[rows, inp] · Wᵀ` in the runtime's type, no bias (the next kernel adds it).
     pub fn product(&self, x: u64, rows: usize, lin: &DevLinear, y: u64) -> Result<(), CudaError> {
+        self.product_as(x, rows, lin, y, self.blas_type())
+    }
+
+    /// [`EncoderRuntime::product`] with an f32 output (for outputs read back or added to f32 rows).
+    pub fn product_f32(&self, x: u64, rows: usize, lin: &DevLinear, y: u64) -> Result<(), CudaError> {
+        self.product_as(x, rows, lin, y, blas::cudaDataType::CUDA_R_32F)
+    }
+
+    fn product_as(&self, x: u64, rows: usize, lin: &DevLinear, y: u64, c_type: blas::cudaDataType) -> Result<(), CudaError> {
         let Matrix::Plain(w) = &lin.weight else {
             return Err(CudaError::Unsupported("quantized encoder weights".into()));
         };
-        let (t, f32) = (self.blas_type(), blas::cudaDataType::CUDA_R_32F);
-        let g = Gemm { m: lin.out, n: rows, k: lin.inp, a: w.ptr, lda: lin.inp, a_t: true, b: x, ldb: lin.inp, c: y, ldc: lin.out, c_type: f32, batch: 1, strides: [0; 3] };
-        self.gemm(&g, t)
+        let g = Gemm { m: lin.out, n: rows, k: lin.inp, a: w.ptr, lda: lin.inp, a_t: true, b: x, ldb: lin.inp, c: y, ldc: lin.out, c_type, batch: 1, strides: [0; 3] };
+        self.gemm(&g, self.blas_type())
     }
 
-    /// `out = T(act(y + bias))` over `rows × n` (bias 0 for none).
+    /// `out = act(y + bias)` over `rows × n`, both in the runtime's type (bias 0 for none; `out`
+    /// may be `y`).
     pub fn bias_act(&self, y: u64, bias: u64, out: u64, rows: usize, n: usize, act: Activation) -> Result<(), CudaError> {
         self.launch_1d(&self.typed("bias_act"), rows * n, &[Arg::P(y), Arg::P(bias), Arg::P(out), Arg::L(rows as i64), Arg::I(n as i32), Arg::I(act as i32)])
     }
 
-    /// `h += y + bias` over `rows × n` (f32; bias 0 for none).
+    /// `h += y + bias` over `rows × n` (h f32, y a product's output in the runtime's type; bias 0
+    /// for none).
     pub fn residual_add(&self, h: u64, y: u64, bias: u64, rows: usize, n: usize) -> Result<(), CudaError> {
-        self.launch_1d("residual_add_f", rows * n, &[Arg::P(h), Arg::P(y), Arg::P(bias), Arg::I(rows as i32), Arg::I(n as i32)])
+        self.launch_1d(&self.typed("residual_add_t"), rows * n, &[Arg::P(h), Arg::P(y), Arg::P(bias), Arg::L(rows as i64), Arg::I(n as i32)])
     }
 
     /// `y += bias` over `rows × n` (f32).
@@ -278,14 +288,15 @@ impl EncoderRuntime {
         self.split_heads(q, qh, batch, nq, nq, heads, hd, 1.0 / (hd as f32).sqrt())?;
         self.split_heads(k, kh, batch, nk, nkp, heads, hd, 1.0)?;
         self.split_heads(v, vh, batch, nk, nkp, heads, hd, 1.0)?;
-        let (s, p, o) = (self.scratch(bh * nq * nkp * 4)?, self.scratch(bh * nq * nkp * e)?, self.scratch(bh * nq * hd * e)?);
+        let (p, o) = (self.scratch(bh * nq * nkp * e)?, self.scratch(bh * nq * hd * e)?);
         let t = self.blas_type();
-        // Scores: per (item, head), S[nq, nkp] = Q Kᵀ (keys as the transposed operand).
-        let scores = Gemm { m: nkp, n: nq, k: hd, a: kh, lda: hd, a_t: true, b: qh, ldb: hd, c: s, ldc: nkp, c_type: blas::cudaDataType::CUDA_R_32F, batch: bh, strides: [nkp * hd, nq * hd, nq * nkp] };
+        // Scores: per (item, head), S[nq, nkp] = Q Kᵀ (keys as the transposed operand), then
+        // softmax in place into the weights P.
+        let scores = Gemm { m: nkp, n: nq, k: hd, a: kh, lda: hd, a_t: true, b: qh, ldb: hd, c: p, ldc: nkp, c_type: t, batch: bh, strides: [nkp * hd, nq * hd, nq * nkp] };
         self.gemm(&scores, t)?;
         let rows = bh * nq;
         let warps = (BLOCK / 32) as usize;
-        self.kernels.launch(&self.typed("softmax_rows"), (rows.div_ceil(warps) as u32, 1, 1), BLOCK, &[Arg::P(s), Arg::P(p), Arg::L(rows as i64), Arg::I(nk as i32), Arg::I(nkp as i32)])?;
+        self.kernels.launch(&self.typed("softmax_rows"), (rows.div_ceil(warps) as u32, 1, 1), BLOCK, &[Arg::P(p), Arg::P(p), Arg::L(rows as i64), Arg::I(nk as i32), Arg::I(nkp as i32)])?;
         // Weighted sums: O[nq, hd] = P V, i.e. Oᵀ = Vᵀ Pᵀ in cuBLAS's column-major view.
         let sums = Gemm { m: hd, n: nq, k: nkp, a: vh, lda: hd, a_t: false, b: p, ldb: nkp, c: o, ldc: hd, c_type: t, batch: bh, strides: [nkp * hd, nq * nkp, nq * hd] };
         self.gemm(&sums, t)?;
@@ -416,20 +427,19 @@ impl PreNormBlock {
     pub fn forward(&self, rt: &mut EncoderRuntime, h: u64, batch: usize, n: usize, heads: usize, act: Activation) -> Result<(), CudaError> {
         let (d, f, rows, e) = (self.norm1.dim, self.fc1.out, batch * n, rt.elem());
         let mark = rt.mark();
-        let xn = rt.scratch(rows * d.max(f) * e)?;
-        let y = rt.scratch(rows * (3 * d).max(f) * 4)?;
-        let att = rt.scratch(rows * d * e)?;
+        let (xn, att) = (rt.scratch(rows * d * e)?, rt.scratch(rows * d * e)?);
+        let y = rt.scratch(rows * (3 * d).max(f) * e)?;
         rt.layer_norm(h, d, &self.norm1, xn, 0, rows)?;
         rt.product(xn, rows, &self.qkv, y)?;
         let at = |col0| Heads { y, ld: 3 * d, col0, bias: self.qkv.bias() };
         rt.attention(at(0), at(d), at(2 * d), batch, n, n, heads, d / heads, att)?;
-        rt.product(att, rows, &self.proj, y)?;
-        rt.residual_add(h, y, self.proj.bias(), rows, d)?;
-        rt.layer_norm(h, d, &self.norm2, xn, 0, rows)?;
-        rt.product(xn, rows, &self.fc1, y)?;
-        rt.bias_act(y, self.fc1.bias(), xn, rows, f, act)?;
-        rt.product(xn, rows, &self.fc2, y)?;
-        rt.residual_add(h, y, self.fc2.bias(), rows, d)?;
+        rt.product(att, rows, &self.proj, xn)?;
+        rt.residual_add(h, xn, self.proj.bias(), rows, d)?;
+        rt.layer_norm(h, d, &self.norm2, att, 0, rows)?;
+        rt.product(att, rows, &self.fc1, y)?;
+        rt.bias_act(y, self.fc1.bias(), y, rows, f, act)?;
+        rt.product(y, rows, &self.fc2, xn)?;
+        rt.residual_add(h, xn, self.fc2.bias(), rows, d)?;
         rt.release(mark);
         Ok(())
     }
@@ -516,7 +526,7 @@ impl VitTower {
         let cols = rt.scratch(batch * np * 3 * p * p * rt.elem())?;
         let y = rt.scratch(batch * np * d * 4)?;
         rt.patches(pixels, cols, batch, self.img, p)?;
-        rt.product(cols, batch * np, &self.patch, y)?;
+        rt.product_f32(cols, batch * np, &self.patch, y)?;
         let args = [Arg::P(y), Arg::P(self.patch.bias()), Arg::P(self.cls.ptr), Arg::P(self.pos.ptr), Arg::P(h), Arg::I(batch as i32), Arg::I(np as i32), Arg::I(d as i32)];
         rt.launch_1d("vit_embed_f", batch * (np + 1) * d, &args)?;
         if let Some(norm) = &self.pre_norm {

@@ -9,6 +9,8 @@ use xcomposer_llm::cuda::encoder::{Activation, DevLinear, DevNorm, EncoderRuntim
 use xcomposer_llm::cuda::EngineDtype;
 use xcomposer_llm::weights::{WeightError, WeightSource};
 
+use rayon::prelude::*;
+
 use super::visual::VisualConfig;
 
 /// One EVA block: q/k/v stacked with `[q_bias, 0, v_bias]`.
@@ -32,7 +34,8 @@ fn eva_block(src: &dyn WeightSource, p: &str, c: &VisualConfig) -> Result<HostPr
 fn eva_vit(src: &dyn WeightSource, c: &VisualConfig) -> Result<HostVit, WeightError> {
     let (d, p) = (c.vit_dim, c.patch_size);
     let n = (c.img_size / p).pow(2);
-    let blocks = (0..c.vit_depth).map(|i| eva_block(src, &format!("visual_encoder.blocks.{i}"), c)).collect::<Result<_, _>>()?;
+    // Blocks read and converted to f32 in parallel (one at a time took most of a 36 s load).
+    let blocks = (0..c.vit_depth).into_par_iter().map(|i| eva_block(src, &format!("visual_encoder.blocks.{i}"), c)).collect::<Result<_, _>>()?;
     Ok(HostVit {
         patch: HostLinear {
             weight: src.load_shaped("visual_encoder.patch_embed.proj.weight", &[d, 3, p, p])?.data,
@@ -78,7 +81,7 @@ impl Attention {
     fn forward(&self, rt: &mut EncoderRuntime, x: u64, xt: u64, kv: u64, batch: usize, nq: usize, nk: usize, heads: usize) -> Result<(), CudaError> {
         let (h, e) = (self.q.out, rt.elem());
         let mark = rt.mark();
-        let (yq, yk, yv) = (rt.scratch(batch * nq * h * 4)?, rt.scratch(batch * nk * h * 4)?, rt.scratch(batch * nk * h * 4)?);
+        let (yq, yk, yv) = (rt.scratch(batch * nq * h * e)?, rt.scratch(batch * nk * h * e)?, rt.scratch(batch * nk * h * e)?);
         let att = rt.scratch(batch * nq * h * e)?;
         rt.product(xt, batch * nq, &self.q, yq)?;
         rt.product(kv, batch * nk, &self.k, yk)?;
@@ -179,7 +182,7 @@ impl CudaVisual {
             feed_forward(rt, l, x, xt, batch * nq)?;
         }
         let out = rt.scratch(batch * nq * c.llm_dim * 4)?;
-        rt.product(xt, batch * nq, &self.proj, out)?;
+        rt.product_f32(xt, batch * nq, &self.proj, out)?;
         rt.add_bias(out, self.proj.bias(), batch * nq, c.llm_dim)?;
         let proj = rt.download_f32(out, batch * nq * c.llm_dim)?;
         rt.release(mark);
@@ -202,11 +205,11 @@ impl CudaVisual {
 fn feed_forward(rt: &mut EncoderRuntime, l: &SamplerLayer, x: u64, xt: u64, rows: usize) -> Result<(), CudaError> {
     let (h, f) = (l.up.inp, l.up.out);
     let mark = rt.mark();
-    let (y, a) = (rt.scratch(rows * f * 4)?, rt.scratch(rows * f * rt.elem())?);
+    let (y, out) = (rt.scratch(rows * f * rt.elem())?, rt.scratch(rows * h * rt.elem())?);
     rt.product(xt, rows, &l.up, y)?;
-    rt.bias_act(y, l.up.bias(), a, rows, f, Activation::Gelu)?;
-    rt.product(a, rows, &l.down, y)?;
-    rt.residual_add(x, y, l.down.bias(), rows, h)?;
+    rt.bias_act(y, l.up.bias(), y, rows, f, Activation::Gelu)?;
+    rt.product(y, rows, &l.down, out)?;
+    rt.residual_add(x, out, l.down.bias(), rows, h)?;
     rt.layer_norm(x, h, &l.ffn_norm, xt, x, rows)?;
     rt.release(mark);
     Ok(())
