@@ -23,9 +23,11 @@
 #                the carried library), then `edit recaption 0` and `edit add 1` on it, on the GPU too.
 #   PART=encoder: the image encoders on the CUDA encoder runtime: their tests against the
 #                reference outputs of xcomposer-tiny and clip-tiny (f32 and f16), the xcomposer-tiny
-#                fixture on --device cuda (its image now encoded there), then `bench clip` on a
+#                fixture on --device cuda (its image now encoded there), `eval` on the tiny data
+#                sets on cpu and cuda (predictions compared), then `bench clip` on a
 #                random CLIP ViT-L/14 beside PyTorch (f16, batches 1, 32, 128) and `bench xcomposer`
-#                on the random 7B (image encode beside PyTorch; ENCODER_7B=0 skips it).
+#                on the random 7B (image encode beside PyTorch; ENCODER_7B=0 skips it, ENCODER_BENCH=0
+#                skips both benchmarks).
 #   PART=smollm2: `bench engine --shape smollm2` (the default text model's shape, random weights)
 #                beside llama-bench on a random f16 GGUF of that shape (scripts/write_random_gguf.py).
 set -uo pipefail
@@ -86,6 +88,30 @@ if [ "$PART" = encoder ]; then
   echo "== xcomposer-tiny fixture on --device cuda (image encoded on the GPU)"
   mkdir -p "$W/dev" && ln -sfn "$W/xcomposer-tiny" "$W/dev/xcomposer-tiny" && ln -sfn "$(realpath "$DIR/images")" "$W/dev/images" && cp "$BIN" "$W/dev/xcomposer"
   OUT="$OUT" bash scripts/gpu-xcomposer.sh "$W/dev" fixture 2>&1 | grep "^xcomposer-tiny"
+  echo "== xcomposer eval on the tiny data sets: cpu f32, cuda f32 and f16 (the same answers expected in f32)"
+  T=crates/eval/tests/fixtures/tiny
+  for run in cpu:f32 cuda:f32 cuda:f16; do
+    for b in "mme --data $T/mme" "mmbench --data $T/mmbench/mmbench_tiny.tsv" "ccbench --data $T/ccbench/ccbench_tiny.tsv" "seed --data $T/seed/images --questions $T/seed/SEED-Bench.json"; do
+      name=${b%% *}; o="$W/eval-${run/:/-}/$name"; rm -rf "$o"; mkdir -p "$(dirname "$o")"
+      "$BIN" eval $b --model "$W/xcomposer-tiny" --device ${run%:*} --dtype ${run#*:} --out "$o" > "$o.log" 2>&1 || tail -3 "$o.log"
+    done
+  done
+  python3 - "$W" <<'PY'
+import json, sys, os
+w = sys.argv[1]
+def answers(run, b):
+    p = f"{w}/eval-{run}/{b}/predictions.jsonl"
+    return [json.loads(l) for l in open(p)] if os.path.exists(p) else []
+for b in ("mme", "mmbench", "ccbench", "seed"):
+    cpu = answers("cpu-f32", b)
+    for run in ("cuda-f32", "cuda-f16"):
+        got = answers(run, b)
+        key = lambda r: (r["id"], r["prediction"], r.get("sequence"))
+        same = sum(key(a) == key(c) for a, c in zip(got, cpu))
+        dl = max((abs(x - y) for a, c in zip(got, cpu) for x, y in zip(a.get("losses", []), c.get("losses", []))), default=0.0)
+        print(f"eval {b} {run}: {same}/{len(cpu)} answers (text and ids) equal to the CPU's ({len(got)} written); SEED losses max-abs {dl:.1e}")
+PY
+  [ "${ENCODER_BENCH:-1}" = 0 ] && exit 0
   echo "== bench clip, random ViT-L/14, f16"
   [ -f /tmp/clip-L14/config.json ] || python3 scripts/bench_clip_torch.py make L/14 /tmp/clip-L14 > "$OUT/clip-make.log" 2>&1
   "$BIN" bench clip --model /tmp/clip-L14 --device cuda --dtype f16 --batches 1,32,128 --runs 10 --torch 2> "$OUT/bench-clip.err" | tee "$OUT/bench-clip.md"
