@@ -16,7 +16,7 @@ use cudarc::driver::{CudaContext, CudaStream};
 
 use super::CudaError;
 use super::engine::EngineDtype;
-use super::kernels::{Arg, Buf, Kernels};
+use super::kernels::{Arg, Buf, Kernels, open_device};
 use super::matrix::{HostMatrix, Matrix};
 use crate::weights::{WeightError, WeightSource};
 
@@ -133,18 +133,10 @@ impl EncoderRuntime {
     /// A runtime on CUDA device 0 computing in `dtype` (its kernels compiled or read from the
     /// PTX cache).
     pub fn new(dtype: EngineDtype) -> Result<Self, CudaError> {
-        let ctx = CudaContext::new(0)?;
-        // SAFETY: the runtime orders all its work on one stream and synchronises before reading back.
-        unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.new_stream()?;
+        let (ctx, stream) = open_device()?;
         let kernels = Kernels::compile_base(&ctx, stream.clone())?;
         let blas = CudaBlas::new(stream.clone())?;
         Ok(EncoderRuntime { _ctx: ctx, stream, blas, kernels, dtype, scratch: vec![], next: 0 })
-    }
-
-    /// The type of the products' inputs and weights.
-    pub fn dtype(&self) -> EngineDtype {
-        self.dtype
     }
 
     /// Bytes of one value of the runtime's type.
@@ -215,16 +207,6 @@ impl EncoderRuntime {
         Ok(self.scratch[i].ptr)
     }
 
-    /// Bytes of scratch held.
-    pub fn scratch_bytes(&self) -> usize {
-        self.scratch.iter().map(|b| b.bytes).sum()
-    }
-
-    /// Waits for the queued work.
-    pub fn synchronize(&self) -> Result<(), CudaError> {
-        Ok(self.stream.synchronize()?)
-    }
-
     fn launch_1d(&self, name: &str, total: usize, args: &[Arg]) -> Result<(), CudaError> {
         self.kernels.launch(name, (total.div_ceil(BLOCK as usize) as u32, 1, 1), BLOCK, args)
     }
@@ -242,7 +224,7 @@ impl EncoderRuntime {
 
     /// `y[rows, out] = x[rows, inp] · Wᵀ` in the runtime's type, no bias (the next kernel adds it).
     pub fn product(&self, x: u64, rows: usize, lin: &DevLinear, y: u64) -> Result<(), CudaError> {
-        self.product_as(x, rows, lin, y, self.blas_type())
+        self.product_as(x, rows, lin, y, self.dtype.blas_type())
     }
 
     /// [`EncoderRuntime::product`] with an f32 output (for outputs read back or added to f32 rows).
@@ -255,7 +237,7 @@ impl EncoderRuntime {
             return Err(CudaError::Unsupported("quantized encoder weights".into()));
         };
         let g = Gemm { m: lin.out, n: rows, k: lin.inp, a: w.ptr, lda: lin.inp, a_t: true, b: x, ldb: lin.inp, c: y, ldc: lin.out, c_type, batch: 1, strides: [0; 3] };
-        self.gemm(&g, self.blas_type())
+        self.gemm(&g, self.dtype.blas_type())
     }
 
     /// `out = act(y + bias)` over `rows × n`, both in the runtime's type (bias 0 for none; `out`
@@ -289,7 +271,7 @@ impl EncoderRuntime {
         self.split_heads(k, kh, batch, nk, nkp, heads, hd, 1.0)?;
         self.split_heads(v, vh, batch, nk, nkp, heads, hd, 1.0)?;
         let (p, o) = (self.scratch(bh * nq * nkp * e)?, self.scratch(bh * nq * hd * e)?);
-        let t = self.blas_type();
+        let t = self.dtype.blas_type();
         // Scores: per (item, head), S[nq, nkp] = Q Kᵀ (keys as the transposed operand), then
         // softmax in place into the weights P.
         let scores = Gemm { m: nkp, n: nq, k: hd, a: kh, lda: hd, a_t: true, b: qh, ldb: hd, c: p, ldc: nkp, c_type: t, batch: bh, strides: [nkp * hd, nq * hd, nq * nkp] };
@@ -318,21 +300,9 @@ impl EncoderRuntime {
         self.launch_1d(&self.typed("patches"), total, &[Arg::P(pixels), Arg::P(out), Arg::I(batch as i32), Arg::I(img as i32), Arg::I(p as i32)])
     }
 
-    /// `out = T(x)` over `n` values.
-    pub fn to_dtype(&self, x: u64, out: u64, n: usize) -> Result<(), CudaError> {
-        self.launch_1d(&self.typed("to_t"), n, &[Arg::P(x), Arg::P(out), Arg::L(n as i64)])
-    }
-
     /// `h[b · n + t, :] = rows[t, :]` for each of `batch` items (`n × d` f32 rows).
     pub fn repeat_rows(&self, rows: u64, h: u64, batch: usize, n: usize, d: usize) -> Result<(), CudaError> {
         self.launch_1d("repeat_rows_f", batch * n * d, &[Arg::P(rows), Arg::P(h), Arg::I(batch as i32), Arg::I(n as i32), Arg::I(d as i32)])
-    }
-
-    fn blas_type(&self) -> blas::cudaDataType {
-        match self.dtype {
-            EngineDtype::F16 => blas::cudaDataType::CUDA_R_16F,
-            EngineDtype::F32 => blas::cudaDataType::CUDA_R_32F,
-        }
     }
 
     /// One (strided batched) product in cuBLAS's column-major terms: `C[m, n] = op(A)[m, k] ·

@@ -12,7 +12,7 @@ use cudarc::driver::{CudaContext, CudaGraph, CudaStream};
 use rayon::prelude::*;
 
 use super::CudaError;
-use super::kernels::{Arg, Buf, Kernels};
+use super::kernels::{Arg, Buf, Kernels, open_device};
 use super::matrix::{HostMatrix, Matrix, WeightQuant};
 use crate::config::DecoderConfig;
 use crate::decoder::{KeyStyle, rope_cos_sin, unpermute_rows};
@@ -78,6 +78,14 @@ impl EngineDtype {
         match self {
             EngineDtype::F16 => Buf::zeros::<u16>(stream, n),
             EngineDtype::F32 => Buf::zeros::<f32>(stream, n),
+        }
+    }
+
+    /// cuBLAS's name of this type.
+    pub(super) fn blas_type(self) -> blas::cudaDataType {
+        match self {
+            EngineDtype::F16 => blas::cudaDataType::CUDA_R_16F,
+            EngineDtype::F32 => blas::cudaDataType::CUDA_R_32F,
         }
     }
 
@@ -341,11 +349,7 @@ impl CudaDecoder {
         }
         check_quant(c, opts)?;
         let start = Instant::now();
-        let ctx = CudaContext::new(0)?;
-        // SAFETY: the engine orders all its work on one stream and synchronises before reading back.
-        unsafe { ctx.disable_event_tracking() };
-        // A stream of its own: the legacy default stream cannot be captured into a graph.
-        let stream = ctx.new_stream()?;
+        let (ctx, stream) = open_device()?;
         // NVRTC compiles the kernels on threads of its own while the weights are read and uploaded.
         let (kernels, compile, weights) = std::thread::scope(|scope| {
             let compiling = scope.spawn(|| {
@@ -954,10 +958,7 @@ impl CudaDecoder {
     /// `m` output columns of `out` (row stride `ldc` f32) from the `[m, k]` weight at `w`.
     #[allow(clippy::too_many_arguments)]
     fn gemm_rows(&self, w: u64, m: usize, k: usize, x: u64, rows: usize, out: u64, ldc: usize) -> Result<(), CudaError> {
-        let ty = match self.dtype {
-            EngineDtype::F16 => blas::cudaDataType::CUDA_R_16F,
-            EngineDtype::F32 => blas::cudaDataType::CUDA_R_32F,
-        };
+        let ty = self.dtype.blas_type();
         let (alpha, beta) = (1f32, 0f32);
         // SAFETY: W is [m, k], x is [rows, k] and out [rows, ldc ≥ m] on the engine's stream;
         // column-major cuBLAS sees Wᵀ·xᵀ = outᵀ.

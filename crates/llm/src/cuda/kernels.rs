@@ -108,6 +108,17 @@ fn load_program(ctx: &Arc<CudaContext>, arch: &'static str, options: Vec<String>
     entry_points(ctx, Ptx::from_src(src))
 }
 
+/// CUDA device 0 and a stream of its own (the legacy default stream cannot be captured into a
+/// graph), with cudarc's event tracking off: each user orders all its work on that one stream
+/// and synchronises before reading back.
+pub fn open_device() -> Result<(Arc<CudaContext>, Arc<CudaStream>), CudaError> {
+    let ctx = CudaContext::new(0)?;
+    // SAFETY: see above; every user keeps its work on the returned stream.
+    unsafe { ctx.disable_event_tracking() };
+    let stream = ctx.new_stream()?;
+    Ok((ctx, stream))
+}
+
 /// NVRTC's name of the context's architecture (`sm_90`), kept for the process (NVRTC's options
 /// borrow it).
 fn device_arch(ctx: &Arc<CudaContext>) -> Result<&'static str, CudaError> {

@@ -195,10 +195,6 @@ impl CudaVisual {
         Ok(embeds)
     }
 
-    /// Bytes of device memory the encoder holds beyond its weights (its scratch).
-    pub fn scratch_bytes(&self) -> usize {
-        self.rt.scratch_bytes()
-    }
 }
 
 /// `x = LN(x + down(gelu(up(x))))` on the query rows.
