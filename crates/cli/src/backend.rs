@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
+use xcomposer_composer::Language;
 use xcomposer_llm::fetch;
 
 /// Where tensors run.
@@ -161,8 +162,15 @@ macro_rules! with_backend {
     }};
 }
 
-/// The model to load: `--model`, or the default model, fetched on first use.
+/// The model to load: `--model`, or the default (English) model, fetched on first use.
 pub fn resolve_model(model: Option<PathBuf>) -> Result<PathBuf> {
+    resolve_model_for(model, Language::En)
+}
+
+/// The model to load for text in `language`: `--model`, else the default for that language,
+/// fetched on first use (SmolLM2-135M for English; Qwen2.5-Coder-0.5B for Chinese, which SmolLM2
+/// cannot write).
+pub fn resolve_model_for(model: Option<PathBuf>, language: Language) -> Result<PathBuf> {
     match model {
         Some(p) => {
             if !p.exists() {
@@ -170,6 +178,7 @@ pub fn resolve_model(model: Option<PathBuf>) -> Result<PathBuf> {
             }
             Ok(p)
         }
+        None if language == Language::Zh => Ok(crate::models::fetch_split(&fetch::QWEN25_CODER_05B, &fetch::models_dir())?.path().to_path_buf()),
         None => {
             let dir = fetch::models_dir();
             let fetched = fetch::ensure(&fetch::SMOLLM2_135M, &dir, &mut |m| eprintln!("[models] {m}"))

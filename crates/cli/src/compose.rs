@@ -14,7 +14,7 @@ use xcomposer_composer::xcomposer_text::XCOMPOSER_WRITING;
 use xcomposer_composer::text_model::Sampling;
 use xcomposer_llm::LanguageModel;
 
-use crate::backend::{DeviceArg, DeviceOptions, peak_rss_mib, resolve_model, set_float_dtype};
+use crate::backend::{DeviceArg, DeviceOptions, peak_rss_mib, resolve_model_for, set_float_dtype};
 use crate::library::{ScorerOptions, open_library};
 
 /// The model and library flags shared by `compose` and `edit`.
@@ -26,7 +26,8 @@ pub struct PipelineOptions {
     /// The library's index folder, if not LIBRARY/.xcomposer.
     #[arg(long)]
     pub index: Option<PathBuf>,
-    /// A .gguf file or a Hugging Face model folder (default: the fetched SmolLM2-135M-Instruct).
+    /// A .gguf file or a Hugging Face model folder (default: the fetched SmolLM2-135M-Instruct for
+    /// English, Qwen2.5-Coder-0.5B-Instruct for Chinese).
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// A prompt file (TOML, as assets/prompts/en.toml) used instead of the built-in prompts of
@@ -232,7 +233,7 @@ pub(crate) fn build_composer(opts: &PipelineOptions, language: Language) -> Resu
     if let Some(dir) = &opts.xcomposer {
         return crate::with_backend!(opts.run_on.device, |device: B| xcomposer_composer::<B>(dir, &device, &opts.run_on, prompts, retriever, writing));
     }
-    let path = resolve_model(opts.model.clone())?;
+    let path = resolve_model_for(opts.model.clone(), language)?;
     let llm = LanguageModel::<burn::backend::Flex>::load(&path, &Default::default()).with_context(|| format!("loading {}", path.display()))?;
     eprintln!("[compose] loaded {} in {:.2} s", path.display(), llm.load_time.as_secs_f64());
     Ok(Composer::with_prompts(Arc::new(ChatLanguageModel::new(llm)), prompts, retriever))

