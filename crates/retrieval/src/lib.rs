@@ -7,7 +7,9 @@
 //! - [`library`]: the user's image folder as a persisted, incrementally updated index
 //!   ([`ImageLibrary`]);
 //! - [`default_library`]: real photos from registry packages with our own metadata, the
-//!   library used when the user names none.
+//!   library used when the user names none;
+//! - [`remote`]: images over HTTP (the guarded [`remote::Fetcher`], remote image-search
+//!   sources, URLs listed by a library).
 
 pub mod bert;
 pub mod clip;
@@ -23,6 +25,7 @@ pub use clip_tokenizer::ClipTokenizer;
 pub use embedder::{EmbedderError, TextEmbedder};
 pub mod default_library;
 pub mod library;
+pub mod remote;
 pub mod scorer;
 
 pub use library::{Hit, ImageLibrary, IndexReport, IndexedImage, Indexer, LibraryError};

@@ -73,6 +73,16 @@ pub trait Scorer: Send + Sync {
     fn score(&self, captions: &[&str], library: &ImageLibrary) -> Result<ScoreMatrix, ScoreError>;
 }
 
+/// A shared scorer scores as the scorer it shares (one scorer for a library and remote sources).
+impl<S: Scorer + ?Sized> Scorer for Arc<S> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn score(&self, captions: &[&str], library: &ImageLibrary) -> Result<ScoreMatrix, ScoreError> {
+        (**self).score(captions, library)
+    }
+}
+
 /// Cosine of each caption embedding with each stored row of `feature`, as one part of weight 1.
 pub(crate) fn cosine_scores(name: &str, feature: &str, queries: &[Vec<f32>], library: &ImageLibrary) -> Result<PartScores, ScoreError> {
     let m = library.feature(feature).ok_or_else(|| ScoreError::MissingFeature { index: library.index_dir().display().to_string(), feature: feature.into() })?;
