@@ -2,16 +2,19 @@
 //! line, with a progress display per stage on stderr and the output paths on stdout.
 
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use xcomposer_composer::composer::OnEvent;
 use xcomposer_composer::render::{self, Format};
 use xcomposer_composer::{Article, ChatLanguageModel, ComposeRequest, Composer, Edit, Event, Language, LibraryRetriever, PromptSet, Prompts, Stage};
 use xcomposer_vision::xcomposer::model::XComposer;
 use xcomposer_composer::xcomposer_text::XCOMPOSER_WRITING;
-use xcomposer_composer::text_model::Sampling;
+use xcomposer_composer::text_model::{Sampling, TextModel};
+use xcomposer_composer::{LlmWriter, StructuredWriter};
 use xcomposer_llm::LanguageModel;
 
 use crate::backend::{DeviceArg, DeviceOptions, peak_rss_mib, resolve_model_for, set_float_dtype};
@@ -37,6 +40,9 @@ pub struct PipelineOptions {
     /// How images are scored.
     #[command(flatten)]
     pub scoring: ScorerOptions,
+    /// Remote image-search sources searched beside the library, and how images are fetched.
+    #[command(flatten)]
+    pub remote: crate::remote::RemoteOptions,
     /// An InternLM-XComposer folder: the model does every stage as the original composes (writes
     /// with 5 beams unless --beams/--temperature say otherwise, chooses the image lines, captions,
     /// picks each image among its 4 candidates); `--model` is then not used.
@@ -51,6 +57,23 @@ pub struct PipelineOptions {
     /// How the `--xcomposer` model writes the article.
     #[command(flatten)]
     pub writing: WritingOptions,
+    /// How the default text model writes: `structured` plans a title and an outline, then writes
+    /// each section with them in view; `oneshot` writes the whole article from one prompt. The
+    /// --xcomposer model always writes in one shot, as the original.
+    #[arg(long, value_enum, default_value_t = WriterKind::Structured)]
+    pub writer: WriterKind,
+    /// Sections of the structured writer, 1–12 (default: as many as the instruction asks, else 4).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=12))]
+    pub sections: Option<u16>,
+}
+
+/// The writers `--writer` chooses between.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriterKind {
+    /// Plan, then write each section ([`StructuredWriter`]).
+    Structured,
+    /// The whole article from one prompt ([`LlmWriter`]).
+    Oneshot,
 }
 
 /// The original web demo's writing controls, for the `--xcomposer` model's article (the other
@@ -123,7 +146,7 @@ pub struct ComposeArgs {
     /// Write into an existing, non-empty --out folder (only the article's own files are replaced).
     #[arg(long)]
     pub force: bool,
-    /// How many images (default: the model decides).
+    /// How many images (default: about one per 2–3 paragraphs, placed by the model).
     #[arg(long)]
     pub images: Option<usize>,
     /// Prompt language (default: Chinese if the instruction has Chinese characters, else English).
@@ -217,13 +240,17 @@ pub(crate) fn build_composer(opts: &PipelineOptions, language: Language) -> Resu
     if opts.run_on.device != DeviceArg::Cpu && opts.xcomposer.is_none() {
         bail!("--device cuda runs the --xcomposer model; the default text models run on the CPU (drop --device, or add --xcomposer DIR)");
     }
+    if opts.sections.is_some() && (opts.xcomposer.is_some() || opts.writer == WriterKind::Oneshot) {
+        bail!("--sections sets the structured writer of the default text models; drop it with --xcomposer or --writer oneshot (they write in one shot)");
+    }
     if opts.writing.is_set() && opts.xcomposer.is_none() {
         bail!("--beams, --repetition-penalty, --temperature and --top-p set how the --xcomposer model writes; add --xcomposer DIR (the default writer has its own settings)");
     }
     let writing = opts.writing.sampling()?;
     let mut library = open_library(opts.library.as_deref(), opts.index.as_deref(), &opts.scoring)?;
-    let scorer = opts.scoring.scorer(&mut library)?;
-    let retriever = Box::new(LibraryRetriever { library, scorer, scorer_name: opts.scoring.name() });
+    let scorer: Arc<dyn xcomposer_retrieval::Scorer> = Arc::from(opts.scoring.scorer(&mut library)?);
+    let in_library = Box::new(LibraryRetriever { library, scorer: Box::new(scorer.clone()), scorer_name: opts.scoring.name() });
+    let retriever = crate::remote::with_remote(in_library, &opts.remote, &opts.scoring, scorer, language)?;
     // The original XComposer is prompted in Chinese whatever the title's language.
     let mut prompts = if opts.xcomposer.is_some() { Prompts::original() } else { Prompts::default() };
     if let Some(file) = &opts.prompts {
@@ -236,11 +263,18 @@ pub(crate) fn build_composer(opts: &PipelineOptions, language: Language) -> Resu
     let path = resolve_model_for(opts.model.clone(), language)?;
     let llm = LanguageModel::<burn::backend::Flex>::load(&path, &Default::default()).with_context(|| format!("loading {}", path.display()))?;
     eprintln!("[compose] loaded {} in {:.2} s", path.display(), llm.load_time.as_secs_f64());
-    Ok(Composer::with_prompts(Arc::new(ChatLanguageModel::new(llm)), prompts, retriever))
+    let model: Arc<dyn TextModel> = Arc::new(ChatLanguageModel::new(llm));
+    let mut composer = Composer::with_prompts(model.clone(), prompts.clone(), retriever);
+    let oneshot = LlmWriter::new(model, prompts);
+    composer.writer = match opts.writer {
+        WriterKind::Oneshot => Box::new(oneshot),
+        WriterKind::Structured => Box::new(StructuredWriter { sections: opts.sections.map(usize::from), ..StructuredWriter::new(oneshot) }),
+    };
+    Ok(composer)
 }
 
 /// Every stage on the one XComposer model (loaded once, on `device`), as the original composes.
-fn xcomposer_composer<B: burn::tensor::backend::Backend>(dir: &Path, device: &B::Device, run_on: &DeviceOptions, prompts: Arc<Prompts>, retriever: Box<LibraryRetriever>, writing: Sampling) -> Result<Composer>
+fn xcomposer_composer<B: burn::tensor::backend::Backend>(dir: &Path, device: &B::Device, run_on: &DeviceOptions, prompts: Arc<Prompts>, retriever: Box<dyn xcomposer_composer::Retriever>, writing: Sampling) -> Result<Composer>
 where
     XComposer<B>: Send + Sync,
 {
@@ -303,16 +337,47 @@ pub fn run_compose(args: ComposeArgs) -> Result<()> {
     let language = args.lang.unwrap_or_else(|| Language::detect(&args.instruction));
     let t0 = Instant::now();
     let composer = build_composer(&args.pipeline, language)?;
-    let req = ComposeRequest {
-        instruction: args.instruction.clone(),
-        language: Some(language),
-        images: args.images,
-        seed: args.seed,
-        max_new_tokens: args.max_new_tokens,
-        max_paragraphs: args.max_paragraphs,
-        candidates: args.candidates,
-    };
-    let mut article = composer.compose(&req, &mut |e| match e {
+    let (article, written) = compose_to(&composer, &args, &args.pipeline.format, &out, args.force, &mut |e| {
+        print_event(e);
+        ControlFlow::Continue(())
+    })?;
+    eprintln!(
+        "[compose] {:?}: {} paragraphs, {} images in {:.1} s; peak memory {}",
+        article.title,
+        article.paragraphs.len(),
+        article.images.len(),
+        t0.elapsed().as_secs_f64(),
+        peak_rss_mib().map_or("unknown".into(), |m| format!("{m:.0} MiB"))
+    );
+    print_outputs(&written)
+}
+
+impl ComposeArgs {
+    /// The pipeline's request for this article (the language detected when not given).
+    pub(crate) fn request(&self) -> ComposeRequest {
+        ComposeRequest {
+            instruction: self.instruction.clone(),
+            language: Some(self.lang.unwrap_or_else(|| Language::detect(&self.instruction))),
+            images: self.images,
+            seed: self.seed,
+            max_new_tokens: self.max_new_tokens,
+            max_paragraphs: self.max_paragraphs,
+            candidates: self.candidates,
+        }
+    }
+}
+
+/// Composes one article with loaded models and writes it into `out` (`force`: `out` may hold an
+/// earlier article): the step `compose`, `batch` and `worker` share. `on_event` may stop it.
+pub(crate) fn compose_to(composer: &Composer, args: &ComposeArgs, formats: &[Format], out: &Path, force: bool, on_event: &mut OnEvent<'_>) -> Result<(Article, render::Written)> {
+    let mut article = composer.compose_stoppable(&args.request(), on_event)?;
+    let written = render::write(&mut article, out, formats, force, &composer.image_roots())?;
+    Ok((article, written))
+}
+
+/// Prints `compose`'s progress on stderr: each stage and the article's text as it is written.
+fn print_event(e: Event<'_>) {
+    match e {
         Event::Started(Stage::Write) => eprintln!("[writer] writing…"),
         Event::Started(stage) => eprintln!("[{}] …", stage.name()),
         Event::Text(t) => {
@@ -326,17 +391,7 @@ pub fn run_compose(args: ComposeArgs) -> Result<()> {
             }
             eprintln!("[{}] {seconds:.1} s: {summary}", stage.name());
         }
-    })?;
-    let written = render::write(&mut article, &out, &args.pipeline.format, args.force, &composer.image_roots())?;
-    eprintln!(
-        "[compose] {:?}: {} paragraphs, {} images in {:.1} s; peak memory {}",
-        article.title,
-        article.paragraphs.len(),
-        article.images.len(),
-        t0.elapsed().as_secs_f64(),
-        peak_rss_mib().map_or("unknown".into(), |m| format!("{m:.0} MiB"))
-    );
-    print_outputs(&written)
+    }
 }
 
 /// Runs `edit`.

@@ -2,6 +2,7 @@
 //! calls the library crates; it holds no model logic.
 
 mod backend;
+mod batch;
 mod bench;
 mod bench_clip;
 mod bench_compose;
@@ -14,9 +15,13 @@ mod clip;
 mod compose;
 mod eval;
 mod generate;
+mod interrupt;
 mod library;
 mod models;
+mod queue;
+mod remote;
 mod serve;
+mod worker;
 
 use clap::{Parser, Subcommand};
 
@@ -37,6 +42,15 @@ enum Command {
     Compose(compose::ComposeArgs),
     /// Edit a composed article (OUT/article.json) and render it again.
     Edit(compose::EditArgs),
+    /// Compose many articles from a jobs file (JSONL), the models loaded once; resumable.
+    Batch(batch::BatchArgs),
+    /// Submit jobs to a Redis Streams queue, or see where it stands.
+    Queue {
+        #[command(subcommand)]
+        command: queue::QueueCommand,
+    },
+    /// Compose the jobs of a Redis Streams queue until stopped (several may run, on several machines).
+    Worker(worker::WorkerArgs),
     /// Generate text with a language model (streams to stdout).
     Generate(generate::GenerateArgs),
     /// Index a folder of images for search and composition.
@@ -77,6 +91,9 @@ fn main() {
     let result = match cli.command {
         Command::Compose(args) => compose::run_compose(args),
         Command::Edit(args) => compose::run_edit(args),
+        Command::Batch(args) => batch::run(args),
+        Command::Queue { command } => queue::run(command),
+        Command::Worker(args) => worker::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Index(args) => library::run_index(args),
         Command::Search(args) => library::run_search(args),

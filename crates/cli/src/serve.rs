@@ -51,6 +51,13 @@ pub struct ServeArgs {
     /// The largest max_tokens a request may ask for.
     #[arg(long, default_value_t = 2048)]
     pub max_tokens_cap: usize,
+    /// Send the article API's compositions to this Redis Streams queue (redis://HOST:PORT)
+    /// for `xcomposer worker --out DATA/articles` instead of composing them here.
+    #[arg(long)]
+    pub redis: Option<String>,
+    /// With --redis: the queue's key prefix.
+    #[arg(long, default_value = xcomposer_jobs::queue::DEFAULT_PREFIX)]
+    pub queue: String,
     /// How the article API scores library images.
     #[command(flatten)]
     pub scoring: ScorerOptions,
@@ -137,5 +144,6 @@ pub fn load(args: &ServeArgs) -> Result<Arc<AppState>> {
     let config = ServerConfig { api_key: args.api_key.clone(), data_dir: args.data.clone(), limits };
     let text = Arc::new(ChatLanguageModel::new(llm));
     let composers = Composers { text: text.clone(), xcomposer: xcomposer.clone(), library: args.library.clone(), scoring: args.scoring.clone() };
-    Ok(AppState::new(config, ServerModels { text, xcomposer, composers: Some(Arc::new(composers)) })?)
+    let remote = args.redis.as_deref().map(|url| xcomposer_server::remote::RemoteArticles::connect(url, &args.queue)).transpose().context("--redis")?;
+    Ok(AppState::with_remote(config, ServerModels { text, xcomposer, composers: Some(Arc::new(composers)) }, remote)?)
 }

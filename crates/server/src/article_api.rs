@@ -91,6 +91,10 @@ pub async fn create(State(state): State<Arc<AppState>>, body: Result<Bytes, Byte
     if max_new_tokens == 0 || max_new_tokens > state.config.limits.max_tokens_cap {
         return Err(ApiError::invalid("max_new_tokens", format!("max_new_tokens must be 1 to {}", state.config.limits.max_tokens_cap)));
     }
+    if let Some(remote) = &state.remote {
+        let id = remote.enqueue(a, &req, max_new_tokens)?;
+        return Ok((StatusCode::ACCEPTED, axum::Json(json!({"id": id, "status": "queued", "events": format!("/api/articles/{id}/events")}))).into_response());
+    }
     if let Some(name) = &req.library {
         a.store.library_dir(name)?;
     }
@@ -112,7 +116,7 @@ pub async fn create(State(state): State<Arc<AppState>>, body: Result<Bytes, Byte
     Ok((StatusCode::ACCEPTED, axum::Json(json!({"id": id, "status": "queued", "events": format!("/api/articles/{id}/events")}))).into_response())
 }
 
-fn set_status(state: &AppState, job: &Job, status: Status, error: Option<String>, title: Option<String>) {
+pub(crate) fn set_status(state: &AppState, job: &Job, status: Status, error: Option<String>, title: Option<String>) {
     let rec = {
         let mut r = job.record.lock().unwrap_or_else(|p| p.into_inner());
         r.status = status;

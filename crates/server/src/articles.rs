@@ -157,6 +157,15 @@ impl Store {
         Ok(job)
     }
 
+    /// A new queued job kept in memory only: its folder is made by the worker that composes it
+    /// (`serve --redis`), and its `job.json` is written when it ends.
+    pub fn create_queued(&self, instruction: &str) -> Arc<Job> {
+        let rec = JobRecord { id: new_id(), instruction: instruction.into(), library: None, status: Status::Queued, error: None, title: None, created: now() };
+        let job = Arc::new(Job::new(rec.clone()));
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).insert(rec.id, job.clone());
+        job
+    }
+
     /// Writes a job's record.
     pub fn save(&self, rec: &JobRecord) -> Result<(), ApiError> {
         let text = serde_json::to_string_pretty(rec).unwrap_or_default();

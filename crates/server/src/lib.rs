@@ -18,6 +18,7 @@ pub mod limits;
 pub mod metrics;
 pub mod openai;
 pub mod queue;
+pub mod remote;
 pub mod vlm;
 pub mod web;
 
@@ -80,19 +81,32 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// The article store and pipelines, when a composer factory was given.
     pub articles: Option<Articles>,
+    /// The queue compositions go to instead of the model thread (`serve --redis`).
+    pub remote: Option<remote::RemoteArticles>,
 }
 
 impl AppState {
     /// State around loaded models: opens the data folder's articles and starts the model's
     /// worker thread.
     pub fn new(config: ServerConfig, models: ServerModels) -> Result<Arc<Self>, ServerError> {
+        Self::with_remote(config, models, None)
+    }
+
+    /// As [`AppState::new`], with the article API's compositions sent to `remote` (whose
+    /// watcher thread starts here).
+    pub fn with_remote(config: ServerConfig, models: ServerModels, remote: Option<remote::RemoteArticles>) -> Result<Arc<Self>, ServerError> {
         let articles = match &models.composers {
             Some(factory) => Some(Articles { store: articles::Store::open(&config.data_dir)?, factory: factory.clone(), cache: Default::default() }),
             None => None,
         };
         let metrics = Arc::new(metrics::Metrics::default());
         let queue = queue::ModelQueue::start(config.limits.queue_capacity, metrics.clone());
-        Ok(Arc::new(AppState { config, models, queue, metrics, articles }))
+        let watched = remote.is_some();
+        let state = Arc::new(AppState { config, models, queue, metrics, articles, remote });
+        if watched {
+            remote::RemoteArticles::watch(state.clone());
+        }
+        Ok(state)
     }
 
     /// The id of the text model, as `GET /v1/models` lists it.
