@@ -83,6 +83,7 @@ pub fn run(args: ComposeBenchArgs) -> Result<()> {
         format: vec![],
         run_on: args.run_on,
         writing: Default::default(),
+        remote: Default::default(),
     };
     let composer = build_composer(&opts, xcomposer_composer::Language::detect(&args.instruction))?;
     let load = t.elapsed().as_secs_f64();

@@ -24,7 +24,8 @@ pub struct ChatArgs {
     /// the default models answer from the image's tags.
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// An image (repeatable; with several, put `<ImageHere>` in the question where each goes).
+    /// An image file or http(s) URL (repeatable; with several, put `<ImageHere>` in the question
+    /// where each goes).
     #[arg(long = "image")]
     pub images: Vec<PathBuf>,
     /// Beams (the original: 5; 1 is greedy).
@@ -49,13 +50,17 @@ pub struct ChatArgs {
     /// The size limits of each image.
     #[command(flatten)]
     pub image_limits: crate::library::ImageLimitOptions,
+    /// How an `--image` (or `/image`) given as an http(s) URL is fetched.
+    #[command(flatten)]
+    pub fetch: crate::remote::FetchArgs,
 }
 
 /// Runs `chat`.
-pub fn run(args: ChatArgs) -> Result<()> {
+pub fn run(mut args: ChatArgs) -> Result<()> {
     if args.beams == 0 || args.max_new_tokens == 0 || args.repeat_penalty <= 0.0 {
         bail!("--beams, --max-new-tokens and --repeat-penalty must be positive");
     }
+    args.images = args.images.iter().map(|p| crate::remote::local_image(p, &args.fetch, args.image_limits.limits())).collect::<Result<_>>()?;
     for p in &args.images {
         if !p.is_file() {
             bail!("{}: no such image file", p.display());
@@ -81,11 +86,10 @@ fn questions(args: &ChatArgs, mut each: impl FnMut(&str, &[PathBuf]) -> Result<(
         let line = line?;
         let line = line.trim();
         if let Some(path) = line.strip_prefix("/image ") {
-            let path = PathBuf::from(path.trim());
-            if path.is_file() {
-                images.push(path);
-            } else {
-                eprintln!("[chat] {}: no such image file", path.display());
+            match crate::remote::local_image(Path::new(path.trim()), &args.fetch, args.image_limits.limits()) {
+                Ok(path) if path.is_file() => images.push(path),
+                Ok(path) => eprintln!("[chat] {}: no such image file", path.display()),
+                Err(e) => eprintln!("[chat] {e}"),
             }
             continue;
         }

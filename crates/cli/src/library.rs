@@ -35,6 +35,10 @@ pub struct IndexArgs {
     /// The size limits of each image.
     #[command(flatten)]
     pub images: ImageLimitOptions,
+    /// How the images the folder lists by URL (`urls.txt`, `library.json` entries with a `url`)
+    /// are fetched into DIR/remote/.
+    #[command(flatten)]
+    pub fetch: crate::remote::FetchArgs,
 }
 
 /// The image size limits, shared by every command that reads images (`index`, `search`,
@@ -236,6 +240,16 @@ pub fn index_with_progress<B: Backend>(dir: &Path, index: Option<&Path>, indexer
 pub fn run_index(args: IndexArgs) -> Result<()> {
     if !args.dir.is_dir() {
         anyhow::bail!("{}: not a folder (expected a folder of images to index)", args.dir.display());
+    }
+    if args.fetch.remote_cache.is_some() {
+        anyhow::bail!("--remote-cache: `index` keeps the images a library lists by URL in DIR/{}/", xcomposer_retrieval::remote::library_urls::REMOTE_DIR);
+    }
+    let urls = xcomposer_retrieval::remote::library_urls::fetch_library_urls(&args.dir, args.fetch.options(args.images.limits())?)?;
+    if urls.listed > 0 {
+        eprintln!("[index] {} image URLs listed: {} in {}/, {} failed", urls.listed, urls.stored.len(), args.dir.join(xcomposer_retrieval::remote::library_urls::REMOTE_DIR).display(), urls.failed.len());
+    }
+    for (_, why) in &urls.failed {
+        eprintln!("[index] skipped {why}");
     }
     crate::with_backend!(args.device, |device: B| {
         let mut indexer = Indexer::<B>::load_default(&fetch::models_dir(), &device, &mut log).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -66,6 +66,27 @@ pub struct Candidate {
     /// The image's own title or description, if the library has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Where a remote candidate came from (absent for library images and in older articles).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteOrigin>,
+}
+
+/// The origin of an image fetched from a remote source: what the article must credit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemoteOrigin {
+    /// The image's URL, as the source gave it.
+    pub url: String,
+    /// The URL it was fetched from after redirects.
+    pub final_url: String,
+    /// Its licence, as the source states it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub licence: Option<String>,
+    /// The page the image is shown on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_page: Option<String>,
+    /// The search endpoint that proposed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// An image placed after a paragraph.

@@ -135,9 +135,10 @@ impl Composer {
         }
     }
 
-    /// The folders images may be copied from when rendering: the retriever's library, if any.
+    /// The folders images may be copied from when rendering: the retriever's library and the
+    /// cache of its remote sources, if any.
     pub fn image_roots(&self) -> Vec<PathBuf> {
-        self.retriever.library().map(PathBuf::from).into_iter().collect()
+        self.retriever.image_roots()
     }
 
     /// The component behind each stage.

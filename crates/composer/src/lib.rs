@@ -44,14 +44,14 @@ pub mod writer;
 
 pub mod xcomposer_text;
 
-pub use article::{Article, Candidate, ImageSlot, Provenance, Source};
+pub use article::{Article, Candidate, ImageSlot, Provenance, RemoteOrigin, Source};
 pub use captioner::{Captioner, LlmCaptioner};
 pub use composer::{ComposeRequest, Composer, Event, Stage};
 pub use edit::Edit;
 pub use error::ComposeError;
 pub use language::Language;
 pub use prompts::{PromptSet, Prompts};
-pub use retriever::{LibraryRetriever, Retriever};
+pub use retriever::{LibraryRetriever, MergedRetriever, RemoteRetriever, Retriever};
 pub use selector::{BestScore, Selector};
 pub use spotter::{ImageSpotter, LlmSpotter, SpreadSpotter};
 pub use text_model::{ChatLanguageModel, TextModel};

@@ -83,7 +83,7 @@ impl Retriever for FolderRetriever {
                 let stem = p.file_stem().unwrap().to_string_lossy().to_lowercase();
                 let words: Vec<&str> = stem.split(|c: char| !c.is_alphanumeric()).collect();
                 let score = caption.split(|c: char| !c.is_alphanumeric()).filter(|w| words.contains(w)).count() as f32;
-                Candidate { path: p.clone(), score, parts: vec![], description: None }
+                Candidate { path: p.clone(), score, parts: vec![], description: None, remote: None }
             })
             .collect();
         all.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.path.cmp(&b.path)));

@@ -98,7 +98,7 @@ fn the_model_chooses_among_four_candidates() {
     let images = dir.join("../images");
     let cands: Vec<Candidate> = ["coffee.png", "chelsea.png", "cell.png", "logo.png"]
         .iter()
-        .map(|f| Candidate { path: images.join(f), score: 0.5, parts: vec![], description: None })
+        .map(|f| Candidate { path: images.join(f), score: 0.5, parts: vec![], description: None, remote: None })
         .collect();
     let paragraphs: Vec<String> = vec!["咖啡起源于埃塞俄比亚。".into(), "意大利人发明了浓缩咖啡。".into()];
     let placed = vec![(0, images.join("chelsea.png"))];
@@ -237,7 +237,7 @@ impl xcomposer_composer::Retriever for FixtureImages {
     fn retrieve(&self, _caption: &str, k: usize, exclude: &[std::path::PathBuf]) -> Result<xcomposer_composer::retriever::Retrieved, xcomposer_composer::ComposeError> {
         use xcomposer_composer::article::Candidate;
         let fresh = self.0.iter().filter(|p| !exclude.contains(p));
-        let candidates = fresh.take(k).map(|p| Candidate { path: p.clone(), score: 1.0, parts: vec![], description: None }).collect();
+        let candidates = fresh.take(k).map(|p| Candidate { path: p.clone(), score: 1.0, parts: vec![], description: None, remote: None }).collect();
         Ok(xcomposer_composer::retriever::Retrieved { candidates, note: None })
     }
 }

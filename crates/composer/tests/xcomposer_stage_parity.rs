@@ -81,7 +81,7 @@ impl xcomposer_composer::Retriever for FixtureImages {
 const CANDIDATES: [&str; 4] = ["coffee.png", "chelsea.png", "cell.png", "logo.png"];
 
 fn candidate(name: &str) -> Candidate {
-    Candidate { path: common::fixture("images").join(name), score: 1.0, parts: vec![], description: None }
+    Candidate { path: common::fixture("images").join(name), score: 1.0, parts: vec![], description: None, remote: None }
 }
 
 fn fixture(name: &str) -> Value {
