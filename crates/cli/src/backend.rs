@@ -1,6 +1,6 @@
 //! Choosing the burn backend from `--device`, and resolving the model path.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use xcomposer_composer::Language;
@@ -178,14 +178,17 @@ pub fn resolve_model_for(model: Option<PathBuf>, language: Language) -> Result<P
             }
             Ok(p)
         }
-        None if language == Language::Zh => Ok(crate::models::fetch_split(&fetch::QWEN25_CODER_05B, &fetch::models_dir())?.path().to_path_buf()),
-        None => {
-            let dir = fetch::models_dir();
-            let fetched = fetch::ensure(&fetch::SMOLLM2_135M, &dir, &mut |m| eprintln!("[models] {m}"))
-                .context("fetching the default model")?;
-            Ok(fetched.path().to_path_buf())
-        }
+        None => default_model(language, &fetch::models_dir()),
     }
+}
+
+/// The default model for `language` in `models_dir`, fetched on first use.
+fn default_model(language: Language, models_dir: &Path) -> Result<PathBuf> {
+    let fetched = match language {
+        Language::Zh => crate::models::fetch_split(&fetch::QWEN25_CODER_05B, models_dir)?,
+        Language::En => fetch::ensure(&fetch::SMOLLM2_135M, models_dir, &mut |m| eprintln!("[models] {m}")).context("fetching the default model")?,
+    };
+    Ok(fetched.path().to_path_buf())
 }
 
 /// Peak resident memory of this process in MiB (Linux), if known.
@@ -194,4 +197,24 @@ pub fn peak_rss_mib() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chinese_gets_qwen_and_english_smollm2() {
+        // A planted file that is not the pinned one is reported (never downloaded over), which
+        // names the model each language picked without fetching anything.
+        let dir = std::env::temp_dir().join(format!("xcomposer-default-model-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(fetch::QWEN25_CODER_05B.file_name), b"planted").unwrap();
+        std::fs::write(dir.join(fetch::SMOLLM2_135M.files[0].file_name), b"planted").unwrap();
+        let zh = format!("{:#}", default_model(Language::Zh, &dir).unwrap_err());
+        assert!(zh.contains("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf") && zh.contains(fetch::QWEN25_CODER_05B.sha256), "{zh}");
+        let en = format!("{:#}", default_model(Language::En, &dir).unwrap_err());
+        assert!(en.contains("SmolLM2-135M-Instruct.Q4_1.gguf") && en.contains(fetch::SMOLLM2_135M.files[0].sha256), "{en}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
