@@ -84,6 +84,8 @@ pub fn run(args: ComposeBenchArgs) -> Result<()> {
         run_on: args.run_on,
         writing: Default::default(),
         remote: Default::default(),
+        writer: crate::compose::WriterKind::Structured,
+        sections: None,
     };
     let composer = build_composer(&opts, xcomposer_composer::Language::detect(&args.instruction))?;
     let load = t.elapsed().as_secs_f64();

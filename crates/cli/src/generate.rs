@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
+use std::sync::Arc;
+
+use xcomposer_llm::grammar::{Constraint, Grammar, Vocabulary, json_schema};
 use xcomposer_llm::text_decoder::EngineChoice;
 use xcomposer_llm::{GenerationConfig, LanguageModel, Message};
 
@@ -54,6 +57,29 @@ pub struct GenerateArgs {
     /// Print one JSON object (prompt ids, generated ids, text) instead of streaming text.
     #[arg(long)]
     pub json: bool,
+    /// Constrain the answer to a grammar (a GBNF file, the subset the README describes).
+    #[arg(long, value_name = "FILE", conflicts_with = "json_schema")]
+    pub grammar: Option<PathBuf>,
+    /// Constrain the answer to JSON that a schema describes (its supported subset).
+    #[arg(long, value_name = "FILE")]
+    pub json_schema: Option<PathBuf>,
+}
+
+/// The constraint of `--grammar` / `--json-schema`, with its vocabulary built from the model's
+/// tokenizer (the time it took is reported).
+fn constraint<B: Backend>(args: &GenerateArgs, model: &LanguageModel<B>) -> Result<Option<Constraint>> {
+    let grammar = match (&args.grammar, &args.json_schema) {
+        (Some(path), _) => Grammar::from_file(path)?,
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            json_schema(&path.display().to_string(), &text)?
+        }
+        (None, None) => return Ok(None),
+    };
+    let t = std::time::Instant::now();
+    let vocabulary = Vocabulary::new(&model.tokenizer);
+    eprintln!("[generate] grammar: the vocabulary's {} token strings computed in {:.0} ms", vocabulary.len(), t.elapsed().as_secs_f64() * 1e3);
+    Ok(Some(Constraint { grammar: Arc::new(grammar), vocabulary: Arc::new(vocabulary) }))
 }
 
 /// Runs `generate`.
@@ -67,6 +93,7 @@ fn generate<B: Backend>(args: &GenerateArgs, path: &std::path::Path, device: &B:
     set_float_dtype::<B>(device, args.run_on.dtype)?;
     let model = LanguageModel::<B>::load_with(path, device, engine).with_context(|| format!("loading {}", path.display()))?;
     eprintln!("[generate] loaded {} in {:.2} s", path.display(), model.load_time.as_secs_f64());
+    let constraint = constraint(args, &model)?;
     let prompt_ids = if args.raw {
         model.tokenizer.encode_prompt(&args.prompt)?
     } else {
@@ -88,6 +115,7 @@ fn generate<B: Backend>(args: &GenerateArgs, path: &std::path::Path, device: &B:
         stop_strings: args.stop.clone(),
         max_lines: 0,
         penalize_prompt: true,
+        constraint,
     };
     let streaming = !args.json;
     // Generate on a rayon worker thread: the per-token parallel matrix products then start on
@@ -122,5 +150,10 @@ fn generate<B: Backend>(args: &GenerateArgs, path: &std::path::Path, device: &B:
         out.stop_reason,
         peak_rss_mib().map_or("unknown".into(), |m| format!("{m:.0} MiB")),
     );
+    if cfg.constraint.is_some() && n_new > 0 {
+        let per_token = out.grammar_time.as_secs_f64() * 1e3 / n_new as f64;
+        let step = (out.prefill_time + out.decode_time).as_secs_f64() * 1e3 / n_new as f64;
+        eprintln!("[generate] grammar: {per_token:.2} ms per token of the {step:.1} ms per token in all ({:.1} %)", 100.0 * per_token / step);
+    }
     Ok(())
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+use crate::answer_grammar::{CAPTION_GRAMMAR_CHARS, caption_grammar};
 use crate::article::{Provenance, Source};
 use crate::error::ComposeError;
 use crate::language::Language;
@@ -128,13 +129,29 @@ impl LlmCaptioner {
         }
     }
 
+    /// Whether captions are decoded under [`caption_grammar`]: a model that takes grammars and
+    /// the cleaned style (the original's style keeps the original's decoding).
+    fn constrained(&self) -> bool {
+        self.style == CaptionStyle::Cleaned && self.model.takes_grammar()
+    }
+
+    /// How the answer was decoded, for the provenance.
+    fn decoding(&self) -> String {
+        if self.constrained() {
+            format!("decoded under a grammar: a quoted caption of at most {CAPTION_GRAMMAR_CHARS} characters")
+        } else {
+            "unconstrained (the model takes no grammar)".into()
+        }
+    }
+
     /// Asks the model (`insert`: the ➕ caption of [`CaptionStyle::Original`]) and takes the caption.
     fn ask(&self, paragraphs: &[String], after: usize, previous: &[(usize, String)], language: Language, sampling: Sampling, insert: bool) -> Result<(Option<String>, String), ComposeError> {
         let (article, past) = caption_context(paragraphs, after, previous);
         let paragraph = &paragraphs[after];
         let prompt = self.prompts.get(language).render("caption", json!({"article": article, "past": past, "line": after, "paragraph": paragraph, "insert": insert}))?;
         let max_new_tokens = if insert { crate::xcomposer_text::budget::INSERT_CAPTION } else { self.max_new_tokens };
-        let req = Request { prompt: &prompt, max_new_tokens, sampling, stop: self.stop(), max_lines: 0, prompt_as_inputs: insert };
+        let grammar = self.constrained().then(|| Arc::new(caption_grammar()));
+        let req = Request { prompt: &prompt, max_new_tokens, sampling, stop: self.stop(), max_lines: 0, prompt_as_inputs: insert, grammar };
         let out = self.model.complete(&req, &mut |_| ControlFlow::Continue(())).map_err(|reason| ComposeError::Model { stage: "captioner", reason })?;
         let caption = match self.style {
             CaptionStyle::Cleaned => cut_caption(&out.text),
@@ -178,7 +195,7 @@ impl Captioner for LlmCaptioner {
             let why = Provenance { by: Source::Fallback, detail: "the model repeated an earlier caption; the paragraph's first sentence".into(), raw: Some(raw) };
             return Ok((caption_from_paragraph(paragraph), why));
         }
-        let detail = if variation == 0 { "the model's caption".to_string() } else { format!("the model's caption, sampled (variation {variation})") };
+        let detail = if variation == 0 { format!("the model's caption, {}", self.decoding()) } else { format!("the model's caption, sampled (variation {variation}), {}", self.decoding()) };
         Ok(caption_or_fallback(caption, raw, paragraph, detail))
     }
 

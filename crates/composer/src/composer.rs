@@ -15,6 +15,7 @@ use crate::retriever::Retriever;
 use crate::selector::{BestScore, SelectContext, Selector};
 use crate::spotter::{ImageSpotter, LlmSpotter};
 use crate::text_model::TextModel;
+use crate::structured_writer::StructuredWriter;
 use crate::writer::{ArticleWriter, LlmWriter, WriteRequest};
 
 /// The pipeline's stages, in order.
@@ -116,7 +117,7 @@ pub struct Composer {
 }
 
 impl Composer {
-    /// The default stages around one language model and a retriever: [`LlmWriter`],
+    /// The default stages around one language model and a retriever: [`StructuredWriter`],
     /// [`LlmSpotter`], [`LlmCaptioner`] with the built-in prompts, and [`BestScore`].
     /// Replace any field to swap a stage.
     pub fn with_model(model: Arc<dyn TextModel>, retriever: Box<dyn Retriever>) -> Self {
@@ -127,7 +128,7 @@ impl Composer {
     /// As [`Composer::with_model`], with other prompt sets.
     pub fn with_prompts(model: Arc<dyn TextModel>, prompts: Arc<Prompts>, retriever: Box<dyn Retriever>) -> Self {
         Composer {
-            writer: Box::new(LlmWriter::new(model.clone(), prompts.clone())),
+            writer: Box::new(StructuredWriter::new(LlmWriter::new(model.clone(), prompts.clone()))),
             spotter: Box::new(LlmSpotter::new(model.clone(), prompts.clone())),
             captioner: Box::new(LlmCaptioner::new(model, prompts)),
             retriever,

@@ -27,8 +27,10 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod answer_grammar;
 pub mod article;
 pub mod captioner;
+pub mod cleanup;
 pub mod composer;
 pub mod edit;
 pub mod error;
@@ -38,6 +40,7 @@ pub mod render;
 pub mod retriever;
 pub mod selector;
 pub mod spotter;
+pub mod structured_writer;
 pub mod text_model;
 pub mod vlm_selector;
 pub mod writer;
@@ -55,4 +58,5 @@ pub use retriever::{LibraryRetriever, MergedRetriever, RemoteRetriever, Retrieve
 pub use selector::{BestScore, Selector};
 pub use spotter::{ImageSpotter, LlmSpotter, SpreadSpotter};
 pub use text_model::{ChatLanguageModel, TextModel};
+pub use structured_writer::StructuredWriter;
 pub use writer::{ArticleWriter, LlmWriter};

@@ -13,6 +13,10 @@ use crate::language::Language;
 /// The stages that prompt a language model; each is a table in a prompt file.
 pub const STAGES: &[&str] = &["writer", "title", "spot", "caption", "paragraph", "select"];
 
+/// The structured writer's stages, which a prompt file may leave out (rendering one that is
+/// missing is then an error naming the file and the stage).
+pub const OPTIONAL_STAGES: &[&str] = &["plan", "section"];
+
 /// One stage's prompt: the user's turn and the start of the model's answer.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PromptTemplate {
@@ -64,8 +68,8 @@ impl PromptSet {
                 return Err(bad(format!("missing the [{stage}] table (each of {} needs `user` and `prefix`)", STAGES.join(", "))));
             }
         }
-        if let Some(extra) = templates.keys().find(|k| !STAGES.contains(&k.as_str())) {
-            return Err(bad(format!("unknown stage [{extra}] (expected {})", STAGES.join(", "))));
+        if let Some(extra) = templates.keys().find(|k| !STAGES.contains(&k.as_str()) && !OPTIONAL_STAGES.contains(&k.as_str())) {
+            return Err(bad(format!("unknown stage [{extra}] (expected {}, and optionally {})", STAGES.join(", "), OPTIONAL_STAGES.join(", "))));
         }
         let set = PromptSet { name: name.into(), templates };
         for (stage, t) in &set.templates {
@@ -83,7 +87,7 @@ impl PromptSet {
 
     /// Renders a stage's prompt with `vars` (a serializable map of the template's variables).
     pub fn render(&self, stage: &str, vars: impl Serialize) -> Result<Prompt, ComposeError> {
-        let t = self.templates.get(stage).ok_or_else(|| ComposeError::Prompts { file: self.name.clone(), reason: format!("no [{stage}] table") })?;
+        let t = self.templates.get(stage).ok_or_else(|| ComposeError::Prompts { file: self.name.clone(), reason: format!("no [{stage}] table (the structured writer needs [plan] and [section]; --writer oneshot does not)") })?;
         let vars = minijinja::Value::from_serialize(&vars);
         let render = |field: &str, src: &str| -> Result<String, ComposeError> {
             let mut env = Environment::new();
@@ -162,10 +166,10 @@ mod tests {
 
     #[test]
     fn both_builtin_sets_render_every_stage() {
-        let vars = json!({"instruction": "x", "article": "a", "count": 2, "past": [], "line": 1, "paragraph": "p", "context": "c", "insert": false});
+        let vars = json!({"instruction": "x", "article": "a", "count": 2, "past": [], "line": 1, "paragraph": "p", "context": "c", "insert": false, "sections": 3, "title": "t", "outline": "1. a", "number": 1, "heading": "a", "previous": ""});
         for lang in [Language::En, Language::Zh] {
             let set = PromptSet::builtin(lang);
-            for stage in STAGES {
+            for stage in STAGES.iter().chain(OPTIONAL_STAGES) {
                 let p = set.render(stage, &vars).unwrap();
                 assert!(!p.user.is_empty(), "{lang:?} {stage}");
             }
@@ -184,10 +188,17 @@ mod tests {
         text.push_str("\n[extra]\nuser = 'x'\n");
         let e = PromptSet::parse("my.toml", &text).unwrap_err().to_string();
         assert!(e.contains("unknown stage [extra]"), "{e}");
-        let text = include_str!("../../../assets/prompts/en.toml").replace("{{ instruction }}", "{{ instruction ");
+        let text = include_str!("../../../assets/prompts/en.toml").replacen("{{ instruction }}", "{{ instruction ", 1);
         let e = PromptSet::parse("my.toml", &text).unwrap_err().to_string();
         assert!(e.starts_with("my.toml: [writer] user:"), "{e}");
         let e = PromptSet::builtin(Language::En).render("writer", json!({})).unwrap_err().to_string();
         assert!(e.contains("[writer] user") && e.contains("undefined"), "{e}");
+        // A file of the required stages alone is valid; the structured writer's stages then
+        // fail by name when rendered.
+        let text = include_str!("../../../assets/prompts/en.toml");
+        let required = &text[..text.find("[plan]").unwrap()];
+        let set = PromptSet::parse("old.toml", required).unwrap();
+        let e = set.render("plan", json!({"instruction": "x", "sections": 2})).unwrap_err().to_string();
+        assert!(e.starts_with("old.toml: no [plan] table"), "{e}");
     }
 }

@@ -13,6 +13,7 @@ use crate::error::ComposeError;
 use crate::language::Language;
 use crate::prompts::Prompts;
 use crate::text_model::{Request, Sampling, TextModel};
+use crate::answer_grammar::spot_grammar;
 use crate::writer::marked_lines;
 
 /// The chosen positions: an image goes after each listed paragraph (ascending, distinct).
@@ -138,10 +139,27 @@ fn bare_numbers(text: &str, n_lines: usize) -> Vec<usize> {
     out
 }
 
-/// How many images an article of `n` paragraphs gets when nobody says: about one per two
-/// paragraphs, 1 to 5.
+/// How many images an article of `n` paragraphs gets from the rule-based spotter and the
+/// fallback of an unconstrained model left to decide: about one per two paragraphs, 1 to 5.
 pub fn default_count(n: usize) -> usize {
     n.div_ceil(2).clamp(1, 5).min(n.max(1))
+}
+
+/// How many images a constrained spotter asks for when nobody says: about one per 2–3
+/// paragraphs (n / 2.5, rounded), at least 1, at most 8.
+///
+/// ```
+/// use xcomposer_composer::spotter::target_count;
+/// assert_eq!([1, 2, 4, 5, 8, 10, 40].map(target_count), [1, 1, 2, 2, 3, 4, 8]);
+/// ```
+pub fn target_count(n: usize) -> usize {
+    ((2 * n + 2) / 5).clamp(1, 8).min(n.max(1))
+}
+
+/// The lines an image may follow: all but headings (`#…`), unless that leaves none.
+fn image_lines(paragraphs: &[String]) -> Vec<usize> {
+    let text: Vec<usize> = (0..paragraphs.len()).filter(|&i| !paragraphs[i].starts_with('#')).collect();
+    if text.is_empty() { (0..paragraphs.len()).collect() } else { text }
 }
 
 /// The deterministic rule: the paragraphs are cut into `count` runs of about equal length and
@@ -236,11 +254,21 @@ impl ImageSpotter for LlmSpotter {
         if paragraphs.is_empty() {
             return Ok(Spots { after: vec![], provenance: Provenance::new(Source::Fallback, "no paragraphs") });
         }
+        // A model that takes a grammar is asked for a number of images (the caller's, else about
+        // one per 2–3 paragraphs) and can answer only with that many valid markers; another is
+        // asked as the original asks and its answer parsed.
+        let constrained = self.model.takes_grammar();
+        let count = if constrained { Some(count.unwrap_or_else(|| target_count(image_lines(paragraphs).len()))) } else { count };
         let count_text = count.map(|c| c.min(paragraphs.len()).to_string()).unwrap_or_default();
         let prompt = self.prompts.get(language).render("spot", json!({"article": marked_lines(paragraphs), "count": count_text}))?;
-        let req = Request { prompt: &prompt, max_new_tokens: self.max_new_tokens, sampling: Sampling { beams: self.beams, ..Sampling::greedy(1.0) }, stop: vec![], max_lines: 0, prompt_as_inputs: false };
+        let grammar = count.filter(|_| constrained).map(|c| Arc::new(spot_grammar(&image_lines(paragraphs), c)));
+        let max_new_tokens = count.filter(|_| constrained).map_or(self.max_new_tokens, |c| self.max_new_tokens.max(8 * c + 8));
+        let req = Request { prompt: &prompt, max_new_tokens, sampling: Sampling { beams: self.beams, ..Sampling::greedy(1.0) }, stop: vec![], max_lines: 0, prompt_as_inputs: false, grammar };
         let out = self.model.complete(&req, &mut |_| ControlFlow::Continue(())).map_err(|reason| ComposeError::Model { stage: "spotter", reason })?;
-        Ok(spots_from_answer(&out.text, paragraphs, count))
+        let mut spots = spots_from_answer(&out.text, paragraphs, count);
+        let how = if constrained { format!("decoded under a grammar of {} distinct valid line markers", count.unwrap_or(0).min(image_lines(paragraphs).len())) } else { "unconstrained (the model takes no grammar): the answer parsed".to_string() };
+        spots.provenance.detail = format!("{how}; {}", spots.provenance.detail);
+        Ok(spots)
     }
 }
 

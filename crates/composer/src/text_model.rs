@@ -3,9 +3,11 @@
 
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
+use xcomposer_llm::grammar::{Constraint, Grammar, Vocabulary};
 use xcomposer_llm::{GenerationConfig, LanguageModel, Message, StopReason};
 
 use crate::prompts::Prompt;
@@ -57,6 +59,9 @@ pub struct Request<'a> {
     /// repetition penalty sees them. InternLM-XComposer also counts them in the budget as the demo's
     /// `max_length = max_new_tokens + len(prompt text)` does; other models keep `max_new_tokens`.
     pub prompt_as_inputs: bool,
+    /// A grammar the answer must follow, for a model that [`TextModel::takes_grammar`]; others
+    /// answer freely and the stage's parser and fallback deal with the answer.
+    pub grammar: Option<Arc<Grammar>>,
 }
 
 /// The model's answer.
@@ -72,7 +77,8 @@ pub struct Completion {
     pub prefill_seconds: f64,
     /// Seconds spent decoding after the first new token.
     pub decode_seconds: f64,
-    /// Why it ended (`stop_token`, `stop_string`, `max_tokens`, `max_lines`, `context_full`).
+    /// Why it ended (`stop_token`, `stop_string`, `max_tokens`, `max_lines`, `context_full`,
+    /// `grammar_complete`).
     pub stop_reason: String,
 }
 
@@ -90,6 +96,10 @@ pub trait TextModel: Send + Sync {
     /// Answers `req`, calling `on_text` with each piece of new text; a `Break` from it ends the
     /// generation (the answer is then an error or cut short: the caller that stopped it knows).
     fn complete(&self, req: &Request, on_text: &mut (dyn FnMut(&str) -> ControlFlow<()> + Send)) -> Result<Completion, String>;
+    /// Whether [`Request::grammar`] is enforced (tokens outside it masked); `false` by default.
+    fn takes_grammar(&self) -> bool {
+        false
+    }
 }
 
 /// How a prompt becomes the model's input text.
@@ -107,13 +117,15 @@ pub struct ChatLanguageModel<B: Backend> {
     pub model: LanguageModel<B>,
     /// How prompts are laid out: the chat template when the model has one, else XComposer's.
     pub format: PromptFormat,
+    /// The tokens' bytes for grammars, computed at the first constrained request.
+    vocabulary: OnceLock<Arc<Vocabulary>>,
 }
 
 impl<B: Backend> ChatLanguageModel<B> {
     /// Wraps a model, picking the prompt format from whether it has a chat template.
     pub fn new(model: LanguageModel<B>) -> Self {
         let format = if model.chat_template.is_some() { PromptFormat::ChatTemplate } else { PromptFormat::XComposer };
-        ChatLanguageModel { model, format }
+        ChatLanguageModel { model, format, vocabulary: OnceLock::new() }
     }
 
     /// The input text of a prompt, as the model will see it (before tokenization).
@@ -137,6 +149,10 @@ where
         self.model.path.file_name().map_or_else(|| self.model.path.display().to_string(), |n| n.to_string_lossy().into_owned())
     }
 
+    fn takes_grammar(&self) -> bool {
+        true
+    }
+
     fn complete(&self, req: &Request, on_text: &mut (dyn FnMut(&str) -> ControlFlow<()> + Send)) -> Result<Completion, String> {
         if req.sampling.beams > 1 {
             return Err(format!("{} decodes one sequence; {} beams need the InternLM-XComposer model", self.id(), req.sampling.beams));
@@ -157,6 +173,7 @@ where
             seed: req.sampling.seed,
             stop_strings: req.stop.clone(),
             max_lines: req.max_lines,
+            constraint: req.grammar.as_ref().map(|g| Constraint { grammar: g.clone(), vocabulary: self.vocabulary.get_or_init(|| Arc::new(Vocabulary::new(&self.model.tokenizer))).clone() }),
             ..Default::default()
         };
         // On a rayon worker, so that each token's parallel products start inside the pool.
@@ -173,6 +190,7 @@ where
             StopReason::MaxTokens => "max_tokens",
             StopReason::MaxLines => "max_lines",
             StopReason::ContextFull => "context_full",
+            StopReason::GrammarComplete => "grammar_complete",
         };
         Ok(Completion {
             text: out.text,

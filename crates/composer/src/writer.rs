@@ -124,7 +124,7 @@ pub fn split_long_paragraphs(paragraphs: &mut Vec<String>) -> usize {
 }
 
 /// `s` cut after each sentence end (the pieces concatenate back to `s`).
-fn sentences(s: &str) -> Vec<&str> {
+pub(crate) fn sentences(s: &str) -> Vec<&str> {
     let mut out = Vec::new();
     let mut start = 0;
     for end in sentence_ends(s) {
@@ -232,7 +232,7 @@ impl LlmWriter {
     fn title(&self, paragraphs: &[String], language: Language) -> Result<(Option<String>, String, usize), ComposeError> {
         let excerpt: String = paragraphs[0].chars().take(600).collect();
         let prompt = self.prompts.get(language).render("title", json!({"article": excerpt}))?;
-        let req = Request { prompt: &prompt, max_new_tokens: 24, sampling: Sampling::greedy(1.3), stop: vec!["\"".into(), "”".into(), "\n".into()], max_lines: 0, prompt_as_inputs: false };
+        let req = Request { prompt: &prompt, max_new_tokens: 24, sampling: Sampling::greedy(1.3), stop: vec!["\"".into(), "”".into(), "\n".into()], max_lines: 0, prompt_as_inputs: false, grammar: None };
         let out = self.model.complete(&req, &mut |_| ControlFlow::Continue(())).map_err(|reason| ComposeError::Model { stage: "title", reason })?;
         let title = clean_title(&out.text).filter(|t| usable_title(t, &paragraphs[0]));
         Ok((title, out.text, out.new_tokens))
@@ -252,7 +252,7 @@ impl ArticleWriter for LlmWriter {
         let prompt = self.prompts.get(req.language).render("writer", json!({"instruction": req.instruction}))?;
         let sampling = Sampling { seed: req.seed, ..self.sampling };
         // One line more than kept, so that the last kept paragraph is known to be complete.
-        let mreq = Request { prompt: &prompt, max_new_tokens: req.max_new_tokens, sampling, stop: vec![], max_lines: req.max_paragraphs + 1, prompt_as_inputs: false };
+        let mreq = Request { prompt: &prompt, max_new_tokens: req.max_new_tokens, sampling, stop: vec![], max_lines: req.max_paragraphs + 1, prompt_as_inputs: false, grammar: None };
         let mut stopped = false;
         let out = self.model.complete(&mreq, &mut |t| {
             let flow = on_text(t);
@@ -299,7 +299,7 @@ impl ArticleWriter for LlmWriter {
     fn rewrite_paragraph(&self, paragraphs: &[String], index: usize, language: Language, seed: u64) -> Result<(String, Provenance), ComposeError> {
         let current = paragraphs.get(index).ok_or_else(|| ComposeError::BadRequest(format!("paragraph {index} does not exist (the article has {})", paragraphs.len())))?;
         let prompt = self.prompts.get(language).render("paragraph", json!({"article": marked_lines(paragraphs), "line": index, "paragraph": current}))?;
-        let req = Request { prompt: &prompt, max_new_tokens: 200, sampling: Sampling { seed, ..self.sampling }, stop: vec![], max_lines: 1, prompt_as_inputs: false };
+        let req = Request { prompt: &prompt, max_new_tokens: 200, sampling: Sampling { seed, ..self.sampling }, stop: vec![], max_lines: 1, prompt_as_inputs: false, grammar: None };
         let out = self.model.complete(&req, &mut |_| ControlFlow::Continue(())).map_err(|reason| ComposeError::Model { stage: "paragraph", reason })?;
         let text = paragraphs_of(&out.text, out.truncated());
         match text {

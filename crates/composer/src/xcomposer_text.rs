@@ -229,7 +229,7 @@ mod tests {
     #[test]
     fn prompts_are_laid_out_as_the_original_composition_code() {
         let prompt = crate::prompts::Prompt { user: "根据给定标题写一个图文并茂，不重复的文章：长城".into(), prefix: String::new() };
-        let req = Request { prompt: &prompt, max_new_tokens: 8, sampling: Sampling::greedy(5.0), stop: vec![], max_lines: 0, prompt_as_inputs: false };
+        let req = Request { prompt: &prompt, max_new_tokens: 8, sampling: Sampling::greedy(5.0), stop: vec![], max_lines: 0, prompt_as_inputs: false, grammar: None };
         assert_eq!(prompt_text(&req), " <|User|>:根据给定标题写一个图文并茂，不重复的文章：长城\n<TOKENS_UNUSED_0> <|Bot|>:");
     }
 }

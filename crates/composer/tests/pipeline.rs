@@ -101,8 +101,12 @@ fn tmp(tag: &str) -> PathBuf {
     d
 }
 
+/// The default stages with the one-shot writer, whose whole-article answer the script gives
+/// (the structured writer is tested in `constrained_stages.rs`).
 fn composer(model: Arc<ScriptedModel>, dir: &Path, names: &[&str]) -> Composer {
-    Composer::with_model(model, Box::new(FolderRetriever::new(dir, names)))
+    let mut c = Composer::with_model(model.clone(), Box::new(FolderRetriever::new(dir, names)));
+    c.writer = Box::new(xcomposer_composer::LlmWriter::new(model, Arc::new(xcomposer_composer::Prompts::default())));
+    c
 }
 
 const PHOTOS: &[&str] = &["ethiopia-coffee.png", "red-sea-ship.jpg", "venice-cafe.png", "espresso machine.JPG", "mecca.png"];

@@ -299,7 +299,7 @@ fn the_article_can_be_sampled_as_the_demos_random_sample_box_asks() {
     let text = XComposerText { model: Arc::new(XComposer::<Flex>::load(&dir, &Default::default()).unwrap()) };
     let prompt = Prompt { user: "根据给定标题写一个图文并茂，不重复的文章：长城".into(), prefix: String::new() };
     let ask = |sampling: Sampling| {
-        let req = Request { prompt: &prompt, max_new_tokens: 16, sampling, stop: vec![], max_lines: 0, prompt_as_inputs: false };
+        let req = Request { prompt: &prompt, max_new_tokens: 16, sampling, stop: vec![], max_lines: 0, prompt_as_inputs: false, grammar: None };
         text.answer(&req, &mut |_| std::ops::ControlFlow::Continue(())).map(|a| a.output.sequence)
     };
     let sampled = |seed: u64| Sampling { temperature: 1.0, top_p: 1.0, repetition_penalty: 5.0, seed, beams: 1 };

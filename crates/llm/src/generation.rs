@@ -1,5 +1,6 @@
 //! `Generator`: greedy decoding and seeded sampling (temperature, top-k, top-p) with a Hugging
-//! Face-style repetition penalty, stop tokens, stop strings, a token budget and streaming.
+//! Face-style repetition penalty, stop tokens, stop strings, a token budget and streaming, and
+//! decoding under a grammar ([`crate::grammar`]): tokens that cannot continue it are masked.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -9,6 +10,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::beam::StepDecoder;
+use crate::grammar::Constraint;
 use crate::text_decoder::{TextDecoder, TextDecoderError};
 use crate::tokenizer::{StreamDecoder, Tokenizer, TokenizerError};
 
@@ -38,6 +40,11 @@ pub struct GenerationConfig {
     /// End generation once the text holds this many complete non-empty lines (0 = off); the
     /// text keeps those lines and drops what follows the last of them.
     pub max_lines: usize,
+    /// A grammar the generated text follows: tokens that cannot continue a parse are masked
+    /// before the choice (greedy or sampled; the choice is then made on the host), a stop token
+    /// only where the text is a whole sentence, and generation ends once nothing may follow.
+    #[serde(skip)]
+    pub constraint: Option<Constraint>,
 }
 
 impl Default for GenerationConfig {
@@ -53,6 +60,7 @@ impl Default for GenerationConfig {
             stop_tokens: vec![],
             stop_strings: vec![],
             max_lines: 0,
+            constraint: None,
         }
     }
 }
@@ -71,6 +79,8 @@ pub enum StopReason {
     MaxLines,
     /// The model's context is full.
     ContextFull,
+    /// The grammar's sentence is complete and nothing may follow it.
+    GrammarComplete,
 }
 
 /// The result of one generation.
@@ -90,6 +100,9 @@ pub struct Generated {
     /// Time spent producing the new tokens after the first.
     #[serde(skip)]
     pub decode_time: Duration,
+    /// Of the time above, what the grammar's masking took (zero without a grammar).
+    #[serde(skip)]
+    pub grammar_time: Duration,
 }
 
 /// Errors during generation.
@@ -121,6 +134,9 @@ pub enum GenerationError {
     /// The caller's cancel flag was raised (a server client went away).
     #[error("generation was cancelled")]
     Cancelled,
+    /// Under a grammar, no token of the vocabulary can continue the text.
+    #[error("no token of the vocabulary can continue the grammar after {0:?}")]
+    GrammarStuck(String),
 }
 
 /// Hugging Face's repetition penalty: each id of `seen`, once, has its score divided by `p` if
@@ -290,6 +306,11 @@ impl<B: Backend> Generator<'_, B> {
         if let Some(&id) = prompt_ids.iter().find(|&&id| id as usize >= rows) {
             return Err(GenerationError::TokenOutOfRange { id, rows });
         }
+        if let Some(c) = &cfg.constraint
+            && c.vocabulary.len() != self.tokenizer.vocab_size()
+        {
+            return Err(GenerationError::BadConfig(format!("the grammar's vocabulary has {} tokens, the model's tokenizer {}: build it from this model's tokenizer", c.vocabulary.len(), self.tokenizer.vocab_size())));
+        }
         let mut sampler = Sampler::new(cfg)?;
         let run = Run { prompt_ids, cfg, ctx, cancel };
         self.model.steps(prompt_ids, |steps| run.decode(steps, self.tokenizer, &mut sampler, on_text))?
@@ -320,6 +341,8 @@ impl Run<'_> {
         let mut ids = Vec::new();
         let mut stream = StreamDecoder::new();
         let mut stops = StopStrings { stops: &cfg.stop_strings, text: String::new(), emitted: 0 };
+        let mut grammar = cfg.constraint.as_ref().map(|c| (c, c.grammar.start()));
+        let mut grammar_time = Duration::ZERO;
 
         let start = Instant::now();
         steps.prefill()?;
@@ -330,18 +353,33 @@ impl Run<'_> {
             if self.cancel.load(Ordering::Relaxed) {
                 return Err(GenerationError::Cancelled);
             }
-            if ids.len() >= cfg.max_new_tokens {
+            let complete = grammar.as_ref().is_some_and(|(_, state)| state.is_complete());
+            if ids.len() >= cfg.max_new_tokens || complete {
                 if first {
                     prefill_time = start.elapsed();
+                }
+                if complete {
+                    reason = StopReason::GrammarComplete;
                 }
                 break;
             }
             let seen = if cfg.penalize_prompt { &context[..] } else { &context[prompt_ids.len()..] };
-            let next = if cfg.temperature == 0.0 {
-                steps.greedy_token(seen, cfg.repetition_penalty)?
-            } else {
-                let mut row = steps.logits()?.swap_remove(0);
-                sampler.sample(&mut row, seen)
+            let next = match &mut grammar {
+                Some((c, state)) => {
+                    let mut row = steps.logits()?.swap_remove(0);
+                    let t = Instant::now();
+                    let next = constrained_choice(c, state, &mut row, seen, cfg, sampler).ok_or_else(|| GenerationError::GrammarStuck(stops.text.clone()))?;
+                    if !cfg.stop_tokens.contains(&next) {
+                        state.advance_bytes(&c.grammar, c.vocabulary.bytes(next).unwrap_or_default());
+                    }
+                    grammar_time += t.elapsed();
+                    next
+                }
+                None if cfg.temperature == 0.0 => steps.greedy_token(seen, cfg.repetition_penalty)?,
+                None => {
+                    let mut row = steps.logits()?.swap_remove(0);
+                    sampler.sample(&mut row, seen)
+                }
             };
             if first {
                 prefill_time = start.elapsed();
@@ -395,8 +433,22 @@ impl Run<'_> {
             stop_reason: reason,
             prefill_time,
             decode_time: decode_start.elapsed(),
+            grammar_time,
         })
     }
+}
+
+/// The next token under a grammar: the repetition penalty, then the best allowed token (greedy)
+/// or a draw among the allowed ones; `None` when the grammar allows none.
+fn constrained_choice(c: &Constraint, state: &crate::grammar::GrammarState, row: &mut [f32], seen: &[u32], cfg: &GenerationConfig, sampler: &mut Sampler) -> Option<u32> {
+    if cfg.temperature == 0.0 {
+        apply_repetition_penalty(row, seen, cfg.repetition_penalty);
+        return c.argmax(state, row, &cfg.stop_tokens);
+    }
+    if c.mask(state, row, &cfg.stop_tokens) == 0 {
+        return None;
+    }
+    Some(sampler.sample(row, seen))
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ pub mod cuda;
 pub mod decoder;
 pub mod fetch;
 pub mod generation;
+pub mod grammar;
 pub mod matvec;
 pub mod model;
 pub mod nn;
