@@ -51,6 +51,14 @@ pub struct ServeArgs {
     /// The largest max_tokens a request may ask for.
     #[arg(long, default_value_t = 2048)]
     pub max_tokens_cap: usize,
+    /// Fetch the API's `image_url` parts given as http(s) URLs (refused otherwise) through the
+    /// safe fetcher: public addresses only unless --allow-address, only --allow-host hosts when
+    /// given, within the request image limits (10 MiB, 40 M pixels).
+    #[arg(long)]
+    pub fetch_images: bool,
+    /// How image URLs are fetched, with --fetch-images.
+    #[command(flatten)]
+    pub fetch: crate::remote::FetchArgs,
     /// Send the article API's compositions to this Redis Streams queue (redis://HOST:PORT)
     /// for `xcomposer worker --out DATA/articles` instead of composing them here.
     #[arg(long)]
@@ -140,7 +148,11 @@ pub fn load(args: &ServeArgs) -> Result<Arc<AppState>> {
         Some(dir) => Some(Arc::new(XComposer::<Flex>::load_with(dir, &device, engine).with_context(|| format!("loading {}", dir.display()))?)),
         None => None,
     };
-    let limits = Limits { queue_capacity: args.max_queue, max_tokens_cap: args.max_tokens_cap, ..Limits::default() };
+    let mut limits = Limits { queue_capacity: args.max_queue, max_tokens_cap: args.max_tokens_cap, ..Limits::default() };
+    if args.fetch_images {
+        let image_limits = xcomposer_vision::ImageLimits { max_pixels: limits.max_image_pixels, max_file_bytes: limits.max_image_bytes as u64 };
+        limits.image_fetcher = Some(Arc::new(args.fetch.fetcher(image_limits)?));
+    }
     let config = ServerConfig { api_key: args.api_key.clone(), data_dir: args.data.clone(), limits };
     let text = Arc::new(ChatLanguageModel::new(llm));
     let composers = Composers { text: text.clone(), xcomposer: xcomposer.clone(), library: args.library.clone(), scoring: args.scoring.clone() };

@@ -218,6 +218,9 @@ fn good_images_are_checked_cached_and_recorded() {
     // A second fetcher on the same cache finds the URL without asking the server.
     let again = Fetcher::new(loopback_options(), &cache).unwrap();
     assert_eq!(again.cache().lookup(&format!("{base}/good.jpg")).unwrap().0, jpg.path);
+    // A cached URL is still checked against the fetcher's rules: a stricter one refuses it.
+    let strict = Fetcher::new(FetchOptions::default(), &cache).unwrap();
+    assert_eq!(strict.fetch_image(&format!("{base}/good.jpg"), ImageMeta::default()).unwrap_err().rule(), "private_address");
     std::fs::remove_dir_all(&root).unwrap();
 }
 

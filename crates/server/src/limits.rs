@@ -19,6 +19,9 @@ pub struct Limits {
     pub default_max_tokens: usize,
     /// Requests that may wait for the model behind the running one (more get 429).
     pub queue_capacity: usize,
+    /// Fetches `image_url` parts given as http(s) URLs (under its own address and host
+    /// allow-lists and limits); `None`: such URLs are refused (`serve --fetch-images` sets it).
+    pub image_fetcher: Option<std::sync::Arc<xcomposer_retrieval::remote::Fetcher>>,
 }
 
 impl Default for Limits {
@@ -32,6 +35,7 @@ impl Default for Limits {
             max_tokens_cap: 2048,
             default_max_tokens: 256,
             queue_capacity: 32,
+            image_fetcher: None,
         }
     }
 }

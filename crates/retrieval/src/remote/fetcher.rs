@@ -103,11 +103,16 @@ impl Fetcher {
         &self.cache
     }
 
-    /// The image at `url`, from the cache when this URL was fetched before, else fetched,
-    /// checked and stored with `meta` in its sidecar.
+    /// The image at `url`, from the cache when this URL was fetched before (and still passes
+    /// this fetcher's URL, host, address and size rules), else fetched, checked and stored with
+    /// `meta` in its sidecar.
     pub fn fetch_image(&self, url: &str, meta: ImageMeta) -> Result<FetchedImage, FetchError> {
+        let parsed = Url::parse(url).map_err(|e| FetchError::BadUrl { url: url.into(), reason: e.to_string() })?;
+        self.check_target(&parsed)?;
+        let limits = self.options.limits;
         if let Some((path, record)) = self.cache.lookup(url)
-            && let Ok(bytes) = read_capped(&path, self.options.limits.max_file_bytes)
+            && u64::from(record.size.0) * u64::from(record.size.1) <= limits.max_pixels
+            && let Ok(bytes) = read_capped(&path, limits.max_file_bytes)
         {
             return Ok(FetchedImage { path, bytes, record });
         }
