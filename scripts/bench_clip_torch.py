@@ -5,6 +5,8 @@
   time OUT BATCHES RUNS DTYPES
                           time get_image_features at each batch size (comma-separated) in each
                           dtype (f32, f16; comma-separated) on CUDA; print one JSON object
+  profile OUT BATCH       where one f16 call's GPU time goes (torch.profiler, CUDA kernels
+                          grouped by name, the 15 largest), to compare with XC_ENCODER_PROFILE
 
 PyTorch's f32 matmuls run in true f32 (TF32 off, its default); burn-cuda's use TF32 tensor cores.
 Timing matches the Rust side: inputs already on the GPU, 3 warm-up calls, then RUNS timed calls
@@ -59,10 +61,26 @@ def time_model(out, batches, runs, dtypes):
     print(json.dumps(res))
 
 
+def profile(out, batch):
+    model = CLIPModel.from_pretrained(out, torch_dtype=torch.float16).cuda().eval()
+    size = model.config.vision_config.image_size
+    x = torch.randn(batch, 3, size, size, device="cuda", dtype=torch.float16)
+    with torch.no_grad():
+        for _ in range(3):
+            model.get_image_features(pixel_values=x)
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            model.get_image_features(pixel_values=x)
+            torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15, max_name_column_width=90))
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "make":
         make(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "time":
         time_model(sys.argv[2], [int(b) for b in sys.argv[3].split(",")], int(sys.argv[4]), sys.argv[5].split(",") if len(sys.argv) > 5 else ["f32", "f16"])
+    elif sys.argv[1] == "profile":
+        profile(sys.argv[2], int(sys.argv[3]))
     else:
         sys.exit(__doc__)

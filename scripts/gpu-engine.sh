@@ -28,6 +28,10 @@
 #                random CLIP ViT-L/14 beside PyTorch (f16, batches 1, 32, 128) and `bench xcomposer`
 #                on the random 7B (image encode beside PyTorch; ENCODER_7B=0 skips it, ENCODER_BENCH=0
 #                skips both benchmarks).
+#   PART=attention: the encoder's fused attention kernel and the KV-cache length against the host,
+#                the encoder parity tests, `bench clip` ViT-L/14 f16 with the fused and the batched
+#                attention (and where batch 128's time goes, XC_ENCODER_PROFILE), then `bench
+#                engine --quant q4_0 --max-context 1024` for its memory (ATTENTION_ENGINE=0 skips it).
 #   PART=smollm2: `bench engine --shape smollm2` (the default text model's shape, random weights)
 #                beside llama-bench on a random f16 GGUF of that shape (scripts/write_random_gguf.py).
 set -uo pipefail
@@ -79,6 +83,30 @@ library_models() {
   export XCOMPOSER_MODELS="$W/models"
   rm -rf "$XCOMPOSER_MODELS/library" && mkdir -p "$XCOMPOSER_MODELS" && cp -r "$DIR/library" "$XCOMPOSER_MODELS/library"
 }
+if [ "$PART" = attention ]; then
+  echo "== the encoder's attention (fused tensor-core kernel and batched products) and a shorter KV cache, against the host"
+  "$W/cuda_engine" encoder_ a_shorter_kv_cache --test-threads 1 --nocapture 2>&1 | tee "$OUT/attention.log" | grep -E "^attention|^bias_act|test result|panicked|FAILED"
+  mkdir -p "$W/shared/fixtures" && ln -sfn "$W/xcomposer-tiny" "$W/shared/fixtures/xcomposer-tiny" && ln -sfn "$(realpath "$DIR/clip-tiny")" "$W/shared/fixtures/clip-tiny"
+  for t in cuda_visual cuda_clip; do
+    [ -x "$W/$t" ] && XCOMPOSER_SHARED="$W/shared" "$W/$t" --test-threads 1 --nocapture 2>&1 | tee "$OUT/$t.log" | grep -E "max-abs|test result|panicked|FAILED" | tail -8
+  done
+  [ -f /tmp/clip-L14/config.json ] || python3 scripts/bench_clip_torch.py make L/14 /tmp/clip-L14 > "$OUT/clip-make.log" 2>&1
+  echo "== bench clip, random ViT-L/14, f16: fused attention (default), with PyTorch"
+  "$BIN" bench clip --model /tmp/clip-L14 --device cuda --dtype f16 --batches 1,32,128 --runs 10 --torch 2> "$OUT/bench-clip.err" | tee "$OUT/bench-clip.md"
+  echo "== the same with the batched-products attention"
+  XC_ENCODER_ATTENTION=batched "$BIN" bench clip --model /tmp/clip-L14 --device cuda --dtype f16 --batches 1,32,128 --runs 10 2> "$OUT/bench-clip-batched.err" | tee "$OUT/bench-clip-batched.md"
+  for mode in fused batched; do
+    echo "== where batch 128's time goes ($mode attention; each part synchronised)"
+    XC_ENCODER_PROFILE=1 XC_ENCODER_ATTENTION=$mode "$BIN" bench clip --model /tmp/clip-L14 --device cuda --dtype f16 --batches 128 --runs 3 2>&1 >/dev/null | sed -n '/encoder profile/,$p' | tee "$OUT/profile-$mode.md"
+  done
+  echo "== where PyTorch's batch 128 goes (torch.profiler)"
+  python3 scripts/bench_clip_torch.py profile /tmp/clip-L14 128 2>&1 | tee "$OUT/profile-torch.md" | head -24
+  if [ "${ATTENTION_ENGINE:-1}" = 1 ]; then
+    echo "== bench engine, Q4_0, KV cache of 1,024 positions (memory)"
+    "$BIN" bench engine --dtype f16 --quant q4_0 --max-context 1024 --runs 1 --new-tokens 32 2> "$OUT/engine.err" | tee "$OUT/engine.md" | grep -E "^\\| engine|^\\| xcomposer|positions"
+  fi
+  exit 0
+fi
 if [ "$PART" = encoder ]; then
   echo "== encoder tests (CUDA encoder runtime vs the reference outputs)"
   mkdir -p "$W/shared/fixtures" && ln -sfn "$W/xcomposer-tiny" "$W/shared/fixtures/xcomposer-tiny" && ln -sfn "$(realpath "$DIR/clip-tiny")" "$W/shared/fixtures/clip-tiny"

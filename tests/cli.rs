@@ -287,6 +287,11 @@ fn compose_refuses_bad_input_with_a_clear_message() {
     assert!(stderr(&out).contains("--quant q4_0 applies to InternLM-XComposer's decoder (--xcomposer DIR); composing with the default text models runs none"), "{}", stderr(&out));
     let out = run(&["compose", "About owls.", "--out", out_dir.to_str().unwrap(), "--xcomposer", "no-such-dir", "--quant", "q8_0"]);
     assert!(stderr(&out).contains("--quant q8_0 runs on the fused engine only: add --device cuda --dtype f16"), "{}", stderr(&out));
+    // --max-context: the fused engine's KV cache, likewise.
+    let out = run(&["compose", "About owls.", "--out", out_dir.to_str().unwrap(), "--max-context", "512"]);
+    assert!(stderr(&out).contains("--max-context applies to InternLM-XComposer's decoder (--xcomposer DIR) on the fused engine; composing with the default text models runs none"), "{}", stderr(&out));
+    let out = run(&["compose", "About owls.", "--out", out_dir.to_str().unwrap(), "--xcomposer", "no-such-dir", "--max-context", "512"]);
+    assert!(stderr(&out).contains("--max-context sizes the fused engine's KV cache: add --device cuda"), "{}", stderr(&out));
     // The demo's writing controls: only for --xcomposer, in the demo's ranges, checked before loading.
     let out = run(&["compose", "About owls.", "--out", out_dir.to_str().unwrap(), "--temperature", "0.7"]);
     assert!(stderr(&out).contains("set how the --xcomposer model writes; add --xcomposer DIR"), "{}", stderr(&out));

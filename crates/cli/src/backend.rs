@@ -73,6 +73,10 @@ pub struct DeviceOptions {
     /// only); unset, they stay in `--dtype`.
     #[arg(long, value_enum)]
     pub quant: Option<QuantArg>,
+    /// Positions the fused engine's KV cache holds per sequence (default: the model's context,
+    /// 2,048 for InternLM-XComposer); fewer leave GPU memory free, longer inputs are refused.
+    #[arg(long, value_name = "POSITIONS")]
+    pub max_context: Option<usize>,
 }
 
 impl DeviceOptions {
@@ -85,6 +89,12 @@ impl DeviceOptions {
         {
             bail!("--quant {} runs on the fused engine only: add --device cuda --dtype f16 (and no --engine burn)", q.name());
         }
+        if self.max_context.is_some() && (self.device != DeviceArg::Cuda || self.engine != EngineArg::Fused) {
+            bail!("--max-context sizes the fused engine's KV cache: add --device cuda (and no --engine burn)");
+        }
+        if self.max_context == Some(0) {
+            bail!("--max-context 0: the KV cache needs at least 1 position");
+        }
         Ok(match (self.device, self.engine) {
             #[cfg(feature = "cuda")]
             (DeviceArg::Cuda, EngineArg::Fused) => {
@@ -93,14 +103,18 @@ impl DeviceOptions {
                     DtypeArg::F32 => xcomposer_llm::cuda::EngineDtype::F32,
                 };
                 let quant = self.quant.map(QuantArg::engine);
-                EngineChoice::Cuda(xcomposer_llm::cuda::EngineOptions { dtype, quant, ..Default::default() })
+                EngineChoice::Cuda(xcomposer_llm::cuda::EngineOptions { dtype, quant, max_positions: self.max_context, ..Default::default() })
             }
             _ => EngineChoice::Burn,
         })
     }
 
-    /// Refuses `--quant` where no InternLM decoder runs (`command` names the command or mode).
+    /// Refuses `--quant` (and `--max-context`, the other option of that decoder's fused engine)
+    /// where no InternLM decoder runs (`command` names the command or mode).
     pub fn refuse_quant(&self, command: &str) -> Result<()> {
+        if self.max_context.is_some() {
+            bail!("--max-context applies to InternLM-XComposer's decoder (--xcomposer DIR) on the fused engine; {command} runs none");
+        }
         match self.quant {
             Some(q) => bail!("--quant {} applies to InternLM-XComposer's decoder (--xcomposer DIR); {command} runs none", q.name()),
             None => Ok(()),

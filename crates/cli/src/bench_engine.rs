@@ -36,6 +36,10 @@ pub struct EngineBenchArgs {
     /// Timed repetitions (the median is reported).
     #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// Positions the KV cache holds per sequence (default: the shape's context); the memory
+    /// columns change with it, the speeds do not.
+    #[arg(long, value_name = "POSITIONS")]
+    max_context: Option<usize>,
     /// The PyTorch anchor.
     #[command(flatten)]
     anchor: TorchAnchor,
@@ -161,7 +165,7 @@ fn measure(args: &EngineBenchArgs) -> Result<()> {
     let mut variants = vec![];
     for quant in std::iter::once(None).chain(args.quant.iter().copied().map(Some)) {
         let t = Instant::now();
-        let opts = EngineOptions { dtype, quant: quant.map(QuantArg::engine), ..Default::default() };
+        let opts = EngineOptions { dtype, quant: quant.map(QuantArg::engine), max_positions: args.max_context, ..Default::default() };
         let mut e = CudaDecoder::load(c.clone(), &RandomWeights::for_decoder(&c, 0), KeyStyle::HuggingFace, opts)?;
         let label = match quant {
             None => args.dtype.name().to_string(),
@@ -196,7 +200,8 @@ fn measure(args: &EngineBenchArgs) -> Result<()> {
     let llama = args.llama.run(args.runs)?;
     println!("{:?} decoder shape, {}, random weights; prompt {} positions, {} greedy new tokens, median of {} runs; same GPU, same run", args.shape, args.dtype.name(), args.prompt, args.new_tokens, args.runs);
     println!();
-    print_table(args, k, &variants, torch.as_ref(), &llama);
+    let cache_positions = args.max_context.map_or(c.max_position, |n| c.max_position.min(n));
+    print_table(args, k, cache_positions, &variants, torch.as_ref(), &llama);
     for v in variants {
         println!();
         println!("Where a {} decode step's time goes at {} positions, and a 512-position prefill's (µs per launch, layer 0, launched back to back; × layers):", v.label, v.profiled_at);
@@ -223,14 +228,14 @@ fn anchor_for(quant: Option<QuantArg>, llama: &[LlamaRows]) -> Option<&LlamaRows
 }
 
 #[cfg(feature = "cuda")]
-fn print_table(args: &EngineBenchArgs, k: usize, variants: &[Variant], torch: Option<&serde_json::Value>, llama: &[LlamaRows]) {
+fn print_table(args: &EngineBenchArgs, k: usize, cache_positions: usize, variants: &[Variant], torch: Option<&serde_json::Value>, llama: &[LlamaRows]) {
     let tg_of = |rows: &[(String, f64)]| rows.iter().find(|(t, _)| t.starts_with("tg")).map(|x| x.1);
     let pp_of = |rows: &[(String, f64)], t: &str| rows.iter().find(|(x, _)| x == t).map(|x| x.1);
     let ratio = |x: f64, b: Option<f64>| b.map_or("–".to_string(), |b| format!("{:.2}×", x / b));
     let f16_base = llama.first().map(|(_, r)| (pp_of(r, "pp512"), tg_of(r)));
     println!("Ratios are to the llama.cpp row of the same weight format (f16 for PyTorch).");
     println!();
-    println!("Memory with one sequence at the full context: the weights, everything the engine allocates (adds the KV cache and scratch), and the device memory in use (adds the CUDA context, kernels and cuBLAS).");
+    println!("Memory with one sequence and a KV cache of {} positions: the weights, everything the engine allocates (adds the KV cache and scratch), and the device memory in use (adds the CUDA context, kernels and cuBLAS).", cache_positions);
     println!();
     println!("| engine | weights GB | engine GB | in use GB | prefill t/s ({}) | prefill t/s (512) | decode t/s | {k}-beam t/s per beam |", args.prompt);
     println!("|---|---|---|---|---|---|---|---|");

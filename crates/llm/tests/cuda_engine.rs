@@ -61,7 +61,7 @@ fn check(c: DecoderConfig, dtype: EngineDtype, tol: f32, seed: u64, graphs: bool
     // f16: the beams' products on the tensor cores and on the CUDA cores.
     let modes: &[bool] = if dtype == EngineDtype::F16 { &[true, false] } else { &[false] };
     for &tensor_cores in modes {
-        let opts = EngineOptions { dtype, prefill_chunk: 9, cuda_graphs: graphs, quant: None, tensor_cores };
+        let opts = EngineOptions { dtype, prefill_chunk: 9, cuda_graphs: graphs, quant: None, tensor_cores, max_positions: None };
         check_against(c.clone(), &src, &src, opts, tol, seed);
     }
 }
@@ -196,7 +196,7 @@ fn quantized_engine_matches_the_cpu_decoder_on_the_dequantized_weights() {
         // Beams' products on the tensor cores (weights expanded to f16, inputs f16) and on the
         // CUDA cores (inputs quantized to bytes); each with and without graphs.
         for (graphs, tensor_cores) in [(true, true), (false, true), (true, false)] {
-            let opts = EngineOptions { dtype: EngineDtype::F16, prefill_chunk: 9, cuda_graphs: graphs, quant: Some(quant), tensor_cores };
+            let opts = EngineOptions { dtype: EngineDtype::F16, prefill_chunk: 9, cuda_graphs: graphs, quant: Some(quant), tensor_cores, max_positions: None };
             check_against(c.clone(), &engine_src, &reference_src, opts, 3e-2, 6);
         }
     }
@@ -210,4 +210,123 @@ fn quantized_weights_are_refused_where_the_engine_cannot_run_them() {
     let q8 = EngineOptions { quant: Some(WeightQuant::Q8_0), ..Default::default() };
     let err = CudaDecoder::load(config(256, 4, 4, 688), &src, KeyStyle::HuggingFace, q8).err().expect("688 is not whole blocks");
     assert!(err.to_string().contains("intermediate_size"), "{err}");
+}
+
+/// Attention of one (item, head) on the host in f64: `q [nq, hd]`, `k`/`v [nk, hd]`.
+fn attention_host(q: &[f64], k: &[f64], v: &[f64], nq: usize, nk: usize, hd: usize) -> Vec<f64> {
+    let mut out = vec![0.0; nq * hd];
+    for i in 0..nq {
+        let s: Vec<f64> = (0..nk).map(|j| (0..hd).map(|e| q[i * hd + e] * k[j * hd + e]).sum::<f64>() / (hd as f64).sqrt()).collect();
+        let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let w: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+        let z: f64 = w.iter().sum();
+        for e in 0..hd {
+            out[i * hd + e] = (0..nk).map(|j| w[j] * v[j * hd + e]).sum::<f64>() / z;
+        }
+    }
+    out
+}
+
+/// The encoder runtime's attention (fused tensor-core kernel and batched products) against the
+/// host: queries and keys/values from two products' outputs at column offsets, with biases.
+#[test]
+fn encoder_attention_matches_the_host() {
+    use xcomposer_llm::cuda::encoder::{EncoderRuntime, Heads};
+    let round = |x: f32| half::f16::from_f32(x).to_f32();
+    // (batch, heads, hd, nq, nk): CLIP's 64-wide heads, EVA-ViT-g's 88, cross-attention (the
+    // Q-Former's 32 queries on 257 image tokens), key counts that are not whole chunks.
+    for (batch, heads, hd, nq, nk) in [(2, 2, 64, 70, 257), (1, 3, 88, 32, 257), (2, 2, 88, 129, 65), (1, 1, 64, 5, 3)] {
+        let mut rng = ChaCha8Rng::seed_from_u64((hd * 1000 + nq + nk) as u64);
+        let d = heads * hd;
+        // q in columns [8, 8 + d) of a d + 16 wide output; k at 0 and v at d of a 2d wide one
+        // (16-byte aligned rows: the fused kernel's loads); one case with q at column 5 runs
+        // the batched products instead.
+        let q_col = if nq == 5 { 5 } else { 8 };
+        let (ldq, ldkv) = (d + 16, 2 * d);
+        let mut random = |n: usize| (0..n).map(|_| round(rng.random_range(-1.0f32..1.0))).collect::<Vec<f32>>();
+        let (yq, ykv, bq, bkv) = (random(batch * nq * ldq), random(batch * nk * ldkv), random(ldq), random(ldkv));
+        for dtype in [EngineDtype::F16, EngineDtype::F32] {
+            for fused in [true, false] {
+                let mut rt = EncoderRuntime::new(dtype).unwrap();
+                rt.set_fused_attention(fused);
+                let (gq, gkv) = (rt.upload_typed(&yq).unwrap(), rt.upload_typed(&ykv).unwrap());
+                let (gbq, gbkv) = (rt.upload_f32(&bq).unwrap(), rt.upload_f32(&bkv).unwrap());
+                let out = rt.upload_typed(&vec![0.0; batch * nq * d]).unwrap();
+                let q = Heads { y: gq.ptr, ld: ldq, col0: q_col, bias: gbq.ptr };
+                let (k, v) = (Heads { y: gkv.ptr, ld: ldkv, col0: 0, bias: gbkv.ptr }, Heads { y: gkv.ptr, ld: ldkv, col0: d, bias: gbkv.ptr });
+                rt.attention(q, k, v, batch, nq, nk, heads, hd, out.ptr).unwrap();
+                let got = rt.download_typed(out.ptr, batch * nq * d).unwrap();
+                let mut worst = 0f64;
+                for b in 0..batch {
+                    for h in 0..heads {
+                        let take = |y: &[f32], ld: usize, bias: &[f32], n: usize, col: usize| -> Vec<f64> {
+                            (0..n).flat_map(|t| (0..hd).map(move |e| (t, e))).map(|(t, e)| (y[(b * n + t) * ld + col + h * hd + e] + bias[col + h * hd + e]) as f64).collect()
+                        };
+                        let want = attention_host(&take(&yq, ldq, &bq, nq, q_col), &take(&ykv, ldkv, &bkv, nk, 0), &take(&ykv, ldkv, &bkv, nk, d), nq, nk, hd);
+                        for t in 0..nq {
+                            for e in 0..hd {
+                                worst = worst.max((got[(b * nq + t) * d + h * hd + e] as f64 - want[t * hd + e]).abs());
+                            }
+                        }
+                    }
+                }
+                let tol = if dtype == EngineDtype::F16 { 4e-3 } else { 1e-5 };
+                println!("attention {dtype:?} fused={fused} batch {batch} heads {heads} hd {hd} nq {nq} nk {nk}: max-abs {worst:.2e}");
+                assert!(worst < tol, "{dtype:?} fused={fused} hd {hd} nq {nq} nk {nk}: {worst:e} ≥ {tol:e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_shorter_kv_cache_refuses_longer_inputs_and_takes_less_memory() {
+    let c = config(256, 4, 4, 704);
+    let src = RandomWeights::for_decoder(&c, 8);
+    let rows = vec![0.01f32; 13 * 256];
+    let mut full = CudaDecoder::load(c.clone(), &src, KeyStyle::HuggingFace, EngineOptions::default()).unwrap();
+    full.prefill(&rows).unwrap();
+    let short_opts = EngineOptions { max_positions: Some(12), ..Default::default() };
+    let mut short = CudaDecoder::load(c.clone(), &src, KeyStyle::HuggingFace, short_opts).unwrap();
+    assert_eq!(short.context_len(), 12);
+    assert!(matches!(short.prefill(&rows), Err(CudaError::Context { needed: 13, max: 12 })));
+    short.prefill(&rows[..12 * 256]).unwrap();
+    assert!(short.allocated_bytes() < full.allocated_bytes(), "{} vs {}", short.allocated_bytes(), full.allocated_bytes());
+    let zero = EngineOptions { max_positions: Some(0), ..Default::default() };
+    assert!(matches!(CudaDecoder::load(c, &src, KeyStyle::HuggingFace, zero), Err(CudaError::Unsupported(_))));
+}
+
+/// The encoder runtime's bias + activation and residual add (8 f16 values a thread where the
+/// width allows, one value a thread otherwise) against the host.
+#[test]
+fn encoder_bias_activation_and_residual_add_match_the_host() {
+    use xcomposer_llm::cuda::encoder::{Activation, EncoderRuntime};
+    let erf_gelu = |x: f64| 0.5 * x * (1.0 + libm_erf(x / std::f64::consts::SQRT_2));
+    for n in [24, 20] {
+        let rows = 3;
+        let mut rng = ChaCha8Rng::seed_from_u64(n as u64);
+        let mut random = |k: usize| (0..k).map(|_| half::f16::from_f32(rng.random_range(-3.0f32..3.0)).to_f32()).collect::<Vec<f32>>();
+        let (y, bias, h) = (random(rows * n), random(n), random(rows * n));
+        let rt = EncoderRuntime::new(EngineDtype::F16).unwrap();
+        for (act, f) in [(Activation::Gelu, &erf_gelu as &dyn Fn(f64) -> f64), (Activation::QuickGelu, &|x: f64| x / (1.0 + (-1.702 * x).exp()))] {
+            let (gy, gb) = (rt.upload_typed(&y).unwrap(), rt.upload_f32(&bias).unwrap());
+            let out = rt.upload_typed(&vec![0.0; rows * n]).unwrap();
+            rt.bias_act(gy.ptr, gb.ptr, out.ptr, rows, n, act).unwrap();
+            let got = rt.download_typed(out.ptr, rows * n).unwrap();
+            let worst = (0..rows * n).map(|i| (got[i] as f64 - f(y[i] as f64 + bias[i % n] as f64)).abs()).fold(0.0, f64::max);
+            println!("bias_act {act:?} n {n}: max-abs {worst:.2e}");
+            assert!(worst < 8e-3, "bias_act {act:?} n {n}: {worst:e}");
+        }
+        let (gy, gb, gh) = (rt.upload_typed(&y).unwrap(), rt.upload_f32(&bias).unwrap(), rt.upload_f32(&h).unwrap());
+        rt.residual_add(gh.ptr, gy.ptr, gb.ptr, rows, n).unwrap();
+        let got = rt.download_f32(gh.ptr, rows * n).unwrap();
+        let worst = (0..rows * n).map(|i| (got[i] - (h[i] + y[i] + bias[i % n])).abs()).fold(0.0, f32::max);
+        assert!(worst < 1e-5, "residual_add n {n}: {worst:e}");
+    }
+}
+
+/// erf by Abramowitz–Stegun 7.1.26 (|error| < 1.5e-7), enough for a test of f16 outputs.
+fn libm_erf(x: f64) -> f64 {
+    let t = 1.0 / (1.0 + 0.3275911 * x.abs());
+    let y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496735) * t + 0.254829592) * t * (-x * x).exp();
+    y.copysign(x)
 }

@@ -17,6 +17,7 @@ use cudarc::driver::{CudaContext, CudaStream};
 use super::CudaError;
 use super::engine::EngineDtype;
 use super::kernels::{Arg, Buf, Kernels, open_device};
+use super::lt::{LtProducts, LtShape};
 use super::matrix::{HostMatrix, Matrix};
 use crate::weights::{WeightError, WeightSource};
 
@@ -26,6 +27,37 @@ const BLOCK: u32 = 256;
 /// Attention key counts are padded to a multiple of this, so the batched products' rows stay
 /// aligned for the tensor cores.
 const KEY_PAD: usize = 8;
+
+/// Seconds and calls per part of the work, for `XC_ENCODER_PROFILE`.
+#[derive(Default)]
+struct Profile {
+    parts: std::sync::Mutex<std::collections::BTreeMap<&'static str, (f64, usize)>>,
+}
+
+impl Drop for EncoderRuntime {
+    fn drop(&mut self) {
+        let Some(profile) = &self.profile else { return };
+        let parts = profile.parts.lock().unwrap_or_else(|e| e.into_inner());
+        let total: f64 = parts.values().map(|p| p.0).sum();
+        eprintln!("encoder profile ({:?}, stream synchronised around each part):", self.dtype);
+        eprintln!("| part | calls | ms | share |\n|---|---|---|---|");
+        for (part, (secs, calls)) in parts.iter() {
+            eprintln!("| {part} | {calls} | {:.1} | {:.1} % |", secs * 1e3, 100.0 * secs / total.max(1e-12));
+        }
+    }
+}
+
+/// Query rows per block of the fused attention kernel (`FA_Q` in `encoder.cu`).
+const FUSED_QUERY_ROWS: usize = 64;
+
+/// The head width (64 or 96) of the fused attention kernel that runs heads of `hd` values in
+/// `dtype`, if one does (f16, `hd` ≤ 96 and a multiple of 8, for its 16-byte loads).
+fn fused_head_width(dtype: EngineDtype, hd: usize) -> Option<usize> {
+    if dtype != EngineDtype::F16 || hd % 8 != 0 {
+        return None;
+    }
+    [64, 96].into_iter().find(|&w| hd <= w)
+}
 
 /// The activation after a feed-forward product (the kernels' `ACT_*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,10 +155,13 @@ pub struct EncoderRuntime {
     _ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     blas: CudaBlas,
+    lt: LtProducts,
     kernels: Kernels,
     dtype: EngineDtype,
     scratch: Vec<Buf>,
     next: usize,
+    fused_attention: bool,
+    profile: Option<Profile>,
 }
 
 impl EncoderRuntime {
@@ -136,7 +171,25 @@ impl EncoderRuntime {
         let (ctx, stream) = open_device()?;
         let kernels = Kernels::compile_base(&ctx, stream.clone())?;
         let blas = CudaBlas::new(stream.clone())?;
-        Ok(EncoderRuntime { _ctx: ctx, stream, blas, kernels, dtype, scratch: vec![], next: 0 })
+        let lt = LtProducts::new(stream.clone())?;
+        let fused_attention = std::env::var("XC_ENCODER_ATTENTION").map_or(true, |v| v != "batched");
+        let profile = std::env::var_os("XC_ENCODER_PROFILE").map(|_| Profile::default());
+        Ok(EncoderRuntime { _ctx: ctx, stream, blas, lt, kernels, dtype, scratch: vec![], next: 0, fused_attention, profile })
+    }
+
+    /// Runs `f`; when profiling (`XC_ENCODER_PROFILE` set) waits for the stream before and
+    /// after and adds the time to `part`'s total (printed when the runtime is dropped).
+    fn timed<R>(&self, part: &'static str, f: impl FnOnce() -> Result<R, CudaError>) -> Result<R, CudaError> {
+        let Some(profile) = &self.profile else { return f() };
+        self.stream.synchronize()?;
+        let start = std::time::Instant::now();
+        let r = f()?;
+        self.stream.synchronize()?;
+        let mut parts = profile.parts.lock().unwrap_or_else(|e| e.into_inner());
+        let e = parts.entry(part).or_default();
+        e.0 += start.elapsed().as_secs_f64();
+        e.1 += 1;
+        Ok(r)
     }
 
     /// Bytes of one value of the runtime's type.
@@ -165,6 +218,32 @@ impl EncoderRuntime {
     /// A copy of f32 values on the device (positions, class tokens, queries).
     pub fn upload_f32(&self, data: &[f32]) -> Result<Buf, CudaError> {
         Buf::upload(&self.stream, data)
+    }
+
+    /// Copies `data` to the device in the runtime's type (f16 or f32).
+    pub fn upload_typed(&self, data: &[f32]) -> Result<Buf, CudaError> {
+        match self.dtype {
+            EngineDtype::F16 => Buf::upload(&self.stream, &data.iter().map(|&x| half::f16::from_f32(x).to_bits()).collect::<Vec<u16>>()),
+            EngineDtype::F32 => Buf::upload(&self.stream, data),
+        }
+    }
+
+    /// Copies `n` values of the runtime's type at `src` back to the host as f32 (waits for the stream).
+    pub fn download_typed(&self, src: u64, n: usize) -> Result<Vec<f32>, CudaError> {
+        if self.dtype == EngineDtype::F32 {
+            return self.download_f32(src, n);
+        }
+        let mut out = vec![0u16; n];
+        // SAFETY: `src` holds at least `n` f16 values; the stream is synchronised before return.
+        unsafe { cudarc::driver::result::memcpy_dtoh_async(&mut out, src, self.stream.cu_stream())? };
+        self.stream.synchronize()?;
+        Ok(out.into_iter().map(|b| half::f16::from_bits(b).to_f32()).collect())
+    }
+
+    /// Chooses the fused tensor-core attention where it applies (the default) or the batched
+    /// products (for comparison).
+    pub fn set_fused_attention(&mut self, on: bool) {
+        self.fused_attention = on;
     }
 
     /// Copies `n` f32 values at `src` back to the host (waits for the stream).
@@ -219,7 +298,7 @@ impl EncoderRuntime {
     /// type) and, unless 0, into `out_f` (f32; may be `x`).
     pub fn layer_norm(&self, x: u64, stride: usize, norm: &DevNorm, out: u64, out_f: u64, rows: usize) -> Result<(), CudaError> {
         let args = [Arg::P(x), Arg::L(stride as i64), Arg::P(norm.weight.ptr), Arg::P(norm.bias.ptr), Arg::P(out), Arg::P(out_f), Arg::I(norm.dim as i32), Arg::F(norm.eps)];
-        self.kernels.launch(&self.typed("layer_norm"), (rows as u32, 1, 1), 256, &args)
+        self.timed("layer norm", || self.kernels.launch(&self.typed("layer_norm"), (rows as u32, 1, 1), 256, &args))
     }
 
     /// `y[rows, out] = x[rows, inp] · Wᵀ` in the runtime's type, no bias (the next kernel adds it).
@@ -237,19 +316,27 @@ impl EncoderRuntime {
             return Err(CudaError::Unsupported("quantized encoder weights".into()));
         };
         let g = Gemm { m: lin.out, n: rows, k: lin.inp, a: w.ptr, lda: lin.inp, a_t: true, b: x, ldb: lin.inp, c: y, ldc: lin.out, c_type, batch: 1, strides: [0; 3] };
-        self.gemm(&g, self.dtype.blas_type())
+        self.timed("products", || self.gemm(&g, self.dtype.blas_type()))
     }
 
     /// `out = act(y + bias)` over `rows × n`, both in the runtime's type (bias 0 for none; `out`
     /// may be `y`).
     pub fn bias_act(&self, y: u64, bias: u64, out: u64, rows: usize, n: usize, act: Activation) -> Result<(), CudaError> {
-        self.launch_1d(&self.typed("bias_act"), rows * n, &[Arg::P(y), Arg::P(bias), Arg::P(out), Arg::L(rows as i64), Arg::I(n as i32), Arg::I(act as i32)])
+        if self.dtype == EngineDtype::F16 && n % 8 == 0 && y % 16 == 0 && out % 16 == 0 {
+            let args = [Arg::P(y), Arg::P(bias), Arg::P(out), Arg::L(rows as i64), Arg::I(n as i32), Arg::I(act as i32)];
+            return self.timed("bias + activation", || self.launch_1d("bias_act_h8", rows * n / 8, &args));
+        }
+        self.timed("bias + activation", || self.launch_1d(&self.typed("bias_act"), rows * n, &[Arg::P(y), Arg::P(bias), Arg::P(out), Arg::L(rows as i64), Arg::I(n as i32), Arg::I(act as i32)]))
     }
 
     /// `h += y + bias` over `rows × n` (h f32, y a product's output in the runtime's type; bias 0
     /// for none).
     pub fn residual_add(&self, h: u64, y: u64, bias: u64, rows: usize, n: usize) -> Result<(), CudaError> {
-        self.launch_1d(&self.typed("residual_add_t"), rows * n, &[Arg::P(h), Arg::P(y), Arg::P(bias), Arg::L(rows as i64), Arg::I(n as i32)])
+        if self.dtype == EngineDtype::F16 && n % 8 == 0 && y % 16 == 0 && h % 16 == 0 {
+            let args = [Arg::P(h), Arg::P(y), Arg::P(bias), Arg::L(rows as i64), Arg::I(n as i32)];
+            return self.timed("residual add", || self.launch_1d("residual_add_h8", rows * n / 8, &args));
+        }
+        self.timed("residual add", || self.launch_1d(&self.typed("residual_add_t"), rows * n, &[Arg::P(h), Arg::P(y), Arg::P(bias), Arg::L(rows as i64), Arg::I(n as i32)]))
     }
 
     /// `y += bias` over `rows × n` (f32).
@@ -261,28 +348,55 @@ impl EncoderRuntime {
     }
 
     /// Multi-head attention without a mask: for each of `batch` items, `nq` query rows attend to
-    /// `nk` key rows; `out` gets `[batch · nq, heads · hd]` in the runtime's type.
+    /// `nk` key rows; `out` gets `[batch · nq, heads · hd]` in the runtime's type. In f16 with
+    /// heads of at most 96 values (a multiple of 8, with 16-byte aligned rows) this is one
+    /// tensor-core kernel (`attention_mma_*`); otherwise (f32, for parity runs, or when turned
+    /// off with `XC_ENCODER_ATTENTION=batched`) it runs as batched products around a softmax.
     #[allow(clippy::too_many_arguments)]
     pub fn attention(&mut self, q: Heads, k: Heads, v: Heads, batch: usize, nq: usize, nk: usize, heads: usize, hd: usize, out: u64) -> Result<(), CudaError> {
+        let aligned = [q, k, v].iter().all(|h| h.ld % 8 == 0 && h.col0 % 8 == 0 && h.y % 16 == 0) && out % 16 == 0;
+        match fused_head_width(self.dtype, hd) {
+            Some(width) if self.fused_attention && aligned => self.timed("attention (fused)", || self.attention_fused(width, [q, k, v], batch, nq, nk, heads, hd, out)),
+            _ => self.attention_batched(q, k, v, batch, nq, nk, heads, hd, out),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention_fused(&self, width: usize, qkv: [Heads; 3], batch: usize, nq: usize, nk: usize, heads: usize, hd: usize, out: u64) -> Result<(), CudaError> {
+        // The keys' bias is left out: it shifts each query's scores by one constant.
+        let [q, k, v] = qkv;
+        let mut args = vec![Arg::P(q.y), Arg::I(q.ld as i32), Arg::I(q.col0 as i32), Arg::P(q.bias), Arg::P(k.y), Arg::I(k.ld as i32), Arg::I(k.col0 as i32)];
+        args.extend([Arg::P(v.y), Arg::I(v.ld as i32), Arg::I(v.col0 as i32), Arg::P(v.bias)]);
+        args.extend([Arg::P(out), Arg::I(nq as i32), Arg::I(nk as i32), Arg::I(heads as i32), Arg::I(hd as i32), Arg::F(1.0 / (hd as f32).sqrt())]);
+        let grid = (nq.div_ceil(FUSED_QUERY_ROWS) as u32, heads as u32, batch as u32);
+        self.kernels.launch(&format!("attention_mma_{width}"), grid, 128, &args)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention_batched(&mut self, q: Heads, k: Heads, v: Heads, batch: usize, nq: usize, nk: usize, heads: usize, hd: usize, out: u64) -> Result<(), CudaError> {
         let mark = self.mark();
         let (e, nkp, bh) = (self.elem(), nk.next_multiple_of(KEY_PAD), batch * heads);
         let (qh, kh, vh) = (self.scratch(bh * nq * hd * e)?, self.scratch(bh * nkp * hd * e)?, self.scratch(bh * nkp * hd * e)?);
-        self.split_heads(q, qh, batch, nq, nq, heads, hd, 1.0 / (hd as f32).sqrt())?;
-        self.split_heads(k, kh, batch, nk, nkp, heads, hd, 1.0)?;
-        self.split_heads(v, vh, batch, nk, nkp, heads, hd, 1.0)?;
+        self.timed("attention: split heads", || {
+            self.split_heads(q, qh, batch, nq, nq, heads, hd, 1.0 / (hd as f32).sqrt())?;
+            self.split_heads(k, kh, batch, nk, nkp, heads, hd, 1.0)?;
+            self.split_heads(v, vh, batch, nk, nkp, heads, hd, 1.0)
+        })?;
         let (p, o) = (self.scratch(bh * nq * nkp * e)?, self.scratch(bh * nq * hd * e)?);
         let t = self.dtype.blas_type();
         // Scores: per (item, head), S[nq, nkp] = Q Kᵀ (keys as the transposed operand), then
         // softmax in place into the weights P.
         let scores = Gemm { m: nkp, n: nq, k: hd, a: kh, lda: hd, a_t: true, b: qh, ldb: hd, c: p, ldc: nkp, c_type: t, batch: bh, strides: [nkp * hd, nq * hd, nq * nkp] };
-        self.gemm(&scores, t)?;
+        self.timed("attention: scores product", || self.gemm(&scores, t))?;
         let rows = bh * nq;
         let warps = (BLOCK / 32) as usize;
-        self.kernels.launch(&self.typed("softmax_rows"), (rows.div_ceil(warps) as u32, 1, 1), BLOCK, &[Arg::P(p), Arg::P(p), Arg::L(rows as i64), Arg::I(nk as i32), Arg::I(nkp as i32)])?;
+        let softmax = [Arg::P(p), Arg::P(p), Arg::L(rows as i64), Arg::I(nk as i32), Arg::I(nkp as i32)];
+        self.timed("attention: softmax", || self.kernels.launch(&self.typed("softmax_rows"), (rows.div_ceil(warps) as u32, 1, 1), BLOCK, &softmax))?;
         // Weighted sums: O[nq, hd] = P V, i.e. Oᵀ = Vᵀ Pᵀ in cuBLAS's column-major view.
         let sums = Gemm { m: hd, n: nq, k: nkp, a: vh, lda: hd, a_t: false, b: p, ldb: nkp, c: o, ldc: hd, c_type: t, batch: bh, strides: [nkp * hd, nq * nkp, nq * hd] };
-        self.gemm(&sums, t)?;
-        self.launch_1d(&self.typed("merge_heads"), rows * hd, &[Arg::P(o), Arg::P(out), Arg::I(batch as i32), Arg::I(nq as i32), Arg::I(heads as i32), Arg::I(hd as i32)])?;
+        self.timed("attention: sums product", || self.gemm(&sums, t))?;
+        let merge = [Arg::P(o), Arg::P(out), Arg::I(batch as i32), Arg::I(nq as i32), Arg::I(heads as i32), Arg::I(hd as i32)];
+        self.timed("attention: merge heads", || self.launch_1d(&self.typed("merge_heads"), rows * hd, &merge))?;
         self.release(mark);
         Ok(())
     }
@@ -307,9 +421,17 @@ impl EncoderRuntime {
 
     /// One (strided batched) product in cuBLAS's column-major terms: `C[m, n] = op(A)[m, k] ·
     /// B[k, n]`, `op(A) = Aᵀ` when `a_t`; A and B in `ab`, C in `g.c_type`, f32 accumulation.
+    /// Single products go through cuBLASLt (its kernels are the fast ones on Hopper), batches
+    /// through cuBLAS.
     fn gemm(&self, g: &Gemm, ab: blas::cudaDataType) -> Result<(), CudaError> {
         let (alpha, beta) = (1f32, 0f32);
         let op = |t: bool| if t { blas::cublasOperation_t::CUBLAS_OP_T } else { blas::cublasOperation_t::CUBLAS_OP_N };
+        if g.batch == 1 {
+            let f16 = ab == blas::cudaDataType::CUDA_R_16F;
+            let c_f32 = g.c_type == blas::cudaDataType::CUDA_R_32F;
+            let shape = LtShape { m: g.m, n: g.n, k: g.k, lda: g.lda, ldb: g.ldb, ldc: g.ldc, a_t: g.a_t, f16, c_f32 };
+            return self.lt.matmul(shape, g.a, g.b, g.c);
+        }
         // SAFETY: every operand is a live device buffer of the runtime holding the extents the
         // call sites give (each checks its own shapes), and all work is on the runtime's stream.
         unsafe {

@@ -113,11 +113,14 @@ pub struct EngineOptions {
     /// Products of 2–[`MAX_SEQS`] rows (beams) on the tensor cores, quantized weights expanded
     /// to f16 in registers; off, on the CUDA cores as a single row's are.
     pub tensor_cores: bool,
+    /// Positions the KV cache holds per sequence (at most the model's context, which is the
+    /// default): a shorter cache leaves the memory to other work.
+    pub max_positions: Option<usize>,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { dtype: EngineDtype::F16, prefill_chunk: 512, cuda_graphs: true, quant: None, tensor_cores: true }
+        EngineOptions { dtype: EngineDtype::F16, prefill_chunk: 512, cuda_graphs: true, quant: None, tensor_cores: true, max_positions: None }
     }
 }
 
@@ -348,6 +351,12 @@ impl CudaDecoder {
             )));
         }
         check_quant(c, opts)?;
+        let config = match opts.max_positions {
+            Some(0) => return Err(CudaError::Unsupported("a KV cache of 0 positions (max_positions must be at least 1)".into())),
+            Some(n) => DecoderConfig { max_position: c.max_position.min(n), ..config },
+            None => config,
+        };
+        let c = &config;
         let start = Instant::now();
         let (ctx, stream) = open_device()?;
         // NVRTC compiles the kernels on threads of its own while the weights are read and uploaded.

@@ -21,6 +21,7 @@
 pub mod encoder;
 mod engine;
 mod kernels;
+mod lt;
 mod matrix;
 
 pub use engine::{CudaDecoder, EngineDtype, EngineLoadTimes, EngineOptions, MAX_SEQS, TOPK_MAX};
@@ -42,6 +43,9 @@ pub enum CudaError {
     /// cuBLAS refused a call.
     #[error("cuBLAS: {0}")]
     Blas(#[from] cudarc::cublas::result::CublasError),
+    /// cuBLASLt refused a call.
+    #[error("cuBLASLt: {0}")]
+    BlasLt(#[from] cudarc::cublaslt::result::CublasError),
     /// A weight is missing or mis-shaped.
     #[error(transparent)]
     Weights(#[from] WeightError),
