@@ -26,7 +26,7 @@ pub const MAX_SECTIONS: usize = 12;
 /// Fewest new tokens a section gets (the article's budget is otherwise shared out).
 pub const MIN_SECTION_TOKENS: usize = 90;
 
-/// Shortest section a model that takes grammars may write, in characters.
+/// Shortest section a model that takes grammars may write, in characters (half for Chinese).
 pub const MIN_SECTION_CHARS: usize = 200;
 
 /// The number of sections or paragraphs an instruction asks for ("in 5 sections", "five
@@ -195,7 +195,9 @@ impl StructuredWriter {
         let prompt = w.prompts.get(req.language).render("section", vars)?;
         let sampling = Sampling { seed: req.seed.wrapping_add(k as u64), ..w.sampling };
         // Under a grammar, one paragraph of prose; otherwise a few lines, headings dropped below.
-        let grammar = w.model.takes_grammar().then(|| Arc::new(paragraph_grammar(MIN_SECTION_CHARS)));
+        // A Chinese character carries about what an English word does: half the characters.
+        let min_chars = if req.language == Language::Zh { MIN_SECTION_CHARS / 2 } else { MIN_SECTION_CHARS };
+        let grammar = w.model.takes_grammar().then(|| Arc::new(paragraph_grammar(min_chars)));
         let max_lines = if grammar.is_some() { 1 } else { 3 };
         let mreq = Request { prompt: &prompt, max_new_tokens: budget, sampling, stop: vec![], max_lines, prompt_as_inputs: false, grammar };
         let mut stopped = false;
