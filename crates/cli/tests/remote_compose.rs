@@ -129,3 +129,10 @@ fn compose_with_a_remote_source_beside_the_default_library() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn chat_refuses_an_image_url_of_a_private_address_before_loading_a_model() {
+    let out = Command::new(env!("CARGO_BIN_EXE_xcomposer")).env_remove("RUST_BACKTRACE").env_remove("RUST_LIB_BACKTRACE").args(["chat", "--image", "http://10.1.2.3/cat.png", "What is this?"]).output().unwrap();
+    assert!(!out.status.success());
+    assert_eq!(stderr(&out).trim(), "error: http://10.1.2.3/cat.png: 10.1.2.3 resolves to 10.1.2.3, a private address; refused (only public addresses are fetched unless allowed with --allow-address)");
+}

@@ -12,6 +12,7 @@ use std::thread;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+use xcomposer_retrieval::remote::library_urls::{fetch_library_urls, listed_urls};
 use xcomposer_retrieval::remote::{AddressPolicy, CacheRecord, FetchError, FetchOptions, Fetcher, ImageMeta, RemoteSource, SearchRequest};
 use xcomposer_vision::ImageLimits;
 
@@ -326,5 +327,28 @@ fn a_search_endpoint_gives_checked_images_with_their_credits() {
     let e = RemoteSource { endpoint: down }.search(&f, &req).unwrap_err();
     assert_eq!(e.rule(), "transport", "{e}");
     assert!(files(&root).iter().all(|p| p == "cache" || p.starts_with("cache/") && !p.contains(".tmp")), "{:?}", files(&root));
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn a_library_fetches_the_urls_it_lists_into_its_remote_folder() {
+    let (base, _) = server();
+    let (root, _) = scratch("library-urls");
+    std::fs::write(root.join("urls.txt"), format!("# holiday pictures\n{base}/good.png\n\n{base}/to-private\n")).unwrap();
+    let meta = serde_json::json!({"images": {"gradient.jpg": {"url": format!("{base}/good.jpg"), "title": "A gradient", "licence": "CC0"}, "local.png": {"title": "no url"}}});
+    std::fs::write(root.join("library.json"), meta.to_string()).unwrap();
+    let listed = listed_urls(&root).unwrap();
+    assert_eq!(listed.iter().map(|(u, _)| u.as_str()).collect::<Vec<_>>(), [format!("{base}/good.png"), format!("{base}/to-private"), format!("{base}/good.jpg")]);
+    assert_eq!(listed[2].1.title.as_deref(), Some("A gradient"));
+    let report = fetch_library_urls(&root, loopback_options()).unwrap();
+    assert_eq!((report.listed, report.stored.len(), report.failed.len()), (3, 2, 1));
+    assert!(report.failed[0].1.contains("a private address"), "{:?}", report.failed);
+    let jpg = &report.stored[1].1;
+    assert!(jpg.starts_with(root.join("remote")), "{jpg:?}");
+    let sidecar: serde_json::Value = serde_json::from_slice(&std::fs::read(format!("{}.json", jpg.display())).unwrap()).unwrap();
+    assert_eq!((sidecar["title"].as_str(), sidecar["licence"].as_str()), (Some("A gradient"), Some("CC0")));
+    std::fs::write(root.join("urls.txt"), [0xffu8, 0xfe]).unwrap();
+    let e = listed_urls(&root).unwrap_err().to_string();
+    assert!(e.contains("urls.txt: not UTF-8 text"), "{e}");
     std::fs::remove_dir_all(&root).unwrap();
 }
