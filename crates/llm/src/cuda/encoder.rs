@@ -421,8 +421,7 @@ impl EncoderRuntime {
 
     /// One (strided batched) product in cuBLAS's column-major terms: `C[m, n] = op(A)[m, k] ·
     /// B[k, n]`, `op(A) = Aᵀ` when `a_t`; A and B in `ab`, C in `g.c_type`, f32 accumulation.
-    /// Single products go through cuBLASLt (its kernels are the fast ones on Hopper), batches
-    /// through cuBLAS.
+    /// Single products go through cuBLASLt, batches through cuBLAS.
     fn gemm(&self, g: &Gemm, ab: blas::cudaDataType) -> Result<(), CudaError> {
         let (alpha, beta) = (1f32, 0f32);
         let op = |t: bool| if t { blas::cublasOperation_t::CUBLAS_OP_T } else { blas::cublasOperation_t::CUBLAS_OP_N };
