@@ -15,7 +15,7 @@ use crate::cleanup::clean;
 use crate::error::ComposeError;
 use crate::language::Language;
 use crate::text_model::{Request, Sampling};
-use crate::writer::{ArticleWriter, LlmWriter, WriteRequest, Written, clean_title, paragraphs, split_long_paragraphs, title_from_instruction, usable_title};
+use crate::writer::{ArticleWriter, LlmWriter, WriteRequest, Written, clean_title, complete_or_cancel, paragraphs, split_long_paragraphs, title_from_instruction, usable_title};
 
 /// Sections when neither the instruction nor the caller says.
 pub const DEFAULT_SECTIONS: usize = 4;
@@ -200,16 +200,7 @@ impl StructuredWriter {
         let grammar = w.model.takes_grammar().then(|| Arc::new(paragraph_grammar(min_chars)));
         let max_lines = if grammar.is_some() { 1 } else { 3 };
         let mreq = Request { prompt: &prompt, max_new_tokens: budget, sampling, stop: vec![], max_lines, prompt_as_inputs: false, grammar };
-        let mut stopped = false;
-        let out = w.model.complete(&mreq, &mut |t| {
-            let flow = on_text(t);
-            stopped |= flow.is_break();
-            flow
-        });
-        if stopped {
-            return Err(ComposeError::Cancelled);
-        }
-        let out = out.map_err(|reason| ComposeError::Model { stage: "writer", reason })?;
+        let out = complete_or_cancel(w.model.as_ref(), &mreq, on_text)?;
         let mut paras: Vec<String> = paragraphs(&out.text, 3, out.truncated()).into_iter().filter(|p| !heading_like(p)).map(|p| without_label(&p)).collect();
         paras.truncate(2);
         Ok((paras, out.text, out.new_tokens))

@@ -10,7 +10,7 @@ use crate::article::{Provenance, Source};
 use crate::error::ComposeError;
 use crate::language::Language;
 use crate::prompts::Prompts;
-use crate::text_model::{Request, Sampling, TextModel};
+use crate::text_model::{Completion, Request, Sampling, TextModel};
 
 /// What the writer is asked for.
 #[derive(Debug, Clone)]
@@ -253,16 +253,7 @@ impl ArticleWriter for LlmWriter {
         let sampling = Sampling { seed: req.seed, ..self.sampling };
         // One line more than kept, so that the last kept paragraph is known to be complete.
         let mreq = Request { prompt: &prompt, max_new_tokens: req.max_new_tokens, sampling, stop: vec![], max_lines: req.max_paragraphs + 1, prompt_as_inputs: false, grammar: None };
-        let mut stopped = false;
-        let out = self.model.complete(&mreq, &mut |t| {
-            let flow = on_text(t);
-            stopped |= flow.is_break();
-            flow
-        });
-        if stopped {
-            return Err(ComposeError::Cancelled);
-        }
-        let out = out.map_err(|reason| ComposeError::Model { stage: "writer", reason })?;
+        let out = complete_or_cancel(self.model.as_ref(), &mreq, on_text)?;
         let mut paras = paragraphs(&out.text, req.max_paragraphs + 1, out.truncated());
         // A first line that is a heading is the title.
         let heading = paras.first().filter(|p| p.starts_with('#') && paras.len() > 1).and_then(|p| clean_title(p));
@@ -385,4 +376,19 @@ mod tests {
         assert_eq!(marked_lines(&["a".into(), "b".into()]), "<Seg0> a\n<Seg1> b\n");
         assert_eq!(paragraphs_of("<Seg2> New text.\nmore", false).as_deref(), Some("New text."));
     }
+}
+
+/// Runs the writer's model on `req`, streaming to `on_text`: [`ComposeError::Cancelled`] when
+/// `on_text` asked to stop, the model's failure as the writer stage's error.
+pub(crate) fn complete_or_cancel(model: &dyn TextModel, req: &Request, on_text: &mut (dyn FnMut(&str) -> ControlFlow<()> + Send)) -> Result<Completion, ComposeError> {
+    let mut stopped = false;
+    let out = model.complete(req, &mut |t| {
+        let flow = on_text(t);
+        stopped |= flow.is_break();
+        flow
+    });
+    if stopped {
+        return Err(ComposeError::Cancelled);
+    }
+    out.map_err(|reason| ComposeError::Model { stage: "writer", reason })
 }
