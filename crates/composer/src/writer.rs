@@ -307,6 +307,21 @@ fn paragraphs_of(text: &str, truncated: bool) -> Option<String> {
     (!first.is_empty()).then_some(first)
 }
 
+/// Runs the writer's model on `req`, streaming to `on_text`: [`ComposeError::Cancelled`] when
+/// `on_text` asked to stop, the model's failure as the writer stage's error.
+pub(crate) fn complete_or_cancel(model: &dyn TextModel, req: &Request, on_text: &mut (dyn FnMut(&str) -> ControlFlow<()> + Send)) -> Result<Completion, ComposeError> {
+    let mut stopped = false;
+    let out = model.complete(req, &mut |t| {
+        let flow = on_text(t);
+        stopped |= flow.is_break();
+        flow
+    });
+    if stopped {
+        return Err(ComposeError::Cancelled);
+    }
+    out.map_err(|reason| ComposeError::Model { stage: "writer", reason })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,19 +391,4 @@ mod tests {
         assert_eq!(marked_lines(&["a".into(), "b".into()]), "<Seg0> a\n<Seg1> b\n");
         assert_eq!(paragraphs_of("<Seg2> New text.\nmore", false).as_deref(), Some("New text."));
     }
-}
-
-/// Runs the writer's model on `req`, streaming to `on_text`: [`ComposeError::Cancelled`] when
-/// `on_text` asked to stop, the model's failure as the writer stage's error.
-pub(crate) fn complete_or_cancel(model: &dyn TextModel, req: &Request, on_text: &mut (dyn FnMut(&str) -> ControlFlow<()> + Send)) -> Result<Completion, ComposeError> {
-    let mut stopped = false;
-    let out = model.complete(req, &mut |t| {
-        let flow = on_text(t);
-        stopped |= flow.is_break();
-        flow
-    });
-    if stopped {
-        return Err(ComposeError::Cancelled);
-    }
-    out.map_err(|reason| ComposeError::Model { stage: "writer", reason })
 }
