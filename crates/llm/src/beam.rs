@@ -12,6 +12,7 @@ use burn::tensor::backend::Backend;
 
 use crate::decoder::{Decoder, KvCache};
 use crate::generation::{Sampler, apply_repetition_penalty, argmax};
+use crate::grammar::{Constraint, GrammarState};
 
 /// What to decode.
 #[derive(Debug, Clone, PartialEq)]
@@ -145,8 +146,7 @@ pub fn top_logprobs_host(rows: Vec<Vec<f32>>, seqs: &[Vec<u32>], penalty: f32, k
     rows.into_iter()
         .zip(seqs)
         .map(|(mut row, seq)| {
-            log_softmax(&mut row);
-            apply_repetition_penalty(&mut row, seq, penalty);
+            beam_scores_of(&mut row, seq, penalty);
             let mut idx: Vec<usize> = (0..row.len()).collect();
             let k = k.min(row.len());
             let order = |x: &usize, y: &usize| row[*y].total_cmp(&row[*x]).then(x.cmp(y));
@@ -156,6 +156,112 @@ pub fn top_logprobs_host(rows: Vec<Vec<f32>>, seqs: &[Vec<u32>], penalty: f32, k
             idx.into_iter().map(|t| (row[t], t as u32)).collect()
         })
         .collect()
+}
+
+/// A decoder whose sequences follow a grammar, for [`greedy_steps`] and [`beam_steps`] (and a
+/// sampled [`Chosen`] around it): each sequence, each beam, keeps its own parse, which follows
+/// the beams as they are reordered and grow. A beam's candidates are its best tokens that its
+/// parse allows, scored as without the grammar (log-softmax and penalty first, then the mask,
+/// as HF's `prefix_allowed_tokens_fn` masks beam scores), so a grammar that allows every token
+/// a search takes changes nothing. EOS and the stop ids are allowed once the text is a whole
+/// sentence; a sequence whose parse allows nothing can only end (EOS).
+pub struct Grammared<'a, D> {
+    /// The decoder.
+    pub inner: D,
+    constraint: &'a Constraint,
+    eos: u32,
+    /// EOS and the stop ids.
+    ends: Vec<u32>,
+    /// Each sequence's parse; `None` once it took a refused token (a beam padded in at −∞).
+    states: Vec<Option<GrammarState>>,
+}
+
+impl<'a, D> Grammared<'a, D> {
+    /// `inner` kept to `constraint`, with `cfg`'s EOS and stop ids as the tokens that end a sentence.
+    pub fn new(inner: D, constraint: &'a Constraint, cfg: &EmbedGenConfig) -> Self {
+        let mut ends = vec![cfg.eos_id];
+        ends.extend(&cfg.stop_ids);
+        Grammared { inner, constraint, eos: cfg.eos_id, ends, states: vec![Some(constraint.grammar.start())] }
+    }
+
+    /// The `k` best (score, id) of sequence `s`'s processed `row` that its parse allows, padded
+    /// to `k` (as many as a beam search takes from each row) with refused ids at −∞: a beam
+    /// search keeps its width, and a padded beam can never win.
+    fn top_allowed(&self, s: usize, row: &[f32], k: usize) -> Vec<(f32, u32)> {
+        let mut top = match &self.states[s] {
+            Some(state) => self.constraint.top_k(state, row, k, &self.ends),
+            None => vec![],
+        };
+        let k = k.min(row.len());
+        let pad: Vec<u32> = (0..row.len() as u32).filter(|t| !self.ends.contains(t) && !top.iter().any(|x| x.1 == *t)).take(k.saturating_sub(top.len())).collect();
+        top.extend(pad.into_iter().map(|t| (f32::NEG_INFINITY, t)));
+        top
+    }
+}
+
+impl<D: StepDecoder> StepDecoder for Grammared<'_, D> {
+    type Error = D::Error;
+
+    fn prefill(&mut self) -> Result<(), Self::Error> {
+        self.states = vec![Some(self.constraint.grammar.start())];
+        self.inner.prefill()
+    }
+
+    /// Every row with the tokens its parse refuses at −∞ (EOS alone left when it allows none).
+    fn logits(&mut self) -> Result<Vec<Vec<f32>>, Self::Error> {
+        let mut rows = self.inner.logits()?;
+        for (row, state) in rows.iter_mut().zip(&self.states) {
+            let left = state.as_ref().map_or(0, |st| self.constraint.mask(st, row, &self.ends));
+            if left == 0 {
+                row.fill(f32::NEG_INFINITY);
+                if let Some(x) = row.get_mut(self.eos as usize) {
+                    *x = 0.0;
+                }
+            }
+        }
+        Ok(rows)
+    }
+
+    fn reorder(&mut self, rows: &[usize]) -> Result<(), Self::Error> {
+        self.states = rows.iter().map(|&r| self.states[r].clone()).collect();
+        self.inner.reorder(rows)
+    }
+
+    fn step(&mut self, tokens: &[u32]) -> Result<(), Self::Error> {
+        let c = self.constraint;
+        for (state, t) in self.states.iter_mut().zip(tokens) {
+            if self.ends.contains(t) {
+                continue;
+            }
+            let took = match (state.as_mut(), c.vocabulary.bytes(*t)) {
+                (Some(s), Some(b)) => s.advance_bytes(&c.grammar, b),
+                _ => false,
+            };
+            if !took {
+                *state = None;
+            }
+        }
+        self.inner.step(tokens)
+    }
+
+    fn greedy_token(&mut self, seq: &[u32], penalty: f32) -> Result<u32, Self::Error> {
+        let mut row = self.inner.logits()?.swap_remove(0);
+        apply_repetition_penalty(&mut row, seq, penalty);
+        Ok(self.states[0].as_ref().and_then(|st| self.constraint.argmax(st, &mut row, &self.ends)).unwrap_or(self.eos))
+    }
+
+    fn top_logprobs(&mut self, seqs: &[Vec<u32>], penalty: f32, k: usize) -> Result<Vec<Vec<(f32, u32)>>, Self::Error> {
+        let rows = self.inner.logits()?;
+        Ok(rows
+            .into_iter()
+            .zip(seqs)
+            .enumerate()
+            .map(|(s, (mut row, seq))| {
+                beam_scores_of(&mut row, seq, penalty);
+                self.top_allowed(s, &row, k)
+            })
+            .collect())
+    }
 }
 
 /// A burn [`Decoder`] with its cache, after a prompt `[1, len, hidden]`.
@@ -202,6 +308,12 @@ impl<B: Backend> StepDecoder for BurnSteps<'_, B> {
     }
 }
 
+/// A logits row as beam search scores it: log-softmax, then the repetition `penalty` over `seq`.
+fn beam_scores_of(row: &mut [f32], seq: &[u32], penalty: f32) {
+    log_softmax(row);
+    apply_repetition_penalty(row, seq, penalty);
+}
+
 fn log_softmax(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     // Summed in f64: over a 100k vocabulary an f32 sum drifts by more than the logits' own error.
@@ -212,8 +324,8 @@ fn log_softmax(row: &mut [f32]) {
     }
 }
 
-fn stopped(seqs: &[Vec<u32>], stop: &[u32]) -> bool {
-    !stop.is_empty() && seqs.iter().all(|s| s.last().is_some_and(|t| stop.contains(t)))
+fn stopped<'a>(mut seqs: impl Iterator<Item = &'a Vec<u32>>, stop: &[u32]) -> bool {
+    !stop.is_empty() && seqs.all(|s| s.last().is_some_and(|t| stop.contains(t)))
 }
 
 /// Greedy decoding after `prompt` (`[1, len, hidden]`) on burn.
@@ -230,7 +342,7 @@ pub fn greedy_steps<D: StepDecoder>(dec: &mut D, cfg: &EmbedGenConfig, on_step: 
     for _ in 0..cfg.max_new_tokens {
         let next = dec.greedy_token(&seq, cfg.repetition_penalty)?;
         seq.push(next);
-        if on_step(&seq).is_break() || next == cfg.eos_id || stopped(std::slice::from_ref(&seq), &cfg.stop_ids) || seq.len() > cfg.max_new_tokens {
+        if on_step(&seq).is_break() || next == cfg.eos_id || stopped(std::iter::once(&seq), &cfg.stop_ids) || seq.len() > cfg.max_new_tokens {
             break;
         }
         dec.step(&[next])?;
@@ -322,7 +434,10 @@ pub fn beam_steps<D: StepDecoder>(dec: &mut D, cfg: &EmbedGenConfig, on_step: &m
             return Ok(EmbedGenOutput { sequence: seqs.swap_remove(0), score, hypotheses });
         }
         let order: Vec<usize> = next.iter().map(|c| c.2).collect();
-        if done || stopped(&seqs, &cfg.stop_ids) || step + 1 == cfg.max_new_tokens {
+        // Beams at −∞ (padded in under a grammar) can never win: they neither hold the search
+        // open nor need a stop id.
+        let mut live = seqs.iter().zip(&beam_scores).filter(|(_, s)| s.is_finite()).map(|(q, _)| q).peekable();
+        if done || live.peek().is_none() || stopped(live, &cfg.stop_ids) || step + 1 == cfg.max_new_tokens {
             break;
         }
         dec.reorder(&order)?;
@@ -338,7 +453,10 @@ pub fn beam_steps<D: StepDecoder>(dec: &mut D, cfg: &EmbedGenConfig, on_step: &m
     // Best first; among equals the later one, as Python's stable sort then `[-1]` picks.
     all.reverse();
     all.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let (score, mut sequence) = all.first().cloned().expect("at least one hypothesis");
+    // Hypotheses at −∞ took a token a grammar refused; none left means the grammar allowed
+    // nothing at all: the answer is then empty.
+    all.retain(|h| h.0 > f32::NEG_INFINITY);
+    let (score, mut sequence) = all.first().cloned().unwrap_or((f32::NEG_INFINITY, vec![cfg.bos_id]));
     // HF's `BeamSearchScorer.finalize` writes EOS after a hypothesis shorter than the length
     // limit (`[BOS] + max_new_tokens`), however the search ended.
     if sequence.len() < cfg.max_new_tokens + 1 {
@@ -433,6 +551,106 @@ mod tests {
         // Greedy would repeat id 2 (the likeliest); a draw at temperature 1 does not always take it.
         assert!(a[1..].iter().any(|&t| t != 2), "{a:?}");
         assert!(a[1..].iter().all(|&t| t < 4));
+    }
+
+    /// Logits that depend on each sequence's tokens, so that beams part: id 0 (no bytes) and
+    /// EOS (id 1) unlikely, the others pseudo-random.
+    struct Hashed {
+        seqs: Vec<Vec<u32>>,
+    }
+
+    const HASHED_TOKENS: [&str; 8] = ["a", "b", "ab", "c", "ba", " ", "cc", "x"];
+
+    impl StepDecoder for Hashed {
+        type Error = std::convert::Infallible;
+        fn prefill(&mut self) -> Result<(), Self::Error> {
+            self.seqs = vec![vec![]];
+            Ok(())
+        }
+        fn logits(&mut self) -> Result<Vec<Vec<f32>>, Self::Error> {
+            let row = |s: &Vec<u32>| -> Vec<f32> {
+                (0..2 + HASHED_TOKENS.len() as u32)
+                    .map(|t| {
+                        let h = s.iter().chain([&t]).fold(0xcbf2_9ce4_8422_2325u64, |h, x| (h ^ u64::from(*x)).wrapping_mul(0x100_0000_01b3));
+                        if t < 2 { -3.0 } else { (h >> 40) as f32 / (1u64 << 24) as f32 * 4.0 }
+                    })
+                    .collect()
+            };
+            Ok(self.seqs.iter().map(row).collect())
+        }
+        fn reorder(&mut self, rows: &[usize]) -> Result<(), Self::Error> {
+            self.seqs = rows.iter().map(|&r| self.seqs[r].clone()).collect();
+            Ok(())
+        }
+        fn step(&mut self, tokens: &[u32]) -> Result<(), Self::Error> {
+            self.seqs.iter_mut().zip(tokens).for_each(|(s, t)| s.push(*t));
+            Ok(())
+        }
+    }
+
+    fn hashed_constraint(grammar: &str) -> Constraint {
+        use crate::grammar::{Grammar, Vocabulary};
+        let bytes = [None, None].into_iter().chain(HASHED_TOKENS.iter().map(|t| Some(t.as_bytes().to_vec()))).collect();
+        Constraint { grammar: std::sync::Arc::new(Grammar::parse("test", grammar).unwrap()), vocabulary: std::sync::Arc::new(Vocabulary::from_token_bytes(bytes)) }
+    }
+
+    /// The text of a sequence (BOS, EOS and the stop ids left out), `None` if a token has no bytes.
+    fn hashed_text(seq: &[u32], cfg: &EmbedGenConfig) -> Option<String> {
+        seq[1..].iter().filter(|t| **t != cfg.eos_id && !cfg.stop_ids.contains(t)).map(|&t| HASHED_TOKENS.get(t.checked_sub(2)? as usize).copied()).collect()
+    }
+
+    fn hashed_cfg(beams: usize) -> EmbedGenConfig {
+        EmbedGenConfig { num_beams: beams, max_new_tokens: 6, repetition_penalty: 1.3, length_penalty: 1.0, bos_id: 0, eos_id: 1, stop_ids: vec![] }
+    }
+
+    #[test]
+    fn beam_search_under_a_grammar_keeps_every_beam_to_its_own_parse() {
+        // "a"/"b" runs, then one "c" closes the sentence: "ab" and "ba" are single tokens.
+        let c = hashed_constraint(r#"root ::= [ab]+ "c""#);
+        for beams in [1, 3, 5] {
+            let cfg = hashed_cfg(beams);
+            let out = beam_steps(&mut Grammared::new(Hashed { seqs: vec![] }, &c, &cfg), &cfg, &mut every_step).unwrap();
+            let text = hashed_text(&out.sequence, &cfg).unwrap();
+            let whole = out.sequence.last() == Some(&cfg.eos_id);
+            let mut state = c.grammar.start();
+            assert!(state.advance_bytes(&c.grammar, text.as_bytes()) && (!whole || state.is_accepting()), "{beams} beams: {text:?}");
+            for (h, score) in &out.hypotheses {
+                let t = hashed_text(h, &cfg).unwrap();
+                assert!(score.is_finite() && c.grammar.start().advance_bytes(&c.grammar, t.as_bytes()), "{beams} beams: hypothesis {t:?}");
+            }
+            // Unconstrained, the same search leaves the grammar at once.
+            let free = beam_steps(&mut Hashed { seqs: vec![] }, &cfg, &mut every_step).unwrap();
+            let t = hashed_text(&free.sequence, &cfg).unwrap();
+            assert!(!c.grammar.start().advance_bytes(&c.grammar, t.as_bytes()), "{t:?}");
+        }
+        // Sampled under the grammar too (the sampler sees the masked rows).
+        let cfg = hashed_cfg(1);
+        let mut sampler = Sampler::new(&crate::generation::GenerationConfig { temperature: 1.5, seed: 3, ..Default::default() }).unwrap();
+        let out = greedy_steps(&mut Chosen { inner: Grammared::new(Hashed { seqs: vec![] }, &c, &cfg), choice: TokenChoice::Sampled(&mut sampler) }, &cfg, &mut every_step).unwrap();
+        let t = hashed_text(&out.sequence, &cfg).unwrap();
+        assert!(c.grammar.start().advance_bytes(&c.grammar, t.as_bytes()), "{t:?}");
+    }
+
+    #[test]
+    fn a_grammar_that_allows_every_token_taken_changes_no_beam() {
+        let c = hashed_constraint(r#"root ::= [abcx ]*"#);
+        for beams in [1, 4] {
+            let cfg = hashed_cfg(beams);
+            let under = beam_steps(&mut Grammared::new(Hashed { seqs: vec![] }, &c, &cfg), &cfg, &mut every_step).unwrap();
+            let free = beam_steps(&mut Hashed { seqs: vec![] }, &cfg, &mut every_step).unwrap();
+            assert_eq!(under, free, "{beams} beams");
+            let g = greedy_steps(&mut Grammared::new(Hashed { seqs: vec![] }, &c, &cfg), &cfg, &mut every_step).unwrap();
+            assert_eq!(g, greedy_steps(&mut Hashed { seqs: vec![] }, &cfg, &mut every_step).unwrap());
+        }
+    }
+
+    #[test]
+    fn a_grammar_that_allows_nothing_gives_an_empty_answer() {
+        let c = hashed_constraint(r#"root ::= "z""#);
+        let cfg = hashed_cfg(3);
+        let out = beam_steps(&mut Grammared::new(Hashed { seqs: vec![] }, &c, &cfg), &cfg, &mut every_step).unwrap();
+        assert_eq!(out.sequence, vec![cfg.bos_id, cfg.eos_id]);
+        assert!(out.hypotheses.is_empty());
     }
 
     #[test]

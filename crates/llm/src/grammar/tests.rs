@@ -124,6 +124,28 @@ fn the_mask_allows_exactly_the_tokens_that_continue_a_parse() {
 }
 
 #[test]
+fn the_top_k_allowed_are_those_of_masking_the_whole_row_first() {
+    // 40 tokens: "a" (id 0), "b" (id 1), then 38 the grammar refuses ("x"), scored higher than
+    // both, so that the lazy tries run out and the whole row is masked.
+    let gr = Arc::new(g(r#"root ::= [ab]+"#));
+    let mut pieces = vec!["a", "b"];
+    pieces.extend(std::iter::repeat_n("x", 38));
+    let c = Constraint { grammar: gr.clone(), vocabulary: Arc::new(vocab(&pieces)) };
+    let mut scores: Vec<f32> = (0..40).map(|i| i as f32).collect();
+    scores[0] = -1.0;
+    let state = gr.start();
+    assert_eq!(c.top_k(&state, &scores, 3, &[]), vec![(1.0, 1), (-1.0, 0)]);
+    // Allowed tokens among the likeliest: found without masking, ties to the lower id.
+    let even = vec![2.0; 40];
+    assert_eq!(c.top_k(&state, &even, 1, &[]), vec![(2.0, 0)]);
+    // A stop token only once the text is a sentence.
+    let mut s = gr.start();
+    assert!(s.advance_bytes(&gr, b"a"));
+    assert_eq!(c.top_k(&s, &scores, 2, &[39]), vec![(39.0, 39), (1.0, 1)]);
+    assert_eq!(c.top_k(&state, &scores, 2, &[39]), vec![(1.0, 1), (-1.0, 0)]);
+}
+
+#[test]
 fn json_schema_subset_compiles_to_the_values_it_describes() {
     let schema = r#"{
         "title": "answer",

@@ -174,6 +174,31 @@ impl Constraint {
         (logits[best as usize] > f32::NEG_INFINITY).then_some(best)
     }
 
+    /// The `k` best (score, id) of `scores` among the tokens the grammar allows next, best first
+    /// and the lower id first on ties (fewer when fewer are allowed): the likeliest `k` +
+    /// [`LAZY_TRIES`] are tried one by one before the whole row is masked, so the answer is
+    /// that of masking first.
+    pub fn top_k(&self, state: &GrammarState, scores: &[f32], k: usize, stop: &[u32]) -> Vec<(f32, u32)> {
+        let order = |x: &usize, y: &usize| scores[*y].total_cmp(&scores[*x]).then(x.cmp(y));
+        let best_of = |mut idx: Vec<usize>, m: usize| {
+            let m = m.min(idx.len());
+            if m > 0 {
+                idx.select_nth_unstable_by(m - 1, order);
+            }
+            idx.truncate(m);
+            idx.sort_by(order);
+            idx
+        };
+        let tried = best_of((0..scores.len()).collect(), k + LAZY_TRIES);
+        let allowed = |t: &usize| scores[*t] > f32::NEG_INFINITY && self.vocabulary.allows(&self.grammar, state, *t as u32, stop);
+        let mut top: Vec<usize> = tried.iter().copied().filter(allowed).take(k).collect();
+        if top.len() < k && tried.len() < scores.len() {
+            let ok = self.vocabulary.allowed(&self.grammar, state, scores.len(), stop);
+            top = best_of((0..scores.len()).filter(|&t| ok[t] && scores[t] > f32::NEG_INFINITY).collect(), k);
+        }
+        top.into_iter().map(|t| (scores[t], t as u32)).collect()
+    }
+
     /// Sets the logits of every token the grammar refuses next to −∞; returns how many remain.
     pub fn mask(&self, state: &GrammarState, logits: &mut [f32], stop: &[u32]) -> usize {
         let ok = self.vocabulary.allowed(&self.grammar, state, logits.len(), stop);

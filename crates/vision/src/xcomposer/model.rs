@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use xcomposer_llm::beam::{BurnSteps, Chosen, EmbedGenConfig, EmbedGenOutput, OnStep, StepDecoder, TokenChoice, beam_steps, every_step, greedy_steps};
+use xcomposer_llm::beam::{BurnSteps, Chosen, EmbedGenConfig, EmbedGenOutput, Grammared, OnStep, StepDecoder, TokenChoice, beam_steps, every_step, greedy_steps};
 use xcomposer_llm::generation::Sampler;
+use xcomposer_llm::grammar::Constraint;
 use xcomposer_llm::decoder::KeyStyle;
 use xcomposer_llm::torch::TorchWeights;
 use super::language::{InternLmTokenizer, LoraMerged};
@@ -299,7 +300,13 @@ impl<B: Backend> XComposer<B> {
         if !seen.is_empty() && cfg.num_beams > 1 {
             return Err(XComposerError::BadRequest(format!("a penalised prompt decodes greedily, as the original's use_inputs; {} beams asked", cfg.num_beams)));
         }
-        self.decode_with(prompt, (!seen.is_empty()).then_some(TokenChoice::SeeingPrompt(seen)), cfg, on_step)
+        self.decode_with(prompt, (!seen.is_empty()).then_some(TokenChoice::SeeingPrompt(seen)), None, cfg, on_step)
+    }
+
+    /// [`XComposer::decode_streaming`] with every sequence, each beam, kept to `constraint`'s
+    /// grammar ([`Grammared`]: a beam's candidates are the tokens its own parse allows).
+    pub fn decode_constrained(&self, prompt: Tensor<B, 3>, constraint: &Constraint, cfg: &EmbedGenConfig, on_step: &mut OnStep<'_>) -> Result<EmbedGenOutput, XComposerError> {
+        self.decode_with(prompt, None, Some(constraint), cfg, on_step)
     }
 
     /// Sampled decoding, the original's `do_sample=True` with one beam: each token drawn by
@@ -308,21 +315,21 @@ impl<B: Backend> XComposer<B> {
         if cfg.num_beams > 1 {
             return Err(XComposerError::BadRequest(format!("sampling draws one sequence; {} beams asked (the original's beam sampling is not built)", cfg.num_beams)));
         }
-        self.decode_with(prompt, Some(TokenChoice::Sampled(sampler)), cfg, on_step)
+        self.decode_with(prompt, Some(TokenChoice::Sampled(sampler)), None, cfg, on_step)
     }
 
-    fn decode_with(&self, prompt: Tensor<B, 3>, choice: Option<TokenChoice<'_>>, cfg: &EmbedGenConfig, on_step: &mut OnStep<'_>) -> Result<EmbedGenOutput, XComposerError> {
+    fn decode_with(&self, prompt: Tensor<B, 3>, choice: Option<TokenChoice<'_>>, constraint: Option<&Constraint>, cfg: &EmbedGenConfig, on_step: &mut OnStep<'_>) -> Result<EmbedGenOutput, XComposerError> {
         self.check_context(prompt.dims()[1], cfg.max_new_tokens)?;
         match &self.text {
             TextDecoder::Burn(d) => {
-                let Ok(out) = run_steps(BurnSteps::new(d, prompt), choice, cfg, on_step);
+                let Ok(out) = run_steps(BurnSteps::new(d, prompt), choice, constraint, cfg, on_step);
                 Ok(out)
             }
             #[cfg(feature = "cuda")]
             TextDecoder::Cuda(e) => {
                 let mut e = lock(e);
                 let prompt = host_rows(prompt);
-                run_steps(xcomposer_llm::cuda::EngineSteps { engine: &mut e, prompt: &prompt }, choice, cfg, on_step).map_err(engine_error)
+                run_steps(xcomposer_llm::cuda::EngineSteps { engine: &mut e, prompt: &prompt }, choice, constraint, cfg, on_step).map_err(engine_error)
             }
         }
     }
@@ -335,8 +342,16 @@ impl<B: Backend> XComposer<B> {
     }
 }
 
+/// [`pick_steps`] on `dec`, kept to `constraint` when there is one.
+fn run_steps<D: StepDecoder>(dec: D, choice: Option<TokenChoice<'_>>, constraint: Option<&Constraint>, cfg: &EmbedGenConfig, on_step: &mut OnStep<'_>) -> Result<EmbedGenOutput, D::Error> {
+    match constraint {
+        Some(c) => pick_steps(Grammared::new(dec, c, cfg), choice, cfg, on_step),
+        None => pick_steps(dec, choice, cfg, on_step),
+    }
+}
+
 /// A one-sequence decode with its token choice, else greedy for one beam, else beam search.
-fn run_steps<D: StepDecoder>(mut dec: D, choice: Option<TokenChoice<'_>>, cfg: &EmbedGenConfig, on_step: &mut OnStep<'_>) -> Result<EmbedGenOutput, D::Error> {
+fn pick_steps<D: StepDecoder>(mut dec: D, choice: Option<TokenChoice<'_>>, cfg: &EmbedGenConfig, on_step: &mut OnStep<'_>) -> Result<EmbedGenOutput, D::Error> {
     match choice {
         Some(choice) => greedy_steps(&mut Chosen { inner: dec, choice }, cfg, on_step),
         None if cfg.num_beams <= 1 => greedy_steps(&mut dec, cfg, on_step),
