@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 use xcomposer_llm::grammar::{Constraint, Grammar, Vocabulary};
-use xcomposer_llm::{GenerationConfig, LanguageModel, Message, StopReason};
+use xcomposer_llm::{GenerationConfig, LanguageModel, Message, StopReason, Tokenizer};
 
 use crate::prompts::Prompt;
 
@@ -111,21 +111,33 @@ pub enum PromptFormat {
     XComposer,
 }
 
+/// A model's tokens as grammars read them ([`Vocabulary`]), computed at the first constrained
+/// request (one decode per token) and shared by every clone (the stages of one model).
+#[derive(Debug, Clone, Default)]
+pub struct LazyVocabulary(Arc<OnceLock<Arc<Vocabulary>>>);
+
+impl LazyVocabulary {
+    /// `grammar` over the tokens of `tokenizer` (the vocabulary computed on the first call).
+    pub fn constraint(&self, tokenizer: &Tokenizer, grammar: Arc<Grammar>) -> Constraint {
+        Constraint { grammar, vocabulary: self.0.get_or_init(|| Arc::new(Vocabulary::new(tokenizer))).clone() }
+    }
+}
+
 /// A loaded [`LanguageModel`] as a [`TextModel`].
 pub struct ChatLanguageModel<B: Backend> {
     /// The model.
     pub model: LanguageModel<B>,
     /// How prompts are laid out: the chat template when the model has one, else XComposer's.
     pub format: PromptFormat,
-    /// The tokens' bytes for grammars, computed at the first constrained request.
-    vocabulary: OnceLock<Arc<Vocabulary>>,
+    /// The tokens' bytes for grammars.
+    vocabulary: LazyVocabulary,
 }
 
 impl<B: Backend> ChatLanguageModel<B> {
     /// Wraps a model, picking the prompt format from whether it has a chat template.
     pub fn new(model: LanguageModel<B>) -> Self {
         let format = if model.chat_template.is_some() { PromptFormat::ChatTemplate } else { PromptFormat::XComposer };
-        ChatLanguageModel { model, format, vocabulary: OnceLock::new() }
+        ChatLanguageModel { model, format, vocabulary: LazyVocabulary::default() }
     }
 
     /// The input text of a prompt, as the model will see it (before tokenization).
@@ -173,7 +185,7 @@ where
             seed: req.sampling.seed,
             stop_strings: req.stop.clone(),
             max_lines: req.max_lines,
-            constraint: req.grammar.as_ref().map(|g| Constraint { grammar: g.clone(), vocabulary: self.vocabulary.get_or_init(|| Arc::new(Vocabulary::new(&self.model.tokenizer))).clone() }),
+            constraint: req.grammar.as_ref().map(|g| self.vocabulary.constraint(&self.model.tokenizer, g.clone())),
             ..Default::default()
         };
         // On a rayon worker, so that each token's parallel products start inside the pool.

@@ -7,7 +7,9 @@
 //! embeddings (earlier chosen images in the context, then A, B, C, D), at most 1679 positions;
 //! 5 beams, 9 new tokens, no repetition penalty and no eoh/eoa stop (the demo passes none); the
 //! answer's first character, or its second after a space, picks the image, and an answer that
-//! is no letter of the candidates falls back to A.
+//! is no letter of the candidates falls back to A. By default ([`VlmSelector::new`]) the answer
+//! is decoded under [`choice_grammar`], so it is always a letter offered; the provenance says
+//! which way it was decoded.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,12 +17,14 @@ use std::sync::Arc;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use serde_json::json;
-use xcomposer_llm::beam::{EmbedGenConfig, EmbedGenOutput};
+use xcomposer_llm::beam::{EmbedGenConfig, EmbedGenOutput, every_step};
 
+use crate::answer_grammar::choice_grammar;
 use crate::article::{Candidate, Provenance, Source};
 use crate::error::ComposeError;
 use crate::prompts::Prompts;
 use crate::selector::{SelectContext, Selector};
+use crate::text_model::LazyVocabulary;
 use xcomposer_vision::xcomposer::model::{IMAGE_PLACEHOLDER, Piece, XComposer};
 
 /// Longest prompt, in positions: the original cuts the text and images to its `max_txt_len`
@@ -75,9 +79,19 @@ pub struct VlmSelector<B: Backend> {
     pub model: Arc<XComposer<B>>,
     /// The prompt sets (the `select` stage).
     pub prompts: Arc<Prompts>,
+    /// Whether the answer is decoded under [`choice_grammar`] (every beam one letter of the
+    /// offered ones, then the end); off, it is decoded and read as the original.
+    pub constrained: bool,
+    /// The tokens' bytes for the grammar (shareable with [`crate::xcomposer_text::XComposerText`]).
+    pub vocabulary: LazyVocabulary,
 }
 
 impl<B: Backend> VlmSelector<B> {
+    /// A selector whose answer is one letter by grammar ([`VlmSelector::constrained`]).
+    pub fn new(model: Arc<XComposer<B>>, prompts: Arc<Prompts>) -> Self {
+        VlmSelector { model, prompts, constrained: true, vocabulary: LazyVocabulary::default() }
+    }
+
     fn image(&self, path: &std::path::Path) -> Result<Tensor<B, 3>, ComposeError> {
         self.model.encode_image(path).map_err(|e| ComposeError::Model { stage: "selector", reason: e.to_string() })
     }
@@ -99,10 +113,11 @@ where
             return Ok((0, Provenance::new(Source::Score, "a single candidate")));
         }
         let asked = self.ask(ctx, candidates)?;
+        let how = if self.constrained { "decoded under a one-letter grammar" } else { "unconstrained: the answer parsed" };
         let answer = asked.answer;
         Ok(match parse_choice(&answer, candidates.len()) {
-            Some(i) => (i, Provenance::model(format!("the model chose {}", (b'A' + i as u8) as char), answer)),
-            None => (0, Provenance { by: Source::Fallback, detail: "the model's answer names no candidate; A, as the original".into(), raw: Some(answer) }),
+            Some(i) => (i, Provenance::model(format!("{how}; the model chose {}", (b'A' + i as u8) as char), answer)),
+            None => (0, Provenance { by: Source::Fallback, detail: format!("{how}; the model's answer names no candidate; A, as the original"), raw: Some(answer) }),
         })
     }
 }
@@ -142,7 +157,13 @@ where
             layout.truncate(MAX_PROMPT);
         }
         let config = EmbedGenConfig { num_beams: 5, max_new_tokens: crate::xcomposer_text::budget::SELECT, repetition_penalty: 1.0, stop_ids: vec![], ..xcomposer_vision::xcomposer::language::gen_config() };
-        let output = self.model.decode(embeds, &config).map_err(|e| bad(e.to_string()))?;
+        let output = if self.constrained {
+            let constraint = self.vocabulary.constraint(&self.model.tokenizer.sp, Arc::new(choice_grammar(offered.len())));
+            self.model.decode_constrained(embeds, &constraint, &config, &mut every_step)
+        } else {
+            self.model.decode(embeds, &config)
+        }
+        .map_err(|e| bad(e.to_string()))?;
         let answer = self.model.answer_text(&output);
         Ok(Asked { text, layout, config, output, answer })
     }

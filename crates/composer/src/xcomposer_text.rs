@@ -15,7 +15,7 @@ use crate::prompts::Prompts;
 use crate::retriever::Retriever;
 use crate::selector::Selector;
 use crate::spotter::LlmSpotter;
-use crate::text_model::{Completion, Request, Sampling, TextModel};
+use crate::text_model::{Completion, LazyVocabulary, Request, Sampling, TextModel};
 use crate::vlm_selector::VlmSelector;
 use crate::writer::LlmWriter;
 use xcomposer_vision::xcomposer::model::XComposer;
@@ -26,6 +26,24 @@ use xcomposer_vision::xcomposer::model::XComposer;
 pub struct XComposerText<B: Backend> {
     /// The model (shared with the selector).
     pub model: Arc<XComposer<B>>,
+    /// Whether a request's grammar is enforced, every beam kept to it ([`TextModel::takes_grammar`]);
+    /// off, the stages ask and decode exactly as the original.
+    pub constrained: bool,
+    /// The tokens' bytes for grammars (shared with the selector).
+    pub vocabulary: LazyVocabulary,
+}
+
+impl<B: Backend> XComposerText<B> {
+    /// The model taking grammars ([`XComposerText::constrained`]), its own vocabulary.
+    pub fn new(model: Arc<XComposer<B>>) -> Self {
+        XComposerText { model, constrained: true, vocabulary: LazyVocabulary::default() }
+    }
+
+    /// The model answering as the original: grammars ignored, the stages' parsers and
+    /// fallbacks take the answers.
+    pub fn original(model: Arc<XComposer<B>>) -> Self {
+        XComposerText { constrained: false, ..Self::new(model) }
+    }
 }
 
 /// The prompt text of a request, as the original lays it out (BOS added at tokenization).
@@ -110,6 +128,10 @@ where
             return Err(format!("{} samples only prompts whose ids the penalty does not see (temperature {} asked)", self.id(), req.sampling.temperature));
         }
         let m = &self.model;
+        let grammar = req.grammar.clone().filter(|_| self.constrained);
+        if grammar.is_some() && (sampler.is_some() || req.prompt_as_inputs) {
+            return Err(format!("{} decodes under a grammar greedily or with beams, without the prompt's ids penalised (temperature {}, prompt as inputs {} asked)", self.id(), req.sampling.temperature, req.prompt_as_inputs));
+        }
         let t = Instant::now();
         let text = prompt_text(req);
         let prompt_ids = m.tokenizer.encode(&text, true).map_err(|e| e.to_string())?;
@@ -133,9 +155,10 @@ where
                 None => ControlFlow::Continue(()),
             }
         };
-        let out = match sampler.as_mut() {
-            Some(s) => m.decode_sampled(prompt, s, &cfg, &mut on_step),
-            None => m.decode_seeing(prompt, seen, &cfg, &mut on_step),
+        let out = match (sampler.as_mut(), grammar) {
+            (Some(s), _) => m.decode_sampled(prompt, s, &cfg, &mut on_step),
+            (None, Some(g)) => m.decode_constrained(prompt, &self.vocabulary.constraint(&m.tokenizer.sp, g), &cfg, &mut on_step),
+            (None, None) => m.decode_seeing(prompt, seen, &cfg, &mut on_step),
         }
         .map_err(|e| e.to_string())?;
         let (answer, why) = cut(&m.answer_text(&out), &req.stop, req.max_lines);
@@ -160,6 +183,10 @@ where
     fn complete(&self, req: &Request, on_text: &mut (dyn FnMut(&str) -> ControlFlow<()> + Send)) -> Result<Completion, String> {
         self.answer(req, on_text).map(|a| a.completion)
     }
+
+    fn takes_grammar(&self) -> bool {
+        self.constrained
+    }
 }
 
 /// The web demo's new-token budgets: its `max_length` counts the BOS that starts the sequence.
@@ -181,8 +208,11 @@ impl Composer {
     /// Every stage on one InternLM-XComposer model, decoded as the original web demo decodes
     /// them: the article with 5 beams and repetition penalty 5.0; image lines with 5 beams (299
     /// tokens, no penalty); captions greedy with penalty 5.0 (99 tokens), cut as the original;
-    /// the model's A–D choice among the candidates ([`VlmSelector`]). The original's prompts are
-    /// Chinese whatever the title's language: pass [`Prompts::original`] for them.
+    /// the model's A–D choice among the candidates ([`VlmSelector`]). The image lines and the
+    /// letter are decoded under their grammars (every beam kept to its own parse), so the spotter
+    /// is asked for a number of lines ([`crate::spotter`]); the stages of [`XComposerText::original`]
+    /// ([`Composer::xcomposer_stages`]) ask as the original. The original's prompts are Chinese
+    /// whatever the title's language: pass [`Prompts::original`] for them.
     pub fn with_xcomposer<B: Backend>(model: Arc<XComposer<B>>, prompts: Arc<Prompts>, retriever: Box<dyn Retriever>) -> Self
     where
         XComposer<B>: Send + Sync,
@@ -197,8 +227,10 @@ impl Composer {
     where
         XComposer<B>: Send + Sync,
     {
-        let text: Arc<dyn TextModel> = Arc::new(XComposerText { model: model.clone() });
-        let mut composer = Self::xcomposer_stages(text.clone(), Box::new(VlmSelector { model, prompts: prompts.clone() }), prompts.clone(), retriever);
+        let text = XComposerText::new(model.clone());
+        let selector = VlmSelector { vocabulary: text.vocabulary.clone(), ..VlmSelector::new(model, prompts.clone()) };
+        let text: Arc<dyn TextModel> = Arc::new(text);
+        let mut composer = Self::xcomposer_stages(text.clone(), Box::new(selector), prompts.clone(), retriever);
         composer.writer = Box::new(LlmWriter { sampling: writing, ..LlmWriter::new(text, prompts) });
         composer
     }

@@ -94,7 +94,7 @@ fn the_model_chooses_among_four_candidates() {
     use xcomposer_composer::{Language, Prompts};
     let dir = common::fixture("xcomposer-tiny");
     let model = Arc::new(XComposer::<Flex>::load(&dir, &Default::default()).unwrap());
-    let sel = VlmSelector { model, prompts: Arc::new(Prompts::default()) };
+    let sel = VlmSelector { constrained: false, ..VlmSelector::new(model, Arc::new(Prompts::default())) };
     let images = dir.join("../images");
     let cands: Vec<Candidate> = ["coffee.png", "chelsea.png", "cell.png", "logo.png"]
         .iter()
@@ -105,7 +105,8 @@ fn the_model_chooses_among_four_candidates() {
     let ctx = SelectContext { paragraphs: &paragraphs, after: 1, caption: "一杯浓缩咖啡", placed: &placed, language: Language::Zh };
     let (i, why) = sel.select(&ctx, &cands).unwrap();
     assert!(i < 4);
-    // A random tiny model answers with noise: the choice is recorded either way.
+    // Unconstrained, a random tiny model answers with noise: the choice is recorded either way
+    // (constrained, it is always a letter: tests/constrained_beams.rs).
     assert!(why.raw.is_some());
     assert!(matches!(why.by, Source::Model | Source::Fallback), "{why:?}");
 }
@@ -296,7 +297,7 @@ fn the_article_can_be_sampled_as_the_demos_random_sample_box_asks() {
     use xcomposer_composer::text_model::{Request, Sampling};
     use xcomposer_composer::xcomposer_text::XComposerText;
     let dir = common::fixture("xcomposer-tiny");
-    let text = XComposerText { model: Arc::new(XComposer::<Flex>::load(&dir, &Default::default()).unwrap()) };
+    let text = XComposerText::new(Arc::new(XComposer::<Flex>::load(&dir, &Default::default()).unwrap()));
     let prompt = Prompt { user: "根据给定标题写一个图文并茂，不重复的文章：长城".into(), prefix: String::new() };
     let ask = |sampling: Sampling| {
         let req = Request { prompt: &prompt, max_new_tokens: 16, sampling, stop: vec![], max_lines: 0, prompt_as_inputs: false, grammar: None };

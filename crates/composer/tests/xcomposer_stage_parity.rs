@@ -59,7 +59,7 @@ struct Setup {
 
 fn setup() -> Setup {
     let model = Arc::new(XComposer::<Flex>::load(&common::fixture("xcomposer-tiny"), &Default::default()).unwrap());
-    let text = Arc::new(Recorder { inner: XComposerText { model: model.clone() }, calls: Mutex::new(vec![]) });
+    let text = Arc::new(Recorder { inner: XComposerText::original(model.clone()), calls: Mutex::new(vec![]) });
     let composer = Composer::xcomposer_stages(text.clone(), Box::new(BestScore), Arc::new(Prompts::original()), Box::new(FixtureImages));
     Setup { model, text, composer, article: strings(&fixture("meta")["article"]) }
 }
@@ -234,7 +234,7 @@ fn an_added_image_is_captioned_as_the_originals_plus_button() {
 #[test]
 fn the_a_to_d_choice_matches_the_original() {
     let model = Arc::new(XComposer::<Flex>::load(&common::fixture("xcomposer-tiny"), &Default::default()).unwrap());
-    let selector = VlmSelector { model, prompts: Arc::new(Prompts::original()) };
+    let selector = VlmSelector { constrained: false, ..VlmSelector::new(model, Arc::new(Prompts::original())) };
     let select = fixture("select");
     let mut rows = vec![];
     for case in ["two_slots", "truncated"] {
