@@ -74,8 +74,15 @@ pub enum ComposeError {
     },
 }
 
+impl From<xcomposer_llm::readers::path_io::PathIoError> for ComposeError {
+    fn from(e: xcomposer_llm::readers::path_io::PathIoError) -> Self {
+        ComposeError::Io { path: e.path, reason: e.error.to_string() }
+    }
+}
+
 impl ComposeError {
-    /// An I/O error on `path`.
+    /// A file error on `path` whose reason is a message, not an `std::io::Error` (those go
+    /// through [`xcomposer_llm::readers::path_io::AtPath::at`]).
     pub fn io(path: impl Into<PathBuf>, e: impl std::fmt::Display) -> Self {
         ComposeError::Io { path: path.into(), reason: e.to_string() }
     }

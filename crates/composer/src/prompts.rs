@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ComposeError;
 use crate::language::Language;
+use xcomposer_llm::readers::path_io::AtPath;
 
 /// The stages that prompt a language model; each is a table in a prompt file.
 pub const STAGES: &[&str] = &["writer", "title", "spot", "caption", "paragraph", "select"];
@@ -55,7 +56,7 @@ impl PromptSet {
 
     /// Reads a prompt file: one table per stage of [`STAGES`], each with `user` and `prefix`.
     pub fn from_file(path: &Path) -> Result<Self, ComposeError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ComposeError::io(path, e))?;
+        let text = std::fs::read_to_string(path).at(path)?;
         Self::parse(&path.display().to_string(), &text)
     }
 

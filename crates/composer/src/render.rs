@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use pulldown_cmark::{Event, Parser, Tag};
 
 use xcomposer_llm::fetch::replace_file;
+use xcomposer_llm::readers::path_io::AtPath;
 
 use crate::article::Article;
 use crate::error::ComposeError;
@@ -222,7 +223,7 @@ pub fn write(article: &mut Article, dir: &Path, formats: &[Format], replace: boo
             Format::Html => html(article),
             Format::Json => article.to_json(),
         };
-        replace_file(&path, |file| file.write_all(text.as_bytes())).map_err(|e| ComposeError::io(&path, e))?;
+        replace_file(&path, |file| file.write_all(text.as_bytes())).at(&path)?;
         files.push(path);
     }
     let current: BTreeSet<String> = article.images.iter().filter_map(|s| s.asset.clone()).collect();
@@ -236,7 +237,7 @@ fn check_output_dir(dir: &Path, replace: bool) -> Result<(), ComposeError> {
         if !dir.is_dir() {
             return Err(ComposeError::io(dir, "exists and is not a folder"));
         }
-        let non_empty = std::fs::read_dir(dir).map_err(|e| ComposeError::io(dir, e))?.next().is_some();
+        let non_empty = std::fs::read_dir(dir).at(dir)?.next().is_some();
         if non_empty && !replace {
             return Err(ComposeError::OutputExists(dir.into()));
         }
@@ -247,8 +248,8 @@ fn check_output_dir(dir: &Path, replace: bool) -> Result<(), ComposeError> {
 /// Creates `dir/assets`, refusing one that is a symlink (copies would land elsewhere).
 fn assets_folder(dir: &Path) -> Result<PathBuf, ComposeError> {
     let assets_dir = dir.join(ASSETS_DIR);
-    std::fs::create_dir_all(&assets_dir).map_err(|e| ComposeError::io(&assets_dir, e))?;
-    let meta = std::fs::symlink_metadata(&assets_dir).map_err(|e| ComposeError::io(&assets_dir, e))?;
+    std::fs::create_dir_all(&assets_dir).at(&assets_dir)?;
+    let meta = std::fs::symlink_metadata(&assets_dir).at(&assets_dir)?;
     if !meta.is_dir() {
         return Err(ComposeError::io(&assets_dir, "is a symlink or not a folder; expected the article's own assets folder"));
     }

@@ -11,6 +11,7 @@ use xcomposer_vision::xcomposer::model::{IMAGE_PLACEHOLDER, Piece};
 use xcomposer_vision::xcomposer::{EOA, EOH, XComposer};
 
 use crate::error::EvalError;
+use xcomposer_llm::readers::path_io::AtPath;
 
 /// A question's image: a file, or bytes (MMBench's base64), with a key that is the same for
 /// every pass over the same image so it is encoded once.
@@ -96,7 +97,7 @@ impl<'a, B: Backend> XComposerAnswerer<'a, B> {
             // original's `Image.open(...).convert("RGB")` (the model reads files).
             ImageRef::Bytes { bytes, .. } => {
                 let p = std::env::temp_dir().join(format!("xcomposer-eval-{}.img", std::process::id()));
-                std::fs::write(&p, bytes).map_err(|e| EvalError::io(&p, e))?;
+                std::fs::write(&p, bytes).at(&p)?;
                 p
             }
         };

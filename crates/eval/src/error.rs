@@ -16,13 +16,8 @@ pub enum EvalError {
         message: String,
     },
     /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] xcomposer_llm::readers::path_io::PathIoError),
     /// The model failed on a question (the message names the question).
     #[error("{id}: {source}")]
     Model {
@@ -42,10 +37,6 @@ impl EvalError {
         EvalError::Data { file: file.into(), row: row.to_string(), message: message.to_string() }
     }
 
-    /// An [`EvalError::Io`] for `path`.
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        EvalError::Io { path: path.into(), source }
-    }
 }
 
 /// A row skipped under `--skip-bad`, listed in the results.

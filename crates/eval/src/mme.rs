@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::error::{BadRows, EvalError};
+use xcomposer_llm::readers::path_io::AtPath;
 
 /// The perception tasks, in `calculation.py`'s order.
 pub const PERCEPTION: [&str; 10] = ["existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork", "OCR"];
@@ -45,10 +46,10 @@ impl MmeQuestion {
 /// errors naming file and line (skipped and listed under `--skip-bad`). Each question comes with
 /// its line number; tasks are in `calculation.py`'s order.
 pub fn read(questions_dir: &Path, images_dir: &Path, bad: &mut BadRows) -> Result<Vec<(usize, MmeQuestion)>, EvalError> {
-    let entries = std::fs::read_dir(questions_dir).map_err(|e| EvalError::io(questions_dir, e))?;
+    let entries = std::fs::read_dir(questions_dir).at(questions_dir)?;
     let mut files = BTreeMap::new();
     for entry in entries {
-        let path = entry.map_err(|e| EvalError::io(questions_dir, e))?.path();
+        let path = entry.at(questions_dir)?.path();
         if path.extension().is_some_and(|x| x == "txt") {
             let task = path.file_stem().unwrap_or_default().to_string_lossy().to_string();
             match PERCEPTION.iter().chain(&COGNITION).position(|t| *t == task) {
@@ -72,7 +73,7 @@ pub fn read(questions_dir: &Path, images_dir: &Path, bad: &mut BadRows) -> Resul
 /// One task file, as the original's loop reads it: `splitlines()`, each line stripped and split
 /// on tabs into three fields.
 fn read_task(task: &str, path: &Path, images_dir: &Path, bad: &mut BadRows) -> Result<Vec<(usize, MmeQuestion)>, EvalError> {
-    let text = std::fs::read_to_string(path).map_err(|e| EvalError::io(path, e))?;
+    let text = std::fs::read_to_string(path).at(path)?;
     let mut questions = vec![];
     for (i, line) in text.lines().enumerate() {
         match parse_line(task, line, images_dir) {

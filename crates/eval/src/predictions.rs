@@ -7,6 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::error::EvalError;
+use xcomposer_llm::readers::path_io::{AtPath, PathIoError};
 
 /// One answered pass.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -39,7 +40,7 @@ impl PredictionLog {
         let existing = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(EvalError::io(path, e)),
+            Err(error) => return Err(PathIoError { path: path.into(), error }.into()),
         };
         if !existing.trim().is_empty() && !resume {
             return Err(EvalError::data(path, "file", "holds predictions of an earlier run: pass --resume to continue it, or another --out"));
@@ -57,15 +58,15 @@ impl PredictionLog {
                 _ => break,
             }
         }
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| EvalError::io(path, e))?;
-        file.set_len(good as u64).map_err(|e| EvalError::io(path, e))?;
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path).at(path)?;
+        file.set_len(good as u64).at(path)?;
         Ok(PredictionLog { path: path.into(), file, records })
     }
 
     /// Appends a record and flushes it to disk.
     pub fn append(&mut self, r: Record) -> Result<(), EvalError> {
         let line = serde_json::to_string(&r).expect("a record serializes") + "\n";
-        self.file.write_all(line.as_bytes()).and_then(|_| self.file.sync_data()).map_err(|e| EvalError::io(&self.path, e))?;
+        self.file.write_all(line.as_bytes()).and_then(|_| self.file.sync_data()).at(&self.path)?;
         self.records.insert(r.id.clone(), r);
         Ok(())
     }

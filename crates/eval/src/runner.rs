@@ -11,6 +11,7 @@ use crate::mmbench::{self, CircularScores, McBench, McQuestion};
 use crate::mme::{self, MmeQuestion, MmeScores};
 use crate::predictions::{PredictionLog, Record};
 use crate::seed::{self, SeedQuestion, SeedScores};
+use xcomposer_llm::readers::path_io::AtPath;
 
 /// Which benchmark (MMBench-CN is MMBench's reader and scorer with its own published number).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -210,9 +211,9 @@ impl Dataset {
         }
         for (path, lines) in &files {
             if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| EvalError::io(parent, e))?;
+                std::fs::create_dir_all(parent).at(parent)?;
             }
-            std::fs::write(path, lines.join("\n") + "\n").map_err(|e| EvalError::io(path, e))?;
+            std::fs::write(path, lines.join("\n") + "\n").at(path)?;
         }
         Ok(files.into_keys().collect())
     }

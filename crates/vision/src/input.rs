@@ -165,7 +165,7 @@ impl ImageInput {
         read_capped(path, self.max_file_bytes).map_err(|e| match e {
             CappedReadError::TooLarge { .. } => ImageError::FileTooLarge { path: path.to_path_buf(), limit: self.max_file_bytes },
             CappedReadError::NotRegular { .. } => io("not a regular file (a folder, FIFO or device); expected an image file".into()),
-            CappedReadError::Io { source, .. } => io(source.to_string()),
+            CappedReadError::Io(e) => io(e.error.to_string()),
         })
     }
 

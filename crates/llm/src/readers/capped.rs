@@ -5,18 +5,14 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use super::path_io::{AtPath, PathIoError};
+
 /// Why a capped read failed; each message names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum CappedReadError {
     /// The file could not be opened or read.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// What went wrong.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIoError),
     /// A folder, FIFO, socket or device.
     #[error("{path}: not a regular file (a folder, FIFO or device); expected a file")]
     NotRegular {
@@ -36,7 +32,24 @@ pub enum CappedReadError {
 impl CappedReadError {
     /// Whether the file does not exist (callers often treat that as "absent", not as an error).
     pub fn is_not_found(&self) -> bool {
-        matches!(self, Self::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+        matches!(self, Self::Io(e) if e.is_not_found())
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Io(e) => &e.path,
+            Self::NotRegular { path } | Self::TooLarge { path, .. } => path,
+        }
+    }
+
+    /// What went wrong, without the path (for callers whose own message names it).
+    pub fn reason(&self) -> String {
+        match self {
+            Self::Io(e) => e.error.to_string(),
+            Self::NotRegular { .. } => "not a regular file (a folder, FIFO or device); expected a file".into(),
+            Self::TooLarge { cap, .. } => format!("larger than the limit of {cap} bytes"),
+        }
     }
 }
 
@@ -51,12 +64,11 @@ pub fn read_to_end_capped(reader: impl Read, cap: u64) -> std::io::Result<Option
 /// Opens the regular file at `path` (links followed) for reading or mapping; a folder, FIFO or
 /// device is refused before it is opened (opening a FIFO would wait for a writer).
 pub fn open_regular(path: &Path) -> Result<std::fs::File, CappedReadError> {
-    let io = |source| CappedReadError::Io { path: path.to_path_buf(), source };
-    if !std::fs::metadata(path).map_err(io)?.is_file() {
+    if !std::fs::metadata(path).at(path)?.is_file() {
         return Err(CappedReadError::NotRegular { path: path.to_path_buf() });
     }
-    let file = std::fs::File::open(path).map_err(io)?;
-    if !file.metadata().map_err(io)?.is_file() {
+    let file = std::fs::File::open(path).at(path)?;
+    if !file.metadata().at(path)?.is_file() {
         return Err(CappedReadError::NotRegular { path: path.to_path_buf() });
     }
     Ok(file)
@@ -65,13 +77,12 @@ pub fn open_regular(path: &Path) -> Result<std::fs::File, CappedReadError> {
 /// Reads the regular file at `path` (links followed) if it holds at most `cap` bytes; its type
 /// is checked before it is opened ([`open_regular`]), its size before it is read.
 pub fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>, CappedReadError> {
-    let io = |source| CappedReadError::Io { path: path.to_path_buf(), source };
     let too_large = || CappedReadError::TooLarge { path: path.to_path_buf(), cap };
     let file = open_regular(path)?;
-    if file.metadata().map_err(io)?.len() > cap {
+    if file.metadata().at(path)?.len() > cap {
         return Err(too_large());
     }
-    read_to_end_capped(file, cap).map_err(io)?.ok_or_else(too_large)
+    read_to_end_capped(file, cap).at(path)?.ok_or_else(too_large)
 }
 
 #[cfg(test)]

@@ -5,21 +5,17 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use super::path_io::AtPath;
 use crate::quant::GgmlType;
 
 /// Errors from reading a GGUF file.
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
     /// The file could not be mapped.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] super::path_io::PathIoError),
     /// The file could not be opened (missing, or not a regular file).
     #[error(transparent)]
     Read(#[from] super::capped::CappedReadError),
@@ -343,11 +339,10 @@ impl Gguf {
     /// Opens and parses a GGUF file, memory-mapping its data.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, GgufError> {
         let path = path.as_ref();
-        let io = |source| GgufError::Io { path: path.to_path_buf(), source };
         let file = super::capped::open_regular(path)?;
         // SAFETY: the map is read-only; like every mmap user we assume the file is not truncated
         // by another process while it is open.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        let map = unsafe { memmap2::Mmap::map(&file) }.at(path)?;
         Self::parse(Bytes::Mapped(map))
     }
 

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
 
-use crate::weights::{HostTensor, WeightError, WeightSource};
+use super::WeightError;
+use crate::weights::{HostTensor, WeightSource};
 
 /// Hugging Face safetensors: one `model.safetensors`, or shards listed by an index file.
 pub struct SafetensorsWeights {

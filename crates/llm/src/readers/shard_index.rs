@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::weights::WeightError;
+use super::WeightError;
 
 /// The largest index file read (a 70-billion-parameter model's is about 100 KiB).
 pub const MAX_INDEX_BYTES: u64 = 64 << 20;

@@ -21,7 +21,8 @@ use std::rc::{Rc, Weak};
 
 use memmap2::Mmap;
 
-use crate::weights::{HostTensor, WeightError, WeightSource};
+use super::WeightError;
+use crate::weights::{HostTensor, WeightSource};
 
 /// The element type of a torch storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::Deserialize;
 use xcomposer_llm::capped::read_capped;
 
-use super::{IndexReport, IndexedImage, io_reason};
+use super::{IndexReport, IndexedImage};
 
 /// The name of a library's metadata file.
 pub const METADATA_FILE: &str = "library.json";
@@ -68,7 +68,7 @@ fn read_meta_file(path: &Path, cap: u64, report: &mut IndexReport) -> Option<Vec
         Ok(bytes) => Some(bytes),
         Err(e) if e.is_not_found() => None,
         Err(e) => {
-            report.warnings.push(format!("{}: ignored, {}", path.display(), io_reason(e)));
+            report.warnings.push(format!("{}: ignored, {}", path.display(), e.reason()));
             None
         }
     }

@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use xcomposer_llm::capped::CappedReadError;
+use xcomposer_llm::readers::path_io::PathIoError;
 use xcomposer_vision::Tag;
 
 use crate::embedder::EmbedderError;
@@ -94,18 +95,21 @@ pub enum LibraryError {
     Models(String),
 }
 
-/// An I/O error of the library, naming the path.
-pub(crate) fn io(path: &Path) -> impl Fn(std::io::Error) -> LibraryError + '_ {
-    move |e| LibraryError::Io { path: path.to_path_buf(), reason: e.to_string() }
+impl From<PathIoError> for LibraryError {
+    fn from(e: PathIoError) -> Self {
+        LibraryError::Io { path: e.path, reason: e.error.to_string() }
+    }
+}
+
+impl From<CappedReadError> for LibraryError {
+    fn from(e: CappedReadError) -> Self {
+        LibraryError::Io { path: e.path().to_path_buf(), reason: e.reason() }
+    }
 }
 
 /// The reason of a capped read's error, without the path (the caller's message names it).
 pub(crate) fn io_reason(e: CappedReadError) -> String {
-    match e {
-        CappedReadError::Io { source, .. } => source.to_string(),
-        CappedReadError::NotRegular { .. } => "not a regular file (a folder, FIFO or device); expected a file".into(),
-        CappedReadError::TooLarge { cap, .. } => format!("larger than the limit of {cap} bytes"),
-    }
+    e.reason()
 }
 
 /// Which models made an index's features.

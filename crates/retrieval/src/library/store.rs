@@ -7,8 +7,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use xcomposer_llm::capped::{CappedReadError, read_capped};
+use xcomposer_llm::readers::path_io::AtPath;
 
-use super::{FeatureMatrix, INDEX_VERSION, ImageLibrary, IndexedImage, LibraryError, ModelIds, default_index_dir, io, io_reason};
+use super::{FeatureMatrix, INDEX_VERSION, ImageLibrary, IndexedImage, LibraryError, ModelIds, default_index_dir};
 
 const FORMAT: &str = "xcomposer-image-index";
 /// The largest `index.json` read, in bytes.
@@ -33,7 +34,7 @@ impl ImageLibrary {
             return Err(LibraryError::NoIndex { index: file, root: root.to_path_buf() });
         }
         let stale = |reason: String| LibraryError::Stale { index: file.clone(), root: root.to_path_buf(), reason };
-        let text = read_capped(&file, MAX_INDEX_BYTES).map_err(|e| LibraryError::Io { path: file.clone(), reason: io_reason(e) })?;
+        let text = read_capped(&file, MAX_INDEX_BYTES)?;
         let head: serde_json::Value = serde_json::from_slice(&text).map_err(|e| stale(format!("not a readable index ({e})")))?;
         if head.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
             return Err(stale("not an xcomposer image index".into()));
@@ -53,7 +54,7 @@ impl ImageLibrary {
             let expected = rows.checked_mul(dim as u64).and_then(|n| n.checked_mul(4)).filter(|_| dim > 0).ok_or_else(mismatch)?;
             let bytes = match read_capped(&path, expected) {
                 Err(CappedReadError::TooLarge { .. }) => return Err(mismatch()),
-                r => r.map_err(|e| LibraryError::Io { path: path.clone(), reason: io_reason(e) })?,
+                r => r?,
             };
             if bytes.len() as u64 != expected {
                 return Err(mismatch());
@@ -82,10 +83,10 @@ impl ImageLibrary {
 
     /// Writes the index (feature files first, then `index.json`, each through a rename).
     pub fn save(&self) -> Result<(), LibraryError> {
-        std::fs::create_dir_all(&self.index_dir).map_err(io(&self.index_dir))?;
+        std::fs::create_dir_all(&self.index_dir).at(&self.index_dir)?;
         let write = |name: &str, bytes: &[u8]| -> Result<(), LibraryError> {
             let dst = self.index_dir.join(name);
-            xcomposer_llm::fetch::write_atomic(&dst, bytes).map_err(io(&dst))
+            Ok(xcomposer_llm::fetch::write_atomic(&dst, bytes).at(&dst)?)
         };
         for (name, m) in &self.features {
             let bytes: Vec<u8> = m.data.iter().flat_map(|v| v.to_le_bytes()).collect();

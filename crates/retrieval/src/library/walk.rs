@@ -4,13 +4,15 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use super::{IndexReport, LibraryError, io};
+use xcomposer_llm::readers::path_io::AtPath;
+
+use super::{IndexReport, LibraryError};
 
 const EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "webp", "gif", "jpe"];
 
 /// Finds image files under `root`, as relative paths with `/` separators.
 pub(crate) fn walk(root: &Path, report: &mut IndexReport) -> Result<Vec<String>, LibraryError> {
-    let canon_root = root.canonicalize().map_err(io(root))?;
+    let canon_root = root.canonicalize().at(root)?;
     let mut out = vec![];
     let mut seen = HashSet::new();
     let mut stack = vec![(root.to_path_buf(), String::new())];
