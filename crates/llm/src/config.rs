@@ -1,9 +1,8 @@
 //! `DecoderConfig`: the sizes and variant switches of a llama-family decoder, read from GGUF
 //! metadata or a Hugging Face `config.json`.
 
-use serde::Deserialize;
-
 use crate::gguf::Gguf;
+use crate::readers::fields::{FieldError, Fields, positive_f32};
 
 /// The decoder variants we implement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -91,19 +90,24 @@ impl DecoderConfig {
             let v = g.get_u64(&key).map_err(|e| err(&key, e.to_string()))?;
             usize::try_from(v).map_err(|_| err(&key, format!("{v} does not fit this machine's address space")))
         };
+        // An optional key: `default` when absent, an error naming it when present but unusable.
+        let opt_int = |k: &str, default: usize| if g.get(&format!("{arch_name}.{k}")).is_some() { int(k) } else { Ok(default) };
         let hidden_size = int("embedding_length")?;
         let num_heads = int("attention.head_count")?;
-        let num_kv_heads = int("attention.head_count_kv").unwrap_or(num_heads);
-        let head_dim = int("attention.key_length").unwrap_or(hidden_size / num_heads.max(1));
-        let vocab_size = match int("vocab_size") {
-            Ok(v) => v,
-            Err(_) => g.get_str_array("tokenizer.ggml.tokens").map_err(|e| err("tokenizer.ggml.tokens", e.to_string()))?.len(),
+        let num_kv_heads = opt_int("attention.head_count_kv", num_heads)?;
+        let head_dim = opt_int("attention.key_length", hidden_size / num_heads.max(1))?;
+        let vocab_size = match g.get(&format!("{arch_name}.vocab_size")) {
+            Some(_) => int("vocab_size")?,
+            None => g.get_str_array("tokenizer.ggml.tokens").map_err(|e| err("tokenizer.ggml.tokens", e.to_string()))?.len(),
         };
-        let float = |k: &str, default: f64| -> Result<f32, ConfigError> {
+        let float = |k: &str, default: f32| -> Result<f32, ConfigError> {
             let key = format!("{arch_name}.{k}");
             match g.get(&key) {
-                None => Ok(default as f32),
-                Some(_) => g.get_f64(&key).map(|v| v as f32).map_err(|e| err(&key, e.to_string())),
+                None => Ok(default),
+                Some(_) => {
+                    let v = g.get_f64(&key).map_err(|e| err(&key, e.to_string()))?;
+                    positive_f32(v).ok_or_else(|| err(&key, format!("{v} is not a positive number within f32's range")))
+                }
             }
         };
         if let Some(v) = g.get(&format!("{arch_name}.rope.scaling.type")).filter(|v| v.as_str() != Some("none")) {
@@ -120,7 +124,7 @@ impl DecoderConfig {
             head_dim,
             rope_theta: float("rope.freq_base", 10000.0)?,
             rms_norm_eps: float("attention.layer_norm_rms_epsilon", 1e-5)?,
-            max_position: int("context_length").unwrap_or(4096),
+            max_position: opt_int("context_length", 4096)?,
             qkv_bias: arch == Arch::Qwen2,
             o_bias: false,
             tie_word_embeddings: g.tensor_info("output.weight").is_none(),
@@ -131,11 +135,15 @@ impl DecoderConfig {
     }
 
     /// Reads a Hugging Face `config.json` (`model_type` llama, qwen2, internlm, or
-    /// InternLMXComposer for the language model of InternLM-XComposer).
+    /// InternLMXComposer for the language model of InternLM-XComposer); absent optional fields
+    /// take HF's defaults, a mistyped one is an error naming it ([`Fields`]).
     pub fn from_hf_json(text: &str, source_name: &str) -> Result<Self, ConfigError> {
         let err = |field: &str, reason: String| ConfigError { source_name: source_name.into(), field: field.into(), reason };
-        let raw: HfConfig = serde_json::from_str(text).map_err(|e| err("config", e.to_string()))?;
-        let arch = match raw.model_type.as_str() {
+        let field_err = |e: FieldError| ConfigError { source_name: source_name.into(), field: e.field, reason: e.reason };
+        let json: serde_json::Value = serde_json::from_str(text).map_err(|e| err("config", e.to_string()))?;
+        let f = Fields::new(&json, "");
+        let model_type = f.required_str("model_type").map_err(field_err)?;
+        let arch = match model_type {
             "llama" | "mistral" => Arch::Llama,
             "qwen2" => Arch::Qwen2,
             "internlm" | "InternLMXComposer" => Arch::InternLm,
@@ -143,29 +151,33 @@ impl DecoderConfig {
                 return Err(err("model_type", format!("'{other}' is not supported (expected llama, mistral, qwen2, internlm or InternLMXComposer)")));
             }
         };
-        if let Some(s) = raw.rope_scaling.as_ref().filter(|v| !v.is_null()) {
+        if let Some(s) = f.get("rope_scaling") {
             return Err(err("rope_scaling", format!("{s} is not supported")));
         }
-        let num_kv_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
-        let internlm_bias = arch == Arch::InternLm && raw.bias.unwrap_or(true);
-        let cfg = DecoderConfig {
+        Self::hf_sizes(&f, arch, model_type).map_err(field_err)?.validate(source_name)
+    }
+
+    /// The sizes and switches of a `config.json` of the given `arch`.
+    fn hf_sizes(f: &Fields<'_>, arch: Arch, model_type: &str) -> Result<Self, FieldError> {
+        let (hidden_size, num_heads) = (f.required_usize("hidden_size")?, f.required_usize("num_attention_heads")?);
+        let internlm_bias = arch == Arch::InternLm && f.bool("bias", true)?;
+        Ok(DecoderConfig {
             arch,
-            vocab_size: raw.vocab_size,
-            hidden_size: raw.hidden_size,
-            intermediate_size: raw.intermediate_size,
-            num_layers: raw.num_hidden_layers,
-            num_heads: raw.num_attention_heads,
-            num_kv_heads,
-            head_dim: raw.head_dim.unwrap_or(raw.hidden_size / raw.num_attention_heads.max(1)),
-            rope_theta: raw.rope_theta.unwrap_or(10000.0),
-            rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
-            max_position: raw.max_position_embeddings.unwrap_or(2048),
+            vocab_size: f.required_usize("vocab_size")?,
+            hidden_size,
+            intermediate_size: f.required_usize("intermediate_size")?,
+            num_layers: f.required_usize("num_hidden_layers")?,
+            num_heads,
+            num_kv_heads: f.positive_usize("num_key_value_heads", num_heads)?,
+            head_dim: f.positive_usize("head_dim", hidden_size / num_heads)?,
+            rope_theta: f.positive_f32("rope_theta", 10000.0)?,
+            rms_norm_eps: f.positive_f32("rms_norm_eps", 1e-6)?,
+            max_position: f.positive_usize("max_position_embeddings", 2048)?,
             qkv_bias: arch == Arch::Qwen2 || internlm_bias,
             o_bias: internlm_bias,
-            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
-            rope_inv_freq_f16: raw.model_type == "InternLMXComposer",
-        };
-        cfg.validate(source_name)
+            tie_word_embeddings: f.bool("tie_word_embeddings", false)?,
+            rope_inv_freq_f16: model_type == "InternLMXComposer",
+        })
     }
 
     fn validate(self, source_name: &str) -> Result<Self, ConfigError> {
@@ -249,25 +261,6 @@ fn layers_present(g: &Gguf) -> usize {
     (0..).take_while(|i| present.contains(i)).count()
 }
 
-#[derive(Deserialize)]
-struct HfConfig {
-    model_type: String,
-    vocab_size: usize,
-    hidden_size: usize,
-    intermediate_size: usize,
-    num_hidden_layers: usize,
-    num_attention_heads: usize,
-    num_key_value_heads: Option<usize>,
-    head_dim: Option<usize>,
-    rope_theta: Option<f32>,
-    rms_norm_eps: Option<f32>,
-    max_position_embeddings: Option<usize>,
-    tie_word_embeddings: Option<bool>,
-    rope_scaling: Option<serde_json::Value>,
-    /// InternLM v1: q/k/v/o biases.
-    bias: Option<bool>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,6 +296,11 @@ mod tests {
     /// A tiny llama GGUF: width 8, 2 heads, the given block count, context length and token
     /// count, an embedding of `rows` rows and layer 0's norm.
     fn tiny_gguf(blocks: u32, context: u32, tokens: usize, rows: u64) -> Vec<u8> {
+        tiny_builder(blocks, context, tokens, rows).build()
+    }
+
+    /// [`tiny_gguf`] before it is built, for tests that add keys.
+    fn tiny_builder(blocks: u32, context: u32, tokens: usize, rows: u64) -> crate::gguf::tests::Builder {
         let mut arr = 8u32.to_le_bytes().to_vec();
         arr.extend_from_slice(&(tokens as u64).to_le_bytes());
         for i in 0..tokens {
@@ -320,7 +318,6 @@ mod tests {
             .kv_raw("tokenizer.ggml.tokens", 9, arr)
             .tensor("token_embd.weight", &[8, rows], 0, vec![0; 8 * 4 * rows as usize])
             .tensor("blk.0.attn_norm.weight", &[8], 0, vec![0; 32])
-            .build()
     }
 
     fn gguf_config(bytes: Vec<u8>) -> Result<DecoderConfig, ConfigError> {
@@ -349,6 +346,33 @@ mod tests {
     fn a_vocabulary_larger_than_the_embedding_is_refused() {
         let e = gguf_config(tiny_gguf(1, 64, 6, 4)).unwrap_err().to_string();
         assert!(e.contains("tokenizer.ggml.tokens") && e.contains('6') && e.contains("4 rows"), "{e}");
+    }
+
+    #[test]
+    fn optional_gguf_keys_of_the_wrong_type_are_errors_not_defaults() {
+        let kv = tiny_builder(1, 64, 4, 4).kv_str("llama.attention.head_count_kv", "2").build();
+        let e = gguf_config(kv).unwrap_err().to_string();
+        assert!(e.contains("llama.attention.head_count_kv"), "{e}");
+        let theta = tiny_builder(1, 64, 4, 4).kv_raw("llama.rope.freq_base", 6, (-1.0f32).to_le_bytes().to_vec()).build();
+        let e = gguf_config(theta).unwrap_err().to_string();
+        assert!(e.contains("llama.rope.freq_base") && e.contains("positive"), "{e}");
+    }
+
+    #[test]
+    fn hf_config_fields_of_the_wrong_type_or_range_are_named() {
+        let base = r#""vocab_size":10,"intermediate_size":8,"num_hidden_layers":1,"num_attention_heads":2"#;
+        for (extra, field) in [
+            (r#""model_type":"llama","hidden_size":"8""#, "hidden_size"),
+            (r#""model_type":"llama","hidden_size":8,"rms_norm_eps":-1e-6"#, "rms_norm_eps"),
+            (r#""model_type":"llama","hidden_size":8,"rope_theta":1e300"#, "rope_theta"),
+            (r#""model_type":"llama","hidden_size":8,"tie_word_embeddings":"yes""#, "tie_word_embeddings"),
+            (r#""model_type":"internlm","hidden_size":8,"bias":1"#, "bias"),
+            (r#""model_type":7,"hidden_size":8"#, "model_type"),
+            (r#""model_type":"llama""#, "hidden_size"),
+        ] {
+            let e = DecoderConfig::from_hf_json(&format!("{{{base},{extra}}}"), "c/config.json").unwrap_err().to_string();
+            assert!(e.starts_with(&format!("c/config.json: {field}: is ")), "{extra}: {e}");
+        }
     }
 
     #[test]

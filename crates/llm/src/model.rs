@@ -125,10 +125,10 @@ impl<B: Backend> LanguageModel<B> {
     fn load_hf(dir: &Path, device: &B::Device, engine: EngineChoice) -> Result<Self, LoadError> {
         let read = |name: &str| -> Result<Option<String>, LoadError> {
             let p = dir.join(name);
-            match std::fs::read_to_string(&p) {
-                Ok(s) => Ok(Some(s)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(LoadError::File { path: p, reason: e.to_string() }),
+            match crate::capped::read_capped(&p, crate::readers::fields::MAX_CONFIG_BYTES) {
+                Ok(bytes) => String::from_utf8(bytes).map(Some).map_err(|_| LoadError::File { path: p, reason: "not UTF-8 text".into() }),
+                Err(e) if e.is_not_found() => Ok(None),
+                Err(e) => Err(LoadError::File { path: p, reason: e.reason() }),
             }
         };
         let json = |name: &str| -> Result<serde_json::Value, LoadError> {
@@ -220,5 +220,22 @@ impl<B: Backend> LanguageModel<B> {
         let mut cfg = cfg.clone();
         cfg.stop_tokens.extend(&self.stop_tokens);
         Generator { model: &self.decoder, tokenizer: &self.tokenizer }.generate_cancellable(prompt_ids, &cfg, on_text, cancel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_model_folder_whose_config_is_a_fifo_is_refused_without_waiting() {
+        let dir = std::env::temp_dir().join(format!("xcomposer-model-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("config.json");
+        assert!(std::process::Command::new("mkfifo").arg(&config).status().is_ok_and(|s| s.success()), "mkfifo failed");
+        // Before: read_to_string blocked here until something wrote to the FIFO.
+        let e = LanguageModel::<burn::backend::Flex>::load(&dir, &Default::default()).err().unwrap().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(e, format!("{}: not a regular file (a folder, FIFO or device); expected a file", config.display()));
     }
 }

@@ -17,12 +17,12 @@ use std::path::Path;
 use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
-use serde::Deserialize;
+use xcomposer_llm::readers::fields::{FieldError, Fields, read_json};
 use xcomposer_llm::nn::{Dense, LayerNorm, multi_head_attention, padding_mask, to_device};
 use xcomposer_llm::weights::{WeightError, WeightSource};
 
 /// The fields of a BERT `config.json` the encoder needs.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BertConfig {
     /// Vocabulary size.
     pub vocab_size: usize,
@@ -36,31 +36,14 @@ pub struct BertConfig {
     pub intermediate_size: usize,
     /// Longest input.
     pub max_position_embeddings: usize,
-    /// Segment vocabulary.
-    #[serde(default = "two")]
+    /// Segment vocabulary (HF's default 2).
     pub type_vocab_size: usize,
-    /// LayerNorm epsilon.
-    #[serde(default = "bert_eps")]
+    /// LayerNorm epsilon (HF's default 1e-12).
     pub layer_norm_eps: f64,
     /// Activation; only `gelu` (exact) is supported.
-    #[serde(default = "gelu_name")]
     pub hidden_act: String,
     /// Position embedding kind; only `absolute` is supported.
-    #[serde(default = "absolute")]
     pub position_embedding_type: String,
-}
-
-fn two() -> usize {
-    2
-}
-fn bert_eps() -> f64 {
-    1e-12
-}
-fn gelu_name() -> String {
-    "gelu".into()
-}
-fn absolute() -> String {
-    "absolute".into()
 }
 
 /// Errors of the config file.
@@ -77,16 +60,27 @@ impl BertConfig {
     /// Reads and checks `config.json`.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let err = |reason: String| ConfigError { path: path.display().to_string(), reason };
-        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        let c: Self = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
-        if c.hidden_act != "gelu" {
-            return Err(err(format!("\"hidden_act\" is {:?}; only \"gelu\" is supported", c.hidden_act)));
-        }
-        if c.position_embedding_type != "absolute" {
-            return Err(err(format!("\"position_embedding_type\" is {:?}; only \"absolute\" is supported", c.position_embedding_type)));
-        }
-        if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
-            return Err(err(format!("\"hidden_size\" {} is not a multiple of \"num_attention_heads\" {}", c.hidden_size, c.num_attention_heads)));
+        let json = read_json(path).map_err(err)?;
+        Self::from_fields(&Fields::new(&json, "")).map_err(|e| err(e.to_string()))
+    }
+
+    /// The configuration from a `config.json`'s fields: required sizes, HF's defaults for the
+    /// rest, errors naming the field.
+    fn from_fields(f: &Fields<'_>) -> Result<Self, FieldError> {
+        let c = BertConfig {
+            vocab_size: f.required_usize("vocab_size")?,
+            hidden_size: f.required_usize("hidden_size")?,
+            num_hidden_layers: f.required_usize("num_hidden_layers")?,
+            num_attention_heads: f.required_usize("num_attention_heads")?,
+            intermediate_size: f.required_usize("intermediate_size")?,
+            max_position_embeddings: f.required_usize("max_position_embeddings")?,
+            type_vocab_size: f.positive_usize("type_vocab_size", 2)?,
+            layer_norm_eps: f.positive_f64("layer_norm_eps", 1e-12)?,
+            hidden_act: f.one_of("hidden_act", &["gelu"])?.into(),
+            position_embedding_type: f.one_of("position_embedding_type", &["absolute"])?.into(),
+        };
+        if !c.hidden_size.is_multiple_of(c.num_attention_heads) {
+            return Err(f.err("hidden_size", format!("is {}, not a multiple of num_attention_heads {}", c.hidden_size, c.num_attention_heads)));
         }
         Ok(c)
     }
@@ -176,5 +170,29 @@ impl<B: Backend> Bert<B> {
             x = l.ffn_norm.forward(x + h);
         }
         x
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small valid config with `key` set to `value` (the JSON text of it), checked.
+    fn config_with(key: &str, value: &str) -> Result<BertConfig, String> {
+        let mut json = serde_json::json!({"vocab_size": 30, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 16, "max_position_embeddings": 16});
+        json[key] = serde_json::from_str(value).unwrap();
+        BertConfig::from_fields(&Fields::new(&json, "")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn fields_of_the_wrong_type_or_range_are_named() {
+        let c = config_with("comment", "null").unwrap();
+        assert_eq!((c.type_vocab_size, c.layer_norm_eps, c.hidden_act.as_str()), (2, 1e-12, "gelu"));
+        assert_eq!(config_with("hidden_size", r#""8""#).unwrap_err(), r#"hidden_size is "8"; expected a positive integer"#);
+        assert_eq!(config_with("layer_norm_eps", "-1").unwrap_err(), "layer_norm_eps is -1; expected a positive number");
+        assert_eq!(config_with("type_vocab_size", "0").unwrap_err(), "type_vocab_size is 0; expected a positive integer");
+        assert_eq!(config_with("hidden_act", r#""relu""#).unwrap_err(), r#"hidden_act is "relu"; expected "gelu""#);
+        assert_eq!(config_with("hidden_size", "9").unwrap_err(), "hidden_size is 9, not a multiple of num_attention_heads 2");
+        assert_eq!(config_with("max_position_embeddings", "null").unwrap_err(), "max_position_embeddings is missing; expected a positive integer");
     }
 }

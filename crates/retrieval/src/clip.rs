@@ -154,8 +154,7 @@ impl ClipConfig {
     /// `vision_config`, or the older `*_config_dict`); absent fields take HF's defaults.
     pub fn from_file(path: &Path) -> Result<Self, ClipError> {
         let err = |reason: String| ClipError::Config { path: path.into(), reason };
-        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+        let v = xcomposer_llm::readers::fields::read_json(path).map_err(err)?;
         match v.get("model_type").and_then(Value::as_str) {
             Some("clip") | None => {}
             Some(other) => return Err(err(format!("model_type is {other:?}; expected \"clip\""))),

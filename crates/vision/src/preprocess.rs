@@ -109,8 +109,7 @@ impl Preprocess {
     pub fn from_hf_config(path: &std::path::Path) -> Result<Self, PreprocessConfigError> {
         use serde_json::Value;
         let err = |reason: String| PreprocessConfigError { path: path.into(), reason };
-        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+        let v = xcomposer_llm::readers::fields::read_json(path).map_err(err)?;
         let fields = xcomposer_llm::readers::fields::Fields::new(&v, "");
         let flag = |k: &str| fields.bool(k, true).map_err(|e| err(e.to_string()));
         let side = |k: &str, keys: &[&str]| -> Result<Option<(u32, u32)>, PreprocessConfigError> {

@@ -3,7 +3,21 @@
 //! file, `text_config.hidden_size`) when it has the wrong type or range. Numbers are converted
 //! with checks, never with a wrapping cast.
 
+use std::path::Path;
+
 use serde_json::Value;
+
+/// The largest JSON configuration file read (Hugging Face's are a few KiB; a
+/// `tokenizer_config.json` with a long chat template stays far under).
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+/// Reads the JSON configuration file at `path`: a regular file (never a FIFO or device, which
+/// would block or never end) of at most [`MAX_CONFIG_BYTES`], parsed. The error is the reason
+/// alone; the caller's error names the file.
+pub fn read_json(path: &Path) -> Result<Value, String> {
+    let bytes = super::capped::read_capped(path, MAX_CONFIG_BYTES).map_err(|e| e.reason())?;
+    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+}
 
 /// A field that is present but unusable.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -45,6 +59,24 @@ impl<'a> Fields<'a> {
         v.as_u64().filter(|n| *n > 0).and_then(|n| usize::try_from(n).ok()).ok_or_else(|| self.err(key, format!("is {v}; expected a positive integer")))
     }
 
+    /// A positive integer that fits a `usize` and must be present.
+    pub fn required_usize(&self, key: &str) -> Result<usize, FieldError> {
+        self.get(key).ok_or_else(|| self.err(key, "is missing; expected a positive integer".into()))?;
+        self.positive_usize(key, 0)
+    }
+
+    /// A string that must be present.
+    pub fn required_str(&self, key: &str) -> Result<&'a str, FieldError> {
+        let v = self.get(key).ok_or_else(|| self.err(key, "is missing; expected a string".into()))?;
+        v.as_str().ok_or_else(|| self.err(key, format!("is {v}; expected a string")))
+    }
+
+    /// A positive number that stays finite and positive as an `f32`, or `default`.
+    pub fn positive_f32(&self, key: &str, default: f32) -> Result<f32, FieldError> {
+        let Some(v) = self.get(key) else { return Ok(default) };
+        v.as_f64().and_then(positive_f32).ok_or_else(|| self.err(key, format!("is {v}; expected a positive number within f32's range")))
+    }
+
     /// A positive finite number, or `default`.
     pub fn positive_f64(&self, key: &str, default: f64) -> Result<f64, FieldError> {
         let Some(v) = self.get(key) else { return Ok(default) };
@@ -65,9 +97,29 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// `x` as an `f32` when it is positive and stays finite and above zero as one.
+pub fn positive_f32(x: f64) -> Option<f32> {
+    let y = x as f32;
+    (y > 0.0 && y.is_finite()).then_some(y)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn configuration_files_are_read_only_when_regular_and_within_the_cap() {
+        // Before: read_to_string on /dev/zero ran until memory was gone; on a FIFO it waited forever.
+        assert_eq!(read_json(Path::new("/dev/zero")).unwrap_err(), "not a regular file (a folder, FIFO or device); expected a file");
+        let dir = std::env::temp_dir().join(format!("xcomposer-fields-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let big = dir.join("config.json");
+        std::fs::File::create(&big).unwrap().set_len(MAX_CONFIG_BYTES + 1).unwrap();
+        assert_eq!(read_json(&big).unwrap_err(), format!("larger than the limit of {MAX_CONFIG_BYTES} bytes"));
+        std::fs::write(&big, br#"{"a": 1}"#).unwrap();
+        assert_eq!(read_json(&big).unwrap(), serde_json::json!({"a": 1}));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn absent_and_null_take_the_default_and_bad_values_name_the_field() {
@@ -83,5 +135,11 @@ mod tests {
         assert_eq!(f.one_of("s", &["quick_gelu", "gelu"]), Ok("gelu"));
         assert_eq!(f.one_of("n", &["quick_gelu", "gelu"]), Ok("quick_gelu"));
         assert_eq!(f.one_of("a", &["gelu"]).unwrap_err().to_string(), "text_config.a is 3; expected \"gelu\"");
+        assert_eq!(f.required_usize("a"), Ok(3));
+        assert_eq!(f.required_usize("n").unwrap_err().to_string(), "text_config.n is missing; expected a positive integer");
+        assert_eq!(f.required_str("s"), Ok("gelu"));
+        assert_eq!(f.required_str("a").unwrap_err().to_string(), "text_config.a is 3; expected a string");
+        assert_eq!(f.positive_f32("big", 1.0).unwrap_err().to_string(), "text_config.big is 1e+300; expected a positive number within f32's range");
+        assert_eq!(f.positive_f32("a", 1.0), Ok(3.0));
     }
 }
