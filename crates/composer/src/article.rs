@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 
 pub use xcomposer_retrieval::ScorePart;
 
+use xcomposer_llm::capped::read_capped;
+
 use crate::error::ComposeError;
 use crate::language::Language;
 
@@ -14,6 +16,8 @@ use crate::language::Language;
 pub const ARTICLE_FORMAT: &str = "xcomposer-article";
 /// The version of the saved layout; another version is refused with a clear error.
 pub const ARTICLE_VERSION: u32 = 1;
+/// The largest `article.json` read (a long article with many candidates is well under 1 MiB).
+pub const MAX_ARTICLE_BYTES: u64 = 64 << 20;
 
 /// Who made a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -218,9 +222,11 @@ impl Article {
         Ok(a)
     }
 
-    /// Reads a saved article.
+    /// Reads a saved article: a regular file (never a FIFO or device) of at most
+    /// [`MAX_ARTICLE_BYTES`].
     pub fn load(path: &Path) -> Result<Self, ComposeError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ComposeError::io(path, e))?;
+        let bytes = read_capped(path, MAX_ARTICLE_BYTES).map_err(|e| ComposeError::io(path, e.reason()))?;
+        let text = String::from_utf8(bytes).map_err(|e| ComposeError::BadArticle { path: path.into(), reason: format!("not UTF-8 text ({e})") })?;
         Self::from_json(&text, path)
     }
 
@@ -238,5 +244,27 @@ impl Article {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_reads_only_regular_files_within_the_cap() {
+        let dir = std::env::temp_dir().join(format!("xcomposer-article-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Before: /dev/zero was read until memory ran out, and a FIFO blocked forever.
+        let e = Article::load(Path::new("/dev/zero")).unwrap_err().to_string();
+        assert_eq!(e, "/dev/zero: not a regular file (a folder, FIFO or device); expected a file");
+        let big = dir.join("article.json");
+        std::fs::File::create(&big).unwrap().set_len(MAX_ARTICLE_BYTES + 1).unwrap();
+        let e = Article::load(&big).unwrap_err().to_string();
+        assert_eq!(e, format!("{}: larger than the limit of {MAX_ARTICLE_BYTES} bytes", big.display()));
+        std::fs::write(&big, b"{\"format\": \"\xff\"}").unwrap();
+        let e = Article::load(&big).unwrap_err().to_string();
+        assert!(e.contains("not UTF-8"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
