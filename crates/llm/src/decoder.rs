@@ -11,8 +11,10 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 
+mod host_step;
+
 use crate::config::DecoderConfig;
-use crate::matvec::QMatrix;
+use crate::matvec::{Activations, QMatrix};
 use crate::nn::transpose;
 use crate::weights::{HostTensor, WeightError, WeightSource};
 
@@ -70,12 +72,16 @@ impl KeyStyle {
 pub struct KvCache<B: Backend> {
     layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
     len: usize,
+    /// The same cache in host memory while the CPU's one-token step runs on it.
+    host: host_step::HostCache,
+    /// Where the tensors go back to when the cache leaves host memory.
+    device: Option<B::Device>,
 }
 
 impl<B: Backend> KvCache<B> {
     /// An empty cache for `num_layers` layers.
     pub fn new(num_layers: usize) -> Self {
-        KvCache { layers: vec![None; num_layers], len: 0 }
+        KvCache { layers: vec![None; num_layers], len: 0, host: Default::default(), device: None }
     }
 
     /// Number of positions cached.
@@ -91,6 +97,7 @@ impl<B: Backend> KvCache<B> {
     /// Keeps batch rows `rows` (in that order, repeats allowed): how beam search follows its
     /// beams, and how one prompt's cache becomes several beams'.
     pub fn reorder(&mut self, rows: &[usize]) {
+        self.move_to_burn();
         for (k, v) in self.layers.iter_mut().flatten() {
             let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
             let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [rows.len()]), &k.device());
@@ -151,6 +158,13 @@ pub struct Decoder<B: Backend> {
     /// `[head_dim, head_dim]` signed permutation: `x·R` is rotate-half of `x`.
     rotate_half: Tensor<B, 2>,
     device: B::Device,
+    /// Norms, biases and RoPE tables for the CPU's one-token step; `None` unless every projection
+    /// and the head are block-encoded (a GGUF file on the CPU backend).
+    host: Option<host_step::HostWeights>,
+    /// How the one-token step's matrix products treat their input.
+    activations: Activations,
+    /// Whether one-token steps use the host step when they can (else burn's operations).
+    fused_step: bool,
 }
 
 /// For each HF row, the GGUF row it comes from (see [`unpermute_rows`]).
@@ -185,7 +199,7 @@ impl<B: Backend> Decoder<B> {
         let (d, hd) = (c.hidden_size, c.head_dim);
         let (q_out, kv_out) = (c.num_heads * hd, c.num_kv_heads * hd);
         let get = |hf: &str, layer: usize, shape: &[usize]| src.load_shaped(&style.name(hf, layer), shape);
-        let vec1 = |t: HostTensor| Tensor::<B, 1>::from_data(TensorData::new(t.data, [t.shape[0]]), device);
+        let vec1 = |v: &[f32]| Tensor::<B, 1>::from_data(TensorData::new(v.to_vec(), [v.len()]), device);
         let permuted = matches!(style, KeyStyle::Gguf { permuted_qk: true });
         let host_matvec = std::any::TypeId::of::<B>() == std::any::TypeId::of::<burn::backend::Flex>();
         // A Linear from its loaded weight `[out, in]` and HF name, with the heads to un-permute (q, k).
@@ -220,36 +234,51 @@ impl<B: Backend> Decoder<B> {
         let embed = Tensor::<B, 2>::from_data(TensorData::new(embed_host.data, [c.vocab_size, d]), device);
 
         let mut layers = Vec::new(); // sized by the tensors found, not by the declared count
+        let mut host_layers = Vec::new();
         for l in 0..c.num_layers {
             let bqkv = if c.qkv_bias {
                 Some([
-                    vec1(get("model.layers.{}.self_attn.q_proj.bias", l, &[q_out])?),
-                    vec1(get("model.layers.{}.self_attn.k_proj.bias", l, &[kv_out])?),
-                    vec1(get("model.layers.{}.self_attn.v_proj.bias", l, &[kv_out])?),
+                    get("model.layers.{}.self_attn.q_proj.bias", l, &[q_out])?.data,
+                    get("model.layers.{}.self_attn.k_proj.bias", l, &[kv_out])?.data,
+                    get("model.layers.{}.self_attn.v_proj.bias", l, &[kv_out])?.data,
                 ])
             } else {
                 None
             };
-            let bo = if c.o_bias { Some(vec1(get("model.layers.{}.self_attn.o_proj.bias", l, &[d])?)) } else { None };
+            let bo = if c.o_bias { Some(get("model.layers.{}.self_attn.o_proj.bias", l, &[d])?.data) } else { None };
+            let hl = host_step::HostLayer {
+                attn_norm: get("model.layers.{}.input_layernorm.weight", l, &[d])?.data,
+                ffn_norm: get("model.layers.{}.post_attention_layernorm.weight", l, &[d])?.data,
+                bqkv,
+                bo,
+            };
             let ff = c.intermediate_size;
             layers.push(Layer {
-                attn_norm: vec1(get("model.layers.{}.input_layernorm.weight", l, &[d])?),
+                attn_norm: vec1(&hl.attn_norm),
                 wq: linear("model.layers.{}.self_attn.q_proj.weight", q_out, Some(c.num_heads), l, d)?,
                 wk: linear("model.layers.{}.self_attn.k_proj.weight", kv_out, Some(c.num_kv_heads), l, d)?,
                 wv: linear("model.layers.{}.self_attn.v_proj.weight", kv_out, None, l, d)?,
-                bqkv,
+                bqkv: hl.bqkv.as_ref().map(|b| b.each_ref().map(|b| vec1(b))),
                 wo: linear("model.layers.{}.self_attn.o_proj.weight", d, None, l, q_out)?,
-                bo,
-                ffn_norm: vec1(get("model.layers.{}.post_attention_layernorm.weight", l, &[d])?),
+                bo: hl.bo.as_deref().map(vec1),
+                ffn_norm: vec1(&hl.ffn_norm),
                 w_gate: linear("model.layers.{}.mlp.gate_proj.weight", ff, None, l, d)?,
                 w_up: linear("model.layers.{}.mlp.up_proj.weight", ff, None, l, d)?,
                 w_down: linear("model.layers.{}.mlp.down_proj.weight", d, None, l, ff)?,
             });
+            host_layers.push(hl);
         }
-        let norm = vec1(get("model.norm.weight", 0, &[d])?);
+        let norm_host = get("model.norm.weight", 0, &[d])?.data;
+        let norm = vec1(&norm_host);
         let (cos, sin) = rope_tables::<B>(c, device);
         let rotate_half = rotate_half_matrix::<B>(hd, device);
-        Ok(Decoder { config, embed, layers, norm, lm_head, cos, sin, rotate_half, device: device.clone() })
+        let all_encoded = lm_head.host.is_some()
+            && layers.iter().all(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].iter().all(|p| p.host.is_some()));
+        let host = all_encoded.then(|| {
+            let (cos, sin) = rope_cos_sin(c);
+            host_step::HostWeights { layers: host_layers, norm: norm_host, cos, sin }
+        });
+        Ok(Decoder { config, embed, layers, norm, lm_head, cos, sin, rotate_half, device: device.clone(), host, activations: Activations::F32, fused_step: true })
     }
 
     /// The device the weights live on.
@@ -279,14 +308,44 @@ impl<B: Backend> Decoder<B> {
     /// embeddings spliced into a prompt), appending to `cache`; returns the logits of the last
     /// `last_n` positions, `[batch, last_n, vocab]`.
     pub fn forward_embeds(&self, x: Tensor<B, 3>, cache: &mut KvCache<B>, last_n: usize) -> Tensor<B, 3> {
-        let h = self.hidden_states(x, cache);
+        let x = match self.try_host_step(x, cache) {
+            Ok(h) => {
+                let logits = self.host_logits(&h, cache);
+                return Tensor::from_data(TensorData::new(logits, [1, 1, self.config.vocab_size]), &self.device);
+            }
+            Err(x) => x,
+        };
+        let h = self.burn_hidden_states(x, cache);
         let [b, s, d] = h.dims();
         let last_n = last_n.clamp(1, s);
         self.lm_head.forward(h.slice([0..b, s - last_n..s, 0..d]))
     }
 
     /// The final normalised hidden states `[batch, seq, hidden]`, appending to `cache`.
-    pub fn hidden_states(&self, mut x: Tensor<B, 3>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
+    pub fn hidden_states(&self, x: Tensor<B, 3>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
+        match self.try_host_step(x, cache) {
+            Ok(h) => Tensor::from_data(TensorData::new(h, [1, 1, self.config.hidden_size]), &self.device),
+            Err(x) => self.burn_hidden_states(x, cache),
+        }
+    }
+
+    /// How the CPU's one-token step treats the input of its matrix products: f32 (the default:
+    /// exact up to summation order, the fixtures' greedy tokens exactly) or 8-bit blocks for the
+    /// integer kernels ([`Activations::Int8`]: faster, but SmolLM2's greedy reply to the first
+    /// fixture prompt leaves the reference's at its 10th token).
+    pub fn set_activations(&mut self, activations: Activations) {
+        self.activations = activations;
+    }
+
+    /// Whether one-position steps run the CPU's fused host step (the default) or burn's
+    /// operations one by one, as prefill does (to measure one against the other).
+    pub fn set_fused_step(&mut self, on: bool) {
+        self.fused_step = on;
+    }
+
+    /// [`Decoder::hidden_states`] in burn's operations, for any batch and length.
+    fn burn_hidden_states(&self, mut x: Tensor<B, 3>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
+        cache.move_to_burn();
         let c = &self.config;
         let [b, s, _] = x.dims();
         let past = cache.len;

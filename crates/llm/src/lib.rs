@@ -29,6 +29,7 @@ pub mod decoder;
 pub mod fetch;
 pub mod generation;
 pub mod grammar;
+pub mod kernels;
 pub mod matvec;
 pub mod model;
 pub mod nn;

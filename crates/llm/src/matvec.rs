@@ -4,12 +4,16 @@
 //! f32 values is what makes decoding fast. (burn's CPU matmul for `m = 1` reads f32 weights at a
 //! few GB/s.)
 //!
-//! Each row is decoded block by block into registers with the same block decoders as
-//! [`crate::quant`], and multiplied into per-lane accumulators; rows are split across rayon's
-//! threads. With AVX2 + FMA available at run time the inner loop is compiled for them.
+//! Two ways ([`Activations`]): the input quantized to 8 bits per block of 32 and multiplied in
+//! integer arithmetic ([`crate::kernels`], for Q4_0, Q4_1, Q8_0, Q4_K and Q6_K), or kept in f32,
+//! each row decoded block by block into registers with the same block decoders as
+//! [`crate::quant`] and multiplied into per-lane accumulators (with AVX2 + FMA available at run
+//! time the inner loop is compiled for them). Either way the rows of one or several matrices
+//! sharing an input are split into tasks across rayon's threads in one parallel region.
 
 use rayon::prelude::*;
 
+use crate::kernels::{self, Q8Act};
 use crate::quant::GgmlType;
 
 /// A row-major matrix `[rows, cols]` whose rows are stored as GGUF blocks of `ty`.
@@ -39,7 +43,7 @@ impl QMatrix {
     /// Builds a matrix from encoded rows taken from `src` in the order `order` (row indices of
     /// `src`), so that rows can be permuted or several matrices stacked without decoding.
     pub fn from_rows(ty: GgmlType, cols: usize, parts: &[(&[u8], Vec<usize>)]) -> Result<Self, String> {
-        if cols % ty.block_size() != 0 {
+        if !cols.is_multiple_of(ty.block_size()) {
             return Err(format!("{cols} columns is not a multiple of the {ty:?} block size"));
         }
         let rb = Self::row_bytes(ty, cols);
@@ -56,28 +60,72 @@ impl QMatrix {
         Ok(QMatrix { ty, rows, cols, data })
     }
 
-    /// `y = W x` for one vector `x` of length `cols`; `y` has length `rows`.
+    /// `y = W x` for one vector `x` of length `cols` (`y` has length `rows`), in f32: equal to
+    /// dequantize-then-multiply up to summation order.
     pub fn matvec(&self, x: &[f32], y: &mut [f32]) {
-        assert_eq!(x.len(), self.cols, "matvec input length");
-        assert_eq!(y.len(), self.rows, "matvec output length");
-        let rb = Self::row_bytes(self.ty, self.cols);
-        // Enough rows per task to amortise scheduling, few enough to balance two or more threads.
-        let chunk = (self.rows / (4 * rayon::current_num_threads())).clamp(16, 4096);
-        let avx2 = has_avx2_fma();
-        // Per-block sums of x: the minimum / offset term of Q4_0 and Q4_1 is `m · Σx`.
-        let block_sums: Vec<f32> = x.chunks_exact(32).map(|c| c.iter().sum()).collect();
-        let ty = self.ty;
-        y.par_chunks_mut(chunk).zip(self.data.par_chunks(chunk * rb)).for_each(|(y, rows)| {
-            for (out, row) in y.iter_mut().zip(rows.chunks_exact(rb)) {
-                *out = if avx2 {
-                    // SAFETY: the CPU was checked for AVX2, FMA and F16C; the row holds whole
-                    // blocks for `x.len()` values (checked by `from_rows` and the asserts above).
-                    unsafe { avx2::dot_row(ty, row, x, &block_sums) }
-                } else {
-                    dot_row(ty, row, x)
-                };
-            }
-        });
+        matvec_many(x, vec![(self, y)], Activations::F32, &mut Q8Act::default());
+    }
+
+    /// Whether `act` makes this matrix's product use the integer kernels.
+    fn is_int8(&self, act: Activations) -> bool {
+        act == Activations::Int8 && kernels::supports(self.ty)
+    }
+}
+
+/// How one-token products treat the activation vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activations {
+    /// Quantized to 8 bits per block of 32 ([`Q8Act`], as ggml does) for the integer kernels,
+    /// for the weight types that have one; f32 for the others.
+    Int8,
+    /// Kept in f32: each product equals dequantize-then-multiply up to summation order.
+    F32,
+}
+
+/// `y = W x` for several matrices that share the input `x` (q, k and v; gate and up), in one
+/// parallel region: `x` is quantized once into `scratch` when `act` asks for it, and the rows of
+/// all the matrices are split into tasks across rayon's threads together.
+///
+/// Panics when a matrix has other than `x.len()` columns or its output other than `rows` values.
+pub fn matvec_many(x: &[f32], parts: Vec<(&QMatrix, &mut [f32])>, act: Activations, scratch: &mut Q8Act) {
+    for (m, y) in &parts {
+        assert_eq!(x.len(), m.cols, "matvec input length");
+        assert_eq!(y.len(), m.rows, "matvec output length");
+    }
+    if parts.iter().any(|(m, _)| m.is_int8(act)) {
+        scratch.quantize(x).expect("columns are whole blocks of 32 for every integer-kernel type");
+    }
+    let total: usize = parts.iter().map(|(m, _)| m.rows).sum();
+    // Enough rows per task to amortise scheduling, few enough to balance two or more threads;
+    // a multiple of four, the rows the integer kernels take at once.
+    let chunk = (total / (4 * rayon::current_num_threads())).clamp(16, 4096).next_multiple_of(4);
+    let mut tasks = Vec::new();
+    for (m, y) in parts {
+        let rb = QMatrix::row_bytes(m.ty, m.cols);
+        tasks.extend(y.chunks_mut(chunk).zip(m.data.chunks(chunk * rb.max(1))).map(|(y, rows)| (m, rows, y)));
+    }
+    let (isa, avx2, act_q8) = (kernels::Isa::current(), has_avx2_fma(), &*scratch);
+    tasks.into_par_iter().for_each(|(m, rows, y)| {
+        if m.is_int8(act) {
+            kernels::dot_rows(isa, m.ty, rows, act_q8, y);
+        } else {
+            f32_rows(m, rows, x, y, avx2);
+        }
+    });
+}
+
+/// Rows of `m` (encoded, a whole number) times the f32 vector `x`.
+fn f32_rows(m: &QMatrix, rows: &[u8], x: &[f32], y: &mut [f32], avx2: bool) {
+    // Per-block sums of x: the minimum / offset term of Q4_0 and Q4_1 is `m · Σx`.
+    let block_sums: Vec<f32> = if avx2 { x.chunks_exact(32).map(|c| c.iter().sum()).collect() } else { vec![] };
+    for (out, row) in y.iter_mut().zip(rows.chunks_exact(QMatrix::row_bytes(m.ty, m.cols))) {
+        *out = if avx2 {
+            // SAFETY: the CPU was checked for AVX2, FMA and F16C; the row holds whole blocks for
+            // `x.len()` values (checked by `from_rows` and `matvec_many`).
+            unsafe { avx2::dot_row(m.ty, row, x, &block_sums) }
+        } else {
+            dot_row(m.ty, row, x)
+        };
     }
 }
 
@@ -108,25 +156,8 @@ mod avx2 {
 mod avx2 {
     use std::arch::x86_64::*;
 
+    use crate::kernels::x86::{f16_at, hsum};
     use crate::quant::GgmlType;
-
-    #[inline(always)]
-    unsafe fn f16_at(p: *const u8) -> f32 {
-        unsafe {
-            let bits = u16::from_le_bytes([*p, *p.add(1)]);
-            _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
-        }
-    }
-
-    #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
-        unsafe {
-            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-            let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-            _mm_cvtss_f32(s)
-        }
-    }
 
     /// Four independent accumulators, so that consecutive FMAs do not wait on each other.
     type Acc = [__m256; 4];

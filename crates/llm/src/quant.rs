@@ -113,7 +113,7 @@ impl GgmlType {
 /// Dequantizes `n` values of type `ty` from `bytes`; errors (never panics) when the sizes disagree.
 pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>, String> {
     let (bs, bb) = (ty.block_size(), ty.block_bytes());
-    if n % bs != 0 {
+    if !n.is_multiple_of(bs) {
         return Err(format!("{n} values is not a whole number of {ty:?} blocks of {bs}"));
     }
     let need = (n / bs).checked_mul(bb).ok_or_else(|| format!("{n} {ty:?} values overflow the address space"))?;
@@ -188,8 +188,9 @@ pub fn quantize(ty: GgmlType, x: &[f32]) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+/// The little-endian f16 at byte `i` of `b`, as f32.
 #[inline(always)]
-fn f16_at(b: &[u8], i: usize) -> f32 {
+pub(crate) fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
@@ -215,7 +216,7 @@ fn q4_1(b: &[u8], y: &mut [f32]) {
 
 /// The 5th bits of a Q5 block: bit j of `qh` belongs to value j.
 #[inline(always)]
-fn q5_values(qh: u32, qs: &[u8]) -> [u8; 32] {
+pub(crate) fn q5_values(qh: u32, qs: &[u8]) -> [u8; 32] {
     let mut q = [0u8; 32];
     for j in 0..16 {
         let h0 = (((qh >> j) & 1) << 4) as u8;
@@ -317,7 +318,7 @@ fn q3_k(b: &[u8], y: &mut [f32]) {
 
 /// Scale and minimum `j` (0..8) of a Q4_K/Q5_K block, 6 bits each, from 12 packed bytes.
 #[inline(always)]
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {

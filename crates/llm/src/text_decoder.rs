@@ -62,6 +62,15 @@ impl<B: Backend> TextDecoder<B> {
         }
     }
 
+    /// burn's decoder, mutably (to change its settings), when that is what runs the model.
+    pub fn burn_mut(&mut self) -> Option<&mut Decoder<B>> {
+        match self {
+            TextDecoder::Burn(d) => Some(d),
+            #[cfg(feature = "cuda")]
+            TextDecoder::Cuda(_) => None,
+        }
+    }
+
     /// The model's configuration.
     pub fn config(&self) -> DecoderConfig {
         match self {

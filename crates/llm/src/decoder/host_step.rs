@@ -1,0 +1,336 @@
+//! The one-token decode step on the CPU without burn's per-operation dispatch: RMSNorm, the
+//! projections (q/k/v in one parallel region, gate/up in another, each from one quantized copy
+//! of its input), RoPE, attention over a host-memory KV cache and SwiGLU, in a few passes over
+//! buffers kept between steps. Used for batch-1 single positions when every projection is
+//! block-encoded ([`QMatrix`]); the cache moves between burn tensors and host memory only when
+//! the other path needs it (after a prefill, before the next prefill or a beam reorder).
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use rayon::prelude::*;
+
+use super::{Decoder, KvCache, Linear};
+use crate::kernels::Q8Act;
+use crate::matvec::{QMatrix, matvec_many};
+
+/// The step's small f32 weights (norms, biases) and RoPE tables; present only when every
+/// projection of the decoder, and its head, is block-encoded.
+pub(super) struct HostWeights {
+    pub(super) layers: Vec<HostLayer>,
+    pub(super) norm: Vec<f32>,
+    /// `[max_position, head_dim]`.
+    pub(super) cos: Vec<f32>,
+    pub(super) sin: Vec<f32>,
+}
+
+/// One layer's norms and biases in host memory.
+pub(super) struct HostLayer {
+    pub(super) attn_norm: Vec<f32>,
+    pub(super) ffn_norm: Vec<f32>,
+    pub(super) bqkv: Option<[Vec<f32>; 3]>,
+    pub(super) bo: Option<Vec<f32>>,
+}
+
+/// A sequence's KV cache in host memory (`[position][kv head][head_dim]` per layer, while
+/// `on_host`), and the step's buffers.
+#[derive(Debug, Clone, Default)]
+pub struct HostCache {
+    on_host: bool,
+    kv: Vec<(Vec<f32>, Vec<f32>)>,
+    kv_heads: usize,
+    head_dim: usize,
+    bufs: Buffers,
+}
+
+/// Activations of one step, reused from step to step.
+#[derive(Debug, Clone, Default)]
+struct Buffers {
+    h: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: Vec<f32>,
+    o: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    act: Q8Act,
+}
+
+/// The matrix a projection keeps for one-token products; every projection has one when
+/// [`HostWeights`] exist (checked at load).
+fn qm<B: Backend>(l: &Linear<B>) -> &QMatrix {
+    l.host.as_ref().expect("host weights exist only when every projection is block-encoded")
+}
+
+impl<B: Backend> KvCache<B> {
+    /// Moves the cache into host memory, if it is not there yet (batch 1).
+    fn move_to_host(&mut self, kv_heads: usize, head_dim: usize, device: &B::Device) {
+        if self.host.on_host {
+            return;
+        }
+        let rows = |t: Tensor<B, 4>| -> Vec<f32> {
+            assert_eq!(t.dims()[0], 1, "the host step runs one sequence");
+            t.swap_dims(1, 2).into_data().convert::<f32>().into_vec().expect("f32 cache")
+        };
+        self.host.kv = self.layers.iter_mut().map(|slot| slot.take().map_or((vec![], vec![]), |(k, v)| (rows(k), rows(v)))).collect();
+        (self.host.on_host, self.host.kv_heads, self.host.head_dim) = (true, kv_heads, head_dim);
+        self.device = Some(device.clone());
+    }
+
+    /// Moves the cache back into burn tensors, if it is in host memory.
+    pub(super) fn move_to_burn(&mut self) {
+        if !self.host.on_host {
+            return;
+        }
+        self.host.on_host = false;
+        let device = self.device.clone().expect("set when the cache moved to the host");
+        let shape = [1, self.len, self.host.kv_heads, self.host.head_dim];
+        let tensor = |data: Vec<f32>| Tensor::<B, 4>::from_data(TensorData::new(data, shape), &device).swap_dims(1, 2);
+        for (slot, (k, v)) in self.layers.iter_mut().zip(self.host.kv.drain(..)) {
+            *slot = (self.len > 0).then(|| (tensor(k), tensor(v)));
+        }
+    }
+}
+
+impl<B: Backend> Decoder<B> {
+    /// Runs one position's input embedding `x` (batch 1) through the layers on the host,
+    /// appending to `cache`; returns the final normalised hidden state, or gives `x` back when
+    /// this decoder has no host weights or `x` is not one position of one sequence.
+    pub(super) fn try_host_step(&self, x: Tensor<B, 3>, cache: &mut KvCache<B>) -> Result<Vec<f32>, Tensor<B, 3>> {
+        let (Some(w), [1, 1, _], true) = (&self.host, x.dims(), self.fused_step) else { return Err(x) };
+        let mut x: Vec<f32> = x.into_data().convert::<f32>().into_vec().expect("f32 activations");
+        let c = &self.config;
+        cache.move_to_host(c.num_kv_heads, c.head_dim, &self.device);
+        let pos = cache.len;
+        assert!(pos < c.max_position, "position {pos} is past the model's {} positions", c.max_position);
+        for ((layer, hl), kv) in self.layers.iter().zip(&w.layers).zip(cache.host.kv.iter_mut()) {
+            let b = &mut cache.host.bufs;
+            rms_norm(&x, &hl.attn_norm, c.rms_norm_eps, &mut b.h);
+            self.project(&b.h, &mut [(&layer.wq, &mut b.q), (&layer.wk, &mut b.k), (&layer.wv, &mut b.v)], &mut b.act);
+            if let Some(bias) = &hl.bqkv {
+                for (y, bias) in [&mut b.q, &mut b.k, &mut b.v].into_iter().zip(bias) {
+                    y.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
+                }
+            }
+            let (cos, sin) = (&w.cos[pos * c.head_dim..(pos + 1) * c.head_dim], &w.sin[pos * c.head_dim..(pos + 1) * c.head_dim]);
+            rope(&mut b.q, cos, sin);
+            rope(&mut b.k, cos, sin);
+            kv.0.extend_from_slice(&b.k);
+            kv.1.extend_from_slice(&b.v);
+            b.att.resize(c.num_heads * c.head_dim, 0.0);
+            attend(&b.q, kv, pos + 1, c.num_kv_heads, c.head_dim, &mut b.att);
+            self.project(&b.att, &mut [(&layer.wo, &mut b.o)], &mut b.act);
+            if let Some(bias) = &hl.bo {
+                b.o.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
+            }
+            x.iter_mut().zip(&b.o).for_each(|(x, o)| *x += o);
+            rms_norm(&x, &hl.ffn_norm, c.rms_norm_eps, &mut b.h);
+            self.project(&b.h, &mut [(&layer.w_gate, &mut b.gate), (&layer.w_up, &mut b.up)], &mut b.act);
+            b.gate.iter_mut().zip(&b.up).for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u);
+            self.project(&b.gate, &mut [(&layer.w_down, &mut b.o)], &mut b.act);
+            x.iter_mut().zip(&b.o).for_each(|(x, o)| *x += o);
+        }
+        cache.len += 1;
+        let mut out = vec![0f32; x.len()];
+        rms_norm(&x, &w.norm, c.rms_norm_eps, &mut out);
+        Ok(out)
+    }
+
+    /// The logits of a host step's hidden state.
+    pub(super) fn host_logits(&self, h: &[f32], cache: &mut KvCache<B>) -> Vec<f32> {
+        let mut logits = Vec::new();
+        self.project(h, &mut [(&self.lm_head, &mut logits)], &mut cache.host.bufs.act);
+        logits
+    }
+
+    /// `y = W x` for each (projection, output) pair, sized here, in one parallel region.
+    fn project(&self, x: &[f32], parts: &mut [(&Linear<B>, &mut Vec<f32>)], act: &mut Q8Act) {
+        let parts = parts
+            .iter_mut()
+            .map(|(l, y)| {
+                let m = qm(l);
+                y.resize(m.rows, 0.0);
+                (m, &mut y[..])
+            })
+            .collect();
+        matvec_many(x, parts, self.activations, act);
+    }
+}
+
+/// `out = x / rms(x) · w`, as burn's path computes it.
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut Vec<f32>) {
+    let mean = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let inv = (mean + eps).sqrt().recip();
+    out.clear();
+    out.extend(x.iter().zip(w).map(|(x, w)| x * inv * w));
+}
+
+/// Rotate-half RoPE of every head of `x` (heads of `cos.len()` values) at one position.
+fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let half = cos.len() / 2;
+    for head in x.chunks_exact_mut(cos.len()) {
+        for i in 0..half {
+            let (a, b) = (head[i], head[i + half]);
+            head[i] = a * cos[i] - b * sin[i];
+            head[i + half] = b * cos[i + half] + a * sin[i + half];
+        }
+    }
+}
+
+/// Softmax attention of every query head of `q` over the `len` cached positions of its kv head
+/// (query head `h` reads kv head `h / (heads / kv_heads)`), into `out`.
+fn attend(q: &[f32], kv: &(Vec<f32>, Vec<f32>), len: usize, kv_heads: usize, hd: usize, out: &mut [f32]) {
+    let g = q.len() / hd / kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let (keys, values) = (&kv.0, &kv.1);
+    // Short caches are not worth waking other threads for.
+    let min_heads = if len < 128 { q.len() / hd } else { 1 };
+    out.par_chunks_mut(hd).with_min_len(min_heads).enumerate().for_each(|(h, o)| {
+        let (qh, kvh) = (&q[h * hd..(h + 1) * hd], h / g);
+        let at = |t: usize| (t * kv_heads + kvh) * hd..(t * kv_heads + kvh + 1) * hd;
+        let mut p: Vec<f32> = (0..len).map(|t| dot(qh, &keys[at(t)]) * scale).collect();
+        let max = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for s in &mut p {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        o.fill(0.0);
+        for (t, &e) in p.iter().enumerate() {
+            let w = e / sum;
+            o.iter_mut().zip(&values[at(t)]).for_each(|(o, v)| *o += w * v);
+        }
+    });
+}
+
+/// A dot product in eight lanes (so that it vectorises).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    for (a, b) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        for l in 0..8 {
+            acc[l] += a[l] * b[l];
+        }
+    }
+    let tail: f32 = a.chunks_exact(8).remainder().iter().zip(b.chunks_exact(8).remainder()).map(|(a, b)| a * b).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use burn::backend::Flex;
+
+    use super::*;
+    use crate::config::{Arch, DecoderConfig};
+    use crate::matvec::Activations;
+    use crate::decoder::KeyStyle;
+    use crate::quant::{GgmlType, dequantize, quantize};
+    use crate::random_weights::RandomWeights;
+    use crate::weights::{HostTensor, RawTensor, WeightError, WeightSource};
+
+    /// Random weights whose matrices are block-encoded (Q8_0 attention and embedding, Q4_0 MLP)
+    /// and read back dequantized, so that burn's path and the host step multiply the same values.
+    struct Encoded {
+        inner: RandomWeights,
+        blocks: HashMap<String, (GgmlType, Vec<usize>, Vec<u8>)>,
+    }
+
+    impl Encoded {
+        fn new(c: &DecoderConfig) -> Self {
+            let inner = RandomWeights::for_decoder(c, 3);
+            let mut names = vec!["model.embed_tokens.weight".to_string()];
+            for l in 0..c.num_layers {
+                for p in ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"] {
+                    names.push(format!("model.layers.{l}.{p}.weight"));
+                }
+            }
+            let blocks = names
+                .into_iter()
+                .map(|n| {
+                    let t = inner.load(&n).unwrap();
+                    let ty = if n.contains("mlp") { GgmlType::Q4_0 } else { GgmlType::Q8_0 };
+                    let b = quantize(ty, &t.data).unwrap();
+                    (n, (ty, t.shape, b))
+                })
+                .collect();
+            Encoded { inner, blocks }
+        }
+    }
+
+    impl WeightSource for Encoded {
+        fn source_name(&self) -> String {
+            "block-encoded random weights".into()
+        }
+        fn contains(&self, name: &str) -> bool {
+            self.inner.contains(name)
+        }
+        fn load(&self, name: &str) -> Result<HostTensor, WeightError> {
+            match self.blocks.get(name) {
+                Some((ty, shape, b)) => Ok(HostTensor { data: dequantize(*ty, b, shape.iter().product()).unwrap(), shape: shape.clone() }),
+                None => self.inner.load(name),
+            }
+        }
+        fn raw(&self, name: &str) -> Option<RawTensor<'_>> {
+            let (ty, shape, b) = self.blocks.get(name)?;
+            Some(RawTensor { ty: *ty, rows: shape[0], cols: shape[1], bytes: b })
+        }
+    }
+
+    fn config() -> DecoderConfig {
+        DecoderConfig {
+            arch: Arch::Qwen2, vocab_size: 96, hidden_size: 64, intermediate_size: 128, num_layers: 2, num_heads: 4, num_kv_heads: 2,
+            head_dim: 16, rope_theta: 10000.0, rms_norm_eps: 1e-6, max_position: 64, qkv_bias: true, o_bias: true,
+            tie_word_embeddings: true, rope_inv_freq_f16: false,
+        }
+    }
+
+    fn values(t: Tensor<Flex, 3>) -> Vec<f32> {
+        t.into_data().convert::<f32>().into_vec().unwrap()
+    }
+
+    /// The largest difference between `got` and `want`, relative to `want`'s largest magnitude.
+    fn rel_diff(got: &[f32], want: &[f32]) -> f32 {
+        assert_eq!(got.len(), want.len());
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        got.iter().zip(want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max) / scale
+    }
+
+    #[test]
+    fn host_steps_match_burn_and_hand_the_cache_back_and_forth() {
+        let c = config();
+        let v = c.vocab_size;
+        let mut dec = Decoder::<Flex>::load(c, &Encoded::new(&config()), KeyStyle::HuggingFace, &Default::default()).unwrap();
+        assert!(dec.host.is_some(), "every projection is block-encoded");
+        let ids: Vec<u32> = (0..12).map(|i| (i * 37 % 96) as u32).collect();
+        // burn alone over the whole sequence: the logits of every position.
+        let want = values(dec.forward_ids(&ids, &mut dec.new_cache(), ids.len()));
+        let at = |p: std::ops::Range<usize>| &want[p.start * v..p.end * v];
+        for (act, tol) in [(Activations::F32, 1e-5), (Activations::Int8, 0.03)] {
+            dec.set_activations(act);
+            let mut cache = dec.new_cache();
+            dec.forward_ids(&ids[..4], &mut cache, 1); // burn's prefill
+            for p in 4..8 {
+                let got = values(dec.forward_ids(&ids[p..p + 1], &mut cache, 1)); // host steps
+                assert!(rel_diff(&got, at(p..p + 1)) <= tol, "{act:?} host step at {p}: {}", rel_diff(&got, at(p..p + 1)));
+            }
+            assert!(cache.host.on_host);
+            let got = values(dec.forward_ids(&ids[8..11], &mut cache, 3)); // burn again: the cache moves back
+            assert!(rel_diff(&got, at(8..11)) <= tol, "{act:?} prefill after host steps: {}", rel_diff(&got, at(8..11)));
+            let got = values(dec.forward_ids(&ids[11..12], &mut cache, 1));
+            assert!(rel_diff(&got, at(11..12)) <= tol, "{act:?} host step after a prefill: {}", rel_diff(&got, at(11..12)));
+            assert_eq!(cache.len(), 12);
+        }
+        // A beam reorder after host steps: two copies of the sequence step on burn's batched path.
+        dec.set_activations(Activations::F32);
+        let mut cache = dec.new_cache();
+        dec.forward_ids(&ids[..4], &mut cache, 1);
+        dec.forward_ids(&ids[4..5], &mut cache, 1);
+        cache.reorder(&[0, 0]);
+        let x = dec.embed_ids(&[ids[5], ids[5]]).reshape([2, 1, 64]);
+        let got = values(dec.forward_embeds(x, &mut cache, 1));
+        for row in got.chunks(v) {
+            assert!(rel_diff(row, at(5..6)) <= 1e-5, "beam row after a reorder: {}", rel_diff(row, at(5..6)));
+        }
+    }
+}

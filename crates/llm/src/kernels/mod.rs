@@ -1,0 +1,269 @@
+//! Integer kernels for one-token decoding on the CPU: the activation vector is quantized once
+//! per matrix to 8 bits per block of 32 ([`Q8Act`], ggml's Q8_1 with an f32 scale), and
+//! block-encoded weight rows (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K) are multiplied with it in integer
+//! arithmetic: AVX2 `maddubs`/`madd`, or 256-bit VNNI `vpdpbusd` (AVX-VNNI or AVX-512 VNNI),
+//! chosen at run time, with a portable scalar loop elsewhere. Every path computes the same
+//! integer sums per block; only the order of the f32 sums over blocks differs.
+
+mod scalar;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86;
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use crate::quant::GgmlType;
+
+/// Values per activation block.
+pub const QK8: usize = 32;
+
+/// An activation vector quantized to 8 bits per block of 32: value `i` ≈ `d[i / 32] · qs[i]`.
+#[derive(Debug, Default, Clone)]
+pub struct Q8Act {
+    /// Codes, `round(x / d)` (half away from zero), in −127..=127.
+    pub(crate) qs: Vec<i8>,
+    /// Per block: the scale, largest magnitude / 127.
+    pub(crate) d: Vec<f32>,
+    /// Per block: `d · Σ qs`, which multiplies a weight block's offset or minimum.
+    pub(crate) s: Vec<f32>,
+}
+
+/// Why a vector cannot be quantized to [`Q8Act`] blocks.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0} activation values is not a whole number of blocks of 32")]
+pub struct NotWholeBlocks(pub usize);
+
+impl Q8Act {
+    /// Quantizes `x` (a whole number of blocks of 32) into this buffer, reusing its memory.
+    pub fn quantize(&mut self, x: &[f32]) -> Result<(), NotWholeBlocks> {
+        if !x.len().is_multiple_of(QK8) {
+            return Err(NotWholeBlocks(x.len()));
+        }
+        let nb = x.len() / QK8;
+        self.qs.resize(x.len(), 0);
+        self.d.resize(nb, 0.0);
+        self.s.resize(nb, 0.0);
+        for (b, (xs, qs)) in x.chunks_exact(QK8).zip(self.qs.chunks_exact_mut(QK8)).enumerate() {
+            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            let mut sum = 0i32;
+            for (q, &v) in qs.iter_mut().zip(xs) {
+                *q = (v * id).round() as i8;
+                sum += *q as i32;
+            }
+            self.d[b] = d;
+            self.s[b] = d * sum as f32;
+        }
+        Ok(())
+    }
+
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        self.qs.len()
+    }
+
+    /// Whether it holds no values.
+    pub fn is_empty(&self) -> bool {
+        self.qs.is_empty()
+    }
+}
+
+/// Weight block types the integer kernels multiply.
+pub fn supports(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0 | GgmlType::Q4K | GgmlType::Q6K)
+}
+
+/// An instruction set the kernels are compiled for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// Portable Rust, any CPU.
+    Scalar,
+    /// AVX2 + FMA + F16C: `maddubs` and `madd`.
+    Avx2,
+    /// AVX2 with AVX-VNNI: 256-bit `vpdpbusd`.
+    AvxVnni,
+    /// AVX2 with AVX-512 VNNI and VL: 256-bit `vpdpbusd` (EVEX encoded).
+    Avx512Vnni,
+}
+
+/// Every [`Isa`], best first.
+const ALL: [Isa; 4] = [Isa::Avx512Vnni, Isa::AvxVnni, Isa::Avx2, Isa::Scalar];
+
+/// The [`Isa`] in use: an index into [`ALL`], or `u8::MAX` until first asked.
+static CHOSEN: AtomicU8 = AtomicU8::new(u8::MAX);
+
+impl Isa {
+    /// Whether this CPU can run kernels compiled for it.
+    pub fn is_available(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
+            match self {
+                Isa::Scalar => true,
+                Isa::Avx2 => avx2,
+                Isa::AvxVnni => avx2 && is_x86_feature_detected!("avxvnni"),
+                Isa::Avx512Vnni => avx2 && is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl"),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == Isa::Scalar
+        }
+    }
+
+    /// The instruction sets this CPU can run, best first.
+    pub fn available() -> Vec<Isa> {
+        ALL.into_iter().filter(|i| i.is_available()).collect()
+    }
+
+    /// The one the kernels use: the best available unless [`Isa::select`] chose another.
+    pub fn current() -> Isa {
+        let i = CHOSEN.load(Ordering::Relaxed);
+        if let Some(&isa) = ALL.get(i as usize) {
+            return isa;
+        }
+        let best = Isa::available()[0];
+        CHOSEN.store(ALL.iter().position(|&i| i == best).unwrap_or(ALL.len() - 1) as u8, Ordering::Relaxed);
+        best
+    }
+
+    /// Makes the kernels use `self` from now on (to measure a lesser instruction set on a CPU
+    /// that has a better one); refused when this CPU cannot run it.
+    pub fn select(self) -> Result<(), IsaUnavailable> {
+        if !self.is_available() {
+            return Err(IsaUnavailable(self));
+        }
+        let i = ALL.iter().position(|&i| i == self).unwrap_or(ALL.len() - 1);
+        CHOSEN.store(i as u8, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// [`Isa::select`] of an instruction set this CPU lacks.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("this CPU cannot run the {0:?} kernels")]
+pub struct IsaUnavailable(pub Isa);
+
+/// `y[r]` = (row `r` of `rows`) · (the vector `act` holds), for `y.len()` consecutive rows of
+/// `ty` blocks covering `act.len()` columns, computed with `isa`'s kernels.
+///
+/// Panics (before reading anything) when the type is not [`supports`]ed, `isa` is not available,
+/// or the lengths disagree: callers size these from one matrix, so a mismatch is a bug.
+pub fn dot_rows(isa: Isa, ty: GgmlType, rows: &[u8], act: &Q8Act, y: &mut [f32]) {
+    let cols = act.qs.len();
+    assert!(supports(ty), "no integer kernel for {ty:?}");
+    assert!(isa.is_available(), "{isa:?} kernels on a CPU without them");
+    assert!(cols.is_multiple_of(ty.block_size()), "{cols} columns is not a whole number of {ty:?} blocks");
+    assert!(act.d.len() * QK8 == cols && act.s.len() * QK8 == cols, "activation scales for {} of {cols} values", act.d.len() * QK8);
+    let rb = cols / ty.block_size() * ty.block_bytes();
+    assert_eq!(rows.len(), y.len() * rb, "{} bytes for {} rows of {rb}", rows.len(), y.len());
+    if rb == 0 {
+        y.fill(0.0);
+        return;
+    }
+    match isa {
+        Isa::Scalar => scalar::dot_rows(ty, rows, rb, act, y),
+        // SAFETY: the CPU has `isa` (checked above), and the lengths of `rows`, `act` and `y`
+        // agree with `ty` and `cols` (checked above), which is all the kernels rely on.
+        #[cfg(target_arch = "x86_64")]
+        _ => unsafe { x86::dot_rows(isa, ty, rows, rb, act, y) },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => unreachable!("only the scalar kernels exist off x86-64"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+    use crate::quant::dequantize;
+
+    /// Random blocks of `ty` with every code pattern possible and finite f16 scales of either sign.
+    fn random_blocks(ty: GgmlType, n_blocks: usize, rng: &mut ChaCha8Rng) -> Vec<u8> {
+        let bb = ty.block_bytes();
+        let mut v: Vec<u8> = (0..n_blocks * bb).map(|_| rng.random()).collect();
+        let f16_fields: &[usize] = match ty {
+            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0],
+            GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4K => &[0, 2],
+            GgmlType::Q6K => &[208],
+            _ => unreachable!("not a kernel type"),
+        };
+        for b in 0..n_blocks {
+            for &o in f16_fields {
+                let s = half::f16::from_f32(rng.random_range(-0.05f32..0.05)).to_le_bytes();
+                v[b * bb + o..b * bb + o + 2].copy_from_slice(&s);
+            }
+        }
+        v
+    }
+
+    /// The dot products computed plainly: dequantized weights times dequantized activations, in
+    /// f64; with each the sum of its terms' magnitudes (what f32 rounding scales with).
+    fn reference(ty: GgmlType, rows: &[u8], n_rows: usize, act: &Q8Act) -> Vec<(f64, f64)> {
+        let cols = act.len();
+        let w = dequantize(ty, rows, n_rows * cols).unwrap();
+        let x: Vec<f64> = act.qs.iter().enumerate().map(|(i, &q)| act.d[i / QK8] as f64 * q as f64).collect();
+        let terms = |r: &[f32]| r.iter().zip(&x).map(|(&w, x)| w as f64 * x).collect::<Vec<f64>>();
+        w.chunks_exact(cols).map(|r| (terms(r).iter().sum(), terms(r).iter().map(|t| t.abs()).sum())).collect()
+    }
+
+    #[test]
+    fn every_instruction_set_matches_the_plain_product_for_every_type() {
+        let mut rng = ChaCha8Rng::seed_from_u64(15);
+        let (n_rows, cols) = (11, 512); // 11 rows: groups of four and a remainder
+        let x: Vec<f32> = (0..cols).map(|_| rng.random_range(-3f32..3.0)).collect();
+        let mut act = Q8Act::default();
+        act.quantize(&x).unwrap();
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K] {
+            let rows = random_blocks(ty, n_rows * cols / ty.block_size(), &mut rng);
+            let want = reference(ty, &rows, n_rows, &act);
+            for isa in Isa::available() {
+                let mut y = vec![f32::NAN; n_rows];
+                dot_rows(isa, ty, &rows, &act, &mut y);
+                for (r, (&got, &(want, magnitude))) in y.iter().zip(&want).enumerate() {
+                    // f32 rounding of the scales and of ≤ 16 sums a lane: far below one block's share.
+                    let tol = 1e-5 * magnitude;
+                    assert!((got as f64 - want).abs() <= tol, "{isa:?} {ty:?} row {r}: {got} vs {want}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn quantized_activations_round_to_the_nearest_code() {
+        let mut x = vec![0f32; 64];
+        x[0] = -127.0; // scale 1
+        x[1] = 50.4;
+        x[2] = 0.5; // half away from zero: 1
+        x[3] = -0.5;
+        let mut act = Q8Act::default();
+        act.quantize(&x).unwrap();
+        assert_eq!(act.d, vec![1.0, 0.0], "an all-zero block has scale 0");
+        assert_eq!(&act.qs[..4], &[-127, 50, 1, -1]);
+        assert!(act.qs[32..].iter().all(|&q| q == 0));
+        assert_eq!(act.s, vec![-77.0, 0.0]);
+        assert_eq!(act.quantize(&x[..40]), Err(NotWholeBlocks(40)));
+    }
+
+    #[test]
+    fn mismatched_lengths_panic_before_reading() {
+        let mut act = Q8Act::default();
+        act.quantize(&[1.0; 64]).unwrap();
+        let short = vec![0u8; 2 * 18 - 1];
+        let r = std::panic::catch_unwind(|| dot_rows(Isa::current(), GgmlType::Q4_0, &short, &act, &mut [0f32; 1]));
+        assert!(r.is_err(), "a row of {} bytes for 64 Q4_0 values was read", short.len());
+        let r = std::panic::catch_unwind(|| dot_rows(Isa::current(), GgmlType::F16, &[0u8; 128], &act, &mut [0f32; 1]));
+        assert!(r.is_err(), "an F16 row went to an integer kernel");
+    }
+
+    #[test]
+    fn an_unavailable_instruction_set_is_refused() {
+        for isa in ALL.into_iter().filter(|i| !i.is_available()) {
+            assert_eq!(isa.select(), Err(IsaUnavailable(isa)));
+        }
+        Isa::available()[0].select().unwrap();
+        assert_eq!(Isa::current(), Isa::available()[0]);
+    }
+}

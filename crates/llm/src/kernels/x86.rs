@@ -1,0 +1,275 @@
+//! The kernels of [`super::scalar`] in AVX2 and 256-bit VNNI. A block of 32 weight codes (as
+//! unsigned bytes, or made unsigned with the sign trick: |w| · sign(x, w)) meets the 32
+//! activation codes in one `Dot::dot` (eight i32 lanes, each the sum of four byte products),
+//! then one f32 multiply-add by the block's two scales into a lane accumulator. Four rows share
+//! each activation load; the rows of a call that are not a multiple of four go one at a time.
+
+use std::arch::x86_64::*;
+
+use super::{Isa, Q8Act, QK8};
+use crate::quant::{GgmlType, scale_min_k4};
+
+/// Eight i32 lanes, lane `k` = `Σ u[4k + i] · s[4k + i]` for `i < 4`, `u` unsigned, `s` signed.
+trait Dot {
+    /// The product; `u` ≤ 128 where `Σ` of two neighbouring products could pass ±32767.
+    unsafe fn dot(u: __m256i, s: __m256i) -> __m256i;
+}
+
+/// `maddubs` (u8 × i8 → pairs summed to i16), then `madd` by ones (pairs summed to i32).
+struct Avx2;
+/// AVX-VNNI's `vpdpbusd`.
+struct AvxVnni;
+/// AVX-512 VNNI's `vpdpbusd` on 256-bit registers (AVX-512 VL).
+struct Avx512Vnni;
+
+impl Dot for Avx2 {
+    #[inline(always)]
+    unsafe fn dot(u: __m256i, s: __m256i) -> __m256i {
+        unsafe { _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)) }
+    }
+}
+
+impl Dot for AvxVnni {
+    #[inline(always)]
+    unsafe fn dot(u: __m256i, s: __m256i) -> __m256i {
+        unsafe { _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s) }
+    }
+}
+
+impl Dot for Avx512Vnni {
+    #[inline(always)]
+    unsafe fn dot(u: __m256i, s: __m256i) -> __m256i {
+        unsafe { _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s) }
+    }
+}
+
+/// See [`super::dot_rows`].
+///
+/// # Safety
+/// The CPU must have `isa`; `rows` is `y.len()` rows of `rb` bytes, each the blocks of `ty` for
+/// `act.len()` values, and `act` has a scale and a sum per block of 32 (the caller checks all this).
+pub(super) unsafe fn dot_rows(isa: Isa, ty: GgmlType, rows: &[u8], rb: usize, act: &Q8Act, y: &mut [f32]) {
+    unsafe {
+        match isa {
+            Isa::Avx2 => rows_avx2(ty, rows, rb, act, y),
+            Isa::AvxVnni => rows_avxvnni(ty, rows, rb, act, y),
+            Isa::Avx512Vnni => rows_avx512vnni(ty, rows, rb, act, y),
+            Isa::Scalar => unreachable!("the scalar kernels are not here"),
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_avx2(ty: GgmlType, rows: &[u8], rb: usize, act: &Q8Act, y: &mut [f32]) {
+    unsafe { by_type::<Avx2>(ty, rows, rb, act, y) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+unsafe fn rows_avxvnni(ty: GgmlType, rows: &[u8], rb: usize, act: &Q8Act, y: &mut [f32]) {
+    unsafe { by_type::<AvxVnni>(ty, rows, rb, act, y) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+unsafe fn rows_avx512vnni(ty: GgmlType, rows: &[u8], rb: usize, act: &Q8Act, y: &mut [f32]) {
+    unsafe { by_type::<Avx512Vnni>(ty, rows, rb, act, y) }
+}
+
+/// Runs `$call` (which names `$p`, the row pointers, and `$r`, their count) on groups of four
+/// rows, then on the remaining rows one at a time.
+macro_rules! by_groups {
+    ($rows:expr, $rb:expr, $y:expr, |$p:ident, $r:ident| $call:expr) => {{
+        let (base, rb, y) = ($rows.as_ptr(), $rb, $y);
+        let mut i = 0;
+        while i + 4 <= y.len() {
+            const $r: usize = 4;
+            let $p = [0, 1, 2, 3].map(|k| base.wrapping_add((i + k) * rb));
+            y[i..i + 4].copy_from_slice(&$call);
+            i += 4;
+        }
+        while i < y.len() {
+            const $r: usize = 1;
+            let $p = [base.wrapping_add(i * rb)];
+            y[i] = $call[0];
+            i += 1;
+        }
+    }};
+}
+
+#[inline(always)]
+unsafe fn by_type<D: Dot>(ty: GgmlType, rows: &[u8], rb: usize, act: &Q8Act, y: &mut [f32]) {
+    let nb = act.qs.len() / QK8;
+    unsafe {
+        match ty {
+            GgmlType::Q4_0 => by_groups!(rows, rb, y, |p, R| q4_5::<D, false, false, R>(p, act, nb)),
+            GgmlType::Q4_1 => by_groups!(rows, rb, y, |p, R| q4_5::<D, true, false, R>(p, act, nb)),
+            GgmlType::Q5_0 => by_groups!(rows, rb, y, |p, R| q4_5::<D, false, true, R>(p, act, nb)),
+            GgmlType::Q5_1 => by_groups!(rows, rb, y, |p, R| q4_5::<D, true, true, R>(p, act, nb)),
+            GgmlType::Q8_0 => by_groups!(rows, rb, y, |p, R| q8_0::<D, R>(p, act, nb)),
+            GgmlType::Q4K => by_groups!(rows, rb, y, |p, R| q4k::<D, R>(p, act, nb / 8)),
+            GgmlType::Q6K => by_groups!(rows, rb, y, |p, R| q6k::<D, R>(p, act, nb / 8)),
+            _ => unreachable!("checked by the caller"),
+        }
+    }
+}
+
+/// The little-endian f16 at `p`, as f32.
+#[inline(always)]
+pub(crate) unsafe fn f16_at(p: *const u8) -> f32 {
+    unsafe { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128((p as *const u16).read_unaligned() as i32))) }
+}
+
+/// The sum of the eight lanes.
+#[inline(always)]
+pub(crate) unsafe fn hsum(v: __m256) -> f32 {
+    unsafe {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+}
+
+#[inline(always)]
+unsafe fn load(p: *const i8) -> __m256i {
+    unsafe { _mm256_loadu_si256(p as *const __m256i) }
+}
+
+/// Each row's lane sums plus its scalar offset.
+#[inline(always)]
+unsafe fn finish<const R: usize>(acc: [__m256; R], off: [f32; R]) -> [f32; R] {
+    let mut out = off;
+    for (o, a) in out.iter_mut().zip(acc) {
+        *o += unsafe { hsum(a) };
+    }
+    out
+}
+
+/// 0xFF in byte `j` where bit `j` of `bits` is set, 0 elsewhere.
+#[inline(always)]
+unsafe fn bytes_from_bits(bits: u32) -> __m256i {
+    unsafe {
+        // Byte j gets byte j / 8 of `bits`, then all its bits but bit j % 8 are set.
+        let spread = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+        let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(bits as i32), spread);
+        let others = _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe);
+        _mm256_cmpeq_epi8(_mm256_or_si256(bytes, others), _mm256_set1_epi8(-1))
+    }
+}
+
+/// Q4_0 (value (q − 8)·d), Q4_1 (value q·d + m, `MIN`), Q5_0 (value (q − 16)·d, `FIVE`: a
+/// fifth bit per value from 32 bits `qh`) and Q5_1 (both): the codes are unsigned; the offset
+/// or minimum times the activation block's sum is added apart.
+#[inline(always)]
+unsafe fn q4_5<D: Dot, const MIN: bool, const FIVE: bool, const R: usize>(p: [*const u8; R], act: &Q8Act, nb: usize) -> [f32; R] {
+    let qho = if MIN { 4 } else { 2 };
+    let qo = if FIVE { qho + 4 } else { qho };
+    let (bb, offset) = (qo + 16, if FIVE { -16.0 } else { -8.0 });
+    unsafe {
+        let (mask, fifth) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x10));
+        let (mut acc, mut off) = ([_mm256_setzero_ps(); R], [0f32; R]);
+        for b in 0..nb {
+            let x = load(act.qs.as_ptr().add(b * QK8));
+            let (dx, sx) = (*act.d.get_unchecked(b), *act.s.get_unchecked(b));
+            for ((row, acc), off) in p.iter().zip(&mut acc).zip(&mut off) {
+                let blk = row.add(b * bb);
+                let q = _mm_loadu_si128(blk.add(qo) as *const __m128i);
+                let mut w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), mask);
+                if FIVE {
+                    let high = bytes_from_bits((blk.add(qho) as *const u32).read_unaligned());
+                    w = _mm256_or_si256(w, _mm256_and_si256(high, fifth));
+                }
+                let d = f16_at(blk);
+                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(D::dot(w, x)), _mm256_set1_ps(d * dx), *acc);
+                *off += if MIN { f16_at(blk.add(2)) } else { offset * d } * sx;
+            }
+        }
+        finish(acc, off)
+    }
+}
+
+/// Q8_0: signed codes times signed activations, as |w| · sign(x, w).
+#[inline(always)]
+unsafe fn q8_0<D: Dot, const R: usize>(p: [*const u8; R], act: &Q8Act, nb: usize) -> [f32; R] {
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); R];
+        for b in 0..nb {
+            let x = load(act.qs.as_ptr().add(b * QK8));
+            let dx = *act.d.get_unchecked(b);
+            for (row, acc) in p.iter().zip(&mut acc) {
+                let blk = row.add(b * 34);
+                let w = load(blk.add(2) as *const i8);
+                let prod = D::dot(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w));
+                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(prod), _mm256_set1_ps(f16_at(blk) * dx), *acc);
+            }
+        }
+        finish(acc, [0.0; R])
+    }
+}
+
+/// Q4_K: per super-block of 256, eight sub-blocks of 32 with 6-bit scales and minimums; chunk
+/// `c` of 32 bytes holds sub-block 2c in its low nibbles and 2c + 1 in its high ones.
+#[inline(always)]
+unsafe fn q4k<D: Dot, const R: usize>(p: [*const u8; R], act: &Q8Act, nsb: usize) -> [f32; R] {
+    unsafe {
+        let mask = _mm256_set1_epi8(0x0F);
+        let (mut acc, mut off) = ([_mm256_setzero_ps(); R], [0f32; R]);
+        for sb in 0..nsb {
+            for ((row, acc), off) in p.iter().zip(&mut acc).zip(&mut off) {
+                let blk = row.add(sb * 144);
+                let (d, dmin) = (f16_at(blk), f16_at(blk.add(2)));
+                let scales = std::slice::from_raw_parts(blk.add(4), 12);
+                let mut mins = 0f32;
+                for c in 0..4 {
+                    let q = load(blk.add(16 + 32 * c) as *const i8);
+                    let a = 8 * sb + 2 * c;
+                    for (half, w) in [_mm256_and_si256(q, mask), _mm256_and_si256(_mm256_srli_epi16(q, 4), mask)].into_iter().enumerate() {
+                        let (sc, m) = scale_min_k4(2 * c + half, scales);
+                        let x = load(act.qs.as_ptr().add((a + half) * QK8));
+                        let scale = _mm256_set1_ps(d * sc as f32 * *act.d.get_unchecked(a + half));
+                        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(D::dot(w, x)), scale, *acc);
+                        mins += m as f32 * *act.s.get_unchecked(a + half);
+                    }
+                }
+                *off -= dmin * mins;
+            }
+        }
+        finish(acc, off)
+    }
+}
+
+/// Q6_K: per super-block, two halves of four groups of 32 six-bit codes (low nibbles in `ql`,
+/// two high bits in `qh`), each group two sub-blocks of 16 with their own signed scale, applied
+/// per lane (lanes 0–3 hold values 0–15).
+#[inline(always)]
+unsafe fn q6k<D: Dot, const R: usize>(p: [*const u8; R], act: &Q8Act, nsb: usize) -> [f32; R] {
+    unsafe {
+        let (mask, m30, m32) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x30), _mm256_set1_epi8(32));
+        let mut acc = [_mm256_setzero_ps(); R];
+        for sb in 0..nsb {
+            for h in 0..2 {
+                for (row, acc) in p.iter().zip(&mut acc) {
+                    let blk = row.add(sb * 210);
+                    let (ql, qh, sc) = (blk.add(64 * h), blk.add(128 + 32 * h), blk.add(192 + 8 * h) as *const i8);
+                    let d = f16_at(blk.add(208));
+                    let (ql0, ql1, qh) = (load(ql as *const i8), load(ql.add(32) as *const i8), load(qh as *const i8));
+                    let codes = [
+                        _mm256_or_si256(_mm256_and_si256(ql0, mask), _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(3)), 4)),
+                        _mm256_or_si256(_mm256_and_si256(ql1, mask), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30)),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), mask), _mm256_and_si256(qh, m30)),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), mask), _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30)),
+                    ];
+                    for (k, q) in codes.into_iter().enumerate() {
+                        let a = 8 * sb + 4 * h + k;
+                        let w = _mm256_sub_epi8(q, m32);
+                        let x = load(act.qs.as_ptr().add(a * QK8));
+                        let prod = D::dot(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w));
+                        let f = d * *act.d.get_unchecked(a);
+                        let scale = _mm256_set_m128(_mm_set1_ps(f * *sc.add(2 * k + 1) as f32), _mm_set1_ps(f * *sc.add(2 * k) as f32));
+                        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(prod), scale, *acc);
+                    }
+                }
+            }
+        }
+        finish(acc, [0.0; R])
+    }
+}
