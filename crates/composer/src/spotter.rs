@@ -254,6 +254,9 @@ impl ImageSpotter for LlmSpotter {
         if paragraphs.is_empty() {
             return Ok(Spots { after: vec![], provenance: Provenance::new(Source::Fallback, "no paragraphs") });
         }
+        if count == Some(0) {
+            return Ok(Spots { after: vec![], provenance: Provenance::new(Source::User, "no images asked: the model was not asked") });
+        }
         // A model that takes a grammar is asked for a number of images (the caller's, else about
         // one per 2–3 paragraphs) and can answer only with that many valid markers; another is
         // asked as the original asks and its answer parsed.

@@ -118,6 +118,11 @@ fn the_spotter_asks_for_one_image_per_two_to_three_paragraphs_under_a_grammar() 
     assert_eq!(s.provenance.by, Source::Fallback);
     assert!(s.provenance.detail.starts_with("unconstrained (the model takes no grammar)"), "{}", s.provenance.detail);
     assert!(!model.seen.lock().unwrap()[0].0.contains("choose 3"));
+    // No image asked: the model is not asked either (the script has no answer to give).
+    let model = Scripted::new(&[], true);
+    let s = LlmSpotter::new(model.clone(), Arc::new(Prompts::default())).spot(&paragraphs, Some(0), Language::En).unwrap();
+    assert!(s.after.is_empty() && model.seen.lock().unwrap().is_empty());
+    assert_eq!((s.provenance.by, s.provenance.detail.as_str()), (Source::User, "no images asked: the model was not asked"));
 }
 
 #[test]
