@@ -37,13 +37,17 @@ fn temp(tag: &str) -> PathBuf {
     d
 }
 
-/// A jobs file of `n` short articles, ids `{prefix}00`, `{prefix}01`, … (seeds repeat every 10:
-/// the default writer gives no paragraph for "snow" with seed 29 and 32 tokens, a writer
-/// matter this test is not about).
+/// The writer of every run here: one shot with the default model, a few tokens per job (the
+/// queue and the store are under test, not the writing; the structured writer spends at least
+/// 90 tokens on each section).
+const WRITER: [&str; 2] = ["--writer", "oneshot"];
+
+/// A jobs file of `n` short articles, ids `{prefix}00`, `{prefix}01`, … (seeds repeat every 10,
+/// so that every job is one of 10 articles known to have a paragraph).
 fn jobs_file(dir: &Path, prefix: &str, n: usize, images: usize) -> PathBuf {
     let topics = ["owls", "coffee", "trains", "bread", "rivers", "bees", "kites", "tea", "maps", "snow"];
     let lines: Vec<String> = (0..n)
-        .map(|i| serde_json::json!({"id": format!("{prefix}{i:02}"), "instruction": format!("Write one paragraph about {}.", topics[i % topics.len()]), "max_new_tokens": 32, "max_paragraphs": 1, "images": images, "seed": i % 10}).to_string())
+        .map(|i| serde_json::json!({"id": format!("{prefix}{i:02}"), "instruction": format!("Write one paragraph about {}.", topics[i % topics.len()]), "max_new_tokens": 16, "max_paragraphs": 1, "images": images, "seed": i % 10}).to_string())
         .collect();
     let path = dir.join(format!("{prefix}.jsonl"));
     std::fs::write(&path, lines.join("\n") + "\n").unwrap();
@@ -151,10 +155,17 @@ struct Worker {
 }
 
 impl Worker {
+    /// A worker storing into the folder `out` (given as `--out`).
     fn start(redis: &Redis, out: &Path, name: &str, extra: &[&str]) -> Self {
+        Self::start_storing(redis, &["--out".as_ref(), out.as_os_str()], name, extra)
+    }
+
+    /// A worker given its store as `store` (`--out DIR` or `--store URL`).
+    fn start_storing(redis: &Redis, store: &[&std::ffi::OsStr], name: &str, extra: &[&str]) -> Self {
         let mut child = xcomposer()
-            .args(["worker", "--redis", &redis.url(), "--name", name, "--visibility-timeout", "3", "--max-tries", "2", "--out"])
-            .arg(out)
+            .args(["worker", "--redis", &redis.url(), "--name", name, "--visibility-timeout", "3", "--max-tries", "2"])
+            .args(WRITER)
+            .args(store)
             .args(extra)
             .stderr(Stdio::piped())
             .spawn()
@@ -206,7 +217,10 @@ fn three_workers_compose_thirty_jobs_each_exactly_once() {
     let (jobs, out) = (jobs_file(&dir, "t", 30, 0), dir.join("out"));
     redis.submit(&jobs);
     assert_eq!(redis.status()["pending"], 30);
-    let workers: Vec<Worker> = (0..3).map(|i| Worker::start(&redis, &out, &format!("w{i}"), &["--until-empty"])).collect();
+    // The third worker names the same folder as a file:// URL.
+    let url = format!("file://{}", out.display());
+    let mut workers: Vec<Worker> = (0..2).map(|i| Worker::start(&redis, &out, &format!("w{i}"), &["--until-empty"])).collect();
+    workers.push(Worker::start_storing(&redis, &["--store".as_ref(), url.as_ref()], "w2", &["--until-empty"]));
     let logs: Vec<String> = workers.into_iter().map(Worker::finish).collect();
     let mut ids = stored(&logs);
     assert_eq!(ids.len(), 30, "{logs:#?}");
@@ -225,6 +239,18 @@ fn three_workers_compose_thirty_jobs_each_exactly_once() {
 }
 
 #[test]
+fn a_store_url_of_another_scheme_is_refused_naming_the_flag_and_what_is_supported() {
+    // Refused before any connection: no Redis listens on port 1.
+    let out = xcomposer().args(["worker", "--redis", "redis://127.0.0.1:1", "--store", "s3://bucket/articles"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--store s3://bucket/articles: the s3:// scheme is not supported; use file:///path or a folder path"), "{err}");
+    let out = xcomposer().args(["worker", "--redis", "redis://127.0.0.1:1", "--store", "file:///x", "--out", "y"]).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("cannot be used with"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
 fn a_killed_workers_job_is_taken_over_and_a_poisoned_job_ends_dead() {
     let _one = serial();
     models();
@@ -233,13 +259,13 @@ fn a_killed_workers_job_is_taken_over_and_a_poisoned_job_ends_dead() {
     let out = dir.join("out");
     let jobs = dir.join("jobs.jsonl");
     // A longer job first (the killed worker takes it), then one that fails on every try.
-    let long = serde_json::json!({"id": "long", "instruction": "Write one paragraph about lighthouses.", "max_new_tokens": 120, "images": 1, "seed": 3});
+    let long = serde_json::json!({"id": "long", "instruction": "Write one paragraph about lighthouses.", "max_new_tokens": 64, "images": 1, "seed": 3});
     let poison = serde_json::json!({"id": "poison", "instruction": "Write one paragraph about owls.", "max_new_tokens": 8, "candidates": 0});
     std::fs::write(&jobs, format!("{long}\n{poison}\n")).unwrap();
     redis.submit(&jobs);
     let mut a = Worker::start(&redis, &out, "doomed", &[]);
     a.wait_for("composing long");
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(300));
     a.child.kill().unwrap();
     a.child.wait().unwrap();
     assert!(!out.join("long").exists());
@@ -298,7 +324,7 @@ fn batch_interrupted_and_resumed_gives_the_uninterrupted_runs_articles() {
     let ids: Vec<String> = (0..6).map(|i| format!("b{i:02}")).collect();
     let batch = |out: &Path| {
         let mut c = xcomposer();
-        c.args(["batch", "--workers", "2", "--out"]).arg(out).arg(&jobs);
+        c.args(["batch", "--workers", "2"]).args(WRITER).arg("--out").arg(out).arg(&jobs);
         c
     };
     let whole = dir.join("whole");

@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 use xcomposer_composer::{Composer, Language};
 use xcomposer_jobs::results::now_ms;
-use xcomposer_jobs::{Committed, FolderStore, JobResult, JobSpec, JobStatus, ResultsLog};
+use xcomposer_jobs::{ArticleStore, Committed, FolderStore, JobResult, JobSpec, JobStatus, ResultsLog};
 
 use crate::compose::{ComposeArgs, PipelineOptions, build_composer, compose_to};
 use crate::interrupt::Interrupt;
@@ -133,11 +133,11 @@ pub(crate) type CheckedJob = (JobSpec, ComposeArgs);
 
 /// The jobs of this run (those not stored yet, and not failed unless `retry_failed`), with the
 /// counts of those already done and failed before.
-fn pending_jobs(all: Vec<CheckedJob>, store: &FolderStore, log: &ResultsLog, retry_failed: bool) -> Result<(Vec<CheckedJob>, usize, usize)> {
+fn pending_jobs(all: Vec<CheckedJob>, store: &dyn ArticleStore, log: &ResultsLog, retry_failed: bool) -> Result<(Vec<CheckedJob>, usize, usize)> {
     let previous = log.read(&mut |m| eprintln!("[batch] {m}"))?;
     let (mut todo, mut done, mut failed) = (vec![], 0, 0);
     for (job, args) in all {
-        if store.is_stored(&job.id) {
+        if store.is_stored(&job.id)? {
             if previous.get(&job.id).is_none_or(|r| r.status != JobStatus::Done) {
                 // Stored, but the process stopped before its line was written.
                 log.append(&done_result(store, &job.id, None, 0.0, "batch")?)?;
@@ -154,7 +154,7 @@ fn pending_jobs(all: Vec<CheckedJob>, store: &FolderStore, log: &ResultsLog, ret
 }
 
 /// The result of a stored article.
-pub(crate) fn done_result(store: &FolderStore, id: &str, title: Option<String>, seconds: f64, worker: &str) -> Result<JobResult> {
+pub(crate) fn done_result(store: &dyn ArticleStore, id: &str, title: Option<String>, seconds: f64, worker: &str) -> Result<JobResult> {
     Ok(JobResult { id: id.into(), status: JobStatus::Done, paths: store.files(id)?, title, error: None, seconds, waited_seconds: None, tries: 1, worker: worker.into(), finished_ms: now_ms() })
 }
 
@@ -170,7 +170,7 @@ pub(crate) enum Outcome {
 
 /// Composes one job into a temporary folder and moves it into place; a failed or stopped try
 /// leaves nothing behind.
-pub(crate) fn run_job(composer: &Composer, job: &JobSpec, args: &ComposeArgs, pipeline: &PipelineOptions, store: &FolderStore, worker: &str, stop: &(dyn Fn() -> bool + Sync)) -> Result<Outcome> {
+pub(crate) fn run_job(composer: &Composer, job: &JobSpec, args: &ComposeArgs, pipeline: &PipelineOptions, store: &dyn ArticleStore, worker: &str, stop: &(dyn Fn() -> bool + Sync)) -> Result<Outcome> {
     let tmp = store.begin(&job.id, worker)?;
     let composed = compose_to(composer, args, &pipeline.format, &tmp, true, &mut |_| if stop() { std::ops::ControlFlow::Break(()) } else { std::ops::ControlFlow::Continue(()) });
     match composed {
@@ -220,7 +220,7 @@ struct Counts {
 }
 
 /// Runs the jobs on `--workers` threads, each taking the next job, with the progress bar.
-fn run_all(todo: &[CheckedJob], composer: &Composer, args: &BatchArgs, store: &FolderStore, log: &ResultsLog, interrupt: &Interrupt) -> Result<Counts> {
+fn run_all(todo: &[CheckedJob], composer: &Composer, args: &BatchArgs, store: &dyn ArticleStore, log: &ResultsLog, interrupt: &Interrupt) -> Result<Counts> {
     let bar = ProgressBar::new(todo.len() as u64);
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} jobs, {msg}, {per_sec}, ETA {eta}").map_err(|e| anyhow!("{e}"))?);
     bar.set_message("0 failed");

@@ -8,11 +8,11 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Result, anyhow, bail};
 use xcomposer_composer::{Composer, Language};
 use xcomposer_jobs::queue::{Delivery, Queue};
 use xcomposer_jobs::results::now_ms;
-use xcomposer_jobs::{FolderStore, JobError, JobResult, JobStatus, ResultsLog};
+use xcomposer_jobs::{ArticleStore, FolderStore, JobError, JobResult, JobStatus, ResultsLog};
 
 use crate::batch::{Outcome, done_result, job_args, run_job};
 use crate::compose::{PipelineOptions, build_composer};
@@ -29,6 +29,11 @@ pub struct WorkerArgs {
     /// OUT/results.jsonl.
     #[arg(long, default_value = "articles")]
     pub out: PathBuf,
+    /// Where articles go, as a URL instead of --out: file:///path or a plain folder path. Other
+    /// schemes (s3://, …) are refused: the README's "Many articles" says how an object store
+    /// would plug in.
+    #[arg(long, value_name = "URL", conflicts_with = "out")]
+    pub store: Option<String>,
     /// Seconds a job may go without word from its worker before another worker takes it over.
     #[arg(long, default_value_t = 60)]
     pub visibility_timeout: u64,
@@ -58,7 +63,7 @@ struct Worker<'a> {
     name: String,
     args: &'a WorkerArgs,
     composer: Composer,
-    store: FolderStore,
+    store: Box<dyn ArticleStore>,
     log: ResultsLog,
     interrupt: Interrupt,
     /// The entry being composed, kept alive by the heartbeat thread.
@@ -77,11 +82,15 @@ pub fn run(args: WorkerArgs) -> Result<()> {
     if let Some(p) = &args.pipeline.prompts {
         bail!("--prompts {}: a worker takes jobs in any language, and a prompt file replaces one language's prompts; use `batch` for it", p.display());
     }
+    let out = match &args.store {
+        Some(url) => xcomposer_jobs::store::folder_of_url(url).map_err(|e| anyhow!("--store {e}"))?,
+        None => args.out.clone(),
+    };
     let mut queue = args.at.connect()?;
-    let store = FolderStore::open(&args.out)?;
+    let store: Box<dyn ArticleStore> = Box::new(FolderStore::open(&out)?);
     let interrupt = Interrupt::install("stopping after the job in flight")?;
     let composer = build_composer(&args.pipeline, Language::En)?;
-    let w = Worker { name, args: &args, composer, store, log: ResultsLog::in_dir(&args.out), interrupt, current: Mutex::new(None) };
+    let w = Worker { name, args: &args, composer, store, log: ResultsLog::in_dir(&out), interrupt, current: Mutex::new(None) };
     eprintln!("[worker {}] waiting for jobs on {}", w.name, queue.key("jobs"));
     let stopped = AtomicBool::new(false);
     std::thread::scope(|s| {
@@ -136,9 +145,9 @@ impl Worker<'_> {
             // Its earlier worker stopped answering: its temporary folder is dead too.
             self.store.clear_partials(Some(&id))?;
         }
-        if self.store.is_stored(&id) {
+        if self.store.is_stored(&id)? {
             // Stored by a worker that stopped before acknowledging.
-            let r = done_result(&self.store, &id, None, 0.0, &self.name)?;
+            let r = done_result(self.store.as_ref(), &id, None, 0.0, &self.name)?;
             return self.with_redis(q, |q| q.finish(&d, &r));
         }
         if d.tries > self.args.max_tries {
@@ -154,12 +163,12 @@ impl Worker<'_> {
         };
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(d.entry.clone());
         let t = Instant::now();
-        let outcome = run_job(&self.composer, &d.job, &args, &self.args.pipeline, &self.store, &self.name, &|| false);
+        let outcome = run_job(&self.composer, &d.job, &args, &self.args.pipeline, self.store.as_ref(), &self.name, &|| false);
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let seconds = t.elapsed().as_secs_f64();
         match outcome? {
             Outcome::Stored { title, committed } => {
-                let mut r = done_result(&self.store, &id, Some(title), seconds, &self.name)?;
+                let mut r = done_result(self.store.as_ref(), &id, Some(title), seconds, &self.name)?;
                 (r.tries, r.waited_seconds) = (d.tries, Some(started.saturating_sub(d.submitted_ms) as f64 / 1000.0));
                 self.with_redis(q, |q| q.finish(&d, &r))?;
                 self.log.append(&r)?;

@@ -26,6 +26,14 @@ pub enum JobError {
     /// A Redis command failed (connection lost, wrong reply, …).
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// A store URL this crate cannot write to (the message says what is supported).
+    #[error("{url}: {message}")]
+    StoreUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong and what is supported.
+        message: String,
+    },
     /// A queue entry or hash value that this crate did not write.
     #[error("queue {key}: {message}")]
     BadEntry {

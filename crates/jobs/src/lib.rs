@@ -6,8 +6,8 @@
 //! - [`results`]: the append-only results log `results.jsonl`;
 //! - [`queue`]: the jobs stream, its consumer group, the dead-letter stream and the results hash.
 //!
-//! Composing is not here: the caller composes into the folder [`store::FolderStore::begin`]
-//! gives and hands it back to [`store::FolderStore::commit`].
+//! Composing is not here: the caller composes into the folder [`store::ArticleStore::begin`]
+//! gives and hands it back to [`store::ArticleStore::commit`].
 
 pub mod error;
 pub mod queue;
@@ -18,4 +18,4 @@ pub mod store;
 pub use error::JobError;
 pub use results::{JobResult, JobStatus, ResultsLog};
 pub use spec::JobSpec;
-pub use store::{Committed, FolderStore};
+pub use store::{ArticleStore, Committed, FolderStore};

@@ -1,8 +1,9 @@
-//! Article folders `ROOT/<id>/`, each written whole or not at all: a job composes into
-//! `ROOT/.partial/<id>.<worker>/`, which is renamed to `ROOT/<id>/` when complete. A rename onto
-//! an existing folder fails, so when two workers finish the same job only one article remains.
-//! A folder on NFS works the same for several machines; an object store would implement the same
-//! three steps (see the README's "Many articles").
+//! Where finished articles go: [`ArticleStore`], what any store must guarantee, and
+//! [`FolderStore`], article folders `ROOT/<id>/` each written whole or not at all: a job composes
+//! into `ROOT/.partial/<id>.<worker>/`, which is renamed to `ROOT/<id>/` when complete. A rename
+//! onto an existing folder fails, so when two workers finish the same job only one article
+//! remains. A folder on NFS works the same for several machines; an object store would be
+//! another [`ArticleStore`] (see the README's "Many articles").
 
 use std::path::{Path, PathBuf};
 
@@ -12,14 +13,37 @@ use crate::spec::valid_id;
 /// The hidden folder of unfinished articles under the store's root.
 pub const PARTIAL_DIR: &str = ".partial";
 
-/// Where finished articles live.
+/// Where finished articles go, shared by every worker and batch run. A job is always composed
+/// into a local folder from [`ArticleStore::begin`]; an implementation must guarantee that
+/// [`ArticleStore::commit`] puts that whole article under its id atomically (readers see all of
+/// it or nothing), that of two commits of one id the first wins and the other is dropped
+/// ([`Committed::AlreadyStored`]), and that [`ArticleStore::is_stored`] answers by id whether a
+/// commit has completed. [`FolderStore`] is the one built.
+pub trait ArticleStore: Send + Sync {
+    /// Whether the job's article is stored (complete).
+    fn is_stored(&self, id: &str) -> Result<bool, JobError>;
+    /// A fresh, empty local folder for `worker`'s try at `id` (an earlier one of the same
+    /// worker and id is removed first).
+    fn begin(&self, id: &str, worker: &str) -> Result<PathBuf, JobError>;
+    /// Puts the complete folder `tmp` as the article `id`, whole or not at all, and removes `tmp`.
+    fn commit(&self, tmp: &Path, id: &str) -> Result<Committed, JobError>;
+    /// Removes a try's folder (an abandoned or failed try).
+    fn discard(&self, tmp: &Path) -> Result<(), JobError>;
+    /// Removes every unfinished try of `id` (call it only when the job's other tries are known
+    /// to be dead), or of every job when `id` is `None`; returns how many.
+    fn clear_partials(&self, id: Option<&str>) -> Result<usize, JobError>;
+    /// Every file of a stored article, relative to the store's root, sorted.
+    fn files(&self, id: &str) -> Result<Vec<PathBuf>, JobError>;
+}
+
+/// Article folders under one root, on a local or network file system.
 #[derive(Debug, Clone)]
 pub struct FolderStore {
     /// The folder holding one folder per job id.
     pub root: PathBuf,
 }
 
-/// What [`FolderStore::commit`] did.
+/// What [`ArticleStore::commit`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Committed {
     /// The article is now at `ROOT/<id>/`.
@@ -39,15 +63,15 @@ impl FolderStore {
     pub fn dir(&self, id: &str) -> PathBuf {
         self.root.join(id)
     }
+}
 
-    /// Whether the job's article is stored (the folder only appears complete).
-    pub fn is_stored(&self, id: &str) -> bool {
-        self.dir(id).is_dir()
+impl ArticleStore for FolderStore {
+    /// The folder only appears complete (renamed into place).
+    fn is_stored(&self, id: &str) -> Result<bool, JobError> {
+        Ok(self.dir(id).is_dir())
     }
 
-    /// A fresh, empty temporary folder for `worker`'s try at `id` (an earlier one of the same
-    /// worker and id is removed first).
-    pub fn begin(&self, id: &str, worker: &str) -> Result<PathBuf, JobError> {
+    fn begin(&self, id: &str, worker: &str) -> Result<PathBuf, JobError> {
         if !valid_id(id) || !valid_id(worker) {
             return Err(JobError::Io { path: self.root.clone(), message: format!("job id {id:?} or worker name {worker:?} cannot name a folder") });
         }
@@ -57,8 +81,8 @@ impl FolderStore {
         Ok(tmp)
     }
 
-    /// Moves a complete temporary folder into place as `ROOT/<id>/`.
-    pub fn commit(&self, tmp: &Path, id: &str) -> Result<Committed, JobError> {
+    /// Renames the folder into place as `ROOT/<id>/` (a rename onto an existing folder fails).
+    fn commit(&self, tmp: &Path, id: &str) -> Result<Committed, JobError> {
         let target = self.dir(id);
         match std::fs::rename(tmp, &target) {
             Ok(()) => Ok(Committed::Stored),
@@ -70,14 +94,11 @@ impl FolderStore {
         }
     }
 
-    /// Removes a temporary folder (an abandoned or failed try).
-    pub fn discard(&self, tmp: &Path) -> Result<(), JobError> {
+    fn discard(&self, tmp: &Path) -> Result<(), JobError> {
         remove_dir_if_there(tmp)
     }
 
-    /// Removes every temporary folder of `id` (all workers' tries: call it only when the job's
-    /// other tries are known to be dead), or of every job when `id` is `None`.
-    pub fn clear_partials(&self, id: Option<&str>) -> Result<usize, JobError> {
+    fn clear_partials(&self, id: Option<&str>) -> Result<usize, JobError> {
         let dir = self.root.join(PARTIAL_DIR);
         let entries = std::fs::read_dir(&dir).map_err(|e| JobError::io(&dir, "listing the temporary folders", e))?;
         let mut removed = 0;
@@ -91,8 +112,7 @@ impl FolderStore {
         Ok(removed)
     }
 
-    /// Every file of a stored article, relative to the store's root, sorted.
-    pub fn files(&self, id: &str) -> Result<Vec<PathBuf>, JobError> {
+    fn files(&self, id: &str) -> Result<Vec<PathBuf>, JobError> {
         let mut out = Vec::new();
         let mut stack = vec![self.dir(id)];
         while let Some(dir) = stack.pop() {
@@ -108,6 +128,53 @@ impl FolderStore {
         out.sort();
         Ok(out)
     }
+}
+
+/// The folder a store URL names: `file:///path` (`%XX` escapes decoded; `file://localhost/path`
+/// too) or a plain path. Any other scheme is refused, naming it and what is supported: an
+/// object store would be another implementation of [`FolderStore`]'s steps (see the README's
+/// "Many articles"), and none is built.
+///
+/// ```
+/// use xcomposer_jobs::store::folder_of_url;
+/// assert_eq!(folder_of_url("file:///srv/my%20articles").unwrap(), std::path::PathBuf::from("/srv/my articles"));
+/// assert_eq!(folder_of_url("out/articles").unwrap(), std::path::PathBuf::from("out/articles"));
+/// let e = folder_of_url("s3://bucket/articles").unwrap_err().to_string();
+/// assert!(e.starts_with("s3://bucket/articles: the s3:// scheme is not supported"), "{e}");
+/// ```
+pub fn folder_of_url(url: &str) -> Result<PathBuf, JobError> {
+    let bad = |message: String| JobError::StoreUrl { url: url.into(), message };
+    let Some((scheme, rest)) = url.split_once("://").filter(|(s, _)| is_scheme(s)) else {
+        return if url.is_empty() { Err(bad("expected a folder path or file:///path".into())) } else { Ok(PathBuf::from(url)) };
+    };
+    if !scheme.eq_ignore_ascii_case("file") {
+        return Err(bad(format!("the {scheme}:// scheme is not supported; use file:///path or a folder path (a local or network folder shared by the workers)")));
+    }
+    let path = rest.strip_prefix("localhost").unwrap_or(rest);
+    if !path.starts_with('/') {
+        return Err(bad("a file URL names an absolute path on this machine: file:///path".into()));
+    }
+    percent_decoded(path).map(PathBuf::from).ok_or_else(|| bad("a %-escape is not two hex digits, or the decoded path is not UTF-8".into()))
+}
+
+/// Whether `s` is a URL scheme (a letter, then letters, digits, `+`, `-` or `.`).
+fn is_scheme(s: &str) -> bool {
+    s.chars().next().is_some_and(|c| c.is_ascii_alphabetic()) && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
+/// `text` with its `%XX` escapes decoded; `None` for a broken escape or bytes that are not UTF-8.
+fn percent_decoded(text: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut bytes = text.bytes();
+    while let Some(b) = bytes.next() {
+        if b != b'%' {
+            out.push(b);
+            continue;
+        }
+        let hex = [bytes.next()?, bytes.next()?];
+        out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+    }
+    String::from_utf8(out).ok()
 }
 
 fn remove_dir_if_there(dir: &Path) -> Result<(), JobError> {
@@ -134,13 +201,33 @@ mod tests {
         let b = s.begin("job-1", "w2").unwrap();
         std::fs::write(a.join("article.md"), "from w1").unwrap();
         std::fs::write(b.join("article.md"), "from w2").unwrap();
-        assert!(!s.is_stored("job-1"));
+        assert!(!s.is_stored("job-1").unwrap());
         assert_eq!(s.commit(&b, "job-1").unwrap(), Committed::Stored);
         assert_eq!(s.commit(&a, "job-1").unwrap(), Committed::AlreadyStored);
         assert_eq!(std::fs::read_to_string(s.dir("job-1").join("article.md")).unwrap(), "from w2");
         assert!(!a.exists() && !b.exists());
         assert_eq!(s.files("job-1").unwrap(), vec![PathBuf::from("job-1/article.md")]);
         std::fs::remove_dir_all(&s.root).unwrap();
+    }
+
+    #[test]
+    fn store_urls_name_a_folder_or_are_refused_with_what_is_supported() {
+        assert_eq!(folder_of_url("file://localhost/a/b").unwrap(), PathBuf::from("/a/b"));
+        assert_eq!(folder_of_url("FILE:///a").unwrap(), PathBuf::from("/a"));
+        assert_eq!(folder_of_url("/abs/path").unwrap(), PathBuf::from("/abs/path"));
+        // A colon without "//" is part of a path.
+        assert_eq!(folder_of_url("dir:with:colons").unwrap(), PathBuf::from("dir:with:colons"));
+        for (url, says) in [
+            ("s3://bucket/x", "s3://bucket/x: the s3:// scheme is not supported; use file:///path or a folder path"),
+            ("https://example.org/x", "the https:// scheme is not supported"),
+            ("file://server/share", "file://server/share: a file URL names an absolute path on this machine"),
+            ("file:///a%2", "a %-escape is not two hex digits"),
+            ("file:///a%zz", "a %-escape is not two hex digits"),
+            ("", "expected a folder path or file:///path"),
+        ] {
+            let e = folder_of_url(url).unwrap_err().to_string();
+            assert!(e.contains(says), "{url}: {e}");
+        }
     }
 
     #[test]
