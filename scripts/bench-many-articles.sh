@@ -17,6 +17,7 @@ trap 'kill $redis_pid 2>/dev/null; rm -rf "$tmp"' EXIT
 until [ "$(redis-cli -p "$port" ping 2>/dev/null)" = PONG ]; do sleep 0.1; done
 topics=(owls coffee trains bread rivers bees kites tea maps snow lighthouses gardens)
 jobs() { # $1: id prefix, $2: count
+  local i
   for ((i = 0; i < $2; i++)); do
     printf '{"id": "%s%02d", "instruction": "Write one paragraph about %s.", "max_new_tokens": %d, "images": 1, "seed": %d}\n' "$1" "$i" "${topics[i % ${#topics[@]}]}" "$TOKENS" "$i"
   done
@@ -43,13 +44,18 @@ done
 # Overhead: one idle worker; jobs submitted one at a time. submit -> start is the worker's
 # waited_seconds; ack -> visible is when a client polling the results hash sees the result,
 # less the time the worker stamped just before acknowledging.
-"$X" worker --redis "$url" --queue overhead --out "$tmp/out-o" --name idle 2>/dev/null &
+# The worker is idle once its models are loaded (its "waiting for jobs" line); the poll sleeps
+# 5 ms between looks so that it does not take a core from the worker.
+"$X" worker --redis "$url" --queue overhead --out "$tmp/out-o" --name idle 2>"$tmp/idle.log" &
 worker_pid=$!
-sleep 8
+until grep -qs "waiting for jobs" "$tmp/idle.log"; do
+  kill -0 $worker_pid 2>/dev/null || { cat "$tmp/idle.log" >&2; exit 1; }
+  sleep 0.1
+done
 for ((i = 0; i < 5; i++)); do
   jobs "o$i-" 1 >"$tmp/o.jsonl"
   "$X" queue submit "$tmp/o.jsonl" --redis "$url" --queue overhead 2>/dev/null
-  until [ "$(redis-cli -p "$port" hexists overhead:results "o$i-00")" = 1 ]; do :; done
+  until [ "$(redis-cli -p "$port" hexists overhead:results "o$i-00")" = 1 ]; do sleep 0.005; done
   echo "$(date +%s%3N) $(redis-cli -p "$port" hget overhead:results "o$i-00")" >>"$tmp/overhead.txt"
 done
 kill -INT $worker_pid; wait $worker_pid || true
