@@ -85,7 +85,8 @@ pub fn run(args: ComposeBenchArgs) -> Result<()> {
         writing: Default::default(),
         remote: Default::default(),
         writer: crate::compose::WriterKind::Structured,
-        sections: None,
+        // The structured writer writes one paragraph per section: as many sections as paragraphs.
+        sections: if args.xcomposer.is_none() { Some(u16::try_from(args.paragraphs).unwrap_or(u16::MAX)) } else { None },
     };
     let composer = build_composer(&opts, xcomposer_composer::Language::detect(&args.instruction))?;
     let load = t.elapsed().as_secs_f64();
