@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs every cargo-fuzz target in fuzz/ (issue 13) for SECONDS each (default 60), one after the
-# other, under the fuzzing bounds: at most 1 GiB of memory (-rss_limit_mb, -malloc_limit_mb) and
+# Builds every cargo-fuzz target in fuzz/ (issue 13) once, then runs each for SECONDS (default
+# 60), one after the other, under the fuzzing bounds: at most 1 GiB of memory (-rss_limit_mb, -malloc_limit_mb) and
 # 1 s per input (-timeout). Each target's corpus (fuzz/corpus/TARGET, git-ignored) starts from
 # the seed-* files of tests/fuzz-regressions/TARGET (the crash-/leak-/timeout- files there are for
 # `cargo test`: the timeout ones exceed 1 s in this sanitized build) and grows from run to run. Prints a Markdown table: target,
@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 SECONDS_EACH=${1:-60}
 FUZZ=(cargo +nightly fuzz)
 (cd fuzz && "${FUZZ[@]}" build -O) || exit 1
+BIN=fuzz/target/x86_64-unknown-linux-gnu/release
 TARGETS=${TARGETS:-$(cd fuzz && "${FUZZ[@]}" list)}
 mkdir -p fuzz/logs
 ROWS=()
@@ -22,9 +23,11 @@ for t in $TARGETS; do
   cp -n tests/fuzz-regressions/"$t"/seed-* "$corpus"/ 2>/dev/null
   before=$(ls "$artifacts" | wc -l)
   echo "== $t: $SECONDS_EACH s (log in $log)" >&2
-  (cd fuzz && "${FUZZ[@]}" run -O "$t" "../$corpus" -- -max_total_time="$SECONDS_EACH" \
+  # The binary built above, run directly (as `cargo fuzz run` does after its own build): a tree
+  # that others change meanwhile is not rebuilt before each target.
+  "$BIN/$t" "$corpus" -max_total_time="$SECONDS_EACH" \
     -rss_limit_mb=1024 -malloc_limit_mb=1024 -timeout=1 -print_final_stats=1 \
-    -artifact_prefix="../$artifacts/") >"$log" 2>&1
+    -artifact_prefix="$artifacts/" >"$log" 2>&1
   execs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*$')
   cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*$')
   crashes=$(( $(ls "$artifacts" | wc -l) - before ))
