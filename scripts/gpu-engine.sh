@@ -28,9 +28,10 @@
 #                random CLIP ViT-L/14 beside PyTorch (f16, batches 1, 32, 128) and `bench xcomposer`
 #                on the random 7B (image encode beside PyTorch; ENCODER_7B=0 skips it, ENCODER_BENCH=0
 #                skips both benchmarks).
-#   PART=attention: the encoder's fused attention kernel and the KV-cache length against the host,
-#                the encoder parity tests, `bench clip` ViT-L/14 f16 with the fused and the batched
-#                attention (and where batch 128's time goes, XC_ENCODER_PROFILE), then `bench
+#   PART=attention: the encoder's kernels (attention, norms, element-wise) and the KV-cache length
+#                against the host, the encoder parity tests, `bench clip` ViT-L/14 f16 with the
+#                fused attention and the batched products (and where
+#                batch 128's time goes, XC_ENCODER_PROFILE, for each of $PROFILES), then `bench
 #                engine --quant q4_0 --max-context 1024` for its memory (ATTENTION_ENGINE=0 skips it).
 #   PART=smollm2: `bench engine --shape smollm2` (the default text model's shape, random weights)
 #                beside llama-bench on a random f16 GGUF of that shape (scripts/write_random_gguf.py).
@@ -85,7 +86,7 @@ library_models() {
 }
 if [ "$PART" = attention ]; then
   echo "== the encoder's attention (fused tensor-core kernel and batched products) and a shorter KV cache, against the host"
-  "$W/cuda_engine" encoder_ a_shorter_kv_cache --test-threads 1 --nocapture 2>&1 | tee "$OUT/attention.log" | grep -E "^attention|^bias_act|test result|panicked|FAILED"
+  "$W/cuda_engine" encoder_ a_shorter_kv_cache --test-threads 1 --nocapture 2>&1 | tee "$OUT/attention.log" | grep -E "^attention|^bias_act|^layer_norm|^residual_add_norm|test result|panicked|FAILED"
   mkdir -p "$W/shared/fixtures" && ln -sfn "$W/xcomposer-tiny" "$W/shared/fixtures/xcomposer-tiny" && ln -sfn "$(realpath "$DIR/clip-tiny")" "$W/shared/fixtures/clip-tiny"
   for t in cuda_visual cuda_clip; do
     [ -x "$W/$t" ] && XCOMPOSER_SHARED="$W/shared" "$W/$t" --test-threads 1 --nocapture 2>&1 | tee "$OUT/$t.log" | grep -E "max-abs|test result|panicked|FAILED" | tail -8
@@ -93,9 +94,11 @@ if [ "$PART" = attention ]; then
   [ -f /tmp/clip-L14/config.json ] || python3 scripts/bench_clip_torch.py make L/14 /tmp/clip-L14 > "$OUT/clip-make.log" 2>&1
   echo "== bench clip, random ViT-L/14, f16: fused attention (default), with PyTorch"
   "$BIN" bench clip --model /tmp/clip-L14 --device cuda --dtype f16 --batches 1,32,128 --runs 10 --torch 2> "$OUT/bench-clip.err" | tee "$OUT/bench-clip.md"
-  echo "== the same with the batched-products attention"
-  XC_ENCODER_ATTENTION=batched "$BIN" bench clip --model /tmp/clip-L14 --device cuda --dtype f16 --batches 1,32,128 --runs 10 2> "$OUT/bench-clip-batched.err" | tee "$OUT/bench-clip-batched.md"
-  for mode in fused batched; do
+  for mode in batched; do
+    echo "== the same with XC_ENCODER_ATTENTION=$mode"
+    XC_ENCODER_ATTENTION=$mode "$BIN" bench clip --model /tmp/clip-L14 --device cuda --dtype f16 --batches 1,32,128 --runs 10 2> "$OUT/bench-clip-$mode.err" | tee "$OUT/bench-clip-$mode.md"
+  done
+  for mode in ${PROFILES:-fused batched}; do
     echo "== where batch 128's time goes ($mode attention; each part synchronised)"
     XC_ENCODER_PROFILE=1 XC_ENCODER_ATTENTION=$mode "$BIN" bench clip --model /tmp/clip-L14 --device cuda --dtype f16 --batches 128 --runs 3 2>&1 >/dev/null | sed -n '/encoder profile/,$p' | tee "$OUT/profile-$mode.md"
   done

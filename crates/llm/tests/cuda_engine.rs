@@ -231,11 +231,12 @@ fn attention_host(q: &[f64], k: &[f64], v: &[f64], nq: usize, nk: usize, hd: usi
 /// host: queries and keys/values from two products' outputs at column offsets, with biases.
 #[test]
 fn encoder_attention_matches_the_host() {
-    use xcomposer_llm::cuda::encoder::{EncoderRuntime, Heads};
+    use xcomposer_llm::cuda::encoder::{AttentionKernel, EncoderRuntime, Heads};
     let round = |x: f32| half::f16::from_f32(x).to_f32();
     // (batch, heads, hd, nq, nk): CLIP's 64-wide heads, EVA-ViT-g's 88, cross-attention (the
-    // Q-Former's 32 queries on 257 image tokens), key counts that are not whole chunks.
-    for (batch, heads, hd, nq, nk) in [(2, 2, 64, 70, 257), (1, 3, 88, 32, 257), (2, 2, 88, 129, 65), (1, 1, 64, 5, 3)] {
+    // Q-Former's 32 queries on 257 image tokens), key counts that are not whole chunks (one key
+    // past 4 chunks, fewer keys than a tile of 16), query blocks with idle warps.
+    for (batch, heads, hd, nq, nk) in [(2, 2, 64, 70, 257), (1, 3, 88, 32, 257), (2, 2, 88, 129, 65), (1, 2, 64, 17, 9), (1, 1, 64, 5, 3)] {
         let mut rng = ChaCha8Rng::seed_from_u64((hd * 1000 + nq + nk) as u64);
         let d = heads * hd;
         // q in columns [8, 8 + d) of a d + 16 wide output; k at 0 and v at d of a 2d wide one
@@ -246,9 +247,9 @@ fn encoder_attention_matches_the_host() {
         let mut random = |n: usize| (0..n).map(|_| round(rng.random_range(-1.0f32..1.0))).collect::<Vec<f32>>();
         let (yq, ykv, bq, bkv) = (random(batch * nq * ldq), random(batch * nk * ldkv), random(ldq), random(ldkv));
         for dtype in [EngineDtype::F16, EngineDtype::F32] {
-            for fused in [true, false] {
+            for fused in [AttentionKernel::Fused, AttentionKernel::Batched] {
                 let mut rt = EncoderRuntime::new(dtype).unwrap();
-                rt.set_fused_attention(fused);
+                rt.set_attention(fused);
                 let (gq, gkv) = (rt.upload_typed(&yq).unwrap(), rt.upload_typed(&ykv).unwrap());
                 let (gbq, gbkv) = (rt.upload_f32(&bq).unwrap(), rt.upload_f32(&bkv).unwrap());
                 let out = rt.upload_typed(&vec![0.0; batch * nq * d]).unwrap();
@@ -271,8 +272,8 @@ fn encoder_attention_matches_the_host() {
                     }
                 }
                 let tol = if dtype == EngineDtype::F16 { 4e-3 } else { 1e-5 };
-                println!("attention {dtype:?} fused={fused} batch {batch} heads {heads} hd {hd} nq {nq} nk {nk}: max-abs {worst:.2e}");
-                assert!(worst < tol, "{dtype:?} fused={fused} hd {hd} nq {nq} nk {nk}: {worst:e} ≥ {tol:e}");
+                println!("attention {dtype:?} {fused:?} batch {batch} heads {heads} hd {hd} nq {nq} nk {nk}: max-abs {worst:.2e}");
+                assert!(worst < tol, "{dtype:?} {fused:?} hd {hd} nq {nq} nk {nk}: {worst:e} ≥ {tol:e}");
             }
         }
     }
@@ -321,6 +322,59 @@ fn encoder_bias_activation_and_residual_add_match_the_host() {
         let got = rt.download_f32(gh.ptr, rows * n).unwrap();
         let worst = (0..rows * n).map(|i| (got[i] - (h[i] + y[i] + bias[i % n])).abs()).fold(0.0, f32::max);
         assert!(worst < 1e-5, "residual_add n {n}: {worst:e}");
+    }
+}
+
+/// The encoder runtime's LayerNorm and residual add + LayerNorm (a warp per row in registers
+/// where the width allows, a block per row otherwise) against the host: widths of whole and
+/// partial lanes' chunks, rows read at a stride, the f32 copy written back into the stream.
+#[test]
+fn encoder_layer_norms_match_the_host() {
+    use xcomposer_llm::cuda::encoder::{EncoderRuntime, HostNorm};
+    for (dim, rows) in [(1024, 5), (1408, 3), (768, 17), (20, 2), (2056, 2)] {
+        let mut rng = ChaCha8Rng::seed_from_u64(dim as u64);
+        let mut random = |k: usize, lo: f32, hi: f32| (0..k).map(|_| half::f16::from_f32(rng.random_range(lo..hi)).to_f32()).collect::<Vec<f32>>();
+        let (h, y, yb) = (random(rows * dim * 2, -4.0, 6.0), random(rows * dim, -1.0, 1.0), random(dim, -0.5, 0.5));
+        let (w, b) = (random(dim, 0.5, 1.5), random(dim, -0.3, 0.3));
+        let host_norm = |x: &[f64]| -> Vec<f64> {
+            let mean = x.iter().sum::<f64>() / dim as f64;
+            let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / dim as f64;
+            let inv = 1.0 / (var + 1e-5).sqrt();
+            (0..dim).map(|i| (x[i] - mean) * inv * w[i] as f64 + b[i] as f64).collect()
+        };
+        let rt = EncoderRuntime::new(EngineDtype::F16).unwrap();
+        let norm = rt.norm(HostNorm { weight: w.clone(), bias: b.clone(), eps: 1e-5 }).unwrap();
+        // LayerNorm of every other row of a [2·rows, dim] stream (stride 2·dim).
+        let gh = rt.upload_f32(&h).unwrap();
+        let out = rt.upload_typed(&vec![0.0; rows * dim]).unwrap();
+        rt.layer_norm(gh.ptr, 2 * dim, &norm, out.ptr, 0, rows).unwrap();
+        let got = rt.download_typed(out.ptr, rows * dim).unwrap();
+        let mut worst = 0f64;
+        for r in 0..rows {
+            let want = host_norm(&h[2 * r * dim..(2 * r + 1) * dim].iter().map(|&v| v as f64).collect::<Vec<_>>());
+            worst = (0..dim).map(|i| (got[r * dim + i] as f64 - want[i]).abs()).fold(worst, f64::max);
+        }
+        println!("layer_norm dim {dim}: max-abs {worst:.2e}");
+        assert!(worst < 8e-3, "layer_norm dim {dim}: {worst:e}");
+        // h += y + bias, then LN into out (f16) and back into h (f32); then into y itself.
+        let gyb = rt.upload_f32(&yb).unwrap();
+        for in_place in [false, true] {
+            let (gh, gy) = (rt.upload_f32(&h[..rows * dim]).unwrap(), rt.upload_typed(&y).unwrap());
+            let (dst, dst_f) = if in_place { (gy.ptr, 0) } else { (out.ptr, gh.ptr) };
+            rt.residual_add_norm(gh.ptr, gy.ptr, gyb.ptr, rows, &norm, dst, dst_f).unwrap();
+            let got = rt.download_typed(dst, rows * dim).unwrap();
+            let got_h = rt.download_f32(gh.ptr, rows * dim).unwrap();
+            let (mut worst, mut worst_h) = (0f64, 0f64);
+            for r in 0..rows {
+                let x: Vec<f64> = (0..dim).map(|i| h[r * dim + i] as f64 + y[r * dim + i] as f64 + yb[i] as f64).collect();
+                // h holds the normalised rows in f32 when they were asked for, the sums otherwise.
+                let (want, want_h) = (host_norm(&x), if in_place { x.clone() } else { host_norm(&x) });
+                worst = (0..dim).map(|i| (got[r * dim + i] as f64 - want[i]).abs()).fold(worst, f64::max);
+                worst_h = (0..dim).map(|i| (got_h[r * dim + i] as f64 - want_h[i]).abs()).fold(worst_h, f64::max);
+            }
+            println!("residual_add_norm dim {dim} in place {in_place}: max-abs f16 {worst:.2e}, stream {worst_h:.2e}");
+            assert!(worst < 8e-3 && worst_h < 1e-4, "residual_add_norm dim {dim} in place {in_place}: {worst:e} / {worst_h:e}");
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use xcomposer_llm::cuda::encoder::{Activation as Act, DevLinear, DevNorm, EncoderRuntime, HostLinear, HostNorm, HostPreNormBlock, HostVit, VitTower};
-use xcomposer_llm::cuda::{CudaError, EngineDtype};
+use xcomposer_llm::cuda::{Buf, CudaError, EngineDtype};
 use xcomposer_llm::weights::{WeightError, WeightSource};
 
 use crate::clip::{Activation, ClipConfig, ClipError, TowerConfig, open_weights};
@@ -91,15 +91,44 @@ impl CudaClipVision {
     /// Unnormalised image features `[n, projection_dim]` (row-major) of `n` images' pixel
     /// values (`[n, 3, S, S]` row-major).
     pub fn image_features(&mut self, pixels: &[f32], n: usize) -> Result<Vec<f32>, CudaError> {
+        self.check_pixels(pixels.len(), n)?;
+        let mark = self.rt.mark();
+        let px = self.rt.scratch(pixels.len() * 4)?;
+        self.rt.upload_to(px, pixels)?;
+        let features = self.features_at(px, n);
+        self.rt.release(mark);
+        features
+    }
+
+    /// Pixel values (`[n, 3, S, S]` row-major) copied to the device once, for
+    /// [`CudaClipVision::image_features_on_device`].
+    pub fn upload_pixels(&self, pixels: &[f32]) -> Result<Buf, CudaError> {
+        self.rt.upload_f32(pixels)
+    }
+
+    /// [`CudaClipVision::image_features`] of the first `n` images of pixels already on the
+    /// device (as a PyTorch caller holds its input tensor there).
+    pub fn image_features_on_device(&mut self, pixels: &Buf, n: usize) -> Result<Vec<f32>, CudaError> {
         let s = self.vit.image_size();
-        if pixels.len() != n * 3 * s * s {
-            return Err(CudaError::Unsupported(format!("{} pixel values for {n} images of 3 × {s} × {s}", pixels.len())));
+        if pixels.bytes < n * 3 * s * s * 4 {
+            return Err(CudaError::Unsupported(format!("{} bytes of pixel values for {n} images of 3 × {s} × {s}", pixels.bytes)));
         }
+        self.features_at(pixels.ptr, n)
+    }
+
+    fn check_pixels(&self, values: usize, n: usize) -> Result<(), CudaError> {
+        let s = self.vit.image_size();
+        if values != n * 3 * s * s {
+            return Err(CudaError::Unsupported(format!("{values} pixel values for {n} images of 3 × {s} × {s}")));
+        }
+        Ok(())
+    }
+
+    /// The tower, the post-LayerNorm of each class token and the projection on pixels at `px`.
+    fn features_at(&mut self, px: u64, n: usize) -> Result<Vec<f32>, CudaError> {
         let (d, tokens, e) = (self.vit.dim(), self.vit.tokens(), self.rt.elem());
         let rt = &mut self.rt;
         let mark = rt.mark();
-        let px = rt.scratch(pixels.len() * 4)?;
-        rt.upload_to(px, pixels)?;
         let h = rt.scratch(n * tokens * d * 4)?;
         self.vit.forward(rt, px, n, h)?;
         // The class token of each image: row 0 of its `tokens` rows.

@@ -47,13 +47,26 @@ impl Drop for EncoderRuntime {
     }
 }
 
+/// Which attention kernel runs where the fused one can (`XC_ENCODER_ATTENTION=batched` picks
+/// the batched products at start, for comparison).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionKernel {
+    /// `attention_mma_64/96`: one tensor-core kernel.
+    Fused,
+    /// Split heads, two strided-batched products around a softmax, merged heads.
+    Batched,
+}
+
 /// Query rows per block of the fused attention kernel (`FA_Q` in `encoder.cu`).
 const FUSED_QUERY_ROWS: usize = 64;
+
+/// The widest row `add_layer_norm_h8` holds in registers (32 lanes × `LN_CHUNKS` × 8 values).
+const WARP_NORM_MAX_DIM: usize = 32 * 8 * 8;
 
 /// The head width (64 or 96) of the fused attention kernel that runs heads of `hd` values in
 /// `dtype`, if one does (f16, `hd` ≤ 96 and a multiple of 8, for its 16-byte loads).
 fn fused_head_width(dtype: EngineDtype, hd: usize) -> Option<usize> {
-    if dtype != EngineDtype::F16 || hd % 8 != 0 {
+    if dtype != EngineDtype::F16 || !hd.is_multiple_of(8) {
         return None;
     }
     [64, 96].into_iter().find(|&w| hd <= w)
@@ -160,7 +173,7 @@ pub struct EncoderRuntime {
     dtype: EngineDtype,
     scratch: Vec<Buf>,
     next: usize,
-    fused_attention: bool,
+    attention: AttentionKernel,
     profile: Option<Profile>,
 }
 
@@ -172,9 +185,12 @@ impl EncoderRuntime {
         let kernels = Kernels::compile_base(&ctx, stream.clone())?;
         let blas = CudaBlas::new(stream.clone())?;
         let lt = LtProducts::new(stream.clone())?;
-        let fused_attention = std::env::var("XC_ENCODER_ATTENTION").map_or(true, |v| v != "batched");
+        let attention = match std::env::var("XC_ENCODER_ATTENTION").as_deref() {
+            Ok("batched") => AttentionKernel::Batched,
+            _ => AttentionKernel::Fused,
+        };
         let profile = std::env::var_os("XC_ENCODER_PROFILE").map(|_| Profile::default());
-        Ok(EncoderRuntime { _ctx: ctx, stream, blas, lt, kernels, dtype, scratch: vec![], next: 0, fused_attention, profile })
+        Ok(EncoderRuntime { _ctx: ctx, stream, blas, lt, kernels, dtype, scratch: vec![], next: 0, attention, profile })
     }
 
     /// Runs `f`; when profiling (`XC_ENCODER_PROFILE` set) waits for the stream before and
@@ -240,10 +256,9 @@ impl EncoderRuntime {
         Ok(out.into_iter().map(|b| half::f16::from_bits(b).to_f32()).collect())
     }
 
-    /// Chooses the fused tensor-core attention where it applies (the default) or the batched
-    /// products (for comparison).
-    pub fn set_fused_attention(&mut self, on: bool) {
-        self.fused_attention = on;
+    /// Chooses the attention kernel where the fused one applies (for comparison and tests).
+    pub fn set_attention(&mut self, kernel: AttentionKernel) {
+        self.attention = kernel;
     }
 
     /// Copies `n` f32 values at `src` back to the host (waits for the stream).
@@ -297,6 +312,9 @@ impl EncoderRuntime {
     /// LayerNorm of `rows` rows of `x` (f32, row stride `stride` floats) into `out` (runtime
     /// type) and, unless 0, into `out_f` (f32; may be `x`).
     pub fn layer_norm(&self, x: u64, stride: usize, norm: &DevNorm, out: u64, out_f: u64, rows: usize) -> Result<(), CudaError> {
+        if self.warp_norm(norm, stride, &[x, out, out_f]) {
+            return self.timed("layer norm", || self.add_layer_norm(x, stride, 0, 0, norm, out, out_f, rows));
+        }
         let args = [Arg::P(x), Arg::L(stride as i64), Arg::P(norm.weight.ptr), Arg::P(norm.bias.ptr), Arg::P(out), Arg::P(out_f), Arg::I(norm.dim as i32), Arg::F(norm.eps)];
         self.timed("layer norm", || self.kernels.launch(&self.typed("layer_norm"), (rows as u32, 1, 1), 256, &args))
     }
@@ -322,7 +340,7 @@ impl EncoderRuntime {
     /// `out = act(y + bias)` over `rows × n`, both in the runtime's type (bias 0 for none; `out`
     /// may be `y`).
     pub fn bias_act(&self, y: u64, bias: u64, out: u64, rows: usize, n: usize, act: Activation) -> Result<(), CudaError> {
-        if self.dtype == EngineDtype::F16 && n % 8 == 0 && y % 16 == 0 && out % 16 == 0 {
+        if self.dtype == EngineDtype::F16 && n.is_multiple_of(8) && y.is_multiple_of(16) && out.is_multiple_of(16) {
             let args = [Arg::P(y), Arg::P(bias), Arg::P(out), Arg::L(rows as i64), Arg::I(n as i32), Arg::I(act as i32)];
             return self.timed("bias + activation", || self.launch_1d("bias_act_h8", rows * n / 8, &args));
         }
@@ -332,11 +350,36 @@ impl EncoderRuntime {
     /// `h += y + bias` over `rows × n` (h f32, y a product's output in the runtime's type; bias 0
     /// for none).
     pub fn residual_add(&self, h: u64, y: u64, bias: u64, rows: usize, n: usize) -> Result<(), CudaError> {
-        if self.dtype == EngineDtype::F16 && n % 8 == 0 && y % 16 == 0 && h % 16 == 0 {
+        if self.dtype == EngineDtype::F16 && n.is_multiple_of(8) && y.is_multiple_of(16) && h.is_multiple_of(16) {
             let args = [Arg::P(h), Arg::P(y), Arg::P(bias), Arg::L(rows as i64), Arg::I(n as i32)];
             return self.timed("residual add", || self.launch_1d("residual_add_h8", rows * n / 8, &args));
         }
         self.timed("residual add", || self.launch_1d(&self.typed("residual_add_t"), rows * n, &[Arg::P(h), Arg::P(y), Arg::P(bias), Arg::L(rows as i64), Arg::I(n as i32)]))
+    }
+
+    /// `h += y + bias`, then the LayerNorm of `h` into `out` (runtime type; may be `y`) and,
+    /// unless 0, `out_f` (f32; may be `h`): [`EncoderRuntime::residual_add`] and [`EncoderRuntime::layer_norm`] in
+    /// one pass over the stream where the rows allow it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn residual_add_norm(&self, h: u64, y: u64, bias: u64, rows: usize, norm: &DevNorm, out: u64, out_f: u64) -> Result<(), CudaError> {
+        if !self.warp_norm(norm, norm.dim, &[h, y, out, out_f]) {
+            self.residual_add(h, y, bias, rows, norm.dim)?;
+            return self.layer_norm(h, norm.dim, norm, out, out_f, rows);
+        }
+        self.timed("residual add + layer norm", || self.add_layer_norm(h, norm.dim, y, bias, norm, out, out_f, rows))
+    }
+
+    /// Whether `add_layer_norm_h8` (a warp per row held in registers, 16-byte loads) takes rows
+    /// of `norm.dim` values `stride` floats apart at these addresses (0 = unused).
+    fn warp_norm(&self, norm: &DevNorm, stride: usize, ptrs: &[u64]) -> bool {
+        self.dtype == EngineDtype::F16 && norm.dim.is_multiple_of(8) && norm.dim <= WARP_NORM_MAX_DIM && stride.is_multiple_of(4) && ptrs.iter().all(|p| p.is_multiple_of(16))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add_layer_norm(&self, h: u64, stride: usize, y: u64, bias: u64, norm: &DevNorm, out: u64, out_f: u64, rows: usize) -> Result<(), CudaError> {
+        let args = [Arg::P(h), Arg::L(stride as i64), Arg::P(y), Arg::P(bias), Arg::P(norm.weight.ptr), Arg::P(norm.bias.ptr), Arg::P(out), Arg::P(out_f), Arg::I(rows as i32), Arg::I(norm.dim as i32), Arg::F(norm.eps)];
+        let warps = BLOCK as usize / 32;
+        self.kernels.launch("add_layer_norm_h8", (rows.div_ceil(warps) as u32, 1, 1), BLOCK, &args)
     }
 
     /// `y += bias` over `rows × n` (f32).
@@ -354,9 +397,9 @@ impl EncoderRuntime {
     /// off with `XC_ENCODER_ATTENTION=batched`) it runs as batched products around a softmax.
     #[allow(clippy::too_many_arguments)]
     pub fn attention(&mut self, q: Heads, k: Heads, v: Heads, batch: usize, nq: usize, nk: usize, heads: usize, hd: usize, out: u64) -> Result<(), CudaError> {
-        let aligned = [q, k, v].iter().all(|h| h.ld % 8 == 0 && h.col0 % 8 == 0 && h.y % 16 == 0) && out % 16 == 0;
+        let aligned = [q, k, v].iter().all(|h| h.ld.is_multiple_of(8) && h.col0.is_multiple_of(8) && h.y.is_multiple_of(16)) && out.is_multiple_of(16);
         match fused_head_width(self.dtype, hd) {
-            Some(width) if self.fused_attention && aligned => self.timed("attention (fused)", || self.attention_fused(width, [q, k, v], batch, nq, nk, heads, hd, out)),
+            Some(width) if self.attention != AttentionKernel::Batched && aligned => self.timed("attention (fused)", || self.attention_fused(width, [q, k, v], batch, nq, nk, heads, hd, out)),
             _ => self.attention_batched(q, k, v, batch, nq, nk, heads, hd, out),
         }
     }
@@ -514,23 +557,28 @@ impl PreNormBlock {
         Ok(PreNormBlock { norm1: rt.norm(h.norm1)?, qkv: rt.linear(h.qkv)?, proj: rt.linear(h.proj)?, norm2: rt.norm(h.norm2)?, fc1: rt.linear(h.fc1)?, fc2: rt.linear(h.fc2)? })
     }
 
-    /// Runs the block on the residual stream `h` (`[batch · n, d]` f32, updated in place).
-    pub fn forward(&self, rt: &mut EncoderRuntime, h: u64, batch: usize, n: usize, heads: usize, act: Activation) -> Result<(), CudaError> {
+    /// Runs the block on the residual stream `h` (`[batch · n, d]` f32, updated in place). `xn`
+    /// (`[batch · n, d]` in the runtime's type) holds this block's first LayerNorm of `h` on entry
+    /// and, when `next` is given, that LayerNorm of the output on return (the last residual add
+    /// and the next block's norm in one pass).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(&self, rt: &mut EncoderRuntime, h: u64, xn: u64, batch: usize, n: usize, heads: usize, act: Activation, next: Option<&DevNorm>) -> Result<(), CudaError> {
         let (d, f, rows, e) = (self.norm1.dim, self.fc1.out, batch * n, rt.elem());
         let mark = rt.mark();
-        let (xn, att) = (rt.scratch(rows * d * e)?, rt.scratch(rows * d * e)?);
+        let att = rt.scratch(rows * d * e)?;
         let y = rt.scratch(rows * (3 * d).max(f) * e)?;
-        rt.layer_norm(h, d, &self.norm1, xn, 0, rows)?;
         rt.product(xn, rows, &self.qkv, y)?;
         let at = |col0| Heads { y, ld: 3 * d, col0, bias: self.qkv.bias() };
         rt.attention(at(0), at(d), at(2 * d), batch, n, n, heads, d / heads, att)?;
         rt.product(att, rows, &self.proj, xn)?;
-        rt.residual_add(h, xn, self.proj.bias(), rows, d)?;
-        rt.layer_norm(h, d, &self.norm2, att, 0, rows)?;
+        rt.residual_add_norm(h, xn, self.proj.bias(), rows, &self.norm2, att, 0)?;
         rt.product(att, rows, &self.fc1, y)?;
         rt.bias_act(y, self.fc1.bias(), y, rows, f, act)?;
         rt.product(y, rows, &self.fc2, xn)?;
-        rt.residual_add(h, xn, self.fc2.bias(), rows, d)?;
+        match next {
+            Some(norm) => rt.residual_add_norm(h, xn, self.fc2.bias(), rows, norm, xn, 0)?,
+            None => rt.residual_add(h, xn, self.fc2.bias(), rows, d)?,
+        }
         rt.release(mark);
         Ok(())
     }
@@ -626,9 +674,14 @@ impl VitTower {
             rt.layer_norm(h, d, norm, unused, h, batch * (np + 1))?;
         }
         rt.release(mark);
-        for b in &self.blocks {
-            b.forward(rt, h, batch, np + 1, self.heads, self.act)?;
+        let Some(first) = self.blocks.first() else { return Ok(()) };
+        let (rows, mark) = (batch * (np + 1), rt.mark());
+        let xn = rt.scratch(rows * d * rt.elem())?;
+        rt.layer_norm(h, d, &first.norm1, xn, 0, rows)?;
+        for (i, b) in self.blocks.iter().enumerate() {
+            b.forward(rt, h, xn, batch, np + 1, self.heads, self.act, self.blocks.get(i + 1).map(|b| &b.norm1))?;
         }
+        rt.release(mark);
         Ok(())
     }
 }

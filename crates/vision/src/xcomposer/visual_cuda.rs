@@ -89,8 +89,7 @@ impl Attention {
         let at = |y, lin: &DevLinear| Heads { y, ld: h, col0: 0, bias: lin.bias() };
         rt.attention(at(yq, &self.q), at(yk, &self.k), at(yv, &self.v), batch, nq, nk, heads, h / heads, att)?;
         rt.product(att, batch * nq, &self.out, yq)?;
-        rt.residual_add(x, yq, self.out.bias(), batch * nq, h)?;
-        rt.layer_norm(x, h, &self.norm, xt, x, batch * nq)?;
+        rt.residual_add_norm(x, yq, self.out.bias(), batch * nq, &self.norm, xt, x)?;
         rt.release(mark);
         Ok(())
     }
@@ -205,8 +204,7 @@ fn feed_forward(rt: &mut EncoderRuntime, l: &SamplerLayer, x: u64, xt: u64, rows
     rt.product(xt, rows, &l.up, y)?;
     rt.bias_act(y, l.up.bias(), y, rows, f, Activation::Gelu)?;
     rt.product(y, rows, &l.down, out)?;
-    rt.residual_add(x, out, l.down.bias(), rows, h)?;
-    rt.layer_norm(x, h, &l.ffn_norm, xt, x, rows)?;
+    rt.residual_add_norm(x, out, l.down.bias(), rows, &l.ffn_norm, xt, x)?;
     rt.release(mark);
     Ok(())
 }
