@@ -2,7 +2,8 @@
 //! metadata or a Hugging Face `config.json`.
 
 use crate::gguf::Gguf;
-use crate::readers::fields::{FieldError, Fields, positive_f32};
+use crate::readers::WeightError;
+use crate::readers::fields::{Fields, positive_f32};
 
 /// The decoder variants we implement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -139,7 +140,10 @@ impl DecoderConfig {
     /// take HF's defaults, a mistyped one is an error naming it ([`Fields`]).
     pub fn from_hf_json(text: &str, source_name: &str) -> Result<Self, ConfigError> {
         let err = |field: &str, reason: String| ConfigError { source_name: source_name.into(), field: field.into(), reason };
-        let field_err = |e: FieldError| ConfigError { source_name: source_name.into(), field: e.field, reason: e.reason };
+        let field_err = |e: WeightError| match e {
+            WeightError::Field { field, reason } => ConfigError { source_name: source_name.into(), field, reason },
+            other => err("config", other.to_string()),
+        };
         let json: serde_json::Value = serde_json::from_str(text).map_err(|e| err("config", e.to_string()))?;
         let f = Fields::new(&json, "");
         let model_type = f.required_str("model_type").map_err(field_err)?;
@@ -158,7 +162,7 @@ impl DecoderConfig {
     }
 
     /// The sizes and switches of a `config.json` of the given `arch`.
-    fn hf_sizes(f: &Fields<'_>, arch: Arch, model_type: &str) -> Result<Self, FieldError> {
+    fn hf_sizes(f: &Fields<'_>, arch: Arch, model_type: &str) -> Result<Self, WeightError> {
         let (hidden_size, num_heads) = (f.required_usize("hidden_size")?, f.required_usize("num_attention_heads")?);
         let internlm_bias = arch == Arch::InternLm && f.bool("bias", true)?;
         Ok(DecoderConfig {

@@ -9,10 +9,11 @@ use burn::tensor::backend::Backend;
 use crate::chat::{ChatError, ChatTemplate, Message};
 use crate::config::{Arch, ConfigError, DecoderConfig};
 use crate::decoder::KeyStyle;
-use crate::gguf::{Gguf, GgufError};
+use crate::gguf::Gguf;
 use crate::generation::{GenerationConfig, GenerationError, Generated, Generator};
 use crate::text_decoder::{EngineChoice, TextDecoder, TextDecoderError};
 use crate::tokenizer::{Tokenizer, TokenizerError};
+use crate::readers::fields::Fields;
 use crate::weights::{GgufWeights, SafetensorsWeights, WeightError};
 
 /// Errors while loading a model.
@@ -32,7 +33,7 @@ pub enum LoadError {
         /// The file.
         path: PathBuf,
         /// The reader's error.
-        source: GgufError,
+        source: WeightError,
     },
     /// The configuration is unusable.
     #[error(transparent)]
@@ -105,7 +106,8 @@ impl<B: Backend> LanguageModel<B> {
         let config = DecoderConfig::from_gguf(&gguf).map_err(|e| e.in_file(path))?;
         let tokenizer = Tokenizer::from_gguf(&gguf).map_err(|source| LoadError::Tokenizer { path: path.into(), source })?;
         let token_str = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i)).unwrap_or_default();
-        let chat_template = match gguf.get("tokenizer.chat_template").and_then(|v| v.as_str()) {
+        let meta = |source: WeightError| LoadError::Gguf { path: path.into(), source };
+        let chat_template = match gguf.get("tokenizer.chat_template").map(|_| gguf.get_str("tokenizer.chat_template")).transpose().map_err(meta)? {
             Some(src) => Some(
                 ChatTemplate::new(src, &token_str(tokenizer.bos_id), &token_str(tokenizer.eos_id))
                     .map_err(|source| LoadError::Chat { path: path.into(), source })?,
@@ -113,8 +115,10 @@ impl<B: Backend> LanguageModel<B> {
             None => None,
         };
         let mut stop_tokens: Vec<u32> = tokenizer.eos_id.into_iter().collect();
-        if let Some(eot) = gguf.get("tokenizer.ggml.eot_token_id").and_then(|v| v.as_u64()) {
-            stop_tokens.push(eot as u32);
+        if gguf.get("tokenizer.ggml.eot_token_id").is_some() {
+            let key = "tokenizer.ggml.eot_token_id";
+            let eot = gguf.get_u64(key).map_err(meta)?;
+            stop_tokens.push(token_id(eot, config.vocab_size).map_err(|reason| meta(WeightError::BadMetadata { key: key.into(), reason }))?);
         }
         let style = KeyStyle::Gguf { permuted_qk: config.arch == Arch::Llama };
         let src = GgufWeights { gguf: &gguf, path: path.into() };
@@ -149,37 +153,54 @@ impl<B: Backend> LanguageModel<B> {
         }
         let config = DecoderConfig::from_hf_json(&config_text, &config_path.display().to_string())?;
         let tok_config = json("tokenizer_config.json")?;
+        let tok_config_path = dir.join("tokenizer_config.json");
+        let tok_fields = Fields::new(&tok_config, "");
         // Special tokens are strings (or {"content": …}) in tokenizer_config.json.
-        let token_name = |key: &str| -> Option<String> {
-            let v = tok_config.get(key)?;
-            v.as_str().map(String::from).or_else(|| v.get("content")?.as_str().map(String::from))
+        let token_name = |key: &str| -> Result<Option<String>, LoadError> {
+            let Some(v) = tok_fields.get(key) else { return Ok(None) };
+            match v.as_str().or_else(|| v.get("content")?.as_str()) {
+                Some(s) => Ok(Some(s.into())),
+                None => Err(file_err(&tok_config_path)(tok_fields.err(key, format!("is {v}; expected a string or {{\"content\": string}}")))),
+            }
         };
+        let bos_name = token_name("bos_token")?;
+        let eos_name = token_name("eos_token")?;
         let tok_path = dir.join("tokenizer.json");
         if !tok_path.is_file() {
             return Err(LoadError::File { path: tok_path, reason: "missing: a Hugging Face model folder needs tokenizer.json".into() });
         }
         let mut tokenizer = Tokenizer::from_tokenizer_json(&tok_path, None, None, false)
             .map_err(|source| LoadError::Tokenizer { path: tok_path.clone(), source })?;
-        let id_of = |key: &str, tokenizer: &Tokenizer| {
-            token_name(key)
-                .and_then(|t| tokenizer.token_to_id(&t))
-                .or_else(|| config_json.get(format!("{key}_id")).and_then(|v| v.as_u64()).map(|v| v as u32))
+        let vocab = config.vocab_size;
+        let config_fields = Fields::new(&config_json, "");
+        let id_of = |name: &Option<String>, key: &str, tokenizer: &Tokenizer| -> Result<Option<u32>, LoadError> {
+            if let Some(id) = name.as_deref().and_then(|t| tokenizer.token_to_id(t)) {
+                return Ok(Some(id));
+            }
+            config_fields.get(key).map(|v| json_token_id(&config_fields, key, v, vocab)).transpose().map_err(file_err(&config_path))
         };
-        tokenizer.bos_id = id_of("bos_token", &tokenizer);
-        tokenizer.eos_id = id_of("eos_token", &tokenizer);
-        tokenizer.add_bos = tok_config.get("add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false);
-        let chat_template = match tok_config.get("chat_template").and_then(|v| v.as_str()) {
+        tokenizer.bos_id = id_of(&bos_name, "bos_token_id", &tokenizer)?;
+        tokenizer.eos_id = id_of(&eos_name, "eos_token_id", &tokenizer)?;
+        tokenizer.add_bos = tok_fields.bool("add_bos_token", false).map_err(file_err(&tok_config_path))?;
+        let chat_template = match chat_template_source(&tok_fields).map_err(file_err(&tok_config_path))? {
             Some(src) => Some(
-                ChatTemplate::new(src, &token_name("bos_token").unwrap_or_default(), &token_name("eos_token").unwrap_or_default())
-                    .map_err(|source| LoadError::Chat { path: dir.join("tokenizer_config.json"), source })?,
+                ChatTemplate::new(src, bos_name.as_deref().unwrap_or_default(), eos_name.as_deref().unwrap_or_default())
+                    .map_err(|source| LoadError::Chat { path: tok_config_path.clone(), source })?,
             ),
             None => None,
         };
         let mut stop_tokens: Vec<u32> = tokenizer.eos_id.into_iter().collect();
         let gen_config = json("generation_config.json")?;
-        match gen_config.get("eos_token_id") {
-            Some(serde_json::Value::Array(a)) => stop_tokens.extend(a.iter().filter_map(|v| v.as_u64()).map(|v| v as u32)),
-            Some(v) => stop_tokens.extend(v.as_u64().map(|v| v as u32)),
+        let gen_fields = Fields::new(&gen_config, "");
+        let gen_path = dir.join("generation_config.json");
+        let gen_err = file_err(&gen_path);
+        match gen_fields.get("eos_token_id") {
+            Some(serde_json::Value::Array(a)) => {
+                for (i, v) in a.iter().enumerate() {
+                    stop_tokens.push(json_token_id(&gen_fields, &format!("eos_token_id[{i}]"), v, vocab).map_err(&gen_err)?);
+                }
+            }
+            Some(v) => stop_tokens.push(json_token_id(&gen_fields, "eos_token_id", v, vocab).map_err(&gen_err)?),
             None => {}
         }
         let src = SafetensorsWeights::open(dir)?;
@@ -223,6 +244,43 @@ impl<B: Backend> LanguageModel<B> {
     }
 }
 
+/// An error of a field of the JSON file at `path`, as a load error naming the file.
+fn file_err(path: &Path) -> impl Fn(WeightError) -> LoadError + '_ {
+    move |e| LoadError::File { path: path.into(), reason: e.to_string() }
+}
+
+/// `id` as a token id of a model with `vocab` embedding rows, or why it is not one.
+fn token_id(id: u64, vocab: usize) -> Result<u32, String> {
+    u32::try_from(id).ok().filter(|&i| (i as usize) < vocab).ok_or_else(|| format!("{id} is not a token id of this model (vocabulary size {vocab})"))
+}
+
+/// The JSON value `v` of the field `key` as a token id of a model with `vocab` embedding rows.
+fn json_token_id(f: &Fields<'_>, key: &str, v: &serde_json::Value, vocab: usize) -> Result<u32, WeightError> {
+    v.as_u64()
+        .and_then(|id| token_id(id, vocab).ok())
+        .ok_or_else(|| f.err(key, format!("is {v}; expected a token id below the vocabulary size {vocab}")))
+}
+
+/// The `chat_template` of a `tokenizer_config.json`: a string, or Hugging Face's list of named
+/// templates (`[{"name": "default", "template": …}, …]`, the one named "default" taken); `None`
+/// when absent.
+fn chat_template_source<'a>(f: &Fields<'a>) -> Result<Option<&'a str>, WeightError> {
+    let key = "chat_template";
+    let Some(v) = f.get(key) else { return Ok(None) };
+    if let Some(s) = v.as_str() {
+        return Ok(Some(s));
+    }
+    let expected = "expected a string or a list of {\"name\", \"template\"} objects";
+    let list = v.as_array().ok_or_else(|| f.err(key, format!("is {v}; {expected}")))?;
+    for (i, t) in list.iter().enumerate() {
+        let named = |k: &str| t.get(k).and_then(|v| v.as_str()).ok_or_else(|| f.err(&format!("{key}[{i}].{k}"), format!("is {}; expected a string", t.get(k).unwrap_or(&serde_json::Value::Null))));
+        if named("name")? == "default" {
+            return named("template").map(Some);
+        }
+    }
+    Err(f.err(key, "is a list of named templates without one named \"default\"".into()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,5 +295,65 @@ mod tests {
         let e = LanguageModel::<burn::backend::Flex>::load(&dir, &Default::default()).err().unwrap().to_string();
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(e, format!("{}: not a regular file (a folder, FIFO or device); expected a file", config.display()));
+    }
+
+    /// Loads a model folder holding a tiny llama `config.json` (with `config_extra`), a
+    /// word-level `tokenizer.json` and the given `tokenizer_config.json` and
+    /// `generation_config.json` (skipped when `None`), and no weights; the load's error.
+    fn load_folder_error(config_extra: &str, tok_config: &str, gen_config: Option<&str>) -> String {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("xcomposer-model-fields-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = format!(
+            r#"{{"model_type": "llama", "hidden_size": 8, "num_attention_heads": 2, "num_hidden_layers": 1, "intermediate_size": 16, "vocab_size": 4{config_extra}}}"#
+        );
+        std::fs::write(dir.join("config.json"), config).unwrap();
+        let tokenizer = r#"{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+            "pre_tokenizer": null, "post_processor": null, "decoder": null,
+            "model": {"type": "WordLevel", "vocab": {"<s>": 0, "</s>": 1, "a": 2, "<unk>": 3}, "unk_token": "<unk>"}}"#;
+        std::fs::write(dir.join("tokenizer.json"), tokenizer).unwrap();
+        std::fs::write(dir.join("tokenizer_config.json"), tok_config).unwrap();
+        if let Some(g) = gen_config {
+            std::fs::write(dir.join("generation_config.json"), g).unwrap();
+        }
+        let e = LanguageModel::<burn::backend::Flex>::load(&dir, &Default::default()).err().unwrap().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        e.replace(&dir.display().to_string(), "DIR")
+    }
+
+    #[test]
+    fn tokenizer_config_fields_of_the_wrong_type_are_named_not_defaulted() {
+        // Before: each of these was silently replaced by its default (no BOS, add_bos_token
+        // false, no chat template, the stop token dropped) or wrapped into another id.
+        let e = load_folder_error("", r#"{"bos_token": 5}"#, None);
+        assert_eq!(e, r#"DIR/tokenizer_config.json: bos_token is 5; expected a string or {"content": string}"#);
+        let e = load_folder_error("", r#"{"eos_token": {"content": 1}}"#, None);
+        assert!(e.starts_with("DIR/tokenizer_config.json: eos_token is {\"content\":1}"), "{e}");
+        let e = load_folder_error("", r#"{"add_bos_token": "yes"}"#, None);
+        assert_eq!(e, "DIR/tokenizer_config.json: add_bos_token is \"yes\"; expected true or false");
+        let e = load_folder_error("", r#"{"chat_template": 7}"#, None);
+        assert!(e.starts_with("DIR/tokenizer_config.json: chat_template is 7; expected a string or a list"), "{e}");
+        let e = load_folder_error("", r#"{"chat_template": [{"name": "tool_use", "template": "x"}]}"#, None);
+        assert!(e.contains("chat_template is a list of named templates without one named \"default\""), "{e}");
+        let e = load_folder_error("", "{}", Some(r#"{"eos_token_id": [1, -1]}"#));
+        assert_eq!(e, "DIR/generation_config.json: eos_token_id[1] is -1; expected a token id below the vocabulary size 4");
+        let e = load_folder_error("", "{}", Some(r#"{"eos_token_id": "1"}"#));
+        assert_eq!(e, "DIR/generation_config.json: eos_token_id is \"1\"; expected a token id below the vocabulary size 4");
+        // 2^32 + 1 wrapped to id 1 with `as u32`.
+        let e = load_folder_error(r#", "bos_token_id": 4294967297"#, "{}", None);
+        assert_eq!(e, "DIR/config.json: bos_token_id is 4294967297; expected a token id below the vocabulary size 4");
+    }
+
+    #[test]
+    fn well_typed_tokenizer_config_fields_pass_to_the_weights() {
+        // Every field usable (a named-template list included): the load gets as far as the
+        // weights, which this folder lacks.
+        let tok = r#"{"bos_token": "<s>", "eos_token": {"content": "</s>"}, "add_bos_token": true,
+            "chat_template": [{"name": "default", "template": "{{ messages[0]['content'] }}"}]}"#;
+        let e = load_folder_error(r#", "bos_token_id": 0"#, tok, Some(r#"{"eos_token_id": [1, 3]}"#));
+        assert!(e.contains("safetensors"), "{e}");
+        let e = load_folder_error("", r#"{"bos_token": null, "chat_template": "{{ x }}"}"#, Some(r#"{"eos_token_id": 1}"#));
+        assert!(e.contains("safetensors"), "{e}");
     }
 }

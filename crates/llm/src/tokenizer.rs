@@ -29,7 +29,7 @@ pub enum TokenizerError {
     },
     /// A tokenizer file could not be read (missing, not a regular file, over the size limit).
     #[error(transparent)]
-    Read(#[from] crate::capped::CappedReadError),
+    Read(#[from] crate::readers::WeightError),
     /// Encoding or decoding failed inside the tokenizers library.
     #[error("tokenizer: {0}")]
     Library(String),
@@ -95,7 +95,7 @@ fn opt_id(g: &Gguf, key: &str, vocab: usize) -> Result<Option<u32>, TokenizerErr
 impl Tokenizer {
     /// Builds the tokenizer a GGUF file describes (`tokenizer.ggml.*`).
     pub fn from_gguf(g: &Gguf) -> Result<Self, TokenizerError> {
-        let meta = |e: crate::gguf::GgufError| TokenizerError::Metadata(e.to_string());
+        let meta = |e: crate::readers::WeightError| TokenizerError::Metadata(e.to_string());
         let model = g.get_str("tokenizer.ggml.model").map_err(meta)?;
         let tokens = g.get_str_array("tokenizer.ggml.tokens").map_err(meta)?;
         let n = tokens.len();

@@ -17,7 +17,7 @@ use std::path::Path;
 use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
-use xcomposer_llm::readers::fields::{FieldError, Fields, read_json};
+use xcomposer_llm::readers::fields::{Fields, read_json};
 use xcomposer_llm::nn::{Dense, LayerNorm, multi_head_attention, padding_mask, to_device};
 use xcomposer_llm::weights::{WeightError, WeightSource};
 
@@ -66,7 +66,7 @@ impl BertConfig {
 
     /// The configuration from a `config.json`'s fields: required sizes, HF's defaults for the
     /// rest, errors naming the field.
-    fn from_fields(f: &Fields<'_>) -> Result<Self, FieldError> {
+    fn from_fields(f: &Fields<'_>) -> Result<Self, WeightError> {
         let c = BertConfig {
             vocab_size: f.required_usize("vocab_size")?,
             hidden_size: f.required_usize("hidden_size")?,

@@ -118,7 +118,7 @@ struct Fields<'a> {
 }
 
 impl Fields<'_> {
-    fn wrap(&self, e: xcomposer_llm::readers::fields::FieldError) -> ClipError {
+    fn wrap(&self, e: WeightError) -> ClipError {
         ClipError::Config { path: self.path.into(), reason: e.to_string() }
     }
 

@@ -12,7 +12,8 @@ use std::io::{BufRead, Cursor, Seek};
 use std::path::{Path, PathBuf};
 
 use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
-use xcomposer_llm::capped::{CappedReadError, read_capped};
+use xcomposer_llm::capped::read_capped;
+use xcomposer_llm::readers::WeightError;
 
 use crate::Preprocess;
 
@@ -163,9 +164,9 @@ impl ImageInput {
     fn read(&self, path: &Path) -> Result<Vec<u8>, ImageError> {
         let io = |reason: String| ImageError::Io { path: path.to_path_buf(), reason };
         read_capped(path, self.max_file_bytes).map_err(|e| match e {
-            CappedReadError::TooLarge { .. } => ImageError::FileTooLarge { path: path.to_path_buf(), limit: self.max_file_bytes },
-            CappedReadError::NotRegular { .. } => io("not a regular file (a folder, FIFO or device); expected an image file".into()),
-            CappedReadError::Io(e) => io(e.error.to_string()),
+            WeightError::TooLarge { .. } => ImageError::FileTooLarge { path: path.to_path_buf(), limit: self.max_file_bytes },
+            WeightError::NotRegular { .. } => io("not a regular file (a folder, FIFO or device); expected an image file".into()),
+            other => io(other.reason()),
         })
     }
 

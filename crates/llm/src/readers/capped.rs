@@ -1,57 +1,12 @@
 //! Reading input files with a size cap: only a regular file is read (a FIFO or device is
 //! refused before it is opened, so a read never blocks or streams forever), and never more
-//! than the cap.
+//! than the cap. Errors are the readers' [`WeightError`] (`NotRegular`, `TooLarge`, `Io`).
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use super::path_io::{AtPath, PathIoError};
-
-/// Why a capped read failed; each message names the file.
-#[derive(Debug, thiserror::Error)]
-pub enum CappedReadError {
-    /// The file could not be opened or read.
-    #[error(transparent)]
-    Io(#[from] PathIoError),
-    /// A folder, FIFO, socket or device.
-    #[error("{path}: not a regular file (a folder, FIFO or device); expected a file")]
-    NotRegular {
-        /// The path.
-        path: PathBuf,
-    },
-    /// More bytes than the cap.
-    #[error("{path}: larger than the limit of {cap} bytes")]
-    TooLarge {
-        /// The file.
-        path: PathBuf,
-        /// The cap in bytes.
-        cap: u64,
-    },
-}
-
-impl CappedReadError {
-    /// Whether the file does not exist (callers often treat that as "absent", not as an error).
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, Self::Io(e) if e.is_not_found())
-    }
-
-    /// The file.
-    pub fn path(&self) -> &Path {
-        match self {
-            Self::Io(e) => &e.path,
-            Self::NotRegular { path } | Self::TooLarge { path, .. } => path,
-        }
-    }
-
-    /// What went wrong, without the path (for callers whose own message names it).
-    pub fn reason(&self) -> String {
-        match self {
-            Self::Io(e) => e.error.to_string(),
-            Self::NotRegular { .. } => "not a regular file (a folder, FIFO or device); expected a file".into(),
-            Self::TooLarge { cap, .. } => format!("larger than the limit of {cap} bytes"),
-        }
-    }
-}
+use super::WeightError;
+use super::path_io::AtPath;
 
 /// Reads `reader` to its end if it yields at most `cap` bytes; `None` when it yields more (then
 /// only `cap + 1` bytes were read).
@@ -63,21 +18,21 @@ pub fn read_to_end_capped(reader: impl Read, cap: u64) -> std::io::Result<Option
 
 /// Opens the regular file at `path` (links followed) for reading or mapping; a folder, FIFO or
 /// device is refused before it is opened (opening a FIFO would wait for a writer).
-pub fn open_regular(path: &Path) -> Result<std::fs::File, CappedReadError> {
+pub fn open_regular(path: &Path) -> Result<std::fs::File, WeightError> {
     if !std::fs::metadata(path).at(path)?.is_file() {
-        return Err(CappedReadError::NotRegular { path: path.to_path_buf() });
+        return Err(WeightError::NotRegular { path: path.to_path_buf() });
     }
     let file = std::fs::File::open(path).at(path)?;
     if !file.metadata().at(path)?.is_file() {
-        return Err(CappedReadError::NotRegular { path: path.to_path_buf() });
+        return Err(WeightError::NotRegular { path: path.to_path_buf() });
     }
     Ok(file)
 }
 
 /// Reads the regular file at `path` (links followed) if it holds at most `cap` bytes; its type
 /// is checked before it is opened ([`open_regular`]), its size before it is read.
-pub fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>, CappedReadError> {
-    let too_large = || CappedReadError::TooLarge { path: path.to_path_buf(), cap };
+pub fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>, WeightError> {
+    let too_large = || WeightError::TooLarge { path: path.to_path_buf(), cap };
     let file = open_regular(path)?;
     if file.metadata().at(path)?.len() > cap {
         return Err(too_large());

@@ -7,6 +7,8 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use super::WeightError;
+
 /// The largest JSON configuration file read (Hugging Face's are a few KiB; a
 /// `tokenizer_config.json` with a long chat template stays far under).
 pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
@@ -17,16 +19,6 @@ pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
 pub fn read_json(path: &Path) -> Result<Value, String> {
     let bytes = super::capped::read_capped(path, MAX_CONFIG_BYTES).map_err(|e| e.reason())?;
     serde_json::from_slice(&bytes).map_err(|e| e.to_string())
-}
-
-/// A field that is present but unusable.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{field} {reason}")]
-pub struct FieldError {
-    /// The field, with its path inside the file (`vision_config.patch_size`).
-    pub field: String,
-    /// What is wrong, starting with the value found (`is 0; expected a positive integer`).
-    pub reason: String,
 }
 
 /// The fields of one JSON object.
@@ -48,49 +40,49 @@ impl<'a> Fields<'a> {
         self.obj.get(key).filter(|v| !v.is_null())
     }
 
-    /// An error about `key`.
-    pub fn err(&self, key: &str, reason: String) -> FieldError {
-        FieldError { field: format!("{}{key}", self.prefix), reason }
+    /// An error about `key` ([`WeightError::Field`]).
+    pub fn err(&self, key: &str, reason: String) -> WeightError {
+        WeightError::Field { field: format!("{}{key}", self.prefix), reason }
     }
 
     /// A positive integer that fits a `usize`, or `default`.
-    pub fn positive_usize(&self, key: &str, default: usize) -> Result<usize, FieldError> {
+    pub fn positive_usize(&self, key: &str, default: usize) -> Result<usize, WeightError> {
         let Some(v) = self.get(key) else { return Ok(default) };
         v.as_u64().filter(|n| *n > 0).and_then(|n| usize::try_from(n).ok()).ok_or_else(|| self.err(key, format!("is {v}; expected a positive integer")))
     }
 
     /// A positive integer that fits a `usize` and must be present.
-    pub fn required_usize(&self, key: &str) -> Result<usize, FieldError> {
+    pub fn required_usize(&self, key: &str) -> Result<usize, WeightError> {
         self.get(key).ok_or_else(|| self.err(key, "is missing; expected a positive integer".into()))?;
         self.positive_usize(key, 0)
     }
 
     /// A string that must be present.
-    pub fn required_str(&self, key: &str) -> Result<&'a str, FieldError> {
+    pub fn required_str(&self, key: &str) -> Result<&'a str, WeightError> {
         let v = self.get(key).ok_or_else(|| self.err(key, "is missing; expected a string".into()))?;
         v.as_str().ok_or_else(|| self.err(key, format!("is {v}; expected a string")))
     }
 
     /// A positive number that stays finite and positive as an `f32`, or `default`.
-    pub fn positive_f32(&self, key: &str, default: f32) -> Result<f32, FieldError> {
+    pub fn positive_f32(&self, key: &str, default: f32) -> Result<f32, WeightError> {
         let Some(v) = self.get(key) else { return Ok(default) };
         v.as_f64().and_then(positive_f32).ok_or_else(|| self.err(key, format!("is {v}; expected a positive number within f32's range")))
     }
 
     /// A positive finite number, or `default`.
-    pub fn positive_f64(&self, key: &str, default: f64) -> Result<f64, FieldError> {
+    pub fn positive_f64(&self, key: &str, default: f64) -> Result<f64, WeightError> {
         let Some(v) = self.get(key) else { return Ok(default) };
         v.as_f64().filter(|x| *x > 0.0 && x.is_finite()).ok_or_else(|| self.err(key, format!("is {v}; expected a positive number")))
     }
 
     /// `true` or `false`, or `default`.
-    pub fn bool(&self, key: &str, default: bool) -> Result<bool, FieldError> {
+    pub fn bool(&self, key: &str, default: bool) -> Result<bool, WeightError> {
         let Some(v) = self.get(key) else { return Ok(default) };
         v.as_bool().ok_or_else(|| self.err(key, format!("is {v}; expected true or false")))
     }
 
     /// One of the strings in `allowed`; `allowed[0]` when absent.
-    pub fn one_of(&self, key: &str, allowed: &[&'static str]) -> Result<&'static str, FieldError> {
+    pub fn one_of(&self, key: &str, allowed: &[&'static str]) -> Result<&'static str, WeightError> {
         let Some(v) = self.get(key) else { return Ok(allowed[0]) };
         let quoted: Vec<String> = allowed.iter().map(|a| format!("{a:?}")).collect();
         v.as_str().and_then(|s| allowed.iter().find(|a| **a == s).copied()).ok_or_else(|| self.err(key, format!("is {v}; expected {}", quoted.join(" or "))))
@@ -125,21 +117,21 @@ mod tests {
     fn absent_and_null_take_the_default_and_bad_values_name_the_field() {
         let v: Value = serde_json::json!({"a": 3, "n": null, "z": 0, "big": 1e300, "s": "gelu", "neg": -1.5, "b": "yes"});
         let f = Fields::new(&v, "text_config.");
-        assert_eq!(f.positive_usize("a", 9), Ok(3));
-        assert_eq!(f.positive_usize("n", 9), Ok(9));
-        assert_eq!(f.positive_usize("missing", 9), Ok(9));
+        assert_eq!(f.positive_usize("a", 9).unwrap(), 3);
+        assert_eq!(f.positive_usize("n", 9).unwrap(), 9);
+        assert_eq!(f.positive_usize("missing", 9).unwrap(), 9);
         assert_eq!(f.positive_usize("z", 9).unwrap_err().to_string(), "text_config.z is 0; expected a positive integer");
         assert_eq!(f.positive_f64("neg", 1.0).unwrap_err().to_string(), "text_config.neg is -1.5; expected a positive number");
-        assert_eq!(f.positive_f64("big", 1.0), Ok(1e300));
+        assert_eq!(f.positive_f64("big", 1.0).unwrap(), 1e300);
         assert_eq!(f.bool("b", true).unwrap_err().to_string(), "text_config.b is \"yes\"; expected true or false");
-        assert_eq!(f.one_of("s", &["quick_gelu", "gelu"]), Ok("gelu"));
-        assert_eq!(f.one_of("n", &["quick_gelu", "gelu"]), Ok("quick_gelu"));
+        assert_eq!(f.one_of("s", &["quick_gelu", "gelu"]).unwrap(), "gelu");
+        assert_eq!(f.one_of("n", &["quick_gelu", "gelu"]).unwrap(), "quick_gelu");
         assert_eq!(f.one_of("a", &["gelu"]).unwrap_err().to_string(), "text_config.a is 3; expected \"gelu\"");
-        assert_eq!(f.required_usize("a"), Ok(3));
+        assert_eq!(f.required_usize("a").unwrap(), 3);
         assert_eq!(f.required_usize("n").unwrap_err().to_string(), "text_config.n is missing; expected a positive integer");
-        assert_eq!(f.required_str("s"), Ok("gelu"));
+        assert_eq!(f.required_str("s").unwrap(), "gelu");
         assert_eq!(f.required_str("a").unwrap_err().to_string(), "text_config.a is 3; expected a string");
         assert_eq!(f.positive_f32("big", 1.0).unwrap_err().to_string(), "text_config.big is 1e+300; expected a positive number within f32's range");
-        assert_eq!(f.positive_f32("a", 1.0), Ok(3.0));
+        assert_eq!(f.positive_f32("a", 1.0).unwrap(), 3.0);
     }
 }

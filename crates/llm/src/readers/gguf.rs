@@ -7,74 +7,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
+use super::WeightError;
 use super::path_io::AtPath;
 use crate::quant::GgmlType;
-
-/// Errors from reading a GGUF file.
-#[derive(Debug, thiserror::Error)]
-pub enum GgufError {
-    /// The file could not be mapped.
-    #[error(transparent)]
-    Io(#[from] super::path_io::PathIoError),
-    /// The file could not be opened (missing, or not a regular file).
-    #[error(transparent)]
-    Read(#[from] super::capped::CappedReadError),
-    /// The file does not start with the GGUF magic.
-    #[error("not a GGUF file (magic {0:?}, expected \"GGUF\")")]
-    BadMagic([u8; 4]),
-    /// The version is not 2 or 3.
-    #[error("unsupported GGUF version {0} (supported: 2, 3)")]
-    UnsupportedVersion(u32),
-    /// The file ended while reading something.
-    #[error("file truncated while reading {what} at byte {offset}")]
-    Truncated {
-        /// What was being read (a key, a tensor info, …).
-        what: String,
-        /// Where the read started.
-        offset: usize,
-    },
-    /// A metadata value had an unknown type tag.
-    #[error("metadata key '{key}': unknown value type {tag}")]
-    UnknownValueType {
-        /// The key.
-        key: String,
-        /// The type tag found.
-        tag: u32,
-    },
-    /// A string was not UTF-8.
-    #[error("{what}: string is not valid UTF-8")]
-    BadString {
-        /// What was being read.
-        what: String,
-    },
-    /// A tensor had an unknown or unsupported data type.
-    #[error("tensor '{name}': unknown GGML type {tag}")]
-    UnknownTensorType {
-        /// The tensor.
-        name: String,
-        /// The type tag.
-        tag: u32,
-    },
-    /// A tensor's declared shape or data is inconsistent with the file.
-    #[error("tensor '{name}': {reason}")]
-    BadTensor {
-        /// The tensor.
-        name: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// A metadata key was missing or had the wrong type.
-    #[error("metadata key '{key}': {reason}")]
-    BadMetadata {
-        /// The key.
-        key: String,
-        /// What was expected.
-        reason: String,
-    },
-    /// A tensor name was looked up that the file does not have.
-    #[error("tensor '{0}' not found in the GGUF file")]
-    MissingTensor(String),
-}
 
 /// A metadata value of any GGUF type.
 #[derive(Debug, Clone, PartialEq)]
@@ -240,7 +175,7 @@ struct Cursor<'a> {
 }
 
 impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize, what: &dyn Fn() -> String) -> Result<&'a [u8], GgufError> {
+    fn take(&mut self, n: usize, what: &dyn Fn() -> String) -> Result<&'a [u8], WeightError> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len());
         match end {
             Some(end) => {
@@ -248,30 +183,30 @@ impl<'a> Cursor<'a> {
                 self.pos = end;
                 Ok(s)
             }
-            None => Err(GgufError::Truncated { what: what(), offset: self.pos }),
+            None => Err(WeightError::Truncated { what: what(), offset: self.pos }),
         }
     }
 
-    fn array<const N: usize>(&mut self, what: &dyn Fn() -> String) -> Result<[u8; N], GgufError> {
+    fn array<const N: usize>(&mut self, what: &dyn Fn() -> String) -> Result<[u8; N], WeightError> {
         let s = self.take(N, what)?;
         let mut a = [0u8; N];
         a.copy_from_slice(s);
         Ok(a)
     }
 
-    fn u32(&mut self, what: &dyn Fn() -> String) -> Result<u32, GgufError> {
+    fn u32(&mut self, what: &dyn Fn() -> String) -> Result<u32, WeightError> {
         Ok(u32::from_le_bytes(self.array(what)?))
     }
 
-    fn u64(&mut self, what: &dyn Fn() -> String) -> Result<u64, GgufError> {
+    fn u64(&mut self, what: &dyn Fn() -> String) -> Result<u64, WeightError> {
         Ok(u64::from_le_bytes(self.array(what)?))
     }
 
-    fn string(&mut self, what: &dyn Fn() -> String) -> Result<String, GgufError> {
+    fn string(&mut self, what: &dyn Fn() -> String) -> Result<String, WeightError> {
         let len = self.u64(what)?;
-        let len = usize::try_from(len).map_err(|_| GgufError::Truncated { what: what(), offset: self.pos })?;
+        let len = usize::try_from(len).map_err(|_| WeightError::Truncated { what: what(), offset: self.pos })?;
         let bytes = self.take(len, what)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| GgufError::BadString { what: what() })
+        String::from_utf8(bytes.to_vec()).map_err(|_| WeightError::BadString { what: what() })
     }
 
     fn remaining(&self) -> usize {
@@ -292,7 +227,7 @@ fn min_value_size(tag: u32) -> usize {
     }
 }
 
-fn read_value(c: &mut Cursor<'_>, tag: u32, key: &str, depth: usize) -> Result<Value, GgufError> {
+fn read_value(c: &mut Cursor<'_>, tag: u32, key: &str, depth: usize) -> Result<Value, WeightError> {
     let what = || format!("metadata key '{key}'");
     Ok(match tag {
         0 => Value::U8(c.array::<1>(&what)?[0]),
@@ -306,13 +241,13 @@ fn read_value(c: &mut Cursor<'_>, tag: u32, key: &str, depth: usize) -> Result<V
             0 => Value::Bool(false),
             1 => Value::Bool(true),
             b => {
-                return Err(GgufError::BadMetadata { key: key.into(), reason: format!("bool byte {b} is not 0 or 1") });
+                return Err(WeightError::BadMetadata { key: key.into(), reason: format!("bool byte {b} is not 0 or 1") });
             }
         },
         8 => Value::String(c.string(&what)?),
         9 => {
             if depth > 4 {
-                return Err(GgufError::BadMetadata { key: key.into(), reason: "arrays nested too deeply".into() });
+                return Err(WeightError::BadMetadata { key: key.into(), reason: "arrays nested too deeply".into() });
             }
             let elem = c.u32(&what)?;
             let count = c.u64(&what)?;
@@ -320,7 +255,7 @@ fn read_value(c: &mut Cursor<'_>, tag: u32, key: &str, depth: usize) -> Result<V
                 .checked_mul(min_value_size(elem) as u64)
                 .is_some_and(|need| need <= c.remaining() as u64);
             if !fits {
-                return Err(GgufError::Truncated { what: format!("array of {count} elements for key '{key}'"), offset: c.pos });
+                return Err(WeightError::Truncated { what: format!("array of {count} elements for key '{key}'"), offset: c.pos });
             }
             let mut items = Vec::with_capacity(count as usize);
             for _ in 0..count {
@@ -331,13 +266,13 @@ fn read_value(c: &mut Cursor<'_>, tag: u32, key: &str, depth: usize) -> Result<V
         10 => Value::U64(c.u64(&what)?),
         11 => Value::I64(i64::from_le_bytes(c.array(&what)?)),
         12 => Value::F64(f64::from_le_bytes(c.array(&what)?)),
-        tag => return Err(GgufError::UnknownValueType { key: key.into(), tag }),
+        tag => return Err(WeightError::UnknownValueType { key: key.into(), tag }),
     })
 }
 
 impl Gguf {
     /// Opens and parses a GGUF file, memory-mapping its data.
-    pub fn open(path: impl AsRef<Path>) -> Result<Self, GgufError> {
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, WeightError> {
         let path = path.as_ref();
         let file = super::capped::open_regular(path)?;
         // SAFETY: the map is read-only; like every mmap user we assume the file is not truncated
@@ -347,26 +282,26 @@ impl Gguf {
     }
 
     /// Parses a GGUF file held in memory.
-    pub fn from_bytes(bytes: Vec<u8>) -> Result<Self, GgufError> {
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Self, WeightError> {
         Self::parse(Bytes::Owned(bytes))
     }
 
-    fn parse(bytes: Bytes) -> Result<Self, GgufError> {
+    fn parse(bytes: Bytes) -> Result<Self, WeightError> {
         let data = bytes.as_slice();
         let mut c = Cursor { data, pos: 0 };
         let magic: [u8; 4] = c.array(&|| "magic".into())?;
         if &magic != b"GGUF" {
-            return Err(GgufError::BadMagic(magic));
+            return Err(WeightError::BadMagic(magic));
         }
         let version = c.u32(&|| "version".into())?;
         if !(2..=3).contains(&version) {
-            return Err(GgufError::UnsupportedVersion(version));
+            return Err(WeightError::UnsupportedVersion(version));
         }
         let n_tensors = c.u64(&|| "tensor count".into())?;
         let n_kv = c.u64(&|| "metadata count".into())?;
         // Each key/value takes at least 12 bytes, each tensor info at least 24.
         if n_kv.saturating_mul(12) > c.remaining() as u64 || n_tensors.saturating_mul(24) > c.remaining() as u64 {
-            return Err(GgufError::Truncated {
+            return Err(WeightError::Truncated {
                 what: format!("{n_kv} metadata entries and {n_tensors} tensor infos"),
                 offset: c.pos,
             });
@@ -385,7 +320,7 @@ impl Gguf {
             Some(v) => match v.as_u64() {
                 Some(a) if a > 0 && a.is_power_of_two() && a <= 1 << 20 => a as usize,
                 _ => {
-                    return Err(GgufError::BadMetadata {
+                    return Err(WeightError::BadMetadata {
                         key: "general.alignment".into(),
                         reason: format!("expected a power of two, got {v:?}"),
                     });
@@ -399,7 +334,7 @@ impl Gguf {
             let what = || format!("info of tensor '{name}'");
             let n_dims = c.u32(&what)?;
             if n_dims == 0 || n_dims > 4 {
-                return Err(GgufError::BadTensor { name, reason: format!("{n_dims} dimensions (expected 1 to 4)") });
+                return Err(WeightError::BadTensor { name, reason: format!("{n_dims} dimensions (expected 1 to 4)") });
             }
             let mut dims = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
@@ -407,7 +342,7 @@ impl Gguf {
             }
             let tag = c.u32(&what)?;
             let offset = c.u64(&what)?;
-            let ggml_type = GgmlType::from_tag(tag).ok_or(GgufError::UnknownTensorType { name: name.clone(), tag })?;
+            let ggml_type = GgmlType::from_tag(tag).ok_or(WeightError::UnknownTensorType { name: name.clone(), tag })?;
             raw.push((name, dims, ggml_type, offset));
         }
 
@@ -416,7 +351,7 @@ impl Gguf {
         let mut tensors = Vec::with_capacity(raw.len());
         for (name, dims, ggml_type, offset) in raw {
             let n = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
-            let bad = |reason: String| GgufError::BadTensor { name: name.clone(), reason };
+            let bad = |reason: String| WeightError::BadTensor { name: name.clone(), reason };
             let n = n.ok_or_else(|| bad(format!("dimensions {dims:?} overflow")))?;
             let block = ggml_type.block_size() as u64;
             if dims[0] % block != 0 {
@@ -464,10 +399,10 @@ impl Gguf {
     }
 
     /// Dequantizes a tensor to f32 values in row-major order, with its row-major shape.
-    pub fn dequantize(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>), GgufError> {
-        let info = self.tensor_info(name).ok_or_else(|| GgufError::MissingTensor(name.into()))?;
+    pub fn dequantize(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>), WeightError> {
+        let info = self.tensor_info(name).ok_or_else(|| WeightError::Missing { source_name: "the GGUF file".into(), name: name.into() })?;
         let values = crate::quant::dequantize(info.ggml_type, self.tensor_bytes(info), info.n_elements())
-            .map_err(|reason| GgufError::BadTensor { name: name.into(), reason })?;
+            .map_err(|reason| WeightError::BadTensor { name: name.into(), reason })?;
         Ok((values, info.shape()))
     }
 
@@ -476,35 +411,35 @@ impl Gguf {
         self.metadata.get(key)
     }
 
-    fn require(&self, key: &str) -> Result<&Value, GgufError> {
-        self.get(key).ok_or_else(|| GgufError::BadMetadata { key: key.into(), reason: "missing".into() })
+    fn require(&self, key: &str) -> Result<&Value, WeightError> {
+        self.get(key).ok_or_else(|| WeightError::BadMetadata { key: key.into(), reason: "missing".into() })
     }
 
     /// A required string value.
-    pub fn get_str(&self, key: &str) -> Result<&str, GgufError> {
+    pub fn get_str(&self, key: &str) -> Result<&str, WeightError> {
         let v = self.require(key)?;
-        v.as_str().ok_or_else(|| GgufError::BadMetadata { key: key.into(), reason: format!("expected a string, got {v:?}") })
+        v.as_str().ok_or_else(|| WeightError::BadMetadata { key: key.into(), reason: format!("expected a string, got {v:?}") })
     }
 
     /// A required non-negative integer value.
-    pub fn get_u64(&self, key: &str) -> Result<u64, GgufError> {
+    pub fn get_u64(&self, key: &str) -> Result<u64, WeightError> {
         let v = self.require(key)?;
-        v.as_u64().ok_or_else(|| GgufError::BadMetadata {
+        v.as_u64().ok_or_else(|| WeightError::BadMetadata {
             key: key.into(),
             reason: format!("expected a non-negative integer, got {v:?}"),
         })
     }
 
     /// A required float value (integers are accepted).
-    pub fn get_f64(&self, key: &str) -> Result<f64, GgufError> {
+    pub fn get_f64(&self, key: &str) -> Result<f64, WeightError> {
         let v = self.require(key)?;
-        v.as_f64().ok_or_else(|| GgufError::BadMetadata { key: key.into(), reason: format!("expected a number, got {v:?}") })
+        v.as_f64().ok_or_else(|| WeightError::BadMetadata { key: key.into(), reason: format!("expected a number, got {v:?}") })
     }
 
     /// A required array of strings.
-    pub fn get_str_array(&self, key: &str) -> Result<Vec<&str>, GgufError> {
+    pub fn get_str_array(&self, key: &str) -> Result<Vec<&str>, WeightError> {
         let v = self.require(key)?;
-        let bad = || GgufError::BadMetadata { key: key.into(), reason: "expected an array of strings".into() };
+        let bad = || WeightError::BadMetadata { key: key.into(), reason: "expected an array of strings".into() };
         v.as_array().ok_or_else(bad)?.iter().map(|e| e.as_str().ok_or_else(bad)).collect()
     }
 }

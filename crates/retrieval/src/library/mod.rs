@@ -31,7 +31,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use xcomposer_llm::capped::CappedReadError;
+use xcomposer_llm::readers::WeightError;
 use xcomposer_llm::readers::path_io::PathIoError;
 use xcomposer_vision::Tag;
 
@@ -101,14 +101,14 @@ impl From<PathIoError> for LibraryError {
     }
 }
 
-impl From<CappedReadError> for LibraryError {
-    fn from(e: CappedReadError) -> Self {
-        LibraryError::Io { path: e.path().to_path_buf(), reason: e.reason() }
+impl From<WeightError> for LibraryError {
+    fn from(e: WeightError) -> Self {
+        LibraryError::Io { path: e.path().map(Path::to_path_buf).unwrap_or_default(), reason: e.reason() }
     }
 }
 
 /// The reason of a capped read's error, without the path (the caller's message names it).
-pub(crate) fn io_reason(e: CappedReadError) -> String {
+pub(crate) fn io_reason(e: WeightError) -> String {
     e.reason()
 }
 

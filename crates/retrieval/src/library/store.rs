@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use xcomposer_llm::capped::{CappedReadError, read_capped};
+use xcomposer_llm::capped::read_capped;
+use xcomposer_llm::readers::WeightError;
 use xcomposer_llm::readers::path_io::AtPath;
 
 use super::{FeatureMatrix, INDEX_VERSION, ImageLibrary, IndexedImage, LibraryError, ModelIds, default_index_dir};
@@ -53,7 +54,7 @@ impl ImageLibrary {
             let mismatch = || stale(format!("{} does not match index.json", path.display()));
             let expected = rows.checked_mul(dim as u64).and_then(|n| n.checked_mul(4)).filter(|_| dim > 0).ok_or_else(mismatch)?;
             let bytes = match read_capped(&path, expected) {
-                Err(CappedReadError::TooLarge { .. }) => return Err(mismatch()),
+                Err(WeightError::TooLarge { .. }) => return Err(mismatch()),
                 r => r?,
             };
             if bytes.len() as u64 != expected {
