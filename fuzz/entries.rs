@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use xcomposer_composer::{Article, captioner, render, spotter, vlm_selector};
+use xcomposer_llm::readers::shard_index::ShardIndex;
 use xcomposer_llm::weights::{SafetensorsWeights, WeightSource};
 use xcomposer_llm::{ChatTemplate, DecoderConfig, Gguf, Message, Tokenizer, torch::TorchWeights};
 use xcomposer_retrieval::{ClipTokenizer, ImageLibrary};
@@ -19,6 +20,7 @@ pub const TARGETS: &[(&str, fn(&[u8]) -> bool)] = &[
     ("gguf", gguf),
     ("torch", torch),
     ("safetensors", safetensors),
+    ("shard_index", shard_index),
     ("image", image),
     ("article", article),
     ("index", index),
@@ -88,6 +90,26 @@ pub fn torch(data: &[u8]) -> bool {
 /// Safetensors: open a folder holding `model.safetensors`, then load every tensor.
 pub fn safetensors(data: &[u8]) -> bool {
     let dir = write_scratch("safetensors", "model.safetensors", data);
+    let Ok(w) = SafetensorsWeights::open(&dir) else { return false };
+    let names: Vec<String> = w.names().cloned().collect();
+    load_all(&w, &names)
+}
+
+/// The shard file that the `shard_index` target writes beside its index.
+const SHARD: &str = "model-00001-of-00001.safetensors";
+
+/// A sharded safetensors checkpoint: the bytes up to the first NUL are its
+/// `model.safetensors.index.json`, the rest the shard [`SHARD`]. The index is read (every shard
+/// it lists must lie in its own folder), then the folder is opened through it and every tensor
+/// loaded.
+pub fn shard_index(data: &[u8]) -> bool {
+    let (index, shard) = split_at_nul(data);
+    let dir = write_scratch("shard_index", "model.safetensors.index.json", index);
+    std::fs::write(dir.join(SHARD), shard).expect("scratch file");
+    let Ok(idx) = ShardIndex::read(&dir.join("model.safetensors.index.json")) else { return false };
+    for s in &idx.shards {
+        assert_eq!(s.parent(), Some(dir.as_path()), "the index named a shard outside its folder: {}", s.display());
+    }
     let Ok(w) = SafetensorsWeights::open(&dir) else { return false };
     let names: Vec<String> = w.names().cloned().collect();
     load_all(&w, &names)

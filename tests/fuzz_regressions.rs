@@ -3,7 +3,7 @@
 //! of that name (`fuzz/entries.rs`) and must return (the library's Ok or a clean Err), not panic.
 //! Inputs that once crashed a target or ran past its bounds are kept here (`crash-*`, `oom-*`,
 //! `timeout-*`), with a few small valid seeds (`seed-*`, which the reader must accept, so the
-//! replay goes down the real paths).
+//! replay goes down the real paths) and inputs the reader must refuse (`refused-*`).
 
 #[path = "../fuzz/entries.rs"]
 mod entries;
@@ -25,6 +25,7 @@ fn every_fuzz_regression_file_replays_without_panicking() {
             let accepted = run(&data);
             let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
             assert!(accepted || !name.starts_with("seed-"), "the seed {} was refused", file.display());
+            assert!(!accepted || !name.starts_with("refused-"), "{} was accepted", file.display());
             replayed += 1;
         }
     }
