@@ -65,9 +65,9 @@ pub struct LlmBenchArgs {
     /// Python interpreter that has llama-cpp-python installed.
     #[arg(long, default_value = "python3")]
     python: String,
-    /// How the CPU decodes one token, one row each: the fused step with f32 activations (f32,
-    /// the default of generation) or 8-bit ones (int8), or burn's operations one by one (burn).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "f32,int8")]
+    /// How the CPU decodes one token, one row each: the fused step with f32 activations (f32),
+    /// 16-bit ones (int16) or 8-bit ones (int8), or burn's operations one by one (burn).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "f32,int16,int8")]
     decode: Vec<DecodeArg>,
     /// The instruction set of the CPU's integer kernels (default: the best this CPU has).
     #[arg(long, value_enum)]
@@ -79,7 +79,10 @@ pub struct LlmBenchArgs {
 enum DecodeArg {
     /// The fused host step, activations in 8-bit blocks for the integer kernels.
     Int8,
-    /// The fused host step, f32 activations (exact up to summation order; generation's default).
+    /// The fused host step, activations in 16-bit blocks for the integer kernels (generation's
+    /// default).
+    Int16,
+    /// The fused host step, f32 activations (exact up to summation order).
     F32,
     /// burn's operations one by one, f32 activations (the path before the fused step).
     Burn,
@@ -337,7 +340,11 @@ fn bench_xcomposer<B: Backend>(args: &LlmBenchArgs, path: &Path, device: &B::Dev
     let thread_counts: Vec<usize> = if args.device == DeviceArg::Cpu { args.threads.clone() } else { vec![0] };
     for &mode in &args.decode {
         let d = model.decoder.burn_mut().context("bench llm measures burn's decoder")?;
-        d.set_activations(if mode == DecodeArg::Int8 { Activations::Int8 } else { Activations::F32 });
+        d.set_activations(match mode {
+            DecodeArg::Int8 => Activations::Int8,
+            DecodeArg::Int16 => Activations::Int16,
+            DecodeArg::F32 | DecodeArg::Burn => Activations::F32,
+        });
         d.set_fused_step(mode != DecodeArg::Burn);
         let d = model.decoder.burn().context("bench llm measures burn's decoder")?;
         for &threads in &thread_counts {

@@ -2,8 +2,9 @@
 //! rotate-half RoPE, grouped-query attention, SwiGLU and a KV cache; and its weight loader.
 //!
 //! Weights are kept as f32 and stored transposed (`[in, out]`) so every projection is one
-//! matmul; on the CPU backend each projection also keeps its GGUF block encoding for one-token
-//! decode steps ([`QMatrix`]).
+//! matmul, except on the CPU backend when the source keeps them block-encoded (GGUF): then each
+//! projection (and the embedding) keeps only its encoded rows ([`QMatrix`]), which the one-token
+//! step multiplies directly and prefill multiplies a decoded tile at a time.
 
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
@@ -107,25 +108,43 @@ impl<B: Backend> KvCache<B> {
     }
 }
 
-/// A projection `y = x·W` with `W` stored `[in, out]` for burn, and, on the CPU, the same weight
-/// in its file encoding for one-token steps.
+/// A projection `y = x·W`: either `W` stored `[in, out]` for burn, or, on the CPU with a
+/// block-encoded source, only the weight in its file encoding.
 struct Linear<B: Backend> {
-    w: Tensor<B, 2>,
+    w: Option<Tensor<B, 2>>,
     host: Option<QMatrix>,
 }
 
 impl<B: Backend> Linear<B> {
-    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    /// `x·W`; from encoded rows, several positions multiply with `prefill` activations.
+    fn forward(&self, x: Tensor<B, 3>, prefill: Activations) -> Tensor<B, 3> {
         let [b, s, _] = x.dims();
-        if let (1, Some(m)) = (b * s, &self.host) {
-            let device = x.device();
-            let xv: Vec<f32> = x.into_data().convert::<f32>().into_vec().expect("f32 activations");
-            let mut y = vec![0f32; m.rows];
-            m.matvec(&xv, &mut y);
-            return Tensor::from_data(TensorData::new(y, [1, 1, m.rows]), &device);
+        match (&self.host, &self.w) {
+            (Some(m), w) if b * s == 1 || w.is_none() => {
+                let device = x.device();
+                let xv: Vec<f32> = x.into_data().convert::<f32>().into_vec().expect("f32 activations");
+                let mut y = vec![0f32; b * s * m.rows];
+                if b * s == 1 {
+                    m.matvec(&xv, &mut y);
+                } else {
+                    m.matmul_with(&xv, b * s, &mut y, prefill);
+                }
+                Tensor::from_data(TensorData::new(y, [b, s, m.rows]), &device)
+            }
+            (_, Some(w)) => x.matmul(w.clone().unsqueeze_dim(0)),
+            (_, None) => unreachable!("a projection has its dense or its encoded weight"),
         }
-        x.matmul(self.w.clone().unsqueeze_dim(0))
     }
+}
+
+/// The token embedding: dense for burn, or looked up from encoded rows.
+enum Embedding<B: Backend> {
+    /// `[vocab, hidden]`.
+    Dense(Tensor<B, 2>),
+    /// The rows of the tied head's encoded matrix.
+    TiedHead,
+    /// Its own encoded rows (an untied head).
+    Encoded(QMatrix),
 }
 
 /// One decoder layer. Projections are kept separate (not fused) so that every activation burn
@@ -149,7 +168,7 @@ struct Layer<B: Backend> {
 pub struct Decoder<B: Backend> {
     /// The configuration it was built from.
     pub config: DecoderConfig,
-    embed: Tensor<B, 2>,
+    embed: Embedding<B>,
     layers: Vec<Layer<B>>,
     norm: Tensor<B, 1>,
     lm_head: Linear<B>,
@@ -202,36 +221,53 @@ impl<B: Backend> Decoder<B> {
         let vec1 = |v: &[f32]| Tensor::<B, 1>::from_data(TensorData::new(v.to_vec(), [v.len()]), device);
         let permuted = matches!(style, KeyStyle::Gguf { permuted_qk: true });
         let host_matvec = std::any::TypeId::of::<B>() == std::any::TypeId::of::<burn::backend::Flex>();
-        // A Linear from its loaded weight `[out, in]` and HF name, with the heads to un-permute (q, k).
-        let linear_from = |t: &HostTensor, hf: &str, heads: Option<usize>, layer: usize| -> Result<Linear<B>, WeightError> {
+        // A Linear from its loaded weight `[out, in]`, with the heads to un-permute (q, k).
+        let linear_from = |t: &HostTensor, heads: Option<usize>| -> Linear<B> {
             let (rows, cols) = (t.shape[0], t.shape[1]);
-            let (order, w): (Vec<usize>, Vec<f32>) = match heads.filter(|_| permuted) {
-                Some(n_head) => (unpermute_order(rows, n_head), transpose(&unpermute_rows(t, n_head).data, rows, cols)),
-                None => ((0..rows).collect(), transpose(&t.data, rows, cols)),
+            let w = match heads.filter(|_| permuted) {
+                Some(n_head) => transpose(&unpermute_rows(t, n_head).data, rows, cols),
+                None => transpose(&t.data, rows, cols),
             };
-            let w = Tensor::<B, 2>::from_data(TensorData::new(w, [cols, rows]), device);
-            let raw = if host_matvec { src.raw(&style.name(hf, layer)) } else { None };
-            let host = match raw {
-                Some(r) => Some(QMatrix::from_rows(r.ty, cols, &[(r.bytes, order)]).map_err(|reason| WeightError::File {
-                    path: src.source_name().into(),
-                    reason: format!("{}: {reason}", style.name(hf, layer)),
-                })?),
-                None => None,
-            };
-            Ok(Linear { w, host })
+            Linear { w: Some(Tensor::<B, 2>::from_data(TensorData::new(w, [cols, rows]), device)), host: None }
         };
-        let linear = |hf: &str, rows: usize, heads: Option<usize>, layer: usize, cols: usize| {
-            linear_from(&get(hf, layer, &[rows, cols])?, hf, heads, layer)
+        // On the CPU, a weight the source keeps block-encoded stays so (its rows un-permuted for
+        // q and k), with no f32 copy; `None` when the source has it only as f32.
+        let encoded = |hf: &str, rows: usize, heads: Option<usize>, layer: usize, cols: usize| -> Result<Option<QMatrix>, WeightError> {
+            let name = style.name(hf, layer);
+            let Some(r) = src.raw(&name).filter(|_| host_matvec) else { return Ok(None) };
+            if (r.rows, r.cols) != (rows, cols) {
+                let (found, expected) = (vec![r.rows, r.cols], vec![rows, cols]);
+                return Err(WeightError::Shape { source_name: src.source_name(), name, found, expected });
+            }
+            let order = match heads.filter(|_| permuted) {
+                Some(n_head) => unpermute_order(rows, n_head),
+                None => (0..rows).collect(),
+            };
+            let m = QMatrix::from_rows(r.ty, cols, &[(r.bytes, order)])
+                .map_err(|reason| WeightError::File { path: src.source_name().into(), reason: format!("{name}: {reason}") })?;
+            Ok(Some(m))
+        };
+        let linear = |hf: &str, rows: usize, heads: Option<usize>, layer: usize, cols: usize| -> Result<Linear<B>, WeightError> {
+            match encoded(hf, rows, heads, layer, cols)? {
+                Some(m) => Ok(Linear { w: None, host: Some(m) }),
+                None => Ok(linear_from(&get(hf, layer, &[rows, cols])?, heads)),
+            }
         };
 
         // Read once; a tied head is built from the same values.
-        let embed_host = get("model.embed_tokens.weight", 0, &[c.vocab_size, d])?;
-        let lm_head = if c.tie_word_embeddings {
-            linear_from(&embed_host, "model.embed_tokens.weight", None, 0)?
-        } else {
-            linear("lm_head.weight", c.vocab_size, None, 0, d)?
+        let (embed, lm_head) = match encoded("model.embed_tokens.weight", c.vocab_size, None, 0, d)? {
+            Some(m) if c.tie_word_embeddings => (Embedding::TiedHead, Linear { w: None, host: Some(m) }),
+            Some(m) => (Embedding::Encoded(m), linear("lm_head.weight", c.vocab_size, None, 0, d)?),
+            None => {
+                let embed_host = get("model.embed_tokens.weight", 0, &[c.vocab_size, d])?;
+                let lm_head = if c.tie_word_embeddings {
+                    linear_from(&embed_host, None)
+                } else {
+                    linear("lm_head.weight", c.vocab_size, None, 0, d)?
+                };
+                (Embedding::Dense(Tensor::<B, 2>::from_data(TensorData::new(embed_host.data, [c.vocab_size, d]), device)), lm_head)
+            }
         };
-        let embed = Tensor::<B, 2>::from_data(TensorData::new(embed_host.data, [c.vocab_size, d]), device);
 
         let mut layers = Vec::new(); // sized by the tensors found, not by the declared count
         let mut host_layers = Vec::new();
@@ -278,7 +314,7 @@ impl<B: Backend> Decoder<B> {
             let (cos, sin) = rope_cos_sin(c);
             host_step::HostWeights { layers: host_layers, norm: norm_host, cos, sin }
         });
-        Ok(Decoder { config, embed, layers, norm, lm_head, cos, sin, rotate_half, device: device.clone(), host, activations: Activations::F32, fused_step: true })
+        Ok(Decoder { config, embed, layers, norm, lm_head, cos, sin, rotate_half, device: device.clone(), host, activations: Activations::Int16, fused_step: true })
     }
 
     /// The device the weights live on.
@@ -293,9 +329,22 @@ impl<B: Backend> Decoder<B> {
 
     /// Looks up the input embeddings of token ids: `[1, ids.len(), hidden]`.
     pub fn embed_ids(&self, ids: &[u32]) -> Tensor<B, 3> {
-        let idx: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
-        let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [ids.len()]), &self.device);
-        self.embed.clone().select(0, idx).unsqueeze_dim(0)
+        let m = match &self.embed {
+            Embedding::Dense(embed) => {
+                let idx: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+                let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [ids.len()]), &self.device);
+                return embed.clone().select(0, idx).unsqueeze_dim(0);
+            }
+            Embedding::TiedHead => self.lm_head.host.as_ref().expect("a tied encoded head"),
+            Embedding::Encoded(m) => m,
+        };
+        let d = m.cols;
+        let mut x = vec![0f32; ids.len() * d];
+        for (&id, row) in ids.iter().zip(x.chunks_exact_mut(d.max(1))) {
+            assert!((id as usize) < m.rows, "token id {id} is past the vocabulary of {}", m.rows);
+            m.decode_row(id as usize, row);
+        }
+        Tensor::from_data(TensorData::new(x, [1, ids.len(), d]), &self.device)
     }
 
     /// Runs token ids through the model, appending to `cache`; returns the logits of the last
@@ -318,7 +367,7 @@ impl<B: Backend> Decoder<B> {
         let h = self.burn_hidden_states(x, cache);
         let [b, s, d] = h.dims();
         let last_n = last_n.clamp(1, s);
-        self.lm_head.forward(h.slice([0..b, s - last_n..s, 0..d]))
+        self.lm_head.forward(h.slice([0..b, s - last_n..s, 0..d]), self.prefill_activations())
     }
 
     /// The final normalised hidden states `[batch, seq, hidden]`, appending to `cache`.
@@ -329,12 +378,21 @@ impl<B: Backend> Decoder<B> {
         }
     }
 
-    /// How the CPU's one-token step treats the input of its matrix products: f32 (the default:
-    /// exact up to summation order, the fixtures' greedy tokens exactly) or 8-bit blocks for the
-    /// integer kernels ([`Activations::Int8`]: faster, but SmolLM2's greedy reply to the first
-    /// fixture prompt leaves the reference's at its 10th token).
+    /// How the CPU's one-token step treats the input of its matrix products: 16-bit blocks for
+    /// the integer kernels (the default, [`Activations::Int16`]: a relative error of at most
+    /// 1/65534 of a block's largest value; the SmolLM2 and Qwen2.5 fixtures' greedy tokens
+    /// exactly), f32 ([`Activations::F32`]: exact up to summation order, slower) or 8-bit blocks
+    /// ([`Activations::Int8`]: the fastest, but SmolLM2's greedy reply to the first fixture prompt
+    /// leaves the reference's at its 10th token; prefill then uses 8-bit blocks too, else f32).
     pub fn set_activations(&mut self, activations: Activations) {
         self.activations = activations;
+    }
+
+    /// How products over several positions (prefill) from encoded rows treat their input: 8-bit
+    /// blocks when [`Activations::Int8`] is set (speed first), else f32 (exact up to summation
+    /// order: the reference's prompt logits within the fixtures' tolerances).
+    fn prefill_activations(&self) -> Activations {
+        if self.activations == Activations::Int8 { Activations::Int8 } else { Activations::F32 }
     }
 
     /// Whether one-position steps run the CPU's fused host step (the default) or burn's
@@ -377,7 +435,8 @@ impl<B: Backend> Decoder<B> {
         let c = &self.config;
         let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let [b, s, _] = h.dims();
-        let (mut q, mut k, mut v) = (layer.wq.forward(h.clone()), layer.wk.forward(h.clone()), layer.wv.forward(h));
+        let act = self.prefill_activations();
+        let (mut q, mut k, mut v) = (layer.wq.forward(h.clone(), act), layer.wk.forward(h.clone(), act), layer.wv.forward(h, act));
         if let Some([bq, bk, bv]) = &layer.bqkv {
             q = q + bq.clone().unsqueeze_dims::<3>(&[0, 0]);
             k = k + bk.clone().unsqueeze_dims::<3>(&[0, 0]);
@@ -399,7 +458,7 @@ impl<B: Backend> Decoder<B> {
         let q = q.reshape([b, nkv, g * s, hd]);
         let opts = AttentionModuleOptions { scale: None, softcap: None, is_causal: false };
         let out = attention(q, k, v, mask, None, opts).reshape([b, nh, s, hd]);
-        let mut out = layer.wo.forward(out.swap_dims(1, 2).reshape([b, s, nh * hd]));
+        let mut out = layer.wo.forward(out.swap_dims(1, 2).reshape([b, s, nh * hd]), act);
         if let Some(bias) = &layer.bo {
             out = out + bias.clone().unsqueeze_dims::<3>(&[0, 0]);
         }
@@ -407,9 +466,10 @@ impl<B: Backend> Decoder<B> {
     }
 
     fn mlp(&self, layer: &Layer<B>, h: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gate = layer.w_gate.forward(h.clone());
-        let up = layer.w_up.forward(h);
-        layer.w_down.forward(silu(gate) * up)
+        let act = self.prefill_activations();
+        let gate = layer.w_gate.forward(h.clone(), act);
+        let up = layer.w_up.forward(h, act);
+        layer.w_down.forward(silu(gate) * up, act)
     }
 }
 

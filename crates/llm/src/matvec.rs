@@ -4,8 +4,9 @@
 //! f32 values is what makes decoding fast. (burn's CPU matmul for `m = 1` reads f32 weights at a
 //! few GB/s.)
 //!
-//! Two ways ([`Activations`]): the input quantized to 8 bits per block of 32 and multiplied in
-//! integer arithmetic ([`crate::kernels`], for Q4_0, Q4_1, Q8_0, Q4_K and Q6_K), or kept in f32,
+//! Three ways ([`Activations`]): the input quantized to 8 or 16 bits per block of 32 and
+//! multiplied in integer arithmetic ([`crate::kernels`], for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K
+//! and Q6_K), or kept in f32,
 //! each row decoded block by block into registers with the same block decoders as
 //! [`crate::quant`] and multiplied into per-lane accumulators (with AVX2 + FMA available at run
 //! time the inner loop is compiled for them). Either way the rows of one or several matrices
@@ -13,7 +14,7 @@
 
 use rayon::prelude::*;
 
-use crate::kernels::{self, Q8Act};
+use crate::kernels::{self, Code, QAct, Q8Act, Q16Act};
 use crate::quant::GgmlType;
 
 /// A row-major matrix `[rows, cols]` whose rows are stored as GGUF blocks of `ty`.
@@ -63,13 +64,115 @@ impl QMatrix {
     /// `y = W x` for one vector `x` of length `cols` (`y` has length `rows`), in f32: equal to
     /// dequantize-then-multiply up to summation order.
     pub fn matvec(&self, x: &[f32], y: &mut [f32]) {
-        matvec_many(x, vec![(self, y)], Activations::F32, &mut Q8Act::default());
+        matvec_many(x, vec![(self, y)], Activations::F32, &mut ActScratch::default());
     }
 
-    /// Whether `act` makes this matrix's product use the integer kernels.
-    fn is_int8(&self, act: Activations) -> bool {
-        act == Activations::Int8 && kernels::supports(self.ty)
+    /// Decodes row `r` into `out` (`cols` values), as [`crate::quant::dequantize`] would.
+    ///
+    /// Panics when `r` is not a row or `out` has other than `cols` values.
+    pub fn decode_row(&self, r: usize, out: &mut [f32]) {
+        assert!(r < self.rows && out.len() == self.cols, "row {r} of {} into {} values", self.rows, out.len());
+        let rb = Self::row_bytes(self.ty, self.cols);
+        decode_rows(self.ty, &self.data[r * rb..(r + 1) * rb], out);
     }
+
+    /// `y = X Wᵀ` for the `n` rows of `x` (`[n, cols]`, row-major) into `y` (`[n, rows]`): the
+    /// prefill product, from the encoded rows with no dense copy of the matrix kept. Tiles of
+    /// rows are decoded to f32 and multiplied in f32 (so each value equals
+    /// dequantize-then-multiply up to summation order), split across rayon's threads.
+    ///
+    /// Panics when `x` or `y` has the wrong length.
+    pub fn matmul(&self, x: &[f32], n: usize, y: &mut [f32]) {
+        assert_eq!(x.len(), n * self.cols, "matmul input length");
+        assert_eq!(y.len(), n * self.rows, "matmul output length");
+        let (rows, cols) = (self.rows, self.cols);
+        if n == 0 || rows == 0 {
+            return;
+        }
+        if cols == 0 {
+            y.fill(0.0);
+            return;
+        }
+        let rb = Self::row_bytes(self.ty, cols);
+        // Enough rows per task to share each input row's loads, few enough to balance threads;
+        // a multiple of four, the rows one kernel call takes.
+        let tile = (rows / (4 * rayon::current_num_threads())).clamp(4, 32).next_multiple_of(4);
+        let out = SyncPtr(y.as_mut_ptr());
+        let avx2 = has_avx2_fma();
+        self.data.par_chunks(tile * rb).enumerate().for_each_init(Vec::new, |w, (i, bytes)| {
+            let tr = bytes.len() / rb;
+            w.resize(tr * cols, 0.0);
+            decode_rows(self.ty, bytes, w);
+            // SAFETY: task `i` writes only columns `i·tile .. i·tile + tr` of `y`'s `n` rows of
+            // `rows` values, disjoint from every other task's; `y` outlives the parallel loop.
+            let store = |t: usize, r: usize, v: f32| unsafe { *out.at(t * rows + i * tile + r) = v };
+            if avx2 {
+                // SAFETY: the CPU has AVX2 and FMA (checked at run time); `w` holds `tr` rows and
+                // `x` `n` rows of `cols` values.
+                unsafe { avx2::gemm_tile(w, tr, x, n, cols, &store) }
+            } else {
+                gemm_tile(w, tr, x, n, cols, &store)
+            }
+        });
+    }
+
+    /// [`QMatrix::matmul`] with the input rows treated as `act` says: f32 (that function), or
+    /// each row quantized once to 8 or 16 bits per block and multiplied by tiles of encoded rows
+    /// with the integer kernels (for the types that have one).
+    ///
+    /// Panics when `x` or `y` has the wrong length.
+    pub fn matmul_with(&self, x: &[f32], n: usize, y: &mut [f32], act: Activations) {
+        match self.mode(act) {
+            Activations::F32 => self.matmul(x, n, y),
+            Activations::Int8 => self.matmul_int::<i8>(x, n, y, kernels::dot_rows),
+            Activations::Int16 => self.matmul_int::<i16>(x, n, y, kernels::dot_rows16),
+        }
+    }
+
+    /// The integer-kernel product of [`QMatrix::matmul_with`], `dot` the kernels of `T` codes.
+    fn matmul_int<T: Code>(&self, x: &[f32], n: usize, y: &mut [f32], dot: fn(kernels::Isa, GgmlType, &[u8], &QAct<T>, &mut [f32])) {
+        assert_eq!(x.len(), n * self.cols, "matmul input length");
+        assert_eq!(y.len(), n * self.rows, "matmul output length");
+        let (rows, cols) = (self.rows, self.cols);
+        if n == 0 || rows == 0 || cols == 0 {
+            y.fill(0.0);
+            return;
+        }
+        let acts: Vec<QAct<T>> = x
+            .par_chunks(cols)
+            .map(|row| {
+                let mut a = QAct::default();
+                a.quantize(row).expect("columns are whole blocks of 32 for every integer-kernel type");
+                a
+            })
+            .collect();
+        let rb = Self::row_bytes(self.ty, cols);
+        let tile = (rows / (4 * rayon::current_num_threads())).clamp(4, 32).next_multiple_of(4);
+        let (out, isa, ty) = (SyncPtr(y.as_mut_ptr()), kernels::Isa::current(), self.ty);
+        self.data.par_chunks(tile * rb).enumerate().for_each_init(Vec::new, |buf, (i, bytes)| {
+            buf.resize(bytes.len() / rb, 0.0);
+            for (t, a) in acts.iter().enumerate() {
+                dot(isa, ty, bytes, a, buf);
+                for (r, &v) in buf.iter().enumerate() {
+                    // SAFETY: as in `matmul`: task `i` writes only its own columns of `y`.
+                    unsafe { *out.at(t * rows + i * tile + r) = v };
+                }
+            }
+        });
+    }
+
+    /// The activations this matrix's product uses under `act`: f32 for the types without an
+    /// integer kernel.
+    fn mode(&self, act: Activations) -> Activations {
+        if kernels::supports(self.ty) { act } else { Activations::F32 }
+    }
+}
+
+/// The quantized copies of a product's input, kept between products to reuse their memory.
+#[derive(Debug, Default, Clone)]
+pub struct ActScratch {
+    q8: Q8Act,
+    q16: Q16Act,
 }
 
 /// How one-token products treat the activation vector.
@@ -80,6 +183,9 @@ pub enum Activations {
     Int8,
     /// Kept in f32: each product equals dequantize-then-multiply up to summation order.
     F32,
+    /// Quantized to 16 bits per block of 32 ([`Q16Act`]: a relative error of at most 1/65534
+    /// of the block's largest value, 256 times finer than 8 bits) for the integer kernels.
+    Int16,
 }
 
 /// `y = W x` for several matrices that share the input `x` (q, k and v; gate and up), in one
@@ -87,13 +193,17 @@ pub enum Activations {
 /// all the matrices are split into tasks across rayon's threads together.
 ///
 /// Panics when a matrix has other than `x.len()` columns or its output other than `rows` values.
-pub fn matvec_many(x: &[f32], parts: Vec<(&QMatrix, &mut [f32])>, act: Activations, scratch: &mut Q8Act) {
+pub fn matvec_many(x: &[f32], parts: Vec<(&QMatrix, &mut [f32])>, act: Activations, scratch: &mut ActScratch) {
     for (m, y) in &parts {
         assert_eq!(x.len(), m.cols, "matvec input length");
         assert_eq!(y.len(), m.rows, "matvec output length");
     }
-    if parts.iter().any(|(m, _)| m.is_int8(act)) {
-        scratch.quantize(x).expect("columns are whole blocks of 32 for every integer-kernel type");
+    const WHOLE: &str = "columns are whole blocks of 32 for every integer-kernel type";
+    if parts.iter().any(|(m, _)| m.mode(act) == Activations::Int8) {
+        scratch.q8.quantize(x).expect(WHOLE);
+    }
+    if parts.iter().any(|(m, _)| m.mode(act) == Activations::Int16) {
+        scratch.q16.quantize(x).expect(WHOLE);
     }
     let total: usize = parts.iter().map(|(m, _)| m.rows).sum();
     // Enough rows per task to amortise scheduling, few enough to balance two or more threads;
@@ -104,13 +214,11 @@ pub fn matvec_many(x: &[f32], parts: Vec<(&QMatrix, &mut [f32])>, act: Activatio
         let rb = QMatrix::row_bytes(m.ty, m.cols);
         tasks.extend(y.chunks_mut(chunk).zip(m.data.chunks(chunk * rb.max(1))).map(|(y, rows)| (m, rows, y)));
     }
-    let (isa, avx2, act_q8) = (kernels::Isa::current(), has_avx2_fma(), &*scratch);
-    tasks.into_par_iter().for_each(|(m, rows, y)| {
-        if m.is_int8(act) {
-            kernels::dot_rows(isa, m.ty, rows, act_q8, y);
-        } else {
-            f32_rows(m, rows, x, y, avx2);
-        }
+    let (isa, avx2, scratch) = (kernels::Isa::current(), has_avx2_fma(), &*scratch);
+    tasks.into_par_iter().for_each(|(m, rows, y)| match m.mode(act) {
+        Activations::Int8 => kernels::dot_rows(isa, m.ty, rows, &scratch.q8, y),
+        Activations::Int16 => kernels::dot_rows16(isa, m.ty, rows, &scratch.q16, y),
+        Activations::F32 => f32_rows(m, rows, x, y, avx2),
     });
 }
 
@@ -126,6 +234,44 @@ fn f32_rows(m: &QMatrix, rows: &[u8], x: &[f32], y: &mut [f32], avx2: bool) {
         } else {
             dot_row(m.ty, row, x)
         };
+    }
+}
+
+/// `y` as a pointer that several tasks write disjoint elements through.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: only used for writes to disjoint elements while the owner is borrowed (see `matmul`).
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+
+impl SyncPtr {
+    /// The element at `i`.
+    ///
+    /// # Safety
+    /// `i` is inside the buffer and no other thread touches it meanwhile.
+    unsafe fn at(self, i: usize) -> *mut f32 {
+        unsafe { self.0.add(i) }
+    }
+}
+
+/// Decodes whole encoded rows (`bytes`) into `out`, block by block.
+fn decode_rows(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
+    let (bs, bb) = (ty.block_size(), ty.block_bytes());
+    for (y, b) in out.chunks_exact_mut(bs).zip(bytes.chunks_exact(bb)) {
+        ty.decode_block(b, y);
+    }
+}
+
+/// `store(t, r, w_r · x_t)` for the `tr` rows of `w` and the `n` rows of `x` (`cols` values each):
+/// the portable tile product.
+fn gemm_tile(w: &[f32], tr: usize, x: &[f32], n: usize, cols: usize, store: &dyn Fn(usize, usize, f32)) {
+    for t in 0..n {
+        let xt = &x[t * cols..(t + 1) * cols];
+        for r in 0..tr {
+            let mut acc = [0f32; 8];
+            lanes(&w[r * cols..(r + 1) * cols], xt, &mut acc);
+            store(t, r, acc.iter().sum());
+        }
     }
 }
 
@@ -146,6 +292,9 @@ mod avx2 {
     use crate::quant::GgmlType;
     pub unsafe fn dot_row(ty: GgmlType, row: &[u8], x: &[f32], _block_sums: &[f32]) -> f32 {
         super::dot_row(ty, row, x)
+    }
+    pub unsafe fn gemm_tile(w: &[f32], tr: usize, x: &[f32], n: usize, cols: usize, store: &dyn Fn(usize, usize, f32)) {
+        super::gemm_tile(w, tr, x, n, cols, store)
     }
 }
 
@@ -262,6 +411,79 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn generic(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
         super::dot_row(ty, row, x)
+    }
+
+    /// `T` input rows times `R` weight rows (`cols` values each, `cols` a multiple of 8) in
+    /// `T·R` lane accumulators: every weight load serves `T` products, every input load `R`.
+    #[inline(always)]
+    unsafe fn block<const T: usize, const R: usize>(w: [*const f32; R], x: [*const f32; T], cols: usize) -> [[f32; R]; T] {
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); R]; T];
+            let mut c = 0;
+            while c < cols {
+                let xv = x.map(|p| _mm256_loadu_ps(p.add(c)));
+                for (r, &wp) in w.iter().enumerate() {
+                    let wv = _mm256_loadu_ps(wp.add(c));
+                    for t in 0..T {
+                        acc[t][r] = _mm256_fmadd_ps(wv, xv[t], acc[t][r]);
+                    }
+                }
+                c += 8;
+            }
+            acc.map(|a| a.map(|v| hsum(v)))
+        }
+    }
+
+    /// See [`super::gemm_tile`]: groups of 3 input rows × 4 weight rows (12 accumulators and
+    /// the loads in the 16 AVX2 registers), the rest one by one.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; `w` holds `tr` rows and `x` `n` rows of `cols` values.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn gemm_tile(w: &[f32], tr: usize, x: &[f32], n: usize, cols: usize, store: &dyn Fn(usize, usize, f32)) {
+        assert!(w.len() >= tr * cols && x.len() >= n * cols, "gemm_tile: {} and {} values for {tr} and {n} rows of {cols}", w.len(), x.len());
+        let body = cols / 8 * 8;
+        // The columns past the last multiple of 8 (none for block-encoded rows).
+        let tail = |r: usize, t: usize| -> f32 { (body..cols).map(|c| w[r * cols + c] * x[t * cols + c]).sum() };
+        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        let row = |r: usize| wp.wrapping_add(r * cols);
+        let inp = |t: usize| xp.wrapping_add(t * cols);
+        let mut t = 0;
+        while t < n {
+            let nt = if n - t >= 3 { 3 } else { 1 };
+            let mut r = 0;
+            while r < tr {
+                let nr = if tr - r >= 4 { 4 } else { 1 };
+                // SAFETY: rows r..r + nr of `w` and t..t + nt of `x` exist (checked above).
+                unsafe {
+                    match (nt, nr) {
+                        (3, 4) => {
+                            let s = block::<3, 4>([0, 1, 2, 3].map(|k| row(r + k)), [0, 1, 2].map(|k| inp(t + k)), body);
+                            for (i, s) in s.iter().enumerate() {
+                                for (k, &v) in s.iter().enumerate() {
+                                    store(t + i, r + k, v + tail(r + k, t + i));
+                                }
+                            }
+                        }
+                        (3, 1) => {
+                            let s = block::<3, 1>([row(r)], [0, 1, 2].map(|k| inp(t + k)), body);
+                            for (i, s) in s.iter().enumerate() {
+                                store(t + i, r, s[0] + tail(r, t + i));
+                            }
+                        }
+                        (1, 4) => {
+                            let s = block::<1, 4>([0, 1, 2, 3].map(|k| row(r + k)), [inp(t)], body);
+                            for (k, &v) in s[0].iter().enumerate() {
+                                store(t, r + k, v + tail(r + k, t));
+                            }
+                        }
+                        _ => store(t, r, block::<1, 1>([row(r)], [inp(t)], body)[0][0] + tail(r, t)),
+                    }
+                }
+                r += nr;
+            }
+            t += nt;
+        }
     }
 
     /// Dot product of one encoded row with `x`.
@@ -437,6 +659,53 @@ mod tests {
                 let want: f64 = (0..cols).map(|c| dense[r * cols + c] as f64 * x[c] as f64).sum();
                 let tol = 1e-4 * (1.0 + want.abs());
                 assert!((y[r] as f64 - want).abs() <= tol, "{ty:?} row {r}: {} vs {want}", y[r]);
+            }
+        }
+    }
+
+    #[test]
+    fn matmul_equals_dequantize_then_multiply_and_the_row_decoder() {
+        // 37 rows: tiles of four and a remainder; 7 inputs: groups of three and a remainder.
+        for ty in [GgmlType::F32, GgmlType::F16, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K] {
+            let (rows, cols, n) = (37, 512, 7);
+            let bytes = block_bytes(ty, rows * cols / ty.block_size());
+            let dense = dequantize(ty, &bytes, rows * cols).unwrap();
+            let x: Vec<f32> = (0..n * cols).map(|i| ((i * 7) % 11) as f32 * 0.25 - 1.0).collect();
+            let m = QMatrix::from_rows(ty, cols, &[(&bytes, (0..rows).collect())]).unwrap();
+            let mut y = vec![f32::NAN; n * rows];
+            m.matmul(&x, n, &mut y);
+            for t in 0..n {
+                for r in 0..rows {
+                    let want: f64 = (0..cols).map(|c| dense[r * cols + c] as f64 * x[t * cols + c] as f64).sum();
+                    let got = y[t * rows + r] as f64;
+                    assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "{ty:?} input {t} row {r}: {got} vs {want}");
+                }
+            }
+            // The integer kernels over the same tiles: each row quantized once, within its precision.
+            for (act, tol) in [(Activations::Int16, 1e-4), (Activations::Int8, 2e-2)] {
+                let mut yi = vec![f32::NAN; n * rows];
+                m.matmul_with(&x, n, &mut yi, act);
+                let scale = y.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let worst = yi.iter().zip(&y).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / scale;
+                let has_kernel = kernels::supports(ty);
+                assert!(if has_kernel { worst <= tol && worst > 0.0 } else { worst == 0.0 }, "{ty:?} {act:?}: {worst}");
+            }
+            let mut row = vec![0f32; cols];
+            m.decode_row(5, &mut row);
+            assert_eq!(row, dense[5 * cols..6 * cols]);
+        }
+        // Columns that are not a multiple of eight (plain f32 rows): the tail is counted.
+        let (rows, cols, n) = (5, 13, 4);
+        let w: Vec<f32> = (0..rows * cols).map(|i| (i % 7) as f32 - 3.0).collect();
+        let bytes: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let m = QMatrix::from_rows(GgmlType::F32, cols, &[(&bytes, (0..rows).collect())]).unwrap();
+        let x: Vec<f32> = (0..n * cols).map(|i| (i % 5) as f32).collect();
+        let mut y = vec![0f32; n * rows];
+        m.matmul(&x, n, &mut y);
+        for t in 0..n {
+            for r in 0..rows {
+                let want: f32 = (0..cols).map(|c| w[r * cols + c] * x[t * cols + c]).sum();
+                assert_eq!(y[t * rows + r], want, "input {t} row {r}");
             }
         }
     }

@@ -1,8 +1,9 @@
 //! Integer kernels for one-token decoding on the CPU: the activation vector is quantized once
-//! per matrix to 8 bits per block of 32 ([`Q8Act`], ggml's Q8_1 with an f32 scale), and
-//! block-encoded weight rows (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K) are multiplied with it in integer
-//! arithmetic: AVX2 `maddubs`/`madd`, or 256-bit VNNI `vpdpbusd` (AVX-VNNI or AVX-512 VNNI),
-//! chosen at run time, with a portable scalar loop elsewhere. Every path computes the same
+//! per matrix to 8 bits per block of 32 ([`Q8Act`], ggml's Q8_1 with an f32 scale) or to 16 bits
+//! ([`Q16Act`], 256 times finer), and block-encoded weight rows (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+//! Q4_K, Q6_K) are multiplied with it in integer arithmetic: for 8 bits AVX2 `maddubs`/`madd` or
+//! 256-bit VNNI `vpdpbusd`, for 16 bits AVX2 `madd` or VNNI `vpdpwssd` (AVX-VNNI or AVX-512
+//! VNNI), chosen at run time, with a portable scalar loop elsewhere. Every path computes the same
 //! integer sums per block; only the order of the f32 sums over blocks differs.
 
 mod scalar;
@@ -16,40 +17,68 @@ use crate::quant::GgmlType;
 /// Values per activation block.
 pub const QK8: usize = 32;
 
-/// An activation vector quantized to 8 bits per block of 32: value `i` ≈ `d[i / 32] · qs[i]`.
+/// An activation code: a signed integer of 8 or 16 bits.
+pub trait Code: Copy + Default + Into<i32> + Send + Sync + 'static {
+    /// The largest code magnitude.
+    const MAX: f32;
+    /// The code of an already rounded value within ±[`Code::MAX`].
+    fn from_rounded(v: f32) -> Self;
+}
+
+impl Code for i8 {
+    const MAX: f32 = 127.0;
+    fn from_rounded(v: f32) -> Self {
+        v as i8
+    }
+}
+
+impl Code for i16 {
+    const MAX: f32 = 32767.0;
+    fn from_rounded(v: f32) -> Self {
+        v as i16
+    }
+}
+
+/// An activation vector quantized to codes `T` per block of 32: value `i` ≈ `d[i / 32] · qs[i]`.
 #[derive(Debug, Default, Clone)]
-pub struct Q8Act {
-    /// Codes, `round(x / d)` (half away from zero), in −127..=127.
-    pub(crate) qs: Vec<i8>,
-    /// Per block: the scale, largest magnitude / 127.
+pub struct QAct<T> {
+    /// Codes, `round(x / d)` (half away from zero), in −MAX..=MAX.
+    pub(crate) qs: Vec<T>,
+    /// Per block: the scale, largest magnitude / MAX.
     pub(crate) d: Vec<f32>,
     /// Per block: `d · Σ qs`, which multiplies a weight block's offset or minimum.
     pub(crate) s: Vec<f32>,
 }
+
+/// Activations in 8-bit blocks (ggml's Q8_1 with an f32 scale).
+pub type Q8Act = QAct<i8>;
+
+/// Activations in 16-bit blocks: a relative error of at most 1/65534 of a block's largest value.
+pub type Q16Act = QAct<i16>;
 
 /// Why a vector cannot be quantized to [`Q8Act`] blocks.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{0} activation values is not a whole number of blocks of 32")]
 pub struct NotWholeBlocks(pub usize);
 
-impl Q8Act {
+impl<T: Code> QAct<T> {
     /// Quantizes `x` (a whole number of blocks of 32) into this buffer, reusing its memory.
     pub fn quantize(&mut self, x: &[f32]) -> Result<(), NotWholeBlocks> {
         if !x.len().is_multiple_of(QK8) {
             return Err(NotWholeBlocks(x.len()));
         }
         let nb = x.len() / QK8;
-        self.qs.resize(x.len(), 0);
+        self.qs.resize(x.len(), T::default());
         self.d.resize(nb, 0.0);
         self.s.resize(nb, 0.0);
         for (b, (xs, qs)) in x.chunks_exact(QK8).zip(self.qs.chunks_exact_mut(QK8)).enumerate() {
             let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
+            let d = amax / T::MAX;
             let id = if d != 0.0 { 1.0 / d } else { 0.0 };
             let mut sum = 0i32;
             for (q, &v) in qs.iter_mut().zip(xs) {
-                *q = (v * id).round() as i8;
-                sum += *q as i32;
+                *q = T::from_rounded((v * id).round().clamp(-T::MAX, T::MAX));
+                sum += (*q).into();
             }
             self.d[b] = d;
             self.s[b] = d * sum as f32;
@@ -150,17 +179,7 @@ pub struct IsaUnavailable(pub Isa);
 /// Panics (before reading anything) when the type is not [`supports`]ed, `isa` is not available,
 /// or the lengths disagree: callers size these from one matrix, so a mismatch is a bug.
 pub fn dot_rows(isa: Isa, ty: GgmlType, rows: &[u8], act: &Q8Act, y: &mut [f32]) {
-    let cols = act.qs.len();
-    assert!(supports(ty), "no integer kernel for {ty:?}");
-    assert!(isa.is_available(), "{isa:?} kernels on a CPU without them");
-    assert!(cols.is_multiple_of(ty.block_size()), "{cols} columns is not a whole number of {ty:?} blocks");
-    assert!(act.d.len() * QK8 == cols && act.s.len() * QK8 == cols, "activation scales for {} of {cols} values", act.d.len() * QK8);
-    let rb = cols / ty.block_size() * ty.block_bytes();
-    assert_eq!(rows.len(), y.len() * rb, "{} bytes for {} rows of {rb}", rows.len(), y.len());
-    if rb == 0 {
-        y.fill(0.0);
-        return;
-    }
+    let Some(rb) = check(isa, ty, rows, act, y) else { return };
     match isa {
         Isa::Scalar => scalar::dot_rows(ty, rows, rb, act, y),
         // SAFETY: the CPU has `isa` (checked above), and the lengths of `rows`, `act` and `y`
@@ -170,6 +189,36 @@ pub fn dot_rows(isa: Isa, ty: GgmlType, rows: &[u8], act: &Q8Act, y: &mut [f32])
         #[cfg(not(target_arch = "x86_64"))]
         _ => unreachable!("only the scalar kernels exist off x86-64"),
     }
+}
+
+/// [`dot_rows`] with 16-bit activation codes: AVX2 `madd` or VNNI `vpdpwssd`.
+pub fn dot_rows16(isa: Isa, ty: GgmlType, rows: &[u8], act: &Q16Act, y: &mut [f32]) {
+    let Some(rb) = check(isa, ty, rows, act, y) else { return };
+    match isa {
+        Isa::Scalar => scalar::dot_rows(ty, rows, rb, act, y),
+        // SAFETY: as in `dot_rows`.
+        #[cfg(target_arch = "x86_64")]
+        _ => unsafe { x86::dot_rows16(isa, ty, rows, rb, act, y) },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => unreachable!("only the scalar kernels exist off x86-64"),
+    }
+}
+
+/// The checks of [`dot_rows`]: the bytes of one row, or `None` (with `y` zeroed) for rows of
+/// no columns.
+fn check<T>(isa: Isa, ty: GgmlType, rows: &[u8], act: &QAct<T>, y: &mut [f32]) -> Option<usize> {
+    let cols = act.qs.len();
+    assert!(supports(ty), "no integer kernel for {ty:?}");
+    assert!(isa.is_available(), "{isa:?} kernels on a CPU without them");
+    assert!(cols.is_multiple_of(ty.block_size()), "{cols} columns is not a whole number of {ty:?} blocks");
+    assert!(act.d.len() * QK8 == cols && act.s.len() * QK8 == cols, "activation scales for {} of {cols} values", act.d.len() * QK8);
+    let rb = cols / ty.block_size() * ty.block_bytes();
+    assert_eq!(rows.len(), y.len() * rb, "{} bytes for {} rows of {rb}", rows.len(), y.len());
+    if rb == 0 {
+        y.fill(0.0);
+        return None;
+    }
+    Some(rb)
 }
 
 #[cfg(test)]
@@ -201,10 +250,10 @@ mod tests {
 
     /// The dot products computed plainly: dequantized weights times dequantized activations, in
     /// f64; with each the sum of its terms' magnitudes (what f32 rounding scales with).
-    fn reference(ty: GgmlType, rows: &[u8], n_rows: usize, act: &Q8Act) -> Vec<(f64, f64)> {
+    fn reference<T: Code>(ty: GgmlType, rows: &[u8], n_rows: usize, act: &QAct<T>) -> Vec<(f64, f64)> {
         let cols = act.len();
         let w = dequantize(ty, rows, n_rows * cols).unwrap();
-        let x: Vec<f64> = act.qs.iter().enumerate().map(|(i, &q)| act.d[i / QK8] as f64 * q as f64).collect();
+        let x: Vec<f64> = act.qs.iter().enumerate().map(|(i, &q)| act.d[i / QK8] as f64 * q.into() as f64).collect();
         let terms = |r: &[f32]| r.iter().zip(&x).map(|(&w, x)| w as f64 * x).collect::<Vec<f64>>();
         w.chunks_exact(cols).map(|r| (terms(r).iter().sum(), terms(r).iter().map(|t| t.abs()).sum())).collect()
     }
@@ -216,18 +265,30 @@ mod tests {
         let x: Vec<f32> = (0..cols).map(|_| rng.random_range(-3f32..3.0)).collect();
         let mut act = Q8Act::default();
         act.quantize(&x).unwrap();
+        let mut act16 = Q16Act::default();
+        act16.quantize(&x).unwrap();
         for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K] {
             let rows = random_blocks(ty, n_rows * cols / ty.block_size(), &mut rng);
-            let want = reference(ty, &rows, n_rows, &act);
+            let (want, want16) = (reference(ty, &rows, n_rows, &act), reference(ty, &rows, n_rows, &act16));
             for isa in Isa::available() {
-                let mut y = vec![f32::NAN; n_rows];
+                let (mut y, mut y16) = (vec![f32::NAN; n_rows], vec![f32::NAN; n_rows]);
                 dot_rows(isa, ty, &rows, &act, &mut y);
-                for (r, (&got, &(want, magnitude))) in y.iter().zip(&want).enumerate() {
-                    // f32 rounding of the scales and of ≤ 16 sums a lane: far below one block's share.
-                    let tol = 1e-5 * magnitude;
-                    assert!((got as f64 - want).abs() <= tol, "{isa:?} {ty:?} row {r}: {got} vs {want}");
+                dot_rows16(isa, ty, &rows, &act16, &mut y16);
+                for (bits, y, want) in [(8, &y, &want), (16, &y16, &want16)] {
+                    for (r, (&got, &(want, magnitude))) in y.iter().zip(want).enumerate() {
+                        // f32 rounding of the scales and of ≤ 16 sums a lane: far below one block's share.
+                        let tol = 1e-5 * magnitude;
+                        assert!((got as f64 - want).abs() <= tol, "{isa:?} {ty:?} {bits}-bit row {r}: {got} vs {want}");
+                    }
                 }
             }
+            // 16-bit codes follow x 256 times more closely than 8-bit ones.
+            let exact: Vec<f64> = {
+                let w = dequantize(ty, &rows, n_rows * cols).unwrap();
+                w.chunks_exact(cols).map(|r| r.iter().zip(&x).map(|(&w, &x)| w as f64 * x as f64).sum()).collect()
+            };
+            let err = |want: &[(f64, f64)]| want.iter().zip(&exact).map(|((w, _), e)| (w - e).abs()).fold(0f64, f64::max);
+            assert!(err(&want16) * 50.0 < err(&want), "{ty:?}: 16-bit error {} vs 8-bit {}", err(&want16), err(&want));
         }
     }
 
@@ -245,6 +306,11 @@ mod tests {
         assert!(act.qs[32..].iter().all(|&q| q == 0));
         assert_eq!(act.s, vec![-77.0, 0.0]);
         assert_eq!(act.quantize(&x[..40]), Err(NotWholeBlocks(40)));
+        let mut act16 = Q16Act::default();
+        x[0] = -32767.0;
+        act16.quantize(&x).unwrap();
+        assert_eq!(&act16.qs[..4], &[-32767, 50, 1, -1]);
+        assert_eq!(act16.d, vec![1.0, 0.0]);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{Isa, Q8Act, QK8};
+use super::{Isa, Q8Act, Q16Act, QK8};
 use crate::quant::{GgmlType, scale_min_k4};
 
 /// Eight i32 lanes, lane `k` = `Σ u[4k + i] · s[4k + i]` for `i < 4`, `u` unsigned, `s` signed.
@@ -266,6 +266,209 @@ unsafe fn q6k<D: Dot, const R: usize>(p: [*const u8; R], act: &Q8Act, nsb: usize
                         let f = d * *act.d.get_unchecked(a);
                         let scale = _mm256_set_m128(_mm_set1_ps(f * *sc.add(2 * k + 1) as f32), _mm_set1_ps(f * *sc.add(2 * k) as f32));
                         *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(prod), scale, *acc);
+                    }
+                }
+            }
+        }
+        finish(acc, [0.0; R])
+    }
+}
+
+/// `acc` plus eight i32 lanes, lane `k` = `Σ a[2k + i] · b[2k + i]` for `i < 2`, all signed 16-bit.
+trait Dot16 {
+    /// The product, added to `acc`.
+    unsafe fn dot16(acc: __m256i, a: __m256i, b: __m256i) -> __m256i;
+}
+
+impl Dot16 for Avx2 {
+    #[inline(always)]
+    unsafe fn dot16(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+        unsafe { _mm256_add_epi32(acc, _mm256_madd_epi16(a, b)) }
+    }
+}
+
+impl Dot16 for AvxVnni {
+    #[inline(always)]
+    unsafe fn dot16(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+        unsafe { _mm256_dpwssd_avx_epi32(acc, a, b) }
+    }
+}
+
+impl Dot16 for Avx512Vnni {
+    #[inline(always)]
+    unsafe fn dot16(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+        unsafe { _mm256_dpwssd_epi32(acc, a, b) }
+    }
+}
+
+/// See [`super::dot_rows16`].
+///
+/// # Safety
+/// As [`dot_rows`], with 16-bit activation codes.
+pub(super) unsafe fn dot_rows16(isa: Isa, ty: GgmlType, rows: &[u8], rb: usize, act: &Q16Act, y: &mut [f32]) {
+    unsafe {
+        match isa {
+            Isa::Avx2 => rows16_avx2(ty, rows, rb, act, y),
+            Isa::AvxVnni => rows16_avxvnni(ty, rows, rb, act, y),
+            Isa::Avx512Vnni => rows16_avx512vnni(ty, rows, rb, act, y),
+            Isa::Scalar => unreachable!("the scalar kernels are not here"),
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows16_avx2(ty: GgmlType, rows: &[u8], rb: usize, act: &Q16Act, y: &mut [f32]) {
+    unsafe { by_type16::<Avx2>(ty, rows, rb, act, y) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+unsafe fn rows16_avxvnni(ty: GgmlType, rows: &[u8], rb: usize, act: &Q16Act, y: &mut [f32]) {
+    unsafe { by_type16::<AvxVnni>(ty, rows, rb, act, y) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+unsafe fn rows16_avx512vnni(ty: GgmlType, rows: &[u8], rb: usize, act: &Q16Act, y: &mut [f32]) {
+    unsafe { by_type16::<Avx512Vnni>(ty, rows, rb, act, y) }
+}
+
+#[inline(always)]
+unsafe fn by_type16<D: Dot16>(ty: GgmlType, rows: &[u8], rb: usize, act: &Q16Act, y: &mut [f32]) {
+    let nb = act.qs.len() / QK8;
+    unsafe {
+        match ty {
+            GgmlType::Q4_0 => by_groups!(rows, rb, y, |p, R| q4_5_16::<D, false, false, R>(p, act, nb)),
+            GgmlType::Q4_1 => by_groups!(rows, rb, y, |p, R| q4_5_16::<D, true, false, R>(p, act, nb)),
+            GgmlType::Q5_0 => by_groups!(rows, rb, y, |p, R| q4_5_16::<D, false, true, R>(p, act, nb)),
+            GgmlType::Q5_1 => by_groups!(rows, rb, y, |p, R| q4_5_16::<D, true, true, R>(p, act, nb)),
+            GgmlType::Q8_0 => by_groups!(rows, rb, y, |p, R| q8_0_16::<D, R>(p, act, nb)),
+            GgmlType::Q4K => by_groups!(rows, rb, y, |p, R| q4k_16::<D, R>(p, act, nb / 8)),
+            GgmlType::Q6K => by_groups!(rows, rb, y, |p, R| q6k_16::<D, R>(p, act, nb / 8)),
+            _ => unreachable!("checked by the caller"),
+        }
+    }
+}
+
+/// The 32 codes of activation block `b` as two registers of sixteen.
+#[inline(always)]
+unsafe fn load16(act: &Q16Act, b: usize) -> [__m256i; 2] {
+    unsafe {
+        let p = act.qs.as_ptr().add(b * QK8) as *const __m256i;
+        [_mm256_loadu_si256(p), _mm256_loadu_si256(p.add(1))]
+    }
+}
+
+/// [`q4_5`] with 16-bit activations: the codes widened to 16 bits, two `Dot16` a block.
+#[inline(always)]
+unsafe fn q4_5_16<D: Dot16, const MIN: bool, const FIVE: bool, const R: usize>(p: [*const u8; R], act: &Q16Act, nb: usize) -> [f32; R] {
+    let qho = if MIN { 4 } else { 2 };
+    let qo = if FIVE { qho + 4 } else { qho };
+    let (bb, offset) = (qo + 16, if FIVE { -16.0 } else { -8.0 });
+    unsafe {
+        let (mask, fifth) = (_mm_set1_epi8(0x0F), _mm256_set1_epi8(0x10));
+        let (mut acc, mut off) = ([_mm256_setzero_ps(); R], [0f32; R]);
+        for b in 0..nb {
+            let [x0, x1] = load16(act, b);
+            let (dx, sx) = (*act.d.get_unchecked(b), *act.s.get_unchecked(b));
+            for ((row, acc), off) in p.iter().zip(&mut acc).zip(&mut off) {
+                let blk = row.add(b * bb);
+                let q = _mm_loadu_si128(blk.add(qo) as *const __m128i);
+                let (mut lo, mut hi) = (_mm_and_si128(q, mask), _mm_and_si128(_mm_srli_epi16(q, 4), mask));
+                if FIVE {
+                    let high = _mm256_and_si256(bytes_from_bits((blk.add(qho) as *const u32).read_unaligned()), fifth);
+                    lo = _mm_or_si128(lo, _mm256_castsi256_si128(high));
+                    hi = _mm_or_si128(hi, _mm256_extracti128_si256(high, 1));
+                }
+                let i = D::dot16(D::dot16(_mm256_setzero_si256(), _mm256_cvtepu8_epi16(lo), x0), _mm256_cvtepu8_epi16(hi), x1);
+                let d = f16_at(blk);
+                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(d * dx), *acc);
+                *off += if MIN { f16_at(blk.add(2)) } else { offset * d } * sx;
+            }
+        }
+        finish(acc, off)
+    }
+}
+
+/// [`q8_0`] with 16-bit activations.
+#[inline(always)]
+unsafe fn q8_0_16<D: Dot16, const R: usize>(p: [*const u8; R], act: &Q16Act, nb: usize) -> [f32; R] {
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); R];
+        for b in 0..nb {
+            let [x0, x1] = load16(act, b);
+            let dx = *act.d.get_unchecked(b);
+            for (row, acc) in p.iter().zip(&mut acc) {
+                let blk = row.add(b * 34);
+                let w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(2) as *const __m128i));
+                let w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(18) as *const __m128i));
+                let i = D::dot16(D::dot16(_mm256_setzero_si256(), w0, x0), w1, x1);
+                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(f16_at(blk) * dx), *acc);
+            }
+        }
+        finish(acc, [0.0; R])
+    }
+}
+
+/// [`q4k`] with 16-bit activations.
+#[inline(always)]
+unsafe fn q4k_16<D: Dot16, const R: usize>(p: [*const u8; R], act: &Q16Act, nsb: usize) -> [f32; R] {
+    unsafe {
+        let mask = _mm_set1_epi8(0x0F);
+        let (mut acc, mut off) = ([_mm256_setzero_ps(); R], [0f32; R]);
+        for sb in 0..nsb {
+            for ((row, acc), off) in p.iter().zip(&mut acc).zip(&mut off) {
+                let blk = row.add(sb * 144);
+                let (d, dmin) = (f16_at(blk), f16_at(blk.add(2)));
+                let scales = std::slice::from_raw_parts(blk.add(4), 12);
+                let mut mins = 0f32;
+                for c in 0..4 {
+                    let q = [0, 16].map(|o| _mm_loadu_si128(blk.add(16 + 32 * c + o) as *const __m128i));
+                    for half in 0..2 {
+                        let w = q.map(|q| _mm256_cvtepu8_epi16(_mm_and_si128(if half == 0 { q } else { _mm_srli_epi16(q, 4) }, mask)));
+                        let a = 8 * sb + 2 * c + half;
+                        let (sc, m) = scale_min_k4(2 * c + half, scales);
+                        let [x0, x1] = load16(act, a);
+                        let i = D::dot16(D::dot16(_mm256_setzero_si256(), w[0], x0), w[1], x1);
+                        let scale = _mm256_set1_ps(d * sc as f32 * *act.d.get_unchecked(a));
+                        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), scale, *acc);
+                        mins += m as f32 * *act.s.get_unchecked(a);
+                    }
+                }
+                *off -= dmin * mins;
+            }
+        }
+        finish(acc, off)
+    }
+}
+
+/// [`q6k`] with 16-bit activations: each half of a group of 32 is one sub-block of 16, so each
+/// `Dot16` result has one scale.
+#[inline(always)]
+unsafe fn q6k_16<D: Dot16, const R: usize>(p: [*const u8; R], act: &Q16Act, nsb: usize) -> [f32; R] {
+    unsafe {
+        let (mask, m30, m32) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x30), _mm256_set1_epi8(32));
+        let mut acc = [_mm256_setzero_ps(); R];
+        for sb in 0..nsb {
+            for h in 0..2 {
+                for (row, acc) in p.iter().zip(&mut acc) {
+                    let blk = row.add(sb * 210);
+                    let (ql, qh, sc) = (blk.add(64 * h), blk.add(128 + 32 * h), blk.add(192 + 8 * h) as *const i8);
+                    let d = f16_at(blk.add(208));
+                    let (ql0, ql1, qh) = (load(ql as *const i8), load(ql.add(32) as *const i8), load(qh as *const i8));
+                    let codes = [
+                        _mm256_or_si256(_mm256_and_si256(ql0, mask), _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(3)), 4)),
+                        _mm256_or_si256(_mm256_and_si256(ql1, mask), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30)),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), mask), _mm256_and_si256(qh, m30)),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), mask), _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30)),
+                    ];
+                    for (k, q) in codes.into_iter().enumerate() {
+                        let a = 8 * sb + 4 * h + k;
+                        let w = _mm256_sub_epi8(q, m32);
+                        let [x0, x1] = load16(act, a);
+                        let i0 = D::dot16(_mm256_setzero_si256(), _mm256_cvtepi8_epi16(_mm256_castsi256_si128(w)), x0);
+                        let i1 = D::dot16(_mm256_setzero_si256(), _mm256_cvtepi8_epi16(_mm256_extracti128_si256(w, 1)), x1);
+                        let f = d * *act.d.get_unchecked(a);
+                        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i0), _mm256_set1_ps(f * *sc.add(2 * k) as f32), *acc);
+                        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i1), _mm256_set1_ps(f * *sc.add(2 * k + 1) as f32), *acc);
                     }
                 }
             }
