@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use xcomposer_llm::grammar::{Constraint, Grammar, Vocabulary, json_schema};
 use xcomposer_llm::text_decoder::EngineChoice;
-use xcomposer_llm::{GenerationConfig, LanguageModel, Message};
+use xcomposer_llm::{GenerationConfig, Generator, LanguageModel, Message};
 
 use crate::backend::{DeviceOptions, peak_rss_mib, resolve_model, set_float_dtype};
 
@@ -63,6 +63,23 @@ pub struct GenerateArgs {
     /// Constrain the answer to JSON that a schema describes (its supported subset).
     #[arg(long, value_name = "FILE")]
     pub json_schema: Option<PathBuf>,
+    /// Also write the logits of the prompt's last position (before any penalty or sampling) to
+    /// this new file, as a JSON array: for comparing engines, dtypes and `--quant` formats.
+    #[arg(long, value_name = "FILE")]
+    pub logits: Option<PathBuf>,
+}
+
+/// Writes `logits` to `path` as a JSON array, refusing to replace an existing file.
+fn write_logits(path: &std::path::Path, logits: &[f32]) -> Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .with_context(|| format!("creating {} for --logits (it must not exist yet)", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    serde_json::to_writer(&mut out, logits).with_context(|| format!("writing {}", path.display()))?;
+    out.flush().with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 /// The constraint of `--grammar` / `--json-schema`, with its vocabulary built from the model's
@@ -104,6 +121,10 @@ fn generate<B: Backend>(args: &GenerateArgs, path: &std::path::Path, device: &B:
         messages.push(Message::new("user", &args.prompt));
         model.encode_chat(&messages)?
     };
+    if let Some(path) = &args.logits {
+        let logits = Generator { model: &model.decoder, tokenizer: &model.tokenizer }.prompt_logits(&prompt_ids)?;
+        write_logits(path, &logits)?;
+    }
     let cfg = GenerationConfig {
         max_new_tokens: args.max_new_tokens,
         temperature: args.temperature,

@@ -285,15 +285,20 @@ impl<B: Backend> Generator<'_, B> {
         self.generate_cancellable(prompt_ids, cfg, on_text, &AtomicBool::new(false))
     }
 
-    /// [`Generator::generate`] that stops with [`GenerationError::Cancelled`] before the next
-    /// token once `cancel` is set.
-    pub fn generate_cancellable(
-        &self,
-        prompt_ids: &[u32],
-        cfg: &GenerationConfig,
-        on_text: &mut dyn FnMut(&str),
-        cancel: &AtomicBool,
-    ) -> Result<Generated, GenerationError> {
+    /// The logits of the prompt's last position (one prefill; no penalty, no sampling): what
+    /// the first new token is chosen from, for comparing engines and weight formats.
+    pub fn prompt_logits(&self, prompt_ids: &[u32]) -> Result<Vec<f32>, GenerationError> {
+        self.check_prompt(prompt_ids)?;
+        let rows = self.model.steps(prompt_ids, |steps| -> Result<Vec<Vec<f32>>, TextDecoderError> {
+            steps.prefill()?;
+            steps.logits()
+        })??;
+        Ok(rows.into_iter().next().unwrap_or_default())
+    }
+
+    /// Refuses an empty prompt, one that leaves no room in the context and ids past the
+    /// embedding; returns the context length.
+    fn check_prompt(&self, prompt_ids: &[u32]) -> Result<usize, GenerationError> {
         if prompt_ids.is_empty() {
             return Err(GenerationError::EmptyPrompt);
         }
@@ -306,6 +311,19 @@ impl<B: Backend> Generator<'_, B> {
         if let Some(&id) = prompt_ids.iter().find(|&&id| id as usize >= rows) {
             return Err(GenerationError::TokenOutOfRange { id, rows });
         }
+        Ok(ctx)
+    }
+
+    /// [`Generator::generate`] that stops with [`GenerationError::Cancelled`] before the next
+    /// token once `cancel` is set.
+    pub fn generate_cancellable(
+        &self,
+        prompt_ids: &[u32],
+        cfg: &GenerationConfig,
+        on_text: &mut dyn FnMut(&str),
+        cancel: &AtomicBool,
+    ) -> Result<Generated, GenerationError> {
+        let ctx = self.check_prompt(prompt_ids)?;
         if let Some(c) = &cfg.constraint
             && c.vocabulary.len() != self.tokenizer.vocab_size()
         {

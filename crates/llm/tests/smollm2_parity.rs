@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use burn::backend::Flex;
 use serde::Deserialize;
-use xcomposer_llm::{GenerationConfig, LanguageModel, Message};
+use xcomposer_llm::{GenerationConfig, Generator, LanguageModel, Message};
 
 #[derive(Deserialize)]
 struct Expected {
@@ -109,6 +109,20 @@ fn last_three_logits_within_1e_3() {
         order.sort_by(|&a, &b| last[b as usize].total_cmp(&last[a as usize]));
         assert_eq!(&order[..10], &c.last_top10_ids[..]);
     }
+}
+
+#[test]
+fn prompt_logits_are_the_reference_last_position() {
+    let m = model();
+    for (i, c) in expected().cases.iter().enumerate() {
+        let ours = Generator { model: &m.decoder, tokenizer: &m.tokenizer }.prompt_logits(&c.prompt_ids).unwrap();
+        let theirs = &reference_logits(i)[2 * 49152..];
+        assert_eq!(ours.len(), theirs.len());
+        let max_abs = ours.iter().zip(theirs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(max_abs <= 1e-3, "case {i}: max-abs logit difference {max_abs}");
+    }
+    let empty = Generator { model: &m.decoder, tokenizer: &m.tokenizer }.prompt_logits(&[]);
+    assert!(matches!(empty, Err(xcomposer_llm::generation::GenerationError::EmptyPrompt)));
 }
 
 #[test]
