@@ -12,6 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use xcomposer_composer::Composer;
+use xcomposer_llm::readers::path_io::AtPath;
 
 use crate::error::{ApiError, ServerError};
 
@@ -128,10 +129,9 @@ impl Store {
     /// or running when the server stopped is marked failed.
     pub fn open(data: &Path) -> Result<Self, ServerError> {
         let root = data.join("articles");
-        let err = |e: std::io::Error| ServerError::Data { path: data.display().to_string(), message: e.to_string() };
-        std::fs::create_dir_all(&root).map_err(err)?;
+        std::fs::create_dir_all(&root).at(&root)?;
         let mut jobs = BTreeMap::new();
-        for entry in std::fs::read_dir(&root).map_err(err)?.flatten() {
+        for entry in std::fs::read_dir(&root).at(&root)?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let Ok(text) = std::fs::read_to_string(entry.path().join("job.json")) else { continue };
             let Ok(mut rec) = serde_json::from_str::<JobRecord>(&text) else { continue };
@@ -216,5 +216,20 @@ impl Store {
             return Err(ApiError::invalid("library", format!("no library {name:?}: a library is a folder name under the data folder's libraries/ (leave it out for the server's library)")));
         }
         Ok(dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_folder_that_cannot_hold_articles_is_named_with_the_folder_that_failed() {
+        let file = std::env::temp_dir().join(format!("xcomposer-server-data-{}", std::process::id()));
+        std::fs::write(&file, b"not a folder").unwrap();
+        let e = Store::open(&file).err().unwrap().to_string();
+        std::fs::remove_file(&file).unwrap();
+        // Before: the message named --data itself, not the folder whose creation failed.
+        assert_eq!(e, format!("--data {}/articles: Not a directory (os error 20)", file.display()));
     }
 }

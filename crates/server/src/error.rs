@@ -94,3 +94,9 @@ pub enum ServerError {
         message: String,
     },
 }
+
+impl From<xcomposer_llm::readers::path_io::PathIoError> for ServerError {
+    fn from(e: xcomposer_llm::readers::path_io::PathIoError) -> Self {
+        ServerError::Data { path: e.path.display().to_string(), message: e.error.to_string() }
+    }
+}
