@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 pub use xcomposer_retrieval::ScorePart;
 
-use xcomposer_llm::capped::read_capped;
+use xcomposer_llm::capped::{Cap, read_within};
 
 use crate::error::ComposeError;
 use crate::language::Language;
@@ -18,6 +18,9 @@ pub const ARTICLE_FORMAT: &str = "xcomposer-article";
 pub const ARTICLE_VERSION: u32 = 1;
 /// The largest `article.json` read (a long article with many candidates is well under 1 MiB).
 pub const MAX_ARTICLE_BYTES: u64 = 64 << 20;
+
+/// The cap of a loaded `article.json`: [`MAX_ARTICLE_BYTES`], raised by `XCOMPOSER_MAX_ARTICLE_BYTES`.
+pub const ARTICLE_CAP: Cap = Cap { var: "XCOMPOSER_MAX_ARTICLE_BYTES", default: MAX_ARTICLE_BYTES };
 
 /// Who made a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -223,9 +226,9 @@ impl Article {
     }
 
     /// Reads a saved article: a regular file (never a FIFO or device) of at most
-    /// [`MAX_ARTICLE_BYTES`].
+    /// [`ARTICLE_CAP`].
     pub fn load(path: &Path) -> Result<Self, ComposeError> {
-        let bytes = read_capped(path, MAX_ARTICLE_BYTES).map_err(|e| ComposeError::io(path, e.reason()))?;
+        let bytes = read_within(path, ARTICLE_CAP).map_err(|e| ComposeError::io(path, e.reason()))?;
         let text = String::from_utf8(bytes).map_err(|e| ComposeError::BadArticle { path: path.into(), reason: format!("not UTF-8 text ({e})") })?;
         Self::from_json(&text, path)
     }
@@ -261,7 +264,7 @@ mod tests {
         let big = dir.join("article.json");
         std::fs::File::create(&big).unwrap().set_len(MAX_ARTICLE_BYTES + 1).unwrap();
         let e = Article::load(&big).unwrap_err().to_string();
-        assert_eq!(e, format!("{}: larger than the limit of {MAX_ARTICLE_BYTES} bytes", big.display()));
+        assert_eq!(e, format!("{}: larger than the limit of {MAX_ARTICLE_BYTES} bytes (raise it with the environment variable XCOMPOSER_MAX_ARTICLE_BYTES)", big.display()));
         std::fs::write(&big, b"{\"format\": \"\xff\"}").unwrap();
         let e = Article::load(&big).unwrap_err().to_string();
         assert!(e.contains("not UTF-8"), "{e}");

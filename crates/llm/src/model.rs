@@ -129,7 +129,7 @@ impl<B: Backend> LanguageModel<B> {
     fn load_hf(dir: &Path, device: &B::Device, engine: EngineChoice) -> Result<Self, LoadError> {
         let read = |name: &str| -> Result<Option<String>, LoadError> {
             let p = dir.join(name);
-            match crate::capped::read_capped(&p, crate::readers::fields::MAX_CONFIG_BYTES) {
+            match crate::capped::read_within(&p, crate::readers::fields::CONFIG_CAP) {
                 Ok(bytes) => String::from_utf8(bytes).map(Some).map_err(|_| LoadError::File { path: p, reason: "not UTF-8 text".into() }),
                 Err(e) if e.is_not_found() => Ok(None),
                 Err(e) => Err(LoadError::File { path: p, reason: e.reason() }),

@@ -244,9 +244,12 @@ impl Tokenizer {
 /// under 40 MiB.
 pub const MAX_TOKENIZER_BYTES: u64 = 256 << 20;
 
-/// Reads a tokenizer file: a regular file of at most [`MAX_TOKENIZER_BYTES`].
+/// The cap of tokenizer files: [`MAX_TOKENIZER_BYTES`], raised by `XCOMPOSER_MAX_TOKENIZER_BYTES`.
+pub const TOKENIZER_CAP: crate::capped::Cap = crate::capped::Cap { var: "XCOMPOSER_MAX_TOKENIZER_BYTES", default: MAX_TOKENIZER_BYTES };
+
+/// Reads a tokenizer file: a regular file within [`TOKENIZER_CAP`].
 fn read_tokenizer_file(path: &Path) -> Result<Vec<u8>, TokenizerError> {
-    Ok(crate::capped::read_capped(path, MAX_TOKENIZER_BYTES)?)
+    Ok(crate::capped::read_within(path, TOKENIZER_CAP)?)
 }
 
 fn byte_level_bpe(tokens: &[&str], types: &[i64], merges: &[&str], pre: &str) -> Result<tokenizers::Tokenizer, TokenizerError> {

@@ -13,11 +13,14 @@ use super::WeightError;
 /// `tokenizer_config.json` with a long chat template stays far under).
 pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
 
+/// The cap of JSON configurations: [`MAX_CONFIG_BYTES`], raised by `XCOMPOSER_MAX_CONFIG_BYTES`.
+pub const CONFIG_CAP: super::capped::Cap = super::capped::Cap { var: "XCOMPOSER_MAX_CONFIG_BYTES", default: MAX_CONFIG_BYTES };
+
 /// Reads the JSON configuration file at `path`: a regular file (never a FIFO or device, which
-/// would block or never end) of at most [`MAX_CONFIG_BYTES`], parsed. The error is the reason
+/// would block or never end) within [`CONFIG_CAP`], parsed. The error is the reason
 /// alone; the caller's error names the file.
 pub fn read_json(path: &Path) -> Result<Value, String> {
-    let bytes = super::capped::read_capped(path, MAX_CONFIG_BYTES).map_err(|e| e.reason())?;
+    let bytes = super::capped::read_within(path, CONFIG_CAP).map_err(|e| e.reason())?;
     serde_json::from_slice(&bytes).map_err(|e| e.to_string())
 }
 
@@ -107,7 +110,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let big = dir.join("config.json");
         std::fs::File::create(&big).unwrap().set_len(MAX_CONFIG_BYTES + 1).unwrap();
-        assert_eq!(read_json(&big).unwrap_err(), format!("larger than the limit of {MAX_CONFIG_BYTES} bytes"));
+        assert_eq!(read_json(&big).unwrap_err(), format!("larger than the limit of {MAX_CONFIG_BYTES} bytes (raise it with the environment variable XCOMPOSER_MAX_CONFIG_BYTES)"));
         std::fs::write(&big, br#"{"a": 1}"#).unwrap();
         assert_eq!(read_json(&big).unwrap(), serde_json::json!({"a": 1}));
         std::fs::remove_dir_all(&dir).unwrap();

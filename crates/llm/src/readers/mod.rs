@@ -71,12 +71,22 @@ pub enum WeightError {
         path: PathBuf,
     },
     /// A file with more bytes than its cap.
-    #[error("{path}: larger than the limit of {cap} bytes")]
+    #[error("{path}: larger than the limit of {cap} bytes{}", capped::raise_hint(*raise))]
     TooLarge {
         /// The file.
         path: PathBuf,
         /// The cap in bytes.
         cap: u64,
+        /// The environment variable that raises the cap, when one does ([`capped::Cap`]).
+        raise: Option<&'static str>,
+    },
+    /// An environment variable meant to raise a size cap does not hold a number of bytes.
+    #[error("{var}={value:?}: expected a whole number of bytes")]
+    Limit {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
     },
     /// GGUF: the file does not start with the GGUF magic.
     #[error("not a GGUF file (magic {0:?}, expected \"GGUF\")")]
@@ -161,7 +171,7 @@ impl WeightError {
             Self::Io(e) => e.error.to_string(),
             Self::File { reason, .. } => reason.clone(),
             Self::NotRegular { .. } => "not a regular file (a folder, FIFO or device); expected a file".into(),
-            Self::TooLarge { cap, .. } => format!("larger than the limit of {cap} bytes"),
+            Self::TooLarge { cap, raise, .. } => format!("larger than the limit of {cap} bytes{}", capped::raise_hint(*raise)),
             other => other.to_string(),
         }
     }

@@ -11,6 +11,9 @@ use super::WeightError;
 /// The largest index file read (a 70-billion-parameter model's is about 100 KiB).
 pub const MAX_INDEX_BYTES: u64 = 64 << 20;
 
+/// The cap of index files: [`MAX_INDEX_BYTES`], raised by `XCOMPOSER_MAX_SHARD_INDEX_BYTES`.
+pub const INDEX_CAP: super::capped::Cap = super::capped::Cap { var: "XCOMPOSER_MAX_SHARD_INDEX_BYTES", default: MAX_INDEX_BYTES };
+
 /// A parsed shard index.
 #[derive(Debug, Clone)]
 pub struct ShardIndex {
@@ -26,11 +29,11 @@ struct Raw {
 }
 
 impl ShardIndex {
-    /// Reads the index at `path`: a regular file of at most [`MAX_INDEX_BYTES`] whose
+    /// Reads the index at `path`: a regular file within [`INDEX_CAP`] whose
     /// `weight_map` maps names to plain file names (no folder, not hidden).
     pub fn read(path: &Path) -> Result<Self, WeightError> {
         let err = |reason: String| WeightError::File { path: path.to_path_buf(), reason };
-        let bytes = super::capped::read_capped(path, MAX_INDEX_BYTES)?;
+        let bytes = super::capped::read_within(path, INDEX_CAP)?;
         let raw: Raw = serde_json::from_slice(&bytes).map_err(|e| err(e.to_string()))?;
         let dir = path.parent().unwrap_or(Path::new(""));
         let mut shards = Vec::new();

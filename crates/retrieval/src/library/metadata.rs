@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Deserialize;
-use xcomposer_llm::capped::read_capped;
+use xcomposer_llm::capped::{Cap, read_within};
 
 use super::{IndexReport, IndexedImage};
 
@@ -16,6 +16,11 @@ pub const METADATA_FILE: &str = "library.json";
 pub const MAX_LIBRARY_META_BYTES: u64 = 64 << 20;
 /// The largest sidecar `IMAGE.json` read, in bytes.
 pub const MAX_SIDECAR_BYTES: u64 = 1 << 20;
+/// The cap of `library.json` (and `library-urls.json`): [`MAX_LIBRARY_META_BYTES`], raised by
+/// `XCOMPOSER_MAX_LIBRARY_JSON_BYTES`.
+pub const LIBRARY_META_CAP: Cap = Cap { var: "XCOMPOSER_MAX_LIBRARY_JSON_BYTES", default: MAX_LIBRARY_META_BYTES };
+/// The cap of a sidecar `IMAGE.json`: [`MAX_SIDECAR_BYTES`], raised by `XCOMPOSER_MAX_SIDECAR_BYTES`.
+pub const SIDECAR_CAP: Cap = Cap { var: "XCOMPOSER_MAX_SIDECAR_BYTES", default: MAX_SIDECAR_BYTES };
 
 /// Text fields of a metadata entry.
 #[derive(Debug, Default, Deserialize)]
@@ -63,8 +68,8 @@ pub fn file_name_words(path: &str) -> Option<String> {
 
 /// Reads a metadata file: `None` when it is absent; a file that cannot be read (not a regular
 /// file, over `cap`, unreadable) is reported in `report.warnings` and ignored.
-fn read_meta_file(path: &Path, cap: u64, report: &mut IndexReport) -> Option<Vec<u8>> {
-    match read_capped(path, cap) {
+fn read_meta_file(path: &Path, cap: Cap, report: &mut IndexReport) -> Option<Vec<u8>> {
+    match read_within(path, cap) {
         Ok(bytes) => Some(bytes),
         Err(e) if e.is_not_found() => None,
         Err(e) => {
@@ -77,7 +82,7 @@ fn read_meta_file(path: &Path, cap: u64, report: &mut IndexReport) -> Option<Vec
 /// The folder's `library.json`, empty when it is absent or unusable (reported).
 pub(crate) fn read_library_meta(root: &Path, report: &mut IndexReport) -> LibraryMeta {
     let path = root.join(METADATA_FILE);
-    match read_meta_file(&path, MAX_LIBRARY_META_BYTES, report) {
+    match read_meta_file(&path, LIBRARY_META_CAP, report) {
         None => LibraryMeta::default(),
         Some(text) => serde_json::from_slice(&text).unwrap_or_else(|e| {
             report.warnings.push(format!("{}: ignored, not valid library metadata ({e}); expected {{\"images\": {{\"PATH\": {{\"title\": …, \"description\": …}}}}}}", path.display()));
@@ -95,7 +100,7 @@ pub(crate) fn metadata_text(root: &Path, im: &IndexedImage, lib: &LibraryMeta, r
         sources.push(METADATA_FILE.to_string());
     }
     let sidecar = root.join(format!("{}.json", im.path));
-    if let Some(text) = read_meta_file(&sidecar, MAX_SIDECAR_BYTES, report) {
+    if let Some(text) = read_meta_file(&sidecar, SIDECAR_CAP, report) {
         match serde_json::from_slice::<MetaEntry>(&text) {
             Ok(m) => {
                 if let Some(t) = m.text() {

@@ -324,7 +324,7 @@ mod tests {
         std::fs::remove_file(&lib_json).unwrap();
         std::fs::File::create(&lib_json).unwrap().set_len(MAX_LIBRARY_META_BYTES + 1).unwrap();
         assert!(read_library_meta(&root, &mut report).images.is_empty());
-        assert_eq!(report.warnings[2], format!("{}: ignored, larger than the limit of 67108864 bytes", lib_json.display()));
+        assert_eq!(report.warnings[2], format!("{}: ignored, larger than the limit of 67108864 bytes (raise it with the environment variable XCOMPOSER_MAX_LIBRARY_JSON_BYTES)", lib_json.display()));
         std::fs::remove_dir_all(&root).unwrap();
     }
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use xcomposer_llm::capped::read_capped;
+use xcomposer_llm::capped::{Cap, read_capped, read_within};
 use xcomposer_llm::readers::WeightError;
 use xcomposer_llm::readers::path_io::AtPath;
 
@@ -15,6 +15,8 @@ use super::{FeatureMatrix, INDEX_VERSION, ImageLibrary, IndexedImage, LibraryErr
 const FORMAT: &str = "xcomposer-image-index";
 /// The largest `index.json` read, in bytes.
 pub const MAX_INDEX_BYTES: u64 = 1 << 30;
+/// The cap of `index.json`: [`MAX_INDEX_BYTES`], raised by `XCOMPOSER_MAX_INDEX_JSON_BYTES`.
+pub const INDEX_CAP: Cap = Cap { var: "XCOMPOSER_MAX_INDEX_JSON_BYTES", default: MAX_INDEX_BYTES };
 
 #[derive(Debug, Serialize, Deserialize)]
 struct IndexFile {
@@ -35,7 +37,7 @@ impl ImageLibrary {
             return Err(LibraryError::NoIndex { index: file, root: root.to_path_buf() });
         }
         let stale = |reason: String| LibraryError::Stale { index: file.clone(), root: root.to_path_buf(), reason };
-        let text = read_capped(&file, MAX_INDEX_BYTES)?;
+        let text = read_within(&file, INDEX_CAP)?;
         let head: serde_json::Value = serde_json::from_slice(&text).map_err(|e| stale(format!("not a readable index ({e})")))?;
         if head.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
             return Err(stale("not an xcomposer image index".into()));

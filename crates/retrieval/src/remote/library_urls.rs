@@ -8,11 +8,11 @@
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use xcomposer_llm::capped::read_capped;
+use xcomposer_llm::capped::read_within;
 
 use super::cache::ImageMeta;
 use super::fetcher::{FetchOptions, Fetcher};
-use crate::library::metadata::{MAX_LIBRARY_META_BYTES, METADATA_FILE};
+use crate::library::metadata::{LIBRARY_META_CAP, METADATA_FILE};
 use crate::library::{LibraryError, io_reason};
 
 /// The file of image URLs in a library folder.
@@ -35,7 +35,7 @@ pub struct UrlReport {
 pub fn listed_urls(root: &Path) -> Result<Vec<(String, ImageMeta)>, LibraryError> {
     let mut out = vec![];
     let urls = root.join(URLS_FILE);
-    match read_capped(&urls, MAX_LIBRARY_META_BYTES) {
+    match read_within(&urls, LIBRARY_META_CAP) {
         Ok(bytes) => {
             let text = String::from_utf8(bytes).map_err(|_| LibraryError::Io { path: urls.clone(), reason: "not UTF-8 text; expected one URL per line".into() })?;
             out.extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(|l| (l.to_string(), ImageMeta::default())));
@@ -44,7 +44,7 @@ pub fn listed_urls(root: &Path) -> Result<Vec<(String, ImageMeta)>, LibraryError
         Err(e) => return Err(LibraryError::Io { path: urls, reason: io_reason(e) }),
     }
     let meta = root.join(METADATA_FILE);
-    match read_capped(&meta, MAX_LIBRARY_META_BYTES) {
+    match read_within(&meta, LIBRARY_META_CAP) {
         Ok(bytes) => {
             let bad = |reason: String| LibraryError::Io { path: meta.clone(), reason };
             let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| bad(format!("not JSON ({e})")))?;

@@ -123,7 +123,10 @@ impl<B: Backend> XComposer<B> {
     /// [`XComposer::load`] with the language model on the engine chosen.
     pub fn load_with(dir: &Path, device: &B::Device, engine: EngineChoice) -> Result<Self, XComposerError> {
         let cfg_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| XComposerError::Load(format!("{}: {e}", cfg_path.display())))?;
+        let load_err = |reason: String| XComposerError::Load(format!("{}: {reason}", cfg_path.display()));
+        // Read capped and only when regular (a FIFO config.json would block the load forever).
+        let bytes = xcomposer_llm::capped::read_within(&cfg_path, xcomposer_llm::readers::fields::CONFIG_CAP).map_err(|e| load_err(e.reason()))?;
+        let text = String::from_utf8(bytes).map_err(|_| load_err("not UTF-8 text".into()))?;
         let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| XComposerError::Load(format!("{}: {e}", cfg_path.display())))?;
         let name = cfg_path.display().to_string();
         let visual_cfg = VisualConfig::from_json(&json, &name).map_err(XComposerError::Load)?;
