@@ -245,6 +245,7 @@ impl<B: Backend> Decoder<B> {
             };
             let m = QMatrix::from_rows(r.ty, cols, &[(r.bytes, order)])
                 .map_err(|reason| WeightError::File { path: src.source_name().into(), reason: format!("{name}: {reason}") })?;
+            src.release(&name);
             Ok(Some(m))
         };
         let linear = |hf: &str, rows: usize, heads: Option<usize>, layer: usize, cols: usize| -> Result<Linear<B>, WeightError> {

@@ -34,6 +34,10 @@ pub trait WeightSource: Sync {
         None
     }
 
+    /// Says that the bytes [`WeightSource::raw`] gave for `name` have been copied and will not be
+    /// read again, so that a mapped file can let their pages go (a load's peak memory).
+    fn release(&self, _name: &str) {}
+
     /// Reads a tensor and checks its shape.
     fn load_shaped(&self, name: &str, expected: &[usize]) -> Result<HostTensor, WeightError> {
         let t = self.load(name)?;
@@ -90,4 +94,33 @@ impl WeightSource for GgufWeights<'_> {
         let cols = *shape.last()?;
         Some(RawTensor { ty: info.ggml_type, rows: info.n_elements() / cols.max(1), cols, bytes: self.gguf.tensor_bytes(info) })
     }
+    fn release(&self, name: &str) {
+        if let Some(info) = self.gguf.tensor_info(name) {
+            reclaim_pages(self.gguf.tensor_bytes(info));
+        }
+    }
+}
+
+/// Asks the kernel to reclaim the memory pages lying wholly inside `bytes` (`MADV_PAGEOUT`): the
+/// pages of a mapped file leave this process's resident memory (read from the file again if
+/// touched), anonymous memory keeps its contents (at most paged out to swap). A hint: a kernel
+/// without it (before Linux 5.4) or another OS changes nothing.
+fn reclaim_pages(bytes: &[u8]) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: sysconf has no preconditions.
+        let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+            p if p > 0 => p as usize,
+            _ => return,
+        };
+        let (start, end) = (bytes.as_ptr() as usize, bytes.as_ptr() as usize + bytes.len());
+        let (first, last) = (start.next_multiple_of(page), end / page * page);
+        if last > first {
+            // SAFETY: the range is inside `bytes` (whole pages only), which stays valid; PAGEOUT
+            // never changes what a later read of these addresses returns.
+            unsafe { libc::madvise(first as *mut libc::c_void, last - first, libc::MADV_PAGEOUT) };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = bytes;
 }
