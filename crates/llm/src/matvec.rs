@@ -275,7 +275,8 @@ fn gemm_tile(w: &[f32], tr: usize, x: &[f32], n: usize, cols: usize, store: &dyn
     }
 }
 
-fn has_avx2_fma() -> bool {
+/// Whether this CPU has AVX2, FMA and F16C (checked once).
+pub(crate) fn has_avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static DETECTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();

@@ -177,32 +177,84 @@ fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
 }
 
 /// Softmax attention of every query head of `q` over the `len` cached positions of its kv head
-/// (query head `h` reads kv head `h / (heads / kv_heads)`), into `out`.
+/// (query head `h` reads kv head `h / (heads / kv_heads)`), into `out`. The query heads sharing a
+/// kv head go together, so that each cached key and value is read once a step, not once per
+/// query head; each head's arithmetic is the same, in the same order, as one head alone.
 fn attend(q: &[f32], kv: &(Vec<f32>, Vec<f32>), len: usize, kv_heads: usize, hd: usize, out: &mut [f32]) {
     let g = q.len() / hd / kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
-    let (keys, values) = (&kv.0, &kv.1);
+    let (keys, values) = (&kv.0[..], &kv.1[..]);
+    let kv = KvView { keys, values, len, kv_heads, hd, scale: 1.0 / (hd as f32).sqrt() };
     // Short caches are not worth waking other threads for.
-    let min_heads = if len < 128 { q.len() / hd } else { 1 };
-    out.par_chunks_mut(hd).with_min_len(min_heads).enumerate().for_each(|(h, o)| {
-        let (qh, kvh) = (&q[h * hd..(h + 1) * hd], h / g);
-        let at = |t: usize| (t * kv_heads + kvh) * hd..(t * kv_heads + kvh + 1) * hd;
-        let mut p: Vec<f32> = (0..len).map(|t| dot(qh, &keys[at(t)]) * scale).collect();
-        let max = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for s in &mut p {
-            *s = (*s - max).exp();
-            sum += *s;
+    let min_groups = if len < 128 { kv_heads } else { 1 };
+    let avx2 = crate::matvec::has_avx2_fma();
+    out.par_chunks_mut(g * hd).with_min_len(min_groups).enumerate().for_each(|(kvh, o)| {
+        let qs = &q[kvh * g * hd..(kvh + 1) * g * hd];
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            // SAFETY: the CPU has AVX2 (checked at run time).
+            unsafe { attend_group_avx2(qs, &kv, kvh, o) };
+            return;
         }
-        o.fill(0.0);
-        for (t, &e) in p.iter().enumerate() {
-            let w = e / sum;
-            o.iter_mut().zip(&values[at(t)]).for_each(|(o, v)| *o += w * v);
-        }
+        let _ = avx2;
+        attend_group(qs, &kv, kvh, o);
     });
 }
 
+/// One layer's cached keys and values, `[position][kv head][head_dim]`.
+struct KvView<'a> {
+    keys: &'a [f32],
+    values: &'a [f32],
+    len: usize,
+    kv_heads: usize,
+    hd: usize,
+    /// `1 / √head_dim`.
+    scale: f32,
+}
+
+/// [`attend_group`] compiled for AVX2: wider vectors, the same arithmetic (nothing is contracted
+/// into FMA), so the same results.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn attend_group_avx2(qs: &[f32], kv: &KvView, kvh: usize, o: &mut [f32]) {
+    attend_group(qs, kv, kvh, o)
+}
+
+/// The query heads `qs` that share kv head `kvh`, over its cached positions, into `o`.
+#[inline(always)]
+fn attend_group(qs: &[f32], kv: &KvView, kvh: usize, o: &mut [f32]) {
+    let (len, hd) = (kv.len, kv.hd);
+    let g = qs.len() / hd;
+    let at = |t: usize| (t * kv.kv_heads + kvh) * hd..(t * kv.kv_heads + kvh + 1) * hd;
+    // Scores, head-major: p[j·len + t] for query head j of the group.
+    let mut p = vec![0f32; g * len];
+    for t in 0..len {
+        let key = &kv.keys[at(t)];
+        for (j, qh) in qs.chunks_exact(hd).enumerate() {
+            p[j * len + t] = dot(qh, key) * kv.scale;
+        }
+    }
+    let mut sums = vec![0f32; g];
+    for (ps, total) in p.chunks_exact_mut(len).zip(&mut sums) {
+        let max = ps.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for s in ps.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        *total = sum;
+    }
+    o.fill(0.0);
+    for t in 0..len {
+        let value = &kv.values[at(t)];
+        for (j, oh) in o.chunks_exact_mut(hd).enumerate() {
+            let w = p[j * len + t] / sums[j];
+            oh.iter_mut().zip(value).for_each(|(o, v)| *o += w * v);
+        }
+    }
+}
+
 /// A dot product in eight lanes (so that it vectorises).
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     for (a, b) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
