@@ -41,7 +41,6 @@ pub struct ClipTokenizer {
     vocab: HashMap<String, u32>,
     ranks: HashMap<(String, String), usize>,
     byte_chars: [char; 256],
-    pattern: Regex,
     /// `<|startoftext|>`.
     pub sot: u32,
     /// `<|endoftext|>` (also the padding).
@@ -50,8 +49,10 @@ pub struct ClipTokenizer {
     pub context: usize,
 }
 
-/// CLIP's split pattern, compiled once per process (a clone shares it): compiling its Unicode
-/// classes took most of a load (over 1 s under the fuzzer's AddressSanitizer).
+/// CLIP's split pattern, compiled once per process: compiling its Unicode classes took most of a
+/// load (over 1 s under the fuzzer's AddressSanitizer). Every tokenizer uses this one regex, not
+/// a clone: a clone starts with an empty cache of its lazy DFA, whose states were then built
+/// again for each tokenizer loaded (most of the fuzzer's time in the tokenizer target).
 static PATTERN: std::sync::LazyLock<Regex> = std::sync::LazyLock::new(|| {
     Regex::new(r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+").expect("a valid pattern")
 });
@@ -97,7 +98,7 @@ impl ClipTokenizer {
         if context < 2 {
             return Err(ClipTokenizerError::File { path: dir.join("config.json"), reason: format!("a context of {context} tokens cannot hold the start and end tokens") });
         }
-        Ok(ClipTokenizer { vocab, ranks, byte_chars: bytes_to_unicode(), pattern: PATTERN.clone(), sot, eot, context })
+        Ok(ClipTokenizer { vocab, ranks, byte_chars: bytes_to_unicode(), sot, eot, context })
     }
 
     /// The cleaned text the pattern splits: NFC, whitespace collapsed and trimmed, lower case.
@@ -110,7 +111,7 @@ impl ClipTokenizer {
     pub fn bpe_ids(&self, text: &str) -> Vec<u32> {
         let clean = Self::clean(text);
         let mut ids = Vec::new();
-        for m in self.pattern.find_iter(&clean) {
+        for m in PATTERN.find_iter(&clean) {
             let piece = m.as_str();
             if let Some(&id) = self.vocab.get(piece).filter(|_| piece.starts_with("<|")) {
                 ids.push(id);
