@@ -34,24 +34,28 @@ const LOAD_GROUP: usize = 8;
 /// Prompt rows per block of `attention_rows8` (they read each key and value once for all).
 const ATT_ROW_GROUP: usize = 8;
 
-/// Key spans of the attention launch in a captured decode step (fixed, as a graph's grid is):
-/// each span then holds at most [`ATT_SPAN_MAX`] keys.
-fn graph_spans(context: usize) -> usize {
-    context.div_ceil(ATT_SPAN_MAX).max(16)
+/// Key spans of the attention launch in a captured decode step of `rows` sequences (fixed, as a
+/// graph's grid is): each span then holds at most [`ATT_SPAN_MAX`] keys, and one sequence gets
+/// 16 (its only parallelism besides the heads); several share those 16 blocks per head, so that
+/// beams launch no more blocks than the GPU holds at once (5 beams × 16 spans × 32 heads was two
+/// waves of blocks for a few keys each).
+fn graph_spans(context: usize, rows: usize) -> usize {
+    context.div_ceil(ATT_SPAN_MAX).max(16usize.div_ceil(rows.max(1)))
 }
 
 /// Key spans of an attention launched directly over `rows` rows, the last of which sees `keys`
-/// keys: spans of [`ATT_SPAN`] keys for a decode step (its few rows need the spans'
-/// parallelism), of [`ATT_SPAN_MAX`] for prefill (its rows give the parallelism, and fewer
-/// spans leave fewer partials to merge).
+/// keys: for a decode step, [`ATT_SPAN`] keys per span per sequence (one sequence's few rows need
+/// the spans' parallelism; several sequences bring their own, so each of their spans holds
+/// `rows` times as many keys, at most [`ATT_SPAN_MAX`]); [`ATT_SPAN_MAX`] for prefill (its rows
+/// give the parallelism, and fewer spans leave fewer partials to merge).
 fn direct_spans(rows: usize, keys: usize) -> usize {
-    keys.div_ceil(if rows <= MAX_SEQS { ATT_SPAN } else { ATT_SPAN_MAX })
+    if rows <= MAX_SEQS { keys.div_ceil(ATT_SPAN * rows.max(1)) } else { keys.div_ceil(ATT_SPAN_MAX) }
 }
 
 /// Floats of attention partials for any launch (see [`Scratch::part`]).
 fn partial_floats(c: &DecoderConfig, chunk: usize) -> usize {
     let ctx = c.max_position.max(1);
-    let decode = MAX_SEQS * direct_spans(1, ctx).max(graph_spans(ctx));
+    let decode = (1..=MAX_SEQS).map(|rows| rows * direct_spans(rows, ctx).max(graph_spans(ctx, rows))).max().unwrap_or(0);
     let prefill = chunk * direct_spans(chunk, ctx);
     decode.max(prefill) * c.num_heads * (c.head_dim + 2)
 }
@@ -783,7 +787,7 @@ impl CudaDecoder {
                 // Spans for the row that sees the most keys, or a graph's fixed count.
                 let spans = match at.pos_dev {
                     0 => direct_spans(rows, at.pos0 + (rows - 1) * at.pos_step + 1),
-                    _ => graph_spans(self.context_len()),
+                    _ => graph_spans(self.context_len(), rows),
                 };
                 let mut args = vec![Arg::P(self.s.q.ptr), Arg::P(kc), Arg::P(vc), Arg::P(self.s.paths.ptr), Arg::P(self.s.part.ptr), Arg::P(self.s.done.ptr), Arg::P(self.s.att.ptr), Arg::P(at.pos_dev), Arg::I(rows as i32)];
                 args.extend(geometry);
