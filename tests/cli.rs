@@ -31,11 +31,29 @@ fn generate_json_reproduces_the_reference_prompt_and_greedy_ids() {
     let expected: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(common::fixture("smollm2").join("expected.json")).unwrap()).unwrap();
     let case = &expected["cases"][0];
+    let logits_path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("logits-{}.json", std::process::id()));
+    let _ = std::fs::remove_file(&logits_path);
     let out = xcomposer()
-        .args(["generate", "--json", "--max-new-tokens", "12", case["user_message"].as_str().unwrap()])
+        .args(["generate", "--json", "--max-new-tokens", "12", "--logits"])
+        .arg(&logits_path)
+        .arg(case["user_message"].as_str().unwrap())
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
+    // --logits: the prompt's last position, the reference's top 10 within the fixture's 1e-3.
+    let logits: Vec<f32> = serde_json::from_str(&std::fs::read_to_string(&logits_path).unwrap()).unwrap();
+    assert_eq!(logits.len(), 49152);
+    for (id, want) in case["last_top10_ids"].as_array().unwrap().iter().zip(case["last_top10_logits"].as_array().unwrap()) {
+        let got = logits[id.as_u64().unwrap() as usize];
+        assert!((got - want.as_f64().unwrap() as f32).abs() <= 1e-3, "logit of {id}: {got} against {want}");
+    }
+    // An existing file is refused, named, and left as it was.
+    let again = xcomposer().args(["generate", "--max-new-tokens", "1", "--logits"]).arg(&logits_path).arg("hi").output().unwrap();
+    assert!(!again.status.success());
+    assert!(stderr(&again).contains(&logits_path.display().to_string()), "{}", stderr(&again));
+    let unchanged: Vec<f32> = serde_json::from_str(&std::fs::read_to_string(&logits_path).unwrap()).unwrap();
+    assert_eq!(unchanged, logits);
+    std::fs::remove_file(&logits_path).unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
     assert_eq!(v["prompt_ids"], case["prompt_ids"]);
     let want: Vec<_> = case["greedy_new_ids"].as_array().unwrap()[..12].to_vec();
