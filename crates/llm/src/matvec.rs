@@ -163,8 +163,14 @@ impl QMatrix {
 
     /// The activations this matrix's product uses under `act`: f32 for the types without an
     /// integer kernel.
+    /// Q8_0 rows under [`Activations::Int16`] take the f32 kernel: it is exact, and on the AMD
+    /// EPYC (Zen 4) of the measurements 1.6x faster for them than the 16-bit kernel.
     fn mode(&self, act: Activations) -> Activations {
-        if kernels::supports(self.ty) { act } else { Activations::F32 }
+        match act {
+            _ if !kernels::supports(self.ty) => Activations::F32,
+            Activations::Int16 if self.ty == GgmlType::Q8_0 => Activations::F32,
+            act => act,
+        }
     }
 }
 
@@ -688,7 +694,7 @@ mod tests {
                 m.matmul_with(&x, n, &mut yi, act);
                 let scale = y.iter().fold(0f32, |a, v| a.max(v.abs()));
                 let worst = yi.iter().zip(&y).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / scale;
-                let has_kernel = kernels::supports(ty);
+                let has_kernel = kernels::supports(ty) && !(ty == GgmlType::Q8_0 && act == Activations::Int16);
                 assert!(if has_kernel { worst <= tol && worst > 0.0 } else { worst == 0.0 }, "{ty:?} {act:?}: {worst}");
             }
             let mut row = vec![0f32; cols];
