@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use xcomposer_llm::readers::path_io::PathIoError;
+
 /// What went wrong, naming the file, line or key involved.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
@@ -15,12 +17,22 @@ pub enum JobError {
         /// What is wrong.
         message: String,
     },
-    /// Reading or writing a file or folder failed.
-    #[error("{}: {message}", path.display())]
+    /// Reading or writing a file or folder failed (the shared [`PathIoError`], and what was
+    /// being done).
+    #[error("{}: {doing}: {}", error.path.display(), error.error)]
     Io {
+        /// What was being done ("reading the jobs file").
+        doing: &'static str,
+        /// The file or folder and the OS error.
+        error: PathIoError,
+    },
+    /// A file or folder this crate cannot make or write (a job id that cannot name a folder, a
+    /// result that cannot be encoded).
+    #[error("{}: {message}", path.display())]
+    Unusable {
         /// The file or folder.
         path: PathBuf,
-        /// The OS error, with what was being done.
+        /// What is wrong.
         message: String,
     },
     /// A Redis command failed (connection lost, wrong reply, …).
@@ -45,8 +57,9 @@ pub enum JobError {
 }
 
 impl JobError {
-    /// An I/O error on `path`, saying what was being done.
-    pub fn io(path: impl Into<PathBuf>, doing: &str, e: std::io::Error) -> Self {
-        JobError::Io { path: path.into(), message: format!("{doing}: {e}") }
+    /// Turns an I/O error that names its file ([`AtPath::at`](xcomposer_llm::readers::path_io::AtPath::at))
+    /// into a job error saying what was being done: `.at(path).map_err(JobError::doing("reading the jobs file"))`.
+    pub fn doing(what: &'static str) -> impl Fn(PathIoError) -> JobError {
+        move |error| JobError::Io { doing: what, error }
     }
 }

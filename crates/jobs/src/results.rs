@@ -9,6 +9,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use xcomposer_llm::readers::path_io::AtPath;
+
 use crate::JobError;
 
 /// How a job ended.
@@ -75,7 +77,7 @@ impl ResultsLog {
     pub fn read(&self, on_skip: &mut dyn FnMut(String)) -> Result<BTreeMap<String, JobResult>, JobError> {
         let text = match std::fs::read_to_string(&self.path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-            other => other.map_err(|e| JobError::io(&self.path, "reading the results log", e))?,
+            other => other.at(&self.path).map_err(JobError::doing("reading the results log"))?,
         };
         let mut out = BTreeMap::new();
         let lines: Vec<&str> = text.lines().collect();
@@ -93,13 +95,13 @@ impl ResultsLog {
 
     /// Appends one result as one line (one write, so lines of concurrent writers do not mix).
     pub fn append(&self, result: &JobResult) -> Result<(), JobError> {
-        let mut line = serde_json::to_string(result).map_err(|e| JobError::Io { path: self.path.clone(), message: format!("encoding a result: {e}") })?;
+        let mut line = serde_json::to_string(result).map_err(|e| JobError::Unusable { path: self.path.clone(), message: format!("encoding a result: {e}") })?;
         line.push('\n');
-        let io = |e| JobError::io(&self.path, "appending to the results log", e);
-        drop_cut_line(&self.path).map_err(io)?;
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&self.path).map_err(io)?;
-        f.write_all(line.as_bytes()).map_err(io)?;
-        f.sync_data().map_err(io)
+        let io = JobError::doing("appending to the results log");
+        drop_cut_line(&self.path).at(&self.path).map_err(&io)?;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&self.path).at(&self.path).map_err(&io)?;
+        f.write_all(line.as_bytes()).at(&self.path).map_err(&io)?;
+        f.sync_data().at(&self.path).map_err(io)
     }
 }
 

@@ -8,6 +8,8 @@ use std::path::Path;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use xcomposer_llm::readers::path_io::AtPath;
+
 use crate::JobError;
 
 /// One job: its id and its compose options (every field of the line but `id`).
@@ -80,7 +82,7 @@ pub fn parse_jobs(text: &str, file: &Path) -> Result<Vec<JobSpec>, JobError> {
 
 /// Reads and parses a jobs file.
 pub fn read_jobs(file: &Path) -> Result<Vec<JobSpec>, JobError> {
-    let text = std::fs::read_to_string(file).map_err(|e| JobError::io(file, "reading the jobs file", e))?;
+    let text = std::fs::read_to_string(file).at(file).map_err(JobError::doing("reading the jobs file"))?;
     parse_jobs(&text, file)
 }
 

@@ -7,6 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
+use xcomposer_llm::readers::path_io::{AtPath, PathIoError};
+
 use crate::JobError;
 use crate::spec::valid_id;
 
@@ -55,7 +57,8 @@ pub enum Committed {
 impl FolderStore {
     /// A store at `root`, made if missing.
     pub fn open(root: &Path) -> Result<Self, JobError> {
-        std::fs::create_dir_all(root.join(PARTIAL_DIR)).map_err(|e| JobError::io(root, "making the output folder", e))?;
+        let partial = root.join(PARTIAL_DIR);
+        std::fs::create_dir_all(&partial).at(&partial).map_err(JobError::doing("making the output folder"))?;
         Ok(FolderStore { root: root.to_path_buf() })
     }
 
@@ -73,11 +76,11 @@ impl ArticleStore for FolderStore {
 
     fn begin(&self, id: &str, worker: &str) -> Result<PathBuf, JobError> {
         if !valid_id(id) || !valid_id(worker) {
-            return Err(JobError::Io { path: self.root.clone(), message: format!("job id {id:?} or worker name {worker:?} cannot name a folder") });
+            return Err(JobError::Unusable { path: self.root.clone(), message: format!("job id {id:?} or worker name {worker:?} cannot name a folder") });
         }
         let tmp = self.root.join(PARTIAL_DIR).join(format!("{id}.{worker}"));
         remove_dir_if_there(&tmp)?;
-        std::fs::create_dir_all(&tmp).map_err(|e| JobError::io(&tmp, "making the temporary article folder", e))?;
+        std::fs::create_dir_all(&tmp).at(&tmp).map_err(JobError::doing("making the temporary article folder"))?;
         Ok(tmp)
     }
 
@@ -90,7 +93,7 @@ impl ArticleStore for FolderStore {
                 self.discard(tmp)?;
                 Ok(Committed::AlreadyStored)
             }
-            Err(e) => Err(JobError::io(&target, "moving the finished article into place", e)),
+            Err(e) => Err(JobError::doing("moving the finished article into place")(PathIoError { path: target, error: e })),
         }
     }
 
@@ -100,7 +103,7 @@ impl ArticleStore for FolderStore {
 
     fn clear_partials(&self, id: Option<&str>) -> Result<usize, JobError> {
         let dir = self.root.join(PARTIAL_DIR);
-        let entries = std::fs::read_dir(&dir).map_err(|e| JobError::io(&dir, "listing the temporary folders", e))?;
+        let entries = std::fs::read_dir(&dir).at(&dir).map_err(JobError::doing("listing the temporary folders"))?;
         let mut removed = 0;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -116,7 +119,7 @@ impl ArticleStore for FolderStore {
         let mut out = Vec::new();
         let mut stack = vec![self.dir(id)];
         while let Some(dir) = stack.pop() {
-            for entry in std::fs::read_dir(&dir).map_err(|e| JobError::io(&dir, "listing the article", e))?.flatten() {
+            for entry in std::fs::read_dir(&dir).at(&dir).map_err(JobError::doing("listing the article"))?.flatten() {
                 let p = entry.path();
                 if p.is_dir() {
                     stack.push(p);
@@ -179,7 +182,7 @@ fn percent_decoded(text: &str) -> Option<String> {
 
 fn remove_dir_if_there(dir: &Path) -> Result<(), JobError> {
     match std::fs::remove_dir_all(dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(JobError::io(dir, "removing the temporary article folder", e)),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(JobError::doing("removing the temporary article folder")(PathIoError { path: dir.into(), error: e })),
         _ => Ok(()),
     }
 }
@@ -187,6 +190,18 @@ fn remove_dir_if_there(dir: &Path) -> Result<(), JobError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn io_errors_name_the_folder_that_failed_and_what_was_being_done() {
+        let file = std::env::temp_dir().join(format!("xcomposer-jobs-not-a-folder-{}", std::process::id()));
+        std::fs::write(&file, b"x").unwrap();
+        let e = FolderStore::open(&file).err().unwrap().to_string();
+        let jobs = crate::spec::read_jobs(&file.join("jobs.jsonl")).err().unwrap().to_string();
+        std::fs::remove_file(&file).unwrap();
+        // Before: the output folder was named, not its .partial folder whose making failed.
+        assert_eq!(e, format!("{}/.partial: making the output folder: Not a directory (os error 20)", file.display()));
+        assert_eq!(jobs, format!("{}/jobs.jsonl: reading the jobs file: Not a directory (os error 20)", file.display()));
+    }
 
     fn store(tag: &str) -> FolderStore {
         let root = std::env::temp_dir().join(format!("xcomposer-jobs-store-{tag}-{}", std::process::id()));
