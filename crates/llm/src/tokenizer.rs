@@ -165,7 +165,8 @@ impl Tokenizer {
         // The JSON is parsed whole first (strings and escapes too, which skipping it with
         // IgnoredAny does not check): tokenizers 0.23 panics (`expect("Helper")`) on invalid JSON
         // inside its `decoder` object instead of returning the error.
-        serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| file_err(&e))?;
+        let json = serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| file_err(&e))?;
+        check_json_merges(&json).map_err(|e| file_err(&e))?;
         let mut tok = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| file_err(&e))?;
         tok.with_padding(None);
         tok.with_truncation(None).map_err(|e| TokenizerError::Library(e.to_string()))?;
@@ -252,6 +253,46 @@ fn read_tokenizer_file(path: &Path) -> Result<Vec<u8>, TokenizerError> {
     Ok(crate::capped::read_within(path, TOKENIZER_CAP)?)
 }
 
+/// Checks the merges of a BPE vocabulary before tokenizers builds it: each merge's two parts
+/// and what they join into (the second part without the continuing-subword `prefix`) must be
+/// tokens. tokenizers 0.23 copies every join into a buffer as long as the longest token before
+/// looking it up, so a join longer than every token panicked (found by the tokenizer fuzz
+/// target), and a second part shorter than the prefix underflowed.
+fn check_merges<'a>(is_token: impl Fn(&str) -> bool, merges: impl Iterator<Item = (usize, &'a str, &'a str)>, prefix: &str, merges_name: &str, vocab_name: &str) -> Result<(), String> {
+    for (i, a, b) in merges {
+        let joined = b.get(prefix.len()..).filter(|_| b.starts_with(prefix)).map(|rest| format!("{a}{rest}"));
+        match joined {
+            Some(j) if is_token(a) && is_token(b) && is_token(&j) => {}
+            Some(j) => return Err(format!("{merges_name}[{i}]: {a:?} + {b:?} (joining into {j:?}) are not all in {vocab_name}")),
+            None => return Err(format!("{merges_name}[{i}]: {b:?} does not start with the continuing-subword prefix {prefix:?}")),
+        }
+    }
+    Ok(())
+}
+
+/// [`check_merges`] for a `tokenizer.json` whose model is BPE (merges as "a b" strings or
+/// ["a", "b"] pairs); other models, and merges that tokenizers itself refuses, pass.
+fn check_json_merges(json: &serde_json::Value) -> Result<(), String> {
+    let model = &json["model"];
+    let (Some(vocab), Some(merges)) = (model["vocab"].as_object(), model["merges"].as_array()) else { return Ok(()) };
+    if model.get("type").and_then(|t| t.as_str()).is_some_and(|t| t != "BPE") {
+        return Ok(());
+    }
+    let prefix = model["continuing_subword_prefix"].as_str().unwrap_or("");
+    let pairs = merges.iter().enumerate().filter_map(|(i, m)| match m {
+        serde_json::Value::String(s) => match s.split(' ').collect::<Vec<_>>()[..] {
+            [a, b] => Some((i, a, b)),
+            _ => None,
+        },
+        serde_json::Value::Array(p) => match &p[..] {
+            [serde_json::Value::String(a), serde_json::Value::String(b)] => Some((i, a.as_str(), b.as_str())),
+            _ => None,
+        },
+        _ => None,
+    });
+    check_merges(|t| vocab.contains_key(t), pairs, prefix, "model.merges", "model.vocab")
+}
+
 fn byte_level_bpe(tokens: &[&str], types: &[i64], merges: &[&str], pre: &str) -> Result<tokenizers::Tokenizer, TokenizerError> {
     let lib = |e: tokenizers::Error| TokenizerError::Library(e.to_string());
     let vocab: tokenizers::models::bpe::Vocab =
@@ -264,6 +305,8 @@ fn byte_level_bpe(tokens: &[&str], types: &[i64], merges: &[&str], pre: &str) ->
                 .ok_or_else(|| TokenizerError::Metadata(format!("merge '{m}' in 'tokenizer.ggml.merges' has no space")))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let pairs = merges.iter().enumerate().map(|(i, (a, b))| (i, a.as_str(), b.as_str()));
+    check_merges(|t| vocab.contains_key(t), pairs, "", "tokenizer.ggml.merges", "tokenizer.ggml.tokens").map_err(TokenizerError::Metadata)?;
     let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(lib)?;
     let mut tok = tokenizers::Tokenizer::new(bpe);
     let byte_level = ByteLevel::new(false, true, true);
@@ -635,6 +678,33 @@ mod tests {
         let tok = Tokenizer::from_tokenizer_json(&path, None, None, false).unwrap();
         // Without the fix: truncated to 1 id, then padded to 100.
         assert_eq!(tok.encode("hi").unwrap(), [0, 1]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bpe_merges_that_join_into_no_token_are_refused_not_a_panic() {
+        let dir = std::env::temp_dir().join(format!("xcomposer-tokmerge-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tokenizer.json");
+        let json = |vocab: &str, merges: &str, prefix: &str| {
+            format!(
+                r#"{{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null, "pre_tokenizer": null,
+                "post_processor": null, "decoder": null, "model": {{"type": "BPE", "vocab": {vocab}, "merges": {merges}, "continuing_subword_prefix": {prefix}}}}}"#
+            )
+        };
+        // Before: a panic in tokenizers, which copies each join into a buffer as long as the
+        // longest token ("ab" into 1 byte here; the fuzz input had the same shape).
+        std::fs::write(&path, json(r#"{"a": 0, "b": 1}"#, r#"["a b"]"#, "null")).unwrap();
+        let e = Tokenizer::from_tokenizer_json(&path, None, None, false).err().unwrap().to_string();
+        assert_eq!(e, format!(r#"{}: model.merges[0]: "a" + "b" (joining into "ab") are not all in model.vocab"#, path.display()));
+        std::fs::write(&path, json(r#"{"a": 0, "@": 1, "a@": 2}"#, r#"[["a", "@"]]"#, r#""@@""#)).unwrap();
+        let e = Tokenizer::from_tokenizer_json(&path, None, None, false).err().unwrap().to_string();
+        assert_eq!(e, format!(r#"{}: model.merges[0]: "@" does not start with the continuing-subword prefix "@@""#, path.display()));
+        // Merges whose joins are tokens pass.
+        std::fs::write(&path, json(r#"{"a": 0, "b": 1, "ab": 2}"#, r#"["a b"]"#, "null")).unwrap();
+        assert!(Tokenizer::from_tokenizer_json(&path, None, None, false).is_ok());
+        std::fs::write(&path, json(r#"{"a": 0, "@@b": 1, "ab": 2}"#, r#"[["a", "@@b"]]"#, r#""@@""#)).unwrap();
+        assert!(Tokenizer::from_tokenizer_json(&path, None, None, false).is_ok());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
