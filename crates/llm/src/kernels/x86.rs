@@ -237,30 +237,37 @@ unsafe fn q4k<D: Dot, const R: usize>(p: [*const u8; R], act: &Q8Act, nsb: usize
     }
 }
 
+/// Half `h` of a Q6_K super-block at `blk`: its f16 scale `d`, its eight signed sub-block scales
+/// and its four groups of 32 codes as signed bytes (code − 32), shared by the 8- and 16-bit kernels.
+#[inline(always)]
+unsafe fn q6k_half(blk: *const u8, h: usize) -> (f32, *const i8, [__m256i; 4]) {
+    unsafe {
+        let (mask, m30, m32) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x30), _mm256_set1_epi8(32));
+        let (ql, qh, sc) = (blk.add(64 * h), blk.add(128 + 32 * h), blk.add(192 + 8 * h) as *const i8);
+        let (ql0, ql1, qh) = (load(ql as *const i8), load(ql.add(32) as *const i8), load(qh as *const i8));
+        let codes = [
+            _mm256_or_si256(_mm256_and_si256(ql0, mask), _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(3)), 4)),
+            _mm256_or_si256(_mm256_and_si256(ql1, mask), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30)),
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), mask), _mm256_and_si256(qh, m30)),
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), mask), _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30)),
+        ];
+        (f16_at(blk.add(208)), sc, codes.map(|q| _mm256_sub_epi8(q, m32)))
+    }
+}
+
 /// Q6_K: per super-block, two halves of four groups of 32 six-bit codes (low nibbles in `ql`,
 /// two high bits in `qh`), each group two sub-blocks of 16 with their own signed scale, applied
 /// per lane (lanes 0–3 hold values 0–15).
 #[inline(always)]
 unsafe fn q6k<D: Dot, const R: usize>(p: [*const u8; R], act: &Q8Act, nsb: usize) -> [f32; R] {
     unsafe {
-        let (mask, m30, m32) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x30), _mm256_set1_epi8(32));
         let mut acc = [_mm256_setzero_ps(); R];
         for sb in 0..nsb {
             for h in 0..2 {
                 for (row, acc) in p.iter().zip(&mut acc) {
-                    let blk = row.add(sb * 210);
-                    let (ql, qh, sc) = (blk.add(64 * h), blk.add(128 + 32 * h), blk.add(192 + 8 * h) as *const i8);
-                    let d = f16_at(blk.add(208));
-                    let (ql0, ql1, qh) = (load(ql as *const i8), load(ql.add(32) as *const i8), load(qh as *const i8));
-                    let codes = [
-                        _mm256_or_si256(_mm256_and_si256(ql0, mask), _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(3)), 4)),
-                        _mm256_or_si256(_mm256_and_si256(ql1, mask), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30)),
-                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), mask), _mm256_and_si256(qh, m30)),
-                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), mask), _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30)),
-                    ];
-                    for (k, q) in codes.into_iter().enumerate() {
+                    let (d, sc, codes) = q6k_half(row.add(sb * 210), h);
+                    for (k, w) in codes.into_iter().enumerate() {
                         let a = 8 * sb + 4 * h + k;
-                        let w = _mm256_sub_epi8(q, m32);
                         let x = load(act.qs.as_ptr().add(a * QK8));
                         let prod = D::dot(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w));
                         let f = d * *act.d.get_unchecked(a);
@@ -445,24 +452,13 @@ unsafe fn q4k_16<D: Dot16, const R: usize>(p: [*const u8; R], act: &Q16Act, nsb:
 #[inline(always)]
 unsafe fn q6k_16<D: Dot16, const R: usize>(p: [*const u8; R], act: &Q16Act, nsb: usize) -> [f32; R] {
     unsafe {
-        let (mask, m30, m32) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x30), _mm256_set1_epi8(32));
         let mut acc = [_mm256_setzero_ps(); R];
         for sb in 0..nsb {
             for h in 0..2 {
                 for (row, acc) in p.iter().zip(&mut acc) {
-                    let blk = row.add(sb * 210);
-                    let (ql, qh, sc) = (blk.add(64 * h), blk.add(128 + 32 * h), blk.add(192 + 8 * h) as *const i8);
-                    let d = f16_at(blk.add(208));
-                    let (ql0, ql1, qh) = (load(ql as *const i8), load(ql.add(32) as *const i8), load(qh as *const i8));
-                    let codes = [
-                        _mm256_or_si256(_mm256_and_si256(ql0, mask), _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(3)), 4)),
-                        _mm256_or_si256(_mm256_and_si256(ql1, mask), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30)),
-                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), mask), _mm256_and_si256(qh, m30)),
-                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), mask), _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30)),
-                    ];
-                    for (k, q) in codes.into_iter().enumerate() {
+                    let (d, sc, codes) = q6k_half(row.add(sb * 210), h);
+                    for (k, w) in codes.into_iter().enumerate() {
                         let a = 8 * sb + 4 * h + k;
-                        let w = _mm256_sub_epi8(q, m32);
                         let [x0, x1] = load16(act, a);
                         let i0 = D::dot16(_mm256_setzero_si256(), _mm256_cvtepi8_epi16(_mm256_castsi256_si128(w)), x0);
                         let i1 = D::dot16(_mm256_setzero_si256(), _mm256_cvtepi8_epi16(_mm256_extracti128_si256(w, 1)), x1);
