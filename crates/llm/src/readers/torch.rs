@@ -106,10 +106,15 @@ pub struct TorchTensor {
     pub storage: String,
 }
 
-/// The most deeply nested containers a pickle may build (state dicts nest a few levels).
+/// The most deeply nested containers a pickle may build (state dicts nest a few levels). A
+/// constant, not a cap a user raises: it bounds the recursion of [`collect_tensors`] (a stack
+/// bound, not a size), and a real state dict is nowhere near it.
 const MAX_DEPTH: u32 = 256;
-/// The largest `data.pkl` inflated from a zip checkpoint (a sharded 18 GB model's is a few MB).
+/// The default of [`PICKLE_CAP`]: the largest `data.pkl` inflated from a zip checkpoint (a
+/// sharded 18 GB model's is a few MB).
 pub const MAX_PICKLE_BYTES: u64 = 256 << 20;
+/// The cap on a compressed `data.pkl`'s inflated size, raised by `XCOMPOSER_MAX_PICKLE_BYTES`.
+pub const PICKLE_CAP: crate::capped::Cap = crate::capped::Cap { var: "XCOMPOSER_MAX_PICKLE_BYTES", default: MAX_PICKLE_BYTES };
 
 /// The pickle opcodes this reader knows, named as in Python's `pickletools` (shown upper-case).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -933,15 +938,17 @@ fn read_zip(file: &std::fs::File, map: &[u8], path: &Path) -> Result<Contents, W
 }
 
 /// Inflates the compressed zip member `name` of `size` bytes (as the zip directory says),
-/// refusing it before inflating when that size is over [`MAX_PICKLE_BYTES`], and stopping at
-/// the cap when the data inflates to more than the directory said.
+/// refusing it before inflating when that size is over [`PICKLE_CAP`], and stopping at the cap
+/// when the data inflates to more than the directory said. A refusal names the variable.
 fn inflate_pickle(zip: &mut zip::ZipArchive<&std::fs::File>, name: &str, size: u64, path: &Path) -> Result<Vec<u8>, WeightError> {
-    let too_big = || file_err(path, format!("zip member {name} inflates to more than {MAX_PICKLE_BYTES} bytes, the limit for a pickle"));
-    if size > MAX_PICKLE_BYTES {
+    let cap = PICKLE_CAP.bytes()?;
+    let hint = crate::capped::raise_hint(Some(PICKLE_CAP.var));
+    let too_big = || file_err(path, format!("zip member {name} inflates to more than {cap} bytes, the limit for a pickle{hint}"));
+    if size > cap {
         return Err(too_big());
     }
     let member = zip.by_name(name).map_err(|e| file_err(path, e))?;
-    crate::capped::read_to_end_capped(member, MAX_PICKLE_BYTES).map_err(|e| file_err(path, e))?.ok_or_else(too_big)
+    crate::capped::read_to_end_capped(member, cap).map_err(|e| file_err(path, e))?.ok_or_else(too_big)
 }
 
 /// The low 64 bits of torch's legacy magic number 0x1950a86a20f9469cfc6c.
@@ -1219,20 +1226,38 @@ mod tests {
     }
 
     #[test]
-    fn a_zip_pickle_over_the_cap_is_refused_before_it_is_inflated() {
+    fn a_zip_pickle_over_the_cap_is_refused_before_it_is_inflated_and_the_cap_is_raised_by_its_variable() {
         use std::io::Write;
         let dir = temp_dir("zip");
         let path = dir.join("big.pt");
         let mut zip = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
         let deflated = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
         zip.start_file("archive/data.pkl", deflated).unwrap();
-        let chunk = vec![b'N'; 1 << 20];
-        for _ in 0..(MAX_PICKLE_BYTES >> 20) + 1 {
+        // One BINUNICODE string of 257 MiB: a whole pickle, 1 MiB over the default cap.
+        let len = MAX_PICKLE_BYTES + (1 << 20);
+        zip.write_all(&[0x80, 2, b'X']).unwrap();
+        zip.write_all(&u32::try_from(len).unwrap().to_le_bytes()).unwrap();
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..len >> 20 {
             zip.write_all(&chunk).unwrap();
         }
+        zip.write_all(b".").unwrap();
         zip.finish().unwrap();
         let e = TorchWeights::open_file(&path).err().expect("refused").to_string();
-        assert_eq!(e, format!("{}: zip member archive/data.pkl inflates to more than 268435456 bytes, the limit for a pickle", path.display()));
+        assert_eq!(
+            e,
+            format!(
+                "{}: zip member archive/data.pkl inflates to more than 268435456 bytes, the limit for a pickle (raise it with the environment variable XCOMPOSER_MAX_PICKLE_BYTES)",
+                path.display()
+            )
+        );
+        // Raised (only raised: a test reading another checkpoint at the same time is not refused
+        // by it), the pickle is inflated and read; the string is no state dict.
+        // SAFETY: no other test of this binary sets or removes this variable.
+        unsafe { std::env::set_var(PICKLE_CAP.var, (MAX_PICKLE_BYTES + (2 << 20)).to_string()) };
+        let e = TorchWeights::open_file(&path).err().expect("refused").to_string();
+        unsafe { std::env::remove_var(PICKLE_CAP.var) };
+        assert_eq!(e, format!("{}: holds no tensors (is it a state dict?)", path.display()));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
