@@ -6,6 +6,7 @@
 //! VNNI), chosen at run time, with a portable scalar loop elsewhere. Every path computes the same
 //! integer sums per block; only the order of the f32 sums over blocks differs.
 
+pub mod packed;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
@@ -204,6 +205,33 @@ pub fn dot_rows16(isa: Isa, ty: GgmlType, rows: &[u8], act: &Q16Act, y: &mut [f3
     }
 }
 
+/// [`dot_rows16`] for rows laid out by [`packed::pack_rows`] (Q4_0, Q8_0): `y.len() / 8`
+/// whole groups of eight rows, each group's rows in the lanes of one multiply-add, then the
+/// remaining rows plain. Each row's integer sums per block are the same as [`dot_rows16`]'s.
+///
+/// Panics as [`dot_rows`], and when `ty` is not [`packed::packs`]ed.
+pub fn dot_rows16_packed(isa: Isa, ty: GgmlType, rows: &[u8], act: &Q16Act, y: &mut [f32]) {
+    assert!(packed::packs(ty), "{ty:?} rows are not packed");
+    let Some(rb) = check(isa, ty, rows, act, y) else { return };
+    let whole = y.len() / packed::GROUP * packed::GROUP;
+    let (groups, tail) = rows.split_at(whole * rb);
+    let (yg, yt) = y.split_at_mut(whole);
+    match isa {
+        Isa::Scalar => {
+            packed::dot_groups_scalar(ty, groups, rb, act, yg);
+            scalar::dot_rows(ty, tail, rb, act, yt);
+        }
+        // SAFETY: as in `dot_rows`; `groups` is whole groups of eight rows (`yg.len()` rows).
+        #[cfg(target_arch = "x86_64")]
+        _ => unsafe {
+            x86::dot_groups16(isa, ty, groups, rb, act, yg);
+            x86::dot_rows16(isa, ty, tail, rb, act, yt);
+        },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => unreachable!("only the scalar kernels exist off x86-64"),
+    }
+}
+
 /// The checks of [`dot_rows`]: the bytes of one row, or `None` (with `y` zeroed) for rows of
 /// no columns.
 fn check<T>(isa: Isa, ty: GgmlType, rows: &[u8], act: &QAct<T>, y: &mut [f32]) -> Option<usize> {
@@ -289,6 +317,39 @@ mod tests {
             };
             let err = |want: &[(f64, f64)]| want.iter().zip(&exact).map(|((w, _), e)| (w - e).abs()).fold(0f64, f64::max);
             assert!(err(&want16) * 50.0 < err(&want), "{ty:?}: 16-bit error {} vs 8-bit {}", err(&want16), err(&want));
+        }
+    }
+
+    #[test]
+    fn packed_rows_unpack_to_the_plain_rows_and_every_instruction_set_multiplies_them() {
+        let mut rng = ChaCha8Rng::seed_from_u64(16);
+        // 19 rows: two groups of eight and three plain rows after them.
+        let (n_rows, cols) = (19, 320);
+        let x: Vec<f32> = (0..cols).map(|_| rng.random_range(-3f32..3.0)).collect();
+        let mut act = Q16Act::default();
+        act.quantize(&x).unwrap();
+        for ty in [GgmlType::Q4_0, GgmlType::Q8_0] {
+            let rows = random_blocks(ty, n_rows * cols / 32, &mut rng);
+            let rb = rows.len() / n_rows;
+            let mut packed_rows = rows.clone();
+            packed::pack_rows(ty, &mut packed_rows, rb);
+            assert_ne!(packed_rows[..16 * rb], rows[..16 * rb], "{ty:?}: the groups were rearranged");
+            assert_eq!(packed_rows[16 * rb..], rows[16 * rb..], "{ty:?}: the rows after the last group stay plain");
+            let mut back = vec![0u8; rows.len()];
+            packed::unpack_rows(ty, &packed_rows, rb, &mut back);
+            assert_eq!(back, rows, "{ty:?}: unpacking gives the plain rows back");
+            let want = reference(ty, &rows, n_rows, &act);
+            for isa in Isa::available() {
+                let mut y = vec![f32::NAN; n_rows];
+                dot_rows16_packed(isa, ty, &packed_rows, &act, &mut y);
+                for (r, (&got, &(want, magnitude))) in y.iter().zip(&want).enumerate() {
+                    assert!((got as f64 - want).abs() <= 1e-5 * magnitude, "{isa:?} {ty:?} packed row {r}: {got} vs {want}");
+                }
+                // A later part of the matrix on its own (as a task gets it): whole groups, then the tail.
+                let mut part = vec![f32::NAN; n_rows - 8];
+                dot_rows16_packed(isa, ty, &packed_rows[8 * rb..], &act, &mut part);
+                assert_eq!(part, y[8..], "{isa:?} {ty:?}: rows 8.. alone");
+            }
         }
     }
 

@@ -472,3 +472,101 @@ unsafe fn q6k_16<D: Dot16, const R: usize>(p: [*const u8; R], act: &Q16Act, nsb:
         finish(acc, [0.0; R])
     }
 }
+
+/// See [`super::dot_rows16_packed`]: whole groups of eight packed rows ([`super::packed`]).
+///
+/// # Safety
+/// The CPU must have `isa`; `rows` is `y.len()` (a multiple of eight) rows of `rb` bytes of `ty`
+/// blocks for `act.len()` values, packed, and `act` has a scale and a sum per block of 32.
+pub(super) unsafe fn dot_groups16(isa: Isa, ty: GgmlType, rows: &[u8], rb: usize, act: &Q16Act, y: &mut [f32]) {
+    unsafe {
+        match isa {
+            Isa::Avx2 => groups16_avx2(ty, rows, rb, act, y),
+            Isa::AvxVnni => groups16_avxvnni(ty, rows, rb, act, y),
+            Isa::Avx512Vnni => groups16_avx512vnni(ty, rows, rb, act, y),
+            Isa::Scalar => unreachable!("the scalar kernels are not here"),
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn groups16_avx2(ty: GgmlType, rows: &[u8], rb: usize, act: &Q16Act, y: &mut [f32]) {
+    unsafe { groups16::<Avx2>(ty, rows, rb, act, y) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+unsafe fn groups16_avxvnni(ty: GgmlType, rows: &[u8], rb: usize, act: &Q16Act, y: &mut [f32]) {
+    unsafe { groups16::<AvxVnni>(ty, rows, rb, act, y) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+unsafe fn groups16_avx512vnni(ty: GgmlType, rows: &[u8], rb: usize, act: &Q16Act, y: &mut [f32]) {
+    unsafe { groups16::<Avx512Vnni>(ty, rows, rb, act, y) }
+}
+
+#[inline(always)]
+unsafe fn groups16<D: Dot16>(ty: GgmlType, rows: &[u8], rb: usize, act: &Q16Act, y: &mut [f32]) {
+    let nb = act.qs.len() / QK8;
+    let g = super::packed::GROUP;
+    for (i, out) in y.chunks_exact_mut(g).enumerate() {
+        // SAFETY: group `i` is the `g · rb` bytes at `i · g · rb` (the caller's lengths).
+        let p = unsafe { rows.as_ptr().add(i * g * rb) };
+        let v = unsafe {
+            match ty {
+                GgmlType::Q4_0 => group16::<D, false>(p, act, nb),
+                GgmlType::Q8_0 => group16::<D, true>(p, act, nb),
+                _ => unreachable!("checked by the caller"),
+            }
+        };
+        // SAFETY: `out` is eight f32.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) };
+    }
+}
+
+/// One packed group of eight rows (Q4_0, or Q8_0 with `Q8`), lane `r` = row `r`'s product.
+/// Per block: the eight f16 scales in one conversion; per 32-byte load, `E` fields of each
+/// 16-bit word (nibbles by shift and mask, bytes sign-extended) each meet one broadcast pair
+/// of activation codes; four integer accumulators, summed once a block.
+#[inline(always)]
+unsafe fn group16<D: Dot16, const Q8: bool>(g: *const u8, act: &Q16Act, nb: usize) -> __m256 {
+    let bb = if Q8 { 8 * 34 } else { 8 * 18 };
+    unsafe {
+        let nib = _mm256_set1_epi16(0x000F);
+        let (mut acc, mut off) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        for b in 0..nb {
+            let blk = g.add(b * bb);
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+            let xp = act.qs.as_ptr().add(b * QK8) as *const i32;
+            let pair = |p: usize| _mm256_set1_epi32(xp.add(p).read_unaligned());
+            // Eight integer accumulators, two multiply-adds deep: latency, not count, bounds a chain.
+            let mut s = [_mm256_setzero_si256(); 8];
+            if Q8 {
+                for k in 0..8 {
+                    let v = _mm256_loadu_si256(blk.add(16 + 32 * k) as *const __m256i);
+                    let lo = _mm256_srai_epi16(_mm256_slli_epi16(v, 8), 8);
+                    let hi = _mm256_srai_epi16(v, 8);
+                    let a = 2 * (k % 4);
+                    s[a] = D::dot16(s[a], lo, pair(2 * k));
+                    s[a + 1] = D::dot16(s[a + 1], hi, pair(2 * k + 1));
+                }
+            } else {
+                for k in 0..4 {
+                    let v = _mm256_loadu_si256(blk.add(16 + 32 * k) as *const __m256i);
+                    let a = 4 * (k % 2);
+                    s[a] = D::dot16(s[a], _mm256_and_si256(v, nib), pair(4 * k));
+                    s[a + 1] = D::dot16(s[a + 1], _mm256_and_si256(_mm256_srli_epi16(v, 4), nib), pair(4 * k + 1));
+                    s[a + 2] = D::dot16(s[a + 2], _mm256_and_si256(_mm256_srli_epi16(v, 8), nib), pair(4 * k + 2));
+                    s[a + 3] = D::dot16(s[a + 3], _mm256_srli_epi16(v, 12), pair(4 * k + 3));
+                }
+            }
+            let s4 = [0, 1, 2, 3].map(|i| _mm256_add_epi32(s[i], s[i + 4]));
+            let isum = _mm256_add_epi32(_mm256_add_epi32(s4[0], s4[1]), _mm256_add_epi32(s4[2], s4[3]));
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(d, _mm256_set1_ps(*act.d.get_unchecked(b))), acc);
+            if !Q8 {
+                off = _mm256_fmadd_ps(d, _mm256_set1_ps(*act.s.get_unchecked(b)), off);
+            }
+        }
+        // Q4_0's values are (q − 8)·d: minus 8 · d · (the activation block's sum) per block.
+        _mm256_fnmadd_ps(_mm256_set1_ps(8.0), off, acc)
+    }
+}

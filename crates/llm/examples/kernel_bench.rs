@@ -1,0 +1,55 @@
+//! Micro-benchmark of the one-token products (issue 15): times `matvec_many` on every 2-D
+//! block-encoded tensor of a GGUF file, one thread, per activation mode, and prints the fastest repeat's milliseconds
+//! per token (all layers' matrices once, as a decode step multiplies them) and GB/s of weights.
+//!
+//! `cargo run -p xcomposer-llm --example kernel_bench -- FILE.gguf [repeats]`
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use xcomposer_llm::Gguf;
+use xcomposer_llm::matvec::{ActScratch, Activations, QMatrix, matvec_many};
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let path = args.next().expect("usage: kernel_bench FILE.gguf [repeats]");
+    let repeats: usize = args.next().map_or(20, |r| r.parse().expect("repeats: a number"));
+    let g = Gguf::open(&path).expect("a GGUF file");
+    let mut mats = Vec::new();
+    for t in &g.tensors {
+        let shape = t.shape();
+        if shape.len() != 2 || !xcomposer_llm::kernels::supports(t.ggml_type) {
+            continue;
+        }
+        let m = QMatrix::from_rows(t.ggml_type, shape[1], &[(g.tensor_bytes(t), (0..shape[0]).collect())]).expect("rows");
+        mats.push((t.name.clone(), m));
+    }
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    pool.install(|| {
+        for act in [Activations::F32, Activations::Int16, Activations::Int8] {
+            let mut by_kind: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+            let mut scratch = ActScratch::default();
+            for (name, m) in &mats {
+                let x: Vec<f32> = (0..m.cols).map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0).collect();
+                let mut y = vec![0f32; m.rows];
+                matvec_many(&x, vec![(m, &mut y[..])], act, &mut scratch);
+                // The fastest of the repeats: on a shared machine the others include waits.
+                let mut s = f64::INFINITY;
+                for _ in 0..repeats {
+                    let t = Instant::now();
+                    matvec_many(&x, vec![(m, &mut y[..])], act, &mut scratch);
+                    s = s.min(t.elapsed().as_secs_f64());
+                }
+                let kind = format!("{:?} {}x{} {}", m.ty, m.rows, m.cols, name.split('.').filter(|p| p.parse::<usize>().is_err()).collect::<Vec<_>>().join("."));
+                let e = by_kind.entry(kind).or_default();
+                e.0 += s;
+                e.1 += QMatrix::row_bytes(m.ty, m.cols) * m.rows;
+            }
+            let total: f64 = by_kind.values().map(|v| v.0).sum();
+            println!("{act:?}: {:.2} ms a token", total * 1e3);
+            for (k, (s, bytes)) in &by_kind {
+                println!("  {k:<50} {:7.3} ms  {:5.1} GB/s", s * 1e3, *bytes as f64 / s / 1e9);
+            }
+        }
+    });
+}
