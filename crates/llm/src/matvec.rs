@@ -120,10 +120,14 @@ impl QMatrix {
         let tile = tile_rows(rows);
         let out = SyncPtr(y.as_mut_ptr());
         let avx2 = has_avx2_fma();
-        self.data.par_chunks(tile * rb).enumerate().for_each_init(|| (Vec::new(), Vec::new()), |(w, buf), (i, bytes)| {
+        self.data.par_chunks(tile * rb).enumerate().for_each_init(Vec::new, |w, (i, bytes)| {
             let tr = bytes.len() / rb;
             w.resize(tr * cols, 0.0);
-            decode_rows(self.ty, self.plain(bytes, buf), w);
+            if self.packed {
+                kernels::packed::decode_rows(self.ty, bytes, rb, w);
+            } else {
+                decode_rows(self.ty, bytes, w);
+            }
             // SAFETY: task `i` writes only columns `i·tile .. i·tile + tr` of `y`'s `n` rows of
             // `rows` values, disjoint from every other task's; `y` outlives the parallel loop.
             let store = |t: usize, r: usize, v: f32| unsafe { *out.at(t * rows + i * tile + r) = v };

@@ -338,6 +338,9 @@ mod tests {
             let mut back = vec![0u8; rows.len()];
             packed::unpack_rows(ty, &packed_rows, rb, &mut back);
             assert_eq!(back, rows, "{ty:?}: unpacking gives the plain rows back");
+            let mut values = vec![f32::NAN; n_rows * cols];
+            packed::decode_rows(ty, &packed_rows, rb, &mut values);
+            assert_eq!(values, dequantize(ty, &rows, n_rows * cols).unwrap(), "{ty:?}: decoded from the groups as from the plain rows");
             let want = reference(ty, &rows, n_rows, &act);
             for isa in Isa::available() {
                 let mut y = vec![f32::NAN; n_rows];

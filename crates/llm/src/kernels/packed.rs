@@ -134,3 +134,49 @@ pub(super) fn dot_groups_scalar(ty: GgmlType, rows: &[u8], rb: usize, act: &Q16A
         super::scalar::dot_rows(ty, &plain, rb, act, out);
     }
 }
+
+/// Decodes whole rows of `data` (rows of `rb` bytes laid out by [`pack_rows`]) to f32 values
+/// into `out` (as [`crate::quant::dequantize`] would decode the plain rows), straight from the
+/// packed groups: the prefill tiles' decoder.
+///
+/// Panics when `ty` is not [`packs`]ed or the lengths disagree.
+pub fn decode_rows(ty: GgmlType, data: &[u8], rb: usize, out: &mut [f32]) {
+    match ty {
+        GgmlType::Q4_0 => decode_rows_of::<false>(data, rb, out),
+        GgmlType::Q8_0 => decode_rows_of::<true>(data, rb, out),
+        _ => panic!("{ty:?} rows are not packed"),
+    }
+}
+
+/// [`decode_rows`] for Q8_0 (`Q8`) or Q4_0.
+fn decode_rows_of<const Q8: bool>(data: &[u8], rb: usize, out: &mut [f32]) {
+    let (ty, e_n) = if Q8 { (GgmlType::Q8_0, 2) } else { (GgmlType::Q4_0, 4) };
+    let (bb, bits) = (ty.block_bytes(), 16 / e_n);
+    let cols = rb / bb * 32;
+    let n = if rb == 0 { 0 } else { data.len() / rb };
+    assert!(n * rb == data.len() && out.len() == n * cols, "decoding {} bytes of {rb}-byte rows into {} values", data.len(), out.len());
+    let whole = n / GROUP * GROUP;
+    for (gd, go) in data[..whole * rb].chunks_exact(GROUP * rb).zip(out.chunks_exact_mut(GROUP * cols)) {
+        for (b, blk) in gd.chunks_exact(GROUP * bb).enumerate() {
+            let d: [f32; GROUP] = std::array::from_fn(|r| crate::quant::f16_at(blk, 2 * r));
+            for k in 0..16 / e_n {
+                for (r, &d) in d.iter().enumerate() {
+                    for i in 0..2 {
+                        let at = 16 + 32 * k + 4 * r + 2 * i;
+                        let word = u16::from_le_bytes([blk[at], blk[at + 1]]);
+                        for e in 0..e_n {
+                            let c = word >> (bits * e);
+                            let q = if Q8 { c as u8 as i8 as i32 } else { (c & 15) as i32 - 8 };
+                            go[r * cols + 32 * b + 2 * (e_n * k + e) + i] = q as f32 * d;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for (row, o) in data[whole * rb..].chunks_exact(rb.max(1)).zip(out[whole * cols..].chunks_exact_mut(cols.max(1))) {
+        for (b, y) in row.chunks_exact(bb).zip(o.chunks_exact_mut(32)) {
+            ty.decode_block(b, y);
+        }
+    }
+}
