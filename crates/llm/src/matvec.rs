@@ -26,7 +26,7 @@ pub struct QMatrix {
     pub rows: usize,
     /// Number of columns (inputs); a multiple of the block size.
     pub cols: usize,
-    /// Whether whole groups of eight rows are packed ([`kernels::packed`]: Q4_0, Q8_0).
+    /// Whether whole groups of eight rows are packed ([`kernels::packed`]: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0).
     packed: bool,
     data: Vec<u8>,
 }
@@ -189,7 +189,7 @@ impl QMatrix {
 
     /// The activations this matrix's product uses under `act`: f32 for the types without an
     /// integer kernel.
-    /// Packed rows (Q4_0, Q8_0) have no 8-bit kernel: they take the 16-bit one (on the AMD EPYC,
+    /// Packed rows (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) have no 8-bit kernel: they take the 16-bit one (on the AMD EPYC,
     /// Zen 4, of the measurements as fast as the 8-bit one was, and exact).
     fn mode(&self, act: Activations) -> Activations {
         match act {
@@ -540,33 +540,43 @@ mod avx2 {
         }
     }
 
-    /// Whole packed groups of eight Q4_0 or Q8_0 rows ([`crate::kernels::packed`]) times the f32
+    /// Whole packed groups of eight rows ([`crate::kernels::packed`]) times the f32
     /// vector `x`, into `y` (`rows.len() / rb` values, a multiple of eight): per block, lane `r`
-    /// sums row `r`'s codes times `x` in f32, then takes the block's scale (and for Q4_0 the
-    /// offset, −8 · scale · the block's sum of `x`, apart), as [`dot_row`] does.
+    /// sums row `r`'s codes times `x` in f32, then takes the block's scale (and the minimum, or
+    /// Q4_0's −8 and Q5_0's −16 times the scale, times the block's sum of `x` apart), as
+    /// [`dot_row`] does.
     ///
     /// # Safety
     /// The CPU must have AVX2, FMA and F16C. Lengths that disagree panic before any read.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn groups_f32(ty: GgmlType, rows: &[u8], rb: usize, x: &[f32], block_sums: &[f32], y: &mut [f32]) {
         let nb = x.len() / 32;
-        assert!(matches!(ty, GgmlType::Q4_0 | GgmlType::Q8_0) && y.len().is_multiple_of(8), "groups_f32: {} {ty:?} rows", y.len());
+        assert!(crate::kernels::packed::packs(ty) && y.len().is_multiple_of(8), "groups_f32: {} {ty:?} rows", y.len());
         assert!(rb == nb * ty.block_bytes() && rows.len() == y.len() * rb && block_sums.len() >= nb, "groups_f32: lengths");
         for (g, out) in y.chunks_exact_mut(8).enumerate() {
             // SAFETY: group `g` is the `8 · rb` bytes at `g · 8 · rb` of `rows` (checked above).
             unsafe {
                 let base = rows.as_ptr().add(g * 8 * rb);
-                let v = if ty == GgmlType::Q8_0 { group_f32::<true>(base, x, block_sums, nb) } else { group_f32::<false>(base, x, block_sums, nb) };
+                let v = match ty {
+                    GgmlType::Q8_0 => group_f32::<true, false, false>(base, x, block_sums, nb),
+                    GgmlType::Q4_1 => group_f32::<false, true, false>(base, x, block_sums, nb),
+                    GgmlType::Q5_0 => group_f32::<false, false, true>(base, x, block_sums, nb),
+                    GgmlType::Q5_1 => group_f32::<false, true, true>(base, x, block_sums, nb),
+                    _ => group_f32::<false, false, false>(base, x, block_sums, nb),
+                };
                 _mm256_storeu_ps(out.as_mut_ptr(), v);
             }
         }
     }
 
-    /// One group of [`groups_f32`], lane `r` = row `r`; `Q8` for Q8_0, else Q4_0.
+    /// One group of [`groups_f32`], lane `r` = row `r`: Q8_0 (`Q8`), or 4-bit codes with a
+    /// minimum (`MIN`) and a fifth bit (`FIVE`), as in `kernels::x86::group16`.
     #[inline(always)]
-    unsafe fn group_f32<const Q8: bool>(base: *const u8, x: &[f32], block_sums: &[f32], nb: usize) -> __m256 {
-        let (fields, loads, bb) = if Q8 { (2, 8, 8 * 34) } else { (4, 4, 8 * 18) };
-        let bits = 16 / fields;
+    unsafe fn group_f32<const Q8: bool, const MIN: bool, const FIVE: bool>(base: *const u8, x: &[f32], block_sums: &[f32], nb: usize) -> __m256 {
+        let l = crate::kernels::packed::Layout { q8: Q8, min: MIN, five: FIVE };
+        let (fields, loads) = if Q8 { (2, 8) } else { (4, 4) };
+        let bb = 8 * if Q8 { 34 } else { 18 + if MIN { 2 } else { 0 } + if FIVE { 4 } else { 0 } };
+        let (qs, qh, bits) = (l.packed_qs(), l.packed_qh(), 16 / fields);
         unsafe {
             let (mut acc, mut off) = (_mm256_setzero_ps(), _mm256_setzero_ps());
             for b in 0..nb {
@@ -575,17 +585,23 @@ mod avx2 {
                 let xs = x.as_ptr().add(32 * b);
                 // Eight accumulators: the FMAs' latency, not their count, bounds one chain.
                 let mut s = [_mm256_setzero_ps(); 8];
+                let h = if FIVE { _mm256_loadu_si256(blk.add(qh) as *const __m256i) } else { _mm256_setzero_si256() };
                 for k in 0..loads {
-                    let v = _mm256_loadu_si256(blk.add(16 + 32 * k) as *const __m256i);
+                    let v = _mm256_loadu_si256(blk.add(qs + 32 * k) as *const __m256i);
                     for e in 0..fields {
                         for i in 0..2 {
                             let pos = 16 * i + bits * e;
                             // The field at bit `pos` of each lane: a signed byte, or a nibble.
-                            let q = if Q8 {
+                            let mut q = if Q8 {
                                 _mm256_srai_epi32(_mm256_sllv_epi32(v, _mm256_set1_epi32(24 - pos as i32)), 24)
                             } else {
                                 _mm256_and_si256(_mm256_srlv_epi32(v, _mm256_set1_epi32(pos as i32)), _mm256_set1_epi32(15))
                             };
+                            if FIVE {
+                                // Bit 4k + e of word i: the fifth bit, worth 16.
+                                let fifth = _mm256_and_si256(_mm256_srlv_epi32(h, _mm256_set1_epi32((16 * i + 4 * k + e) as i32)), _mm256_set1_epi32(1));
+                                q = _mm256_or_si256(q, _mm256_slli_epi32(fifth, 4));
+                            }
                             let j = 2 * (fields * k + e) + i;
                             s[j % 8] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q), _mm256_set1_ps(*xs.add(j)), s[j % 8]);
                         }
@@ -593,11 +609,18 @@ mod avx2 {
                 }
                 let s4 = [0, 1, 2, 3].map(|i| _mm256_add_ps(s[i], s[i + 4]));
                 acc = _mm256_fmadd_ps(_mm256_add_ps(_mm256_add_ps(s4[0], s4[1]), _mm256_add_ps(s4[2], s4[3])), d, acc);
-                if !Q8 {
+                if MIN {
+                    let m = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16) as *const __m128i));
+                    off = _mm256_fmadd_ps(m, _mm256_set1_ps(*block_sums.get_unchecked(b)), off);
+                } else if !Q8 {
                     off = _mm256_fmadd_ps(d, _mm256_set1_ps(*block_sums.get_unchecked(b)), off);
                 }
             }
-            _mm256_fnmadd_ps(_mm256_set1_ps(8.0), off, acc)
+            if MIN {
+                _mm256_add_ps(acc, off)
+            } else {
+                _mm256_fnmadd_ps(_mm256_set1_ps(if FIVE { 16.0 } else { 8.0 }), off, acc)
+            }
         }
     }
 

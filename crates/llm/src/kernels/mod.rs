@@ -205,7 +205,7 @@ pub fn dot_rows16(isa: Isa, ty: GgmlType, rows: &[u8], act: &Q16Act, y: &mut [f3
     }
 }
 
-/// [`dot_rows16`] for rows laid out by [`packed::pack_rows`] (Q4_0, Q8_0): `y.len() / 8`
+/// [`dot_rows16`] for rows laid out by [`packed::pack_rows`] (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0): `y.len() / 8`
 /// whole groups of eight rows, each group's rows in the lanes of one multiply-add, then the
 /// remaining rows plain. Each row's integer sums per block are the same as [`dot_rows16`]'s.
 ///
@@ -328,7 +328,7 @@ mod tests {
         let x: Vec<f32> = (0..cols).map(|_| rng.random_range(-3f32..3.0)).collect();
         let mut act = Q16Act::default();
         act.quantize(&x).unwrap();
-        for ty in [GgmlType::Q4_0, GgmlType::Q8_0] {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0] {
             let rows = random_blocks(ty, n_rows * cols / 32, &mut rng);
             let rb = rows.len() / n_rows;
             let mut packed_rows = rows.clone();

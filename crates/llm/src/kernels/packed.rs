@@ -7,9 +7,11 @@
 //! sums), and the eight scales are converted and applied as one vector.
 //!
 //! Lane `r` of load `k` holds two 16-bit words, `i` = 0 and 1; word `i` holds, in its `E` fields
-//! of `16 / E` bits, the codes of values `2(E·k + e) + i` of row `r`, `e < E`: Q4_0 has `E` = 4
-//! nibble fields (4 loads a block), Q8_0 `E` = 2 byte fields (8 loads a block). A group block
-//! takes as many bytes as its eight plain blocks, so rows `a..b` (`a`, `b` multiples of eight)
+//! of `16 / E` bits, the codes of values `2(E·k + e) + i` of row `r`, `e < E`: the 4-bit types
+//! have `E` = 4 nibble fields (4 loads a block; Q4_1 and Q5_1 put their eight minimums after the
+//! scales, Q5_0 and Q5_1 their fifth bits in 32 bytes before the codes, see [`Layout`]), Q8_0
+//! `E` = 2 byte fields (8 loads a block). A group block takes as many bytes as its eight plain
+//! blocks, so rows `a..b` (`a`, `b` multiples of eight)
 //! lie at the same byte range in either layout; the rows after the last whole group stay plain.
 
 use super::Q16Act;
@@ -18,64 +20,142 @@ use crate::quant::GgmlType;
 /// Rows per packed group.
 pub const GROUP: usize = 8;
 
-/// Whether rows of `ty` are packed (Q4_0 and Q8_0).
+/// Whether rows of `ty` are packed (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0).
 pub fn packs(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q4_0 | GgmlType::Q8_0)
+    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0)
 }
 
-/// Code fields per 16-bit word: 4 nibbles (Q4_0) or 2 bytes (Q8_0).
-const fn fields(ty: GgmlType) -> usize {
-    if matches!(ty, GgmlType::Q8_0) { 2 } else { 4 }
+/// Where a type's fields lie, plain and packed.
+#[derive(Clone, Copy)]
+pub(crate) struct Layout {
+    /// Q8_0: byte codes (two fields a word), else nibbles (four).
+    pub(crate) q8: bool,
+    /// A minimum per block (Q4_1, Q5_1): packed as eight f16 after the scales.
+    pub(crate) min: bool,
+    /// A fifth bit per value (Q5_0, Q5_1): packed as 32 bytes after the scales (and minimums),
+    /// lane `r`'s word `i` holding in bit `4k + e` the fifth bit of value `2(4k + e) + i`.
+    pub(crate) five: bool,
 }
 
-/// Code `j` (0..32) of a plain block: the nibble (Q4_0, value j in the low nibble of byte j,
-/// j + 16 in its high one) or the byte (Q8_0, as stored).
-#[inline(always)]
-fn code(ty: GgmlType, blk: &[u8], j: usize) -> u16 {
-    match ty {
-        GgmlType::Q8_0 => blk[2 + j] as u16,
-        _ => (blk[2 + j % 16] >> (4 * (j / 16)) & 15) as u16,
+impl Layout {
+    /// The layout of `ty` (one of [`packs`]).
+    pub(crate) const fn of(ty: GgmlType) -> Layout {
+        Layout {
+            q8: matches!(ty, GgmlType::Q8_0),
+            min: matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1),
+            five: matches!(ty, GgmlType::Q5_0 | GgmlType::Q5_1),
+        }
+    }
+
+    /// Code fields per 16-bit word: 2 bytes (Q8_0) or 4 nibbles.
+    const fn fields(self) -> usize {
+        if self.q8 { 2 } else { 4 }
+    }
+
+    /// Byte offset of the plain block's fifth bits (after the scale and minimum).
+    const fn plain_qh(self) -> usize {
+        if self.min { 4 } else { 2 }
+    }
+
+    /// Byte offset of the plain block's codes.
+    const fn plain_qs(self) -> usize {
+        self.plain_qh() + if self.five { 4 } else { 0 }
+    }
+
+    /// Byte offset of a packed group block's fifth bits.
+    pub(crate) const fn packed_qh(self) -> usize {
+        if self.min { 32 } else { 16 }
+    }
+
+    /// Byte offset of a packed group block's interleaved codes.
+    pub(crate) const fn packed_qs(self) -> usize {
+        self.packed_qh() + if self.five { 32 } else { 0 }
+    }
+
+    /// Code `j` (0..32) of a plain block: the byte (Q8_0, as stored), or the nibble (value `j`
+    /// in the low nibble of byte `j`, `j + 16` in its high one) with its fifth bit (bit `j` of
+    /// the block's 32 high bits).
+    #[inline(always)]
+    fn code(self, blk: &[u8], j: usize) -> u16 {
+        if self.q8 {
+            return blk[2 + j] as u16;
+        }
+        let mut c = (blk[self.plain_qs() + j % 16] >> (4 * (j / 16)) & 15) as u16;
+        if self.five {
+            let qh = u32::from_le_bytes(blk[self.plain_qh()..self.plain_qh() + 4].try_into().expect("4 bytes"));
+            c |= ((qh >> j & 1) << 4) as u16;
+        }
+        c
     }
 }
 
 /// Packs one block of eight plain rows' blocks (`plain[r]`) into `out` (8 block lengths).
 fn pack_block(ty: GgmlType, plain: [&[u8]; GROUP], out: &mut [u8]) {
-    let e_n = fields(ty);
-    let bits = 16 / e_n;
+    let l = Layout::of(ty);
+    let (e_n, bits) = (l.fields(), 16 / l.fields());
+    out.fill(0);
     for (r, p) in plain.iter().enumerate() {
         out[2 * r..2 * r + 2].copy_from_slice(&p[..2]);
+        if l.min {
+            out[16 + 2 * r..18 + 2 * r].copy_from_slice(&p[2..4]);
+        }
     }
     for k in 0..16 / e_n {
         for (r, p) in plain.iter().enumerate() {
             for i in 0..2 {
-                let word = (0..e_n).fold(0u16, |w, e| w | code(ty, p, 2 * (e_n * k + e) + i) << (bits * e));
-                let at = 16 + 32 * k + 4 * r + 2 * i;
+                let mut word = 0u16;
+                for e in 0..e_n {
+                    let c = l.code(p, 2 * (e_n * k + e) + i);
+                    word |= (c & if l.q8 { 0xFF } else { 15 }) << (bits * e);
+                    if l.five {
+                        let at = l.packed_qh() + 4 * r + 2 * i;
+                        let h = u16::from_le_bytes([out[at], out[at + 1]]) | (c >> 4) << (4 * k + e);
+                        out[at..at + 2].copy_from_slice(&h.to_le_bytes());
+                    }
+                }
+                let at = l.packed_qs() + 32 * k + 4 * r + 2 * i;
                 out[at..at + 2].copy_from_slice(&word.to_le_bytes());
             }
         }
     }
 }
 
+/// Code `j` of row `r` of a packed group block.
+#[inline(always)]
+fn packed_code(l: Layout, packed: &[u8], r: usize, j: usize) -> u16 {
+    let (e_n, bits) = (l.fields(), 16 / l.fields());
+    let (p, i) = (j / 2, j % 2);
+    let (k, e) = (p / e_n, p % e_n);
+    let at = l.packed_qs() + 32 * k + 4 * r + 2 * i;
+    let word = u16::from_le_bytes([packed[at], packed[at + 1]]);
+    let mut c = word >> (bits * e) & if l.q8 { 0xFF } else { 15 };
+    if l.five {
+        let at = l.packed_qh() + 4 * r + 2 * i;
+        c |= (u16::from_le_bytes([packed[at], packed[at + 1]]) >> (4 * k + e) & 1) << 4;
+    }
+    c
+}
+
 /// Row `r` (of a group) of one packed group block, as its plain block bytes, into `out`.
 fn unpack_block(ty: GgmlType, packed: &[u8], r: usize, out: &mut [u8]) {
-    let e_n = fields(ty);
-    let bits = 16 / e_n;
+    let l = Layout::of(ty);
+    out.fill(0);
     out[..2].copy_from_slice(&packed[2 * r..2 * r + 2]);
-    if ty == GgmlType::Q4_0 {
-        out[2..18].fill(0);
+    if l.min {
+        out[2..4].copy_from_slice(&packed[16 + 2 * r..18 + 2 * r]);
     }
-    for k in 0..16 / e_n {
-        for i in 0..2 {
-            let at = 16 + 32 * k + 4 * r + 2 * i;
-            let word = u16::from_le_bytes([packed[at], packed[at + 1]]);
-            for e in 0..e_n {
-                let (j, c) = (2 * (e_n * k + e) + i, (word >> (bits * e)) as u8);
-                match ty {
-                    GgmlType::Q8_0 => out[2 + j] = c,
-                    _ => out[2 + j % 16] |= (c & 15) << (4 * (j / 16)),
-                }
-            }
+    let mut qh = 0u32;
+    for j in 0..32 {
+        let c = packed_code(l, packed, r, j);
+        if l.q8 {
+            out[2 + j] = c as u8;
+        } else {
+            out[l.plain_qs() + j % 16] |= (c as u8 & 15) << (4 * (j / 16));
+            qh |= ((c >> 4) as u32 & 1) << j;
         }
+    }
+    if l.five {
+        out[l.plain_qh()..l.plain_qh() + 4].copy_from_slice(&qh.to_le_bytes());
     }
 }
 
@@ -142,34 +222,34 @@ pub(super) fn dot_groups_scalar(ty: GgmlType, rows: &[u8], rb: usize, act: &Q16A
 /// Panics when `ty` is not [`packs`]ed or the lengths disagree.
 pub fn decode_rows(ty: GgmlType, data: &[u8], rb: usize, out: &mut [f32]) {
     match ty {
-        GgmlType::Q4_0 => decode_rows_of::<false>(data, rb, out),
-        GgmlType::Q8_0 => decode_rows_of::<true>(data, rb, out),
+        GgmlType::Q4_0 => decode_rows_of::<false, false, false>(ty, data, rb, out),
+        GgmlType::Q4_1 => decode_rows_of::<false, true, false>(ty, data, rb, out),
+        GgmlType::Q5_0 => decode_rows_of::<false, false, true>(ty, data, rb, out),
+        GgmlType::Q5_1 => decode_rows_of::<false, true, true>(ty, data, rb, out),
+        GgmlType::Q8_0 => decode_rows_of::<true, false, false>(ty, data, rb, out),
         _ => panic!("{ty:?} rows are not packed"),
     }
 }
 
-/// [`decode_rows`] for Q8_0 (`Q8`) or Q4_0.
-fn decode_rows_of<const Q8: bool>(data: &[u8], rb: usize, out: &mut [f32]) {
-    let (ty, e_n) = if Q8 { (GgmlType::Q8_0, 2) } else { (GgmlType::Q4_0, 4) };
-    let (bb, bits) = (ty.block_bytes(), 16 / e_n);
+/// [`decode_rows`] for the type of layout (`Q8`, `MIN`, `FIVE`).
+fn decode_rows_of<const Q8: bool, const MIN: bool, const FIVE: bool>(ty: GgmlType, data: &[u8], rb: usize, out: &mut [f32]) {
+    let l = Layout { q8: Q8, min: MIN, five: FIVE };
+    let bb = ty.block_bytes();
     let cols = rb / bb * 32;
     let n = if rb == 0 { 0 } else { data.len() / rb };
     assert!(n * rb == data.len() && out.len() == n * cols, "decoding {} bytes of {rb}-byte rows into {} values", data.len(), out.len());
+    // The value a code stands for before the scale: Q4_0's and Q5_0's codes are offset.
+    let offset = if Q8 || MIN { 0 } else if FIVE { 16 } else { 8 };
     let whole = n / GROUP * GROUP;
     for (gd, go) in data[..whole * rb].chunks_exact(GROUP * rb).zip(out.chunks_exact_mut(GROUP * cols)) {
         for (b, blk) in gd.chunks_exact(GROUP * bb).enumerate() {
-            let d: [f32; GROUP] = std::array::from_fn(|r| crate::quant::f16_at(blk, 2 * r));
-            for k in 0..16 / e_n {
-                for (r, &d) in d.iter().enumerate() {
-                    for i in 0..2 {
-                        let at = 16 + 32 * k + 4 * r + 2 * i;
-                        let word = u16::from_le_bytes([blk[at], blk[at + 1]]);
-                        for e in 0..e_n {
-                            let c = word >> (bits * e);
-                            let q = if Q8 { c as u8 as i8 as i32 } else { (c & 15) as i32 - 8 };
-                            go[r * cols + 32 * b + 2 * (e_n * k + e) + i] = q as f32 * d;
-                        }
-                    }
+            for r in 0..GROUP {
+                let d = crate::quant::f16_at(blk, 2 * r);
+                let m = if MIN { crate::quant::f16_at(blk, 16 + 2 * r) } else { 0.0 };
+                for (j, y) in go[r * cols + 32 * b..r * cols + 32 * b + 32].iter_mut().enumerate() {
+                    let c = packed_code(l, blk, r, j);
+                    let q = if Q8 { c as u8 as i8 as i32 } else { c as i32 - offset };
+                    *y = if MIN { q as f32 * d + m } else { q as f32 * d };
                 }
             }
         }

@@ -513,8 +513,11 @@ unsafe fn groups16<D: Dot16>(ty: GgmlType, rows: &[u8], rb: usize, act: &Q16Act,
         let p = unsafe { rows.as_ptr().add(i * g * rb) };
         let v = unsafe {
             match ty {
-                GgmlType::Q4_0 => group16::<D, false>(p, act, nb),
-                GgmlType::Q8_0 => group16::<D, true>(p, act, nb),
+                GgmlType::Q4_0 => group16::<D, false, false, false>(p, act, nb),
+                GgmlType::Q4_1 => group16::<D, false, true, false>(p, act, nb),
+                GgmlType::Q5_0 => group16::<D, false, false, true>(p, act, nb),
+                GgmlType::Q5_1 => group16::<D, false, true, true>(p, act, nb),
+                GgmlType::Q8_0 => group16::<D, true, false, false>(p, act, nb),
                 _ => unreachable!("checked by the caller"),
             }
         };
@@ -523,15 +526,20 @@ unsafe fn groups16<D: Dot16>(ty: GgmlType, rows: &[u8], rb: usize, act: &Q16Act,
     }
 }
 
-/// One packed group of eight rows (Q4_0, or Q8_0 with `Q8`), lane `r` = row `r`'s product.
-/// Per block: the eight f16 scales in one conversion; per 32-byte load, `E` fields of each
-/// 16-bit word (nibbles by shift and mask, bytes sign-extended) each meet one broadcast pair
-/// of activation codes; four integer accumulators, summed once a block.
+/// One packed group of eight rows, lane `r` = row `r`'s product: Q8_0 (`Q8`), or 4-bit codes
+/// with a minimum (`MIN`: Q4_1, Q5_1) and a fifth bit (`FIVE`: Q5_0, Q5_1). Per block: the
+/// eight f16 scales in one conversion; per 32-byte load, `E` fields of each 16-bit word
+/// (nibbles by shift and mask, with their fifth bit shifted in from the block's 32 bytes of
+/// them; bytes sign-extended) each meet one broadcast pair of activation codes; eight integer
+/// accumulators, summed once a block. The minimum (or Q4_0's −8, Q5_0's −16) times the
+/// activation block's sum goes in apart.
 #[inline(always)]
-unsafe fn group16<D: Dot16, const Q8: bool>(g: *const u8, act: &Q16Act, nb: usize) -> __m256 {
-    let bb = if Q8 { 8 * 34 } else { 8 * 18 };
+unsafe fn group16<D: Dot16, const Q8: bool, const MIN: bool, const FIVE: bool>(g: *const u8, act: &Q16Act, nb: usize) -> __m256 {
+    let l = super::packed::Layout { q8: Q8, min: MIN, five: FIVE };
+    let bb = 8 * if Q8 { 34 } else { 18 + if MIN { 2 } else { 0 } + if FIVE { 4 } else { 0 } };
+    let (qs, qh) = (l.packed_qs(), l.packed_qh());
     unsafe {
-        let nib = _mm256_set1_epi16(0x000F);
+        let (nib, bit4) = (_mm256_set1_epi16(0x000F), _mm256_set1_epi16(0x0010));
         let (mut acc, mut off) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         for b in 0..nb {
             let blk = g.add(b * bb);
@@ -542,7 +550,7 @@ unsafe fn group16<D: Dot16, const Q8: bool>(g: *const u8, act: &Q16Act, nb: usiz
             let mut s = [_mm256_setzero_si256(); 8];
             if Q8 {
                 for k in 0..8 {
-                    let v = _mm256_loadu_si256(blk.add(16 + 32 * k) as *const __m256i);
+                    let v = _mm256_loadu_si256(blk.add(qs + 32 * k) as *const __m256i);
                     let lo = _mm256_srai_epi16(_mm256_slli_epi16(v, 8), 8);
                     let hi = _mm256_srai_epi16(v, 8);
                     let a = 2 * (k % 4);
@@ -550,23 +558,45 @@ unsafe fn group16<D: Dot16, const Q8: bool>(g: *const u8, act: &Q16Act, nb: usiz
                     s[a + 1] = D::dot16(s[a + 1], hi, pair(2 * k + 1));
                 }
             } else {
+                // The fifth bits of load k's values, bit 4k + e of each word, moved down 4 a load.
+                let mut h = if FIVE { _mm256_loadu_si256(blk.add(qh) as *const __m256i) } else { _mm256_setzero_si256() };
                 for k in 0..4 {
-                    let v = _mm256_loadu_si256(blk.add(16 + 32 * k) as *const __m256i);
+                    let v = _mm256_loadu_si256(blk.add(qs + 32 * k) as *const __m256i);
+                    let (mut w0, mut w1, mut w2, mut w3) = (
+                        _mm256_and_si256(v, nib),
+                        _mm256_and_si256(_mm256_srli_epi16(v, 4), nib),
+                        _mm256_and_si256(_mm256_srli_epi16(v, 8), nib),
+                        _mm256_srli_epi16(v, 12),
+                    );
+                    if FIVE {
+                        w0 = _mm256_or_si256(w0, _mm256_and_si256(_mm256_slli_epi16(h, 4), bit4));
+                        w1 = _mm256_or_si256(w1, _mm256_and_si256(_mm256_slli_epi16(h, 3), bit4));
+                        w2 = _mm256_or_si256(w2, _mm256_and_si256(_mm256_slli_epi16(h, 2), bit4));
+                        w3 = _mm256_or_si256(w3, _mm256_and_si256(_mm256_slli_epi16(h, 1), bit4));
+                        h = _mm256_srli_epi16(h, 4);
+                    }
                     let a = 4 * (k % 2);
-                    s[a] = D::dot16(s[a], _mm256_and_si256(v, nib), pair(4 * k));
-                    s[a + 1] = D::dot16(s[a + 1], _mm256_and_si256(_mm256_srli_epi16(v, 4), nib), pair(4 * k + 1));
-                    s[a + 2] = D::dot16(s[a + 2], _mm256_and_si256(_mm256_srli_epi16(v, 8), nib), pair(4 * k + 2));
-                    s[a + 3] = D::dot16(s[a + 3], _mm256_srli_epi16(v, 12), pair(4 * k + 3));
+                    s[a] = D::dot16(s[a], w0, pair(4 * k));
+                    s[a + 1] = D::dot16(s[a + 1], w1, pair(4 * k + 1));
+                    s[a + 2] = D::dot16(s[a + 2], w2, pair(4 * k + 2));
+                    s[a + 3] = D::dot16(s[a + 3], w3, pair(4 * k + 3));
                 }
             }
             let s4 = [0, 1, 2, 3].map(|i| _mm256_add_epi32(s[i], s[i + 4]));
             let isum = _mm256_add_epi32(_mm256_add_epi32(s4[0], s4[1]), _mm256_add_epi32(s4[2], s4[3]));
             acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(d, _mm256_set1_ps(*act.d.get_unchecked(b))), acc);
-            if !Q8 {
+            if MIN {
+                let m = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16) as *const __m128i));
+                off = _mm256_fmadd_ps(m, _mm256_set1_ps(*act.s.get_unchecked(b)), off);
+            } else if !Q8 {
                 off = _mm256_fmadd_ps(d, _mm256_set1_ps(*act.s.get_unchecked(b)), off);
             }
         }
-        // Q4_0's values are (q − 8)·d: minus 8 · d · (the activation block's sum) per block.
-        _mm256_fnmadd_ps(_mm256_set1_ps(8.0), off, acc)
+        if MIN {
+            _mm256_add_ps(acc, off)
+        } else {
+            // Q4_0's values are (q − 8)·d, Q5_0's (q − 16)·d: the offset · d · the activation sum.
+            _mm256_fnmadd_ps(_mm256_set1_ps(if FIVE { 16.0 } else { 8.0 }), off, acc)
+        }
     }
 }
