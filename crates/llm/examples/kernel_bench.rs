@@ -2,7 +2,9 @@
 //! block-encoded tensor of a GGUF file, one thread, per activation mode, and prints the fastest repeat's milliseconds
 //! per token (all layers' matrices once, as a decode step multiplies them) and GB/s of weights.
 //!
-//! `cargo run -p xcomposer-llm --example kernel_bench -- FILE.gguf [repeats]`
+//! `cargo run -p xcomposer-llm --example kernel_bench -- FILE.gguf [repeats]`; with `PREFILL=1`
+//! in the environment, the prefill products (`QMatrix::matmul_with`, f32 and 16-bit) of 512
+//! positions instead.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -26,6 +28,28 @@ fn main() {
     }
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
     pool.install(|| {
+        if std::env::var_os("PREFILL").is_some() {
+            // The prefill products: 512 positions through every matrix but the head, once.
+            let n = 512;
+            for act in [Activations::F32, Activations::Int16] {
+                let mut total = 0f64;
+                let mut by_kind: BTreeMap<String, f64> = BTreeMap::new();
+                for (name, m) in mats.iter().filter(|(n, _)| n.starts_with("blk.")) {
+                    let x: Vec<f32> = (0..n * m.cols).map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0).collect();
+                    let mut y = vec![0f32; n * m.rows];
+                    let t = Instant::now();
+                    m.matmul_with(&x, n, &mut y, act);
+                    let s = t.elapsed().as_secs_f64();
+                    total += s;
+                    *by_kind.entry(format!("{:?} {}x{} {}", m.ty, m.rows, m.cols, name.split('.').nth(2).unwrap_or(""))).or_default() += s;
+                }
+                println!("{act:?} prefill products of {n} positions: {:.3} s ({:.0} positions/s)", total, n as f64 / total);
+                for (k, s) in &by_kind {
+                    println!("  {k:<40} {:.3} s", s);
+                }
+            }
+            return;
+        }
         for act in [Activations::F32, Activations::Int16, Activations::Int8] {
             let mut by_kind: BTreeMap<String, (f64, usize)> = BTreeMap::new();
             let mut scratch = ActScratch::default();

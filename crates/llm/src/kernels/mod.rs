@@ -13,6 +13,7 @@ pub(crate) mod x86;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use crate::matvec::QMatrix;
 use crate::quant::GgmlType;
 
 /// Values per activation block.
@@ -224,11 +225,47 @@ pub fn dot_rows16_packed(isa: Isa, ty: GgmlType, rows: &[u8], act: &Q16Act, y: &
         // SAFETY: as in `dot_rows`; `groups` is whole groups of eight rows (`yg.len()` rows).
         #[cfg(target_arch = "x86_64")]
         _ => unsafe {
-            x86::dot_groups16(isa, ty, groups, rb, act, yg);
+            x86::dot_groups16(isa, ty, groups, rb, &[act], yg);
             x86::dot_rows16(isa, ty, tail, rb, act, yt);
         },
         #[cfg(not(target_arch = "x86_64"))]
         _ => unreachable!("only the scalar kernels exist off x86-64"),
+    }
+}
+
+/// The prefill product over packed rows: `y[t · n + r]` = row `r` of `rows` (`n` rows laid out
+/// by [`packed::pack_rows`]) times `acts[t]`, for every input at once, so that each group's codes
+/// are loaded and unpacked once for four inputs. Each product equals [`dot_rows16_packed`]'s.
+///
+/// Panics as [`dot_rows16_packed`], and when `y` is not `acts.len() · n` values or the inputs
+/// differ in length.
+pub fn gemm16_packed(isa: Isa, ty: GgmlType, rows: &[u8], acts: &[Q16Act], y: &mut [f32]) {
+    let Some(first) = acts.first() else { return };
+    assert!(acts.iter().all(|a| a.len() == first.len()), "inputs of different lengths");
+    assert!(packed::packs(ty), "{ty:?} rows are not packed");
+    let rb = QMatrix::row_bytes(ty, first.len());
+    let n = if rb == 0 { 0 } else { rows.len() / rb };
+    assert_eq!(y.len(), acts.len() * n, "{} outputs for {} inputs of {n} rows", y.len(), acts.len());
+    let mut one = vec![0f32; n];
+    // The checks of `dot_rows`, once.
+    let Some(rb) = check(isa, ty, rows, first, &mut one) else {
+        y.fill(0.0);
+        return;
+    };
+    let whole = n / packed::GROUP * packed::GROUP;
+    match isa {
+        // SAFETY: as in `dot_rows16_packed`; every input has the checked length; `y` holds
+        // `acts.len() · n` values.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni if whole == n => unsafe {
+            let refs: Vec<&Q16Act> = acts.iter().collect();
+            x86::dot_groups16(isa, ty, rows, rb, &refs, y);
+        },
+        _ => {
+            for (a, y) in acts.iter().zip(y.chunks_exact_mut(n)) {
+                dot_rows16_packed(isa, ty, rows, a, y);
+            }
+        }
     }
 }
 
@@ -328,6 +365,13 @@ mod tests {
         let x: Vec<f32> = (0..cols).map(|_| rng.random_range(-3f32..3.0)).collect();
         let mut act = Q16Act::default();
         act.quantize(&x).unwrap();
+        let acts: Vec<Q16Act> = (0..6)
+            .map(|_| {
+                let mut a = Q16Act::default();
+                a.quantize(&(0..cols).map(|_| rng.random_range(-3f32..3.0)).collect::<Vec<f32>>()).unwrap();
+                a
+            })
+            .collect();
         for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0] {
             let rows = random_blocks(ty, n_rows * cols / 32, &mut rng);
             let rb = rows.len() / n_rows;
@@ -352,6 +396,16 @@ mod tests {
                 let mut part = vec![f32::NAN; n_rows - 8];
                 dot_rows16_packed(isa, ty, &packed_rows[8 * rb..], &act, &mut part);
                 assert_eq!(part, y[8..], "{isa:?} {ty:?}: rows 8.. alone");
+                // Six inputs at once (four together, then two alone), over whole groups and not.
+                for n in [16, n_rows] {
+                    let mut y6 = vec![f32::NAN; 6 * n];
+                    gemm16_packed(isa, ty, &packed_rows[..n * rb], &acts, &mut y6);
+                    for (t, (a, got)) in acts.iter().zip(y6.chunks_exact(n)).enumerate() {
+                        let mut want = vec![f32::NAN; n];
+                        dot_rows16_packed(isa, ty, &packed_rows[..n * rb], a, &mut want);
+                        assert_eq!(got, want, "{isa:?} {ty:?}: input {t} of six, {n} rows");
+                    }
+                }
             }
         }
     }

@@ -473,89 +473,116 @@ unsafe fn q6k_16<D: Dot16, const R: usize>(p: [*const u8; R], act: &Q16Act, nsb:
     }
 }
 
-/// See [`super::dot_rows16_packed`]: whole groups of eight packed rows ([`super::packed`]).
+/// See [`super::dot_rows16_packed`] and [`super::gemm16_packed`]: whole groups of eight packed
+/// rows ([`super::packed`]) times each of `acts`, `y[t · n + r]` = row `r` (of `n`) times
+/// `acts[t]`; four inputs at a time share each group's code loads and unpacking.
 ///
 /// # Safety
-/// The CPU must have `isa`; `rows` is `y.len()` (a multiple of eight) rows of `rb` bytes of `ty`
-/// blocks for `act.len()` values, packed, and `act` has a scale and a sum per block of 32.
-pub(super) unsafe fn dot_groups16(isa: Isa, ty: GgmlType, rows: &[u8], rb: usize, act: &Q16Act, y: &mut [f32]) {
+/// The CPU must have `isa`; `rows` is `n` (a multiple of eight) rows of `rb` bytes of `ty`
+/// blocks for the values of each of `acts` (all of one length, each with a scale and a sum per
+/// block of 32), packed; `y` has `acts.len() · n` values.
+pub(super) unsafe fn dot_groups16(isa: Isa, ty: GgmlType, rows: &[u8], rb: usize, acts: &[&Q16Act], y: &mut [f32]) {
     unsafe {
         match isa {
-            Isa::Avx2 => groups16_avx2(ty, rows, rb, act, y),
-            Isa::AvxVnni => groups16_avxvnni(ty, rows, rb, act, y),
-            Isa::Avx512Vnni => groups16_avx512vnni(ty, rows, rb, act, y),
+            Isa::Avx2 => groups16_avx2(ty, rows, rb, acts, y),
+            Isa::AvxVnni => groups16_avxvnni(ty, rows, rb, acts, y),
+            Isa::Avx512Vnni => groups16_avx512vnni(ty, rows, rb, acts, y),
             Isa::Scalar => unreachable!("the scalar kernels are not here"),
         }
     }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn groups16_avx2(ty: GgmlType, rows: &[u8], rb: usize, act: &Q16Act, y: &mut [f32]) {
-    unsafe { groups16::<Avx2>(ty, rows, rb, act, y) }
+unsafe fn groups16_avx2(ty: GgmlType, rows: &[u8], rb: usize, acts: &[&Q16Act], y: &mut [f32]) {
+    unsafe { groups16::<Avx2>(ty, rows, rb, acts, y) }
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-unsafe fn groups16_avxvnni(ty: GgmlType, rows: &[u8], rb: usize, act: &Q16Act, y: &mut [f32]) {
-    unsafe { groups16::<AvxVnni>(ty, rows, rb, act, y) }
+unsafe fn groups16_avxvnni(ty: GgmlType, rows: &[u8], rb: usize, acts: &[&Q16Act], y: &mut [f32]) {
+    unsafe { groups16::<AvxVnni>(ty, rows, rb, acts, y) }
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-unsafe fn groups16_avx512vnni(ty: GgmlType, rows: &[u8], rb: usize, act: &Q16Act, y: &mut [f32]) {
-    unsafe { groups16::<Avx512Vnni>(ty, rows, rb, act, y) }
+unsafe fn groups16_avx512vnni(ty: GgmlType, rows: &[u8], rb: usize, acts: &[&Q16Act], y: &mut [f32]) {
+    unsafe { groups16::<Avx512Vnni>(ty, rows, rb, acts, y) }
 }
 
 #[inline(always)]
-unsafe fn groups16<D: Dot16>(ty: GgmlType, rows: &[u8], rb: usize, act: &Q16Act, y: &mut [f32]) {
-    let nb = act.qs.len() / QK8;
-    let g = super::packed::GROUP;
-    for (i, out) in y.chunks_exact_mut(g).enumerate() {
-        // SAFETY: group `i` is the `g · rb` bytes at `i · g · rb` (the caller's lengths).
-        let p = unsafe { rows.as_ptr().add(i * g * rb) };
-        let v = unsafe {
+unsafe fn groups16<D: Dot16>(ty: GgmlType, rows: &[u8], rb: usize, acts: &[&Q16Act], y: &mut [f32]) {
+    let Some(first) = acts.first() else { return };
+    let (g, nb, n) = (super::packed::GROUP, first.qs.len() / QK8, rows.len() / rb);
+    macro_rules! by_type {
+        ($p:expr, $a:expr) => {
             match ty {
-                GgmlType::Q4_0 => group16::<D, false, false, false>(p, act, nb),
-                GgmlType::Q4_1 => group16::<D, false, true, false>(p, act, nb),
-                GgmlType::Q5_0 => group16::<D, false, false, true>(p, act, nb),
-                GgmlType::Q5_1 => group16::<D, false, true, true>(p, act, nb),
-                GgmlType::Q8_0 => group16::<D, true, false, false>(p, act, nb),
+                GgmlType::Q4_0 => group16::<D, false, false, false, _>($p, $a, nb),
+                GgmlType::Q4_1 => group16::<D, false, true, false, _>($p, $a, nb),
+                GgmlType::Q5_0 => group16::<D, false, false, true, _>($p, $a, nb),
+                GgmlType::Q5_1 => group16::<D, false, true, true, _>($p, $a, nb),
+                GgmlType::Q8_0 => group16::<D, true, false, false, _>($p, $a, nb),
                 _ => unreachable!("checked by the caller"),
             }
         };
-        // SAFETY: `out` is eight f32.
-        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) };
+    }
+    for i in 0..n / g {
+        // SAFETY: group `i` is the `g · rb` bytes at `i · g · rb` (the caller's lengths); `y`
+        // has `acts.len() · n` values, each store eight of input `t`'s row `i · g ..`.
+        unsafe {
+            let p = rows.as_ptr().add(i * g * rb);
+            let store = |t: usize, v: __m256| _mm256_storeu_ps(y.as_ptr().add(t * n + i * g) as *mut f32, v);
+            let mut t = 0;
+            while t + 4 <= acts.len() {
+                let v: [__m256; 4] = by_type!(p, [acts[t], acts[t + 1], acts[t + 2], acts[t + 3]]);
+                for (k, v) in v.into_iter().enumerate() {
+                    store(t + k, v);
+                }
+                t += 4;
+            }
+            while t < acts.len() {
+                let [v]: [__m256; 1] = by_type!(p, [acts[t]]);
+                store(t, v);
+                t += 1;
+            }
+        }
     }
 }
 
-/// One packed group of eight rows, lane `r` = row `r`'s product: Q8_0 (`Q8`), or 4-bit codes
-/// with a minimum (`MIN`: Q4_1, Q5_1) and a fifth bit (`FIVE`: Q5_0, Q5_1). Per block: the
-/// eight f16 scales in one conversion; per 32-byte load, `E` fields of each 16-bit word
-/// (nibbles by shift and mask, with their fifth bit shifted in from the block's 32 bytes of
-/// them; bytes sign-extended) each meet one broadcast pair of activation codes; eight integer
-/// accumulators, summed once a block. The minimum (or Q4_0's −8, Q5_0's −16) times the
-/// activation block's sum goes in apart.
+/// One packed group of eight rows times `T` activation vectors, lane `r` of result `t` = row
+/// `r` times input `t`: Q8_0 (`Q8`), or 4-bit codes with a minimum (`MIN`: Q4_1, Q5_1) and a
+/// fifth bit (`FIVE`: Q5_0, Q5_1). Per block: the eight f16 scales in one conversion; per
+/// 32-byte load, `E` fields of each 16-bit word (nibbles by shift and mask, with their fifth bit
+/// shifted in from the block's 32 bytes of them; bytes sign-extended), each unpacked once and
+/// met by one broadcast pair of each input's codes; integer accumulators summed once a block
+/// (eight for one input, two an input for several: latency, not count, bounds a chain). The
+/// minimum (or Q4_0's −8, Q5_0's −16 times the scale) times the activation block's sum goes
+/// in apart.
 #[inline(always)]
-unsafe fn group16<D: Dot16, const Q8: bool, const MIN: bool, const FIVE: bool>(g: *const u8, act: &Q16Act, nb: usize) -> __m256 {
+unsafe fn group16<D: Dot16, const Q8: bool, const MIN: bool, const FIVE: bool, const T: usize>(g: *const u8, acts: [&Q16Act; T], nb: usize) -> [__m256; T] {
     let l = super::packed::Layout { q8: Q8, min: MIN, five: FIVE };
     let bb = 8 * if Q8 { 34 } else { 18 + if MIN { 2 } else { 0 } + if FIVE { 4 } else { 0 } };
     let (qs, qh) = (l.packed_qs(), l.packed_qh());
     unsafe {
         let (nib, bit4) = (_mm256_set1_epi16(0x000F), _mm256_set1_epi16(0x0010));
-        let (mut acc, mut off) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let (mut acc, mut off) = ([_mm256_setzero_ps(); T], [_mm256_setzero_ps(); T]);
         for b in 0..nb {
             let blk = g.add(b * bb);
             let d = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
-            let xp = act.qs.as_ptr().add(b * QK8) as *const i32;
-            let pair = |p: usize| _mm256_set1_epi32(xp.add(p).read_unaligned());
-            // Eight integer accumulators, two multiply-adds deep: latency, not count, bounds a chain.
-            let mut s = [_mm256_setzero_si256(); 8];
+            let xp = acts.map(|a| a.qs.as_ptr().add(b * QK8) as *const i32);
+            let mut s = [[_mm256_setzero_si256(); 8]; T];
+            // Pair p of every input's codes into accumulator `a` of each, times the codes `w`.
+            let mut madd = |a: usize, w: __m256i, p: usize| {
+                for (s, x) in s.iter_mut().zip(&xp) {
+                    let a = if T == 1 { a } else { a % 2 };
+                    s[a] = D::dot16(s[a], w, _mm256_set1_epi32(x.add(p).read_unaligned()));
+                }
+            };
             if Q8 {
                 for k in 0..8 {
                     let v = _mm256_loadu_si256(blk.add(qs + 32 * k) as *const __m256i);
                     let lo = _mm256_srai_epi16(_mm256_slli_epi16(v, 8), 8);
                     let hi = _mm256_srai_epi16(v, 8);
                     let a = 2 * (k % 4);
-                    s[a] = D::dot16(s[a], lo, pair(2 * k));
-                    s[a + 1] = D::dot16(s[a + 1], hi, pair(2 * k + 1));
+                    madd(a, lo, 2 * k);
+                    madd(a + 1, hi, 2 * k + 1);
                 }
             } else {
                 // The fifth bits of load k's values, bit 4k + e of each word, moved down 4 a load.
@@ -576,27 +603,31 @@ unsafe fn group16<D: Dot16, const Q8: bool, const MIN: bool, const FIVE: bool>(g
                         h = _mm256_srli_epi16(h, 4);
                     }
                     let a = 4 * (k % 2);
-                    s[a] = D::dot16(s[a], w0, pair(4 * k));
-                    s[a + 1] = D::dot16(s[a + 1], w1, pair(4 * k + 1));
-                    s[a + 2] = D::dot16(s[a + 2], w2, pair(4 * k + 2));
-                    s[a + 3] = D::dot16(s[a + 3], w3, pair(4 * k + 3));
+                    madd(a, w0, 4 * k);
+                    madd(a + 1, w1, 4 * k + 1);
+                    madd(a + 2, w2, 4 * k + 2);
+                    madd(a + 3, w3, 4 * k + 3);
                 }
             }
-            let s4 = [0, 1, 2, 3].map(|i| _mm256_add_epi32(s[i], s[i + 4]));
-            let isum = _mm256_add_epi32(_mm256_add_epi32(s4[0], s4[1]), _mm256_add_epi32(s4[2], s4[3]));
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(d, _mm256_set1_ps(*act.d.get_unchecked(b))), acc);
-            if MIN {
-                let m = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16) as *const __m128i));
-                off = _mm256_fmadd_ps(m, _mm256_set1_ps(*act.s.get_unchecked(b)), off);
-            } else if !Q8 {
-                off = _mm256_fmadd_ps(d, _mm256_set1_ps(*act.s.get_unchecked(b)), off);
+            let m = if MIN { _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16) as *const __m128i)) } else { d };
+            for t in 0..T {
+                let s = &s[t];
+                let s4 = [0, 1, 2, 3].map(|i| _mm256_add_epi32(s[i], s[i + 4]));
+                let isum = _mm256_add_epi32(_mm256_add_epi32(s4[0], s4[1]), _mm256_add_epi32(s4[2], s4[3]));
+                let a = acts[t];
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(d, _mm256_set1_ps(*a.d.get_unchecked(b))), acc[t]);
+                if !Q8 {
+                    off[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(*a.s.get_unchecked(b)), off[t]);
+                }
             }
         }
-        if MIN {
-            _mm256_add_ps(acc, off)
-        } else {
-            // Q4_0's values are (q − 8)·d, Q5_0's (q − 16)·d: the offset · d · the activation sum.
-            _mm256_fnmadd_ps(_mm256_set1_ps(if FIVE { 16.0 } else { 8.0 }), off, acc)
-        }
+        std::array::from_fn(|t| {
+            if MIN {
+                _mm256_add_ps(acc[t], off[t])
+            } else {
+                // Q4_0's values are (q − 8)·d, Q5_0's (q − 16)·d: the offset · d · the activation sum.
+                _mm256_fnmadd_ps(_mm256_set1_ps(if FIVE { 16.0 } else { 8.0 }), off[t], acc[t])
+            }
+        })
     }
 }
