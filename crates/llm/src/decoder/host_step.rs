@@ -191,8 +191,17 @@ fn attend(q: &[f32], kv: &(Vec<f32>, Vec<f32>), len: usize, kv_heads: usize, hd:
         let qs = &q[kvh * g * hd..(kvh + 1) * g * hd];
         #[cfg(target_arch = "x86_64")]
         if avx2 {
-            // SAFETY: the CPU has AVX2 (checked at run time).
-            unsafe { attend_group_avx2(qs, &kv, kvh, o) };
+            // SAFETY: the CPU has AVX2 and FMA (checked at run time); each head size is the
+            // kernel's eight values times its chunks.
+            unsafe {
+                match hd {
+                    16 => attend_group_fma::<2>(qs, &kv, kvh, o),
+                    32 => attend_group_fma::<4>(qs, &kv, kvh, o),
+                    64 => attend_group_fma::<8>(qs, &kv, kvh, o),
+                    128 => attend_group_fma::<16>(qs, &kv, kvh, o),
+                    _ => attend_group_avx2(qs, &kv, kvh, o),
+                }
+            }
             return;
         }
         let _ = avx2;
@@ -217,6 +226,83 @@ struct KvView<'a> {
 #[target_feature(enable = "avx2")]
 unsafe fn attend_group_avx2(qs: &[f32], kv: &KvView, kvh: usize, o: &mut [f32]) {
     attend_group(qs, kv, kvh, o)
+}
+
+/// [`attend_group`] in AVX2 + FMA for heads of `CH` × 8 values: the scores of
+/// eight positions at a time (eight independent FMA chains, summed across lanes together, where
+/// one position at a time waited on each FMA), and each head's output kept in registers over
+/// the positions. The same softmax; the sums in another order and fused, so results differ from
+/// [`attend_group`]'s by rounding.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA; `kv.hd` is `8 · CH`; `qs` is whole heads
+/// and `o` as long; the cache holds `kv.len` positions of `kv.kv_heads` heads.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_group_fma<const CH: usize>(qs: &[f32], kv: &KvView, kvh: usize, o: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let (len, hd) = (kv.len, kv.hd);
+    let g = qs.len() / hd;
+    assert!(hd == 8 * CH && o.len() == qs.len(), "attend_group_fma: heads of {hd}");
+    assert!(kv.keys.len() >= len * kv.kv_heads * hd && kv.values.len() >= len * kv.kv_heads * hd && kvh < kv.kv_heads, "attend_group_fma: cache");
+    let stride = kv.kv_heads * hd;
+    let key = |t: usize| kv.keys.as_ptr().wrapping_add(t * stride + kvh * hd);
+    let value = |t: usize| kv.values.as_ptr().wrapping_add(t * stride + kvh * hd);
+    let mut p = vec![0f32; g * len];
+    // SAFETY: every read is inside a head of `qs`, a cached position's head, or `p` / `o`
+    // (lengths checked above); the CPU has the features.
+    unsafe {
+        for (j, qh) in qs.chunks_exact(hd).enumerate() {
+            let ps = p.as_mut_ptr().add(j * len);
+            let mut t = 0;
+            while t + 8 <= len {
+                let mut acc = [_mm256_setzero_ps(); 8];
+                for c in (0..8 * CH).step_by(8) {
+                    let qv = _mm256_loadu_ps(qh.as_ptr().add(c));
+                    for (u, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(key(t + u).add(c)), *a);
+                    }
+                }
+                // Lane u = the sum of acc[u]'s lanes.
+                let h = |a: __m256, b: __m256| _mm256_hadd_ps(a, b);
+                let (u0, u1) = (h(h(acc[0], acc[1]), h(acc[2], acc[3])), h(h(acc[4], acc[5]), h(acc[6], acc[7])));
+                let sums = _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+                _mm256_storeu_ps(ps.add(t), _mm256_mul_ps(sums, _mm256_set1_ps(kv.scale)));
+                t += 8;
+            }
+            while t < len {
+                let mut a = _mm256_setzero_ps();
+                for c in (0..8 * CH).step_by(8) {
+                    a = _mm256_fmadd_ps(_mm256_loadu_ps(qh.as_ptr().add(c)), _mm256_loadu_ps(key(t).add(c)), a);
+                }
+                *ps.add(t) = crate::kernels::x86::hsum(a) * kv.scale;
+                t += 1;
+            }
+        }
+        let mut sums = vec![0f32; g];
+        for (ps, total) in p.chunks_exact_mut(len).zip(&mut sums) {
+            let max = ps.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for s in ps.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            *total = sum;
+        }
+        for (j, oh) in o.chunks_exact_mut(hd).enumerate() {
+            let mut acc = [_mm256_setzero_ps(); CH];
+            for t in 0..len {
+                let w = _mm256_set1_ps(p[j * len + t] / sums[j]);
+                let v = value(t);
+                for (c, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(v.add(8 * c)), *a);
+                }
+            }
+            for (c, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(oh.as_mut_ptr().add(8 * c), *a);
+            }
+        }
+    }
 }
 
 /// The query heads `qs` that share kv head `kvh`, over its cached positions, into `o`.
