@@ -17,7 +17,7 @@ FUZZ=(cargo +nightly fuzz)
 BIN=fuzz/target/x86_64-unknown-linux-gnu/release
 TARGETS=${TARGETS:-$(cd fuzz && "${FUZZ[@]}" list)}
 mkdir -p fuzz/logs
-# libFuzzer options of one target: tokenizer_text's texts at most 512 bytes (it streams at most 256
+# libFuzzer options of one target: tokenizer_text's texts at most 512 bytes (it streams at most 64
 # ids; longer texts go down the same paths, only slower).
 declare -A EXTRA=([tokenizer_text]="-max_len=512")
 ROWS=()
