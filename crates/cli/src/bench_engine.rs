@@ -72,12 +72,15 @@ struct Variant {
     label: String,
     quant: Option<QuantArg>,
     speeds: Ours,
-    /// Weights on the device; the engine's allocations (weights, one sequence's KV cache at the
-    /// full context, scratch); all device memory in use then (adds the CUDA context and
-    /// cuBLAS), GB.
+    /// Weights on the device; the engine's allocations (weights, one sequence's KV cache as
+    /// grown by the prompt and the new tokens, scratch); all device memory in use then (adds
+    /// the CUDA context and cuBLAS); the same with the cache at the full context, GB.
     weights_gb: f64,
     engine_gb: f64,
     in_use_gb: f64,
+    full_in_use_gb: f64,
+    /// Positions the KV cache held for the first three.
+    cache_positions: usize,
     profiles: Vec<String>,
     profiled_at: usize,
 }
@@ -172,9 +175,19 @@ fn measure(args: &EngineBenchArgs) -> Result<()> {
             Some(q) => format!("{} + {}", args.dtype.name(), q.name()),
         };
         eprintln!("[bench] {label}: random {:?} weights made, converted and uploaded in {:.1} s", args.shape, t.elapsed().as_secs_f64());
-        // Memory with one sequence, before beam search grows the cache to more.
+        // Memory with one sequence after the prompt and the new tokens, before beam search grows
+        // the cache to more; then with the cache at the full context.
         e.prefill(&prompt)?;
-        let (weights_gb, engine_gb, in_use_gb) = (e.weight_bytes() as f64 / 1e9, e.allocated_bytes() as f64 / 1e9, e.memory_in_use()? as f64 / 1e9);
+        for step in 0..args.new_tokens {
+            e.step(&[(50 + step) as u32])?;
+        }
+        let gb = |b: usize| b as f64 / 1e9;
+        // Synchronised first: memory freed on the stream (the cache before it grew) is back then.
+        e.synchronize()?;
+        let (weights_gb, engine_gb, in_use_gb, cache_positions) = (gb(e.weight_bytes()), gb(e.allocated_bytes()), gb(e.memory_in_use()?), e.cache_positions());
+        e.reserve_positions(e.context_len())?;
+        e.synchronize()?;
+        let full_in_use_gb = gb(e.memory_in_use()?);
         let speeds = speeds(&mut e, &prompt, &long, args.new_tokens, k, args.runs)?;
         let profiled_at = args.prompt + args.new_tokens;
         let mut profiles = vec![];
@@ -189,8 +202,8 @@ fn measure(args: &EngineBenchArgs) -> Result<()> {
         e.prefill(&long)?;
         profiles.push(prefill_profile(&mut e, &c, long.len() / d)?);
         let Ours { pp, pp512, tg, tg_launched, beam, .. } = speeds;
-        eprintln!("[bench] {label}: prefill {pp:.0} t/s ({} pos.), {pp512:.0} t/s (512); decode {tg:.1} t/s ({tg_launched:.1} without graphs); {k}-beam {beam:.1} t/s per beam; weights {weights_gb:.2} GB, engine {engine_gb:.2} GB, {in_use_gb:.2} GB in use", args.prompt);
-        variants.push(Variant { label, quant, speeds, weights_gb, engine_gb, in_use_gb, profiles, profiled_at });
+        eprintln!("[bench] {label}: prefill {pp:.0} t/s ({} pos.), {pp512:.0} t/s (512); decode {tg:.1} t/s ({tg_launched:.1} without graphs); {k}-beam {beam:.1} t/s per beam; weights {weights_gb:.2} GB, engine {engine_gb:.2} GB, {in_use_gb:.2} GB in use ({cache_positions} cached positions), {full_in_use_gb:.2} GB at the full context", args.prompt);
+        variants.push(Variant { label, quant, speeds, weights_gb, engine_gb, in_use_gb, full_in_use_gb, cache_positions, profiles, profiled_at });
     }
     let torch = if args.anchor.torch {
         Some(args.anchor.run(TORCH_SCRIPT, &[args.dtype.name().to_string(), args.prompt.to_string(), args.new_tokens.to_string(), args.runs.to_string()])?)
@@ -200,8 +213,8 @@ fn measure(args: &EngineBenchArgs) -> Result<()> {
     let llama = args.llama.run(args.runs)?;
     println!("{:?} decoder shape, {}, random weights; prompt {} positions, {} greedy new tokens, median of {} runs; same GPU, same run", args.shape, args.dtype.name(), args.prompt, args.new_tokens, args.runs);
     println!();
-    let cache_positions = args.max_context.map_or(c.max_position, |n| c.max_position.min(n));
-    print_table(args, k, cache_positions, &variants, torch.as_ref(), &llama);
+    let context = args.max_context.map_or(c.max_position, |n| c.max_position.min(n));
+    print_table(args, k, context, &variants, torch.as_ref(), &llama);
     for v in variants {
         println!();
         println!("Where a {} decode step's time goes at {} positions, and a 512-position prefill's (µs per launch, layer 0, launched back to back; × layers):", v.label, v.profiled_at);
@@ -228,38 +241,38 @@ fn anchor_for(quant: Option<QuantArg>, llama: &[LlamaRows]) -> Option<&LlamaRows
 }
 
 #[cfg(feature = "cuda")]
-fn print_table(args: &EngineBenchArgs, k: usize, cache_positions: usize, variants: &[Variant], torch: Option<&serde_json::Value>, llama: &[LlamaRows]) {
+fn print_table(args: &EngineBenchArgs, k: usize, context: usize, variants: &[Variant], torch: Option<&serde_json::Value>, llama: &[LlamaRows]) {
     let tg_of = |rows: &[(String, f64)]| rows.iter().find(|(t, _)| t.starts_with("tg")).map(|x| x.1);
     let pp_of = |rows: &[(String, f64)], t: &str| rows.iter().find(|(x, _)| x == t).map(|x| x.1);
     let ratio = |x: f64, b: Option<f64>| b.map_or("–".to_string(), |b| format!("{:.2}×", x / b));
     let f16_base = llama.first().map(|(_, r)| (pp_of(r, "pp512"), tg_of(r)));
     println!("Ratios are to the llama.cpp row of the same weight format (f16 for PyTorch).");
     println!();
-    println!("Memory with one sequence and a KV cache of {} positions: the weights, everything the engine allocates (adds the KV cache and scratch), and the device memory in use (adds the CUDA context, kernels and cuBLAS).", cache_positions);
+    println!("Memory with one sequence after the prompt and {} new tokens (the KV cache grows by {} positions): the weights on the device, everything the engine allocates there (adds the KV cache and scratch), the device memory in use (adds the CUDA context, kernels and cuBLAS), and that with the cache at the full context ({context} positions).", args.new_tokens, xcomposer_llm::cuda::CACHE_STEP);
     println!();
-    println!("| engine | weights GB | engine GB | in use GB | prefill t/s ({}) | prefill t/s (512) | decode t/s | {k}-beam t/s per beam |", args.prompt);
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| engine | weights GB | engine GB | in use GB | in use, full context GB | prefill t/s ({}) | prefill t/s (512) | decode t/s | {k}-beam t/s per beam |", args.prompt);
+    println!("|---|---|---|---|---|---|---|---|---|");
     for v in variants {
         let (base_pp, base_tg) = anchor_for(v.quant, llama).map_or((None, None), |(_, r)| (pp_of(r, "pp512"), tg_of(r)));
         let o = &v.speeds;
         println!(
-            "| xcomposer fused CUDA engine, {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} ({}) | {:.1} ({}) | {:.1} ({:.2}× single) |",
-            v.label, v.weights_gb, v.engine_gb, v.in_use_gb, o.pp, o.pp512, ratio(o.pp512, base_pp), o.tg, ratio(o.tg, base_tg), o.beam, o.beam / o.tg
+            "| xcomposer fused CUDA engine, {} | {:.2} | {:.2} | {:.2} ({} positions) | {:.2} | {:.0} | {:.0} ({}) | {:.1} ({}) | {:.1} ({:.2}× single) |",
+            v.label, v.weights_gb, v.engine_gb, v.in_use_gb, v.cache_positions, v.full_in_use_gb, o.pp, o.pp512, ratio(o.pp512, base_pp), o.tg, ratio(o.tg, base_tg), o.beam, o.beam / o.tg
         );
-        println!("| the same, kernels launched from the host (no CUDA graph) | | | | – | – | {:.1} ({}) | – |", o.tg_launched, ratio(o.tg_launched, base_tg));
+        println!("| the same, kernels launched from the host (no CUDA graph) | | | | | – | – | {:.1} ({}) | – |", o.tg_launched, ratio(o.tg_launched, base_tg));
         if args.dtype == DtypeArg::F16 {
-            println!("| the same, beams' products on the CUDA cores (tensor cores off) | | | | – | – | – | {:.1} ({:.2}× single) |", o.beam_cuda_cores, o.beam_cuda_cores / o.tg);
+            println!("| the same, beams' products on the CUDA cores (tensor cores off) | | | | | – | – | – | {:.1} ({:.2}× single) |", o.beam_cuda_cores, o.beam_cuda_cores / o.tg);
         }
     }
     let (base_pp, base) = f16_base.unwrap_or((None, None));
     if let Some(v) = torch {
         let f = |key: &str| v[key].as_f64().unwrap_or(f64::NAN);
         let name = format!("PyTorch {} + transformers {} eager", v["torch"].as_str().unwrap_or("?"), v["transformers"].as_str().unwrap_or("?"));
-        println!("| {name} | | | | {:.0} | {:.0} ({}) | {:.1} ({}) | – |", f("prefill_tps"), f("prefill512_tps"), ratio(f("prefill512_tps"), base_pp), f("decode_tps"), ratio(f("decode_tps"), base));
+        println!("| {name} | | | | | {:.0} | {:.0} ({}) | {:.1} ({}) | – |", f("prefill_tps"), f("prefill512_tps"), ratio(f("prefill512_tps"), base_pp), f("decode_tps"), ratio(f("decode_tps"), base));
     }
     for (name, rows) in llama {
         let get = |t: &str| pp_of(rows, t).unwrap_or(f64::NAN);
-        println!("| llama.cpp CUDA, {name} | | | | {:.0} | {:.0} | {:.1} | – |", get("pp161"), get("pp512"), tg_of(rows).unwrap_or(f64::NAN));
+        println!("| llama.cpp CUDA, {name} | | | | | {:.0} | {:.0} | {:.1} | – |", get("pp161"), get("pp512"), tg_of(rows).unwrap_or(f64::NAN));
     }
 }
 

@@ -61,7 +61,9 @@ fn check(c: DecoderConfig, dtype: EngineDtype, tol: f32, seed: u64, graphs: bool
     // f16: the beams' products on the tensor cores and on the CUDA cores.
     let modes: &[bool] = if dtype == EngineDtype::F16 { &[true, false] } else { &[false] };
     for &tensor_cores in modes {
-        let opts = EngineOptions { dtype, prefill_chunk: 9, cuda_graphs: graphs, quant: None, tensor_cores, max_positions: None };
+        // A cache growing by 8 positions: the 20-position prompt's chunks, the beams' steps and
+        // their reorders all grow it.
+        let opts = EngineOptions { dtype, prefill_chunk: 9, cuda_graphs: graphs, quant: None, tensor_cores, max_positions: None, cache_step: 8 };
         check_against(c.clone(), &src, &src, opts, tol, seed);
     }
 }
@@ -196,7 +198,7 @@ fn quantized_engine_matches_the_cpu_decoder_on_the_dequantized_weights() {
         // Beams' products on the tensor cores (weights expanded to f16, inputs f16) and on the
         // CUDA cores (inputs quantized to bytes); each with and without graphs.
         for (graphs, tensor_cores) in [(true, true), (false, true), (true, false)] {
-            let opts = EngineOptions { dtype: EngineDtype::F16, prefill_chunk: 9, cuda_graphs: graphs, quant: Some(quant), tensor_cores, max_positions: None };
+            let opts = EngineOptions { dtype: EngineDtype::F16, prefill_chunk: 9, cuda_graphs: graphs, quant: Some(quant), tensor_cores, max_positions: None, cache_step: 8 };
             check_against(c.clone(), &engine_src, &reference_src, opts, 3e-2, 6);
         }
     }
@@ -294,6 +296,31 @@ fn a_shorter_kv_cache_refuses_longer_inputs_and_takes_less_memory() {
     assert!(short.allocated_bytes() < full.allocated_bytes(), "{} vs {}", short.allocated_bytes(), full.allocated_bytes());
     let zero = EngineOptions { max_positions: Some(0), ..Default::default() };
     assert!(matches!(CudaDecoder::load(c, &src, KeyStyle::HuggingFace, zero), Err(CudaError::Unsupported(_))));
+}
+
+#[test]
+fn the_kv_cache_grows_with_the_sequences() {
+    let c = DecoderConfig { max_position: 600, ..config(256, 4, 4, 704) };
+    let src = RandomWeights::for_decoder(&c, 9);
+    let rows = vec![0.01f32; 300 * 256];
+    let mut e = CudaDecoder::load(c.clone(), &src, KeyStyle::HuggingFace, EngineOptions::default()).unwrap();
+    e.prefill(&rows[..13 * 256]).unwrap();
+    assert_eq!(e.cache_positions(), 256);
+    let small = e.allocated_bytes();
+    e.prefill(&rows).unwrap();
+    assert_eq!(e.cache_positions(), 512);
+    assert!(e.allocated_bytes() > small, "{} vs {small}", e.allocated_bytes());
+    // Never past the context, however the step falls.
+    e.prefill(&rows[..(300 - 1) * 256]).unwrap();
+    for t in 0..(600 - 299) {
+        e.step(&[t as u32]).unwrap();
+    }
+    assert_eq!((e.len(), e.cache_positions()), (600, 600));
+    assert!(matches!(e.step(&[1]), Err(CudaError::Context { needed: 601, max: 600 })));
+    let once = EngineOptions { cache_step: 600, ..Default::default() };
+    let mut whole = CudaDecoder::load(c, &src, KeyStyle::HuggingFace, once).unwrap();
+    whole.prefill(&rows[..13 * 256]).unwrap();
+    assert_eq!(whole.cache_positions(), 600);
 }
 
 /// The encoder runtime's bias + activation and residual add (8 f16 values a thread where the

@@ -24,8 +24,12 @@ pub const MAX_SEQS: usize = 8;
 /// Keys per block of the attention kernel when launched directly.
 const ATT_SPAN: usize = 32;
 
-/// Most keys per block of the attention kernel (`ATT_SPAN_MAX` in kernels.cu).
+/// Keys per block the span counts of long contexts aim at (not a limit of the kernel, which
+/// reads the slot table a chunk of keys at a time).
 const ATT_SPAN_MAX: usize = 256;
+
+/// Positions the KV cache grows by (it holds what the sequences need, up to the context).
+pub const CACHE_STEP: usize = 256;
 
 /// Layers read and converted at once while loading (bounds the host memory: about 1.2 GB per
 /// InternLM-7B layer in flight).
@@ -35,10 +39,9 @@ const LOAD_GROUP: usize = 8;
 const ATT_ROW_GROUP: usize = 8;
 
 /// Key spans of the attention launch in a captured decode step of `rows` sequences (fixed, as a
-/// graph's grid is): each span then holds at most [`ATT_SPAN_MAX`] keys, and one sequence gets
-/// 16 (its only parallelism besides the heads); several share those 16 blocks per head, so that
-/// beams launch no more blocks than the GPU holds at once (5 beams × 16 spans × 32 heads was two
-/// waves of blocks for a few keys each).
+/// graph's grid is): at the full context each span holds at most [`ATT_SPAN_MAX`] keys, and one
+/// sequence gets 16 (its only parallelism besides the heads); several share those 16 blocks per
+/// head, so that they launch no more blocks than the GPU holds at once.
 fn graph_spans(context: usize, rows: usize) -> usize {
     context.div_ceil(ATT_SPAN_MAX).max(16usize.div_ceil(rows.max(1)))
 }
@@ -117,14 +120,16 @@ pub struct EngineOptions {
     /// Products of 2–[`MAX_SEQS`] rows (beams) on the tensor cores, quantized weights expanded
     /// to f16 in registers; off, on the CUDA cores as a single row's are.
     pub tensor_cores: bool,
-    /// Positions the KV cache holds per sequence (at most the model's context, which is the
-    /// default): a shorter cache leaves the memory to other work.
+    /// Positions the KV cache can hold per sequence (at most the model's context, which is the
+    /// default); longer inputs are refused.
     pub max_positions: Option<usize>,
+    /// Positions the KV cache grows by as the sequences lengthen ([`CACHE_STEP`]; at least 1).
+    pub cache_step: usize,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { dtype: EngineDtype::F16, prefill_chunk: 512, cuda_graphs: true, quant: None, tensor_cores: true, max_positions: None }
+        EngineOptions { dtype: EngineDtype::F16, prefill_chunk: 512, cuda_graphs: true, quant: None, tensor_cores: true, max_positions: None, cache_step: CACHE_STEP }
     }
 }
 
@@ -141,12 +146,14 @@ struct LayerWeights {
     down: Matrix,
 }
 
-/// Keys and values `[layers, capacity, cache_len, kv_width]`: `capacity` slots, each a
-/// sequence's own positions; which slot holds a position of a sequence is in `Scratch::paths`.
+/// Keys and values `[layers, capacity, positions, kv_width]`: `capacity` slots, each a
+/// sequence's own positions; which slot holds a position of a sequence is in `Scratch::paths`
+/// (`[MAX_SEQS, positions]`, the same stride).
 struct Cache {
     k: Buf,
     v: Buf,
     capacity: usize,
+    positions: usize,
 }
 
 /// Scratch buffers sized for one prefill chunk.
@@ -297,6 +304,8 @@ pub struct CudaDecoder {
     len: usize,
     /// Tokens of the current sequence flagged for the repetition penalty.
     flagged: usize,
+    /// Positions the KV cache grows by.
+    cache_step: usize,
     /// Where the load's time went.
     pub load_times: EngineLoadTimes,
 }
@@ -330,7 +339,9 @@ fn upload_weights(c: &DecoderConfig, src: &dyn WeightSource, style: KeyStyle, op
         || w.host_matrix(&[("model.embed_tokens.weight", c.vocab_size, None)], 0, d, None),
         || (!c.tie_word_embeddings).then(|| head.host_matrix(&[("lm_head.weight", c.vocab_size, None)], 0, d, None)).transpose(),
     );
-    let embed = embed?.upload(stream)?;
+    // Untied embeddings are only looked up (a row per token): they stay in host memory the
+    // kernels read over the bus, leaving the device's to the layers and the cache.
+    let embed = if c.tie_word_embeddings { embed?.upload(stream)? } else { embed?.map_on_host(stream)? };
     let lm_head = lm_head?.map(|m| m.upload(stream)).transpose()?;
     let mut layers = Vec::with_capacity(c.num_layers);
     let ids: Vec<usize> = (0..c.num_layers).collect();
@@ -403,12 +414,25 @@ impl CudaDecoder {
             seqs: 0,
             len: 0,
             flagged: 0,
+            cache_step: opts.cache_step.max(1),
         })
     }
 
     /// Positions one sequence can hold (the model's context).
     pub fn context_len(&self) -> usize {
         self.config.max_position.max(1)
+    }
+
+    /// Positions the KV cache has room for per sequence now (it grows up to
+    /// [`Self::context_len`] as sequences lengthen).
+    pub fn cache_positions(&self) -> usize {
+        self.cache.as_ref().map_or(0, |c| c.positions)
+    }
+
+    /// Grows the KV cache to hold `positions` positions per sequence now (at most the context),
+    /// as a server that wants its whole context up front would; it never shrinks.
+    pub fn reserve_positions(&mut self, positions: usize) -> Result<(), CudaError> {
+        self.reserve(self.seqs.max(1), positions, self.len)
     }
 
     /// Positions cached per sequence so far.
@@ -440,8 +464,7 @@ impl CudaDecoder {
         if n == 0 || n * d != embeds.len() {
             return Err(CudaError::Unsupported(format!("prompt embeddings of {} values are not whole rows of {d}", embeds.len())));
         }
-        self.check_room(n)?;
-        self.ensure_capacity(1)?;
+        self.reserve(1, n, 0)?;
         self.seqs = 1;
         self.len = 0;
         self.flagged = 0;
@@ -471,7 +494,7 @@ impl CudaDecoder {
         if tokens.len() != self.seqs || self.seqs == 0 {
             return Err(CudaError::Unsupported(format!("{} tokens for {} sequences (prefill first)", tokens.len(), self.seqs)));
         }
-        self.check_room(self.len + 1)?;
+        self.reserve(self.seqs, self.len + 1, self.len)?;
         self.upload_ids(tokens)?;
         self.upload(self.s.pos.ptr, &[self.len as i32])?;
         let rows = tokens.len();
@@ -562,7 +585,7 @@ impl CudaDecoder {
         if rows.len() == self.seqs && rows.iter().enumerate().all(|(i, &r)| i == r) {
             return Ok(());
         }
-        self.grow_cache(rows.len())?;
+        self.reserve(rows.len(), self.len, self.len)?;
         let ids: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
         self.upload(self.s.ids.ptr, &ids)?;
         self.reorder_paths(Some(rows.len()))?;
@@ -573,11 +596,11 @@ impl CudaDecoder {
     /// The slot tables after a reorder to the `rows` uploaded in `ids` (`Some(count)`), or the
     /// identity (`None`, after a prefill).
     fn reorder_paths(&self, rows: Option<usize>) -> Result<(), CudaError> {
-        let ctx = self.context_len();
+        let stride = self.cache_positions();
         let (src, dst) = (self.s.paths.ptr, self.s.paths_spare.ptr);
         let (rows_ptr, seqs) = rows.map_or((0, MAX_SEQS), |n| (self.s.ids.ptr, n));
-        let n = (seqs * ctx) as u32;
-        let args = [Arg::P(src), Arg::P(dst), Arg::P(rows_ptr), Arg::I(seqs as i32), Arg::I(self.len as i32), Arg::I(ctx as i32)];
+        let n = (seqs * stride) as u32;
+        let args = [Arg::P(src), Arg::P(dst), Arg::P(rows_ptr), Arg::I(seqs as i32), Arg::I(self.len as i32), Arg::I(stride as i32)];
         self.kernels.launch("reorder_paths", (n.div_ceil(256), 1, 1), 256, &args)?;
         // Copied back rather than swapped: captured graphs hold the table's address.
         // SAFETY: both tables hold MAX_SEQS × context i32 on the engine's stream.
@@ -585,31 +608,60 @@ impl CudaDecoder {
         Ok(())
     }
 
-    /// At least `seqs` cache slots, the slots held so far copied over.
-    fn grow_cache(&mut self, seqs: usize) -> Result<(), CudaError> {
-        let old_cap = self.cache.as_ref().map_or(0, |c| c.capacity);
-        if old_cap >= seqs {
+    /// Room for `seqs` sequences of `positions` positions: the cache grows (by whole steps of
+    /// `cache_step` positions, to at most the context) with the first `keep` positions of its
+    /// slots and the slot tables carried over; captured steps are dropped (they name its
+    /// addresses and stride).
+    fn reserve(&mut self, seqs: usize, positions: usize, keep: usize) -> Result<(), CudaError> {
+        let ctx = self.context_len();
+        if positions > ctx {
+            return Err(CudaError::Context { needed: positions, max: ctx });
+        }
+        let (capacity, held) = self.cache.as_ref().map_or((0, 0), |c| (c.capacity, c.positions));
+        if capacity >= seqs && held >= positions {
             return Ok(());
         }
-        let grown = self.new_cache(seqs)?;
-        if let Some(old) = self.cache.take() {
-            let ids: Vec<i32> = (0..old_cap as i32).collect();
-            self.upload(self.s.ids.ptr, &ids)?;
-            let c = &self.config;
-            let eb = self.dtype.bytes();
-            let seq_bytes = (self.context_len() * c.num_kv_heads * c.head_dim * eb) as i64;
-            let span_bytes = (self.len * c.num_kv_heads * c.head_dim * eb) as i64;
-            let grid = ((span_bytes as usize / 16).div_ceil(256).clamp(1, 64) as u32, (c.num_layers * old_cap) as u32, 1);
-            for (src, dst) in [(old.k.ptr, grown.k.ptr), (old.v.ptr, grown.v.ptr)] {
-                let args = [Arg::P(src), Arg::P(dst), Arg::P(self.s.ids.ptr), Arg::I(old_cap as i32), Arg::I(seqs as i32), Arg::I(old_cap as i32), Arg::L(seq_bytes), Arg::L(span_bytes), Arg::I(eb as i32)];
-                self.kernels.launch("reorder_cache", grid, 256, &args)?;
-            }
-            // The old cache is freed once the copies are done.
-            self.stream.synchronize()?;
+        let grown = self.new_cache(capacity.max(seqs), held.max(positions.next_multiple_of(self.cache_step).min(ctx)))?;
+        if let Some(old) = self.cache.take()
+            && keep > 0
+        {
+            self.copy_slots(&old, &grown, keep)?;
         }
         self.cache = Some(grown);
         self.drop_graphs();
         Ok(())
+    }
+
+    /// Copies the first `keep` positions of every slot of `old` into `new`, and lays the slot
+    /// tables out at `new`'s stride.
+    fn copy_slots(&self, old: &Cache, new: &Cache, keep: usize) -> Result<(), CudaError> {
+        let c = &self.config;
+        let eb = self.dtype.bytes();
+        let width = c.num_kv_heads * c.head_dim * eb;
+        let ids: Vec<i32> = (0..old.capacity as i32).collect();
+        self.upload(self.s.ids.ptr, &ids)?;
+        let span_bytes = keep * width;
+        let grid = ((span_bytes / 16).div_ceil(256).clamp(1, 64) as u32, (c.num_layers * old.capacity) as u32, 1);
+        let strides = [old.positions * width, new.positions * width, span_bytes].map(|b| Arg::L(b as i64));
+        for (src, dst) in [(old.k.ptr, new.k.ptr), (old.v.ptr, new.v.ptr)] {
+            let mut args = vec![Arg::P(src), Arg::P(dst), Arg::P(self.s.ids.ptr)];
+            args.extend([old.capacity, new.capacity, old.capacity].map(|v| Arg::I(v as i32)));
+            args.extend(strides);
+            args.push(Arg::I(eb as i32));
+            self.kernels.launch("reorder_cache", grid, 256, &args)?;
+        }
+        if new.positions != old.positions {
+            let mut paths = vec![0i32; MAX_SEQS * old.positions];
+            self.download(self.s.paths.ptr, &mut paths)?;
+            // Positions not yet written are each sequence's own slot, as `reorder_paths` leaves them.
+            let mut wide: Vec<i32> = (0..MAX_SEQS * new.positions).map(|i| (i / new.positions) as i32).collect();
+            for (seq, row) in paths.chunks(old.positions).enumerate() {
+                wide[seq * new.positions..][..keep].copy_from_slice(&row[..keep]);
+            }
+            self.upload(self.s.paths.ptr, &wide)?;
+        }
+        // The old cache is freed once the copies are done.
+        Ok(self.stream.synchronize()?)
     }
 
     /// [`StepDecoder::top_logprobs`] on the device: only `k` (log-prob, id) pairs per row come back.
@@ -662,26 +714,10 @@ impl CudaDecoder {
         Ok(self.stream.synchronize()?)
     }
 
-    fn check_room(&self, positions: usize) -> Result<(), CudaError> {
-        if positions > self.context_len() {
-            return Err(CudaError::Context { needed: positions, max: self.context_len() });
-        }
-        Ok(())
-    }
-
-    fn new_cache(&self, capacity: usize) -> Result<Cache, CudaError> {
+    fn new_cache(&self, capacity: usize, positions: usize) -> Result<Cache, CudaError> {
         let c = &self.config;
-        let n = c.num_layers * capacity * self.context_len() * c.num_kv_heads * c.head_dim;
-        Ok(Cache { k: self.dtype.zeros(&self.stream, n)?, v: self.dtype.zeros(&self.stream, n)?, capacity })
-    }
-
-    fn ensure_capacity(&mut self, seqs: usize) -> Result<(), CudaError> {
-        if self.cache.as_ref().is_none_or(|c| c.capacity < seqs) {
-            self.cache = None;
-            self.drop_graphs();
-            self.cache = Some(self.new_cache(seqs)?);
-        }
-        Ok(())
+        let n = c.num_layers * capacity * positions * c.num_kv_heads * c.head_dim;
+        Ok(Cache { k: self.dtype.zeros(&self.stream, n)?, v: self.dtype.zeros(&self.stream, n)?, capacity, positions })
     }
 
     /// Forgets the captured graphs (they name addresses about to change).
@@ -768,9 +804,9 @@ impl CudaDecoder {
         let normed = if rows <= MAX_SEQS { self.s.hx.ptr } else { self.s.xn.ptr };
         let lw = &self.layers[l];
         let cache = self.cache.as_ref().expect("allocated by prefill");
-        let layer_bytes = (cache.capacity * self.context_len() * nkv * hd * self.dtype.bytes()) as u64;
+        let layer_bytes = (cache.capacity * cache.positions * nkv * hd * self.dtype.bytes()) as u64;
         let (kc, vc) = (cache.k.ptr + l as u64 * layer_bytes, cache.v.ptr + l as u64 * layer_bytes);
-        let geometry = [nh, nkv, hd, at.pos0, at.pos_step, at.seq_step, self.context_len()].map(|v| Arg::I(v as i32));
+        let geometry = [nh, nkv, hd, at.pos0, at.pos_step, at.seq_step, cache.positions].map(|v| Arg::I(v as i32));
         match part {
             Part::AttnNorm | Part::FfnNorm => self.rmsnorm(self.s.h.ptr, 0, rows),
             Part::Qkv => {
@@ -812,7 +848,9 @@ impl CudaDecoder {
         if self.seqs < rows || self.is_empty() {
             return Err(CudaError::Unsupported(format!("profile_step needs {rows} prefilled sequences")));
         }
-        self.profile_parts(RowGeometry { rows, pos0: self.len - 1, pos_step: 0, seq_step: 1, pos_dev: 0 }, reps)
+        // The position read on the device, as a captured step reads it (and the same attention spans).
+        self.upload(self.s.pos.ptr, &[(self.len - 1) as i32])?;
+        self.profile_parts(RowGeometry { rows, pos0: self.len - 1, pos_step: 0, seq_step: 1, pos_dev: self.s.pos.ptr }, reps)
     }
 
     /// As [`Self::profile_step`] for one prefill pass over the first `positions` positions of
@@ -946,7 +984,7 @@ impl CudaDecoder {
             args.push(Arg::F(c.rms_norm_eps));
         }
         args.extend([self.cos.ptr, self.sin.ptr, self.s.q.ptr, kc, vc, at.pos_dev].map(Arg::P));
-        args.extend([c.num_heads, c.num_kv_heads, c.head_dim, at.pos0, at.pos_step, at.seq_step, self.context_len()].map(|v| Arg::I(v as i32)));
+        args.extend([c.num_heads, c.num_kv_heads, c.head_dim, at.pos0, at.pos_step, at.seq_step, self.cache_positions()].map(|v| Arg::I(v as i32)));
         self.kernels.launch(&name, ((warps as u32).div_ceil(per_block), 1, 1), 256, &args)
     }
 

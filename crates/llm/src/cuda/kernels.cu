@@ -551,14 +551,13 @@ __device__ void rope_kv(const float* qkv, const float* cos_t, const float* sin_t
 }
 
 // Causal attention (flash-decoding) in one launch: a block per (query head, group of R rows,
-// span of at most ATT_SPAN_MAX keys; gridDim.z spans share out the keys of the row that sees
+// span of keys; gridDim.z spans share out the keys of the row that sees
 // the most) writes each row's max score, exp-sum and unnormalised output over the span to
 // `part`; the last block of a (head, group) to finish (counted in `done`, which it resets)
 // merges the spans into `out`. Row r is position pos0 + r*pos_step of sequence r*seq_step and
 // sees keys 0..=pos; pos0 comes from `pos_dev` when it is not null. R > 1 (a prompt's rows,
 // which read the same keys) needs seq_step 0: the group's rows share each key and value load.
 // hd <= 256; softmax in f32. Partials: [rows, nh, spans, hd + 2] floats (max, sum, output).
-#define ATT_SPAN_MAX 256
 #define ATT_THREADS 128
 // Keys and values go through shared memory a chunk of at most ATT_CHUNK keys at a time, each
 // row padded by 16 bytes (fewer bank conflicts): f16, hd 128: 32 keys in ATT_TILE_BYTES.
@@ -685,20 +684,30 @@ template <int R> __device__ __forceinline__ void chunk_softmax(float* sc, float*
     }
 }
 
+// The shared memory of attention_span for R rows: scaled queries, a chunk's scores, its keys'
+// cache addresses, the key/value tile, each row's softmax state and position.
+template <int R> struct AttShared {
+    float qs[R * 256];
+    float sc[R * ATT_CHUNK];
+    long long base[ATT_CHUNK];
+    uint4 mem[ATT_TILE_BYTES / 16];
+    float stat[R * 3];
+    int pos[R];
+};
+
 // `path` ([seqs, cache_len]) names the cache slot holding each position of each sequence: beams
 // share their common history instead of copying it when they are reordered. Rows r0..r0+R of
 // `rows` (the group's rows past `rows` idle), positions pos0 + r*pos_step, keys k0..k1 of
 // sequence `seq`; row r's partial goes to out + r * out_stride.
 template <typename T, int R>
-__device__ void attention_span(const float* q, const T* kc, const T* vc, const int* path, float* out, long long out_stride,
-                               int nh, int nkv, int hd, int r0, int rows, int pos0, int pos_step, int seq, int cache_len,
-                               float scale, int k0, int k1) {
-    __shared__ float qs[R * 256];
-    __shared__ float sc[R * ATT_CHUNK];
-    __shared__ long long base[ATT_SPAN_MAX];
-    __shared__ uint4 mem[ATT_TILE_BYTES / 16];
-    __shared__ float stat[R * 3];
-    __shared__ int pos[R];
+__device__ void attention_span(AttShared<R>& sm, const float* q, const T* kc, const T* vc, const int* path, float* out,
+                               long long out_stride, int nh, int nkv, int hd, int r0, int rows, int pos0, int pos_step,
+                               int seq, int cache_len, float scale, int k0, int k1) {
+    float* qs = sm.qs;
+    float* sc = sm.sc;
+    long long* base = sm.base;
+    float* stat = sm.stat;
+    int* pos = sm.pos;
     int head = blockIdx.x, kvh = head / (nh / nkv);
     if (k0 >= k1) {
         for (int r = 0; r < R && r0 + r < rows; r++) {
@@ -713,8 +722,6 @@ __device__ void attention_span(const float* q, const T* kc, const T* vc, const i
         qs[i] = r0 + r < rows ? q[(long long)(r0 + r) * nh * hd + head * hd + d] * scale : 0.f;
     }
     const long long stride = (long long)nkv * hd;
-    for (int t = k0 + threadIdx.x; t < k1; t += ATT_THREADS)
-        base[t - k0] = ((long long)path[(long long)seq * cache_len + t] * cache_len + t) * stride + kvh * hd;
     if (threadIdx.x < R) {
         stat[threadIdx.x * 3] = NEG_INF;
         stat[threadIdx.x * 3 + 1] = 0.f;
@@ -722,7 +729,7 @@ __device__ void attention_span(const float* q, const T* kc, const T* vc, const i
         pos[threadIdx.x] = r0 + (int)threadIdx.x < rows ? pos0 + (r0 + (int)threadIdx.x) * pos_step : -1;
     }
     int cap;
-    Tile<T> tl = make_tile<T>(mem, hd, &cap);
+    Tile<T> tl = make_tile<T>(sm.mem, hd, &cap);
     float acc[R][2];
 #pragma unroll
     for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = 0.f;
@@ -730,7 +737,10 @@ __device__ void attention_span(const float* q, const T* kc, const T* vc, const i
     __syncthreads();
     for (int c0 = k0; c0 < k1; c0 += cap) {
         int n = min(cap, k1 - c0);
-        load_tile<T>(kc, vc, base + (c0 - k0), tl, n);
+        for (int t = threadIdx.x; t < n; t += ATT_THREADS)
+            base[t] = ((long long)path[(long long)seq * cache_len + c0 + t] * cache_len + c0 + t) * stride + kvh * hd;
+        __syncthreads();
+        load_tile<T>(kc, vc, base, tl, n);
         __syncthreads();
         tile_scores<T, R>(tl, qs, sc, n, c0, pos);
         __syncthreads();
@@ -790,6 +800,7 @@ template <typename T, int R>
 __device__ void attention(const float* q, const T* kc, const T* vc, const int* path, float* part, int* done, T* out,
                           const int* pos_dev, int rows, int nh, int nkv, int hd, int pos0, int pos_step, int seq_step,
                           int cache_len, float scale) {
+    __shared__ AttShared<R> sm;
     __shared__ bool last;
     int head = blockIdx.x, r0 = blockIdx.y * R, span = blockIdx.z, spans = gridDim.z;
     if (pos_dev) pos0 = *pos_dev;
@@ -798,7 +809,7 @@ __device__ void attention(const float* q, const T* kc, const T* vc, const int* p
     int k0 = span * len, k1 = min(k0 + len, pos0 + last_row * pos_step + 1);
     const long long row_stride = (long long)nh * spans * (hd + 2);
     float* base = part + ((long long)r0 * nh + head) * spans * (hd + 2);
-    attention_span<T, R>(q, kc, vc, path, base + span * (hd + 2), row_stride, nh, nkv, hd, r0, rows, pos0, pos_step,
+    attention_span<T, R>(sm, q, kc, vc, path, base + span * (hd + 2), row_stride, nh, nkv, hd, r0, rows, pos0, pos_step,
                          r0 * seq_step, cache_len, scale, k0, k1);
     __threadfence();
     __syncthreads();
@@ -1028,13 +1039,13 @@ extern "C" __global__ void reorder_paths(const int* src, int* dst, const int* ro
 // the same kernel grows a cache). Grid (x, layers * seqs); moved in 16-byte words when a
 // sequence's span allows, else in elements of `elem` bytes (2 or 4).
 extern "C" __global__ void reorder_cache(const char* src, char* dst, const int* rows, int src_cap, int dst_cap, int seqs,
-                                         long long seq_bytes, long long span_bytes, int elem) {
+                                         long long src_seq_bytes, long long dst_seq_bytes, long long span_bytes, int elem) {
     int layer = blockIdx.y / seqs, s = blockIdx.y % seqs;
-    const char* from = src + ((long long)layer * src_cap + rows[s]) * seq_bytes;
-    char* to = dst + ((long long)layer * dst_cap + s) * seq_bytes;
+    const char* from = src + ((long long)layer * src_cap + rows[s]) * src_seq_bytes;
+    char* to = dst + ((long long)layer * dst_cap + s) * dst_seq_bytes;
     long long step = (long long)gridDim.x * blockDim.x;
     long long start = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (span_bytes % 16 == 0 && seq_bytes % 16 == 0) {
+    if (span_bytes % 16 == 0 && src_seq_bytes % 16 == 0 && dst_seq_bytes % 16 == 0) {
         const uint4* f = (const uint4*)from;
         uint4* t = (uint4*)to;
         for (long long i = start; i < span_bytes / 16; i += step) t[i] = f[i];

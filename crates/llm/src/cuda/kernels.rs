@@ -27,13 +27,60 @@ pub struct Buf {
     pub len: usize,
     /// Bytes.
     pub bytes: usize,
+    /// Whether it lives in host memory the device reads over the bus (see [`Buf::mapped_host`]).
+    pub on_host: bool,
+}
+
+/// Page-locked host memory mapped for the device, freed (in its context) on drop.
+struct MappedHost {
+    ptr: *mut c_void,
+    ctx: Arc<CudaContext>,
+}
+
+// SAFETY: the allocation is plain memory owned by this value alone; CUDA allows freeing it from
+// any thread once the context is bound there.
+unsafe impl Send for MappedHost {}
+unsafe impl Sync for MappedHost {}
+
+impl Drop for MappedHost {
+    fn drop(&mut self) {
+        if self.ctx.bind_to_thread().is_ok() {
+            // SAFETY: `ptr` came from `malloc_host` and is freed once; nothing reads it after
+            // the engine holding it is gone.
+            let _ = unsafe { cudarc::driver::result::free_host(self.ptr) };
+        }
+    }
 }
 
 impl Buf {
     fn from_slice<T: DeviceRepr + Send + Sync + 'static>(s: CudaSlice<T>, stream: &CudaStream) -> Self {
         let ptr = s.device_ptr(stream).0;
         let len = s.len();
-        Buf { _keep: Box::new(s), ptr, len, bytes: len * std::mem::size_of::<T>() }
+        Buf { _keep: Box::new(s), ptr, len, bytes: len * std::mem::size_of::<T>(), on_host: false }
+    }
+
+    /// A copy of `data` in page-locked host memory mapped into the device's address space:
+    /// kernels read it over the bus, and it takes no device memory.
+    pub fn mapped_host<T: DeviceRepr>(stream: &Arc<CudaStream>, data: &[T]) -> Result<Self, CudaError> {
+        const DEVICEMAP: std::ffi::c_uint = 0x02;
+        let ctx = stream.context().clone();
+        ctx.bind_to_thread()?;
+        let bytes = std::mem::size_of_val(data);
+        // SAFETY: a fresh allocation of `bytes` (at least 1) is filled from `data` before any
+        // kernel can read it; its device address comes from the same driver for the bound context.
+        unsafe {
+            let ptr = cudarc::driver::result::malloc_host(bytes.max(1), DEVICEMAP)?;
+            let keep = MappedHost { ptr, ctx };
+            std::ptr::copy_nonoverlapping(data.as_ptr() as *const u8, ptr as *mut u8, bytes);
+            let mut dev = 0;
+            cudarc::driver::sys::cuMemHostGetDevicePointer_v2(&mut dev, ptr, 0).result()?;
+            Ok(Buf { _keep: Box::new(keep), ptr: dev, len: data.len(), bytes, on_host: true })
+        }
+    }
+
+    /// Bytes of device memory it takes (0 when it lives on the host).
+    pub fn device_bytes(&self) -> usize {
+        if self.on_host { 0 } else { self.bytes }
     }
 
     /// `count` zeroed elements of `T`.

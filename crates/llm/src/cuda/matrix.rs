@@ -79,6 +79,16 @@ impl HostMatrix {
         })
     }
 
+    /// Copies it to page-locked host memory mapped into the device's address space (read by
+    /// the kernels over the bus; for tables of which a step reads a row or two).
+    pub fn map_on_host(self, stream: &Arc<CudaStream>) -> Result<Matrix, CudaError> {
+        Ok(match self {
+            HostMatrix::F32(v) => Matrix::Plain(Buf::mapped_host(stream, &v)?),
+            HostMatrix::F16(v) => Matrix::Plain(Buf::mapped_host(stream, &v)?),
+            HostMatrix::Quant { q, d, ty } => Matrix::Quant { q: Buf::mapped_host(stream, &q)?, d: Buf::mapped_host(stream, &d)?, ty },
+        })
+    }
+
     /// Quantizes `data` (`[rows, cols]`, cols a multiple of 32) to `ty` as ggml's reference
     /// quantizer does.
     pub fn quantize(data: &[f32], cols: usize, ty: WeightQuant) -> Result<Self, CudaError> {
@@ -110,11 +120,11 @@ impl HostMatrix {
 }
 
 impl Matrix {
-    /// Bytes on the device.
+    /// Bytes on the device (none for a matrix mapped from host memory).
     pub fn bytes(&self) -> usize {
         match self {
-            Matrix::Plain(b) => b.bytes,
-            Matrix::Quant { q, d, .. } => q.bytes + d.bytes,
+            Matrix::Plain(b) => b.device_bytes(),
+            Matrix::Quant { q, d, .. } => q.device_bytes() + d.device_bytes(),
         }
     }
 }

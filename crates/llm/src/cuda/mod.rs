@@ -24,7 +24,7 @@ mod kernels;
 mod lt;
 mod matrix;
 
-pub use engine::{CudaDecoder, EngineDtype, EngineLoadTimes, EngineOptions, MAX_SEQS, TOPK_MAX};
+pub use engine::{CACHE_STEP, CudaDecoder, EngineDtype, EngineLoadTimes, EngineOptions, MAX_SEQS, TOPK_MAX};
 pub use kernels::Buf;
 pub use matrix::WeightQuant;
 
