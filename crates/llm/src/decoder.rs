@@ -383,8 +383,10 @@ impl<B: Backend> Decoder<B> {
     /// the integer kernels (the default, [`Activations::Int16`]: a relative error of at most
     /// 1/65534 of a block's largest value; the SmolLM2 and Qwen2.5 fixtures' greedy tokens
     /// exactly), f32 ([`Activations::F32`]: exact up to summation order, slower) or 8-bit blocks
-    /// ([`Activations::Int8`]: the fastest, but SmolLM2's greedy reply to the first fixture prompt
-    /// leaves the reference's at its 10th token; prefill then uses 8-bit blocks too, else f32).
+    /// ([`Activations::Int8`]: speed first, but SmolLM2's greedy reply to the first fixture prompt
+    /// leaves the reference's at its 10th token; packed rows, Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0, take
+    /// 16-bit codes under it too, and prefill then multiplies them in the 16-bit GEMM, the others
+    /// in 8-bit blocks; else prefill is f32).
     pub fn set_activations(&mut self, activations: Activations) {
         self.activations = activations;
     }

@@ -10,7 +10,9 @@
 //! each row decoded block by block into registers with the same block decoders as
 //! [`crate::quant`] and multiplied into per-lane accumulators (with AVX2 + FMA available at run
 //! time the inner loop is compiled for them). Either way the rows of one or several matrices
-//! sharing an input are split into tasks across rayon's threads in one parallel region.
+//! sharing an input are split into tasks across rayon's threads in one parallel region. Q4_0,
+//! Q4_1, Q5_0, Q5_1 and Q8_0 rows are kept packed in groups of eight ([`kernels::packed`]), which
+//! their kernels multiply eight rows at a time.
 
 use rayon::prelude::*;
 

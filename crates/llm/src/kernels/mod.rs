@@ -244,7 +244,7 @@ pub fn gemm16_packed(isa: Isa, ty: GgmlType, rows: &[u8], acts: &[Q16Act], y: &m
     assert!(acts.iter().all(|a| a.len() == first.len()), "inputs of different lengths");
     assert!(packed::packs(ty), "{ty:?} rows are not packed");
     let rb = QMatrix::row_bytes(ty, first.len());
-    let n = if rb == 0 { 0 } else { rows.len() / rb };
+    let n = rows.len().checked_div(rb).unwrap_or(0);
     assert_eq!(y.len(), acts.len() * n, "{} outputs for {} inputs of {n} rows", y.len(), acts.len());
     let mut one = vec![0f32; n];
     // The checks of `dot_rows`, once.

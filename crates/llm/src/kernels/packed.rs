@@ -9,7 +9,7 @@
 //! Lane `r` of load `k` holds two 16-bit words, `i` = 0 and 1; word `i` holds, in its `E` fields
 //! of `16 / E` bits, the codes of values `2(E·k + e) + i` of row `r`, `e < E`: the 4-bit types
 //! have `E` = 4 nibble fields (4 loads a block; Q4_1 and Q5_1 put their eight minimums after the
-//! scales, Q5_0 and Q5_1 their fifth bits in 32 bytes before the codes, see [`Layout`]), Q8_0
+//! scales, Q5_0 and Q5_1 their fifth bits in 32 bytes before the codes, see `Layout`), Q8_0
 //! `E` = 2 byte fields (8 loads a block). A group block takes as many bytes as its eight plain
 //! blocks, so rows `a..b` (`a`, `b` multiples of eight)
 //! lie at the same byte range in either layout; the rows after the last whole group stay plain.
@@ -236,7 +236,7 @@ fn decode_rows_of<const Q8: bool, const MIN: bool, const FIVE: bool>(ty: GgmlTyp
     let l = Layout { q8: Q8, min: MIN, five: FIVE };
     let bb = ty.block_bytes();
     let cols = rb / bb * 32;
-    let n = if rb == 0 { 0 } else { data.len() / rb };
+    let n = data.len().checked_div(rb).unwrap_or(0);
     assert!(n * rb == data.len() && out.len() == n * cols, "decoding {} bytes of {rb}-byte rows into {} values", data.len(), out.len());
     // The value a code stands for before the scale: Q4_0's and Q5_0's codes are offset.
     let offset = if Q8 || MIN { 0 } else if FIVE { 16 } else { 8 };
