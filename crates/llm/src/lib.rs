@@ -33,6 +33,7 @@ pub mod kernels;
 pub mod matvec;
 pub mod model;
 pub mod nn;
+pub mod placement;
 pub mod quant;
 pub mod random_weights;
 pub mod readers;
