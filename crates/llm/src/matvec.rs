@@ -161,21 +161,8 @@ impl QMatrix {
     /// The 16-bit product of [`QMatrix::matmul_with`] over packed rows: each input row quantized
     /// once, then each tile's groups times all of them ([`kernels::gemm16_packed`]).
     fn matmul_packed16(&self, x: &[f32], n: usize, y: &mut [f32]) {
-        assert_eq!(x.len(), n * self.cols, "matmul input length");
-        assert_eq!(y.len(), n * self.rows, "matmul output length");
+        let Some(acts) = self.quantized_inputs::<i16>(x, n, y) else { return };
         let (rows, cols) = (self.rows, self.cols);
-        if n == 0 || rows == 0 || cols == 0 {
-            y.fill(0.0);
-            return;
-        }
-        let acts: Vec<Q16Act> = x
-            .par_chunks(cols)
-            .map(|row| {
-                let mut a = Q16Act::default();
-                a.quantize(row).expect("columns are whole blocks of 32 for every packed type");
-                a
-            })
-            .collect();
         let rb = Self::row_bytes(self.ty, cols);
         let tile = tile_rows(rows);
         let (out, isa, ty) = (SyncPtr(y.as_mut_ptr()), kernels::Isa::current(), self.ty);
@@ -194,21 +181,8 @@ impl QMatrix {
 
     /// The integer-kernel product of [`QMatrix::matmul_with`], `dot` the kernels of `T` codes.
     fn matmul_int<T: Code>(&self, x: &[f32], n: usize, y: &mut [f32], dot: fn(kernels::Isa, GgmlType, &[u8], &QAct<T>, &mut [f32])) {
-        assert_eq!(x.len(), n * self.cols, "matmul input length");
-        assert_eq!(y.len(), n * self.rows, "matmul output length");
+        let Some(acts) = self.quantized_inputs::<T>(x, n, y) else { return };
         let (rows, cols) = (self.rows, self.cols);
-        if n == 0 || rows == 0 || cols == 0 {
-            y.fill(0.0);
-            return;
-        }
-        let acts: Vec<QAct<T>> = x
-            .par_chunks(cols)
-            .map(|row| {
-                let mut a = QAct::default();
-                a.quantize(row).expect("columns are whole blocks of 32 for every integer-kernel type");
-                a
-            })
-            .collect();
         let rb = Self::row_bytes(self.ty, cols);
         let tile = tile_rows(rows);
         let (out, isa, ty) = (SyncPtr(y.as_mut_ptr()), kernels::Isa::current(), self.ty);
@@ -222,6 +196,23 @@ impl QMatrix {
                 }
             }
         });
+    }
+
+    /// The `n` input rows of a product quantized to `T` codes, each once; `None` (with `y`
+    /// zeroed) when the product is empty. Panics when `x` or `y` has the wrong length.
+    fn quantized_inputs<T: Code>(&self, x: &[f32], n: usize, y: &mut [f32]) -> Option<Vec<QAct<T>>> {
+        assert_eq!(x.len(), n * self.cols, "matmul input length");
+        assert_eq!(y.len(), n * self.rows, "matmul output length");
+        if n == 0 || self.rows == 0 || self.cols == 0 {
+            y.fill(0.0);
+            return None;
+        }
+        let quantize = |row: &[f32]| {
+            let mut a = QAct::default();
+            a.quantize(row).expect("columns are whole blocks of 32 for every integer-kernel type");
+            a
+        };
+        Some(x.par_chunks(self.cols).map(quantize).collect())
     }
 
     /// The activations this matrix's product uses under `act`: f32 for the types without an

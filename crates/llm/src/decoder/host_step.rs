@@ -279,16 +279,7 @@ unsafe fn attend_group_fma<const CH: usize>(qs: &[f32], kv: &KvView, kvh: usize,
                 t += 1;
             }
         }
-        let mut sums = vec![0f32; g];
-        for (ps, total) in p.chunks_exact_mut(len).zip(&mut sums) {
-            let max = ps.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for s in ps.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            *total = sum;
-        }
+        let sums = exp_rows(&mut p, len);
         for (j, oh) in o.chunks_exact_mut(hd).enumerate() {
             let mut acc = [_mm256_setzero_ps(); CH];
             for t in 0..len {
@@ -305,6 +296,23 @@ unsafe fn attend_group_fma<const CH: usize>(qs: &[f32], kv: &KvView, kvh: usize,
     }
 }
 
+/// Each row of `len` scores in `p` replaced by exp(score − the row's max); the rows' sums of
+/// those (the softmax's denominators, left to the caller to divide by).
+#[inline]
+fn exp_rows(p: &mut [f32], len: usize) -> Vec<f32> {
+    p.chunks_exact_mut(len)
+        .map(|ps| {
+            let max = ps.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for s in ps.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            sum
+        })
+        .collect()
+}
+
 /// The query heads `qs` that share kv head `kvh`, over its cached positions, into `o`.
 #[inline(always)]
 fn attend_group(qs: &[f32], kv: &KvView, kvh: usize, o: &mut [f32]) {
@@ -319,16 +327,7 @@ fn attend_group(qs: &[f32], kv: &KvView, kvh: usize, o: &mut [f32]) {
             p[j * len + t] = dot(qh, key) * kv.scale;
         }
     }
-    let mut sums = vec![0f32; g];
-    for (ps, total) in p.chunks_exact_mut(len).zip(&mut sums) {
-        let max = ps.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for s in ps.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        *total = sum;
-    }
+    let sums = exp_rows(&mut p, len);
     o.fill(0.0);
     for t in 0..len {
         let value = &kv.values[at(t)];
