@@ -516,15 +516,35 @@ impl SentencePiece {
     }
 }
 
+/// At most this many ids wait in a [`StreamDecoder`] for their text to complete. Ordinary text
+/// needs at most four (the bytes of one character); more come only from ids that produce no
+/// text (skipped control tokens, ids out of the vocabulary), bytes that form no character, or
+/// a decoder that rewrites text it already gave.
+pub const MAX_PENDING_IDS: usize = 16;
+
+/// The ids kept before the pending ones after a [`MAX_PENDING_IDS`] flush, so that a decoder
+/// that looks at the tokens before (SentencePiece's leading space, byte fallback) still sees
+/// some.
+const FLUSH_CONTEXT_IDS: usize = 4;
+
 /// Turns a growing list of token ids into text pieces that are always valid UTF-8, for streaming.
 ///
 /// It decodes a small window of recent ids and emits only text that is complete (does not end in
-/// a partial character), so multi-token characters such as emoji come out whole.
+/// a partial character), so multi-token characters such as emoji come out whole. The window is
+/// the ids of the last piece emitted (their text, decoded once, is the part of the window's
+/// text already given) and the ids pending since; each push decodes the window once. Pending
+/// ids are at most [`MAX_PENDING_IDS`]: when that many complete no text, whatever text they
+/// make is emitted as it is (a partial character as U+FFFD) and the window restarts from the
+/// last [`FLUSH_CONTEXT_IDS`] of them, so a push decodes at most `2 × MAX_PENDING_IDS` ids
+/// (a piece's ids, then the pending ones), however long the run of ids without text.
 #[derive(Debug, Default)]
 pub struct StreamDecoder {
-    ids: Vec<u32>,
-    prefix: usize,
-    read: usize,
+    /// The context ids, then the pending ones.
+    window: Vec<u32>,
+    /// How many ids of `window` are context.
+    context: usize,
+    /// The decoded text of the context ids (already emitted).
+    context_text: String,
 }
 
 impl StreamDecoder {
@@ -535,18 +555,38 @@ impl StreamDecoder {
 
     /// Adds one token; returns the new text it completes, if any.
     pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<Option<String>, TokenizerError> {
-        self.ids.push(id);
-        let before = tok.decode(&self.ids[self.prefix..self.read], true)?;
-        let now = tok.decode(&self.ids[self.prefix..], true)?;
-        let new = now.strip_prefix(before.as_str()).filter(|n| !n.is_empty() && !n.ends_with('\u{FFFD}'));
+        self.window.push(id);
+        let now = tok.decode(&self.window, true)?;
+        let new = now.strip_prefix(self.context_text.as_str()).filter(|n| !n.is_empty() && !n.ends_with('\u{FFFD}'));
         if let Some(new) = new {
             let new = new.to_string();
-            self.prefix = self.read;
-            self.read = self.ids.len();
-            Ok(Some(new))
-        } else {
-            Ok(None)
+            self.restart(tok, self.context)?;
+            return Ok(Some(new));
         }
+        if self.window.len() - self.context < MAX_PENDING_IDS {
+            return Ok(None);
+        }
+        // A decoder that rewrote text it had given (the window's text no longer starts with
+        // it): what follows the part they share.
+        let shared = self.context_text.char_indices().zip(now.char_indices()).find(|((_, a), (_, b))| a != b);
+        let shared = shared.map_or(self.context_text.len().min(now.len()), |((at, _), _)| at);
+        let new = now[shared..].to_string();
+        self.restart(tok, self.window.len() - FLUSH_CONTEXT_IDS.min(self.window.len()))?;
+        Ok((!new.is_empty()).then_some(new))
+    }
+
+    /// Drops the window's first `from` ids; the rest become the context.
+    fn restart(&mut self, tok: &Tokenizer, from: usize) -> Result<(), TokenizerError> {
+        self.window.drain(..from);
+        self.context = self.window.len();
+        self.context_text = tok.decode(&self.window, true)?;
+        Ok(())
+    }
+
+    /// How many ids the next push decodes besides its own (the ids of the last piece emitted,
+    /// then those pending since): less than `2 × MAX_PENDING_IDS`.
+    pub fn window_len(&self) -> usize {
+        self.window.len()
     }
 }
 
@@ -706,6 +746,97 @@ mod tests {
         std::fs::write(&path, json(r#"{"a": 0, "@@b": 1, "ab": 2}"#, r#"[["a", "@@b"]]"#, r#""@@""#)).unwrap();
         assert!(Tokenizer::from_tokenizer_json(&path, None, None, false).is_ok());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A SentencePiece tokenizer: unknown, BOS and EOS (control), the bytes of "你" and 0xFF,
+    /// "▁Hello", "▁world", "!".
+    fn small_spm() -> Tokenizer {
+        let tokens = ["<unk>", "<s>", "</s>", "<0xE4>", "<0xBD>", "<0xA0>", "<0xFF>", "▁Hello", "▁world", "!"];
+        let types = [2, TOKEN_CONTROL, TOKEN_CONTROL, TOKEN_BYTE, TOKEN_BYTE, TOKEN_BYTE, TOKEN_BYTE, 1, 1, 1];
+        let spm = SentencePiece::new(&tokens, &[0.0; 10], &types, true);
+        Tokenizer { inner: Inner::Spm(spm), bos_id: Some(1), eos_id: Some(2), add_bos: true }
+    }
+
+    /// The streaming decoder as it was before its window was bounded: each push decodes every
+    /// id since the last piece but one, twice. The reference for text that completes.
+    fn unbounded_stream(tok: &Tokenizer, ids: &[u32]) -> Vec<Option<String>> {
+        let (mut prefix, mut read) = (0, 0);
+        let mut out = Vec::new();
+        for end in 1..=ids.len() {
+            let before = tok.decode(&ids[prefix..read], true).unwrap();
+            let now = tok.decode(&ids[prefix..end], true).unwrap();
+            let new = now.strip_prefix(before.as_str()).filter(|n| !n.is_empty() && !n.ends_with('\u{FFFD}'));
+            out.push(new.map(|n| n.to_string()));
+            if new.is_some() {
+                (prefix, read) = (read, end);
+            }
+        }
+        out
+    }
+
+    /// Streams `ids`; the pieces, and the longest window seen.
+    fn stream(tok: &Tokenizer, ids: &[u32]) -> (Vec<Option<String>>, usize) {
+        let mut s = StreamDecoder::new();
+        let mut longest = 0;
+        let pieces = ids
+            .iter()
+            .map(|&id| {
+                let piece = s.push(tok, id).unwrap();
+                longest = longest.max(s.window_len());
+                piece
+            })
+            .collect();
+        (pieces, longest)
+    }
+
+    #[test]
+    fn text_streams_in_the_same_pieces_as_the_unbounded_window() {
+        let tok = small_spm();
+        let (bos, eos, e4, bd, a0, hello, world, bang) = (1, 2, 3, 4, 5, 7, 8, 9);
+        let texts: [&[u32]; 4] = [
+            &[hello, world, bang],
+            &[bos, hello, e4, bd, a0, world, eos],
+            &[hello, e4, bd, a0, e4, bd, a0, bang],
+            // A few ids without text between words (control tokens, ids out of the vocabulary).
+            &[hello, eos, 70_000, bos, u32::MAX, world, 12, e4, bd, eos, a0],
+        ];
+        for ids in texts {
+            let (pieces, _) = stream(&tok, ids);
+            assert_eq!(pieces, unbounded_stream(&tok, ids), "{ids:?}");
+            let text: String = pieces.into_iter().flatten().collect();
+            assert_eq!(text, tok.decode(ids, true).unwrap(), "{ids:?}");
+        }
+        let (pieces, _) = stream(&tok, &[hello, e4, bd, a0]);
+        assert_eq!(pieces, [Some("Hello".to_string()), None, None, Some("你".to_string())]);
+    }
+
+    #[test]
+    fn a_long_run_of_ids_without_text_keeps_the_window_bounded() {
+        let tok = small_spm();
+        let (eos, ff, hello, world) = (2, 6, 7, 8);
+        // 20,000 ids that make no text: skipped control tokens and ids out of the vocabulary.
+        let mut ids: Vec<u32> = (0..20_000u32).map(|i| if i % 2 == 0 { eos } else { 100 + i }).collect();
+        ids.extend([hello, world]);
+        let (pieces, longest) = stream(&tok, &ids);
+        assert!(longest < 2 * MAX_PENDING_IDS, "window of {longest} ids");
+        assert!(pieces[..20_000].iter().all(|p| p.is_none()));
+        // What the unbounded window gave: the first id is a control token, so "▁Hello" keeps its
+        // space.
+        assert_eq!(pieces[20_000..], [Some(" Hello".to_string()), Some(" world".to_string())]);
+        let short: Vec<u32> = ids[..200].iter().chain(&ids[20_000..]).copied().collect();
+        assert_eq!(stream(&tok, &short).0, unbounded_stream(&tok, &short));
+
+        // 20,000 bytes that form no character: the unbounded window never emitted them (its
+        // text always ended in U+FFFD) and decoded up to all 20,000 on each push; now they come
+        // out in pieces of MAX_PENDING_IDS replacement characters, and the text after them too.
+        let mut ids = vec![ff; 20_000];
+        ids.push(hello);
+        let (pieces, longest) = stream(&tok, &ids);
+        assert!(longest < 2 * MAX_PENDING_IDS, "window of {longest} ids");
+        let fffd = "\u{FFFD}".repeat(MAX_PENDING_IDS);
+        assert_eq!(pieces.iter().flatten().filter(|p| **p == fffd).count(), 20_000 / MAX_PENDING_IDS);
+        assert_eq!(pieces.last().unwrap().as_deref(), Some(" Hello"));
+        assert_eq!(pieces.into_iter().flatten().collect::<String>(), tok.decode(&ids, true).unwrap());
     }
 
     #[test]
