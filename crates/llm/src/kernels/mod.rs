@@ -25,6 +25,8 @@ pub trait Code: Copy + Default + Into<i32> + Send + Sync + 'static {
     const MAX: f32;
     /// The code of an already rounded value within ±[`Code::MAX`].
     fn from_rounded(v: f32) -> Self;
+    /// The code of an integer within ±[`Code::MAX`].
+    fn from_int(v: i32) -> Self;
 }
 
 impl Code for i8 {
@@ -32,11 +34,17 @@ impl Code for i8 {
     fn from_rounded(v: f32) -> Self {
         v as i8
     }
+    fn from_int(v: i32) -> Self {
+        v as i8
+    }
 }
 
 impl Code for i16 {
     const MAX: f32 = 32767.0;
     fn from_rounded(v: f32) -> Self {
+        v as i16
+    }
+    fn from_int(v: i32) -> Self {
         v as i16
     }
 }
@@ -66,6 +74,11 @@ pub struct NotWholeBlocks(pub usize);
 impl<T: Code> QAct<T> {
     /// Quantizes `x` (a whole number of blocks of 32) into this buffer, reusing its memory.
     pub fn quantize(&mut self, x: &[f32]) -> Result<(), NotWholeBlocks> {
+        self.quantize_with(x, crate::matvec::has_avx2_fma())
+    }
+
+    /// [`QAct::quantize`] in AVX2 (`simd`, on a CPU that has it) or portable Rust: the same codes.
+    fn quantize_with(&mut self, x: &[f32], simd: bool) -> Result<(), NotWholeBlocks> {
         if !x.len().is_multiple_of(QK8) {
             return Err(NotWholeBlocks(x.len()));
         }
@@ -73,6 +86,19 @@ impl<T: Code> QAct<T> {
         self.qs.resize(x.len(), T::default());
         self.d.resize(nb, 0.0);
         self.s.resize(nb, 0.0);
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            for (b, (xs, qs)) in x.chunks_exact(QK8).zip(self.qs.chunks_exact_mut(QK8)).enumerate() {
+                // SAFETY: the CPU has AVX2 and FMA (checked above); `xs` is one block of 32.
+                let (d, codes, sum) = unsafe { x86::quantize_block(xs, T::MAX) };
+                for (q, c) in qs.iter_mut().zip(codes) {
+                    *q = T::from_int(c);
+                }
+                self.d[b] = d;
+                self.s[b] = d * sum as f32;
+            }
+            return Ok(());
+        }
         for (b, (xs, qs)) in x.chunks_exact(QK8).zip(self.qs.chunks_exact_mut(QK8)).enumerate() {
             let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
             let d = amax / T::MAX;
@@ -235,7 +261,8 @@ pub fn dot_rows16_packed(isa: Isa, ty: GgmlType, rows: &[u8], act: &Q16Act, y: &
 
 /// The prefill product over packed rows: `y[t · n + r]` = row `r` of `rows` (`n` rows laid out
 /// by [`packed::pack_rows`]) times `acts[t]`, for every input at once, so that each group's codes
-/// are loaded and unpacked once for four inputs. Each product equals [`dot_rows16_packed`]'s.
+/// are loaded and unpacked once for three inputs, and each input's codes meet two groups. Each
+/// product equals [`dot_rows16_packed`]'s.
 ///
 /// Panics as [`dot_rows16_packed`], and when `y` is not `acts.len() · n` values or the inputs
 /// differ in length.
@@ -360,12 +387,12 @@ mod tests {
     #[test]
     fn packed_rows_unpack_to_the_plain_rows_and_every_instruction_set_multiplies_them() {
         let mut rng = ChaCha8Rng::seed_from_u64(16);
-        // 19 rows: two groups of eight and three plain rows after them.
-        let (n_rows, cols) = (19, 320);
+        // 27 rows: three groups of eight and three plain rows after them.
+        let (n_rows, cols) = (27, 320);
         let x: Vec<f32> = (0..cols).map(|_| rng.random_range(-3f32..3.0)).collect();
         let mut act = Q16Act::default();
         act.quantize(&x).unwrap();
-        let acts: Vec<Q16Act> = (0..6)
+        let acts: Vec<Q16Act> = (0..7)
             .map(|_| {
                 let mut a = Q16Act::default();
                 a.quantize(&(0..cols).map(|_| rng.random_range(-3f32..3.0)).collect::<Vec<f32>>()).unwrap();
@@ -377,8 +404,8 @@ mod tests {
             let rb = rows.len() / n_rows;
             let mut packed_rows = rows.clone();
             packed::pack_rows(ty, &mut packed_rows, rb);
-            assert_ne!(packed_rows[..16 * rb], rows[..16 * rb], "{ty:?}: the groups were rearranged");
-            assert_eq!(packed_rows[16 * rb..], rows[16 * rb..], "{ty:?}: the rows after the last group stay plain");
+            assert_ne!(packed_rows[..24 * rb], rows[..24 * rb], "{ty:?}: the groups were rearranged");
+            assert_eq!(packed_rows[24 * rb..], rows[24 * rb..], "{ty:?}: the rows after the last group stay plain");
             let mut back = vec![0u8; rows.len()];
             packed::unpack_rows(ty, &packed_rows, rb, &mut back);
             assert_eq!(back, rows, "{ty:?}: unpacking gives the plain rows back");
@@ -396,14 +423,15 @@ mod tests {
                 let mut part = vec![f32::NAN; n_rows - 8];
                 dot_rows16_packed(isa, ty, &packed_rows[8 * rb..], &act, &mut part);
                 assert_eq!(part, y[8..], "{isa:?} {ty:?}: rows 8.. alone");
-                // Six inputs at once (four together, then two alone), over whole groups and not.
-                for n in [16, n_rows] {
-                    let mut y6 = vec![f32::NAN; 6 * n];
-                    gemm16_packed(isa, ty, &packed_rows[..n * rb], &acts, &mut y6);
-                    for (t, (a, got)) in acts.iter().zip(y6.chunks_exact(n)).enumerate() {
+                // Seven inputs at once (two sets of three, then one alone), over two groups (one
+                // pair), three (a pair and one alone) and groups with plain rows after them.
+                for n in [16, 24, n_rows] {
+                    let mut y7 = vec![f32::NAN; 7 * n];
+                    gemm16_packed(isa, ty, &packed_rows[..n * rb], &acts, &mut y7);
+                    for (t, (a, got)) in acts.iter().zip(y7.chunks_exact(n)).enumerate() {
                         let mut want = vec![f32::NAN; n];
                         dot_rows16_packed(isa, ty, &packed_rows[..n * rb], a, &mut want);
-                        assert_eq!(got, want, "{isa:?} {ty:?}: input {t} of six, {n} rows");
+                        assert_eq!(got, want, "{isa:?} {ty:?}: input {t} of seven, {n} rows");
                     }
                 }
             }
@@ -429,6 +457,33 @@ mod tests {
         act16.quantize(&x).unwrap();
         assert_eq!(&act16.qs[..4], &[-32767, 50, 1, -1]);
         assert_eq!(act16.d, vec![1.0, 0.0]);
+    }
+
+    #[test]
+    fn simd_quantization_gives_the_portable_codes() {
+        if !crate::matvec::has_avx2_fma() {
+            return;
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(17);
+        for case in 0..400 {
+            let mut x: Vec<f32> = (0..96).map(|_| rng.random_range(-4f32..4.0)).collect();
+            if case % 2 == 0 {
+                // Exact halves (block maximum 127 or 32767 gives scale 1): the ties of rounding.
+                let max = if case % 4 == 0 { 127.0 } else { 32767.0 };
+                x[..32].iter_mut().for_each(|v| *v = (*v * 8.0).round() + 0.5);
+                x[0] = max;
+                x[32] = f32::NAN;
+                x[64] = -0.0;
+            }
+            let (mut a, mut b) = (Q8Act::default(), Q8Act::default());
+            a.quantize_with(&x, true).unwrap();
+            b.quantize_with(&x, false).unwrap();
+            assert_eq!((&a.qs, &a.d, &a.s), (&b.qs, &b.d, &b.s), "8-bit case {case}");
+            let (mut a, mut b) = (Q16Act::default(), Q16Act::default());
+            a.quantize_with(&x, true).unwrap();
+            b.quantize_with(&x, false).unwrap();
+            assert_eq!((&a.qs, &a.d, &a.s), (&b.qs, &b.d, &b.s), "16-bit case {case}");
+        }
     }
 
     #[test]

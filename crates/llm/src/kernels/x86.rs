@@ -129,6 +129,45 @@ pub(crate) unsafe fn hsum(v: __m256) -> f32 {
     }
 }
 
+/// One block of 32 values (`xs`) quantized as [`super::QAct::quantize`] does, in AVX2: the scale
+/// (largest magnitude / `max`), the codes `round(x / scale)` (half away from zero, as
+/// `f32::round`: `trunc(v + copysign(0.5 − 2⁻²⁵, v))`, which is how LLVM lowers it; NaN to 0)
+/// clamped to ±`max`, and their sum.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA; `xs` holds at least 32 values.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn quantize_block(xs: &[f32], max: f32) -> (f32, [i32; QK8], i32) {
+    unsafe {
+        let p = xs.as_ptr();
+        let sign = _mm256_set1_ps(-0.0);
+        let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(p.add(8 * i)));
+        // max(|v|, m) keeps m where v is NaN, as f32::max does.
+        let m = v.iter().fold(_mm256_setzero_ps(), |m, &v| _mm256_max_ps(_mm256_andnot_ps(sign, v), m));
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
+        let d = amax / max;
+        let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+        let (half, hi, lo) = (_mm256_set1_ps(0.49999997), _mm256_set1_ps(max), _mm256_set1_ps(-max));
+        let mut codes = [0i32; QK8];
+        let mut sum = _mm256_setzero_si256();
+        for (i, &v) in v.iter().enumerate() {
+            let t = _mm256_mul_ps(v, id);
+            let r = _mm256_round_ps(_mm256_add_ps(t, _mm256_or_ps(_mm256_and_ps(t, sign), half)), _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+            let r = _mm256_and_ps(r, _mm256_cmp_ps(r, r, _CMP_ORD_Q));
+            let r = _mm256_max_ps(_mm256_min_ps(r, hi), lo);
+            let c = _mm256_cvttps_epi32(r);
+            sum = _mm256_add_epi32(sum, c);
+            _mm256_storeu_si256(codes.as_mut_ptr().add(8 * i) as *mut __m256i, c);
+        }
+        let s = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+        (d, codes, _mm_cvtsi128_si32(s))
+    }
+}
+
 #[inline(always)]
 unsafe fn load(p: *const i8) -> __m256i {
     unsafe { _mm256_loadu_si256(p as *const __m256i) }
@@ -475,7 +514,8 @@ unsafe fn q6k_16<D: Dot16, const R: usize>(p: [*const u8; R], act: &Q16Act, nsb:
 
 /// See [`super::dot_rows16_packed`] and [`super::gemm16_packed`]: whole groups of eight packed
 /// rows ([`super::packed`]) times each of `acts`, `y[t · n + r]` = row `r` (of `n`) times
-/// `acts[t]`; four inputs at a time share each group's code loads and unpacking.
+/// `acts[t]`; three inputs at a time share each group's code loads and unpacking, two groups
+/// each broadcast of an input's codes.
 ///
 /// # Safety
 /// The CPU must have `isa`; `rows` is `n` (a multiple of eight) rows of `rb` bytes of `ty`
@@ -507,127 +547,185 @@ unsafe fn groups16_avx512vnni(ty: GgmlType, rows: &[u8], rb: usize, acts: &[&Q16
     unsafe { groups16::<Avx512Vnni>(ty, rows, rb, acts, y) }
 }
 
+/// `$body` once for each of the listed values of `$i` (a constant in each copy): loops whose
+/// indices pick accumulators must be unrolled for those to stay in registers.
+macro_rules! unroll {
+    ($i:ident in [$($n:literal),*] $body:block) => {
+        $({
+            #[allow(non_upper_case_globals)]
+            const $i: usize = $n;
+            $body
+        })*
+    };
+}
+
+/// Inputs a prefill call takes at once: each group's unpacked codes meet this many inputs' codes.
+/// With [`GROUPS`], the best of (groups, inputs) = (1, 3), (1, 4), (1, 6), (2, 2), (2, 3),
+/// (2, 4), (3, 2) and (4, 2) measured by `kernel_bench` (`PREFILL=int16`, SmolLM2 Q4_0, 512
+/// positions, thread CPU time, AVX-512 VNNI): 0.80–0.82 s against 0.96–1.02 for (2, 4) and
+/// 1.04–1.07 for (1, 4), the layout before. Eight or more products at once spill the
+/// accumulators of the unrolled loops.
+const INPUTS: usize = 3;
+
+/// Groups a prefill call takes at once: each broadcast of an input's codes meets this many groups.
+const GROUPS: usize = 2;
+
 #[inline(always)]
 unsafe fn groups16<D: Dot16>(ty: GgmlType, rows: &[u8], rb: usize, acts: &[&Q16Act], y: &mut [f32]) {
+    match ty {
+        GgmlType::Q4_0 => unsafe { groups16_of::<D, false, false, false>(rows, rb, acts, y) },
+        GgmlType::Q4_1 => unsafe { groups16_of::<D, false, true, false>(rows, rb, acts, y) },
+        GgmlType::Q5_0 => unsafe { groups16_of::<D, false, false, true>(rows, rb, acts, y) },
+        GgmlType::Q5_1 => unsafe { groups16_of::<D, false, true, true>(rows, rb, acts, y) },
+        GgmlType::Q8_0 => unsafe { groups16_of::<D, true, false, false>(rows, rb, acts, y) },
+        _ => unreachable!("checked by the caller"),
+    }
+}
+
+/// [`groups16`] for one layout: [`INPUTS`] inputs at a time (their codes stay in the L1 cache
+/// while every group of `rows` meets them), [`GROUPS`] groups at a time; the inputs left over
+/// one at a time.
+#[inline(always)]
+unsafe fn groups16_of<D: Dot16, const Q8: bool, const MIN: bool, const FIVE: bool>(rows: &[u8], rb: usize, acts: &[&Q16Act], y: &mut [f32]) {
     let Some(first) = acts.first() else { return };
     let (g, nb, n) = (super::packed::GROUP, first.qs.len() / QK8, rows.len() / rb);
-    macro_rules! by_type {
-        ($p:expr, $a:expr) => {
-            match ty {
-                GgmlType::Q4_0 => group16::<D, false, false, false, _>($p, $a, nb),
-                GgmlType::Q4_1 => group16::<D, false, true, false, _>($p, $a, nb),
-                GgmlType::Q5_0 => group16::<D, false, false, true, _>($p, $a, nb),
-                GgmlType::Q5_1 => group16::<D, false, true, true, _>($p, $a, nb),
-                GgmlType::Q8_0 => group16::<D, true, false, false, _>($p, $a, nb),
-                _ => unreachable!("checked by the caller"),
-            }
-        };
-    }
-    for i in 0..n / g {
-        // SAFETY: group `i` is the `g · rb` bytes at `i · g · rb` (the caller's lengths); `y`
-        // has `acts.len() · n` values, each store eight of input `t`'s row `i · g ..`.
-        unsafe {
-            let p = rows.as_ptr().add(i * g * rb);
-            let store = |t: usize, v: __m256| _mm256_storeu_ps(y.as_ptr().add(t * n + i * g) as *mut f32, v);
-            let mut t = 0;
-            while t + 4 <= acts.len() {
-                let v: [__m256; 4] = by_type!(p, [acts[t], acts[t + 1], acts[t + 2], acts[t + 3]]);
-                for (k, v) in v.into_iter().enumerate() {
-                    store(t + k, v);
+    let ng = n / g;
+    // SAFETY: group `i` is the `g · rb` bytes at `i · g · rb` (the caller's lengths); `y` has
+    // `acts.len() · n` values, each store eight of input `t`'s rows `i · g ..`.
+    let group = |i: usize| unsafe { rows.as_ptr().add(i * g * rb) };
+    let store = |t: usize, i: usize, v: __m256| unsafe { _mm256_storeu_ps(y.as_ptr().add(t * n + i * g) as *mut f32, v) };
+    let mut t = 0;
+    while t + INPUTS <= acts.len() {
+        let a: [&Q16Act; INPUTS] = std::array::from_fn(|k| acts[t + k]);
+        let mut i = 0;
+        while i + GROUPS <= ng {
+            // SAFETY: as above.
+            let v = unsafe { group16::<D, Q8, MIN, FIVE, GROUPS, INPUTS>(std::array::from_fn(|k| group(i + k)), a, nb) };
+            for (k, v) in v.into_iter().enumerate() {
+                for (u, v) in v.into_iter().enumerate() {
+                    store(t + u, i + k, v);
                 }
-                t += 4;
             }
-            while t < acts.len() {
-                let [v]: [__m256; 1] = by_type!(p, [acts[t]]);
-                store(t, v);
-                t += 1;
+            i += GROUPS;
+        }
+        while i < ng {
+            // SAFETY: as above.
+            let [v] = unsafe { group16::<D, Q8, MIN, FIVE, 1, INPUTS>([group(i)], a, nb) };
+            for (u, v) in v.into_iter().enumerate() {
+                store(t + u, i, v);
             }
+            i += 1;
+        }
+        t += INPUTS;
+    }
+    for (t, a) in acts.iter().enumerate().skip(t) {
+        for i in 0..ng {
+            // SAFETY: as above.
+            let [[v]] = unsafe { group16::<D, Q8, MIN, FIVE, 1, 1>([group(i)], [a], nb) };
+            store(t, i, v);
         }
     }
 }
 
-/// One packed group of eight rows times `T` activation vectors, lane `r` of result `t` = row
-/// `r` times input `t`: Q8_0 (`Q8`), or 4-bit codes with a minimum (`MIN`: Q4_1, Q5_1) and a
-/// fifth bit (`FIVE`: Q5_0, Q5_1). Per block: the eight f16 scales in one conversion; per
-/// 32-byte load, `E` fields of each 16-bit word (nibbles by shift and mask, with their fifth bit
-/// shifted in from the block's 32 bytes of them; bytes sign-extended), each unpacked once and
-/// met by one broadcast pair of each input's codes; integer accumulators summed once a block
-/// (eight for one input, two an input for several: latency, not count, bounds a chain). The
-/// minimum (or Q4_0's −8, Q5_0's −16 times the scale) times the activation block's sum goes
-/// in apart.
+/// `G` packed groups of eight rows times `T` activation vectors, lane `r` of result `[k][t]` =
+/// row `r` of group `k` times input `t`: Q8_0 (`Q8`), or 4-bit codes with a minimum (`MIN`:
+/// Q4_1, Q5_1) and a fifth bit (`FIVE`: Q5_0, Q5_1). Per block: the eight f16 scales in one
+/// conversion; per 32-byte load, `E` fields of each 16-bit word (nibbles by shift and mask, with
+/// their fifth bit shifted in from the block's 32 bytes of them; bytes sign-extended), each
+/// unpacked once and met by one broadcast pair of each input's codes (each broadcast meeting
+/// the `G` groups); integer accumulators summed once a block (eight for one product, fewer when
+/// there are several: latency, not count, bounds a chain). The minimum (or Q4_0's −8, Q5_0's
+/// −16 times the scale) times the activation block's sum goes in apart.
 #[inline(always)]
-unsafe fn group16<D: Dot16, const Q8: bool, const MIN: bool, const FIVE: bool, const T: usize>(g: *const u8, acts: [&Q16Act; T], nb: usize) -> [__m256; T] {
+unsafe fn group16<D: Dot16, const Q8: bool, const MIN: bool, const FIVE: bool, const G: usize, const T: usize>(
+    gs: [*const u8; G],
+    acts: [&Q16Act; T],
+    nb: usize,
+) -> [[__m256; T]; G] {
     let l = super::packed::Layout { q8: Q8, min: MIN, five: FIVE };
     let bb = 8 * if Q8 { 34 } else { 18 + if MIN { 2 } else { 0 } + if FIVE { 4 } else { 0 } };
     let (qs, qh) = (l.packed_qs(), l.packed_qh());
+    // Independent integer chains per product: enough to cover the multiply-add's latency.
+    let chains = if G * T == 1 { 8 } else { 2 };
     unsafe {
         let (nib, bit4) = (_mm256_set1_epi16(0x000F), _mm256_set1_epi16(0x0010));
-        let (mut acc, mut off) = ([_mm256_setzero_ps(); T], [_mm256_setzero_ps(); T]);
+        let (mut acc, mut off) = ([[_mm256_setzero_ps(); T]; G], [[_mm256_setzero_ps(); T]; G]);
         for b in 0..nb {
-            let blk = g.add(b * bb);
-            let d = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+            let blk = gs.map(|g| g.add(b * bb));
             let xp = acts.map(|a| a.qs.as_ptr().add(b * QK8) as *const i32);
-            let mut s = [[_mm256_setzero_si256(); 8]; T];
-            // Pair p of every input's codes into accumulator `a` of each, times the codes `w`.
-            let mut madd = |a: usize, w: __m256i, p: usize| {
-                for (s, x) in s.iter_mut().zip(&xp) {
-                    let a = if T == 1 { a } else { a % 2 };
-                    s[a] = D::dot16(s[a], w, _mm256_set1_epi32(x.add(p).read_unaligned()));
+            let mut s = [[[_mm256_setzero_si256(); 8]; T]; G];
+            // Pair p of every input's codes into accumulator `a` of each, times each group's codes `w`.
+            let mut madd = |a: usize, w: [__m256i; G], p: usize| {
+                let a = a % chains;
+                for (t, x) in xp.iter().enumerate() {
+                    let x = _mm256_set1_epi32(x.add(p).read_unaligned());
+                    for (s, &w) in s.iter_mut().zip(&w) {
+                        s[t][a] = D::dot16(s[t][a], w, x);
+                    }
                 }
             };
             if Q8 {
-                for k in 0..8 {
-                    let v = _mm256_loadu_si256(blk.add(qs + 32 * k) as *const __m256i);
-                    let lo = _mm256_srai_epi16(_mm256_slli_epi16(v, 8), 8);
-                    let hi = _mm256_srai_epi16(v, 8);
+                unroll!(k in [0, 1, 2, 3, 4, 5, 6, 7] {
+                    let v = blk.map(|p| _mm256_loadu_si256(p.add(qs + 32 * k) as *const __m256i));
                     let a = 2 * (k % 4);
-                    madd(a, lo, 2 * k);
-                    madd(a + 1, hi, 2 * k + 1);
-                }
+                    madd(a, v.map(|v| _mm256_srai_epi16(_mm256_slli_epi16(v, 8), 8)), 2 * k);
+                    madd(a + 1, v.map(|v| _mm256_srai_epi16(v, 8)), 2 * k + 1);
+                });
             } else {
                 // The fifth bits of load k's values, bit 4k + e of each word, moved down 4 a load.
-                let mut h = if FIVE { _mm256_loadu_si256(blk.add(qh) as *const __m256i) } else { _mm256_setzero_si256() };
-                for k in 0..4 {
-                    let v = _mm256_loadu_si256(blk.add(qs + 32 * k) as *const __m256i);
-                    let (mut w0, mut w1, mut w2, mut w3) = (
-                        _mm256_and_si256(v, nib),
-                        _mm256_and_si256(_mm256_srli_epi16(v, 4), nib),
-                        _mm256_and_si256(_mm256_srli_epi16(v, 8), nib),
-                        _mm256_srli_epi16(v, 12),
-                    );
-                    if FIVE {
-                        w0 = _mm256_or_si256(w0, _mm256_and_si256(_mm256_slli_epi16(h, 4), bit4));
-                        w1 = _mm256_or_si256(w1, _mm256_and_si256(_mm256_slli_epi16(h, 3), bit4));
-                        w2 = _mm256_or_si256(w2, _mm256_and_si256(_mm256_slli_epi16(h, 2), bit4));
-                        w3 = _mm256_or_si256(w3, _mm256_and_si256(_mm256_slli_epi16(h, 1), bit4));
-                        h = _mm256_srli_epi16(h, 4);
-                    }
+                let mut h = blk.map(|p| if FIVE { _mm256_loadu_si256(p.add(qh) as *const __m256i) } else { _mm256_setzero_si256() });
+                unroll!(k in [0, 1, 2, 3] {
+                    let v = blk.map(|p| _mm256_loadu_si256(p.add(qs + 32 * k) as *const __m256i));
                     let a = 4 * (k % 2);
-                    madd(a, w0, 4 * k);
-                    madd(a + 1, w1, 4 * k + 1);
-                    madd(a + 2, w2, 4 * k + 2);
-                    madd(a + 3, w3, 4 * k + 3);
-                }
+                    unroll!(e in [0, 1, 2, 3] {
+                        let w: [__m256i; G] = std::array::from_fn(|g| {
+                            let w = match e {
+                                0 => _mm256_and_si256(v[g], nib),
+                                1 => _mm256_and_si256(_mm256_srli_epi16(v[g], 4), nib),
+                                2 => _mm256_and_si256(_mm256_srli_epi16(v[g], 8), nib),
+                                _ => _mm256_srli_epi16(v[g], 12),
+                            };
+                            if !FIVE {
+                                return w;
+                            }
+                            let h = match e {
+                                0 => _mm256_slli_epi16(h[g], 4),
+                                1 => _mm256_slli_epi16(h[g], 3),
+                                2 => _mm256_slli_epi16(h[g], 2),
+                                _ => _mm256_slli_epi16(h[g], 1),
+                            };
+                            _mm256_or_si256(w, _mm256_and_si256(h, bit4))
+                        });
+                        madd(a + e, w, 4 * k + e);
+                    });
+                    if FIVE {
+                        h = h.map(|h| _mm256_srli_epi16(h, 4));
+                    }
+                });
             }
-            let m = if MIN { _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16) as *const __m128i)) } else { d };
-            for t in 0..T {
-                let s = &s[t];
-                let s4 = [0, 1, 2, 3].map(|i| _mm256_add_epi32(s[i], s[i + 4]));
-                let isum = _mm256_add_epi32(_mm256_add_epi32(s4[0], s4[1]), _mm256_add_epi32(s4[2], s4[3]));
-                let a = acts[t];
-                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(d, _mm256_set1_ps(*a.d.get_unchecked(b))), acc[t]);
-                if !Q8 {
-                    off[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(*a.s.get_unchecked(b)), off[t]);
+            for k in 0..G {
+                let d = _mm256_cvtph_ps(_mm_loadu_si128(blk[k] as *const __m128i));
+                let m = if MIN { _mm256_cvtph_ps(_mm_loadu_si128(blk[k].add(16) as *const __m128i)) } else { d };
+                for (t, a) in acts.iter().enumerate() {
+                    let s = &s[k][t];
+                    let s4 = [0, 1, 2, 3].map(|i| _mm256_add_epi32(s[i], s[i + 4]));
+                    let isum = _mm256_add_epi32(_mm256_add_epi32(s4[0], s4[1]), _mm256_add_epi32(s4[2], s4[3]));
+                    acc[k][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(d, _mm256_set1_ps(*a.d.get_unchecked(b))), acc[k][t]);
+                    if !Q8 {
+                        off[k][t] = _mm256_fmadd_ps(m, _mm256_set1_ps(*a.s.get_unchecked(b)), off[k][t]);
+                    }
                 }
             }
         }
-        std::array::from_fn(|t| {
-            if MIN {
-                _mm256_add_ps(acc[t], off[t])
-            } else {
-                // Q4_0's values are (q − 8)·d, Q5_0's (q − 16)·d: the offset · d · the activation sum.
-                _mm256_fnmadd_ps(_mm256_set1_ps(if FIVE { 16.0 } else { 8.0 }), off[t], acc[t])
-            }
+        std::array::from_fn(|k| {
+            std::array::from_fn(|t| {
+                if MIN {
+                    _mm256_add_ps(acc[k][t], off[k][t])
+                } else {
+                    // Q4_0's values are (q − 8)·d, Q5_0's (q − 16)·d: the offset · d · the activation sum.
+                    _mm256_fnmadd_ps(_mm256_set1_ps(if FIVE { 16.0 } else { 8.0 }), off[k][t], acc[k][t])
+                }
+            })
         })
     }
 }
