@@ -379,23 +379,25 @@ impl<B: Backend> Decoder<B> {
         }
     }
 
-    /// How the CPU's one-token step treats the input of its matrix products: 16-bit blocks for
-    /// the integer kernels (the default, [`Activations::Int16`]: a relative error of at most
-    /// 1/65534 of a block's largest value; the SmolLM2 and Qwen2.5 fixtures' greedy tokens
-    /// exactly), f32 ([`Activations::F32`]: exact up to summation order, slower) or 8-bit blocks
-    /// ([`Activations::Int8`]: speed first, but SmolLM2's greedy reply to the first fixture prompt
-    /// leaves the reference's at its 10th token; packed rows, Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0, take
-    /// 16-bit codes under it too, and prefill then multiplies them in the 16-bit GEMM, the others
-    /// in 8-bit blocks; else prefill is f32).
+    /// How the CPU's matrix products from encoded rows treat their input, one-token steps and
+    /// prefill alike: 16-bit blocks for the integer kernels (the default, [`Activations::Int16`]:
+    /// a relative error of at most 1/65534 of a block's largest value; prefill multiplies the
+    /// packed rows, Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0, in the 16-bit GEMM and the others in f32
+    /// tiles; the SmolLM2 and Qwen2.5 fixtures' greedy tokens exactly the reference's, their
+    /// prompt logits within 6.9e-3 and 4.7e-4 of it), f32 ([`Activations::F32`], the exact mode:
+    /// equal to dequantize-then-multiply up to summation order, prompt logits within 5.1e-5 and
+    /// 3.1e-5; slower) or 8-bit blocks ([`Activations::Int8`]: speed first, but SmolLM2's greedy
+    /// reply to the first fixture prompt leaves the reference's at its 10th token; packed rows
+    /// take 16-bit codes under it too, the others 8-bit blocks). The default is 16-bit because
+    /// its greedy tokens are the reference's on every fixture prompt and its prefill is faster.
     pub fn set_activations(&mut self, activations: Activations) {
         self.activations = activations;
     }
 
-    /// How products over several positions (prefill) from encoded rows treat their input: 8-bit
-    /// blocks when [`Activations::Int8`] is set (speed first), else f32 (exact up to summation
-    /// order: the reference's prompt logits within the fixtures' tolerances).
+    /// How products over several positions (prefill) from encoded rows treat their input: as
+    /// the one-token steps do ([`Decoder::set_activations`]).
     fn prefill_activations(&self) -> Activations {
-        if self.activations == Activations::Int8 { Activations::Int8 } else { Activations::F32 }
+        self.activations
     }
 
     /// Whether one-position steps run the CPU's fused host step (the default) or burn's
