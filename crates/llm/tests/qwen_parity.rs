@@ -11,14 +11,15 @@ use std::sync::OnceLock;
 use burn::backend::Flex;
 use serde::Deserialize;
 use xcomposer_llm::fetch::{self, QWEN25_CODER_05B};
+use xcomposer_llm::matvec::Activations;
 use xcomposer_llm::{GenerationConfig, LanguageModel, Message};
 
-/// Largest |Δlogit| allowed at the last prompt position (measured: 2.5e-5 at most, with the
-/// fixture's rounding to 5 decimals). The prompt runs through burn on weights dequantized exactly
-/// into f32, as transformers' loader does through gguf-py, so what is left is f32 summation order
-/// over 24 layers (PyTorch's BLAS against burn's matmul) on logits of size ~20. Generation's decode
-/// steps multiply the quantized blocks directly (`matvec`, f32 activations), which equals
-/// dequantize-then-multiply up to summation order too; the greedy tokens check that path.
+/// Largest |Δlogit| allowed at the last prompt position in the exact mode ([`Activations::F32`];
+/// measured 2.5e-5 at most, with the fixture's rounding to 5 decimals): its prefill multiplies
+/// tiles of rows decoded exactly to f32, as transformers' loader dequantizes through gguf-py, so
+/// what is left is f32 summation order over 24 layers on logits of size ~20. The default mode
+/// (16-bit activation codes) is held to [`DEFAULT_MODE_TOLERANCE`], and its greedy tokens
+/// ([`greedy_tokens_match_exactly`]) to the reference's exactly.
 const LOGIT_TOLERANCE: f32 = 1e-4;
 
 #[derive(Deserialize)]
@@ -67,6 +68,23 @@ fn model() -> &'static LanguageModel<Flex> {
     })
 }
 
+/// The model in the exact mode ([`Activations::F32`]), which [`LOGIT_TOLERANCE`] is for.
+fn exact_model() -> &'static LanguageModel<Flex> {
+    static M: OnceLock<LanguageModel<Flex>> = OnceLock::new();
+    M.get_or_init(|| {
+        let path = fetch::ensure_split(&QWEN25_CODER_05B, &fetch::models_dir(), &mut |m| eprintln!("[fetch] {m}"), &mut |_, _| {});
+        let mut m = LanguageModel::load(path.expect("fetching the Chinese default model").path(), &Default::default()).unwrap();
+        m.decoder.burn_mut().expect("burn's decoder").set_activations(Activations::F32);
+        m
+    })
+}
+
+/// Largest |Δlogit| of the default mode's last-position logits (16-bit activation codes in the
+/// prefill products of the packed Q5_0 and Q8_0 rows; Q4_K and Q6_K stay f32) from the
+/// reference's: measured 3.7e-4 to 4.7e-4 over the four cases (the exact mode's: 2.1e-5 to 3.1e-5);
+/// the greedy tokens stay exactly the reference's.
+const DEFAULT_MODE_TOLERANCE: f32 = 1e-3;
+
 fn messages(c: &Case) -> Vec<Message> {
     let system = c.system.iter().map(|s| Message::new("system", s));
     system.chain([Message::new("user", &c.user_message)]).collect()
@@ -93,7 +111,17 @@ fn chat_template_and_prompt_ids_match() {
 
 #[test]
 fn last_position_logits_within_tolerance() {
-    let (m, e) = (model(), expected());
+    last_position_logits_within(exact_model(), LOGIT_TOLERANCE, "exact mode");
+}
+
+#[test]
+fn default_mode_last_position_logits_within_its_bound() {
+    last_position_logits_within(model(), DEFAULT_MODE_TOLERANCE, "default mode");
+}
+
+/// The last position's logits of every case within `tol` of the reference's, its top 20 in order.
+fn last_position_logits_within(m: &LanguageModel<Flex>, tol: f32, mode: &str) {
+    let e = expected();
     for (i, c) in e.cases.iter().enumerate() {
         let dec = m.decoder.burn().expect("burn's decoder");
         let logits = dec.forward_ids(&c.prompt_ids, &mut dec.new_cache(), 1);
@@ -104,8 +132,8 @@ fn last_position_logits_within_tolerance() {
         let top: Vec<f32> = c.last_top_ids.iter().map(|&id| ours[id as usize]).collect();
         let diffs = strided.iter().zip(&c.last_strided_logits).chain(top.iter().zip(&c.last_top_logits));
         let max_abs = diffs.map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        eprintln!("case {i}: max |Δlogit| = {max_abs:.3e} over {} logits", strided.len() + top.len());
-        assert!(max_abs <= LOGIT_TOLERANCE, "case {i}: max-abs logit difference {max_abs}");
+        eprintln!("case {i}, {mode}: max |Δlogit| = {max_abs:.3e} over {} logits", strided.len() + top.len());
+        assert!(max_abs <= tol, "case {i}, {mode}: max-abs logit difference {max_abs}");
         // The reference's top 20, in order.
         let mut order: Vec<u32> = (0..e.vocab_size as u32).collect();
         order.sort_by(|&a, &b| ours[b as usize].total_cmp(&ours[a as usize]));

@@ -1,6 +1,6 @@
 //! Parity with the reference implementation (transformers' GGUF loader, f32) on SmolLM2-135M:
-//! chat template, prompt ids, last-3 logits within 1e-3 and 48 greedy tokens, plus raw
-//! tokenizer cases. Expected values come from `../shared/fixtures/smollm2`.
+//! chat template, prompt ids, last-3 logits within 1e-3 (exact mode) and 1e-2 (the default's
+//! 16-bit prefill) and 48 greedy tokens (default), plus raw tokenizer cases. Expected values come from `../shared/fixtures/smollm2`.
 
 mod common;
 
@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 
 use burn::backend::Flex;
 use serde::Deserialize;
+use xcomposer_llm::matvec::Activations;
 use xcomposer_llm::{GenerationConfig, Generator, LanguageModel, Message};
 
 #[derive(Deserialize)]
@@ -49,6 +50,24 @@ fn model() -> &'static LanguageModel<Flex> {
         LanguageModel::load(&path, &Default::default()).unwrap()
     })
 }
+
+/// The model in the exact mode ([`Activations::F32`]: prefill and steps equal to
+/// dequantize-then-multiply up to summation order), which the reference's logits are checked
+/// against at 1e-3; the default (16-bit integer prefill) is checked at a looser bound.
+fn exact_model() -> &'static LanguageModel<Flex> {
+    static M: OnceLock<LanguageModel<Flex>> = OnceLock::new();
+    M.get_or_init(|| {
+        let mut m = LanguageModel::load(&common::default_model(), &Default::default()).unwrap();
+        m.decoder.burn_mut().expect("burn's decoder").set_activations(Activations::F32);
+        m
+    })
+}
+
+/// Largest |Δlogit| of the default mode's prompt logits (16-bit activation codes in the prefill
+/// products of the packed Q4_1 rows) from the reference's, over the last three positions:
+/// measured 4.7e-3 to 6.9e-3 over the three cases (the exact mode's: 4.4e-5 to 5.1e-5); the
+/// greedy tokens stay exactly the reference's ([`greedy_tokens_match_exactly`] runs the default).
+const DEFAULT_MODE_TOLERANCE: f32 = 1e-2;
 
 fn reference_logits(case: usize) -> Vec<f32> {
     let bytes = std::fs::read(common::fixture("smollm2").join("logits.safetensors")).unwrap();
@@ -92,7 +111,7 @@ fn chat_template_and_prompt_ids_match() {
 
 #[test]
 fn last_three_logits_within_1e_3() {
-    let m = model();
+    let m = exact_model();
     for (i, c) in expected().cases.iter().enumerate() {
         let dec = m.decoder.burn().expect("burn's decoder");
         let mut cache = dec.new_cache();
@@ -112,8 +131,25 @@ fn last_three_logits_within_1e_3() {
 }
 
 #[test]
-fn prompt_logits_are_the_reference_last_position() {
+fn default_mode_last_three_logits_within_its_bound() {
     let m = model();
+    for (i, c) in expected().cases.iter().enumerate() {
+        let dec = m.decoder.burn().expect("burn's decoder");
+        let logits = dec.forward_ids(&c.prompt_ids, &mut dec.new_cache(), 3);
+        let ours: Vec<f32> = logits.into_data().into_vec().unwrap();
+        let max_abs = ours.iter().zip(&reference_logits(i)).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        eprintln!("case {i}: default mode max |Δlogit| = {max_abs:.3e}");
+        assert!(max_abs <= DEFAULT_MODE_TOLERANCE, "case {i}: max-abs logit difference {max_abs}");
+        let last = &ours[2 * 49152..];
+        let mut order: Vec<u32> = (0..49152).collect();
+        order.sort_by(|&a, &b| last[b as usize].total_cmp(&last[a as usize]));
+        assert_eq!(&order[..10], &c.last_top10_ids[..], "case {i}: top 10");
+    }
+}
+
+#[test]
+fn prompt_logits_are_the_reference_last_position() {
+    let m = exact_model();
     for (i, c) in expected().cases.iter().enumerate() {
         let ours = Generator { model: &m.decoder, tokenizer: &m.tokenizer }.prompt_logits(&c.prompt_ids).unwrap();
         let theirs = &reference_logits(i)[2 * 49152..];
