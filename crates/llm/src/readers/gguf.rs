@@ -227,6 +227,11 @@ fn min_value_size(tag: u32) -> usize {
     }
 }
 
+/// The deepest nesting of metadata arrays read (an array of arrays of ... five levels; published
+/// files use one). A constant: it bounds the reader's recursion, not a size.
+pub const MAX_ARRAY_NESTING: usize = 5;
+
+/// Reads a metadata value of type `tag`; `depth` is the number of arrays around it.
 fn read_value(c: &mut Cursor<'_>, tag: u32, key: &str, depth: usize) -> Result<Value, WeightError> {
     let what = || format!("metadata key '{key}'");
     Ok(match tag {
@@ -246,8 +251,9 @@ fn read_value(c: &mut Cursor<'_>, tag: u32, key: &str, depth: usize) -> Result<V
         },
         8 => Value::String(c.string(&what)?),
         9 => {
-            if depth > 4 {
-                return Err(WeightError::BadMetadata { key: key.into(), reason: "arrays nested too deeply".into() });
+            if depth >= MAX_ARRAY_NESTING {
+                let reason = format!("arrays nested more than {MAX_ARRAY_NESTING} levels deep (the limit)");
+                return Err(WeightError::BadMetadata { key: key.into(), reason });
             }
             let elem = c.u32(&what)?;
             let count = c.u64(&what)?;
@@ -587,6 +593,30 @@ pub(crate) mod tests {
         assert!(e.contains("version 1"), "{e}");
         let e = Gguf::from_bytes(b"PK\x03\x04rest".to_vec()).unwrap_err().to_string();
         assert!(e.contains("not a GGUF"), "{e}");
+    }
+
+    #[test]
+    fn arrays_nested_past_the_limit_are_refused_naming_the_key_and_the_limit() {
+        // `levels` arrays, each holding the next, the innermost one u8 value.
+        let nested = |levels: usize| {
+            let mut payload = vec![7u8];
+            let mut tag = 0u32;
+            for _ in 0..levels {
+                let mut outer = tag.to_le_bytes().to_vec();
+                outer.extend_from_slice(&1u64.to_le_bytes());
+                outer.extend_from_slice(&payload);
+                (payload, tag) = (outer, 9);
+            }
+            Builder::new().kv_raw("deep", 9, payload).build()
+        };
+        let g = Gguf::from_bytes(nested(MAX_ARRAY_NESTING)).unwrap();
+        let mut v = g.get("deep").unwrap();
+        for _ in 0..MAX_ARRAY_NESTING {
+            v = &v.as_array().unwrap()[0];
+        }
+        assert_eq!(v, &Value::U8(7));
+        let e = Gguf::from_bytes(nested(MAX_ARRAY_NESTING + 1)).unwrap_err().to_string();
+        assert_eq!(e, "metadata key 'deep': arrays nested more than 5 levels deep (the limit)");
     }
 
     #[test]
