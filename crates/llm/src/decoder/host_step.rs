@@ -61,6 +61,9 @@ fn qm<B: Backend>(l: &Linear<B>) -> &QMatrix {
     l.host.as_ref().expect("host weights exist only when every projection is block-encoded")
 }
 
+/// Positions a layer's host cache grows by when it is full.
+const GROWTH: usize = 128;
+
 impl<B: Backend> KvCache<B> {
     /// Moves the cache into host memory, if it is not there yet (batch 1).
     fn move_to_host(&mut self, kv_heads: usize, head_dim: usize, device: &B::Device) {
@@ -114,8 +117,15 @@ impl<B: Backend> Decoder<B> {
             let (cos, sin) = (&w.cos[pos * c.head_dim..(pos + 1) * c.head_dim], &w.sin[pos * c.head_dim..(pos + 1) * c.head_dim]);
             rope(&mut b.q, cos, sin);
             rope(&mut b.k, cos, sin);
-            kv.0.extend_from_slice(&b.k);
-            kv.1.extend_from_slice(&b.v);
+            for (cached, new) in [(&mut kv.0, &b.k), (&mut kv.1, &b.v)] {
+                if cached.len() + new.len() > cached.capacity() {
+                    // Room for GROWTH more positions, not the doubling `extend` would make: the
+                    // cache moved from burn holds exactly the prompt's positions, and doubling
+                    // it on the first step held 2 × 512 positions for 640 (18 MiB of 46 on SmolLM2).
+                    cached.reserve_exact(GROWTH * new.len());
+                }
+                cached.extend_from_slice(new);
+            }
             b.att.resize(c.num_heads * c.head_dim, 0.0);
             attend(&b.q, kv, pos + 1, c.num_kv_heads, c.head_dim, &mut b.att);
             self.project(&b.att, &mut [(&layer.wo, &mut b.o)], &mut b.act);
@@ -455,6 +465,24 @@ mod tests {
         let got = values(encoded.forward_ids(&ids, &mut encoded.new_cache(), 10));
         eprintln!("16-bit prefill logits: {:.3e}", rel_diff(&got, &want));
         assert!(rel_diff(&got, &want) <= 1e-4, "16-bit prefill logits: {}", rel_diff(&got, &want));
+    }
+
+    #[test]
+    fn the_host_cache_grows_by_a_step_not_by_doubling() {
+        let c = DecoderConfig { max_position: 512, ..config() };
+        let dec = Decoder::<Flex>::load(c.clone(), &Encoded::new(&c), KeyStyle::HuggingFace, &Default::default()).unwrap();
+        let ids: Vec<u32> = (0..300).map(|i| (i * 37 % 96) as u32).collect();
+        let mut cache = dec.new_cache();
+        dec.forward_ids(&ids, &mut cache, 1);
+        dec.forward_ids(&ids[..1], &mut cache, 1); // moves 300 positions to the host and adds one
+        let per_position = c.num_kv_heads * c.head_dim;
+        for (k, v) in &cache.host.kv {
+            for kv in [k, v] {
+                assert_eq!(kv.len(), 301 * per_position);
+                // Doubling would hold 600 positions.
+                assert!(kv.capacity() <= (300 + GROWTH) * per_position, "{} positions held", kv.capacity() / per_position);
+            }
+        }
     }
 
     #[test]
