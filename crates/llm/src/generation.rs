@@ -552,7 +552,7 @@ mod tests {
     }
 
     #[test]
-    fn a_prompt_id_past_the_embedding_rows_is_refused() {
+    fn prompts_that_do_not_fit_the_context_or_the_embedding_are_refused() {
         use crate::config::{Arch, DecoderConfig};
         use crate::decoder::KeyStyle;
         let c = DecoderConfig {
@@ -574,5 +574,11 @@ mod tests {
         let Err(e) = r else { panic!("id 9 of a 4-row embedding was accepted") };
         let e = e.to_string();
         assert!(e.contains("9") && e.contains("4 rows"), "{e}");
+        // The context holds 16 positions: a prompt of 16 leaves no room for a new token.
+        let generator = Generator { model: &model, tokenizer: &tokenizer };
+        let e = generator.generate(&[1; 16], &GenerationConfig::default(), &mut |_| {}).unwrap_err().to_string();
+        assert_eq!(e, "the prompt has 16 tokens, more than the model's context of 16");
+        assert!(generator.prompt_logits(&[1; 17]).is_err());
+        assert!(matches!(generator.generate(&[], &GenerationConfig::default(), &mut |_| {}), Err(GenerationError::EmptyPrompt)));
     }
 }

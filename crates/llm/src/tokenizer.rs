@@ -839,6 +839,55 @@ mod tests {
         assert_eq!(pieces.into_iter().flatten().collect::<String>(), tok.decode(&ids, true).unwrap());
     }
 
+    /// A GGUF `gpt2` tokenizer of `tokens` and `merges`.
+    fn gguf_bpe(tokens: &[&str], merges: &[&str]) -> Result<Tokenizer, TokenizerError> {
+        let strings = |items: &[&str]| {
+            let mut out = 8u32.to_le_bytes().to_vec();
+            out.extend_from_slice(&(items.len() as u64).to_le_bytes());
+            for s in items {
+                out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+                out.extend_from_slice(s.as_bytes());
+            }
+            out
+        };
+        let g = crate::gguf::tests::Builder::new()
+            .kv_str("tokenizer.ggml.model", "gpt2")
+            .kv_raw("tokenizer.ggml.tokens", 9, strings(tokens))
+            .kv_raw("tokenizer.ggml.merges", 9, strings(merges))
+            .build();
+        Tokenizer::from_gguf(&Gguf::from_bytes(g).unwrap())
+    }
+
+    #[test]
+    fn gguf_bpe_merges_that_join_into_no_token_are_refused_not_a_panic() {
+        // Before the check: a panic in tokenizers ("ab" copied into a buffer as long as the
+        // longest token, 1 byte).
+        let e = gguf_bpe(&["a", "b"], &["a b"]).unwrap_err().to_string();
+        assert_eq!(e, r#"tokenizer metadata: tokenizer.ggml.merges[0]: "a" + "b" (joining into "ab") are not all in tokenizer.ggml.tokens"#);
+        let e = gguf_bpe(&["a", "b", "ab"], &["ab"]).unwrap_err().to_string();
+        assert_eq!(e, "tokenizer metadata: merge 'ab' in 'tokenizer.ggml.merges' has no space");
+        let tok = gguf_bpe(&["a", "b", "ab"], &["a b"]).unwrap();
+        assert_eq!(tok.encode("ab").unwrap(), [2]);
+    }
+
+    #[test]
+    fn a_tokenizer_file_over_the_cap_is_refused_naming_its_variable() {
+        let dir = std::env::temp_dir().join(format!("xcomposer-tokcap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in ["tokenizer.json", "tokenizer.model"] {
+            let path = dir.join(name);
+            // A sparse file one byte over the cap: nothing is written or read.
+            std::fs::File::create(&path).unwrap().set_len(MAX_TOKENIZER_BYTES + 1).unwrap();
+            let e = match name {
+                "tokenizer.json" => Tokenizer::from_tokenizer_json(&path, None, None, false).unwrap_err(),
+                _ => Tokenizer::from_sentencepiece_model(&path).unwrap_err(),
+            };
+            let expected = format!("{}: larger than the limit of 268435456 bytes (raise it with the environment variable XCOMPOSER_MAX_TOKENIZER_BYTES)", path.display());
+            assert_eq!(e.to_string(), expected);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn tokenizer_files_are_read_as_regular_files_only() {
         let e = Tokenizer::from_tokenizer_json(Path::new("/dev/zero"), None, None, false).unwrap_err().to_string();

@@ -107,4 +107,16 @@ mod tests {
         assert_eq!(SafetensorsWeights::open(&dir).unwrap().load("w").unwrap().data, [1.5]);
         std::fs::remove_dir_all(&root).unwrap();
     }
+
+    #[test]
+    fn a_shard_that_is_a_fifo_is_refused_without_waiting_for_a_writer() {
+        let dir = std::env::temp_dir().join(format!("xcomposer-st-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let shard = dir.join("model.safetensors");
+        assert!(std::process::Command::new("mkfifo").arg(&shard).status().is_ok_and(|s| s.success()), "mkfifo failed");
+        // Before the check, opening it blocked until something wrote to it.
+        let e = SafetensorsWeights::open(&dir).err().expect("a FIFO was opened as a shard").to_string();
+        assert_eq!(e, format!("{}: not a regular file (a folder, FIFO or device); expected a file", shard.display()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -79,6 +79,17 @@ mod tests {
     }
 
     #[test]
+    fn an_index_over_the_cap_is_refused_naming_its_variable() {
+        let dir = std::env::temp_dir().join(format!("xcomposer-shard-index-cap-{}", std::process::id()));
+        let path = index_with(&dir, "model-1.safetensors");
+        // A sparse file one byte over the cap: nothing is written or read.
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(MAX_INDEX_BYTES + 1).unwrap();
+        let e = ShardIndex::read(&path).unwrap_err().to_string();
+        assert_eq!(e, format!("{}: larger than the limit of 67108864 bytes (raise it with the environment variable XCOMPOSER_MAX_SHARD_INDEX_BYTES)", path.display()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn an_index_that_is_not_a_regular_file_is_refused_unread() {
         let e = ShardIndex::read(Path::new("/dev/zero")).unwrap_err().to_string();
         assert!(e.starts_with("/dev/zero: not a regular file"), "{e}");

@@ -1170,6 +1170,52 @@ mod tests {
     }
 
     #[test]
+    fn containers_put_inside_themselves_are_freed_with_the_pickle() {
+        // A list appended to itself (EMPTY_LIST DUP APPEND) and a dict set as its own value
+        // (EMPTY_DICT BINPUT, key, BINGET SETITEM): each held by its own reference, they leaked
+        // (the fuzz finding leak-list-appended-to-itself) until the pickle emptied them on drop.
+        let list_in_itself = [0x80, 2, b']', b'2', b'a', b'.'];
+        let dict_in_itself = [0x80, 2, b'}', b'q', 0, 0x8c, 1, b'k', b'h', 0, b's', b'.'];
+        for p in [&list_in_itself[..], &dict_in_itself[..]] {
+            let pickled = run(p).unwrap();
+            let weak = match &*pickled {
+                Value::List(n) => WeakNode::List(Rc::downgrade(n)),
+                Value::Dict(n) => WeakNode::Dict(Rc::downgrade(n)),
+                v => panic!("{v:?}"),
+            };
+            assert!(weak.alive(), "{p:?}");
+            drop(pickled);
+            assert!(!weak.alive(), "{p:?} leaked through its own reference");
+        }
+    }
+
+    /// A weak reference to a list or a dict.
+    enum WeakNode {
+        List(Weak<Node<Value>>),
+        Dict(Weak<Node<(Value, Value)>>),
+    }
+
+    impl WeakNode {
+        fn alive(&self) -> bool {
+            match self {
+                WeakNode::List(w) => w.strong_count() > 0,
+                WeakNode::Dict(w) => w.strong_count() > 0,
+            }
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_that_is_a_fifo_is_refused_without_waiting_for_a_writer() {
+        let dir = std::env::temp_dir().join(format!("xcomposer-torch-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pytorch_model.bin");
+        assert!(std::process::Command::new("mkfifo").arg(&path).status().is_ok_and(|s| s.success()), "mkfifo failed");
+        let e = TorchWeights::open_dir(&dir).err().expect("a FIFO was opened as a checkpoint").to_string();
+        assert_eq!(e, format!("{}: not a regular file (a folder, FIFO or device); expected a file", path.display()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn dup_and_memo_reads_share_strings_instead_of_copying_them() {
         // A 1 MiB string duplicated 200 000 times would be 200 GiB as copies.
         let mut p = vec![0x80, 2, b'X'];
