@@ -449,6 +449,35 @@ fn chat_without_xcomposer_weights_answers_from_image_tags() {
 }
 
 #[test]
+fn chat_split_across_two_devices_prints_its_plan_and_answers_as_the_original() {
+    let dir = common::fixture("xcomposer-tiny");
+    let expected: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
+    let image = dir.join("../images/coffee.png");
+    let chat = |extra: &[&str]| {
+        let mut args = vec!["chat", "--model", dir.to_str().unwrap(), "--image", image.to_str().unwrap(), "--max-new-tokens", "24", "--json", "--beams", "1", "--repeat-penalty", "1"];
+        args.extend_from_slice(extra);
+        args.push("Describe this image.");
+        xcomposer().args(&args).output().unwrap()
+    };
+    let out = chat(&["--devices", "cpu,cpu"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["generated_ids"], expected["cases"]["coffee"]["greedy"]["new_tokens"]);
+    let log = stderr(&out);
+    assert!(log.contains("[chat] split across cpu, cpu"), "{log}");
+    assert!(log.contains("device 0: the image encoder, embeddings") && log.contains("device 1: layers"), "{log}");
+    for (flags, error) in [
+        (&["--devices", "cpu,cuda:0"][..], "--devices mixes cpu and cuda:0"),
+        (&["--devices", "gpu:1"][..], "expected `cpu` or `cuda:N`"),
+        (&["--num-gpus", "0"][..], "--num-gpus 0: a split needs at least one GPU"),
+        (&["--devices", "cpu,cpu", "--device", "cuda"][..], "--device cuda with --devices cpu"),
+    ] {
+        let out = chat(flags);
+        assert!(!out.status.success() && stderr(&out).contains(error), "{flags:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
 fn an_xcomposer_folder_given_as_a_text_model_is_explained() {
     let dir = common::fixture("xcomposer-tiny");
     let out = xcomposer().args(["generate", "--model", dir.to_str().unwrap(), "hi"]).output().unwrap();

@@ -82,6 +82,7 @@ pub fn run(args: ComposeBenchArgs) -> Result<()> {
         scoring: args.scoring.clone(),
         format: vec![],
         run_on: args.run_on,
+        split: Default::default(),
         writing: Default::default(),
         remote: Default::default(),
         writer: crate::compose::WriterKind::Structured,

@@ -43,6 +43,9 @@ pub struct ChatArgs {
     /// Device and float type.
     #[command(flatten)]
     pub run_on: DeviceOptions,
+    /// Several devices to split the model across.
+    #[command(flatten)]
+    pub split: crate::split::SplitOptions,
     /// Write the logits at the prompt's last position (f32, little-endian) to this file, for
     /// checking a device against the reference (XComposer only).
     #[arg(long)]
@@ -66,8 +69,12 @@ pub fn run(mut args: ChatArgs) -> Result<()> {
             bail!("{}: no such image file", p.display());
         }
     }
+    let specs = args.split.resolve(&mut args.run_on)?;
+    if !specs.is_empty() && args.model.is_none() {
+        bail!("--devices splits InternLM-XComposer (--model DIR); chat without it runs no model to split");
+    }
     match &args.model {
-        Some(dir) => crate::with_backend!(args.run_on.device, |device: B| xcomposer_chat::<B>(&args, dir, &device)),
+        Some(dir) => crate::with_backend!(args.run_on.device, |device: B| xcomposer_chat::<B>(&args, dir, &device, &specs)),
         None => tag_grounded(&args),
     }
 }
@@ -102,10 +109,10 @@ fn questions(args: &ChatArgs, mut each: impl FnMut(&str, &[PathBuf]) -> Result<(
     Ok(())
 }
 
-fn xcomposer_chat<B: Backend>(args: &ChatArgs, dir: &Path, device: &B::Device) -> Result<()> {
+fn xcomposer_chat<B: crate::split::SplitBackend>(args: &ChatArgs, dir: &Path, device: &B::Device, specs: &[crate::split::DeviceSpec]) -> Result<()> {
     set_float_dtype::<B>(device, args.run_on.dtype)?;
     let t = Instant::now();
-    let model = XComposer::<B>::load_with(dir, device, args.run_on.engine_choice()?).with_context(|| format!("loading {}", dir.display()))?;
+    let model = crate::split::load_xcomposer::<B>(dir, device, &args.run_on, specs, "chat")?;
     eprintln!("[chat] loaded {} in {:.1} s; peak memory {}", dir.display(), t.elapsed().as_secs_f64(), peak_rss_mib().map_or("unknown".into(), |m| format!("{m:.0} MiB")));
     let cfg = EmbedGenConfig { num_beams: args.beams, max_new_tokens: args.max_new_tokens, repetition_penalty: args.repeat_penalty, ..xcomposer_vision::xcomposer::language::gen_config() };
     let mut history: Vec<(Turn, Vec<burn::tensor::Tensor<B, 3>>)> = vec![];

@@ -54,6 +54,9 @@ pub struct PipelineOptions {
     /// Where the `--xcomposer` model runs (the default text models run on the CPU).
     #[command(flatten)]
     pub run_on: DeviceOptions,
+    /// Several devices to split the `--xcomposer` model across.
+    #[command(flatten)]
+    pub split: crate::split::SplitOptions,
     /// How the `--xcomposer` model writes the article.
     #[command(flatten)]
     pub writing: WritingOptions,
@@ -230,14 +233,17 @@ pub enum EditOp {
 
 /// Builds the default pipeline: the language model, the library and its scorer.
 pub(crate) fn build_composer(opts: &PipelineOptions, language: Language) -> Result<Composer> {
+    let mut run_on = opts.run_on;
+    let specs = opts.split.resolve(&mut run_on)?;
     match &opts.xcomposer {
-        None => opts.run_on.refuse_quant("composing with the default text models")?,
+        None if !specs.is_empty() => bail!("--devices splits the --xcomposer model; the default text models run on the CPU (add --xcomposer DIR)"),
+        None => run_on.refuse_quant("composing with the default text models")?,
         // --quant's checks, before anything loads.
         Some(_) => {
-            opts.run_on.engine_choice()?;
+            run_on.engine_choice()?;
         }
     }
-    if opts.run_on.device != DeviceArg::Cpu && opts.xcomposer.is_none() {
+    if run_on.device != DeviceArg::Cpu && opts.xcomposer.is_none() {
         bail!("--device cuda runs the --xcomposer model; the default text models run on the CPU (drop --device, or add --xcomposer DIR)");
     }
     if opts.sections.is_some() && (opts.xcomposer.is_some() || opts.writer == WriterKind::Oneshot) {
@@ -258,7 +264,7 @@ pub(crate) fn build_composer(opts: &PipelineOptions, language: Language) -> Resu
     }
     let prompts = Arc::new(prompts);
     if let Some(dir) = &opts.xcomposer {
-        return crate::with_backend!(opts.run_on.device, |device: B| xcomposer_composer::<B>(dir, &device, &opts.run_on, prompts, retriever, writing));
+        return crate::with_backend!(run_on.device, |device: B| xcomposer_composer::<B>(dir, &device, &run_on, &specs, prompts, retriever, writing));
     }
     let path = resolve_model_for(opts.model.clone(), language)?;
     let llm = LanguageModel::<burn::backend::Flex>::load(&path, &Default::default()).with_context(|| format!("loading {}", path.display()))?;
@@ -274,12 +280,20 @@ pub(crate) fn build_composer(opts: &PipelineOptions, language: Language) -> Resu
 }
 
 /// Every stage on the one XComposer model (loaded once, on `device`), as the original composes.
-fn xcomposer_composer<B: burn::tensor::backend::Backend>(dir: &Path, device: &B::Device, run_on: &DeviceOptions, prompts: Arc<Prompts>, retriever: Box<dyn xcomposer_composer::Retriever>, writing: Sampling) -> Result<Composer>
+fn xcomposer_composer<B: crate::split::SplitBackend>(
+    dir: &Path,
+    device: &B::Device,
+    run_on: &DeviceOptions,
+    specs: &[crate::split::DeviceSpec],
+    prompts: Arc<Prompts>,
+    retriever: Box<dyn xcomposer_composer::Retriever>,
+    writing: Sampling,
+) -> Result<Composer>
 where
     XComposer<B>: Send + Sync,
 {
     set_float_dtype::<B>(device, run_on.dtype)?;
-    let model = XComposer::<B>::load_with(dir, device, run_on.engine_choice()?).with_context(|| format!("loading {}", dir.display()))?;
+    let model = crate::split::load_xcomposer::<B>(dir, device, run_on, specs, "compose")?;
     Ok(Composer::with_xcomposer_writing(Arc::new(model), prompts, retriever, writing))
 }
 

@@ -5,12 +5,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::backend::Backend;
 use xcomposer_eval::answerer::XComposerAnswerer;
 use xcomposer_eval::predictions::PredictionLog;
 use xcomposer_eval::report::{Results, markdown};
 use xcomposer_eval::runner::{self, Bench, DataPaths, Dataset, RunStats};
-use xcomposer_vision::xcomposer::XComposer;
 
 use crate::backend::{DeviceOptions, set_float_dtype};
 
@@ -71,6 +69,9 @@ pub struct EvalArgs {
     /// Device and float type.
     #[command(flatten)]
     pub run_on: DeviceOptions,
+    /// Several devices to split the model across.
+    #[command(flatten)]
+    pub split: crate::split::SplitOptions,
 }
 
 /// Runs `eval`.
@@ -91,7 +92,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
         RunStats { resumed: dataset.passes().len(), ..Default::default() }
     } else {
         let Some(dir) = &args.model else { bail!("--model DIR is needed: {} passes have no prediction yet", dataset.passes().len() - log.records.len().min(dataset.passes().len())) };
-        crate::with_backend!(args.run_on.device, |device: B| answer::<B>(&args, dir, &device, &dataset, &mut log))?
+        let mut run_on = args.run_on;
+        let specs = args.split.resolve(&mut run_on)?;
+        crate::with_backend!(run_on.device, |device: B| answer::<B>(&run_on, &specs, dir, &device, &dataset, &mut log))?
     };
     let predictions = log.texts();
     let scores = dataset.score(&predictions);
@@ -126,10 +129,17 @@ fn write(path: &Path, text: &str) -> Result<()> {
 }
 
 /// Loads the model and answers the passes without a prediction.
-fn answer<B: Backend>(args: &EvalArgs, dir: &Path, device: &B::Device, dataset: &Dataset, log: &mut PredictionLog) -> Result<RunStats> {
-    set_float_dtype::<B>(device, args.run_on.dtype)?;
+fn answer<B: crate::split::SplitBackend>(
+    run_on: &DeviceOptions,
+    specs: &[crate::split::DeviceSpec],
+    dir: &Path,
+    device: &B::Device,
+    dataset: &Dataset,
+    log: &mut PredictionLog,
+) -> Result<RunStats> {
+    set_float_dtype::<B>(device, run_on.dtype)?;
     let t = Instant::now();
-    let model = XComposer::<B>::load_with(dir, device, args.run_on.engine_choice()?).with_context(|| format!("loading {}", dir.display()))?;
+    let model = crate::split::load_xcomposer::<B>(dir, device, run_on, specs, "eval")?;
     eprintln!("[eval] loaded {} in {:.1} s", dir.display(), t.elapsed().as_secs_f64());
     let mut answerer = XComposerAnswerer::new(&model);
     let stats = runner::run(dataset, &mut answerer, log, &mut |done, total| {

@@ -21,6 +21,7 @@ mod models;
 mod queue;
 mod remote;
 mod serve;
+mod split;
 mod worker;
 
 use clap::{Parser, Subcommand};

@@ -313,3 +313,45 @@ fn the_article_can_be_sampled_as_the_demos_random_sample_box_asks() {
     let e = ask(Sampling { beams: 5, ..sampled(1) }).unwrap_err();
     assert!(e.contains("5 beams") && e.contains("temperature 1"), "{e}");
 }
+
+#[test]
+fn a_split_across_two_devices_generates_what_the_original_did() {
+    use xcomposer_llm::placement::PlacementNeeds;
+    use xcomposer_llm::text_decoder::{DeviceSplit, EngineChoice};
+    let dir = common::fixture("xcomposer-tiny");
+    let expected: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
+    let c = &expected["cases"]["coffee"];
+    let bytes = std::fs::read(dir.join("expected.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let pixels: Vec<f32> = st.tensor("coffee.pixel_values").unwrap().data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    // Two "devices" (the same CPU): the first offers exactly its own parts and one layer, the
+    // second one layer, so layer 0 runs beside the embeddings and layer 1 on the second.
+    let lc = xcomposer_llm::DecoderConfig::from_hf_json(&std::fs::read_to_string(dir.join("config.json")).unwrap(), "config.json").unwrap();
+    let needs = PlacementNeeds::for_decoder(&lc, 4, 4, lc.max_position, xcomposer_visual_bytes(&dir));
+    let (first, layer) = (needs.first_device, needs.layers[0]);
+    let whole = XComposer::<Flex>::load(&dir, &Default::default()).unwrap();
+    let split = DeviceSplit::<Flex> { devices: vec![Default::default(); 2], capacities: vec![first + layer, layer], weight_bytes: 4 };
+    let model = XComposer::<Flex>::load_split(&dir, &split, EngineChoice::Burn).unwrap();
+    let plan = model.placement.clone().expect("a split model has a plan");
+    assert_eq!(plan.shares.iter().map(|s| s.layers.clone()).collect::<Vec<_>>(), vec![0..1, 1..2], "{plan}");
+    assert!(model.text.burn().is_some());
+
+    let image = model.encode_pixels(pixels.clone()).unwrap();
+    let prompt = model.generate_prompt("Describe this image.", std::slice::from_ref(&image)).unwrap();
+    let reference = whole.generate_prompt("Describe this image.", &[whole.encode_pixels(pixels).unwrap()]).unwrap();
+    let logits = model.last_logits(prompt.clone()).unwrap();
+    assert_eq!(logits, whole.last_logits(reference).unwrap(), "the split's last logits equal one device's");
+    let ids = |v: &serde_json::Value| -> Vec<u32> { v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect() };
+    let greedy_cfg = EmbedGenConfig { num_beams: 1, max_new_tokens: 24, repetition_penalty: 1.0, ..xcomposer_vision::xcomposer::language::gen_config() };
+    assert_eq!(model.decode(prompt.clone(), &greedy_cfg).unwrap().sequence, ids(&c["greedy"]["sequence"]), "greedy tokens");
+    let beam_cfg = EmbedGenConfig { max_new_tokens: 24, ..xcomposer_vision::xcomposer::language::gen_config() };
+    assert_eq!(model.decode(prompt, &beam_cfg).unwrap().sequence, ids(&c["beam"]["sequence"]), "5-beam tokens");
+}
+
+/// f32 bytes of the checkpoint's tensors outside the language model, counted here from the
+/// shards' own layouts (what a split places on its first device besides the embeddings).
+fn xcomposer_visual_bytes(dir: &std::path::Path) -> u64 {
+    let src = xcomposer_llm::torch::TorchWeights::open_dir(dir).unwrap();
+    let n: usize = src.names().iter().filter(|n| !n.starts_with("internlm_model.")).map(|n| src.tensor(n).unwrap().shape.iter().product::<usize>()).sum();
+    n as u64 * 4
+}

@@ -162,6 +162,25 @@ struct Layer<B: Backend> {
     w_gate: Linear<B>,
     w_up: Linear<B>,
     w_down: Linear<B>,
+    /// Index of its device in [`Decoder::tables`] (0 unless the model is split).
+    on: usize,
+}
+
+/// What the layers on one device read besides their weights: RoPE tables and the rotation,
+/// kept on that device.
+struct DeviceTables<B: Backend> {
+    device: B::Device,
+    cos: Tensor<B, 2>,
+    sin: Tensor<B, 2>,
+    /// `[head_dim, head_dim]` signed permutation: `x·R` is rotate-half of `x`.
+    rotate_half: Tensor<B, 2>,
+}
+
+impl<B: Backend> DeviceTables<B> {
+    fn new(c: &DecoderConfig, device: &B::Device) -> Self {
+        let (cos, sin) = rope_tables::<B>(c, device);
+        DeviceTables { device: device.clone(), cos, sin, rotate_half: rotate_half_matrix::<B>(c.head_dim, device) }
+    }
 }
 
 /// A llama-family decoder-only transformer.
@@ -172,10 +191,10 @@ pub struct Decoder<B: Backend> {
     layers: Vec<Layer<B>>,
     norm: Tensor<B, 1>,
     lm_head: Linear<B>,
-    cos: Tensor<B, 2>,
-    sin: Tensor<B, 2>,
-    /// `[head_dim, head_dim]` signed permutation: `x·R` is rotate-half of `x`.
-    rotate_half: Tensor<B, 2>,
+    /// One per device the layers run on, the first device's first (that of the embeddings, the
+    /// final norm and the head).
+    tables: Vec<DeviceTables<B>>,
+    /// The first device.
     device: B::Device,
     /// Norms, biases and RoPE tables for the CPU's one-token step; `None` unless every projection
     /// and the head are block-encoded (a GGUF file on the CPU backend).
@@ -214,15 +233,29 @@ impl<B: Backend> Decoder<B> {
     /// Loads a decoder from a weight source whose names follow `style`. On the CPU backend,
     /// weights the source keeps block-encoded (GGUF) are also kept that way for decoding.
     pub fn load(config: DecoderConfig, src: &dyn WeightSource, style: KeyStyle, device: &B::Device) -> Result<Self, WeightError> {
+        let unsplit = vec![0; config.num_layers];
+        Self::load_split(config, src, style, std::slice::from_ref(device), &unsplit)
+    }
+
+    /// [`Decoder::load`] split across `devices`: layer `l`'s weights (and its KV cache) on
+    /// `devices[on[l]]`, the embeddings, final norm and head on `devices[0]`; a forward pass hands
+    /// the activations from one device to the next (a pipeline split). Devices may repeat (a split
+    /// over one GPU or the CPU, to check one). The CPU's fused one-token step runs only unsplit.
+    ///
+    /// Panics when `on` has other than `config.num_layers` entries or names no device of `devices`.
+    pub fn load_split(config: DecoderConfig, src: &dyn WeightSource, style: KeyStyle, devices: &[B::Device], on: &[usize]) -> Result<Self, WeightError> {
+        assert!(on.len() == config.num_layers && on.iter().all(|&d| d < devices.len()), "one device of the list per decoder layer");
         let c = &config;
+        let device = &devices[0];
+        let tables: Vec<DeviceTables<B>> = devices.iter().map(|d| DeviceTables::new(c, d)).collect();
         let (d, hd) = (c.hidden_size, c.head_dim);
         let (q_out, kv_out) = (c.num_heads * hd, c.num_kv_heads * hd);
         let get = |hf: &str, layer: usize, shape: &[usize]| src.load_shaped(&style.name(hf, layer), shape);
-        let vec1 = |v: &[f32]| Tensor::<B, 1>::from_data(TensorData::new(v.to_vec(), [v.len()]), device);
+        let vec1 = |v: &[f32], device: &B::Device| Tensor::<B, 1>::from_data(TensorData::new(v.to_vec(), [v.len()]), device);
         let permuted = matches!(style, KeyStyle::Gguf { permuted_qk: true });
         let host_matvec = std::any::TypeId::of::<B>() == std::any::TypeId::of::<burn::backend::Flex>();
         // A Linear from its loaded weight `[out, in]`, with the heads to un-permute (q, k).
-        let linear_from = |t: &HostTensor, heads: Option<usize>| -> Linear<B> {
+        let linear_from = |t: &HostTensor, heads: Option<usize>, device: &B::Device| -> Linear<B> {
             let (rows, cols) = (t.shape[0], t.shape[1]);
             let w = match heads.filter(|_| permuted) {
                 Some(n_head) => transpose(&unpermute_rows(t, n_head).data, rows, cols),
@@ -248,23 +281,23 @@ impl<B: Backend> Decoder<B> {
             src.release(&name);
             Ok(Some(m))
         };
-        let linear = |hf: &str, rows: usize, heads: Option<usize>, layer: usize, cols: usize| -> Result<Linear<B>, WeightError> {
+        let linear = |hf: &str, rows: usize, heads: Option<usize>, layer: usize, cols: usize, device: &B::Device| -> Result<Linear<B>, WeightError> {
             match encoded(hf, rows, heads, layer, cols)? {
                 Some(m) => Ok(Linear { w: None, host: Some(m) }),
-                None => Ok(linear_from(&get(hf, layer, &[rows, cols])?, heads)),
+                None => Ok(linear_from(&get(hf, layer, &[rows, cols])?, heads, device)),
             }
         };
 
         // Read once; a tied head is built from the same values.
         let (embed, lm_head) = match encoded("model.embed_tokens.weight", c.vocab_size, None, 0, d)? {
             Some(m) if c.tie_word_embeddings => (Embedding::TiedHead, Linear { w: None, host: Some(m) }),
-            Some(m) => (Embedding::Encoded(m), linear("lm_head.weight", c.vocab_size, None, 0, d)?),
+            Some(m) => (Embedding::Encoded(m), linear("lm_head.weight", c.vocab_size, None, 0, d, device)?),
             None => {
                 let embed_host = get("model.embed_tokens.weight", 0, &[c.vocab_size, d])?;
                 let lm_head = if c.tie_word_embeddings {
-                    linear_from(&embed_host, None)
+                    linear_from(&embed_host, None, device)
                 } else {
-                    linear("lm_head.weight", c.vocab_size, None, 0, d)?
+                    linear("lm_head.weight", c.vocab_size, None, 0, d, device)?
                 };
                 (Embedding::Dense(Tensor::<B, 2>::from_data(TensorData::new(embed_host.data, [c.vocab_size, d]), device)), lm_head)
             }
@@ -289,33 +322,33 @@ impl<B: Backend> Decoder<B> {
                 bqkv,
                 bo,
             };
-            let ff = c.intermediate_size;
+            let (ff, dev) = (c.intermediate_size, &devices[on[l]]);
             layers.push(Layer {
-                attn_norm: vec1(&hl.attn_norm),
-                wq: linear("model.layers.{}.self_attn.q_proj.weight", q_out, Some(c.num_heads), l, d)?,
-                wk: linear("model.layers.{}.self_attn.k_proj.weight", kv_out, Some(c.num_kv_heads), l, d)?,
-                wv: linear("model.layers.{}.self_attn.v_proj.weight", kv_out, None, l, d)?,
-                bqkv: hl.bqkv.as_ref().map(|b| b.each_ref().map(|b| vec1(b))),
-                wo: linear("model.layers.{}.self_attn.o_proj.weight", d, None, l, q_out)?,
-                bo: hl.bo.as_deref().map(vec1),
-                ffn_norm: vec1(&hl.ffn_norm),
-                w_gate: linear("model.layers.{}.mlp.gate_proj.weight", ff, None, l, d)?,
-                w_up: linear("model.layers.{}.mlp.up_proj.weight", ff, None, l, d)?,
-                w_down: linear("model.layers.{}.mlp.down_proj.weight", d, None, l, ff)?,
+                attn_norm: vec1(&hl.attn_norm, dev),
+                wq: linear("model.layers.{}.self_attn.q_proj.weight", q_out, Some(c.num_heads), l, d, dev)?,
+                wk: linear("model.layers.{}.self_attn.k_proj.weight", kv_out, Some(c.num_kv_heads), l, d, dev)?,
+                wv: linear("model.layers.{}.self_attn.v_proj.weight", kv_out, None, l, d, dev)?,
+                bqkv: hl.bqkv.as_ref().map(|b| b.each_ref().map(|b| vec1(b, dev))),
+                wo: linear("model.layers.{}.self_attn.o_proj.weight", d, None, l, q_out, dev)?,
+                bo: hl.bo.as_deref().map(|b| vec1(b, dev)),
+                ffn_norm: vec1(&hl.ffn_norm, dev),
+                w_gate: linear("model.layers.{}.mlp.gate_proj.weight", ff, None, l, d, dev)?,
+                w_up: linear("model.layers.{}.mlp.up_proj.weight", ff, None, l, d, dev)?,
+                w_down: linear("model.layers.{}.mlp.down_proj.weight", d, None, l, ff, dev)?,
+                on: on[l],
             });
             host_layers.push(hl);
         }
         let norm_host = get("model.norm.weight", 0, &[d])?.data;
-        let norm = vec1(&norm_host);
-        let (cos, sin) = rope_tables::<B>(c, device);
-        let rotate_half = rotate_half_matrix::<B>(hd, device);
-        let all_encoded = lm_head.host.is_some()
+        let norm = vec1(&norm_host, device);
+        let all_encoded = tables.len() == 1
+            && lm_head.host.is_some()
             && layers.iter().all(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].iter().all(|p| p.host.is_some()));
         let host = all_encoded.then(|| {
             let (cos, sin) = rope_cos_sin(c);
             host_step::HostWeights { layers: host_layers, norm: norm_host, cos, sin }
         });
-        Ok(Decoder { config, embed, layers, norm, lm_head, cos, sin, rotate_half, device: device.clone(), host, activations: Activations::Int16, fused_step: true })
+        Ok(Decoder { config, embed, layers, norm, lm_head, tables, device: device.clone(), host, activations: Activations::Int16, fused_step: true })
     }
 
     /// The device the weights live on.
@@ -413,16 +446,29 @@ impl<B: Backend> Decoder<B> {
         let [b, s, _] = x.dims();
         let past = cache.len;
         let g = c.num_heads / c.num_kv_heads;
-        let mask = (s > 1).then(|| causal_mask::<B>(b, c.num_kv_heads, g, s, past, &self.device));
-        // `[1, s, 1, head_dim]`, to broadcast over `[b, s, heads, head_dim]`.
-        let cos = self.cos.clone().slice([past..past + s, 0..c.head_dim]).unsqueeze_dims::<4>(&[0, 2]);
-        let sin = self.sin.clone().slice([past..past + s, 0..c.head_dim]).unsqueeze_dims::<4>(&[0, 2]);
+        // Per device: the causal mask and `[1, s, 1, head_dim]` RoPE slices (to broadcast over
+        // `[b, s, heads, head_dim]`), made when its first layer runs.
+        let mut inputs: Vec<Option<LayerInputs<B>>> = self.tables.iter().map(|_| None).collect();
+        let mut on = 0;
         for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            if layer.on != on {
+                on = layer.on;
+                x = x.to_device(&self.tables[on].device);
+            }
+            let t = &self.tables[on];
+            let inp = inputs[on].get_or_insert_with(|| LayerInputs {
+                mask: (s > 1).then(|| causal_mask::<B>(b, c.num_kv_heads, g, s, past, &t.device)),
+                cos: t.cos.clone().slice([past..past + s, 0..c.head_dim]).unsqueeze_dims::<4>(&[0, 2]),
+                sin: t.sin.clone().slice([past..past + s, 0..c.head_dim]).unsqueeze_dims::<4>(&[0, 2]),
+            });
             let h = rms_norm(x.clone(), layer.attn_norm.clone(), c.rms_norm_eps);
-            let attn = self.attention(layer, h, slot, mask.clone(), &cos, &sin);
+            let attn = self.attention(layer, h, slot, inp);
             x = x + attn;
             let h = rms_norm(x.clone(), layer.ffn_norm.clone(), c.rms_norm_eps);
             x = x + self.mlp(layer, h);
+        }
+        if on != 0 {
+            x = x.to_device(&self.device);
         }
         cache.len += s;
         rms_norm(x, self.norm.clone(), c.rms_norm_eps)
@@ -433,10 +479,9 @@ impl<B: Backend> Decoder<B> {
         layer: &Layer<B>,
         h: Tensor<B, 3>,
         slot: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>,
-        mask: Option<Tensor<B, 4, Bool>>,
-        cos: &Tensor<B, 4>,
-        sin: &Tensor<B, 4>,
+        inputs: &LayerInputs<B>,
     ) -> Tensor<B, 3> {
+        let (cos, sin) = (&inputs.cos, &inputs.sin);
         let c = &self.config;
         let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let [b, s, _] = h.dims();
@@ -448,7 +493,8 @@ impl<B: Backend> Decoder<B> {
             v = v + bv.clone().unsqueeze_dims::<3>(&[0, 0]);
         }
         // RoPE in `[b, s, heads, hd]` (contiguous), then heads first for attention.
-        let rot = |t: Tensor<B, 3>, n: usize| self.rope(t.reshape([b, s, n, hd]), cos, sin).swap_dims(1, 2);
+        let rotation = &self.tables[layer.on].rotate_half;
+        let rot = |t: Tensor<B, 3>, n: usize| rope(t.reshape([b, s, n, hd]), cos, sin, rotation).swap_dims(1, 2);
         let q = rot(q, nh);
         let k = rot(k, nkv);
         let v = v.reshape([b, s, nkv, hd]).swap_dims(1, 2);
@@ -462,7 +508,7 @@ impl<B: Backend> Decoder<B> {
         let g = nh / nkv;
         let q = q.reshape([b, nkv, g * s, hd]);
         let opts = AttentionModuleOptions { scale: None, softcap: None, is_causal: false };
-        let out = attention(q, k, v, mask, None, opts).reshape([b, nh, s, hd]);
+        let out = attention(q, k, v, inputs.mask.clone(), None, opts).reshape([b, nh, s, hd]);
         let mut out = layer.wo.forward(out.swap_dims(1, 2).reshape([b, s, nh * hd]), act);
         if let Some(bias) = &layer.bo {
             out = out + bias.clone().unsqueeze_dims::<3>(&[0, 0]);
@@ -483,14 +529,20 @@ fn rms_norm<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 1>, eps: f32) -> Tensor<B,
     x * inv * w.unsqueeze_dims::<3>(&[0, 0])
 }
 
-impl<B: Backend> Decoder<B> {
-    /// Rotate-half RoPE on `[b, s, heads, hd]`: `x·cos + rotate_half(x)·sin`, the rotation being
-    /// one small matmul instead of slices, a negation and a concatenation.
-    fn rope(&self, x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
-        let [b, s, h, d] = x.dims();
-        let rotated = x.clone().reshape([b * s * h, d]).matmul(self.rotate_half.clone()).reshape([b, s, h, d]);
-        x * cos.clone() + rotated * sin.clone()
-    }
+/// What every layer on one device reads in one forward pass besides the activations: the
+/// causal mask (none for one position) and the RoPE slices of the positions.
+struct LayerInputs<B: Backend> {
+    mask: Option<Tensor<B, 4, Bool>>,
+    cos: Tensor<B, 4>,
+    sin: Tensor<B, 4>,
+}
+
+/// Rotate-half RoPE on `[b, s, heads, hd]`: `x·cos + rotate_half(x)·sin`, the rotation being
+/// one small matmul by `rotation` instead of slices, a negation and a concatenation.
+fn rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>, rotation: &Tensor<B, 2>) -> Tensor<B, 4> {
+    let [b, s, h, d] = x.dims();
+    let rotated = x.clone().reshape([b * s * h, d]).matmul(rotation.clone()).reshape([b, s, h, d]);
+    x * cos.clone() + rotated * sin.clone()
 }
 
 /// `R` with `(x·R)[i] = −x[i + d/2]` for `i < d/2` and `x[i − d/2]` otherwise.
@@ -563,6 +615,47 @@ mod tests {
         }
         let back = unpermute_rows(&HostTensor { data: gguf, shape: vec![rows, cols] }, n_head);
         assert_eq!(back.data, hf);
+    }
+
+    #[test]
+    fn a_split_across_devices_computes_what_one_device_does() {
+        use burn::backend::Flex;
+        let c = DecoderConfig {
+            arch: crate::config::Arch::InternLm,
+            vocab_size: 40,
+            hidden_size: 16,
+            intermediate_size: 24,
+            num_layers: 3,
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 4,
+            rope_theta: 10000.0,
+            rms_norm_eps: 1e-6,
+            max_position: 32,
+            qkv_bias: true,
+            o_bias: true,
+            tie_word_embeddings: false,
+            rope_inv_freq_f16: false,
+        };
+        let src = crate::random_weights::RandomWeights::for_decoder(&c, 11);
+        let dev: burn::tensor::Device<Flex> = Default::default();
+        let whole = Decoder::<Flex>::load(c.clone(), &src, KeyStyle::HuggingFace, &dev).unwrap();
+        // Three "devices" (the same CPU), layers 0 | 1–2 on the second and third, none on the first.
+        let devices = [dev.clone(), dev.clone(), dev];
+        let split = Decoder::<Flex>::load_split(c, &src, KeyStyle::HuggingFace, &devices, &[1, 2, 2]).unwrap();
+        assert_eq!(split.layers.iter().map(|l| l.on).collect::<Vec<_>>(), vec![1, 2, 2]);
+        assert_eq!(split.tables.len(), 3);
+        let run = |d: &Decoder<Flex>| {
+            let mut cache = d.new_cache();
+            let mut out = d.forward_ids(&[3, 1, 4, 1, 5], &mut cache, 2).into_data().convert::<f32>().into_vec::<f32>().unwrap();
+            cache.reorder(&[0, 0]);
+            let step = d.embed_ids(&[9, 2]).reshape([2, 1, 16]);
+            out.extend(d.forward_embeds(step, &mut cache, 1).into_data().convert::<f32>().into_vec::<f32>().unwrap());
+            (out, cache.len())
+        };
+        let (a, b) = (run(&whole), run(&split));
+        assert_eq!(a.1, 6);
+        assert_eq!(a, b, "prefill of 5 positions, then a step of two sequences");
     }
 
     #[test]

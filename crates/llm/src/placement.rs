@@ -6,6 +6,8 @@
 use std::fmt;
 use std::ops::Range;
 
+use crate::config::DecoderConfig;
+
 /// What a split model puts on its devices, in bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlacementNeeds {
@@ -14,6 +16,23 @@ pub struct PlacementNeeds {
     pub first_device: u64,
     /// Each decoder layer in order: its weights and its KV cache at the planned context.
     pub layers: Vec<u64>,
+}
+
+impl PlacementNeeds {
+    /// A decoder's needs from its configuration: each layer's weights at `weight_bytes` a value
+    /// plus its KV cache for `context` positions at `kv_bytes` a value; the first device holds the
+    /// embeddings, the final norm and the head (once when tied) at `weight_bytes`, plus
+    /// `first_extra` (an image encoder).
+    pub fn for_decoder(c: &DecoderConfig, weight_bytes: u64, kv_bytes: u64, context: usize, first_extra: u64) -> Self {
+        let (d, ff) = (c.hidden_size as u64, c.intermediate_size as u64);
+        let (q, kv) = ((c.num_heads * c.head_dim) as u64, (c.num_kv_heads * c.head_dim) as u64);
+        let biases = if c.qkv_bias { q + 2 * kv } else { 0 } + if c.o_bias { d } else { 0 };
+        let values = d * (q + 2 * kv) + q * d + 3 * d * ff + 2 * d + biases;
+        let cache = 2 * kv * context as u64 * kv_bytes;
+        let tables = if c.tie_word_embeddings { 1 } else { 2 };
+        let first = (tables * c.vocab_size as u64 * d + d) * weight_bytes + first_extra;
+        PlacementNeeds { first_device: first, layers: vec![values * weight_bytes + cache; c.num_layers] }
+    }
 }
 
 /// One device's part of a [`Placement`].
@@ -33,6 +52,18 @@ pub struct DeviceShare {
 pub struct Placement {
     /// One share per device given to [`place`].
     pub shares: Vec<DeviceShare>,
+}
+
+impl Placement {
+    /// For each decoder layer, the index of the device that runs it.
+    pub fn layer_devices(&self) -> Vec<usize> {
+        self.shares.iter().enumerate().flat_map(|(device, s)| s.layers.clone().map(move |_| device)).collect()
+    }
+
+    /// How many devices run at least one layer or the first device's parts.
+    pub fn devices_used(&self) -> usize {
+        self.shares.iter().enumerate().filter(|(i, s)| *i == 0 || !s.layers.is_empty()).count()
+    }
 }
 
 /// Why no placement exists.
@@ -190,6 +221,45 @@ mod tests {
         // One layer larger than any device.
         let err = place(&PlacementNeeds { first_device: 1, layers: vec![1, 50, 1] }, &[40, 40]).unwrap_err();
         assert!(matches!(err, PlacementError::DoesNotFit { device: 1, needed: 51, capacity: 40, .. }), "{err:?}");
+    }
+
+    #[test]
+    fn layer_devices_follow_the_shares() {
+        let p = place(&needs(6, 32, 1), &[24, 24]).unwrap();
+        let on = p.layer_devices();
+        assert_eq!(on.len(), 32);
+        assert_eq!((on[12], on[13], on[31]), (0, 1, 1));
+        assert_eq!(p.devices_used(), 2);
+        // A model that one device holds whole still spreads: the fullest device is emptier so.
+        assert_eq!(place(&needs(0, 2, 1), &[100, 100, 100]).unwrap().devices_used(), 2);
+    }
+
+    #[test]
+    fn decoder_needs_count_internlm_7b() {
+        // InternLM-7B: 32 layers of 4096 wide, MLP 11,008, q/k/v/o biases, an untied head of
+        // 103,168 rows. Per layer 4·4096² + 3·4096·11,008 + 2·4096 + 4·4096 = 202,399,744 values
+        // (6.48 GB of the 7B model's weights over 32 layers, as its f16 checkpoint has).
+        let c = DecoderConfig {
+            arch: crate::config::Arch::InternLm,
+            vocab_size: 103_168,
+            hidden_size: 4096,
+            intermediate_size: 11_008,
+            num_layers: 32,
+            num_heads: 32,
+            num_kv_heads: 32,
+            head_dim: 128,
+            rope_theta: 10000.0,
+            rms_norm_eps: 1e-6,
+            max_position: 2048,
+            qkv_bias: true,
+            o_bias: true,
+            tie_word_embeddings: false,
+            rope_inv_freq_f16: true,
+        };
+        let n = PlacementNeeds::for_decoder(&c, 2, 2, 2048, 7);
+        // f16 KV cache of 2,048 positions: 2 · 4096 · 2048 · 2 bytes = 32 MiB a layer.
+        assert_eq!(n.layers, vec![202_399_744 * 2 + 33_554_432; 32]);
+        assert_eq!(n.first_device, (2 * 103_168 * 4096 + 4096) * 2 + 7);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use burn::tensor::backend::Backend;
 use crate::beam::{BurnSteps, StepDecoder};
 use crate::config::DecoderConfig;
 use crate::decoder::{Decoder, KeyStyle};
+use crate::placement::{Placement, PlacementNeeds};
 use crate::weights::{WeightError, WeightSource};
 #[cfg(feature = "cuda")]
 use crate::cuda::{CudaDecoder, CudaError, EngineOptions, EngineSteps};
@@ -21,12 +22,36 @@ pub enum EngineChoice {
     Cuda(EngineOptions),
 }
 
+/// Devices to split a model across by memory (a pipeline: layers in contiguous runs, the
+/// activations handed from one device to the next), with the bytes each offers.
+#[derive(Debug, Clone)]
+pub struct DeviceSplit<B: Backend> {
+    /// The devices in order; the first holds the embeddings, the head and any image encoder.
+    pub devices: Vec<B::Device>,
+    /// The bytes each device offers (its free memory), in the same order.
+    pub capacities: Vec<u64>,
+    /// Bytes a weight value takes on the devices (4 for f32, 2 for f16).
+    pub weight_bytes: u64,
+}
+
+impl<B: Backend> DeviceSplit<B> {
+    /// The plan for `config` with `first_extra` more bytes on the first device (an image
+    /// encoder), each layer's KV cache counted at the model's full context in the weights' type.
+    pub fn plan(&self, config: &DecoderConfig, first_extra: u64) -> Result<Placement, crate::placement::PlacementError> {
+        let needs = PlacementNeeds::for_decoder(config, self.weight_bytes, self.weight_bytes, config.max_position, first_extra);
+        crate::placement::place(&needs, &self.capacities)
+    }
+}
+
 /// Errors of loading or running a [`TextDecoder`].
 #[derive(Debug, thiserror::Error)]
 pub enum TextDecoderError {
     /// burn's decoder could not be built from the weights.
     #[error(transparent)]
     Weights(#[from] WeightError),
+    /// A split across devices that this implementation or the devices given cannot run.
+    #[error("{0}")]
+    Split(String),
     /// The CUDA engine refused or failed.
     #[cfg(feature = "cuda")]
     #[error(transparent)]
@@ -51,6 +76,29 @@ impl<B: Backend> TextDecoder<B> {
             #[cfg(feature = "cuda")]
             EngineChoice::Cuda(opts) => TextDecoder::Cuda(std::sync::Mutex::new(CudaDecoder::load(config, src, style, opts)?)),
         })
+    }
+
+    /// [`TextDecoder::load`] split across `devices` as `placement` says (its shares in the order
+    /// of `devices`): the embeddings and head on the first, each layer on its share's device.
+    /// Only burn's decoder splits; the fused CUDA engine runs on one GPU.
+    pub fn load_placed(config: DecoderConfig, src: &dyn WeightSource, style: KeyStyle, devices: &[B::Device], placement: &Placement, engine: EngineChoice) -> Result<Self, TextDecoderError> {
+        let on = placement.layer_devices();
+        if placement.shares.len() != devices.len() || on.len() != config.num_layers || devices.is_empty() {
+            let (shares, layers) = (placement.shares.len(), on.len());
+            return Err(TextDecoderError::Split(format!(
+                "a plan of {shares} devices and {layers} layers for {} devices and a model of {} layers",
+                devices.len(),
+                config.num_layers
+            )));
+        }
+        if placement.devices_used() > 1 && engine != EngineChoice::Burn {
+            return Err(TextDecoderError::Split("the fused CUDA engine runs on one GPU; a split across devices runs on burn's operations (--engine burn)".into()));
+        }
+        match engine {
+            EngineChoice::Burn => Ok(TextDecoder::Burn(Decoder::load_split(config, src, style, devices, &on)?)),
+            #[cfg(feature = "cuda")]
+            EngineChoice::Cuda(_) => Self::load(config, src, style, &devices[0], engine),
+        }
     }
 
     /// burn's decoder, when that is what runs the model.

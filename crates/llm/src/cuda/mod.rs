@@ -29,6 +29,20 @@ pub use kernels::Buf;
 pub use matrix::WeightQuant;
 
 use crate::beam::StepDecoder;
+
+/// The free memory of CUDA device `ordinal` in bytes, as the driver reports it (what a model
+/// split across GPUs may place there).
+pub fn free_memory(ordinal: usize) -> Result<u64, CudaError> {
+    let ctx = cudarc::driver::CudaContext::new(ordinal)?;
+    ctx.bind_to_thread()?;
+    let (free, _total) = cudarc::driver::result::mem_get_info()?;
+    Ok(free as u64)
+}
+
+/// How many CUDA devices the driver sees.
+pub fn device_count() -> Result<usize, CudaError> {
+    Ok(cudarc::driver::CudaContext::device_count()?.max(0) as usize)
+}
 use crate::weights::WeightError;
 
 /// Errors of the CUDA engine.

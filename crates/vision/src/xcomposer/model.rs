@@ -22,6 +22,8 @@ use xcomposer_llm::decoder::KeyStyle;
 use xcomposer_llm::torch::TorchWeights;
 use super::language::{InternLmTokenizer, LoraMerged};
 use xcomposer_llm::DecoderConfig;
+use xcomposer_llm::placement::{Placement, PlacementError};
+use xcomposer_llm::text_decoder::DeviceSplit;
 use super::image_encoder::ImageEncoder;
 use super::visual::VisualConfig;
 use crate::{ImageInput, Preprocess};
@@ -83,6 +85,14 @@ fn engine_error(e: xcomposer_llm::cuda::CudaError) -> XComposerError {
     XComposerError::Engine(e.to_string())
 }
 
+/// Bytes of everything in the checkpoint but the language model (the image encoder, the perceive
+/// sampler, the projection) at `weight_bytes` a value: what the first device of a split holds
+/// besides the embeddings and head.
+fn image_encoder_bytes(src: &TorchWeights, weight_bytes: u64) -> u64 {
+    let values = |name: &String| src.tensor(name).map_or(0, |t| t.shape.iter().product::<usize>() as u64);
+    src.names().iter().filter(|n| !n.starts_with("internlm_model.")).map(values).sum::<u64>() * weight_bytes
+}
+
 /// The loaded model.
 pub struct XComposer<B: Backend> {
     /// The image encoder (on burn, or beside the fused engine on the GPU).
@@ -99,6 +109,8 @@ pub struct XComposer<B: Backend> {
     pub dir: PathBuf,
     /// Where the load's time went.
     pub load_times: LoadTimes,
+    /// How the model is split across devices, when it is ([`XComposer::load_split`]).
+    pub placement: Option<Placement>,
 }
 
 /// Where [`XComposer::load_with`]'s time went: the image encoder and the language model load
@@ -122,6 +134,18 @@ impl<B: Backend> XComposer<B> {
 
     /// [`XComposer::load`] with the language model on the engine chosen.
     pub fn load_with(dir: &Path, device: &B::Device, engine: EngineChoice) -> Result<Self, XComposerError> {
+        Self::load_on(dir, device, None, engine)
+    }
+
+    /// [`XComposer::load_with`] split across `split`'s devices by memory, as the original's
+    /// `--num_gpus` does: the image encoder, embeddings and head on the first device, the decoder
+    /// layers in contiguous runs ([`XComposer::placement`] says which where). burn's decoder only.
+    pub fn load_split(dir: &Path, split: &DeviceSplit<B>, engine: EngineChoice) -> Result<Self, XComposerError> {
+        let first = split.devices.first().ok_or_else(|| XComposerError::Load(PlacementError::NoDevices.to_string()))?;
+        Self::load_on(dir, first, Some(split), engine)
+    }
+
+    fn load_on(dir: &Path, device: &B::Device, split: Option<&DeviceSplit<B>>, engine: EngineChoice) -> Result<Self, XComposerError> {
         let cfg_path = dir.join("config.json");
         let load_err = |reason: String| XComposerError::Load(format!("{}: {reason}", cfg_path.display()));
         // Read capped and only when regular (a FIFO config.json would block the load forever).
@@ -143,6 +167,10 @@ impl<B: Backend> XComposer<B> {
         let start = Instant::now();
         let src = TorchWeights::open_dir(dir).map_err(|e| XComposerError::Load(e.to_string()))?;
         let llm_src = LoraMerged { inner: &src, prefix: "internlm_model.".into(), scale };
+        let placement = match split {
+            Some(split) => Some(split.plan(&llm_cfg, image_encoder_bytes(&src, split.weight_bytes)).map_err(|e| XComposerError::Load(format!("{}: {e}", dir.display())))?),
+            None => None,
+        };
         // The image encoder loads on a thread of its own while the language model loads here.
         let (visual, text) = std::thread::scope(|scope| {
             let visual = scope.spawn(|| {
@@ -150,14 +178,18 @@ impl<B: Backend> XComposer<B> {
                 ImageEncoder::load(&src, &visual_cfg, device, engine).map(|v| (v, t.elapsed()))
             });
             let t = Instant::now();
-            let text = TextDecoder::load(llm_cfg, &llm_src, KeyStyle::HuggingFace, device, engine).map(|d| (d, t.elapsed())).map_err(|e| XComposerError::Load(e.to_string()));
+            let text = match (split, &placement) {
+                (Some(split), Some(plan)) => TextDecoder::load_placed(llm_cfg, &llm_src, KeyStyle::HuggingFace, &split.devices, plan, engine),
+                _ => TextDecoder::load(llm_cfg, &llm_src, KeyStyle::HuggingFace, device, engine),
+            };
+            let text = text.map(|d| (d, t.elapsed())).map_err(|e| XComposerError::Load(e.to_string()));
             let visual = visual.join().unwrap_or_else(|_| Err(XComposerError::Load("the image encoder's load panicked".into())));
             (visual, text)
         });
         let ((visual, visual_time), (text, text_time)) = (visual?, text?);
         let load_times = LoadTimes { visual: visual_time, text: text_time, total: start.elapsed() };
         let tokenizer = InternLmTokenizer::load(&dir.join("tokenizer.model")).map_err(|e| XComposerError::Load(format!("{}: {e}", dir.join("tokenizer.model").display())))?;
-        Ok(XComposer { preprocess: Preprocess::xcomposer(visual_cfg.img_size as u32), visual, text, device: device.clone(), tokenizer, dir: dir.into(), load_times })
+        Ok(XComposer { preprocess: Preprocess::xcomposer(visual_cfg.img_size as u32), visual, text, device: device.clone(), tokenizer, dir: dir.into(), load_times, placement })
     }
 
     /// The preprocessed pixels of an image file, `[3, S, S]` as a flat vector.
