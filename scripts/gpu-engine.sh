@@ -35,6 +35,10 @@
 #                engine --quant q4_0 --max-context 1024` for its memory (ATTENTION_ENGINE=0 skips it).
 #   PART=smollm2: `bench engine --shape smollm2` (the default text model's shape, random weights)
 #                beside llama-bench on a random f16 GGUF of that shape (scripts/write_random_gguf.py).
+#   PART=split:  the model split across GPUs (--devices, burn's operations): xcomposer-tiny's greedy
+#                and 5-beam answers on one GPU against split across every GPU (cuda:0,cuda:0 on a
+#                machine of one), f32; then `bench xcomposer` on the random 7B (f16, burn) on 1, 2
+#                and 4 GPUs where there are that many (SPLIT_TOKENS new tokens, default 32, 2 runs).
 set -uo pipefail
 DIR=${DIR:-.device}
 PART=${PART:-engine}
@@ -202,6 +206,33 @@ if [ "$PART" = compose ]; then
   exit 0
 fi
 
+if [ "$PART" = split ]; then
+  NG=$(nvidia-smi --list-gpus | wc -l)
+  LIST=$(seq -s, -f 'cuda:%g' 0 $((NG - 1))); [ "$NG" -ge 2 ] || LIST=cuda:0,cuda:0
+  echo "== xcomposer-tiny on one GPU and split across $LIST (burn, f32)"
+  IMG="$(realpath "$DIR/images")/coffee.png"
+  for beams in 1 5; do
+    for where in "--device cuda" "--devices $LIST"; do
+      # shellcheck disable=SC2086
+      "$BIN" chat --model "$W/xcomposer-tiny" --image "$IMG" --max-new-tokens 24 --beams $beams --json --engine burn $where \
+        "Describe this image." > "$OUT/split-$beams-${where%% *}.json" 2> "$OUT/split-$beams-${where%% *}.err" || tail -3 "$OUT/split-$beams-${where%% *}.err"
+    done
+    cmp -s "$OUT/split-$beams---device.json" "$OUT/split-$beams---devices.json" && echo "beams $beams: same answer" || echo "beams $beams: answers DIFFER"
+  done
+  grep -h "device [0-9]:" "$OUT/split-1---devices.err"
+  random_7b
+  for n in 1 2 4; do
+    [ "$n" -le "$NG" ] || continue
+    WHERE=(--device cuda); [ "$n" = 1 ] || WHERE=(--devices "$(seq -s, -f 'cuda:%g' 0 $((n - 1)))")
+    echo "== bench xcomposer, random 7B, burn f16 on $n GPU(s)"
+    "$BIN" bench xcomposer --model "$M" --engine burn --dtype f16 "${WHERE[@]}" --new-tokens "${SPLIT_TOKENS:-32}" --runs 2 --beams 0 \
+      2> "$OUT/bench-split-$n.err" | tee "$OUT/bench-split-$n.md"
+    grep "device [0-9]:" "$OUT/bench-split-$n.err"
+  done
+  echo "== the fused engine on one GPU, for comparison"
+  "$BIN" bench xcomposer --model "$M" --dtype f16 --new-tokens "${SPLIT_TOKENS:-32}" --runs 2 --beams 0 2> "$OUT/bench-split-fused.err" | tee "$OUT/bench-split-fused.md"
+  exit 0
+fi
 if [ "$PART" = smollm2 ]; then
   [ -n "${BUILD:-}" ] && wait "$BUILD"
   LB="$A/llama.cpp/build/bin"

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use xcomposer_vision::xcomposer::model::{TextDecoder, XComposer};
@@ -36,6 +36,9 @@ pub struct XComposerBenchArgs {
     /// Device, float type and engine.
     #[command(flatten)]
     pub run_on: DeviceOptions,
+    /// Several devices to split the model across (burn's operations).
+    #[command(flatten)]
+    split: crate::split::SplitOptions,
     /// The PyTorch anchor.
     #[command(flatten)]
     anchor: TorchAnchor,
@@ -102,10 +105,10 @@ fn burn_op_us<B: Backend>(device: &B::Device) -> f64 {
     t.elapsed().as_secs_f64() * 1e6 / 2000.0
 }
 
-fn measure<B: Backend>(args: &XComposerBenchArgs, device: &B::Device) -> Result<Numbers> {
+fn measure<B: crate::split::SplitBackend>(args: &XComposerBenchArgs, device: &B::Device, specs: &[crate::split::DeviceSpec]) -> Result<Numbers> {
     set_float_dtype::<B>(device, args.run_on.dtype)?;
     let t = Instant::now();
-    let model = XComposer::<B>::load_with(&args.model, device, args.run_on.engine_choice()?).with_context(|| format!("loading {}", args.model.display()))?;
+    let model = crate::split::load_xcomposer::<B>(&args.model, device, &args.run_on, specs, "bench")?;
     let load_s = t.elapsed().as_secs_f64();
     let rss_mib = peak_rss_mib().unwrap_or(f64::NAN);
     let load_detail = load_detail(&model);
@@ -178,12 +181,16 @@ fn engine_numbers(e: &mut xcomposer_llm::cuda::CudaDecoder, args: &XComposerBenc
 }
 
 /// Runs the benchmark.
-pub fn run(args: XComposerBenchArgs) -> Result<()> {
+pub fn run(mut args: XComposerBenchArgs) -> Result<()> {
     if args.new_tokens == 0 || args.runs == 0 {
         bail!("--new-tokens and --runs must be positive");
     }
     args.llama.check()?;
-    let ours = crate::with_backend!(args.run_on.device, |device: B| measure::<B>(&args, &device))?;
+    let specs = args.split.resolve(&mut args.run_on)?;
+    let mut ours = crate::with_backend!(args.run_on.device, |device: B| measure::<B>(&args, &device, &specs))?;
+    if specs.len() > 1 {
+        ours.engine = "burn, split across devices";
+    }
     let dtype = args.run_on.dtype.name();
     let mut torch = None;
     if args.anchor.torch {
