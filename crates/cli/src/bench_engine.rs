@@ -121,23 +121,7 @@ fn measure(args: &EngineBenchArgs) -> Result<()> {
 
 
     let c = match args.shape {
-        Shape::Internlm7b => DecoderConfig {
-            arch: Arch::InternLm,
-            vocab_size: 103168,
-            hidden_size: 4096,
-            intermediate_size: 11008,
-            num_layers: 32,
-            num_heads: 32,
-            num_kv_heads: 32,
-            head_dim: 128,
-            rope_theta: 10000.0,
-            rms_norm_eps: 1e-6,
-            max_position: 2048,
-            qkv_bias: true,
-            o_bias: true,
-            tie_word_embeddings: false,
-            rope_inv_freq_f16: true,
-        },
+        Shape::Internlm7b => DecoderConfig::internlm_7b(),
         Shape::Smollm2 => DecoderConfig {
             arch: Arch::Llama,
             vocab_size: 49152,

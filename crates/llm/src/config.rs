@@ -76,6 +76,28 @@ pub struct DecoderConfig {
 }
 
 impl DecoderConfig {
+    /// InternLM-7B as InternLM-XComposer v1 ships it: 32 layers of width 4096, 32 heads, SwiGLU
+    /// 11,008 wide, q/k/v/o biases, an untied head of 103,168 rows, a 2,048-position context.
+    pub fn internlm_7b() -> Self {
+        DecoderConfig {
+            arch: Arch::InternLm,
+            vocab_size: 103_168,
+            hidden_size: 4096,
+            intermediate_size: 11_008,
+            num_layers: 32,
+            num_heads: 32,
+            num_kv_heads: 32,
+            head_dim: 128,
+            rope_theta: 10000.0,
+            rms_norm_eps: 1e-5,
+            max_position: 2048,
+            qkv_bias: true,
+            o_bias: true,
+            tie_word_embeddings: false,
+            rope_inv_freq_f16: true,
+        }
+    }
+
     /// Reads the configuration from GGUF metadata (`general.architecture` = `llama` or `qwen2`).
     /// `tie_word_embeddings` is set from whether the file has an `output.weight` tensor.
     pub fn from_gguf(g: &Gguf) -> Result<Self, ConfigError> {
@@ -277,6 +299,12 @@ mod tests {
         assert_eq!(c.arch, Arch::InternLm);
         assert!(c.qkv_bias && c.o_bias && !c.tie_word_embeddings);
         assert_eq!((c.num_kv_heads, c.head_dim, c.rope_theta), (32, 128, 10000.0));
+        // InternLM-XComposer's own config.json (the fields the reference lists) reads as the
+        // shape the benchmarks and the placement plan use.
+        let json = r#"{"model_type":"InternLMXComposer","vocab_size":103168,"hidden_size":4096,"intermediate_size":11008,
+            "num_hidden_layers":32,"num_attention_heads":32,"rms_norm_eps":1e-05,"kqvo_bias":true,"max_position_embeddings":2048,
+            "tie_word_embeddings":false}"#;
+        assert_eq!(DecoderConfig::from_hf_json(json, "config.json").unwrap(), DecoderConfig::internlm_7b());
     }
 
     #[test]

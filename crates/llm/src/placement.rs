@@ -239,23 +239,7 @@ mod tests {
         // InternLM-7B: 32 layers of 4096 wide, MLP 11,008, q/k/v/o biases, an untied head of
         // 103,168 rows. Per layer 4·4096² + 3·4096·11,008 + 2·4096 + 4·4096 = 202,399,744 values
         // (6.48 GB of the 7B model's weights over 32 layers, as its f16 checkpoint has).
-        let c = DecoderConfig {
-            arch: crate::config::Arch::InternLm,
-            vocab_size: 103_168,
-            hidden_size: 4096,
-            intermediate_size: 11_008,
-            num_layers: 32,
-            num_heads: 32,
-            num_kv_heads: 32,
-            head_dim: 128,
-            rope_theta: 10000.0,
-            rms_norm_eps: 1e-6,
-            max_position: 2048,
-            qkv_bias: true,
-            o_bias: true,
-            tie_word_embeddings: false,
-            rope_inv_freq_f16: true,
-        };
+        let c = DecoderConfig::internlm_7b();
         let n = PlacementNeeds::for_decoder(&c, 2, 2, 2048, 7);
         // f16 KV cache of 2,048 positions: 2 · 4096 · 2048 · 2 bytes = 32 MiB a layer.
         assert_eq!(n.layers, vec![202_399_744 * 2 + 33_554_432; 32]);
