@@ -58,7 +58,7 @@ BIN="$W/xcomposer"
 
 # llama.cpp builds in the background while the checks run.
 A="$W/anchors"
-if [ "$PART" != check ] && [ "$PART" != compose ] && [ "$PART" != load ] && [ "$PART" != edit ] && [ -d "$DIR/anchors" ] && [ ! -x "$A/llama.cpp/build/bin/llama-bench" ]; then
+if [ "$PART" != check ] && [ "$PART" != compose ] && [ "$PART" != load ] && [ "$PART" != edit ] && [ "$PART" != split ] && [ -d "$DIR/anchors" ] && [ ! -x "$A/llama.cpp/build/bin/llama-bench" ]; then
   mkdir -p "$A" && cp -r "$DIR/anchors/." "$A/" && tar xJf "$A/llama.cpp.tar.xz" -C "$A"
   ( cd "$A/llama.cpp" && cmake -B build -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
       -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DCMAKE_BUILD_TYPE=Release \
@@ -217,7 +217,11 @@ if [ "$PART" = split ]; then
       "$BIN" chat --model "$W/xcomposer-tiny" --image "$IMG" --max-new-tokens 24 --beams $beams --json --engine burn $where \
         "Describe this image." > "$OUT/split-$beams-${where%% *}.json" 2> "$OUT/split-$beams-${where%% *}.err" || tail -3 "$OUT/split-$beams-${where%% *}.err"
     done
-    cmp -s "$OUT/split-$beams---device.json" "$OUT/split-$beams---devices.json" && echo "beams $beams: same answer" || echo "beams $beams: answers DIFFER"
+    python3 - "$OUT/split-$beams---device.json" "$OUT/split-$beams---devices.json" "$beams" <<'PY'
+import json, sys
+one, split = (json.load(open(p))["generated_ids"] for p in sys.argv[1:3])
+print(f"beams {sys.argv[3]}: {'the same' if one == split else 'DIFFERENT'} tokens ({len(one)} on one GPU, {len(split)} split)")
+PY
   done
   grep -h "device [0-9]:" "$OUT/split-1---devices.err"
   random_7b
@@ -230,7 +234,7 @@ if [ "$PART" = split ]; then
     grep "device [0-9]:" "$OUT/bench-split-$n.err"
   done
   echo "== the fused engine on one GPU, for comparison"
-  "$BIN" bench xcomposer --model "$M" --dtype f16 --new-tokens "${SPLIT_TOKENS:-32}" --runs 2 --beams 0 2> "$OUT/bench-split-fused.err" | tee "$OUT/bench-split-fused.md"
+  "$BIN" bench xcomposer --model "$M" --device cuda --dtype f16 --new-tokens "${SPLIT_TOKENS:-32}" --runs 2 --beams 0 2> "$OUT/bench-split-fused.err" | tee "$OUT/bench-split-fused.md"
   exit 0
 fi
 if [ "$PART" = smollm2 ]; then

@@ -26,6 +26,14 @@ pub enum DtypeArg {
 }
 
 impl DtypeArg {
+    /// Bytes a value takes.
+    pub fn bytes(self) -> u64 {
+        match self {
+            DtypeArg::F32 => 4,
+            DtypeArg::F16 => 2,
+        }
+    }
+
     /// `f32` or `f16`.
     pub fn name(self) -> &'static str {
         match self {

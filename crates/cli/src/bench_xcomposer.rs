@@ -13,7 +13,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use xcomposer_vision::xcomposer::model::{TextDecoder, XComposer};
 
-use crate::backend::{DeviceOptions, peak_rss_mib, set_float_dtype};
+use crate::backend::{DeviceOptions, peak_rss_mib};
 use crate::bench::{LlamaAnchor, LlamaRows, TorchAnchor, median};
 
 const TORCH_SCRIPT: &str = include_str!("../../../scripts/bench_xcomposer_torch.py");
@@ -106,7 +106,6 @@ fn burn_op_us<B: Backend>(device: &B::Device) -> f64 {
 }
 
 fn measure<B: crate::split::SplitBackend>(args: &XComposerBenchArgs, device: &B::Device, specs: &[crate::split::DeviceSpec]) -> Result<Numbers> {
-    set_float_dtype::<B>(device, args.run_on.dtype)?;
     let t = Instant::now();
     let model = crate::split::load_xcomposer::<B>(&args.model, device, &args.run_on, specs, "bench")?;
     let load_s = t.elapsed().as_secs_f64();
@@ -114,6 +113,7 @@ fn measure<B: crate::split::SplitBackend>(args: &XComposerBenchArgs, device: &B:
     let load_detail = load_detail(&model);
     eprintln!("[bench] loaded in {load_s:.1} s ({load_detail}), peak resident memory {rss_mib:.0} MiB");
     let s = model.visual.config.img_size;
+    let device = &model.device;
     let pixels: Vec<f32> = Tensor::<B, 4>::random([1, 3, s, s], Distribution::Normal(0.0, 1.0), device).into_data().convert::<f32>().into_vec().expect("f32 pixels");
     let encode_s = timed(args.runs.max(10), || {
         let _ = model.encode_pixels(pixels.clone())?.into_data();
@@ -125,7 +125,8 @@ fn measure<B: crate::split::SplitBackend>(args: &XComposerBenchArgs, device: &B:
     let hidden = model.text.config().hidden_size;
     let long = Tensor::<B, 3>::random([1, 512, hidden], Distribution::Normal(0.0, 0.02), device);
     let burn_op_us = burn_op_us::<B>(device);
-    let mut n = Numbers { engine: "burn", load_s, load_detail, rss_mib, encode_ms: encode_s * 1e3, prompt_len, prefill_tps: 0.0, prefill512_tps: 0.0, decode_tps: 0.0, beam_tps: None, burn_op_us };
+    let engine = if model.placement.as_ref().is_some_and(|p| p.devices_used() > 1) { "burn, split across devices" } else { "burn" };
+    let mut n = Numbers { engine, load_s, load_detail, rss_mib, encode_ms: encode_s * 1e3, prompt_len, prefill_tps: 0.0, prefill512_tps: 0.0, decode_tps: 0.0, beam_tps: None, burn_op_us };
     match &model.text {
         TextDecoder::Burn(dec) => {
             let argmax = |logits: Tensor<B, 3>| xcomposer_llm::generation::argmax(&logits.into_data().convert::<f32>().into_vec::<f32>().expect("f32"));
@@ -187,10 +188,7 @@ pub fn run(mut args: XComposerBenchArgs) -> Result<()> {
     }
     args.llama.check()?;
     let specs = args.split.resolve(&mut args.run_on)?;
-    let mut ours = crate::with_backend!(args.run_on.device, |device: B| measure::<B>(&args, &device, &specs))?;
-    if specs.len() > 1 {
-        ours.engine = "burn, split across devices";
-    }
+    let ours = crate::with_backend!(args.run_on.device, |device: B| measure::<B>(&args, &device, &specs))?;
     let dtype = args.run_on.dtype.name();
     let mut torch = None;
     if args.anchor.torch {

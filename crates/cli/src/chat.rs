@@ -13,7 +13,7 @@ use xcomposer_llm::beam::EmbedGenConfig;
 use xcomposer_llm::{GenerationConfig, LanguageModel, Message};
 use xcomposer_vision::{ImageInput, ImageLimits, ImageTagger};
 
-use crate::backend::{DeviceOptions, peak_rss_mib, resolve_model, set_float_dtype};
+use crate::backend::{DeviceOptions, peak_rss_mib, resolve_model};
 
 /// Arguments of `xcomposer chat`.
 #[derive(clap::Args)]
@@ -110,7 +110,6 @@ fn questions(args: &ChatArgs, mut each: impl FnMut(&str, &[PathBuf]) -> Result<(
 }
 
 fn xcomposer_chat<B: crate::split::SplitBackend>(args: &ChatArgs, dir: &Path, device: &B::Device, specs: &[crate::split::DeviceSpec]) -> Result<()> {
-    set_float_dtype::<B>(device, args.run_on.dtype)?;
     let t = Instant::now();
     let model = crate::split::load_xcomposer::<B>(dir, device, &args.run_on, specs, "chat")?;
     eprintln!("[chat] loaded {} in {:.1} s; peak memory {}", dir.display(), t.elapsed().as_secs_f64(), peak_rss_mib().map_or("unknown".into(), |m| format!("{m:.0} MiB")));

@@ -17,7 +17,7 @@ use xcomposer_composer::text_model::{Sampling, TextModel};
 use xcomposer_composer::{LlmWriter, StructuredWriter};
 use xcomposer_llm::LanguageModel;
 
-use crate::backend::{DeviceArg, DeviceOptions, peak_rss_mib, resolve_model_for, set_float_dtype};
+use crate::backend::{DeviceArg, DeviceOptions, peak_rss_mib, resolve_model_for};
 use crate::library::{ScorerOptions, open_library};
 
 /// The model and library flags shared by `compose` and `edit`.
@@ -292,7 +292,6 @@ fn xcomposer_composer<B: crate::split::SplitBackend>(
 where
     XComposer<B>: Send + Sync,
 {
-    set_float_dtype::<B>(device, run_on.dtype)?;
     let model = crate::split::load_xcomposer::<B>(dir, device, run_on, specs, "compose")?;
     Ok(Composer::with_xcomposer_writing(Arc::new(model), prompts, retriever, writing))
 }

@@ -10,7 +10,7 @@ use xcomposer_eval::predictions::PredictionLog;
 use xcomposer_eval::report::{Results, markdown};
 use xcomposer_eval::runner::{self, Bench, DataPaths, Dataset, RunStats};
 
-use crate::backend::{DeviceOptions, set_float_dtype};
+use crate::backend::DeviceOptions;
 
 /// The benchmark to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -137,7 +137,6 @@ fn answer<B: crate::split::SplitBackend>(
     dataset: &Dataset,
     log: &mut PredictionLog,
 ) -> Result<RunStats> {
-    set_float_dtype::<B>(device, run_on.dtype)?;
     let t = Instant::now();
     let model = crate::split::load_xcomposer::<B>(dir, device, run_on, specs, "eval")?;
     eprintln!("[eval] loaded {} in {:.1} s", dir.display(), t.elapsed().as_secs_f64());

@@ -9,7 +9,7 @@ use burn::tensor::backend::Backend;
 use xcomposer_llm::text_decoder::DeviceSplit;
 use xcomposer_vision::xcomposer::model::XComposer;
 
-use crate::backend::{DeviceArg, DeviceOptions, DtypeArg, set_float_dtype};
+use crate::backend::{DeviceArg, DeviceOptions, DtypeArg, EngineArg, set_float_dtype};
 
 /// One device of `--devices`: `cpu`, or `cuda:N` (`cuda` alone is `cuda:0`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,7 +41,7 @@ pub struct SplitOptions {
     /// `--num_gpus` does (`cuda:0,cuda:1`; `cpu,cpu` checks a split on one machine): the image
     /// encoder, embeddings and head on the first, the decoder layers in contiguous runs, each
     /// layer's KV cache beside it; the plan is printed at load. burn's operations run a split
-    /// (`--engine burn` on CUDA: the fused engine runs on one GPU).
+    /// (on CUDA too: the fused engine runs on one GPU).
     #[arg(long, value_delimiter = ',', value_name = "DEVICE,...")]
     pub devices: Vec<DeviceSpec>,
     /// Split across the first N GPUs (`--devices cuda:0,…,cuda:N-1`).
@@ -51,7 +51,8 @@ pub struct SplitOptions {
 
 impl SplitOptions {
     /// The devices asked for (empty: no split), after checking them against `run_on`, whose
-    /// `--device` they set (`--devices cuda:0,cuda:1` alone runs on CUDA).
+    /// `--device` and `--engine` they set (`--devices cuda:0,cuda:1` alone runs on CUDA, on
+    /// burn's operations).
     pub fn resolve(&self, run_on: &mut DeviceOptions) -> Result<Vec<DeviceSpec>> {
         let specs = match self.num_gpus {
             Some(0) => bail!("--num-gpus 0: a split needs at least one GPU"),
@@ -70,6 +71,7 @@ impl SplitOptions {
         if run_on.quant.is_some() || run_on.max_context.is_some() {
             bail!("--devices splits the model on burn's operations; --quant and --max-context belong to the fused engine, which runs on one GPU");
         }
+        run_on.engine = EngineArg::Burn;
         Ok(specs)
     }
 }
@@ -115,28 +117,36 @@ impl SplitBackend for burn::backend::Cuda {
     }
 }
 
-/// The devices of `specs` with what each offers, for weights in `dtype`.
+/// Of each device's free memory, the part a plan places weights and KV caches in (the rest is
+/// left to activations and the backend's own buffers).
+const PLANNED_SHARE: f64 = 0.9;
+
+/// The devices of `specs` with what each offers, for weights in `dtype` and the KV caches of
+/// the original's 5 beams.
 pub fn device_split<B: SplitBackend>(specs: &[DeviceSpec], dtype: DtypeArg) -> Result<DeviceSplit<B>> {
-    let mut split = DeviceSplit { devices: vec![], capacities: vec![], weight_bytes: if dtype == DtypeArg::F16 { 2 } else { 4 } };
+    let sequences = xcomposer_vision::xcomposer::language::gen_config().num_beams;
+    let mut split = DeviceSplit { devices: vec![], capacities: vec![], weight_bytes: dtype.bytes(), sequences };
     for spec in specs {
         let sharers = specs.iter().filter(|s| *s == spec).count();
         let (device, bytes) = B::device(spec, sharers)?;
         split.devices.push(device);
-        split.capacities.push(bytes);
+        split.capacities.push((bytes as f64 * PLANNED_SHARE) as u64);
     }
     Ok(split)
 }
 
-/// Loads InternLM-XComposer from `dir` on `device`, or split across `specs` when there are any
-/// (printing the plan, `tag` naming the command).
+/// Loads InternLM-XComposer from `dir` on `device` in `--dtype`, or split across `specs` when
+/// there are any (`device` then unused; the plan printed, `tag` naming the command). The model's
+/// `device` is where its inputs go.
 pub fn load_xcomposer<B: SplitBackend>(dir: &Path, device: &B::Device, run_on: &DeviceOptions, specs: &[DeviceSpec], tag: &str) -> Result<XComposer<B>> {
     let engine = run_on.engine_choice()?;
     let model = if specs.is_empty() {
+        set_float_dtype::<B>(device, run_on.dtype)?;
         XComposer::<B>::load_with(dir, device, engine)
     } else {
         let split = device_split::<B>(specs, run_on.dtype)?;
-        // The caller set `device`'s float type; every other device takes the same, once.
-        let mut typed = vec![device.clone()];
+        // Each device takes the float type once (burn refuses a second setting).
+        let mut typed: Vec<B::Device> = vec![];
         for d in &split.devices {
             if !typed.contains(d) {
                 set_float_dtype::<B>(d, run_on.dtype)?;
@@ -148,7 +158,7 @@ pub fn load_xcomposer<B: SplitBackend>(dir: &Path, device: &B::Device, run_on: &
     let model = model.with_context(|| format!("loading {}", dir.display()))?;
     if let Some(plan) = &model.placement {
         let names: Vec<String> = specs.iter().map(name).collect();
-        eprintln!("[{tag}] split across {} (estimated bytes, KV cache at the full context):", names.join(", "));
+        eprintln!("[{tag}] split across {} on burn's operations (estimated bytes: weights, and the KV caches of 5 beams at the full context):", names.join(", "));
         for line in plan.to_string().lines() {
             eprintln!("[{tag}]   {line}");
         }

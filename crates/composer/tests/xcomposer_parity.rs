@@ -327,10 +327,11 @@ fn a_split_across_two_devices_generates_what_the_original_did() {
     // Two "devices" (the same CPU): the first offers exactly its own parts and one layer, the
     // second one layer, so layer 0 runs beside the embeddings and layer 1 on the second.
     let lc = xcomposer_llm::DecoderConfig::from_hf_json(&std::fs::read_to_string(dir.join("config.json")).unwrap(), "config.json").unwrap();
-    let needs = PlacementNeeds::for_decoder(&lc, 4, 4, lc.max_position, xcomposer_visual_bytes(&dir));
+    let visual = xcomposer_vision::xcomposer::model::image_encoder_bytes(&xcomposer_llm::torch::TorchWeights::open_dir(&dir).unwrap(), 4);
+    let needs = PlacementNeeds::for_decoder(&lc, 4, 4, 1, lc.max_position, visual);
     let (first, layer) = (needs.first_device, needs.layers[0]);
     let whole = XComposer::<Flex>::load(&dir, &Default::default()).unwrap();
-    let split = DeviceSplit::<Flex> { devices: vec![Default::default(); 2], capacities: vec![first + layer, layer], weight_bytes: 4 };
+    let split = DeviceSplit::<Flex> { devices: vec![Default::default(); 2], capacities: vec![first + layer, layer], weight_bytes: 4, sequences: 1 };
     let model = XComposer::<Flex>::load_split(&dir, &split, EngineChoice::Burn).unwrap();
     let plan = model.placement.clone().expect("a split model has a plan");
     assert_eq!(plan.shares.iter().map(|s| s.layers.clone()).collect::<Vec<_>>(), vec![0..1, 1..2], "{plan}");
@@ -346,12 +347,4 @@ fn a_split_across_two_devices_generates_what_the_original_did() {
     assert_eq!(model.decode(prompt.clone(), &greedy_cfg).unwrap().sequence, ids(&c["greedy"]["sequence"]), "greedy tokens");
     let beam_cfg = EmbedGenConfig { max_new_tokens: 24, ..xcomposer_vision::xcomposer::language::gen_config() };
     assert_eq!(model.decode(prompt, &beam_cfg).unwrap().sequence, ids(&c["beam"]["sequence"]), "5-beam tokens");
-}
-
-/// f32 bytes of the checkpoint's tensors outside the language model, counted here from the
-/// shards' own layouts (what a split places on its first device besides the embeddings).
-fn xcomposer_visual_bytes(dir: &std::path::Path) -> u64 {
-    let src = xcomposer_llm::torch::TorchWeights::open_dir(dir).unwrap();
-    let n: usize = src.names().iter().filter(|n| !n.starts_with("internlm_model.")).map(|n| src.tensor(n).unwrap().shape.iter().product::<usize>()).sum();
-    n as u64 * 4
 }

@@ -450,6 +450,9 @@ impl<B: Backend> Decoder<B> {
         // `[b, s, heads, head_dim]`), made when its first layer runs.
         let mut inputs: Vec<Option<LayerInputs<B>>> = self.tables.iter().map(|_| None).collect();
         let mut on = 0;
+        if self.tables.len() > 1 {
+            x = x.to_device(&self.device);
+        }
         for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
             if layer.on != on {
                 on = layer.on;

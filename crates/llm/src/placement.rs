@@ -20,17 +20,17 @@ pub struct PlacementNeeds {
 
 impl PlacementNeeds {
     /// A decoder's needs from its configuration: each layer's weights at `weight_bytes` a value
-    /// plus its KV cache for `context` positions at `kv_bytes` a value; the first device holds the
-    /// embeddings, the final norm and the head (once when tied) at `weight_bytes`, plus
+    /// plus its KV cache for `sequences` × `context` positions at `kv_bytes` a value; the first
+    /// device holds the embeddings, the final norm and the head at `weight_bytes` (two tables
+    /// even when tied: burn keeps the embedding and the head's transposed copy), plus
     /// `first_extra` (an image encoder).
-    pub fn for_decoder(c: &DecoderConfig, weight_bytes: u64, kv_bytes: u64, context: usize, first_extra: u64) -> Self {
+    pub fn for_decoder(c: &DecoderConfig, weight_bytes: u64, kv_bytes: u64, sequences: usize, context: usize, first_extra: u64) -> Self {
         let (d, ff) = (c.hidden_size as u64, c.intermediate_size as u64);
         let (q, kv) = ((c.num_heads * c.head_dim) as u64, (c.num_kv_heads * c.head_dim) as u64);
         let biases = if c.qkv_bias { q + 2 * kv } else { 0 } + if c.o_bias { d } else { 0 };
         let values = d * (q + 2 * kv) + q * d + 3 * d * ff + 2 * d + biases;
-        let cache = 2 * kv * context as u64 * kv_bytes;
-        let tables = if c.tie_word_embeddings { 1 } else { 2 };
-        let first = (tables * c.vocab_size as u64 * d + d) * weight_bytes + first_extra;
+        let cache = 2 * kv * (sequences * context) as u64 * kv_bytes;
+        let first = (2 * c.vocab_size as u64 * d + d) * weight_bytes + first_extra;
         PlacementNeeds { first_device: first, layers: vec![values * weight_bytes + cache; c.num_layers] }
     }
 }
@@ -238,12 +238,18 @@ mod tests {
     fn decoder_needs_count_internlm_7b() {
         // InternLM-7B: 32 layers of 4096 wide, MLP 11,008, q/k/v/o biases, an untied head of
         // 103,168 rows. Per layer 4·4096² + 3·4096·11,008 + 2·4096 + 4·4096 = 202,399,744 values
-        // (6.48 GB of the 7B model's weights over 32 layers, as its f16 checkpoint has).
+        // (6.48 G values over 32 layers, 12.95 GB in f16).
         let c = DecoderConfig::internlm_7b();
-        let n = PlacementNeeds::for_decoder(&c, 2, 2, 2048, 7);
-        // f16 KV cache of 2,048 positions: 2 · 4096 · 2048 · 2 bytes = 32 MiB a layer.
-        assert_eq!(n.layers, vec![202_399_744 * 2 + 33_554_432; 32]);
+        let n = PlacementNeeds::for_decoder(&c, 2, 2, 5, 2048, 7);
+        // f16 KV cache of 5 beams × 2,048 positions: 5 · 2 · 4096 · 2048 · 2 bytes = 160 MiB a layer.
+        assert_eq!(n.layers, vec![202_399_744 * 2 + 5 * 33_554_432; 32]);
         assert_eq!(n.first_device, (2 * 103_168 * 4096 + 4096) * 2 + 7);
+        // With the image encoder's 1.094 G values in f16 (EVA-ViT-g's 39 blocks, the Q-Former and
+        // the projection, counted from their shapes), two equal GPUs get the original's split.
+        let xcomposer = PlacementNeeds::for_decoder(&c, 2, 2, 5, 2048, 2 * 1_094_252_160);
+        let p = place(&xcomposer, &[21_600_000_000; 2]).unwrap();
+        assert_eq!(p.shares.iter().map(|s| s.layers.clone()).collect::<Vec<_>>(), vec![0..13, 13..32]);
+        assert_eq!(p.shares.iter().map(|s| s.bytes / 10_000_000).collect::<Vec<_>>(), vec![1132, 1087]);
     }
 
     #[test]

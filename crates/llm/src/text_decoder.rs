@@ -32,13 +32,16 @@ pub struct DeviceSplit<B: Backend> {
     pub capacities: Vec<u64>,
     /// Bytes a weight value takes on the devices (4 for f32, 2 for f16).
     pub weight_bytes: u64,
+    /// Sequences decoded together (beams), each with a KV cache of the full context.
+    pub sequences: usize,
 }
 
 impl<B: Backend> DeviceSplit<B> {
     /// The plan for `config` with `first_extra` more bytes on the first device (an image
-    /// encoder), each layer's KV cache counted at the model's full context in the weights' type.
+    /// encoder), each layer's KV cache counted for every sequence at the model's full context in
+    /// the weights' type.
     pub fn plan(&self, config: &DecoderConfig, first_extra: u64) -> Result<Placement, crate::placement::PlacementError> {
-        let needs = PlacementNeeds::for_decoder(config, self.weight_bytes, self.weight_bytes, config.max_position, first_extra);
+        let needs = PlacementNeeds::for_decoder(config, self.weight_bytes, self.weight_bytes, self.sequences, config.max_position, first_extra);
         crate::placement::place(&needs, &self.capacities)
     }
 }
@@ -49,9 +52,21 @@ pub enum TextDecoderError {
     /// burn's decoder could not be built from the weights.
     #[error(transparent)]
     Weights(#[from] WeightError),
-    /// A split across devices that this implementation or the devices given cannot run.
-    #[error("{0}")]
-    Split(String),
+    /// A plan that does not fit the devices or the model it is used with.
+    #[error("a plan of {shares} devices and {plan_layers} layers for {devices} devices and a model of {model_layers} layers")]
+    PlanMismatch {
+        /// Devices in the plan.
+        shares: usize,
+        /// Layers the plan places.
+        plan_layers: usize,
+        /// Devices given.
+        devices: usize,
+        /// Layers of the model.
+        model_layers: usize,
+    },
+    /// The fused CUDA engine was asked to run split.
+    #[error("the fused CUDA engine runs on one GPU; a split across devices runs on burn's operations (--engine burn)")]
+    FusedEngineSplit,
     /// The CUDA engine refused or failed.
     #[cfg(feature = "cuda")]
     #[error(transparent)]
@@ -84,21 +99,13 @@ impl<B: Backend> TextDecoder<B> {
     pub fn load_placed(config: DecoderConfig, src: &dyn WeightSource, style: KeyStyle, devices: &[B::Device], placement: &Placement, engine: EngineChoice) -> Result<Self, TextDecoderError> {
         let on = placement.layer_devices();
         if placement.shares.len() != devices.len() || on.len() != config.num_layers || devices.is_empty() {
-            let (shares, layers) = (placement.shares.len(), on.len());
-            return Err(TextDecoderError::Split(format!(
-                "a plan of {shares} devices and {layers} layers for {} devices and a model of {} layers",
-                devices.len(),
-                config.num_layers
-            )));
+            let (shares, plan_layers, devices, model_layers) = (placement.shares.len(), on.len(), devices.len(), config.num_layers);
+            return Err(TextDecoderError::PlanMismatch { shares, plan_layers, devices, model_layers });
         }
-        if placement.devices_used() > 1 && engine != EngineChoice::Burn {
-            return Err(TextDecoderError::Split("the fused CUDA engine runs on one GPU; a split across devices runs on burn's operations (--engine burn)".into()));
+        if engine != EngineChoice::Burn {
+            return Err(TextDecoderError::FusedEngineSplit);
         }
-        match engine {
-            EngineChoice::Burn => Ok(TextDecoder::Burn(Decoder::load_split(config, src, style, devices, &on)?)),
-            #[cfg(feature = "cuda")]
-            EngineChoice::Cuda(_) => Self::load(config, src, style, &devices[0], engine),
-        }
+        Ok(TextDecoder::Burn(Decoder::load_split(config, src, style, devices, &on)?))
     }
 
     /// burn's decoder, when that is what runs the model.

@@ -29,6 +29,7 @@ pub use kernels::Buf;
 pub use matrix::WeightQuant;
 
 use crate::beam::StepDecoder;
+use crate::weights::WeightError;
 
 /// The free memory of CUDA device `ordinal` in bytes, as the driver reports it (what a model
 /// split across GPUs may place there).
@@ -43,7 +44,6 @@ pub fn free_memory(ordinal: usize) -> Result<u64, CudaError> {
 pub fn device_count() -> Result<usize, CudaError> {
     Ok(cudarc::driver::CudaContext::device_count()?.max(0) as usize)
 }
-use crate::weights::WeightError;
 
 /// Errors of the CUDA engine.
 #[derive(Debug, thiserror::Error)]

@@ -88,7 +88,7 @@ fn engine_error(e: xcomposer_llm::cuda::CudaError) -> XComposerError {
 /// Bytes of everything in the checkpoint but the language model (the image encoder, the perceive
 /// sampler, the projection) at `weight_bytes` a value: what the first device of a split holds
 /// besides the embeddings and head.
-fn image_encoder_bytes(src: &TorchWeights, weight_bytes: u64) -> u64 {
+pub fn image_encoder_bytes(src: &TorchWeights, weight_bytes: u64) -> u64 {
     let values = |name: &String| src.tensor(name).map_or(0, |t| t.shape.iter().product::<usize>() as u64);
     src.names().iter().filter(|n| !n.starts_with("internlm_model.")).map(values).sum::<u64>() * weight_bytes
 }
