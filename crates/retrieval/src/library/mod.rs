@@ -325,6 +325,23 @@ mod tests {
         std::fs::File::create(&lib_json).unwrap().set_len(MAX_LIBRARY_META_BYTES + 1).unwrap();
         assert!(read_library_meta(&root, &mut report).images.is_empty());
         assert_eq!(report.warnings[2], format!("{}: ignored, larger than the limit of 67108864 bytes (raise it with the environment variable XCOMPOSER_MAX_LIBRARY_JSON_BYTES)", lib_json.display()));
+        // A sidecar over its cap, likewise.
+        std::fs::remove_file(&sidecar).unwrap();
+        std::fs::File::create(&sidecar).unwrap().set_len(MAX_SIDECAR_BYTES + 1).unwrap();
+        assert_eq!(metadata_text(&root, &image("IMG_0001.png", &[]), &LibraryMeta::default(), &mut report), None);
+        assert_eq!(report.warnings[3], format!("{}: ignored, larger than the limit of 1048576 bytes (raise it with the environment variable XCOMPOSER_MAX_SIDECAR_BYTES)", sidecar.display()));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn an_index_json_over_its_cap_is_refused_naming_its_variable() {
+        let root = temp_root("index-cap");
+        ImageLibrary::from_parts(&root, vec![], BTreeMap::new()).save().unwrap();
+        let index = root.join(INDEX_DIR).join("index.json");
+        // A sparse file one byte over the cap: nothing is written or read.
+        std::fs::OpenOptions::new().write(true).open(&index).unwrap().set_len(MAX_INDEX_BYTES + 1).unwrap();
+        let e = ImageLibrary::open(&root, None).unwrap_err().to_string();
+        assert!(e.contains(&format!("{}: larger than the limit of 1073741824 bytes (raise it with the environment variable XCOMPOSER_MAX_INDEX_JSON_BYTES)", index.display())), "{e}");
         std::fs::remove_dir_all(&root).unwrap();
     }
 
