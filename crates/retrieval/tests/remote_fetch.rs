@@ -331,6 +331,20 @@ fn a_search_endpoint_gives_checked_images_with_their_credits() {
 }
 
 #[test]
+fn url_lists_over_the_cap_are_refused_naming_the_variable() {
+    let (root, _) = scratch("urls-cap");
+    for name in ["urls.txt", "library.json"] {
+        // A sparse file one byte over the cap: nothing is written or read.
+        let path = root.join(name);
+        std::fs::File::create(&path).unwrap().set_len(xcomposer_retrieval::library::MAX_LIBRARY_META_BYTES + 1).unwrap();
+        let e = listed_urls(&root).unwrap_err().to_string();
+        assert!(e.starts_with(&path.display().to_string()) && e.contains("larger than the limit of 67108864 bytes") && e.contains("XCOMPOSER_MAX_LIBRARY_JSON_BYTES"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+    }
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
 fn a_library_fetches_the_urls_it_lists_into_its_remote_folder() {
     let (base, _) = server();
     let (root, _) = scratch("library-urls");
