@@ -13,10 +13,10 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 mod host_step;
+mod load;
 
 use crate::config::DecoderConfig;
 use crate::matvec::{Activations, QMatrix};
-use crate::nn::transpose;
 use crate::weights::{HostTensor, WeightError, WeightSource};
 
 /// Checkpoint key names: (Hugging Face name, GGUF name), `{}` standing for the layer index.
@@ -248,99 +248,17 @@ impl<B: Backend> Decoder<B> {
         let c = &config;
         let device = &devices[0];
         let tables: Vec<DeviceTables<B>> = devices.iter().map(|d| DeviceTables::new(c, d)).collect();
-        let (d, hd) = (c.hidden_size, c.head_dim);
-        let (q_out, kv_out) = (c.num_heads * hd, c.num_kv_heads * hd);
-        let get = |hf: &str, layer: usize, shape: &[usize]| src.load_shaped(&style.name(hf, layer), shape);
-        let vec1 = |v: &[f32], device: &B::Device| Tensor::<B, 1>::from_data(TensorData::new(v.to_vec(), [v.len()]), device);
-        let permuted = matches!(style, KeyStyle::Gguf { permuted_qk: true });
-        let host_matvec = std::any::TypeId::of::<B>() == std::any::TypeId::of::<burn::backend::Flex>();
-        // A Linear from its loaded weight `[out, in]`, with the heads to un-permute (q, k).
-        let linear_from = |t: &HostTensor, heads: Option<usize>, device: &B::Device| -> Linear<B> {
-            let (rows, cols) = (t.shape[0], t.shape[1]);
-            let w = match heads.filter(|_| permuted) {
-                Some(n_head) => transpose(&unpermute_rows(t, n_head).data, rows, cols),
-                None => transpose(&t.data, rows, cols),
-            };
-            Linear { w: Some(Tensor::<B, 2>::from_data(TensorData::new(w, [cols, rows]), device)), host: None }
-        };
-        // On the CPU, a weight the source keeps block-encoded stays so (its rows un-permuted for
-        // q and k), with no f32 copy; `None` when the source has it only as f32.
-        let encoded = |hf: &str, rows: usize, heads: Option<usize>, layer: usize, cols: usize| -> Result<Option<QMatrix>, WeightError> {
-            let name = style.name(hf, layer);
-            let Some(r) = src.raw(&name).filter(|_| host_matvec) else { return Ok(None) };
-            if (r.rows, r.cols) != (rows, cols) {
-                let (found, expected) = (vec![r.rows, r.cols], vec![rows, cols]);
-                return Err(WeightError::Shape { source_name: src.source_name(), name, found, expected });
-            }
-            let order = match heads.filter(|_| permuted) {
-                Some(n_head) => unpermute_order(rows, n_head),
-                None => (0..rows).collect(),
-            };
-            let m = QMatrix::from_rows(r.ty, cols, &[(r.bytes, order)])
-                .map_err(|reason| WeightError::File { path: src.source_name().into(), reason: format!("{name}: {reason}") })?;
-            src.release(&name);
-            Ok(Some(m))
-        };
-        let linear = |hf: &str, rows: usize, heads: Option<usize>, layer: usize, cols: usize, device: &B::Device| -> Result<Linear<B>, WeightError> {
-            match encoded(hf, rows, heads, layer, cols)? {
-                Some(m) => Ok(Linear { w: None, host: Some(m) }),
-                None => Ok(linear_from(&get(hf, layer, &[rows, cols])?, heads, device)),
-            }
-        };
-
-        // Read once; a tied head is built from the same values.
-        let (embed, lm_head) = match encoded("model.embed_tokens.weight", c.vocab_size, None, 0, d)? {
-            Some(m) if c.tie_word_embeddings => (Embedding::TiedHead, Linear { w: None, host: Some(m) }),
-            Some(m) => (Embedding::Encoded(m), linear("lm_head.weight", c.vocab_size, None, 0, d, device)?),
-            None => {
-                let embed_host = get("model.embed_tokens.weight", 0, &[c.vocab_size, d])?;
-                let lm_head = if c.tie_word_embeddings {
-                    linear_from(&embed_host, None, device)
-                } else {
-                    linear("lm_head.weight", c.vocab_size, None, 0, d, device)?
-                };
-                (Embedding::Dense(Tensor::<B, 2>::from_data(TensorData::new(embed_host.data, [c.vocab_size, d]), device)), lm_head)
-            }
-        };
-
+        let reader = load::Reader::new::<B>(src, style);
+        let (embed, lm_head) = reader.embeddings(c, device)?;
         let mut layers = Vec::new(); // sized by the tensors found, not by the declared count
         let mut host_layers = Vec::new();
         for l in 0..c.num_layers {
-            let bqkv = if c.qkv_bias {
-                Some([
-                    get("model.layers.{}.self_attn.q_proj.bias", l, &[q_out])?.data,
-                    get("model.layers.{}.self_attn.k_proj.bias", l, &[kv_out])?.data,
-                    get("model.layers.{}.self_attn.v_proj.bias", l, &[kv_out])?.data,
-                ])
-            } else {
-                None
-            };
-            let bo = if c.o_bias { Some(get("model.layers.{}.self_attn.o_proj.bias", l, &[d])?.data) } else { None };
-            let hl = host_step::HostLayer {
-                attn_norm: get("model.layers.{}.input_layernorm.weight", l, &[d])?.data,
-                ffn_norm: get("model.layers.{}.post_attention_layernorm.weight", l, &[d])?.data,
-                bqkv,
-                bo,
-            };
-            let (ff, dev) = (c.intermediate_size, &devices[on[l]]);
-            layers.push(Layer {
-                attn_norm: vec1(&hl.attn_norm, dev),
-                wq: linear("model.layers.{}.self_attn.q_proj.weight", q_out, Some(c.num_heads), l, d, dev)?,
-                wk: linear("model.layers.{}.self_attn.k_proj.weight", kv_out, Some(c.num_kv_heads), l, d, dev)?,
-                wv: linear("model.layers.{}.self_attn.v_proj.weight", kv_out, None, l, d, dev)?,
-                bqkv: hl.bqkv.as_ref().map(|b| b.each_ref().map(|b| vec1(b, dev))),
-                wo: linear("model.layers.{}.self_attn.o_proj.weight", d, None, l, q_out, dev)?,
-                bo: hl.bo.as_deref().map(|b| vec1(b, dev)),
-                ffn_norm: vec1(&hl.ffn_norm, dev),
-                w_gate: linear("model.layers.{}.mlp.gate_proj.weight", ff, None, l, d, dev)?,
-                w_up: linear("model.layers.{}.mlp.up_proj.weight", ff, None, l, d, dev)?,
-                w_down: linear("model.layers.{}.mlp.down_proj.weight", d, None, l, ff, dev)?,
-                on: on[l],
-            });
-            host_layers.push(hl);
+            let (layer, host_layer) = reader.layer(c, l, &devices[on[l]], on[l])?;
+            layers.push(layer);
+            host_layers.push(host_layer);
         }
-        let norm_host = get("model.norm.weight", 0, &[d])?.data;
-        let norm = vec1(&norm_host, device);
+        let norm_host = reader.get("model.norm.weight", 0, &[c.hidden_size])?.data;
+        let norm = load::vector(&norm_host, device);
         let all_encoded = tables.len() == 1
             && lm_head.host.is_some()
             && layers.iter().all(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].iter().all(|p| p.host.is_some()));
