@@ -180,7 +180,12 @@ impl DecoderConfig {
         if let Some(s) = f.get("rope_scaling") {
             return Err(err("rope_scaling", format!("{s} is not supported")));
         }
-        Self::hf_sizes(&f, arch, model_type).map_err(field_err)?.validate(source_name)
+        let c = Self::hf_sizes(&f, arch, model_type).map_err(field_err)?;
+        if c.max_position > MAX_CONTEXT {
+            // Named as the file names it (validate names the field max_position).
+            return Err(err("max_position_embeddings", format!("{} is above the supported maximum {MAX_CONTEXT}", c.max_position)));
+        }
+        c.validate(source_name)
     }
 
     /// The sizes and switches of a `config.json` of the given `arch`.
@@ -405,6 +410,18 @@ mod tests {
             let e = DecoderConfig::from_hf_json(&format!("{{{base},{extra}}}"), "c/config.json").unwrap_err().to_string();
             assert!(e.starts_with(&format!("c/config.json: {field}: is ")), "{extra}: {e}");
         }
+    }
+
+    #[test]
+    fn an_hf_context_above_the_cap_is_refused() {
+        let json = |n: usize| {
+            format!(r#"{{"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":8,
+            "num_hidden_layers":1,"num_attention_heads":2,"max_position_embeddings":{n}}}"#)
+        };
+        assert_eq!(DecoderConfig::from_hf_json(&json(MAX_CONTEXT), "c/config.json").unwrap().max_position, MAX_CONTEXT);
+        // Before: "c/config.json: max_position: …", not the file's name of the field.
+        let e = DecoderConfig::from_hf_json(&json(MAX_CONTEXT + 1), "c/config.json").unwrap_err().to_string();
+        assert_eq!(e, "c/config.json: max_position_embeddings: 1048577 is above the supported maximum 1048576");
     }
 
     #[test]
