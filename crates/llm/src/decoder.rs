@@ -316,7 +316,13 @@ impl<B: Backend> Decoder<B> {
             }
             Err(x) => x,
         };
-        let h = self.burn_hidden_states(x, cache);
+        let h = match self.try_host_prefill(x, cache) {
+            Ok(h) => {
+                let (d, s) = (self.config.hidden_size, h.len() / self.config.hidden_size.max(1));
+                Tensor::from_data(TensorData::new(h, [1, s, d]), &self.device)
+            }
+            Err(x) => self.burn_hidden_states(x, cache),
+        };
         let [b, s, d] = h.dims();
         let last_n = last_n.clamp(1, s);
         self.lm_head.forward(h.slice([0..b, s - last_n..s, 0..d]), self.prefill_activations())
@@ -324,8 +330,16 @@ impl<B: Backend> Decoder<B> {
 
     /// The final normalised hidden states `[batch, seq, hidden]`, appending to `cache`.
     pub fn hidden_states(&self, x: Tensor<B, 3>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
-        match self.try_host_step(x, cache) {
-            Ok(h) => Tensor::from_data(TensorData::new(h, [1, 1, self.config.hidden_size]), &self.device),
+        let d = self.config.hidden_size;
+        let x = match self.try_host_step(x, cache) {
+            Ok(h) => return Tensor::from_data(TensorData::new(h, [1, 1, d]), &self.device),
+            Err(x) => x,
+        };
+        match self.try_host_prefill(x, cache) {
+            Ok(h) => {
+                let s = h.len() / d.max(1);
+                Tensor::from_data(TensorData::new(h, [1, s, d]), &self.device)
+            }
             Err(x) => self.burn_hidden_states(x, cache),
         }
     }
