@@ -316,7 +316,7 @@ impl<B: Backend> Decoder<B> {
             }
             Err(x) => x,
         };
-        let h = match self.try_host_prefill(x, cache) {
+        let h = match self.try_host_prefill(x, cache, last_n) {
             Ok(h) => {
                 let (d, s) = (self.config.hidden_size, h.len() / self.config.hidden_size.max(1));
                 Tensor::from_data(TensorData::new(h, [1, s, d]), &self.device)
@@ -335,7 +335,7 @@ impl<B: Backend> Decoder<B> {
             Ok(h) => return Tensor::from_data(TensorData::new(h, [1, 1, d]), &self.device),
             Err(x) => x,
         };
-        match self.try_host_prefill(x, cache) {
+        match self.try_host_prefill(x, cache, usize::MAX) {
             Ok(h) => {
                 let s = h.len() / d.max(1);
                 Tensor::from_data(TensorData::new(h, [1, s, d]), &self.device)

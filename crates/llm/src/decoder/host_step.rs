@@ -64,6 +64,10 @@ fn qm<B: Backend>(l: &Linear<B>) -> &QMatrix {
 /// Positions a layer's host cache grows by when it is full.
 const GROWTH: usize = 128;
 
+/// Prompt positions a host prefill takes through all the layers at a time: its activations
+/// (about 23 KB a position on SmolLM2) stay small, and each product still has rows enough.
+const PREFILL_ROWS: usize = 128;
+
 impl<B: Backend> KvCache<B> {
     /// Moves the cache into host memory, if it is not there yet (batch 1).
     fn move_to_host(&mut self, kv_heads: usize, head_dim: usize, device: &B::Device) {
@@ -149,56 +153,72 @@ impl<B: Backend> Decoder<B> {
     /// as [`Decoder::try_host_step`] runs one position: each projection a product over all the
     /// positions ([`QMatrix::matmul_with`], the prefill's activations), RoPE, the KV append and
     /// causal attention row by row over the host cache, SwiGLU; appends to `cache` and returns
-    /// the final normalised hidden states `[positions, hidden]`, or gives `x` back when this
-    /// decoder has no host weights or `x` is not one sequence.
-    pub(super) fn try_host_prefill(&self, x: Tensor<B, 3>, cache: &mut KvCache<B>) -> Result<Vec<f32>, Tensor<B, 3>> {
+    /// the final normalised hidden states of the last `last_n` positions `[last_n, hidden]`
+    /// (all when more), or gives `x` back when this decoder has no host weights or `x` is not
+    /// one sequence.
+    pub(super) fn try_host_prefill(&self, x: Tensor<B, 3>, cache: &mut KvCache<B>, last_n: usize) -> Result<Vec<f32>, Tensor<B, 3>> {
         let (Some(w), [1, s, _], true) = (&self.host, x.dims(), self.fused_step) else { return Err(x) };
         let mut x: Vec<f32> = x.into_data().convert::<f32>().into_vec().expect("f32 activations");
-        let (c, act) = (&self.config, self.prefill_activations());
+        let c = &self.config;
         cache.move_to_host(c.num_kv_heads, c.head_dim, &self.device);
-        let past = cache.len;
-        assert!(past + s <= c.max_position, "positions up to {} are past the model's {}", past + s, c.max_position);
-        let (d, hd) = (c.hidden_size, c.head_dim);
-        let mut p = PrefillBuffers::default();
-        for ((layer, hl), kv) in self.layers.iter().zip(&w.layers).zip(cache.host.kv.iter_mut()) {
-            rms_norm_rows(&x, &hl.attn_norm, c.rms_norm_eps, d, &mut p.h);
-            for (l, y, bias) in [(&layer.wq, &mut p.q, 0), (&layer.wk, &mut p.k, 1), (&layer.wv, &mut p.v, 2)] {
-                product(l, &p.h, s, y, act);
-                if let Some(b) = &hl.bqkv {
-                    add_rows(y, &b[bias]);
-                }
-            }
-            for (i, (q, k)) in p.q.chunks_exact_mut(c.num_heads * hd).zip(p.k.chunks_exact_mut(c.num_kv_heads * hd)).enumerate() {
-                let at = (past + i) * hd..(past + i + 1) * hd;
-                rope(q, &w.cos[at.clone()], &w.sin[at.clone()]);
-                rope(k, &w.cos[at.clone()], &w.sin[at]);
-            }
-            for (cached, new) in [(&mut kv.0, &p.k), (&mut kv.1, &p.v)] {
-                // Exactly the prompt, and GROWTH positions more for the steps after it.
-                cached.reserve_exact(new.len() + GROWTH * c.num_kv_heads * hd);
-                cached.extend_from_slice(new);
-            }
-            p.att.resize(s * c.num_heads * hd, 0.0);
-            let kv = &*kv;
-            p.att.par_chunks_mut(c.num_heads * hd).zip(p.q.par_chunks(c.num_heads * hd)).enumerate().for_each(|(i, (o, q))| {
-                attend(q, kv, past + i + 1, c.num_kv_heads, hd, o);
-            });
-            product(&layer.wo, &p.att, s, &mut p.o, act);
-            if let Some(b) = &hl.bo {
-                add_rows(&mut p.o, b);
-            }
-            x.iter_mut().zip(&p.o).for_each(|(x, o)| *x += o);
-            rms_norm_rows(&x, &hl.ffn_norm, c.rms_norm_eps, d, &mut p.h);
-            product(&layer.w_gate, &p.h, s, &mut p.gate, act);
-            product(&layer.w_up, &p.h, s, &mut p.up, act);
-            p.gate.par_iter_mut().zip(&p.up).for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u);
-            product(&layer.w_down, &p.gate, s, &mut p.o, act);
-            x.iter_mut().zip(&p.o).for_each(|(x, o)| *x += o);
+        assert!(cache.len + s <= c.max_position, "positions up to {} are past the model's {}", cache.len + s, c.max_position);
+        let kv_width = c.num_kv_heads * c.head_dim;
+        for (k, v) in cache.host.kv.iter_mut() {
+            // Exactly the prompt, and GROWTH positions more for the steps after it.
+            k.reserve_exact((s + GROWTH) * kv_width);
+            v.reserve_exact((s + GROWTH) * kv_width);
         }
-        cache.len += s;
+        let mut p = PrefillBuffers::default();
+        for rows in x.chunks_mut(PREFILL_ROWS * c.hidden_size) {
+            let past = cache.len;
+            for ((layer, hl), kv) in self.layers.iter().zip(&w.layers).zip(cache.host.kv.iter_mut()) {
+                self.prefill_layer(layer, hl, w, rows, past, kv, &mut p);
+            }
+            cache.len += rows.len() / c.hidden_size;
+        }
         let mut out = Vec::new();
-        rms_norm_rows(&x, &w.norm, c.rms_norm_eps, d, &mut out);
+        let first = s.saturating_sub(last_n.max(1)) * c.hidden_size;
+        rms_norm_rows(&x[first..], &w.norm, c.rms_norm_eps, c.hidden_size, &mut out);
         Ok(out)
+    }
+
+    /// One layer of [`Decoder::try_host_prefill`] over `x`, the rows of positions `past…`,
+    /// appending their keys and values to `kv`.
+    #[allow(clippy::too_many_arguments)]
+    fn prefill_layer(&self, layer: &super::Layer<B>, hl: &HostLayer, w: &HostWeights, x: &mut [f32], past: usize, kv: &mut (Vec<f32>, Vec<f32>), p: &mut PrefillBuffers) {
+        let (c, act) = (&self.config, self.prefill_activations());
+        let (d, hd) = (c.hidden_size, c.head_dim);
+        let s = x.len() / d;
+        rms_norm_rows(x, &hl.attn_norm, c.rms_norm_eps, d, &mut p.h);
+        for (l, y, bias) in [(&layer.wq, &mut p.q, 0), (&layer.wk, &mut p.k, 1), (&layer.wv, &mut p.v, 2)] {
+            product(l, &p.h, s, y, act);
+            if let Some(b) = &hl.bqkv {
+                add_rows(y, &b[bias]);
+            }
+        }
+        for (i, (q, k)) in p.q.chunks_exact_mut(c.num_heads * hd).zip(p.k.chunks_exact_mut(c.num_kv_heads * hd)).enumerate() {
+            let at = (past + i) * hd..(past + i + 1) * hd;
+            rope(q, &w.cos[at.clone()], &w.sin[at.clone()]);
+            rope(k, &w.cos[at.clone()], &w.sin[at]);
+        }
+        kv.0.extend_from_slice(&p.k);
+        kv.1.extend_from_slice(&p.v);
+        p.att.resize(s * c.num_heads * hd, 0.0);
+        let kv = &*kv;
+        p.att.par_chunks_mut(c.num_heads * hd).zip(p.q.par_chunks(c.num_heads * hd)).enumerate().for_each(|(i, (o, q))| {
+            attend(q, kv, past + i + 1, c.num_kv_heads, hd, o);
+        });
+        product(&layer.wo, &p.att, s, &mut p.o, act);
+        if let Some(b) = &hl.bo {
+            add_rows(&mut p.o, b);
+        }
+        x.iter_mut().zip(&p.o).for_each(|(x, o)| *x += o);
+        rms_norm_rows(x, &hl.ffn_norm, c.rms_norm_eps, d, &mut p.h);
+        product(&layer.w_gate, &p.h, s, &mut p.gate, act);
+        product(&layer.w_up, &p.h, s, &mut p.up, act);
+        p.gate.par_iter_mut().zip(&p.up).for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u);
+        product(&layer.w_down, &p.gate, s, &mut p.o, act);
+        x.iter_mut().zip(&p.o).for_each(|(x, o)| *x += o);
     }
 
     /// The logits of a host step's hidden state.
@@ -618,6 +638,22 @@ mod tests {
         let got = values(encoded.forward_ids(&ids, &mut encoded.new_cache(), 10));
         eprintln!("16-bit prefill logits: {:.3e}", rel_diff(&got, &want));
         assert!(rel_diff(&got, &want) <= 1e-4, "16-bit prefill logits: {}", rel_diff(&got, &want));
+    }
+
+    #[test]
+    fn a_prompt_longer_than_a_chunk_prefills_as_burn_does() {
+        // 300 positions: two whole chunks of PREFILL_ROWS and a part, then a step after them.
+        let c = DecoderConfig { max_position: 320, ..config() };
+        let mut encoded = Decoder::<Flex>::load(c.clone(), &Encoded::new(&c), KeyStyle::HuggingFace, &Default::default()).unwrap();
+        encoded.set_activations(Activations::F32);
+        let dense = Decoder::<Flex>::load(c.clone(), &Encoded { raw: false, ..Encoded::new(&c) }, KeyStyle::HuggingFace, &Default::default()).unwrap();
+        let ids: Vec<u32> = (0..300).map(|i| (i * 29 % 96) as u32).collect();
+        let (mut a, mut b) = (encoded.new_cache(), dense.new_cache());
+        let (got, want) = (values(encoded.forward_ids(&ids, &mut a, 300)), values(dense.forward_ids(&ids, &mut b, 300)));
+        assert!(rel_diff(&got, &want) <= 1e-5, "logits of every position: {}", rel_diff(&got, &want));
+        assert_eq!(a.len(), 300);
+        let (got, want) = (values(encoded.forward_ids(&[7], &mut a, 1)), values(dense.forward_ids(&[7], &mut b, 1)));
+        assert!(rel_diff(&got, &want) <= 1e-5, "the step after: {}", rel_diff(&got, &want));
     }
 
     #[cfg(target_arch = "x86_64")]
