@@ -41,7 +41,8 @@ pub struct HostCache {
     bufs: Buffers,
 }
 
-/// Activations of one step, reused from step to step.
+/// Activations of one step, reused from step to step (a prefill's, `[positions, width]` each,
+/// reused from chunk to chunk).
 #[derive(Debug, Clone, Default)]
 struct Buffers {
     h: Vec<f32>,
@@ -168,7 +169,7 @@ impl<B: Backend> Decoder<B> {
             k.reserve_exact((s + GROWTH) * kv_width);
             v.reserve_exact((s + GROWTH) * kv_width);
         }
-        let mut p = PrefillBuffers::default();
+        let mut p = Buffers::default();
         for rows in x.chunks_mut(PREFILL_ROWS * c.hidden_size) {
             let past = cache.len;
             for ((layer, hl), kv) in self.layers.iter().zip(&w.layers).zip(cache.host.kv.iter_mut()) {
@@ -185,7 +186,7 @@ impl<B: Backend> Decoder<B> {
     /// One layer of [`Decoder::try_host_prefill`] over `x`, the rows of positions `past…`,
     /// appending their keys and values to `kv`.
     #[allow(clippy::too_many_arguments)]
-    fn prefill_layer(&self, layer: &super::Layer<B>, hl: &HostLayer, w: &HostWeights, x: &mut [f32], past: usize, kv: &mut (Vec<f32>, Vec<f32>), p: &mut PrefillBuffers) {
+    fn prefill_layer(&self, layer: &super::Layer<B>, hl: &HostLayer, w: &HostWeights, x: &mut [f32], past: usize, kv: &mut (Vec<f32>, Vec<f32>), p: &mut Buffers) {
         let (c, act) = (&self.config, self.prefill_activations());
         let (d, hd) = (c.hidden_size, c.head_dim);
         let s = x.len() / d;
@@ -240,19 +241,6 @@ impl<B: Backend> Decoder<B> {
             .collect();
         matvec_many(x, parts, self.activations, act);
     }
-}
-
-/// A prefill's activations, `[positions, width]` each.
-#[derive(Default)]
-struct PrefillBuffers {
-    h: Vec<f32>,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    att: Vec<f32>,
-    o: Vec<f32>,
-    gate: Vec<f32>,
-    up: Vec<f32>,
 }
 
 /// `y = x Wᵀ` for the `n` rows of `x`, `y` sized here.
