@@ -40,12 +40,13 @@ fn generate_json_reproduces_the_reference_prompt_and_greedy_ids() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    // --logits: the prompt's last position, the reference's top 10 within the fixture's 1e-3.
+    // --logits: the prompt's last position, the reference's top 10 within the default mode's
+    // 1e-2 (16-bit activation codes; the exact mode's 1e-3 is checked in smollm2_parity).
     let logits: Vec<f32> = serde_json::from_str(&std::fs::read_to_string(&logits_path).unwrap()).unwrap();
     assert_eq!(logits.len(), 49152);
     for (id, want) in case["last_top10_ids"].as_array().unwrap().iter().zip(case["last_top10_logits"].as_array().unwrap()) {
         let got = logits[id.as_u64().unwrap() as usize];
-        assert!((got - want.as_f64().unwrap() as f32).abs() <= 1e-3, "logit of {id}: {got} against {want}");
+        assert!((got - want.as_f64().unwrap() as f32).abs() <= 1e-2, "logit of {id}: {got} against {want}");
     }
     // An existing file is refused, named, and left as it was.
     let again = xcomposer().args(["generate", "--max-new-tokens", "1", "--logits"]).arg(&logits_path).arg("hi").output().unwrap();
