@@ -177,9 +177,11 @@ struct DeviceTables<B: Backend> {
 }
 
 impl<B: Backend> DeviceTables<B> {
-    fn new(c: &DecoderConfig, device: &B::Device) -> Self {
-        let (cos, sin) = rope_tables::<B>(c, device);
-        DeviceTables { device: device.clone(), cos, sin, rotate_half: rotate_half_matrix::<B>(c.head_dim, device) }
+    /// The tables on `device`, from [`rope_cos_sin`]'s `cos` and `sin`.
+    fn new(c: &DecoderConfig, cos: &[f32], sin: &[f32], device: &B::Device) -> Self {
+        let shape = [c.max_position.max(1), c.head_dim];
+        let table = |v: &[f32]| Tensor::from_data(TensorData::new(v.to_vec(), shape), device);
+        DeviceTables { device: device.clone(), cos: table(cos), sin: table(sin), rotate_half: rotate_half_matrix::<B>(c.head_dim, device) }
     }
 }
 
@@ -247,7 +249,8 @@ impl<B: Backend> Decoder<B> {
         assert!(on.len() == config.num_layers && on.iter().all(|&d| d < devices.len()), "one device of the list per decoder layer");
         let c = &config;
         let device = &devices[0];
-        let tables: Vec<DeviceTables<B>> = devices.iter().map(|d| DeviceTables::new(c, d)).collect();
+        let (cos, sin) = rope_cos_sin(c);
+        let tables: Vec<DeviceTables<B>> = devices.iter().map(|d| DeviceTables::new(c, &cos, &sin, d)).collect();
         let reader = load::Reader::new::<B>(src, style);
         let (embed, lm_head) = reader.embeddings(c, device)?;
         let mut layers = Vec::new(); // sized by the tensors found, not by the declared count
@@ -262,10 +265,7 @@ impl<B: Backend> Decoder<B> {
         let all_encoded = tables.len() == 1
             && lm_head.host.is_some()
             && layers.iter().all(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].iter().all(|p| p.host.is_some()));
-        let host = all_encoded.then(|| {
-            let (cos, sin) = rope_cos_sin(c);
-            host_step::HostWeights { layers: host_layers, norm: norm_host, cos, sin }
-        });
+        let host = all_encoded.then(|| host_step::HostWeights { layers: host_layers, norm: norm_host, cos, sin });
         Ok(Decoder { config, embed, layers, norm, lm_head, tables, device: device.clone(), host, activations: Activations::Int16, fused_step: true })
     }
 
@@ -317,10 +317,7 @@ impl<B: Backend> Decoder<B> {
             Err(x) => x,
         };
         let h = match self.try_host_prefill(x, cache, last_n) {
-            Ok(h) => {
-                let (d, s) = (self.config.hidden_size, h.len() / self.config.hidden_size.max(1));
-                Tensor::from_data(TensorData::new(h, [1, s, d]), &self.device)
-            }
+            Ok(h) => self.rows_tensor(h),
             Err(x) => self.burn_hidden_states(x, cache),
         };
         let [b, s, d] = h.dims();
@@ -330,18 +327,21 @@ impl<B: Backend> Decoder<B> {
 
     /// The final normalised hidden states `[batch, seq, hidden]`, appending to `cache`.
     pub fn hidden_states(&self, x: Tensor<B, 3>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
-        let d = self.config.hidden_size;
         let x = match self.try_host_step(x, cache) {
-            Ok(h) => return Tensor::from_data(TensorData::new(h, [1, 1, d]), &self.device),
+            Ok(h) => return self.rows_tensor(h),
             Err(x) => x,
         };
         match self.try_host_prefill(x, cache, usize::MAX) {
-            Ok(h) => {
-                let s = h.len() / d.max(1);
-                Tensor::from_data(TensorData::new(h, [1, s, d]), &self.device)
-            }
+            Ok(h) => self.rows_tensor(h),
             Err(x) => self.burn_hidden_states(x, cache),
         }
+    }
+
+    /// Host rows of `hidden_size` values as a `[1, rows, hidden]` tensor on the first device.
+    fn rows_tensor(&self, h: Vec<f32>) -> Tensor<B, 3> {
+        let d = self.config.hidden_size;
+        let rows = h.len() / d.max(1);
+        Tensor::from_data(TensorData::new(h, [1, rows, d]), &self.device)
     }
 
     /// How the CPU's matrix products from encoded rows treat their input, one-token steps and
@@ -508,13 +508,6 @@ pub(crate) fn rope_cos_sin(c: &DecoderConfig) -> (Vec<f32>, Vec<f32>) {
         }
     }
     (cos, sin)
-}
-
-/// [`rope_cos_sin`] as tensors on `device`.
-fn rope_tables<B: Backend>(c: &DecoderConfig, device: &B::Device) -> (Tensor<B, 2>, Tensor<B, 2>) {
-    let (cos, sin) = rope_cos_sin(c);
-    let shape = [c.max_position.max(1), c.head_dim];
-    (Tensor::from_data(TensorData::new(cos, shape), device), Tensor::from_data(TensorData::new(sin, shape), device))
 }
 
 /// True where a query may not see a key: `[b, kv_heads, g·s, past + s]`, row `j·s + i` being

@@ -140,7 +140,7 @@ impl<B: Backend> Decoder<B> {
             x.iter_mut().zip(&b.o).for_each(|(x, o)| *x += o);
             rms_norm(&x, &hl.ffn_norm, c.rms_norm_eps, &mut b.h);
             self.project(&b.h, &mut [(&layer.w_gate, &mut b.gate), (&layer.w_up, &mut b.up)], &mut b.act);
-            b.gate.iter_mut().zip(&b.up).for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u);
+            b.gate.iter_mut().zip(&b.up).for_each(|(g, u)| *g = silu_mul(*g, *u));
             self.project(&b.gate, &mut [(&layer.w_down, &mut b.o)], &mut b.act);
             x.iter_mut().zip(&b.o).for_each(|(x, o)| *x += o);
         }
@@ -179,7 +179,7 @@ impl<B: Backend> Decoder<B> {
         }
         let mut out = Vec::new();
         let first = s.saturating_sub(last_n.max(1)) * c.hidden_size;
-        rms_norm_rows(&x[first..], &w.norm, c.rms_norm_eps, c.hidden_size, &mut out);
+        rms_norm(&x[first..], &w.norm, c.rms_norm_eps, &mut out);
         Ok(out)
     }
 
@@ -190,7 +190,7 @@ impl<B: Backend> Decoder<B> {
         let (c, act) = (&self.config, self.prefill_activations());
         let (d, hd) = (c.hidden_size, c.head_dim);
         let s = x.len() / d;
-        rms_norm_rows(x, &hl.attn_norm, c.rms_norm_eps, d, &mut p.h);
+        rms_norm(x, &hl.attn_norm, c.rms_norm_eps, &mut p.h);
         for (l, y, bias) in [(&layer.wq, &mut p.q, 0), (&layer.wk, &mut p.k, 1), (&layer.wv, &mut p.v, 2)] {
             product(l, &p.h, s, y, act);
             if let Some(b) = &hl.bqkv {
@@ -214,7 +214,7 @@ impl<B: Backend> Decoder<B> {
             add_rows(&mut p.o, b);
         }
         x.iter_mut().zip(&p.o).for_each(|(x, o)| *x += o);
-        rms_norm_rows(x, &hl.ffn_norm, c.rms_norm_eps, d, &mut p.h);
+        rms_norm(x, &hl.ffn_norm, c.rms_norm_eps, &mut p.h);
         product(&layer.w_gate, &p.h, s, &mut p.gate, act);
         product(&layer.w_up, &p.h, s, &mut p.up, act);
         p.gate.par_chunks_mut(4096).zip(p.up.par_chunks(4096)).for_each(|(g, u)| swiglu(g, u));
@@ -257,22 +257,15 @@ fn add_rows(y: &mut [f32], bias: &[f32]) {
     }
 }
 
-/// [`rms_norm`] of each row of `d` values of `x`, into `out` (sized here).
-fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, d: usize, out: &mut Vec<f32>) {
-    out.resize(x.len(), 0.0);
-    let mut row = Vec::with_capacity(d);
-    for (x, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        rms_norm(x, w, eps, &mut row);
-        o.copy_from_slice(&row);
-    }
-}
-
-/// `out = x / rms(x) · w`, as burn's path computes it.
+/// `out = x / rms(x) · w` for each row of `w.len()` values of `x`, as burn's path computes it
+/// (`out` sized here).
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut Vec<f32>) {
-    let mean = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
-    let inv = (mean + eps).sqrt().recip();
-    out.clear();
-    out.extend(x.iter().zip(w).map(|(x, w)| x * inv * w));
+    out.resize(x.len(), 0.0);
+    for (x, o) in x.chunks_exact(w.len()).zip(out.chunks_exact_mut(w.len())) {
+        let mean = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+        let inv = (mean + eps).sqrt().recip();
+        o.iter_mut().zip(x.iter().zip(w)).for_each(|(o, (x, w))| *o = x * inv * w);
+    }
 }
 
 /// Rotate-half RoPE of every head of `x` (heads of `cos.len()` values) at one position.
@@ -473,7 +466,13 @@ fn swiglu(gate: &mut [f32], up: &[f32]) {
         unsafe { swiglu_fma(gate, up) };
         return;
     }
-    gate.iter_mut().zip(up).for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u);
+    gate.iter_mut().zip(up).for_each(|(g, u)| *g = silu_mul(*g, *u));
+}
+
+/// silu(g) · u, with libm's exp.
+#[inline(always)]
+fn silu_mul(g: f32, u: f32) -> f32 {
+    g / (1.0 + (-g).exp()) * u
 }
 
 /// [`swiglu`] with [`exp256`]: the same formula, e^−g within 2e-7 of libm's.
@@ -496,7 +495,7 @@ unsafe fn swiglu_fma(gate: &mut [f32], up: &[f32]) {
             _mm256_storeu_ps(gate.as_mut_ptr().add(i), _mm256_mul_ps(silu, _mm256_loadu_ps(up.as_ptr().add(i))));
         }
     }
-    gate[lanes..n].iter_mut().zip(&up[lanes..n]).for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u);
+    gate[lanes..n].iter_mut().zip(&up[lanes..n]).for_each(|(g, u)| *g = silu_mul(*g, *u));
 }
 
 /// e^x of eight values for x up to 88.37 (past it, e^88.37; below −87.3 about 1e-38, not 0), as
