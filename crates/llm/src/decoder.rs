@@ -352,8 +352,8 @@ impl<B: Backend> Decoder<B> {
     /// prompt logits within 6.9e-3 and 4.7e-4 of it), f32 ([`Activations::F32`], the exact mode:
     /// equal to dequantize-then-multiply up to summation order, prompt logits within 5.1e-5 and
     /// 3.1e-5; slower) or 8-bit blocks ([`Activations::Int8`]: speed first, but SmolLM2's greedy
-    /// reply to the first fixture prompt leaves the reference's at its 10th token; packed rows
-    /// take 16-bit codes under it too, the others 8-bit blocks). The default is 16-bit because
+    /// reply to the first fixture prompt leaves the reference's at its 10th token; the packed rows'
+    /// one-token products take 16-bit codes under it too, their prefill the 8-bit GEMM). The default is 16-bit because
     /// its greedy tokens are the reference's on every fixture prompt and its prefill is faster.
     pub fn set_activations(&mut self, activations: Activations) {
         self.activations = activations;

@@ -149,6 +149,10 @@ impl QMatrix {
     ///
     /// Panics when `x` or `y` has the wrong length.
     pub fn matmul_with(&self, x: &[f32], n: usize, y: &mut [f32], act: Activations) {
+        if act == Activations::Int8 && self.packed {
+            // Packed rows have an 8-bit GEMM, though not an 8-bit one-token kernel (`mode`).
+            return self.matmul_packed8(x, n, y);
+        }
         match self.mode(act) {
             Activations::F32 => self.matmul(x, n, y),
             Activations::Int8 => self.matmul_int::<i8>(x, n, y, kernels::dot_rows),
@@ -162,21 +166,44 @@ impl QMatrix {
     /// once, then each tile's groups times all of them ([`kernels::gemm16_packed`]).
     fn matmul_packed16(&self, x: &[f32], n: usize, y: &mut [f32]) {
         let Some(acts) = self.quantized_inputs::<i16>(x, n, y) else { return };
-        let (rows, cols) = (self.rows, self.cols);
-        let rb = Self::row_bytes(self.ty, cols);
+        let ty = self.ty;
+        self.tiles_of(n, y, |bytes, buf| kernels::gemm16_packed(kernels::Isa::current(), ty, bytes, &acts, buf));
+    }
+
+    /// `y = X Wᵀ` ([`QMatrix::matmul`]'s shapes) by tiles of rows across rayon's threads:
+    /// `gemm(rows, buf)` puts the products of a tile's encoded rows and every input into `buf`
+    /// (input-major, `n · tile rows` values), then they are stored in `y`'s columns of the tile.
+    fn tiles_of(&self, n: usize, y: &mut [f32], gemm: impl Fn(&[u8], &mut [f32]) + Sync) {
+        let rows = self.rows;
+        let rb = Self::row_bytes(self.ty, self.cols);
         let tile = tile_rows(rows);
-        let (out, isa, ty) = (SyncPtr(y.as_mut_ptr()), kernels::Isa::current(), self.ty);
+        let out = SyncPtr(y.as_mut_ptr());
         self.data.par_chunks(tile * rb).enumerate().for_each_init(Vec::new, |buf, (i, bytes)| {
             let tr = bytes.len() / rb;
             buf.resize(n * tr, 0.0);
-            kernels::gemm16_packed(isa, ty, bytes, &acts, buf);
+            gemm(bytes, buf);
             for (t, ys) in buf.chunks_exact(tr).enumerate() {
-                for (r, &v) in ys.iter().enumerate() {
-                    // SAFETY: as in `matmul`: task `i` writes only its own columns of `y`.
-                    unsafe { *out.at(t * rows + i * tile + r) = v };
-                }
+                // SAFETY: as in `matmul`: task `i` writes only its own columns of `y`, `tr` of
+                // input `t`'s row.
+                unsafe { std::ptr::copy_nonoverlapping(ys.as_ptr(), out.at(t * rows + i * tile), tr) };
             }
         });
+    }
+
+    /// The 8-bit product of [`QMatrix::matmul_with`] over packed rows: each input row quantized
+    /// once in the packed lanes' order, then each tile's groups times all of them
+    /// ([`kernels::gemm8_packed`]).
+    fn matmul_packed8(&self, x: &[f32], n: usize, y: &mut [f32]) {
+        assert_eq!(x.len(), n * self.cols, "matmul input length");
+        assert_eq!(y.len(), n * self.rows, "matmul output length");
+        if n == 0 || self.rows == 0 || self.cols == 0 {
+            y.fill(0.0);
+            return;
+        }
+        let ty = self.ty;
+        let quantize = |row: &[f32]| kernels::packed::PackedQ8Act::quantize(ty, row).expect("columns are whole blocks of 32 for every packed type");
+        let acts: Vec<_> = x.par_chunks(self.cols).map(quantize).collect();
+        self.tiles_of(n, y, |bytes, buf| kernels::gemm8_packed(kernels::Isa::current(), ty, bytes, &acts, buf));
     }
 
     /// The integer-kernel product of [`QMatrix::matmul_with`], `dot` the kernels of `T` codes.
@@ -215,10 +242,10 @@ impl QMatrix {
         Some(x.par_chunks(self.cols).map(quantize).collect())
     }
 
-    /// The activations this matrix's product uses under `act`: f32 for the types without an
-    /// integer kernel.
-    /// Packed rows (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) have no 8-bit kernel: they take the 16-bit one (on the AMD EPYC,
-    /// Zen 4, of the measurements as fast as the 8-bit one was, and exact).
+    /// The activations this matrix's one-token product uses under `act`: f32 for the types
+    /// without an integer kernel. Packed rows (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) have no 8-bit
+    /// one-token kernel: they take the 16-bit one (on the AMD EPYC, Zen 4, of the measurements as
+    /// fast as the plain 8-bit one was, and exact); their prefill has an 8-bit GEMM.
     fn mode(&self, act: Activations) -> Activations {
         match act {
             _ if !kernels::supports(self.ty) => Activations::F32,
@@ -239,7 +266,8 @@ pub struct ActScratch {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activations {
     /// Quantized to 8 bits per block of 32 ([`Q8Act`], as ggml does) for the integer kernels,
-    /// for the weight types that have one; f32 for the others.
+    /// for the weight types that have one; f32 for the others. Packed rows' one-token products
+    /// take 16-bit codes under it ([`QMatrix::matmul_with`]'s prefill GEMM takes 8-bit ones).
     Int8,
     /// Kept in f32: each product equals dequantize-then-multiply up to summation order.
     F32,

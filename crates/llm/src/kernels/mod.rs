@@ -296,6 +296,53 @@ pub fn gemm16_packed(isa: Isa, ty: GgmlType, rows: &[u8], acts: &[Q16Act], y: &m
     }
 }
 
+/// [`gemm16_packed`] with 8-bit codes ([`packed::PackedQ8Act`], each quantized for `ty`): four
+/// values of eight rows in one `vpdpbusd`, twice the 16-bit kernel's products per instruction,
+/// at the 8-bit codes' precision. Each product's integer sums per block are those of
+/// [`dot_rows`] with the input's plain codes.
+///
+/// Panics as [`gemm16_packed`].
+pub fn gemm8_packed(isa: Isa, ty: GgmlType, rows: &[u8], acts: &[packed::PackedQ8Act], y: &mut [f32]) {
+    let Some(first) = acts.first() else { return };
+    assert!(acts.iter().all(|a| a.len() == first.len()), "inputs of different lengths");
+    assert!(packed::packs(ty), "{ty:?} rows are not packed");
+    let rb = QMatrix::row_bytes(ty, first.len());
+    let n = rows.len().checked_div(rb).unwrap_or(0);
+    assert_eq!(y.len(), acts.len() * n, "{} outputs for {} inputs of {n} rows", y.len(), acts.len());
+    let mut one = vec![0f32; n];
+    let Some(rb) = check(isa, ty, rows, &first.plain, &mut one) else {
+        y.fill(0.0);
+        return;
+    };
+    let whole = n / packed::GROUP * packed::GROUP;
+    let (groups, tail) = rows.split_at(whole * rb);
+    match isa {
+        // SAFETY: as in `gemm16_packed`; `groups` is `whole` rows, and each input's `y` row is
+        // split into those and the tail's.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni => unsafe {
+            let refs: Vec<&packed::PackedQ8Act> = acts.iter().collect();
+            if whole == n {
+                x86::dot_groups8(isa, ty, groups, rb, &refs, y);
+                return;
+            }
+            let mut yg = vec![0f32; acts.len() * whole];
+            x86::dot_groups8(isa, ty, groups, rb, &refs, &mut yg);
+            for (t, (a, y)) in acts.iter().zip(y.chunks_exact_mut(n)).enumerate() {
+                y[..whole].copy_from_slice(&yg[t * whole..(t + 1) * whole]);
+                x86::dot_rows(isa, ty, tail, rb, &a.plain, &mut y[whole..]);
+            }
+        },
+        _ => {
+            for (a, y) in acts.iter().zip(y.chunks_exact_mut(n)) {
+                let (yg, yt) = y.split_at_mut(whole);
+                packed::dot_groups_scalar(ty, groups, rb, &a.plain, yg);
+                scalar::dot_rows(ty, tail, rb, &a.plain, yt);
+            }
+        }
+    }
+}
+
 /// The checks of [`dot_rows`]: the bytes of one row, or `None` (with `y` zeroed) for rows of
 /// no columns.
 fn check<T>(isa: Isa, ty: GgmlType, rows: &[u8], act: &QAct<T>, y: &mut [f32]) -> Option<usize> {
@@ -432,6 +479,37 @@ mod tests {
                         let mut want = vec![f32::NAN; n];
                         dot_rows16_packed(isa, ty, &packed_rows[..n * rb], a, &mut want);
                         assert_eq!(got, want, "{isa:?} {ty:?}: input {t} of seven, {n} rows");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_instruction_set_multiplies_packed_rows_by_8_bit_inputs() {
+        let mut rng = ChaCha8Rng::seed_from_u64(18);
+        // 27 rows: three groups of eight and three plain rows after them.
+        let (n_rows, cols) = (27, 320);
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0] {
+            let acts: Vec<packed::PackedQ8Act> = (0..7)
+                .map(|_| packed::PackedQ8Act::quantize(ty, &(0..cols).map(|_| rng.random_range(-3f32..3.0)).collect::<Vec<f32>>()).unwrap())
+                .collect();
+            let rows = random_blocks(ty, n_rows * cols / 32, &mut rng);
+            let rb = rows.len() / n_rows;
+            let mut packed_rows = rows.clone();
+            packed::pack_rows(ty, &mut packed_rows, rb);
+            // Seven inputs (two sets of three, then one alone) over two groups (one pair), three
+            // (a pair and one alone), groups with plain rows after them, and plain rows alone.
+            for (from, n) in [(0, 16), (0, 24), (0, n_rows), (24, 3)] {
+                let part = &packed_rows[from * rb..(from + n) * rb];
+                for isa in Isa::available() {
+                    let mut y = vec![f32::NAN; 7 * n];
+                    gemm8_packed(isa, ty, part, &acts, &mut y);
+                    for (t, (a, got)) in acts.iter().zip(y.chunks_exact(n)).enumerate() {
+                        let want = reference(ty, &rows[from * rb..(from + n) * rb], n, &a.plain);
+                        for (r, (&got, &(want, magnitude))) in got.iter().zip(&want).enumerate() {
+                            assert!((got as f64 - want).abs() <= 1e-5 * magnitude, "{isa:?} {ty:?} input {t} row {}: {got} vs {want}", from + r);
+                        }
                     }
                 }
             }

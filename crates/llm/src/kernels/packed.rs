@@ -14,7 +14,7 @@
 //! blocks, so rows `a..b` (`a`, `b` multiples of eight)
 //! lie at the same byte range in either layout; the rows after the last whole group stay plain.
 
-use super::Q16Act;
+use super::{Code, QAct};
 use crate::quant::GgmlType;
 
 /// Rows per packed group.
@@ -207,7 +207,7 @@ pub fn unpack_rows(ty: GgmlType, data: &[u8], rb: usize, out: &mut [u8]) {
 
 /// The portable product of whole packed groups (`rows`, `y.len()` a multiple of eight): each
 /// group unpacked, then the scalar kernel.
-pub(super) fn dot_groups_scalar(ty: GgmlType, rows: &[u8], rb: usize, act: &Q16Act, y: &mut [f32]) {
+pub(super) fn dot_groups_scalar<T: Code>(ty: GgmlType, rows: &[u8], rb: usize, act: &QAct<T>, y: &mut [f32]) {
     let mut plain = vec![0u8; GROUP * rb];
     for (g, out) in rows.chunks_exact(GROUP * rb).zip(y.chunks_exact_mut(GROUP)) {
         unpack_rows(ty, g, rb, &mut plain);
@@ -259,4 +259,63 @@ fn decode_rows_of<const Q8: bool, const MIN: bool, const FIVE: bool>(ty: GgmlTyp
             ty.decode_block(b, y);
         }
     }
+}
+
+/// An input quantized to 8-bit blocks for [`super::gemm8_packed`]: the codes in their own order
+/// (for the plain rows after the last group, and the portable kernel) and in the order the lanes
+/// of `ty`'s packed loads hold a row's values, four to a 32-bit lane, so that one broadcast
+/// 32-bit load of them meets four codes of each of the group's eight rows in one `vpdpbusd`.
+///
+/// The lanes of a nibble type's load `k` (of four a block), masked to their low nibbles, hold
+/// values `8k + [0, 4, 1, 5]` of their row, shifted down by four `8k + [2, 6, 3, 7]`; a Q8_0
+/// load `k` (of eight) holds values `4k + [0, 2, 1, 3]`.
+#[derive(Debug, Default, Clone)]
+pub struct PackedQ8Act {
+    /// The codes in the input's order, with each block's scale and sum.
+    pub(crate) plain: super::Q8Act,
+    /// The codes of each block of 32 in the lanes' order.
+    pub(crate) lanes: Vec<i8>,
+}
+
+impl PackedQ8Act {
+    /// `x` (a whole number of blocks of 32) quantized for rows of `ty` (one of [`packs`]).
+    ///
+    /// Panics when `ty` is not packed.
+    pub fn quantize(ty: GgmlType, x: &[f32]) -> Result<Self, super::NotWholeBlocks> {
+        assert!(packs(ty), "{ty:?} rows are not packed");
+        let mut plain = super::Q8Act::default();
+        plain.quantize(x)?;
+        let order = lane_order(Layout::of(ty));
+        let mut lanes = vec![0i8; plain.qs.len()];
+        for (l, b) in lanes.chunks_exact_mut(super::QK8).zip(plain.qs.chunks_exact(super::QK8)) {
+            for (l, &j) in l.iter_mut().zip(&order) {
+                *l = b[j as usize];
+            }
+        }
+        Ok(PackedQ8Act { plain, lanes })
+    }
+
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        self.plain.len()
+    }
+
+    /// Whether it holds no values.
+    pub fn is_empty(&self) -> bool {
+        self.plain.is_empty()
+    }
+}
+
+/// Which value of a block of 32 each byte of [`PackedQ8Act::lanes`] holds.
+fn lane_order(l: Layout) -> [u8; 32] {
+    let quad: [u8; 4] = if l.q8 { [0, 2, 1, 3] } else { [0, 4, 1, 5] };
+    std::array::from_fn(|j| {
+        let (j, i) = (j as u8, j % 4);
+        if l.q8 {
+            4 * (j / 4) + quad[i]
+        } else {
+            // Byte j of eight: the low nibbles' four values, then the high nibbles' (two more).
+            8 * (j / 8) + quad[i] + if j % 8 >= 4 { 2 } else { 0 }
+        }
+    })
 }

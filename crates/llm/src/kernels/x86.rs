@@ -6,6 +6,7 @@
 
 use std::arch::x86_64::*;
 
+use super::packed::PackedQ8Act;
 use super::{Isa, Q8Act, Q16Act, QK8};
 use crate::quant::{GgmlType, scale_min_k4};
 
@@ -13,6 +14,10 @@ use crate::quant::{GgmlType, scale_min_k4};
 trait Dot {
     /// The product; `u` ≤ 128 where `Σ` of two neighbouring products could pass ±32767.
     unsafe fn dot(u: __m256i, s: __m256i) -> __m256i;
+    /// `acc` plus [`Dot::dot`]: one `vpdpbusd` with VNNI.
+    unsafe fn dot_acc(acc: __m256i, u: __m256i, s: __m256i) -> __m256i;
+    /// Whether a pair of neighbouring products is summed in 16 bits (saturating past ±32767).
+    const SATURATES: bool;
 }
 
 /// `maddubs` (u8 × i8 → pairs summed to i16), then `madd` by ones (pairs summed to i32).
@@ -27,6 +32,11 @@ impl Dot for Avx2 {
     unsafe fn dot(u: __m256i, s: __m256i) -> __m256i {
         unsafe { _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)) }
     }
+    #[inline(always)]
+    unsafe fn dot_acc(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        unsafe { _mm256_add_epi32(acc, Self::dot(u, s)) }
+    }
+    const SATURATES: bool = true;
 }
 
 impl Dot for AvxVnni {
@@ -34,6 +44,11 @@ impl Dot for AvxVnni {
     unsafe fn dot(u: __m256i, s: __m256i) -> __m256i {
         unsafe { _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s) }
     }
+    #[inline(always)]
+    unsafe fn dot_acc(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        unsafe { _mm256_dpbusd_avx_epi32(acc, u, s) }
+    }
+    const SATURATES: bool = false;
 }
 
 impl Dot for Avx512Vnni {
@@ -41,6 +56,11 @@ impl Dot for Avx512Vnni {
     unsafe fn dot(u: __m256i, s: __m256i) -> __m256i {
         unsafe { _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s) }
     }
+    #[inline(always)]
+    unsafe fn dot_acc(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        unsafe { _mm256_dpbusd_epi32(acc, u, s) }
+    }
+    const SATURATES: bool = false;
 }
 
 /// See [`super::dot_rows`].
@@ -572,23 +592,63 @@ const GROUPS: usize = 2;
 
 #[inline(always)]
 unsafe fn groups16<D: Dot16>(ty: GgmlType, rows: &[u8], rb: usize, acts: &[&Q16Act], y: &mut [f32]) {
-    match ty {
-        GgmlType::Q4_0 => unsafe { groups16_of::<D, false, false, false>(rows, rb, acts, y) },
-        GgmlType::Q4_1 => unsafe { groups16_of::<D, false, true, false>(rows, rb, acts, y) },
-        GgmlType::Q5_0 => unsafe { groups16_of::<D, false, false, true>(rows, rb, acts, y) },
-        GgmlType::Q5_1 => unsafe { groups16_of::<D, false, true, true>(rows, rb, acts, y) },
-        GgmlType::Q8_0 => unsafe { groups16_of::<D, true, false, false>(rows, rb, acts, y) },
-        _ => unreachable!("checked by the caller"),
+    unsafe {
+        match ty {
+            GgmlType::Q4_0 => groups_of::<Kernel16<D, false, false, false>>(rows, rb, acts, y),
+            GgmlType::Q4_1 => groups_of::<Kernel16<D, false, true, false>>(rows, rb, acts, y),
+            GgmlType::Q5_0 => groups_of::<Kernel16<D, false, false, true>>(rows, rb, acts, y),
+            GgmlType::Q5_1 => groups_of::<Kernel16<D, false, true, true>>(rows, rb, acts, y),
+            GgmlType::Q8_0 => groups_of::<Kernel16<D, true, false, false>>(rows, rb, acts, y),
+            _ => unreachable!("checked by the caller"),
+        }
     }
 }
 
-/// [`groups16`] for one layout: [`INPUTS`] inputs at a time (their codes stay in the L1 cache
-/// while every group of `rows` meets them), [`GROUPS`] groups at a time; the inputs left over
-/// one at a time.
+/// `G` packed groups times `T` quantized inputs, the product [`groups_of`] tiles.
+trait GroupKernel {
+    /// One quantized input.
+    type Act;
+    /// Its number of values.
+    fn len(a: &Self::Act) -> usize;
+    /// Lane `r` of result `[k][t]` = row `r` of group `k` (at `gs[k]`, `nb` blocks) times `acts[t]`.
+    unsafe fn run<const G: usize, const T: usize>(gs: [*const u8; G], acts: [&Self::Act; T], nb: usize) -> [[__m256; T]; G];
+}
+
+/// [`group16`] for one instruction set and layout.
+struct Kernel16<D, const Q8: bool, const MIN: bool, const FIVE: bool>(std::marker::PhantomData<D>);
+
+impl<D: Dot16, const Q8: bool, const MIN: bool, const FIVE: bool> GroupKernel for Kernel16<D, Q8, MIN, FIVE> {
+    type Act = Q16Act;
+    fn len(a: &Q16Act) -> usize {
+        a.qs.len()
+    }
+    #[inline(always)]
+    unsafe fn run<const G: usize, const T: usize>(gs: [*const u8; G], acts: [&Q16Act; T], nb: usize) -> [[__m256; T]; G] {
+        unsafe { group16::<D, Q8, MIN, FIVE, G, T>(gs, acts, nb) }
+    }
+}
+
+/// [`group8`] for one instruction set and layout.
+struct Kernel8<D, const Q8: bool, const MIN: bool, const FIVE: bool>(std::marker::PhantomData<D>);
+
+impl<D: Dot, const Q8: bool, const MIN: bool, const FIVE: bool> GroupKernel for Kernel8<D, Q8, MIN, FIVE> {
+    type Act = PackedQ8Act;
+    fn len(a: &PackedQ8Act) -> usize {
+        a.lanes.len()
+    }
+    #[inline(always)]
+    unsafe fn run<const G: usize, const T: usize>(gs: [*const u8; G], acts: [&PackedQ8Act; T], nb: usize) -> [[__m256; T]; G] {
+        unsafe { group8::<D, Q8, MIN, FIVE, G, T>(gs, acts, nb) }
+    }
+}
+
+/// A kernel `K` over all of `rows` and `acts`: [`INPUTS`] inputs at a time (their codes stay in
+/// the L1 cache while every group of `rows` meets them), [`GROUPS`] groups at a time; the inputs
+/// left over one at a time.
 #[inline(always)]
-unsafe fn groups16_of<D: Dot16, const Q8: bool, const MIN: bool, const FIVE: bool>(rows: &[u8], rb: usize, acts: &[&Q16Act], y: &mut [f32]) {
+unsafe fn groups_of<K: GroupKernel>(rows: &[u8], rb: usize, acts: &[&K::Act], y: &mut [f32]) {
     let Some(first) = acts.first() else { return };
-    let (g, nb, n) = (super::packed::GROUP, first.qs.len() / QK8, rows.len() / rb);
+    let (g, nb, n) = (super::packed::GROUP, K::len(first) / QK8, rows.len() / rb);
     let ng = n / g;
     // SAFETY: group `i` is the `g · rb` bytes at `i · g · rb` (the caller's lengths); `y` has
     // `acts.len() · n` values, each store eight of input `t`'s rows `i · g ..`.
@@ -596,11 +656,11 @@ unsafe fn groups16_of<D: Dot16, const Q8: bool, const MIN: bool, const FIVE: boo
     let store = |t: usize, i: usize, v: __m256| unsafe { _mm256_storeu_ps(y.as_ptr().add(t * n + i * g) as *mut f32, v) };
     let mut t = 0;
     while t + INPUTS <= acts.len() {
-        let a: [&Q16Act; INPUTS] = std::array::from_fn(|k| acts[t + k]);
+        let a: [&K::Act; INPUTS] = std::array::from_fn(|k| acts[t + k]);
         let mut i = 0;
         while i + GROUPS <= ng {
             // SAFETY: as above.
-            let v = unsafe { group16::<D, Q8, MIN, FIVE, GROUPS, INPUTS>(std::array::from_fn(|k| group(i + k)), a, nb) };
+            let v = unsafe { K::run::<GROUPS, INPUTS>(std::array::from_fn(|k| group(i + k)), a, nb) };
             for (k, v) in v.into_iter().enumerate() {
                 for (u, v) in v.into_iter().enumerate() {
                     store(t + u, i + k, v);
@@ -610,7 +670,7 @@ unsafe fn groups16_of<D: Dot16, const Q8: bool, const MIN: bool, const FIVE: boo
         }
         while i < ng {
             // SAFETY: as above.
-            let [v] = unsafe { group16::<D, Q8, MIN, FIVE, 1, INPUTS>([group(i)], a, nb) };
+            let [v] = unsafe { K::run::<1, INPUTS>([group(i)], a, nb) };
             for (u, v) in v.into_iter().enumerate() {
                 store(t + u, i, v);
             }
@@ -621,7 +681,7 @@ unsafe fn groups16_of<D: Dot16, const Q8: bool, const MIN: bool, const FIVE: boo
     for (t, a) in acts.iter().enumerate().skip(t) {
         for i in 0..ng {
             // SAFETY: as above.
-            let [[v]] = unsafe { group16::<D, Q8, MIN, FIVE, 1, 1>([group(i)], [a], nb) };
+            let [[v]] = unsafe { K::run::<1, 1>([group(i)], [a], nb) };
             store(t, i, v);
         }
     }
@@ -647,85 +707,279 @@ unsafe fn group16<D: Dot16, const Q8: bool, const MIN: bool, const FIVE: bool, c
     let (qs, qh) = (l.packed_qs(), l.packed_qh());
     // Independent integer chains per product: enough to cover the multiply-add's latency.
     let chains = if G * T == 1 { 8 } else { 2 };
+    // No closures around the intrinsics (see `group8`).
     unsafe {
+        let zero = _mm256_setzero_si256();
         let (nib, bit4) = (_mm256_set1_epi16(0x000F), _mm256_set1_epi16(0x0010));
         let (mut acc, mut off) = ([[_mm256_setzero_ps(); T]; G], [[_mm256_setzero_ps(); T]; G]);
+        let mut xp = [std::ptr::null::<i32>(); T];
+        let mut blk = [std::ptr::null::<u8>(); G];
+        let (mut v, mut w, mut h) = ([zero; G], [zero; G], [zero; G]);
         for b in 0..nb {
-            let blk = gs.map(|g| g.add(b * bb));
-            let xp = acts.map(|a| a.qs.as_ptr().add(b * QK8) as *const i32);
-            let mut s = [[[_mm256_setzero_si256(); 8]; T]; G];
-            // Pair p of every input's codes into accumulator `a` of each, times each group's codes `w`.
-            let mut madd = |a: usize, w: [__m256i; G], p: usize| {
-                let a = a % chains;
-                for (t, x) in xp.iter().enumerate() {
-                    let x = _mm256_set1_epi32(x.add(p).read_unaligned());
-                    for (s, &w) in s.iter_mut().zip(&w) {
-                        s[t][a] = D::dot16(s[t][a], w, x);
-                    }
-                }
-            };
+            for t in 0..T {
+                xp[t] = acts[t].qs.as_ptr().add(b * QK8) as *const i32;
+            }
+            for k in 0..G {
+                blk[k] = gs[k].add(b * bb);
+            }
+            let mut s = [[[zero; 8]; T]; G];
             if Q8 {
                 unroll!(k in [0, 1, 2, 3, 4, 5, 6, 7] {
-                    let v = blk.map(|p| _mm256_loadu_si256(p.add(qs + 32 * k) as *const __m256i));
+                    for g in 0..G {
+                        v[g] = _mm256_loadu_si256(blk[g].add(qs + 32 * k) as *const __m256i);
+                        w[g] = _mm256_srai_epi16(_mm256_slli_epi16(v[g], 8), 8);
+                    }
                     let a = 2 * (k % 4);
-                    madd(a, v.map(|v| _mm256_srai_epi16(_mm256_slli_epi16(v, 8), 8)), 2 * k);
-                    madd(a + 1, v.map(|v| _mm256_srai_epi16(v, 8)), 2 * k + 1);
+                    madd16::<D, G, T>(&mut s, a % chains, w, xp, 2 * k);
+                    for g in 0..G {
+                        w[g] = _mm256_srai_epi16(v[g], 8);
+                    }
+                    madd16::<D, G, T>(&mut s, (a + 1) % chains, w, xp, 2 * k + 1);
                 });
             } else {
                 // The fifth bits of load k's values, bit 4k + e of each word, moved down 4 a load.
-                let mut h = blk.map(|p| if FIVE { _mm256_loadu_si256(p.add(qh) as *const __m256i) } else { _mm256_setzero_si256() });
+                if FIVE {
+                    for g in 0..G {
+                        h[g] = _mm256_loadu_si256(blk[g].add(qh) as *const __m256i);
+                    }
+                }
                 unroll!(k in [0, 1, 2, 3] {
-                    let v = blk.map(|p| _mm256_loadu_si256(p.add(qs + 32 * k) as *const __m256i));
+                    for g in 0..G {
+                        v[g] = _mm256_loadu_si256(blk[g].add(qs + 32 * k) as *const __m256i);
+                    }
                     let a = 4 * (k % 2);
                     unroll!(e in [0, 1, 2, 3] {
-                        let w: [__m256i; G] = std::array::from_fn(|g| {
-                            let w = match e {
+                        for g in 0..G {
+                            w[g] = match e {
                                 0 => _mm256_and_si256(v[g], nib),
                                 1 => _mm256_and_si256(_mm256_srli_epi16(v[g], 4), nib),
                                 2 => _mm256_and_si256(_mm256_srli_epi16(v[g], 8), nib),
                                 _ => _mm256_srli_epi16(v[g], 12),
                             };
-                            if !FIVE {
-                                return w;
+                            if FIVE {
+                                let hb = match e {
+                                    0 => _mm256_slli_epi16(h[g], 4),
+                                    1 => _mm256_slli_epi16(h[g], 3),
+                                    2 => _mm256_slli_epi16(h[g], 2),
+                                    _ => _mm256_slli_epi16(h[g], 1),
+                                };
+                                w[g] = _mm256_or_si256(w[g], _mm256_and_si256(hb, bit4));
                             }
-                            let h = match e {
-                                0 => _mm256_slli_epi16(h[g], 4),
-                                1 => _mm256_slli_epi16(h[g], 3),
-                                2 => _mm256_slli_epi16(h[g], 2),
-                                _ => _mm256_slli_epi16(h[g], 1),
-                            };
-                            _mm256_or_si256(w, _mm256_and_si256(h, bit4))
-                        });
-                        madd(a + e, w, 4 * k + e);
+                        }
+                        madd16::<D, G, T>(&mut s, (a + e) % chains, w, xp, 4 * k + e);
                     });
                     if FIVE {
-                        h = h.map(|h| _mm256_srli_epi16(h, 4));
+                        for g in 0..G {
+                            h[g] = _mm256_srli_epi16(h[g], 4);
+                        }
                     }
                 });
             }
             for k in 0..G {
                 let d = _mm256_cvtph_ps(_mm_loadu_si128(blk[k] as *const __m128i));
                 let m = if MIN { _mm256_cvtph_ps(_mm_loadu_si128(blk[k].add(16) as *const __m128i)) } else { d };
-                for (t, a) in acts.iter().enumerate() {
+                for t in 0..T {
                     let s = &s[k][t];
-                    let s4 = [0, 1, 2, 3].map(|i| _mm256_add_epi32(s[i], s[i + 4]));
+                    let s4 = [_mm256_add_epi32(s[0], s[4]), _mm256_add_epi32(s[1], s[5]), _mm256_add_epi32(s[2], s[6]), _mm256_add_epi32(s[3], s[7])];
                     let isum = _mm256_add_epi32(_mm256_add_epi32(s4[0], s4[1]), _mm256_add_epi32(s4[2], s4[3]));
-                    acc[k][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(d, _mm256_set1_ps(*a.d.get_unchecked(b))), acc[k][t]);
+                    acc[k][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(d, _mm256_set1_ps(*acts[t].d.get_unchecked(b))), acc[k][t]);
                     if !Q8 {
-                        off[k][t] = _mm256_fmadd_ps(m, _mm256_set1_ps(*a.s.get_unchecked(b)), off[k][t]);
+                        off[k][t] = _mm256_fmadd_ps(m, _mm256_set1_ps(*acts[t].s.get_unchecked(b)), off[k][t]);
                     }
                 }
             }
         }
-        std::array::from_fn(|k| {
-            std::array::from_fn(|t| {
+        for k in 0..G {
+            for t in 0..T {
                 if MIN {
-                    _mm256_add_ps(acc[k][t], off[k][t])
-                } else {
+                    acc[k][t] = _mm256_add_ps(acc[k][t], off[k][t]);
+                } else if !Q8 {
                     // Q4_0's values are (q − 8)·d, Q5_0's (q − 16)·d: the offset · d · the activation sum.
-                    _mm256_fnmadd_ps(_mm256_set1_ps(if FIVE { 16.0 } else { 8.0 }), off[k][t], acc[k][t])
+                    acc[k][t] = _mm256_fnmadd_ps(_mm256_set1_ps(if FIVE { 16.0 } else { 8.0 }), off[k][t], acc[k][t]);
                 }
-            })
-        })
+            }
+        }
+        acc
+    }
+}
+
+/// [`group16`]'s step: code pair `p` of every input (`xp`) into accumulator `a` of each, times
+/// each group's codes `w`.
+#[inline(always)]
+unsafe fn madd16<D: Dot16, const G: usize, const T: usize>(s: &mut [[[__m256i; 8]; T]; G], a: usize, w: [__m256i; G], xp: [*const i32; T], p: usize) {
+    for (t, x) in xp.iter().enumerate() {
+        unsafe {
+            let x = _mm256_set1_epi32(x.add(p).read_unaligned());
+            for (s, &w) in s.iter_mut().zip(&w) {
+                s[t][a] = D::dot16(s[t][a], w, x);
+            }
+        }
+    }
+}
+
+/// See [`super::gemm8_packed`]: `acts.len()` inputs times the `n` packed rows of `rows`.
+///
+/// # Safety
+/// As [`dot_groups16`], each input quantized for `ty`.
+pub(super) unsafe fn dot_groups8(isa: Isa, ty: GgmlType, rows: &[u8], rb: usize, acts: &[&PackedQ8Act], y: &mut [f32]) {
+    unsafe {
+        match isa {
+            Isa::Avx2 => groups8_avx2(ty, rows, rb, acts, y),
+            Isa::AvxVnni => groups8_avxvnni(ty, rows, rb, acts, y),
+            Isa::Avx512Vnni => groups8_avx512vnni(ty, rows, rb, acts, y),
+            Isa::Scalar => unreachable!("the scalar kernels are not here"),
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn groups8_avx2(ty: GgmlType, rows: &[u8], rb: usize, acts: &[&PackedQ8Act], y: &mut [f32]) {
+    unsafe { groups8::<Avx2>(ty, rows, rb, acts, y) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+unsafe fn groups8_avxvnni(ty: GgmlType, rows: &[u8], rb: usize, acts: &[&PackedQ8Act], y: &mut [f32]) {
+    unsafe { groups8::<AvxVnni>(ty, rows, rb, acts, y) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+unsafe fn groups8_avx512vnni(ty: GgmlType, rows: &[u8], rb: usize, acts: &[&PackedQ8Act], y: &mut [f32]) {
+    unsafe { groups8::<Avx512Vnni>(ty, rows, rb, acts, y) }
+}
+
+#[inline(always)]
+unsafe fn groups8<D: Dot>(ty: GgmlType, rows: &[u8], rb: usize, acts: &[&PackedQ8Act], y: &mut [f32]) {
+    unsafe {
+        match ty {
+            GgmlType::Q4_0 => groups_of::<Kernel8<D, false, false, false>>(rows, rb, acts, y),
+            GgmlType::Q4_1 => groups_of::<Kernel8<D, false, true, false>>(rows, rb, acts, y),
+            GgmlType::Q5_0 => groups_of::<Kernel8<D, false, false, true>>(rows, rb, acts, y),
+            GgmlType::Q5_1 => groups_of::<Kernel8<D, false, true, true>>(rows, rb, acts, y),
+            GgmlType::Q8_0 => groups_of::<Kernel8<D, true, false, false>>(rows, rb, acts, y),
+            _ => unreachable!("checked by the caller"),
+        }
+    }
+}
+
+/// [`group16`] with 8-bit activation codes: four codes of a row to a 32-bit lane, so one
+/// `vpdpbusd` (or `maddubs` + `madd`) takes four values of each of eight rows, twice
+/// `vpdpwssd`'s two. A nibble load gives two byte vectors (low nibbles, and high ones shifted
+/// down, each byte a code of its own; Q5's fifth bits moved to bit 4 of each byte); a Q8_0 load
+/// is its byte codes, made unsigned by +128 (the offset then taken away with the activation
+/// sums, as Q4_0's 8 is) or, where neighbouring products are summed in 16 bits, as |w| · sign(x, w).
+/// The inputs' codes are in the lanes' order ([`PackedQ8Act`]).
+#[inline(always)]
+unsafe fn group8<D: Dot, const Q8: bool, const MIN: bool, const FIVE: bool, const G: usize, const T: usize>(
+    gs: [*const u8; G],
+    acts: [&PackedQ8Act; T],
+    nb: usize,
+) -> [[__m256; T]; G] {
+    let l = super::packed::Layout { q8: Q8, min: MIN, five: FIVE };
+    let bb = 8 * if Q8 { 34 } else { 18 + if MIN { 2 } else { 0 } + if FIVE { 4 } else { 0 } };
+    let (qs, qh) = (l.packed_qs(), l.packed_qh());
+    let sign_trick = Q8 && D::SATURATES;
+    // The value a code stands for is (code − offset) · d: Q4_0 8, Q5_0 16, Q8_0 made unsigned 128.
+    let offset = if Q8 { 128.0 } else if FIVE { 16.0 } else { 8.0 };
+    let chains = if G * T == 1 { 4 } else { 2 };
+    // No closures around the intrinsics below: a closure that is not inlined is compiled
+    // without the caller's target features, and each intrinsic becomes a call.
+    unsafe {
+        let zero = _mm256_setzero_si256();
+        let (nib, lo5, hi5, flip) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi16(0x0010), _mm256_set1_epi16(0x1000), _mm256_set1_epi8(-128));
+        let (mut acc, mut off) = ([[_mm256_setzero_ps(); T]; G], [[_mm256_setzero_ps(); T]; G]);
+        let mut xp = [std::ptr::null::<i32>(); T];
+        let mut blk = [std::ptr::null::<u8>(); G];
+        let (mut v, mut lo, mut hi, mut h) = ([zero; G], [zero; G], [zero; G], [zero; G]);
+        for b in 0..nb {
+            for t in 0..T {
+                xp[t] = acts[t].lanes.as_ptr().add(b * QK8) as *const i32;
+            }
+            for k in 0..G {
+                blk[k] = gs[k].add(b * bb);
+            }
+            let mut s = [[[zero; 4]; T]; G];
+            if Q8 {
+                unroll!(k in [0, 1, 2, 3, 4, 5, 6, 7] {
+                    for g in 0..G {
+                        v[g] = _mm256_loadu_si256(blk[g].add(qs + 32 * k) as *const __m256i);
+                        lo[g] = if sign_trick { _mm256_abs_epi8(v[g]) } else { _mm256_xor_si256(v[g], flip) };
+                    }
+                    madd8::<D, G, T>(&mut s, k % chains, lo, v, xp, k, sign_trick);
+                });
+            } else {
+                if FIVE {
+                    for g in 0..G {
+                        h[g] = _mm256_loadu_si256(blk[g].add(qh) as *const __m256i);
+                    }
+                }
+                unroll!(k in [0, 1, 2, 3] {
+                    for g in 0..G {
+                        let v = _mm256_loadu_si256(blk[g].add(qs + 32 * k) as *const __m256i);
+                        lo[g] = _mm256_and_si256(v, nib);
+                        hi[g] = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
+                        if FIVE {
+                            // Word bits e = 0 and 2 (low nibbles) and 1 and 3 (high) of this
+                            // load's fifth bits to bit 4 of the word's two bytes.
+                            let (b0, b2) = (_mm256_slli_epi16(h[g], 4), _mm256_slli_epi16(h[g], 10));
+                            let (b1, b3) = (_mm256_slli_epi16(h[g], 3), _mm256_slli_epi16(h[g], 9));
+                            lo[g] = _mm256_or_si256(lo[g], _mm256_or_si256(_mm256_and_si256(b0, lo5), _mm256_and_si256(b2, hi5)));
+                            hi[g] = _mm256_or_si256(hi[g], _mm256_or_si256(_mm256_and_si256(b1, lo5), _mm256_and_si256(b3, hi5)));
+                            h[g] = _mm256_srli_epi16(h[g], 4);
+                        }
+                    }
+                    madd8::<D, G, T>(&mut s, (2 * k) % chains, lo, lo, xp, 2 * k, false);
+                    madd8::<D, G, T>(&mut s, (2 * k + 1) % chains, hi, hi, xp, 2 * k + 1, false);
+                });
+            }
+            for k in 0..G {
+                let d = _mm256_cvtph_ps(_mm_loadu_si128(blk[k] as *const __m128i));
+                let m = if MIN { _mm256_cvtph_ps(_mm_loadu_si128(blk[k].add(16) as *const __m128i)) } else { d };
+                for t in 0..T {
+                    let s = &s[k][t];
+                    let isum = _mm256_add_epi32(_mm256_add_epi32(s[0], s[1]), _mm256_add_epi32(s[2], s[3]));
+                    acc[k][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(d, _mm256_set1_ps(*acts[t].plain.d.get_unchecked(b))), acc[k][t]);
+                    if !sign_trick {
+                        off[k][t] = _mm256_fmadd_ps(m, _mm256_set1_ps(*acts[t].plain.s.get_unchecked(b)), off[k][t]);
+                    }
+                }
+            }
+        }
+        for k in 0..G {
+            for t in 0..T {
+                acc[k][t] = if MIN {
+                    _mm256_add_ps(acc[k][t], off[k][t])
+                } else if sign_trick {
+                    acc[k][t]
+                } else {
+                    _mm256_fnmadd_ps(_mm256_set1_ps(offset), off[k][t], acc[k][t])
+                };
+            }
+        }
+        acc
+    }
+}
+
+/// [`group8`]'s step: lane word `p` of every input's codes (`xp`) into accumulator `a` of each,
+/// times each group's unsigned codes `w` (`signs`: the signed codes, for the sign trick).
+/// A function, not a closure, so that it is inlined with the caller's target features.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn madd8<D: Dot, const G: usize, const T: usize>(
+    s: &mut [[[__m256i; 4]; T]; G],
+    a: usize,
+    w: [__m256i; G],
+    signs: [__m256i; G],
+    xp: [*const i32; T],
+    p: usize,
+    sign_trick: bool,
+) {
+    for (t, x) in xp.iter().enumerate() {
+        unsafe {
+            let x = _mm256_set1_epi32(x.add(p).read_unaligned());
+            for ((s, &w), &sg) in s.iter_mut().zip(&w).zip(&signs) {
+                let x = if sign_trick { _mm256_sign_epi8(x, sg) } else { x };
+                s[t][a] = D::dot_acc(s[t][a], w, x);
+            }
+        }
     }
 }
