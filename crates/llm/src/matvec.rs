@@ -14,8 +14,11 @@
 //! Q4_1, Q5_0, Q5_1 and Q8_0 rows are kept packed in groups of eight ([`kernels::packed`]), which
 //! their kernels multiply eight rows at a time.
 
+use std::cell::OnceCell;
+
 use rayon::prelude::*;
 
+use crate::kernels::packed::PackedQ8Act;
 use crate::kernels::{self, Code, QAct, Q8Act, Q16Act};
 use crate::quant::GgmlType;
 
@@ -149,25 +152,37 @@ impl QMatrix {
     ///
     /// Panics when `x` or `y` has the wrong length.
     pub fn matmul_with(&self, x: &[f32], n: usize, y: &mut [f32], act: Activations) {
+        self.matmul_input(&PrefillInput::new(x, n), y, act);
+    }
+
+    /// [`QMatrix::matmul_with`] of an input that other matrices multiply too: its quantized
+    /// rows are made on first use and kept in `input` for them.
+    ///
+    /// Panics when the input or `y` has the wrong length.
+    pub fn matmul_input(&self, input: &PrefillInput, y: &mut [f32], act: Activations) {
+        let (x, n) = (input.x, input.n);
+        assert_eq!(x.len(), n * self.cols, "matmul input length");
+        assert_eq!(y.len(), n * self.rows, "matmul output length");
+        if n == 0 || self.rows == 0 || self.cols == 0 {
+            y.fill(0.0);
+            return;
+        }
+        let (isa, ty) = (kernels::Isa::current(), self.ty);
         if act == Activations::Int8 && self.packed {
             // Packed rows have an 8-bit GEMM, though not an 8-bit one-token kernel (`mode`).
-            return self.matmul_packed8(x, n, y);
+            let acts = input.packed8(ty);
+            return self.tiles_of(n, y, |bytes, buf| kernels::gemm8_packed(isa, ty, bytes, acts, buf));
         }
         match self.mode(act) {
             Activations::F32 => self.matmul(x, n, y),
-            Activations::Int8 => self.matmul_int::<i8>(x, n, y, kernels::dot_rows),
-            Activations::Int16 if self.packed => self.matmul_packed16(x, n, y),
+            Activations::Int8 => self.matmul_int(input.q8(), y),
+            Activations::Int16 if self.packed => {
+                let acts = input.q16();
+                self.tiles_of(n, y, |bytes, buf| kernels::gemm16_packed(isa, ty, bytes, acts, buf));
+            }
             // The row kernels are slower than the f32 tiles for several inputs.
             Activations::Int16 => self.matmul(x, n, y),
         }
-    }
-
-    /// The 16-bit product of [`QMatrix::matmul_with`] over packed rows: each input row quantized
-    /// once, then each tile's groups times all of them ([`kernels::gemm16_packed`]).
-    fn matmul_packed16(&self, x: &[f32], n: usize, y: &mut [f32]) {
-        let Some(acts) = self.quantized_inputs::<i16>(x, n, y) else { return };
-        let ty = self.ty;
-        self.tiles_of(n, y, |bytes, buf| kernels::gemm16_packed(kernels::Isa::current(), ty, bytes, &acts, buf));
     }
 
     /// `y = X Wᵀ` ([`QMatrix::matmul`]'s shapes) by tiles of rows across rayon's threads:
@@ -190,56 +205,15 @@ impl QMatrix {
         });
     }
 
-    /// The 8-bit product of [`QMatrix::matmul_with`] over packed rows: each input row quantized
-    /// once in the packed lanes' order, then each tile's groups times all of them
-    /// ([`kernels::gemm8_packed`]).
-    fn matmul_packed8(&self, x: &[f32], n: usize, y: &mut [f32]) {
-        assert_eq!(x.len(), n * self.cols, "matmul input length");
-        assert_eq!(y.len(), n * self.rows, "matmul output length");
-        if n == 0 || self.rows == 0 || self.cols == 0 {
-            y.fill(0.0);
-            return;
-        }
-        let ty = self.ty;
-        let quantize = |row: &[f32]| kernels::packed::PackedQ8Act::quantize(ty, row).expect("columns are whole blocks of 32 for every packed type");
-        let acts: Vec<_> = x.par_chunks(self.cols).map(quantize).collect();
-        self.tiles_of(n, y, |bytes, buf| kernels::gemm8_packed(kernels::Isa::current(), ty, bytes, &acts, buf));
-    }
-
-    /// The integer-kernel product of [`QMatrix::matmul_with`], `dot` the kernels of `T` codes.
-    fn matmul_int<T: Code>(&self, x: &[f32], n: usize, y: &mut [f32], dot: fn(kernels::Isa, GgmlType, &[u8], &QAct<T>, &mut [f32])) {
-        let Some(acts) = self.quantized_inputs::<T>(x, n, y) else { return };
-        let (rows, cols) = (self.rows, self.cols);
-        let rb = Self::row_bytes(self.ty, cols);
-        let tile = tile_rows(rows);
-        let (out, isa, ty) = (SyncPtr(y.as_mut_ptr()), kernels::Isa::current(), self.ty);
-        self.data.par_chunks(tile * rb).enumerate().for_each_init(Vec::new, |buf, (i, bytes)| {
-            buf.resize(bytes.len() / rb, 0.0);
-            for (t, a) in acts.iter().enumerate() {
-                dot(isa, ty, bytes, a, buf);
-                for (r, &v) in buf.iter().enumerate() {
-                    // SAFETY: as in `matmul`: task `i` writes only its own columns of `y`.
-                    unsafe { *out.at(t * rows + i * tile + r) = v };
-                }
+    /// The 8-bit product of [`QMatrix::matmul_with`] over plain rows: each tile's rows times each
+    /// input in the one-token kernels.
+    fn matmul_int(&self, acts: &[Q8Act], y: &mut [f32]) {
+        let (isa, ty, rb) = (kernels::Isa::current(), self.ty, Self::row_bytes(self.ty, self.cols));
+        self.tiles_of(acts.len(), y, |bytes, buf| {
+            for (a, y) in acts.iter().zip(buf.chunks_exact_mut(bytes.len() / rb)) {
+                kernels::dot_rows(isa, ty, bytes, a, y);
             }
         });
-    }
-
-    /// The `n` input rows of a product quantized to `T` codes, each once; `None` (with `y`
-    /// zeroed) when the product is empty. Panics when `x` or `y` has the wrong length.
-    fn quantized_inputs<T: Code>(&self, x: &[f32], n: usize, y: &mut [f32]) -> Option<Vec<QAct<T>>> {
-        assert_eq!(x.len(), n * self.cols, "matmul input length");
-        assert_eq!(y.len(), n * self.rows, "matmul output length");
-        if n == 0 || self.rows == 0 || self.cols == 0 {
-            y.fill(0.0);
-            return None;
-        }
-        let quantize = |row: &[f32]| {
-            let mut a = QAct::default();
-            a.quantize(row).expect("columns are whole blocks of 32 for every integer-kernel type");
-            a
-        };
-        Some(x.par_chunks(self.cols).map(quantize).collect())
     }
 
     /// The activations this matrix's one-token product uses under `act`: f32 for the types
@@ -253,6 +227,60 @@ impl QMatrix {
             act => act,
         }
     }
+}
+
+/// The input rows of prefill products (`n` rows, row-major), quantized on first use in each form
+/// a product asks for and kept, so that the matrices multiplying the same input (q, k and v; gate
+/// and up) quantize it once.
+pub struct PrefillInput<'a> {
+    x: &'a [f32],
+    n: usize,
+    q8: OnceCell<Vec<Q8Act>>,
+    q16: OnceCell<Vec<Q16Act>>,
+    /// [`PackedQ8Act`]s for Q8_0's lanes (0) and the nibble types' (1).
+    packed8: [OnceCell<Vec<PackedQ8Act>>; 2],
+}
+
+impl<'a> PrefillInput<'a> {
+    /// The `n` rows of `x`, not yet quantized.
+    pub fn new(x: &'a [f32], n: usize) -> Self {
+        PrefillInput { x, n, q8: OnceCell::new(), q16: OnceCell::new(), packed8: [OnceCell::new(), OnceCell::new()] }
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.n
+    }
+
+    /// The rows in 8-bit blocks.
+    fn q8(&self) -> &[Q8Act] {
+        self.q8.get_or_init(|| self.each_row(|r| quantized(r)))
+    }
+
+    /// The rows in 16-bit blocks.
+    fn q16(&self) -> &[Q16Act] {
+        self.q16.get_or_init(|| self.each_row(|r| quantized(r)))
+    }
+
+    /// The rows in 8-bit blocks in the lanes' order of `ty`'s packed rows.
+    fn packed8(&self, ty: GgmlType) -> &[PackedQ8Act] {
+        self.packed8[usize::from(ty != GgmlType::Q8_0)].get_or_init(|| self.each_row(|r| PackedQ8Act::quantize(ty, r).expect(WHOLE_BLOCKS)))
+    }
+
+    /// `f` of each row, across rayon's threads.
+    fn each_row<T: Send>(&self, f: impl Fn(&[f32]) -> T + Sync + Send) -> Vec<T> {
+        self.x.par_chunks(self.x.len() / self.n.max(1)).map(f).collect()
+    }
+}
+
+/// Why a product's input always quantizes: every integer-kernel type's rows are whole blocks of 32.
+const WHOLE_BLOCKS: &str = "columns are whole blocks of 32 for every integer-kernel type";
+
+/// `x` quantized to codes `T`.
+fn quantized<T: Code>(x: &[f32]) -> QAct<T> {
+    let mut a = QAct::default();
+    a.quantize(x).expect(WHOLE_BLOCKS);
+    a
 }
 
 /// The quantized copies of a product's input, kept between products to reuse their memory.
@@ -286,12 +314,11 @@ pub fn matvec_many(x: &[f32], parts: Vec<(&QMatrix, &mut [f32])>, act: Activatio
         assert_eq!(x.len(), m.cols, "matvec input length");
         assert_eq!(y.len(), m.rows, "matvec output length");
     }
-    const WHOLE: &str = "columns are whole blocks of 32 for every integer-kernel type";
     if parts.iter().any(|(m, _)| m.mode(act) == Activations::Int8) {
-        scratch.q8.quantize(x).expect(WHOLE);
+        scratch.q8.quantize(x).expect(WHOLE_BLOCKS);
     }
     if parts.iter().any(|(m, _)| m.mode(act) == Activations::Int16) {
-        scratch.q16.quantize(x).expect(WHOLE);
+        scratch.q16.quantize(x).expect(WHOLE_BLOCKS);
     }
     let total: usize = parts.iter().map(|(m, _)| m.rows).sum();
     // Enough rows per task to amortise scheduling, few enough to balance two or more threads;
