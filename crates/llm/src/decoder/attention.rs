@@ -108,19 +108,8 @@ unsafe fn attend_group_fma<const CH: usize>(qs: &[f32], kv: &KvView, kvh: usize,
             }
         }
         let sums = exp_rows_fma(&mut p, len);
-        for (j, oh) in o.chunks_exact_mut(hd).enumerate() {
-            let mut acc = [_mm256_setzero_ps(); CH];
-            for t in 0..len {
-                let w = _mm256_set1_ps(p[j * len + t] / sums[j]);
-                let v = value(t);
-                for (c, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(v.add(8 * c)), *a);
-                }
-            }
-            for (c, a) in acc.iter().enumerate() {
-                _mm256_storeu_ps(oh.as_mut_ptr().add(8 * c), *a);
-            }
-        }
+        let inv: Vec<f32> = sums.iter().map(|s| s.recip()).collect();
+        weighted_values_fma(&p, len, len, &inv, value(0), stride, o);
     }
 }
 
@@ -151,35 +140,43 @@ fn exp_rows(p: &mut [f32], len: usize) -> Vec<f32> {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn exp_rows_fma(p: &mut [f32], len: usize) -> Vec<f32> {
+    // SAFETY: as this function's.
+    p.chunks_exact_mut(len).map(|ps| unsafe { exp_row_fma(ps) }).collect()
+}
+
+/// [`exp_rows_fma`] of one row: its sum.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_row_fma(ps: &mut [f32]) -> f32 {
     use std::arch::x86_64::*;
-    let mut sums = Vec::with_capacity(p.len() / len.max(1));
-    for ps in p.chunks_exact_mut(len) {
-        let (lanes, tail) = (len / 8 * 8, len % 8);
-        let ptr = ps.as_mut_ptr();
-        // SAFETY: every load and store is inside `ps` (whole groups of eight below `lanes`).
-        unsafe {
-            let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
-            for t in (0..lanes).step_by(8) {
-                m = _mm256_max_ps(m, _mm256_loadu_ps(ptr.add(t)));
-            }
-            let mut lane = [0f32; 8];
-            _mm256_storeu_ps(lane.as_mut_ptr(), m);
-            let max = ps[lanes..].iter().chain(&lane).copied().fold(f32::NEG_INFINITY, f32::max);
-            let (mx, mut acc) = (_mm256_set1_ps(max), _mm256_setzero_ps());
-            for t in (0..lanes).step_by(8) {
-                let e = exp256(_mm256_sub_ps(_mm256_loadu_ps(ptr.add(t)), mx));
-                _mm256_storeu_ps(ptr.add(t), e);
-                acc = _mm256_add_ps(acc, e);
-            }
-            let mut sum = crate::kernels::x86::hsum(acc);
-            for s in ps[len - tail..].iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            sums.push(sum);
+    let len = ps.len();
+    let (lanes, tail) = (len / 8 * 8, len % 8);
+    let ptr = ps.as_mut_ptr();
+    // SAFETY: every load and store is inside `ps` (whole groups of eight below `lanes`).
+    unsafe {
+        let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
+        for t in (0..lanes).step_by(8) {
+            m = _mm256_max_ps(m, _mm256_loadu_ps(ptr.add(t)));
         }
+        let mut lane = [0f32; 8];
+        _mm256_storeu_ps(lane.as_mut_ptr(), m);
+        let max = ps[lanes..].iter().chain(&lane).copied().fold(f32::NEG_INFINITY, f32::max);
+        let (mx, mut acc) = (_mm256_set1_ps(max), _mm256_setzero_ps());
+        for t in (0..lanes).step_by(8) {
+            let e = exp256(_mm256_sub_ps(_mm256_loadu_ps(ptr.add(t)), mx));
+            _mm256_storeu_ps(ptr.add(t), e);
+            acc = _mm256_add_ps(acc, e);
+        }
+        let mut sum = crate::kernels::x86::hsum(acc);
+        for s in ps[len - tail..].iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        sum
     }
-    sums
 }
 
 /// e^x of eight values for x up to 88.37 (past it, e^88.37; below −87.3 about 1e-38, not 0), as
@@ -245,6 +242,50 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 mod tests {
     use super::*;
 
+    /// Causal attention in f64, written out: row `i`'s head `h` over positions `..= past + i` of
+    /// kv head `h / (heads / kv_heads)`.
+    fn reference(q: &[f32], kv: &(Vec<f32>, Vec<f32>), past: usize, heads: usize, kv_heads: usize, hd: usize) -> Vec<f32> {
+        let (width, stride, g) = (heads * hd, kv_heads * hd, heads / kv_heads);
+        let mut out = vec![0f32; q.len()];
+        for (i, (qr, or)) in q.chunks_exact(width).zip(out.chunks_exact_mut(width)).enumerate() {
+            for (h, (qh, oh)) in qr.chunks_exact(hd).zip(or.chunks_exact_mut(hd)).enumerate() {
+                let at = |t: usize| t * stride + h / g * hd..t * stride + h / g * hd + hd;
+                let scores: Vec<f64> = (0..=past + i).map(|t| qh.iter().zip(&kv.0[at(t)]).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() / (hd as f64).sqrt()).collect();
+                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let sum: f64 = e.iter().sum();
+                for (c, o) in oh.iter_mut().enumerate() {
+                    *o = (e.iter().enumerate().map(|(t, w)| w * kv.1[at(t)][c] as f64).sum::<f64>() / sum) as f32;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_chunk_attends_causally_as_written_out() {
+        let mut seed = 7u32;
+        let mut random = move || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1 << 24) as f32 * 4.0 - 2.0
+        };
+        // (heads, kv heads, head size): SmolLM2's groups of three, Qwen2.5's of seven (3 + 3 + 1),
+        // one head a group, 24 values (vectors one at a time), and 20 (no vector kernel).
+        for (heads, kv_heads, hd) in [(9, 3, 64), (14, 2, 64), (4, 4, 32), (2, 1, 128), (3, 1, 24), (2, 2, 20)] {
+            for (past, rows) in [(0, 19), (37, 5), (3, 1)] {
+                let stride = kv_heads * hd;
+                let kv: (Vec<f32>, Vec<f32>) = ((0..(past + rows) * stride).map(|_| random()).collect(), (0..(past + rows) * stride).map(|_| random()).collect());
+                let q: Vec<f32> = (0..rows * heads * hd).map(|_| random()).collect();
+                let mut got = vec![f32::NAN; q.len()];
+                attend_chunk(&q, &kv, past, heads, kv_heads, hd, &mut got);
+                let want = reference(&q, &kv, past, heads, kv_heads, hd);
+                for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!((g - w).abs() <= 1e-5, "heads {heads}/{kv_heads} of {hd}, past {past}: value {j} {g} against {w}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn vector_exp_rows_match_libm_to_its_rounding() {
         if !crate::matvec::has_avx2_fma() {
@@ -263,4 +304,210 @@ mod tests {
         }
     }
 
+}
+
+/// Causal softmax attention of a prompt chunk: query row `i` of `q` (rows of `heads · hd` values,
+/// the queries of position `past + i`) over the first `past + i + 1` cached positions (the cache
+/// already holds the chunk's keys and values), into `out` (as long as `q`), rows across rayon's
+/// threads. With AVX2 + FMA and heads of a multiple of eight values, each kv head's keys are
+/// transposed once for the chunk (`[hd][position]`), so that the scores of 24 positions for up
+/// to three query heads come from one pass of loads and broadcasts with no horizontal sums, and
+/// each cached value meets up to three heads at once; elsewhere a row is a step's [`attend`].
+#[allow(clippy::too_many_arguments)]
+pub(super) fn attend_chunk(q: &[f32], kv: &(Vec<f32>, Vec<f32>), past: usize, heads: usize, kv_heads: usize, hd: usize, out: &mut [f32]) {
+    let width = heads * hd;
+    #[cfg(target_arch = "x86_64")]
+    if crate::matvec::has_avx2_fma() && hd.is_multiple_of(8) && width > 0 {
+        let rows = q.len() / width;
+        let (len, stride, g) = (past + rows, kv_heads * hd, heads / kv_heads);
+        let lp = len.next_multiple_of(8);
+        assert!(kv.0.len() >= len * stride && kv.1.len() >= len * stride && out.len() == q.len(), "attend_chunk: {len} positions");
+        // Keys of kv head h at kt[h·hd·lp + c·lp + t], zero past `len`.
+        let mut kt = vec![0f32; kv_heads * hd * lp];
+        kt.par_chunks_mut(hd * lp).enumerate().for_each(|(h, kt)| {
+            for t in 0..len {
+                for (c, &k) in kv.0[t * stride + h * hd..][..hd].iter().enumerate() {
+                    kt[c * lp + t] = k;
+                }
+            }
+        });
+        let scale = 1.0 / (hd as f32).sqrt();
+        out.par_chunks_mut(width).zip(q.par_chunks(width)).enumerate().for_each_init(Vec::new, |p, (i, (o, q))| {
+            for h in 0..kv_heads {
+                let group = h * g * hd..(h + 1) * g * hd;
+                let keys = &kt[h * hd * lp..(h + 1) * hd * lp];
+                // SAFETY: the CPU has AVX2 and FMA; `keys` holds `hd` rows of `lp` ≥ `past + i + 1`
+                // positions, the cache `len` positions of `kv_heads` heads (checked above).
+                unsafe { attend_row_fma(&q[group.clone()], keys, lp, &kv.1[h * hd..], stride, past + i + 1, scale, p, &mut o[group]) };
+            }
+        });
+        return;
+    }
+    out.par_chunks_mut(width.max(1)).zip(q.par_chunks(width.max(1))).enumerate().for_each(|(i, (o, q))| attend(q, kv, past + i + 1, kv_heads, hd, o));
+}
+
+/// The query heads `qs` (of `hd` values, a multiple of eight) of one kv head over its first
+/// `n` positions: `keys` transposed (`hd` rows of `lp` ≥ `n` rounded up to eight positions,
+/// zero past the cache), `values` from the head's first value with `stride` between
+/// positions; `p` is scratch for the scores.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA; the lengths are as above (`values` holds `n` positions).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_row_fma(qs: &[f32], keys: &[f32], lp: usize, values: &[f32], stride: usize, n: usize, scale: f32, p: &mut Vec<f32>, o: &mut [f32]) {
+    let hd = keys.len() / lp;
+    let g = qs.len() / hd;
+    assert!(n <= lp && lp.is_multiple_of(8) && o.len() == qs.len() && (n == 0 || values.len() >= (n - 1) * stride + hd), "attend_row_fma: {n} of {lp} positions");
+    p.resize(g * lp, 0.0);
+    let mut h = 0;
+    while h < g {
+        let take = (g - h).min(3);
+        let (qh, ph) = (&qs[h * hd..(h + take) * hd], &mut p[h * lp..(h + take) * lp]);
+        // SAFETY: as this function's.
+        unsafe {
+            match take {
+                3 => scores_fma::<3>(qh, keys, lp, n, scale, ph),
+                2 => scores_fma::<2>(qh, keys, lp, n, scale, ph),
+                _ => scores_fma::<1>(qh, keys, lp, n, scale, ph),
+            }
+        }
+        h += take;
+    }
+    // SAFETY: as this function's.
+    let inv: Vec<f32> = p.chunks_exact_mut(lp).map(|row| unsafe { exp_row_fma(&mut row[..n]) }.recip()).collect();
+    // SAFETY: as this function's.
+    unsafe { weighted_values_fma(p, lp, n, &inv, values.as_ptr(), stride, o) };
+}
+
+/// Scores `p[h·lp + t]` = `qs[h] · keys[·][t] · scale` of `H` query heads for the positions
+/// `t` < `n` rounded up to eight (keys transposed, rows of `lp`), 24 positions at a time.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA; `qs` holds `H` heads of `keys.len() / lp` values, `p` `H` rows
+/// of `lp`, and `n` ≤ `lp`, a multiple of eight.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn scores_fma<const H: usize>(qs: &[f32], keys: &[f32], lp: usize, n: usize, scale: f32, p: &mut [f32]) {
+    let end = n.next_multiple_of(8);
+    let mut t = 0;
+    // SAFETY: as this function's.
+    unsafe {
+        while t + 24 <= end {
+            scores_block_fma::<H, 3>(qs, keys, lp, t, scale, p);
+            t += 24;
+        }
+        while t < end {
+            scores_block_fma::<H, 1>(qs, keys, lp, t, scale, p);
+            t += 8;
+        }
+    }
+}
+
+/// [`scores_fma`] of positions `t..t + 8V`.
+///
+/// # Safety
+/// As [`scores_fma`], with `t + 8V` ≤ `lp`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn scores_block_fma<const H: usize, const V: usize>(qs: &[f32], keys: &[f32], lp: usize, t: usize, scale: f32, p: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let hd = keys.len() / lp;
+    // SAFETY: every load is inside `keys` (rows of `lp`, `t + 8V` ≤ `lp`) or `qs`, every store
+    // inside `p`.
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); V]; H];
+        let (kp, qp) = (keys.as_ptr().add(t), qs.as_ptr());
+        for c in 0..hd {
+            let mut k = [_mm256_setzero_ps(); V];
+            for (v, k) in k.iter_mut().enumerate() {
+                *k = _mm256_loadu_ps(kp.add(c * lp + 8 * v));
+            }
+            for (h, acc) in acc.iter_mut().enumerate() {
+                let qb = _mm256_set1_ps(*qp.add(h * hd + c));
+                for (a, &k) in acc.iter_mut().zip(&k) {
+                    *a = _mm256_fmadd_ps(qb, k, *a);
+                }
+            }
+        }
+        let sc = _mm256_set1_ps(scale);
+        for (h, acc) in acc.iter().enumerate() {
+            for (v, &a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(p.as_mut_ptr().add(h * lp + t + 8 * v), _mm256_mul_ps(a, sc));
+            }
+        }
+    }
+}
+
+/// `o[h]` = `inv[h]` · Σ_t `p[h·ps + t]` · value `t`, for the `o.len() / hd` heads and `t` < `n`
+/// (value `t` at `values + t·stride`, `hd` = `8 · k` values): up to three heads at a time share
+/// each load of a value's 32 values.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA; `p` holds the heads' rows of `ps` ≥ `n` scores, `values`
+/// `n` positions of `hd` values `stride` apart, `inv` a value per head; `o` whole heads of a
+/// multiple of eight values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn weighted_values_fma(p: &[f32], ps: usize, n: usize, inv: &[f32], values: *const f32, stride: usize, o: &mut [f32]) {
+    let heads = inv.len();
+    let hd = o.len() / heads.max(1);
+    let mut h = 0;
+    while h < heads {
+        let take = (heads - h).min(3);
+        let mut c = 0;
+        while c < hd / 8 {
+            let w = (hd / 8 - c).min(4);
+            // SAFETY: as this function's, for heads h..h + take and the values' vectors c..c + w.
+            unsafe {
+                match (take, w) {
+                    (3, 4) => pv_block_fma::<3, 4>(p, ps, n, inv, values, stride, o, h, c),
+                    (2, 4) => pv_block_fma::<2, 4>(p, ps, n, inv, values, stride, o, h, c),
+                    (1, 4) => pv_block_fma::<1, 4>(p, ps, n, inv, values, stride, o, h, c),
+                    (3, _) => pv_block_fma::<3, 1>(p, ps, n, inv, values, stride, o, h, c),
+                    (2, _) => pv_block_fma::<2, 1>(p, ps, n, inv, values, stride, o, h, c),
+                    _ => pv_block_fma::<1, 1>(p, ps, n, inv, values, stride, o, h, c),
+                }
+            }
+            c += if w == 4 { 4 } else { 1 };
+        }
+        h += take;
+    }
+}
+
+/// [`weighted_values_fma`] of heads `h..h + H` and the value vectors `c..c + W`.
+///
+/// # Safety
+/// As [`weighted_values_fma`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pv_block_fma<const H: usize, const W: usize>(p: &[f32], ps: usize, n: usize, inv: &[f32], values: *const f32, stride: usize, o: &mut [f32], h: usize, c: usize) {
+    use std::arch::x86_64::*;
+    let hd = o.len() / inv.len();
+    // SAFETY: as the caller's.
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); W]; H];
+        let pp = p.as_ptr().add(h * ps);
+        for t in 0..n {
+            let vp = values.add(t * stride + 8 * c);
+            let mut v = [_mm256_setzero_ps(); W];
+            for (w, v) in v.iter_mut().enumerate() {
+                *v = _mm256_loadu_ps(vp.add(8 * w));
+            }
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let pb = _mm256_set1_ps(*pp.add(j * ps + t));
+                for (a, &v) in acc.iter_mut().zip(&v) {
+                    *a = _mm256_fmadd_ps(pb, v, *a);
+                }
+            }
+        }
+        for (j, acc) in acc.iter().enumerate() {
+            let s = _mm256_set1_ps(inv[h + j]);
+            for (w, &a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(o.as_mut_ptr().add((h + j) * hd + 8 * (c + w)), _mm256_mul_ps(a, s));
+            }
+        }
+    }
 }

@@ -9,7 +9,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::attention::{attend, exp256};
+use super::attention::{attend, attend_chunk, exp256};
 use super::{Decoder, KvCache, Linear};
 use crate::matvec::{ActScratch, PrefillInput, QMatrix, matvec_many};
 
@@ -207,10 +207,7 @@ impl<B: Backend> Decoder<B> {
         kv.0.extend_from_slice(&p.k);
         kv.1.extend_from_slice(&p.v);
         p.att.resize(s * c.num_heads * hd, 0.0);
-        let kv = &*kv;
-        p.att.par_chunks_mut(c.num_heads * hd).zip(p.q.par_chunks(c.num_heads * hd)).enumerate().for_each(|(i, (o, q))| {
-            attend(q, kv, past + i + 1, c.num_kv_heads, hd, o);
-        });
+        attend_chunk(&p.q, kv, past, c.num_heads, c.num_kv_heads, hd, &mut p.att);
         product(&layer.wo, &PrefillInput::new(&p.att, s), &mut p.o, act);
         if let Some(b) = &hl.bo {
             add_rows(&mut p.o, b);

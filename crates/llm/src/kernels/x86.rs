@@ -769,8 +769,8 @@ unsafe fn group16<D: Dot16, const Q8: bool, const MIN: bool, const FIVE: bool, c
                         madd16::<D, G, T>(&mut s, (a + e) % chains, w, xp, 4 * k + e);
                     });
                     if FIVE {
-                        for g in 0..G {
-                            h[g] = _mm256_srli_epi16(h[g], 4);
+                        for h in h.iter_mut() {
+                            *h = _mm256_srli_epi16(*h, 4);
                         }
                     }
                 });
