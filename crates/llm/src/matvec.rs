@@ -254,12 +254,12 @@ impl<'a> PrefillInput<'a> {
 
     /// The rows in 8-bit blocks.
     fn q8(&self) -> &[Q8Act] {
-        self.q8.get_or_init(|| self.each_row(|r| quantized(r)))
+        self.q8.get_or_init(|| self.each_row(quantized))
     }
 
     /// The rows in 16-bit blocks.
     fn q16(&self) -> &[Q16Act] {
-        self.q16.get_or_init(|| self.each_row(|r| quantized(r)))
+        self.q16.get_or_init(|| self.each_row(quantized))
     }
 
     /// The rows in 8-bit blocks in the lanes' order of `ty`'s packed rows.

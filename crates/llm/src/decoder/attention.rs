@@ -238,74 +238,6 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Causal attention in f64, written out: row `i`'s head `h` over positions `..= past + i` of
-    /// kv head `h / (heads / kv_heads)`.
-    fn reference(q: &[f32], kv: &(Vec<f32>, Vec<f32>), past: usize, heads: usize, kv_heads: usize, hd: usize) -> Vec<f32> {
-        let (width, stride, g) = (heads * hd, kv_heads * hd, heads / kv_heads);
-        let mut out = vec![0f32; q.len()];
-        for (i, (qr, or)) in q.chunks_exact(width).zip(out.chunks_exact_mut(width)).enumerate() {
-            for (h, (qh, oh)) in qr.chunks_exact(hd).zip(or.chunks_exact_mut(hd)).enumerate() {
-                let at = |t: usize| t * stride + h / g * hd..t * stride + h / g * hd + hd;
-                let scores: Vec<f64> = (0..=past + i).map(|t| qh.iter().zip(&kv.0[at(t)]).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() / (hd as f64).sqrt()).collect();
-                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
-                let sum: f64 = e.iter().sum();
-                for (c, o) in oh.iter_mut().enumerate() {
-                    *o = (e.iter().enumerate().map(|(t, w)| w * kv.1[at(t)][c] as f64).sum::<f64>() / sum) as f32;
-                }
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn a_chunk_attends_causally_as_written_out() {
-        let mut seed = 7u32;
-        let mut random = move || {
-            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (seed >> 8) as f32 / (1 << 24) as f32 * 4.0 - 2.0
-        };
-        // (heads, kv heads, head size): SmolLM2's groups of three, Qwen2.5's of seven (3 + 3 + 1),
-        // one head a group, 24 values (vectors one at a time), and 20 (no vector kernel).
-        for (heads, kv_heads, hd) in [(9, 3, 64), (14, 2, 64), (4, 4, 32), (2, 1, 128), (3, 1, 24), (2, 2, 20)] {
-            for (past, rows) in [(0, 19), (37, 5), (3, 1)] {
-                let stride = kv_heads * hd;
-                let kv: (Vec<f32>, Vec<f32>) = ((0..(past + rows) * stride).map(|_| random()).collect(), (0..(past + rows) * stride).map(|_| random()).collect());
-                let q: Vec<f32> = (0..rows * heads * hd).map(|_| random()).collect();
-                let mut got = vec![f32::NAN; q.len()];
-                attend_chunk(&q, &kv, past, heads, kv_heads, hd, &mut got);
-                let want = reference(&q, &kv, past, heads, kv_heads, hd);
-                for (j, (g, w)) in got.iter().zip(&want).enumerate() {
-                    assert!((g - w).abs() <= 1e-5, "heads {heads}/{kv_heads} of {hd}, past {past}: value {j} {g} against {w}");
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn vector_exp_rows_match_libm_to_its_rounding() {
-        if !crate::matvec::has_avx2_fma() {
-            return;
-        }
-        // Rows of 13 and 40 scores (tails and whole groups), down to past exp's range.
-        for len in [13, 40] {
-            let scores: Vec<f32> = (0..2 * len).map(|i| ((i * 37 % 23) as f32 - 11.0) * if i % 5 == 0 { 9.0 } else { 0.7 }).collect();
-            let (mut want, mut got) = (scores.clone(), scores.clone());
-            let want_sums = exp_rows(&mut want, len);
-            // SAFETY: the CPU has AVX2 and FMA (checked above).
-            let got_sums = unsafe { exp_rows_fma(&mut got, len) };
-            for (g, w) in got.iter().zip(&want).chain(got_sums.iter().zip(&want_sums)) {
-                assert!((g - w).abs() <= 2e-7 * w.abs().max(1e-30), "{g} against libm's {w}");
-            }
-        }
-    }
-
-}
-
 /// Causal softmax attention of a prompt chunk: query row `i` of `q` (rows of `heads · hd` values,
 /// the queries of position `past + i`) over the first `past + i + 1` cached positions (the cache
 /// already holds the chunk's keys and values), into `out` (as long as `q`), rows across rayon's
@@ -510,4 +442,72 @@ unsafe fn pv_block_fma<const H: usize, const W: usize>(p: &[f32], ps: usize, n: 
             }
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Causal attention in f64, written out: row `i`'s head `h` over positions `..= past + i` of
+    /// kv head `h / (heads / kv_heads)`.
+    fn reference(q: &[f32], kv: &(Vec<f32>, Vec<f32>), past: usize, heads: usize, kv_heads: usize, hd: usize) -> Vec<f32> {
+        let (width, stride, g) = (heads * hd, kv_heads * hd, heads / kv_heads);
+        let mut out = vec![0f32; q.len()];
+        for (i, (qr, or)) in q.chunks_exact(width).zip(out.chunks_exact_mut(width)).enumerate() {
+            for (h, (qh, oh)) in qr.chunks_exact(hd).zip(or.chunks_exact_mut(hd)).enumerate() {
+                let at = |t: usize| t * stride + h / g * hd..t * stride + h / g * hd + hd;
+                let scores: Vec<f64> = (0..=past + i).map(|t| qh.iter().zip(&kv.0[at(t)]).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() / (hd as f64).sqrt()).collect();
+                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let sum: f64 = e.iter().sum();
+                for (c, o) in oh.iter_mut().enumerate() {
+                    *o = (e.iter().enumerate().map(|(t, w)| w * kv.1[at(t)][c] as f64).sum::<f64>() / sum) as f32;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_chunk_attends_causally_as_written_out() {
+        let mut seed = 7u32;
+        let mut random = move || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1 << 24) as f32 * 4.0 - 2.0
+        };
+        // (heads, kv heads, head size): SmolLM2's groups of three, Qwen2.5's of seven (3 + 3 + 1),
+        // one head a group, 24 values (vectors one at a time), and 20 (no vector kernel).
+        for (heads, kv_heads, hd) in [(9, 3, 64), (14, 2, 64), (4, 4, 32), (2, 1, 128), (3, 1, 24), (2, 2, 20)] {
+            for (past, rows) in [(0, 19), (37, 5), (3, 1)] {
+                let stride = kv_heads * hd;
+                let kv: (Vec<f32>, Vec<f32>) = ((0..(past + rows) * stride).map(|_| random()).collect(), (0..(past + rows) * stride).map(|_| random()).collect());
+                let q: Vec<f32> = (0..rows * heads * hd).map(|_| random()).collect();
+                let mut got = vec![f32::NAN; q.len()];
+                attend_chunk(&q, &kv, past, heads, kv_heads, hd, &mut got);
+                let want = reference(&q, &kv, past, heads, kv_heads, hd);
+                for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!((g - w).abs() <= 1e-5, "heads {heads}/{kv_heads} of {hd}, past {past}: value {j} {g} against {w}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn vector_exp_rows_match_libm_to_its_rounding() {
+        if !crate::matvec::has_avx2_fma() {
+            return;
+        }
+        // Rows of 13 and 40 scores (tails and whole groups), down to past exp's range.
+        for len in [13, 40] {
+            let scores: Vec<f32> = (0..2 * len).map(|i| ((i * 37 % 23) as f32 - 11.0) * if i % 5 == 0 { 9.0 } else { 0.7 }).collect();
+            let (mut want, mut got) = (scores.clone(), scores.clone());
+            let want_sums = exp_rows(&mut want, len);
+            // SAFETY: the CPU has AVX2 and FMA (checked above).
+            let got_sums = unsafe { exp_rows_fma(&mut got, len) };
+            for (g, w) in got.iter().zip(&want).chain(got_sums.iter().zip(&want_sums)) {
+                assert!((g - w).abs() <= 2e-7 * w.abs().max(1e-30), "{g} against libm's {w}");
+            }
+        }
+    }
+
 }
