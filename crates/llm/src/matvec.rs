@@ -171,14 +171,16 @@ impl QMatrix {
         if act == Activations::Int8 && self.packed {
             // Packed rows have an 8-bit GEMM, though not an 8-bit one-token kernel (`mode`).
             let acts = input.packed8(ty);
-            return self.tiles_of(n, y, |bytes, buf| kernels::gemm8_packed(isa, ty, bytes, acts, buf));
+            // SAFETY: `tiles_of` hands each tile its own columns of `y`, for every input.
+            return self.tiles_of(y, |bytes, yt, ldy| unsafe { kernels::gemm8_packed_to(isa, ty, bytes, acts, yt, ldy) });
         }
         match self.mode(act) {
             Activations::F32 => self.matmul(x, n, y),
             Activations::Int8 => self.matmul_int(input.q8(), y),
             Activations::Int16 if self.packed => {
                 let acts = input.q16();
-                self.tiles_of(n, y, |bytes, buf| kernels::gemm16_packed(isa, ty, bytes, acts, buf));
+                // SAFETY: as above.
+                self.tiles_of(y, |bytes, yt, ldy| unsafe { kernels::gemm16_packed_to(isa, ty, bytes, acts, yt, ldy) });
             }
             // The row kernels are slower than the f32 tiles for several inputs.
             Activations::Int16 => self.matmul(x, n, y),
@@ -186,31 +188,27 @@ impl QMatrix {
     }
 
     /// `y = X Wᵀ` ([`QMatrix::matmul`]'s shapes) by tiles of rows across rayon's threads:
-    /// `gemm(rows, buf)` puts the products of a tile's encoded rows and every input into `buf`
-    /// (input-major, `n · tile rows` values), then they are stored in `y`'s columns of the tile.
-    fn tiles_of(&self, n: usize, y: &mut [f32], gemm: impl Fn(&[u8], &mut [f32]) + Sync) {
+    /// `gemm(rows, y_tile, ldy)` writes the products of a tile's encoded rows and every input
+    /// `t` in place, at `y_tile + t · ldy`.
+    fn tiles_of(&self, y: &mut [f32], gemm: impl Fn(&[u8], *mut f32, usize) + Sync) {
         let rows = self.rows;
         let rb = Self::row_bytes(self.ty, self.cols);
         let tile = tile_rows(rows);
         let out = SyncPtr(y.as_mut_ptr());
-        self.data.par_chunks(tile * rb).enumerate().for_each_init(Vec::new, |buf, (i, bytes)| {
-            let tr = bytes.len() / rb;
-            buf.resize(n * tr, 0.0);
-            gemm(bytes, buf);
-            for (t, ys) in buf.chunks_exact(tr).enumerate() {
-                // SAFETY: as in `matmul`: task `i` writes only its own columns of `y`, `tr` of
-                // input `t`'s row.
-                unsafe { std::ptr::copy_nonoverlapping(ys.as_ptr(), out.at(t * rows + i * tile), tr) };
-            }
-        });
+        // SAFETY: task `i` gets only columns `i·tile ..` of `y`'s rows of `rows` values, as
+        // many as its rows, disjoint from every other task's; `y` outlives the parallel loop.
+        self.data.par_chunks(tile * rb).enumerate().for_each(|(i, bytes)| gemm(bytes, unsafe { out.at(i * tile) }, rows));
     }
 
     /// The 8-bit product of [`QMatrix::matmul_with`] over plain rows: each tile's rows times each
     /// input in the one-token kernels.
     fn matmul_int(&self, acts: &[Q8Act], y: &mut [f32]) {
         let (isa, ty, rb) = (kernels::Isa::current(), self.ty, Self::row_bytes(self.ty, self.cols));
-        self.tiles_of(acts.len(), y, |bytes, buf| {
-            for (a, y) in acts.iter().zip(buf.chunks_exact_mut(bytes.len() / rb)) {
+        self.tiles_of(y, |bytes, yt, ldy| {
+            for (t, a) in acts.iter().enumerate() {
+                // SAFETY: `tiles_of` hands this tile the `bytes.len() / rb` columns at `yt` of
+                // every input's row.
+                let y = unsafe { std::slice::from_raw_parts_mut(yt.add(t * ldy), bytes.len() / rb) };
                 kernels::dot_rows(isa, ty, bytes, a, y);
             }
         });

@@ -207,7 +207,7 @@ pub struct IsaUnavailable(pub Isa);
 /// Panics (before reading anything) when the type is not [`supports`]ed, `isa` is not available,
 /// or the lengths disagree: callers size these from one matrix, so a mismatch is a bug.
 pub fn dot_rows(isa: Isa, ty: GgmlType, rows: &[u8], act: &Q8Act, y: &mut [f32]) {
-    let Some(rb) = check(isa, ty, rows, act, y) else { return };
+    let Some(rb) = check(isa, ty, rows, act, y.len()) else { return y.fill(0.0) };
     match isa {
         Isa::Scalar => scalar::dot_rows(ty, rows, rb, act, y),
         // SAFETY: the CPU has `isa` (checked above), and the lengths of `rows`, `act` and `y`
@@ -221,7 +221,7 @@ pub fn dot_rows(isa: Isa, ty: GgmlType, rows: &[u8], act: &Q8Act, y: &mut [f32])
 
 /// [`dot_rows`] with 16-bit activation codes: AVX2 `madd` or VNNI `vpdpwssd`.
 pub fn dot_rows16(isa: Isa, ty: GgmlType, rows: &[u8], act: &Q16Act, y: &mut [f32]) {
-    let Some(rb) = check(isa, ty, rows, act, y) else { return };
+    let Some(rb) = check(isa, ty, rows, act, y.len()) else { return y.fill(0.0) };
     match isa {
         Isa::Scalar => scalar::dot_rows(ty, rows, rb, act, y),
         // SAFETY: as in `dot_rows`.
@@ -239,7 +239,7 @@ pub fn dot_rows16(isa: Isa, ty: GgmlType, rows: &[u8], act: &Q16Act, y: &mut [f3
 /// Panics as [`dot_rows`], and when `ty` is not [`packed::packs`]ed.
 pub fn dot_rows16_packed(isa: Isa, ty: GgmlType, rows: &[u8], act: &Q16Act, y: &mut [f32]) {
     assert!(packed::packs(ty), "{ty:?} rows are not packed");
-    let Some(rb) = check(isa, ty, rows, act, y) else { return };
+    let Some(rb) = check(isa, ty, rows, act, y.len()) else { return y.fill(0.0) };
     let whole = y.len() / packed::GROUP * packed::GROUP;
     let (groups, tail) = rows.split_at(whole * rb);
     let (yg, yt) = y.split_at_mut(whole);
@@ -251,7 +251,7 @@ pub fn dot_rows16_packed(isa: Isa, ty: GgmlType, rows: &[u8], act: &Q16Act, y: &
         // SAFETY: as in `dot_rows`; `groups` is whole groups of eight rows (`yg.len()` rows).
         #[cfg(target_arch = "x86_64")]
         _ => unsafe {
-            x86::dot_groups16(isa, ty, groups, rb, &[act], yg);
+            x86::dot_groups16(isa, ty, groups, rb, &[act], yg.as_mut_ptr(), yg.len());
             x86::dot_rows16(isa, ty, tail, rb, act, yt);
         },
         #[cfg(not(target_arch = "x86_64"))]
@@ -267,32 +267,39 @@ pub fn dot_rows16_packed(isa: Isa, ty: GgmlType, rows: &[u8], act: &Q16Act, y: &
 /// Panics as [`dot_rows16_packed`], and when `y` is not `acts.len() · n` values or the inputs
 /// differ in length.
 pub fn gemm16_packed(isa: Isa, ty: GgmlType, rows: &[u8], acts: &[Q16Act], y: &mut [f32]) {
+    let n = gemm_rows(ty, rows, acts.first().map_or(0, |a| a.len()));
+    assert_eq!(y.len(), acts.len() * n, "{} outputs for {} inputs of {n} rows", y.len(), acts.len());
+    // SAFETY: `y` holds `acts.len()` rows of `n` values.
+    unsafe { gemm16_packed_to(isa, ty, rows, acts, y.as_mut_ptr(), n) }
+}
+
+/// [`gemm16_packed`] with input `t`'s products at `y + t · ldy`: a tile of a larger product's
+/// columns, written in place.
+///
+/// # Safety
+/// `y + t · ldy` is `n` writable values (the rows of `rows`) for each input `t`, which no other
+/// thread touches meanwhile.
+pub(crate) unsafe fn gemm16_packed_to(isa: Isa, ty: GgmlType, rows: &[u8], acts: &[Q16Act], y: *mut f32, ldy: usize) {
     let Some(first) = acts.first() else { return };
     assert!(acts.iter().all(|a| a.len() == first.len()), "inputs of different lengths");
     assert!(packed::packs(ty), "{ty:?} rows are not packed");
-    let rb = QMatrix::row_bytes(ty, first.len());
-    let n = rows.len().checked_div(rb).unwrap_or(0);
-    assert_eq!(y.len(), acts.len() * n, "{} outputs for {} inputs of {n} rows", y.len(), acts.len());
-    let mut one = vec![0f32; n];
+    let n = gemm_rows(ty, rows, first.len());
+    // SAFETY: input `t`'s `n` outputs (the caller's contract).
+    let out = |t: usize| unsafe { std::slice::from_raw_parts_mut(y.add(t * ldy), n) };
     // The checks of `dot_rows`, once.
-    let Some(rb) = check(isa, ty, rows, first, &mut one) else {
-        y.fill(0.0);
-        return;
-    };
+    let Some(rb) = check(isa, ty, rows, first, n) else { return (0..acts.len()).for_each(|t| out(t).fill(0.0)) };
     let whole = n / packed::GROUP * packed::GROUP;
     match isa {
-        // SAFETY: as in `dot_rows16_packed`; every input has the checked length; `y` holds
-        // `acts.len() · n` values.
+        // SAFETY: as in `dot_rows16_packed`; every input has the checked length; the outputs
+        // are the caller's.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni if whole == n => unsafe {
-            let refs: Vec<&Q16Act> = acts.iter().collect();
-            x86::dot_groups16(isa, ty, rows, rb, &refs, y);
-        },
-        _ => {
-            for (a, y) in acts.iter().zip(y.chunks_exact_mut(n)) {
-                dot_rows16_packed(isa, ty, rows, a, y);
+        Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni => unsafe {
+            x86::dot_groups16(isa, ty, &rows[..whole * rb], rb, acts, y, ldy);
+            for (t, a) in acts.iter().enumerate().filter(|_| whole < n) {
+                x86::dot_rows16(isa, ty, &rows[whole * rb..], rb, a, &mut out(t)[whole..]);
             }
-        }
+        },
+        _ => acts.iter().enumerate().for_each(|(t, a)| dot_rows16_packed(isa, ty, rows, a, out(t))),
     }
 }
 
@@ -303,39 +310,38 @@ pub fn gemm16_packed(isa: Isa, ty: GgmlType, rows: &[u8], acts: &[Q16Act], y: &m
 ///
 /// Panics as [`gemm16_packed`].
 pub fn gemm8_packed(isa: Isa, ty: GgmlType, rows: &[u8], acts: &[packed::PackedQ8Act], y: &mut [f32]) {
+    let n = gemm_rows(ty, rows, acts.first().map_or(0, |a| a.len()));
+    assert_eq!(y.len(), acts.len() * n, "{} outputs for {} inputs of {n} rows", y.len(), acts.len());
+    // SAFETY: `y` holds `acts.len()` rows of `n` values.
+    unsafe { gemm8_packed_to(isa, ty, rows, acts, y.as_mut_ptr(), n) }
+}
+
+/// [`gemm8_packed`] with input `t`'s products at `y + t · ldy`, as [`gemm16_packed_to`].
+///
+/// # Safety
+/// As [`gemm16_packed_to`].
+pub(crate) unsafe fn gemm8_packed_to(isa: Isa, ty: GgmlType, rows: &[u8], acts: &[packed::PackedQ8Act], y: *mut f32, ldy: usize) {
     let Some(first) = acts.first() else { return };
     assert!(acts.iter().all(|a| a.len() == first.len()), "inputs of different lengths");
     assert!(packed::packs(ty), "{ty:?} rows are not packed");
-    let rb = QMatrix::row_bytes(ty, first.len());
-    let n = rows.len().checked_div(rb).unwrap_or(0);
-    assert_eq!(y.len(), acts.len() * n, "{} outputs for {} inputs of {n} rows", y.len(), acts.len());
-    let mut one = vec![0f32; n];
-    let Some(rb) = check(isa, ty, rows, &first.plain, &mut one) else {
-        y.fill(0.0);
-        return;
-    };
+    let n = gemm_rows(ty, rows, first.len());
+    // SAFETY: input `t`'s `n` outputs (the caller's contract).
+    let out = |t: usize| unsafe { std::slice::from_raw_parts_mut(y.add(t * ldy), n) };
+    let Some(rb) = check(isa, ty, rows, &first.plain, n) else { return (0..acts.len()).for_each(|t| out(t).fill(0.0)) };
     let whole = n / packed::GROUP * packed::GROUP;
     let (groups, tail) = rows.split_at(whole * rb);
     match isa {
-        // SAFETY: as in `gemm16_packed`; `groups` is `whole` rows, and each input's `y` row is
-        // split into those and the tail's.
+        // SAFETY: as in `gemm16_packed_to`.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni => unsafe {
-            let refs: Vec<&packed::PackedQ8Act> = acts.iter().collect();
-            if whole == n {
-                x86::dot_groups8(isa, ty, groups, rb, &refs, y);
-                return;
-            }
-            let mut yg = vec![0f32; acts.len() * whole];
-            x86::dot_groups8(isa, ty, groups, rb, &refs, &mut yg);
-            for (t, (a, y)) in acts.iter().zip(y.chunks_exact_mut(n)).enumerate() {
-                y[..whole].copy_from_slice(&yg[t * whole..(t + 1) * whole]);
-                x86::dot_rows(isa, ty, tail, rb, &a.plain, &mut y[whole..]);
+            x86::dot_groups8(isa, ty, groups, rb, acts, y, ldy);
+            for (t, a) in acts.iter().enumerate().filter(|_| whole < n) {
+                x86::dot_rows(isa, ty, tail, rb, &a.plain, &mut out(t)[whole..]);
             }
         },
         _ => {
-            for (a, y) in acts.iter().zip(y.chunks_exact_mut(n)) {
-                let (yg, yt) = y.split_at_mut(whole);
+            for (t, a) in acts.iter().enumerate() {
+                let (yg, yt) = out(t).split_at_mut(whole);
                 packed::dot_groups_scalar(ty, groups, rb, &a.plain, yg);
                 scalar::dot_rows(ty, tail, rb, &a.plain, yt);
             }
@@ -343,21 +349,22 @@ pub fn gemm8_packed(isa: Isa, ty: GgmlType, rows: &[u8], acts: &[packed::PackedQ
     }
 }
 
-/// The checks of [`dot_rows`]: the bytes of one row, or `None` (with `y` zeroed) for rows of
-/// no columns.
-fn check<T>(isa: Isa, ty: GgmlType, rows: &[u8], act: &QAct<T>, y: &mut [f32]) -> Option<usize> {
+/// The rows of `rows` for inputs of `cols` values of `ty` blocks (0 for no columns).
+fn gemm_rows(ty: GgmlType, rows: &[u8], cols: usize) -> usize {
+    rows.len().checked_div(QMatrix::row_bytes(ty, cols)).unwrap_or(0)
+}
+
+/// The checks of [`dot_rows`] for `n` rows: the bytes of one row, or `None` for rows of no
+/// columns (the caller zeroes its outputs).
+fn check<T>(isa: Isa, ty: GgmlType, rows: &[u8], act: &QAct<T>, n: usize) -> Option<usize> {
     let cols = act.qs.len();
     assert!(supports(ty), "no integer kernel for {ty:?}");
     assert!(isa.is_available(), "{isa:?} kernels on a CPU without them");
     assert!(cols.is_multiple_of(ty.block_size()), "{cols} columns is not a whole number of {ty:?} blocks");
     assert!(act.d.len() * QK8 == cols && act.s.len() * QK8 == cols, "activation scales for {} of {cols} values", act.d.len() * QK8);
     let rb = cols / ty.block_size() * ty.block_bytes();
-    assert_eq!(rows.len(), y.len() * rb, "{} bytes for {} rows of {rb}", rows.len(), y.len());
-    if rb == 0 {
-        y.fill(0.0);
-        return None;
-    }
-    Some(rb)
+    assert_eq!(rows.len(), n * rb, "{} bytes for {n} rows of {rb}", rows.len());
+    (rb > 0).then_some(rb)
 }
 
 #[cfg(test)]

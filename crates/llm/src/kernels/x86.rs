@@ -5,6 +5,7 @@
 //! each activation load; the rows of a call that are not a multiple of four go one at a time.
 
 use std::arch::x86_64::*;
+use std::borrow::Borrow;
 
 use super::packed::PackedQ8Act;
 use super::{Isa, Q8Act, Q16Act, QK8};
@@ -588,38 +589,39 @@ unsafe fn q6k_16<D: Dot16, const R: usize>(p: [*const u8; R], act: &Q16Act, nsb:
 }
 
 /// See [`super::dot_rows16_packed`] and [`super::gemm16_packed`]: whole groups of eight packed
-/// rows ([`super::packed`]) times each of `acts`, `y[t · n + r]` = row `r` (of `n`) times
+/// rows ([`super::packed`]) times each of `acts`, `y[t · ldy + r]` = row `r` (of `n`) times
 /// `acts[t]`; three inputs at a time share each group's code loads and unpacking, two groups
 /// each broadcast of an input's codes.
 ///
 /// # Safety
 /// The CPU must have `isa`; `rows` is `n` (a multiple of eight) rows of `rb` bytes of `ty`
 /// blocks for the values of each of `acts` (all of one length, each with a scale and a sum per
-/// block of 32), packed; `y` has `acts.len() · n` values.
-pub(super) unsafe fn dot_groups16(isa: Isa, ty: GgmlType, rows: &[u8], rb: usize, acts: &[&Q16Act], y: &mut [f32]) {
+/// block of 32), packed; `y + t · ldy` is `n` writable values for each input `t`, which no
+/// other thread touches meanwhile.
+pub(super) unsafe fn dot_groups16<A: Borrow<Q16Act>>(isa: Isa, ty: GgmlType, rows: &[u8], rb: usize, acts: &[A], y: *mut f32, ldy: usize) {
     unsafe {
         match isa {
-            Isa::Avx2 => groups16_avx2(ty, rows, rb, acts, y),
-            Isa::AvxVnni => groups16_avxvnni(ty, rows, rb, acts, y),
-            Isa::Avx512Vnni => groups16_avx512vnni(ty, rows, rb, acts, y),
+            Isa::Avx2 => groups16_avx2(ty, rows, rb, acts, y, ldy),
+            Isa::AvxVnni => groups16_avxvnni(ty, rows, rb, acts, y, ldy),
+            Isa::Avx512Vnni => groups16_avx512vnni(ty, rows, rb, acts, y, ldy),
             Isa::Scalar => unreachable!("the scalar kernels are not here"),
         }
     }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn groups16_avx2(ty: GgmlType, rows: &[u8], rb: usize, acts: &[&Q16Act], y: &mut [f32]) {
-    unsafe { groups16::<Avx2>(ty, rows, rb, acts, y) }
+unsafe fn groups16_avx2<A: Borrow<Q16Act>>(ty: GgmlType, rows: &[u8], rb: usize, acts: &[A], y: *mut f32, ldy: usize) {
+    unsafe { groups16::<Avx2, A>(ty, rows, rb, acts, y, ldy) }
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-unsafe fn groups16_avxvnni(ty: GgmlType, rows: &[u8], rb: usize, acts: &[&Q16Act], y: &mut [f32]) {
-    unsafe { groups16::<AvxVnni>(ty, rows, rb, acts, y) }
+unsafe fn groups16_avxvnni<A: Borrow<Q16Act>>(ty: GgmlType, rows: &[u8], rb: usize, acts: &[A], y: *mut f32, ldy: usize) {
+    unsafe { groups16::<AvxVnni, A>(ty, rows, rb, acts, y, ldy) }
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-unsafe fn groups16_avx512vnni(ty: GgmlType, rows: &[u8], rb: usize, acts: &[&Q16Act], y: &mut [f32]) {
-    unsafe { groups16::<Avx512Vnni>(ty, rows, rb, acts, y) }
+unsafe fn groups16_avx512vnni<A: Borrow<Q16Act>>(ty: GgmlType, rows: &[u8], rb: usize, acts: &[A], y: *mut f32, ldy: usize) {
+    unsafe { groups16::<Avx512Vnni, A>(ty, rows, rb, acts, y, ldy) }
 }
 
 /// `$body` once for each of the listed values of `$i` (a constant in each copy): loops whose
@@ -646,14 +648,14 @@ const INPUTS: usize = 3;
 const GROUPS: usize = 2;
 
 #[inline(always)]
-unsafe fn groups16<D: Dot16>(ty: GgmlType, rows: &[u8], rb: usize, acts: &[&Q16Act], y: &mut [f32]) {
+unsafe fn groups16<D: Dot16, A: Borrow<Q16Act>>(ty: GgmlType, rows: &[u8], rb: usize, acts: &[A], y: *mut f32, ldy: usize) {
     unsafe {
         match ty {
-            GgmlType::Q4_0 => groups_of::<Kernel16<D, false, false, false>>(rows, rb, acts, y),
-            GgmlType::Q4_1 => groups_of::<Kernel16<D, false, true, false>>(rows, rb, acts, y),
-            GgmlType::Q5_0 => groups_of::<Kernel16<D, false, false, true>>(rows, rb, acts, y),
-            GgmlType::Q5_1 => groups_of::<Kernel16<D, false, true, true>>(rows, rb, acts, y),
-            GgmlType::Q8_0 => groups_of::<Kernel16<D, true, false, false>>(rows, rb, acts, y),
+            GgmlType::Q4_0 => groups_of::<Kernel16<D, false, false, false>, A>(rows, rb, acts, y, ldy),
+            GgmlType::Q4_1 => groups_of::<Kernel16<D, false, true, false>, A>(rows, rb, acts, y, ldy),
+            GgmlType::Q5_0 => groups_of::<Kernel16<D, false, false, true>, A>(rows, rb, acts, y, ldy),
+            GgmlType::Q5_1 => groups_of::<Kernel16<D, false, true, true>, A>(rows, rb, acts, y, ldy),
+            GgmlType::Q8_0 => groups_of::<Kernel16<D, true, false, false>, A>(rows, rb, acts, y, ldy),
             _ => unreachable!("checked by the caller"),
         }
     }
@@ -701,17 +703,18 @@ impl<D: Dot, const Q8: bool, const MIN: bool, const FIVE: bool> GroupKernel for 
 /// the L1 cache while every group of `rows` meets them), [`GROUPS`] groups at a time; the inputs
 /// left over one at a time.
 #[inline(always)]
-unsafe fn groups_of<K: GroupKernel>(rows: &[u8], rb: usize, acts: &[&K::Act], y: &mut [f32]) {
+unsafe fn groups_of<K: GroupKernel, A: Borrow<K::Act>>(rows: &[u8], rb: usize, acts: &[A], y: *mut f32, ldy: usize) {
     let Some(first) = acts.first() else { return };
-    let (g, nb, n) = (super::packed::GROUP, K::len(first) / QK8, rows.len() / rb);
+    let (g, nb, n) = (super::packed::GROUP, K::len(first.borrow()) / QK8, rows.len() / rb);
     let ng = n / g;
-    // SAFETY: group `i` is the `g · rb` bytes at `i · g · rb` (the caller's lengths); `y` has
-    // `acts.len() · n` values, each store eight of input `t`'s rows `i · g ..`.
+    // SAFETY: group `i` is the `g · rb` bytes at `i · g · rb` (the caller's lengths); input
+    // `t`'s products go to `y + t · ldy`, `n` of them (the caller's), each store eight of rows
+    // `i · g ..`.
     let group = |i: usize| unsafe { rows.as_ptr().add(i * g * rb) };
-    let store = |t: usize, i: usize, v: __m256| unsafe { _mm256_storeu_ps(y.as_ptr().add(t * n + i * g) as *mut f32, v) };
+    let store = |t: usize, i: usize, v: __m256| unsafe { _mm256_storeu_ps(y.add(t * ldy + i * g), v) };
     let mut t = 0;
     while t + INPUTS <= acts.len() {
-        let a: [&K::Act; INPUTS] = std::array::from_fn(|k| acts[t + k]);
+        let a: [&K::Act; INPUTS] = std::array::from_fn(|k| acts[t + k].borrow());
         let mut i = 0;
         while i + GROUPS <= ng {
             // SAFETY: as above.
@@ -736,7 +739,7 @@ unsafe fn groups_of<K: GroupKernel>(rows: &[u8], rb: usize, acts: &[&K::Act], y:
     for (t, a) in acts.iter().enumerate().skip(t) {
         for i in 0..ng {
             // SAFETY: as above.
-            let [[v]] = unsafe { K::run::<1, 1>([group(i)], [a], nb) };
+            let [[v]] = unsafe { K::run::<1, 1>([group(i)], [a.borrow()], nb) };
             store(t, i, v);
         }
     }
@@ -876,41 +879,41 @@ unsafe fn madd16<D: Dot16, const G: usize, const T: usize>(s: &mut [[[__m256i; 8
 ///
 /// # Safety
 /// As [`dot_groups16`], each input quantized for `ty`.
-pub(super) unsafe fn dot_groups8(isa: Isa, ty: GgmlType, rows: &[u8], rb: usize, acts: &[&PackedQ8Act], y: &mut [f32]) {
+pub(super) unsafe fn dot_groups8<A: Borrow<PackedQ8Act>>(isa: Isa, ty: GgmlType, rows: &[u8], rb: usize, acts: &[A], y: *mut f32, ldy: usize) {
     unsafe {
         match isa {
-            Isa::Avx2 => groups8_avx2(ty, rows, rb, acts, y),
-            Isa::AvxVnni => groups8_avxvnni(ty, rows, rb, acts, y),
-            Isa::Avx512Vnni => groups8_avx512vnni(ty, rows, rb, acts, y),
+            Isa::Avx2 => groups8_avx2(ty, rows, rb, acts, y, ldy),
+            Isa::AvxVnni => groups8_avxvnni(ty, rows, rb, acts, y, ldy),
+            Isa::Avx512Vnni => groups8_avx512vnni(ty, rows, rb, acts, y, ldy),
             Isa::Scalar => unreachable!("the scalar kernels are not here"),
         }
     }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn groups8_avx2(ty: GgmlType, rows: &[u8], rb: usize, acts: &[&PackedQ8Act], y: &mut [f32]) {
-    unsafe { groups8::<Avx2>(ty, rows, rb, acts, y) }
+unsafe fn groups8_avx2<A: Borrow<PackedQ8Act>>(ty: GgmlType, rows: &[u8], rb: usize, acts: &[A], y: *mut f32, ldy: usize) {
+    unsafe { groups8::<Avx2, A>(ty, rows, rb, acts, y, ldy) }
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-unsafe fn groups8_avxvnni(ty: GgmlType, rows: &[u8], rb: usize, acts: &[&PackedQ8Act], y: &mut [f32]) {
-    unsafe { groups8::<AvxVnni>(ty, rows, rb, acts, y) }
+unsafe fn groups8_avxvnni<A: Borrow<PackedQ8Act>>(ty: GgmlType, rows: &[u8], rb: usize, acts: &[A], y: *mut f32, ldy: usize) {
+    unsafe { groups8::<AvxVnni, A>(ty, rows, rb, acts, y, ldy) }
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-unsafe fn groups8_avx512vnni(ty: GgmlType, rows: &[u8], rb: usize, acts: &[&PackedQ8Act], y: &mut [f32]) {
-    unsafe { groups8::<Avx512Vnni>(ty, rows, rb, acts, y) }
+unsafe fn groups8_avx512vnni<A: Borrow<PackedQ8Act>>(ty: GgmlType, rows: &[u8], rb: usize, acts: &[A], y: *mut f32, ldy: usize) {
+    unsafe { groups8::<Avx512Vnni, A>(ty, rows, rb, acts, y, ldy) }
 }
 
 #[inline(always)]
-unsafe fn groups8<D: Dot>(ty: GgmlType, rows: &[u8], rb: usize, acts: &[&PackedQ8Act], y: &mut [f32]) {
+unsafe fn groups8<D: Dot, A: Borrow<PackedQ8Act>>(ty: GgmlType, rows: &[u8], rb: usize, acts: &[A], y: *mut f32, ldy: usize) {
     unsafe {
         match ty {
-            GgmlType::Q4_0 => groups_of::<Kernel8<D, false, false, false>>(rows, rb, acts, y),
-            GgmlType::Q4_1 => groups_of::<Kernel8<D, false, true, false>>(rows, rb, acts, y),
-            GgmlType::Q5_0 => groups_of::<Kernel8<D, false, false, true>>(rows, rb, acts, y),
-            GgmlType::Q5_1 => groups_of::<Kernel8<D, false, true, true>>(rows, rb, acts, y),
-            GgmlType::Q8_0 => groups_of::<Kernel8<D, true, false, false>>(rows, rb, acts, y),
+            GgmlType::Q4_0 => groups_of::<Kernel8<D, false, false, false>, A>(rows, rb, acts, y, ldy),
+            GgmlType::Q4_1 => groups_of::<Kernel8<D, false, true, false>, A>(rows, rb, acts, y, ldy),
+            GgmlType::Q5_0 => groups_of::<Kernel8<D, false, false, true>, A>(rows, rb, acts, y, ldy),
+            GgmlType::Q5_1 => groups_of::<Kernel8<D, false, true, true>, A>(rows, rb, acts, y, ldy),
+            GgmlType::Q8_0 => groups_of::<Kernel8<D, true, false, false>, A>(rows, rb, acts, y, ldy),
             _ => unreachable!("checked by the caller"),
         }
     }
