@@ -245,8 +245,9 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// transposed once for the chunk (`[hd][position]`), so that the scores of 24 positions for up
 /// to three query heads come from one pass of loads and broadcasts with no horizontal sums, and
 /// each cached value meets up to three heads at once; elsewhere a row is a step's [`attend`].
-#[allow(clippy::too_many_arguments)]
-pub(super) fn attend_chunk(q: &[f32], kv: &(Vec<f32>, Vec<f32>), past: usize, heads: usize, kv_heads: usize, hd: usize, out: &mut [f32]) {
+/// `shape` is (query heads, kv heads, head size); `keys_t` is scratch, kept to reuse its memory.
+pub(super) fn attend_chunk(q: &[f32], kv: &(Vec<f32>, Vec<f32>), past: usize, shape: (usize, usize, usize), out: &mut [f32], keys_t: &mut Vec<f32>) {
+    let (heads, kv_heads, hd) = shape;
     let width = heads * hd;
     #[cfg(target_arch = "x86_64")]
     if crate::matvec::has_avx2_fma() && hd.is_multiple_of(8) && width > 0 {
@@ -255,14 +256,19 @@ pub(super) fn attend_chunk(q: &[f32], kv: &(Vec<f32>, Vec<f32>), past: usize, he
         let lp = len.next_multiple_of(8);
         assert!(kv.0.len() >= len * stride && kv.1.len() >= len * stride && out.len() == q.len(), "attend_chunk: {len} positions");
         // Keys of kv head h at kt[h·hd·lp + c·lp + t], zero past `len`.
-        let mut kt = vec![0f32; kv_heads * hd * lp];
+        keys_t.resize(kv_heads * hd * lp, 0.0);
+        let kt = &mut keys_t[..kv_heads * hd * lp];
         kt.par_chunks_mut(hd * lp).enumerate().for_each(|(h, kt)| {
             for t in 0..len {
                 for (c, &k) in kv.0[t * stride + h * hd..][..hd].iter().enumerate() {
                     kt[c * lp + t] = k;
                 }
             }
+            for row in kt.chunks_exact_mut(lp) {
+                row[len..].fill(0.0);
+            }
         });
+        let kt = &*kt;
         let scale = 1.0 / (hd as f32).sqrt();
         out.par_chunks_mut(width).zip(q.par_chunks(width)).enumerate().for_each_init(Vec::new, |p, (i, (o, q))| {
             for h in 0..kv_heads {
@@ -292,7 +298,9 @@ unsafe fn attend_row_fma(qs: &[f32], keys: &[f32], lp: usize, values: &[f32], st
     let hd = keys.len() / lp;
     let g = qs.len() / hd;
     assert!(n <= lp && lp.is_multiple_of(8) && o.len() == qs.len() && (n == 0 || values.len() >= (n - 1) * stride + hd), "attend_row_fma: {n} of {lp} positions");
-    p.resize(g * lp, 0.0);
+    // The scores, then a 1/sum per head.
+    p.resize(g * lp + g, 0.0);
+    let (p, inv) = p.split_at_mut(g * lp);
     let mut h = 0;
     while h < g {
         let take = (g - h).min(3);
@@ -307,10 +315,12 @@ unsafe fn attend_row_fma(qs: &[f32], keys: &[f32], lp: usize, values: &[f32], st
         }
         h += take;
     }
+    for (row, inv) in p.chunks_exact_mut(lp).zip(inv.iter_mut()) {
+        // SAFETY: as this function's.
+        *inv = unsafe { exp_row_fma(&mut row[..n]) }.recip();
+    }
     // SAFETY: as this function's.
-    let inv: Vec<f32> = p.chunks_exact_mut(lp).map(|row| unsafe { exp_row_fma(&mut row[..n]) }.recip()).collect();
-    // SAFETY: as this function's.
-    unsafe { weighted_values_fma(p, lp, n, &inv, values.as_ptr(), stride, o) };
+    unsafe { weighted_values_fma(p, lp, n, inv, values.as_ptr(), stride, o) };
 }
 
 /// Scores `p[h·lp + t]` = `qs[h] · keys[·][t] · scale` of `H` query heads for the positions
@@ -483,7 +493,7 @@ mod tests {
                 let kv: (Vec<f32>, Vec<f32>) = ((0..(past + rows) * stride).map(|_| random()).collect(), (0..(past + rows) * stride).map(|_| random()).collect());
                 let q: Vec<f32> = (0..rows * heads * hd).map(|_| random()).collect();
                 let mut got = vec![f32::NAN; q.len()];
-                attend_chunk(&q, &kv, past, heads, kv_heads, hd, &mut got);
+                attend_chunk(&q, &kv, past, (heads, kv_heads, hd), &mut got, &mut Vec::new());
                 let want = reference(&q, &kv, past, heads, kv_heads, hd);
                 for (j, (g, w)) in got.iter().zip(&want).enumerate() {
                     assert!((g - w).abs() <= 1e-5, "heads {heads}/{kv_heads} of {hd}, past {past}: value {j} {g} against {w}");

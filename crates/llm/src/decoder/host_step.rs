@@ -54,6 +54,8 @@ struct Buffers {
     o: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
+    /// A prefill chunk's keys, transposed for [`attend_chunk`].
+    keys_t: Vec<f32>,
     act: ActScratch,
 }
 
@@ -207,7 +209,7 @@ impl<B: Backend> Decoder<B> {
         kv.0.extend_from_slice(&p.k);
         kv.1.extend_from_slice(&p.v);
         p.att.resize(s * c.num_heads * hd, 0.0);
-        attend_chunk(&p.q, kv, past, c.num_heads, c.num_kv_heads, hd, &mut p.att);
+        attend_chunk(&p.q, kv, past, (c.num_heads, c.num_kv_heads, hd), &mut p.att, &mut p.keys_t);
         product(&layer.wo, &PrefillInput::new(&p.att, s), &mut p.o, act);
         if let Some(b) = &hl.bo {
             add_rows(&mut p.o, b);
