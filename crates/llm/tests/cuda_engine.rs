@@ -158,6 +158,48 @@ fn engine_f16_matches_the_cpu_decoder() {
     check(config(196, 2, 1, 300), EngineDtype::F16, 2e-2, 4, true);
 }
 
+/// A prompt's attention on the tensor cores (f16, `attention_prefill_mma_{64,128}`) against the
+/// CPU decoder position by position: every row's final hidden state, so that a row seeing a key
+/// past its own position (the causal mask) shows where the last logits would hide it. Heads of
+/// 128 (4 query heads over 2 kv heads) and 64; 200 positions in chunks of 150 and 50: several
+/// blocks of 64 query rows, a partial last block, several chunks of 64 keys, and a second pass
+/// whose first position (150) is not a multiple of 64. Then decode steps over that cache.
+#[test]
+fn a_long_prompt_attends_causally_on_the_tensor_cores() {
+    for (hidden, heads, kv_heads, seed) in [(512, 4, 2, 11u64), (256, 4, 4, 12)] {
+        let c = DecoderConfig { max_position: 256, ..config(hidden, heads, kv_heads, 688) };
+        let src = RandomWeights::for_decoder(&c, seed);
+        let dev = Default::default();
+        let reference = Decoder::<Flex>::load(c.clone(), &src, KeyStyle::HuggingFace, &dev).unwrap();
+        let opts = EngineOptions { prefill_chunk: 150, cache_step: 64, ..Default::default() };
+        let mut engine = CudaDecoder::load(c.clone(), &src, KeyStyle::HuggingFace, opts).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let (len, d) = (200, hidden);
+        let prompt: Vec<f32> = (0..len * d).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
+        let mut cache = reference.new_cache();
+        let x = Tensor::<Flex, 3>::from_data(TensorData::new(prompt.clone(), [1, len, d]), &dev);
+        let want: Vec<f32> = reference.hidden_states(x, &mut cache).into_data().into_vec().unwrap();
+        let norm = src.load("model.norm.weight").unwrap().data;
+        let got = engine.prefill_states(&prompt).unwrap();
+        let mut worst = (0f32, 0);
+        for (p, (g, w)) in got.chunks(d).zip(want.chunks(d)).enumerate() {
+            // The CPU's states are after the final RMSNorm; the engine's before it.
+            let rms = (g.iter().map(|x| x * x).sum::<f32>() / d as f32 + c.rms_norm_eps).sqrt();
+            let g: Vec<f32> = g.iter().zip(&norm).map(|(x, n)| x / rms * n).collect();
+            let e = rel(&g, w);
+            if e > worst.0 {
+                worst = (e, p);
+            }
+        }
+        println!("prompt attention, heads of {}: worst position {} rel. error {:.2e}", d / heads, worst.1, worst.0);
+        assert!(worst.0 < 1e-2, "heads of {}: position {} rel. error {}", d / heads, worst.1, worst.0);
+        let want = burn_rows(reference.forward_ids(&[7], &mut cache, 1)).remove(0);
+        engine.step(&[7]).unwrap();
+        let e = rel(&engine.logits().unwrap()[0], &want);
+        assert!(e < 2e-2, "heads of {}: step after the prompt: {e}", d / heads);
+    }
+}
+
 /// Random weights with unit RMSNorm weights (so that folding them into the products before
 /// quantizing changes nothing), and, with `quant`, every matrix replaced by its quantized values
 /// as ggml dequantizes them: the layers and embeddings to `quant`, the LM head to Q8_0 (what

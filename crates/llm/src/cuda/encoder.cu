@@ -272,10 +272,11 @@ __device__ __forceinline__ void fa_load_queries(const f16* qy, int q_ld, int col
 
 // One chunk of `kv` ≤ FA_K keys for the warp's 16 queries: scores against the keys in `sk`, the
 // online softmax (running maxima m, sums l) and the weighted sum of `sv` into o. Tiles of keys
-// past kv are skipped (scores -inf, weights 0).
+// past kv are skipped (scores -inf, weights 0); the lane's rows g and g + 8 see only the first
+// kv0 and kv1 ≤ kv keys (a causal mask; a row must see a key of its first chunk).
 template <int D>
-__device__ __forceinline__ void fa_chunk(const unsigned (*qa)[4], const f16* sk, const f16* sv, int kv, float (*o)[4], float& m0,
-                                         float& m1, float& l0, float& l1) {
+__device__ __forceinline__ void fa_chunk(const unsigned (*qa)[4], const f16* sk, const f16* sv, int kv, int kv0, int kv1,
+                                         float (*o)[4], float& m0, float& m1, float& l0, float& l1) {
     constexpr int S = D + 8;
     int lane = threadIdx.x & 31, t4 = lane & 3;
     float s[FA_K / 8][4];
@@ -297,7 +298,8 @@ __device__ __forceinline__ void fa_chunk(const unsigned (*qa)[4], const f16* sk,
     for (int n = 0; n < FA_K / 8; ++n)
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
-            if (n * 8 + t4 * 2 + j >= kv) s[n][j] = s[n][2 + j] = NEG_INF;
+            if (n * 8 + t4 * 2 + j >= kv0) s[n][j] = NEG_INF;
+            if (n * 8 + t4 * 2 + j >= kv1) s[n][2 + j] = NEG_INF;
             c0 = fmaxf(c0, s[n][j]);
             c1 = fmaxf(c1, s[n][2 + j]);
         }
@@ -384,7 +386,8 @@ __device__ void attention_mma(const f16* qy, int q_ld, int q_col0, const float* 
             cp_async_wait<0>();
         }
         __syncthreads();
-        if (active) fa_chunk<D>(qa, skv[stage][0], skv[stage][1], min(FA_K, nk - c * FA_K), o, m0, m1, l0, l1);
+        int kv = min(FA_K, nk - c * FA_K);
+        if (active) fa_chunk<D>(qa, skv[stage][0], skv[stage][1], kv, kv, kv, o, m0, m1, l0, l1);
         __syncthreads();
     }
     if (!active) return;
@@ -417,6 +420,105 @@ __device__ void attention_mma(const f16* qy, int q_ld, int q_col0, const float* 
     }
 ATTENTION_MMA(64, attention_mma_64, 4)
 ATTENTION_MMA(96, attention_mma_96, 1)
+
+// Causal attention of a prompt's rows over the decoder's KV cache on the tensor cores (f16,
+// head size hd ≤ D, a multiple of 8): a block per (FA_Q query rows, head), the blocks with the
+// most keys first. Row r is position pos0 + r of sequence 0 and sees keys 0..=pos0 + r, whose
+// cache slots come from the slot table `path` as `attention` reads them; q is RoPE's f32 output
+// [rows, nh·hd], out f16 [rows, nh·hd]. The queries pass through the keys' shared buffer on their
+// way into registers; a chunk's key and value rows are copied by cp.async, then scored as
+// attention_mma's are, with each row's keys past its own position masked.
+template <int D>
+__device__ void attention_prefill_mma(const float* q, const f16* kc, const f16* vc, const int* path, f16* out, int rows,
+                                      int nh, int nkv, int hd, int pos0, int cache_len, float scale) {
+    constexpr int S = D + 8, V = D / 8;
+    __shared__ __align__(16) f16 skv[2][FA_K * S];
+    __shared__ long long base[FA_K];
+    int h = blockIdx.y, kvh = h / (nh / nkv), q0 = (gridDim.x - 1 - blockIdx.x) * FA_Q;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+    int valid = min(FA_Q, rows - q0);
+    const long long q_ld = (long long)nh * hd;
+#pragma unroll
+    for (int i = 0; i < FA_Q * V / FA_THREADS; ++i) {
+        int idx = threadIdx.x + i * FA_THREADS, r = idx / V, c = idx % V;
+        float x[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+        if (r < valid && c * 8 < hd) {
+            const float4* src = (const float4*)(q + (q0 + r) * q_ld + h * hd + c * 8);
+            float4 a = __ldg(src), b = __ldg(src + 1);
+            x[0] = a.x, x[1] = a.y, x[2] = a.z, x[3] = a.w, x[4] = b.x, x[5] = b.y, x[6] = b.z, x[7] = b.w;
+        }
+        uint4 v = make_uint4(pack_f16x2(x[0] * scale, x[1] * scale), pack_f16x2(x[2] * scale, x[3] * scale),
+                             pack_f16x2(x[4] * scale, x[5] * scale), pack_f16x2(x[6] * scale, x[7] * scale));
+        *(uint4*)(skv[0] + r * S + c * 8) = v;
+    }
+    __syncthreads();
+    unsigned qa[D / 16][4];
+    const f16* qw = skv[0] + warp * 16 * S;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+        const f16* c = qw + kk * 16 + t4 * 2;
+        qa[kk][0] = *(const unsigned*)(c + g * S);
+        qa[kk][1] = *(const unsigned*)(c + (g + 8) * S);
+        qa[kk][2] = *(const unsigned*)(c + g * S + 8);
+        qa[kk][3] = *(const unsigned*)(c + (g + 8) * S + 8);
+    }
+    __syncthreads();
+    float o[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+    float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.f, l1 = 0.f;
+    // The warp's rows' positions; rows past `rows` see every key (their outputs are not written).
+    int w0 = q0 + warp * 16, p0 = pos0 + w0 + g, p1 = p0 + 8, pw = pos0 + w0 + 15;
+    if (w0 + g >= rows) p0 = 0x3fffffff;
+    if (w0 + g + 8 >= rows) p1 = 0x3fffffff;
+    bool active = w0 < rows;
+    int nk = pos0 + q0 + valid, stride = nkv * hd;
+    for (int k0 = 0; k0 < nk; k0 += FA_K) {
+        int n = min(FA_K, nk - k0);
+        if (threadIdx.x < n) base[threadIdx.x] = ((long long)path[k0 + threadIdx.x] * cache_len + k0 + threadIdx.x) * stride + kvh * hd;
+        __syncthreads();
+#pragma unroll
+        for (int i = 0; i < FA_K * V / FA_THREADS; ++i) {
+            int idx = threadIdx.x + i * FA_THREADS, r = idx / V, c = idx % V;
+            bool ok = r < n && c * 8 < hd;
+            long long at = ok ? base[r] + c * 8 : 0;
+            cp_async16(skv[0] + r * S + c * 8, kc + at, ok);
+            cp_async16(skv[1] + r * S + c * 8, vc + at, ok);
+        }
+        cp_async_commit();
+        cp_async_wait<0>();
+        __syncthreads();
+        if (active && pw >= k0) {
+            int lim = min(n, pw - k0 + 1);
+            fa_chunk<D>(qa, skv[0], skv[1], lim, max(0, min(lim, p0 - k0 + 1)), max(0, min(lim, p1 - k0 + 1)), o, m0, m1, l0, l1);
+        }
+        __syncthreads();
+    }
+    if (!active) return;
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    int r0 = w0 + g;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+        int e = n * 8 + t4 * 2;
+        if (e >= hd) continue;
+        f16* c = out + h * hd + e;
+        if (r0 < rows) *(unsigned*)(c + r0 * q_ld) = pack_f16x2(o[n][0] / l0, o[n][1] / l0);
+        if (r0 + 8 < rows) *(unsigned*)(c + (r0 + 8) * q_ld) = pack_f16x2(o[n][2] / l1, o[n][3] / l1);
+    }
+}
+
+// Grid (ceil(rows / FA_Q), heads); see attention_prefill_mma.
+#define ATTENTION_PREFILL_MMA(D, MIN_BLOCKS)                                                                          \
+    extern "C" __global__ void __launch_bounds__(FA_THREADS, MIN_BLOCKS) attention_prefill_mma_##D(                  \
+        const float* q, const f16* kc, const f16* vc, const int* path, f16* out, int rows, int nh, int nkv, int hd,  \
+        int pos0, int cache_len, float scale) {                                                                       \
+        attention_prefill_mma<D>(q, kc, vc, path, out, rows, nh, nkv, hd, pos0, cache_len, scale);                    \
+    }
+ATTENTION_PREFILL_MMA(64, 4)
+ATTENTION_PREFILL_MMA(128, 2)
 
 // bias_act and residual_add_t on 8 f16 values per thread with 16-byte loads (n a multiple of 8).
 extern "C" __global__ void bias_act_h8(const f16* y, const float* bias, f16* out, long long rows, int n, int act) {

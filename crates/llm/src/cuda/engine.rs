@@ -38,12 +38,17 @@ const LOAD_GROUP: usize = 8;
 /// Prompt rows per block of `attention_rows8` (they read each key and value once for all).
 const ATT_ROW_GROUP: usize = 8;
 
+/// Prompt rows per block of `attention_prefill_mma_{D}` (FA_Q: 16 a warp).
+const PREFILL_MMA_ROWS: usize = 64;
+
 /// Key spans of the attention launch in a captured decode step of `rows` sequences (fixed, as a
 /// graph's grid is): at the full context each span holds at most [`ATT_SPAN_MAX`] keys, and one
 /// sequence gets 16 (its only parallelism besides the heads); several share those 16 blocks per
 /// head, so that they launch no more blocks than the GPU holds at once.
+/// `XC_BEAM_SPANS=N` sets the spans of each of several sequences instead (to measure others).
 fn graph_spans(context: usize, rows: usize) -> usize {
-    context.div_ceil(ATT_SPAN_MAX).max(16usize.div_ceil(rows.max(1)))
+    let set = std::env::var("XC_BEAM_SPANS").ok().and_then(|v| v.parse::<usize>().ok()).filter(|&n| n > 0 && rows > 1);
+    set.unwrap_or_else(|| context.div_ceil(ATT_SPAN_MAX).max(16usize.div_ceil(rows.max(1))))
 }
 
 /// Key spans of an attention launched directly over `rows` rows, the last of which sees `keys`
@@ -55,12 +60,23 @@ fn direct_spans(rows: usize, keys: usize) -> usize {
     if rows <= MAX_SEQS { keys.div_ceil(ATT_SPAN * rows.max(1)) } else { keys.div_ceil(ATT_SPAN_MAX) }
 }
 
-/// Floats of attention partials for any launch (see [`Scratch::part`]).
-fn partial_floats(c: &DecoderConfig, chunk: usize) -> usize {
+/// Floats of attention partials for any launch (see [`Scratch::part`]); a prompt's attention
+/// on the tensor cores writes none.
+fn partial_floats(c: &DecoderConfig, chunk: usize, prefill_mma: Option<usize>) -> usize {
     let ctx = c.max_position.max(1);
     let decode = (1..=MAX_SEQS).map(|rows| rows * direct_spans(rows, ctx).max(graph_spans(ctx, rows))).max().unwrap_or(0);
-    let prefill = chunk * direct_spans(chunk, ctx);
+    let prefill = if prefill_mma.is_some() { 0 } else { chunk * direct_spans(chunk, ctx) };
     decode.max(prefill) * c.num_heads * (c.head_dim + 2)
+}
+
+/// The head size `attention_prefill_mma_{D}` is compiled for that runs a prompt's attention on
+/// the tensor cores: f16 heads of at most 128 values in whole 16-byte vectors; `None` (the rows
+/// go eight to a block through `attention_rows8`) otherwise, or when
+/// `XC_PREFILL_ATTENTION=cuda-cores` asks for that kernel (to compare the two).
+fn prefill_mma_width(dtype: EngineDtype, hd: usize) -> Option<usize> {
+    let off = std::env::var("XC_PREFILL_ATTENTION").is_ok_and(|v| v == "cuda-cores");
+    let width = [64, 128].into_iter().find(|&w| hd <= w)?;
+    (dtype == EngineDtype::F16 && hd % 8 == 0 && hd > 0 && !off).then_some(width)
 }
 
 /// The type the engine keeps weights, normalised activations and the KV cache in.
@@ -297,6 +313,9 @@ pub struct CudaDecoder {
     /// Captured decode steps by sequence count (they name the cache's addresses: dropped
     /// whenever the cache is reallocated); `None` when graphs are off.
     graphs: Option<HashMap<usize, StepGraph>>,
+    /// The head size of the tensor-core kernel a prompt's attention runs on (see
+    /// [`prefill_mma_width`]); `None`: `attention_rows8`.
+    prefill_mma: Option<usize>,
     /// Whether products of several rows run on the tensor cores.
     tensor_cores: bool,
     /// Sequences in the cache and positions each holds.
@@ -389,7 +408,8 @@ impl CudaDecoder {
         let chunk = opts.prefill_chunk.max(MAX_SEQS + 1);
         let (cos, sin) = rope_cos_sin(c);
         let (cos, sin) = (Buf::upload(&stream, &cos)?, Buf::upload(&stream, &sin)?);
-        let s = Scratch::new(&stream, c, opts, chunk)?;
+        let prefill_mma = prefill_mma_width(opts.dtype, c.head_dim);
+        let s = Scratch::new(&stream, c, opts, chunk, prefill_mma)?;
         stream.synchronize()?;
         let load_times = EngineLoadTimes { compile, total: start.elapsed() };
         Ok(CudaDecoder {
@@ -411,6 +431,7 @@ impl CudaDecoder {
             chunk,
             graphs: opts.cuda_graphs.then(HashMap::new),
             tensor_cores: opts.tensor_cores,
+            prefill_mma,
             seqs: 0,
             len: 0,
             flagged: 0,
@@ -459,6 +480,20 @@ impl CudaDecoder {
     /// Runs a prompt of `embeds.len() / hidden` positions (row-major f32 input embeddings) as a
     /// new single sequence; the logits of its last position are then ready.
     pub fn prefill(&mut self, embeds: &[f32]) -> Result<(), CudaError> {
+        self.prefill_keeping(embeds, None)
+    }
+
+    /// As [`Self::prefill`], returning every position's residual stream after the last layer
+    /// (before the final norm; `embeds.len()` f32 values): what checks a prompt's attention
+    /// position by position, where the logits show only the last.
+    pub fn prefill_states(&mut self, embeds: &[f32]) -> Result<Vec<f32>, CudaError> {
+        let mut states = vec![0f32; embeds.len()];
+        self.prefill_keeping(embeds, Some(&mut states))?;
+        Ok(states)
+    }
+
+    /// [`Self::prefill`], copying each chunk's final residual stream into `states` when given.
+    fn prefill_keeping(&mut self, embeds: &[f32], mut states: Option<&mut [f32]>) -> Result<(), CudaError> {
         let d = self.config.hidden_size;
         let n = embeds.len() / d;
         if n == 0 || n * d != embeds.len() {
@@ -481,6 +516,9 @@ impl CudaDecoder {
                 self.kernels.launch(&format!("to_t_{}", self.dtype.suffix()), grid, 256, &[Arg::P(self.s.h.ptr), Arg::P(self.s.hx.ptr), Arg::L(n)])?;
             }
             self.layers_forward(rows, i * self.chunk, 1, 0)?;
+            if let Some(states) = states.as_deref_mut() {
+                self.download(self.s.h.ptr, &mut states[i * self.chunk * d..][..rows * d])?;
+            }
             last_rows = rows;
         }
         self.head(last_rows - 1, 1)?;
@@ -683,7 +721,9 @@ impl CudaDecoder {
         let args = [Arg::P(self.s.logits.ptr), Arg::I(v as i32), Arg::P(self.s.beam_seen.ptr), Arg::F(penalty), Arg::I(k as i32), Arg::P(self.s.top_v.ptr), Arg::P(self.s.top_i.ptr)];
         self.kernels.launch("beam_topk", (rows as u32, 1, 1), 1024, &args)?;
         let (mut vals, mut ids) = (vec![0f32; rows * k], vec![0i32; rows * k]);
-        self.download(self.s.top_i.ptr, &mut ids)?;
+        // SAFETY: `top_i` holds MAX_SEQS × TOPK_MAX ids; `download` synchronises the stream
+        // after both copies.
+        unsafe { cudarc::driver::result::memcpy_dtoh_async(&mut ids, self.s.top_i.ptr, self.stream.cu_stream())? };
         self.download(self.s.top_v.ptr, &mut vals)?;
         Ok(vals.chunks(k).zip(ids.chunks(k)).map(|(vs, is)| vs.iter().zip(is).map(|(&x, &i)| (x, i as u32)).collect()).collect())
     }
@@ -820,6 +860,14 @@ impl CudaDecoder {
                 self.kernels.launch(&format!("rope_kv_{sfx}"), (rows as u32, (nh + nkv) as u32, 1), (hd / 2) as u32, &args)
             }
             Part::Attention => {
+                // A prompt's rows (one sequence, consecutive positions) on the tensor cores.
+                if let Some(width) = self.prefill_mma.filter(|_| rows > MAX_SEQS && at.seq_step == 0 && at.pos_step == 1) {
+                    let mut args = vec![Arg::P(self.s.q.ptr), Arg::P(kc), Arg::P(vc), Arg::P(self.s.paths.ptr), Arg::P(self.s.att.ptr)];
+                    args.extend([rows, nh, nkv, hd, at.pos0, cache.positions].map(|v| Arg::I(v as i32)));
+                    args.push(Arg::F(1.0 / (hd as f32).sqrt()));
+                    let grid = (rows.div_ceil(PREFILL_MMA_ROWS) as u32, nh as u32, 1);
+                    return self.kernels.launch(&format!("attention_prefill_mma_{width}"), grid, 128, &args);
+                }
                 // Spans for the row that sees the most keys, or a graph's fixed count.
                 let spans = match at.pos_dev {
                     0 => direct_spans(rows, at.pos0 + (rows - 1) * at.pos_step + 1),
@@ -1064,7 +1112,7 @@ impl Scratch {
         all.iter().chain(more.iter()).map(|b| b.bytes).sum()
     }
 
-    fn new(stream: &Arc<CudaStream>, c: &DecoderConfig, opts: EngineOptions, chunk: usize) -> Result<Self, CudaError> {
+    fn new(stream: &Arc<CudaStream>, c: &DecoderConfig, opts: EngineOptions, chunk: usize, prefill_mma: Option<usize>) -> Result<Self, CudaError> {
         let dtype = opts.dtype;
         let (d, hd, ff) = (c.hidden_size, c.head_dim, c.intermediate_size);
         let width = (c.num_heads + 2 * c.num_kv_heads) * hd;
@@ -1080,7 +1128,7 @@ impl Scratch {
             att: typed(chunk * q)?,
             tmp: Buf::zeros::<f32>(stream, chunk * (2 * ff).max(d))?,
             act: typed(chunk * ff)?,
-            part: Buf::zeros::<f32>(stream, partial_floats(c, chunk))?,
+            part: Buf::zeros::<f32>(stream, partial_floats(c, chunk, prefill_mma))?,
             logits: Buf::zeros::<f32>(stream, MAX_SEQS * c.vocab_size)?,
             done: Buf::zeros::<i32>(stream, chunk * c.num_heads)?,
             seen: Buf::zeros::<u8>(stream, c.vocab_size)?,
