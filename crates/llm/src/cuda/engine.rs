@@ -76,7 +76,7 @@ fn partial_floats(c: &DecoderConfig, chunk: usize, prefill_mma: Option<usize>) -
 fn prefill_mma_width(dtype: EngineDtype, hd: usize) -> Option<usize> {
     let off = std::env::var("XC_PREFILL_ATTENTION").is_ok_and(|v| v == "cuda-cores");
     let width = [64, 128].into_iter().find(|&w| hd <= w)?;
-    (dtype == EngineDtype::F16 && hd % 8 == 0 && hd > 0 && !off).then_some(width)
+    (dtype == EngineDtype::F16 && hd.is_multiple_of(8) && hd > 0 && !off).then_some(width)
 }
 
 /// The type the engine keeps weights, normalised activations and the KV cache in.
