@@ -237,6 +237,22 @@ __device__ __forceinline__ void fa_query(uint4* v, const float* bias, float scal
     }
 }
 
+// The warp's 16 rows of the queries staged in `sq` (rows of D + 8 values) as mma A fragments for
+// D / 16 steps of 16.
+template <int D> __device__ __forceinline__ void fa_fragments(const f16* sq, unsigned (*qa)[4]) {
+    constexpr int S = D + 8;
+    int lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+    const f16* qw = sq + (threadIdx.x >> 5) * 16 * S;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+        const f16* c = qw + kk * 16 + t4 * 2;
+        qa[kk][0] = *(const unsigned*)(c + g * S);
+        qa[kk][1] = *(const unsigned*)(c + (g + 8) * S);
+        qa[kk][2] = *(const unsigned*)(c + g * S + 8);
+        qa[kk][3] = *(const unsigned*)(c + (g + 8) * S + 8);
+    }
+}
+
 // The warp's 16 query rows (bias and scale applied), as mma A fragments for D / 16 steps of 16.
 template <int D>
 __device__ __forceinline__ void fa_load_queries(const f16* qy, int q_ld, int col, const float* q_bias, float scale, long long row0,
@@ -258,16 +274,7 @@ __device__ __forceinline__ void fa_load_queries(const f16* qy, int q_ld, int col
         *(uint4*)(sq + (idx / V) * S + (idx % V) * 8) = v[i];
     }
     __syncthreads();
-    int lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
-    const f16* qw = sq + (threadIdx.x >> 5) * 16 * S;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-        const f16* c = qw + kk * 16 + t4 * 2;
-        qa[kk][0] = *(const unsigned*)(c + g * S);
-        qa[kk][1] = *(const unsigned*)(c + (g + 8) * S);
-        qa[kk][2] = *(const unsigned*)(c + g * S + 8);
-        qa[kk][3] = *(const unsigned*)(c + (g + 8) * S + 8);
-    }
+    fa_fragments<D>(sq, qa);
 }
 
 // One chunk of `kv` ≤ FA_K keys for the warp's 16 queries: scores against the keys in `sk`, the
@@ -348,6 +355,14 @@ __device__ __forceinline__ void fa_chunk(const unsigned (*qa)[4], const f16* sk,
     }
 }
 
+// The softmax sums of the lane's rows g and g + 8, each summed over the four lanes holding parts of it.
+__device__ __forceinline__ void fa_row_sums(float& l0, float& l1) {
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+}
+
 // Keys and values go through STAGES shared buffers: with two, chunk c + 1 is copied (cp.async)
 // while chunk c is computed. Warps whose 16 queries are all past nq only help copy.
 template <int D>
@@ -391,10 +406,7 @@ __device__ void attention_mma(const f16* qy, int q_ld, int q_col0, const float* 
         __syncthreads();
     }
     if (!active) return;
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    fa_row_sums(l0, l1);
     int r0 = q0 + warp * 16 + g, d = heads * hd;
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) {
@@ -453,15 +465,7 @@ __device__ void attention_prefill_mma(const float* q, const f16* kc, const f16* 
     }
     __syncthreads();
     unsigned qa[D / 16][4];
-    const f16* qw = skv[0] + warp * 16 * S;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-        const f16* c = qw + kk * 16 + t4 * 2;
-        qa[kk][0] = *(const unsigned*)(c + g * S);
-        qa[kk][1] = *(const unsigned*)(c + (g + 8) * S);
-        qa[kk][2] = *(const unsigned*)(c + g * S + 8);
-        qa[kk][3] = *(const unsigned*)(c + (g + 8) * S + 8);
-    }
+    fa_fragments<D>(skv[0], qa);
     __syncthreads();
     float o[D / 8][4];
 #pragma unroll
@@ -495,10 +499,7 @@ __device__ void attention_prefill_mma(const float* q, const f16* kc, const f16* 
         __syncthreads();
     }
     if (!active) return;
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    fa_row_sums(l0, l1);
     int r0 = w0 + g;
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) {
