@@ -5,6 +5,8 @@
 // helpers they use. Conventions: the residual stream is f32; the products' inputs and outputs
 // (normalised rows, activations, attention heads and scores) are in T (f16 or f32), accumulated
 // in f32 by cuBLAS and read back into f32 by the kernels that follow.
+// Also here, as it shares the encoder attention's tensor-core pieces (fa_*): the decoder's
+// causal attention over a prompt's rows (attention_prefill_mma).
 #ifndef XC_GEMV_ROWS
 
 #define ACT_NONE 0

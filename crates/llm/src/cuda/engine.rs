@@ -721,9 +721,7 @@ impl CudaDecoder {
         let args = [Arg::P(self.s.logits.ptr), Arg::I(v as i32), Arg::P(self.s.beam_seen.ptr), Arg::F(penalty), Arg::I(k as i32), Arg::P(self.s.top_v.ptr), Arg::P(self.s.top_i.ptr)];
         self.kernels.launch("beam_topk", (rows as u32, 1, 1), 1024, &args)?;
         let (mut vals, mut ids) = (vec![0f32; rows * k], vec![0i32; rows * k]);
-        // SAFETY: `top_i` holds MAX_SEQS × TOPK_MAX ids; `download` synchronises the stream
-        // after both copies.
-        unsafe { cudarc::driver::result::memcpy_dtoh_async(&mut ids, self.s.top_i.ptr, self.stream.cu_stream())? };
+        self.download(self.s.top_i.ptr, &mut ids)?;
         self.download(self.s.top_v.ptr, &mut vals)?;
         Ok(vals.chunks(k).zip(ids.chunks(k)).map(|(vs, is)| vs.iter().zip(is).map(|(&x, &i)| (x, i as u32)).collect()).collect())
     }
