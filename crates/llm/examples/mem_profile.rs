@@ -5,6 +5,7 @@
 //! bytes live on the heap and their peak (a counting global allocator).
 //!
 //! `cargo run -p xcomposer-llm --example mem_profile -- FILE.gguf [prompt tokens] [new tokens] [int16|f32|int8]`
+//! (one thread; `XC_THREADS=N` for more)
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -88,7 +89,8 @@ fn main() {
         Some(m) => panic!("mode {m}: int16, f32 or int8"),
     };
     let file_mib = std::fs::metadata(&path).map_or(f64::NAN, |m| m.len() as f64 / 1048576.0);
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let threads = std::env::var("XC_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(1);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
     pool.install(|| {
         let t = Instant::now();
         report("start", t);

@@ -11,8 +11,15 @@ use super::packed::PackedQ8Act;
 use super::{Isa, Q8Act, Q16Act, QK8};
 use crate::quant::{GgmlType, scale_min_k4};
 
+/// The vector registers an instruction set's kernels keep values in, which decides how many
+/// products a prefill tile ([`groups_of`]) can hold without spilling its accumulators.
+trait Registers {
+    /// 16 with AVX2 and AVX-VNNI; 32 with AVX-512, whose VL forms reach ymm16–31.
+    const REGISTERS: usize;
+}
+
 /// Eight i32 lanes, lane `k` = `Σ u[4k + i] · s[4k + i]` for `i < 4`, `u` unsigned, `s` signed.
-trait Dot {
+trait Dot: Registers {
     /// The product; `u` ≤ 128 where `Σ` of two neighbouring products could pass ±32767.
     unsafe fn dot(u: __m256i, s: __m256i) -> __m256i;
     /// `acc` plus [`Dot::dot`]: one `vpdpbusd` with VNNI.
@@ -27,6 +34,18 @@ struct Avx2;
 struct AvxVnni;
 /// AVX-512 VNNI's `vpdpbusd` on 256-bit registers (AVX-512 VL).
 struct Avx512Vnni;
+
+impl Registers for Avx2 {
+    const REGISTERS: usize = 16;
+}
+
+impl Registers for AvxVnni {
+    const REGISTERS: usize = 16;
+}
+
+impl Registers for Avx512Vnni {
+    const REGISTERS: usize = 32;
+}
 
 impl Dot for Avx2 {
     #[inline(always)]
@@ -342,9 +361,12 @@ unsafe fn q6k<D: Dot, const R: usize>(p: [*const u8; R], act: &Q8Act, nsb: usize
 }
 
 /// `acc` plus eight i32 lanes, lane `k` = `Σ a[2k + i] · b[2k + i]` for `i < 2`, all signed 16-bit.
-trait Dot16 {
+trait Dot16: Registers {
     /// The product, added to `acc`.
     unsafe fn dot16(acc: __m256i, a: __m256i, b: __m256i) -> __m256i;
+    /// Whether the add is part of the multiply (VNNI's `vpdpwssd`): a chain of them waits on the
+    /// multiply's latency, where AVX2's separate add waits one cycle.
+    const FUSED: bool;
 }
 
 impl Dot16 for Avx2 {
@@ -352,6 +374,7 @@ impl Dot16 for Avx2 {
     unsafe fn dot16(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
         unsafe { _mm256_add_epi32(acc, _mm256_madd_epi16(a, b)) }
     }
+    const FUSED: bool = false;
 }
 
 impl Dot16 for AvxVnni {
@@ -359,6 +382,7 @@ impl Dot16 for AvxVnni {
     unsafe fn dot16(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
         unsafe { _mm256_dpwssd_avx_epi32(acc, a, b) }
     }
+    const FUSED: bool = true;
 }
 
 impl Dot16 for Avx512Vnni {
@@ -366,6 +390,7 @@ impl Dot16 for Avx512Vnni {
     unsafe fn dot16(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
         unsafe { _mm256_dpwssd_epi32(acc, a, b) }
     }
+    const FUSED: bool = true;
 }
 
 /// See [`super::dot_rows16`].
@@ -636,17 +661,6 @@ macro_rules! unroll {
     };
 }
 
-/// Inputs a prefill call takes at once: each group's unpacked codes meet this many inputs' codes.
-/// With [`GROUPS`], the best of (groups, inputs) = (1, 3), (1, 4), (1, 6), (2, 2), (2, 3),
-/// (2, 4), (3, 2) and (4, 2) measured by `kernel_bench` (`PREFILL=int16`, SmolLM2 Q4_0, 512
-/// positions, thread CPU time, AVX-512 VNNI): 0.80–0.82 s against 0.96–1.02 for (2, 4) and
-/// 1.04–1.07 for (1, 4), the layout before. Eight or more products at once spill the
-/// accumulators of the unrolled loops.
-const INPUTS: usize = 3;
-
-/// Groups a prefill call takes at once: each broadcast of an input's codes meets this many groups.
-const GROUPS: usize = 2;
-
 #[inline(always)]
 unsafe fn groups16<D: Dot16, A: Borrow<Q16Act>>(ty: GgmlType, rows: &[u8], rb: usize, acts: &[A], y: *mut f32, ldy: usize) {
     unsafe {
@@ -663,6 +677,8 @@ unsafe fn groups16<D: Dot16, A: Borrow<Q16Act>>(ty: GgmlType, rows: &[u8], rb: u
 
 /// `G` packed groups times `T` quantized inputs, the product [`groups_of`] tiles.
 trait GroupKernel {
+    /// The vector registers of its instruction set ([`Registers`]).
+    const REGISTERS: usize;
     /// One quantized input.
     type Act;
     /// Its number of values.
@@ -675,6 +691,7 @@ trait GroupKernel {
 struct Kernel16<D, const Q8: bool, const MIN: bool, const FIVE: bool>(std::marker::PhantomData<D>);
 
 impl<D: Dot16, const Q8: bool, const MIN: bool, const FIVE: bool> GroupKernel for Kernel16<D, Q8, MIN, FIVE> {
+    const REGISTERS: usize = D::REGISTERS;
     type Act = Q16Act;
     fn len(a: &Q16Act) -> usize {
         a.qs.len()
@@ -689,6 +706,7 @@ impl<D: Dot16, const Q8: bool, const MIN: bool, const FIVE: bool> GroupKernel fo
 struct Kernel8<D, const Q8: bool, const MIN: bool, const FIVE: bool>(std::marker::PhantomData<D>);
 
 impl<D: Dot, const Q8: bool, const MIN: bool, const FIVE: bool> GroupKernel for Kernel8<D, Q8, MIN, FIVE> {
+    const REGISTERS: usize = D::REGISTERS;
     type Act = PackedQ8Act;
     fn len(a: &PackedQ8Act) -> usize {
         a.lanes.len()
@@ -699,11 +717,27 @@ impl<D: Dot, const Q8: bool, const MIN: bool, const FIVE: bool> GroupKernel for 
     }
 }
 
-/// A kernel `K` over all of `rows` and `acts`: [`INPUTS`] inputs at a time (their codes stay in
-/// the L1 cache while every group of `rows` meets them), [`GROUPS`] groups at a time; the inputs
-/// left over one at a time.
+/// A kernel `K` over all of `rows` and `acts` in tiles of (groups, inputs): (2, 3) with 32 vector
+/// registers, (1, 4) with 16. `kernel_bench` (`PREFILL=int16`, SmolLM2 Q4_0, 512 positions,
+/// thread CPU time): on AVX-512 VNNI (2, 3) took 0.80–0.82 s against 0.96–1.02 for (2, 4) and
+/// 1.04–1.07 for (1, 4); on AVX2 (Zen 3) (2, 3) spilled its accumulators to the stack and took
+/// 2.19–2.26 s, (2, 2) 2.09–2.17, (1, 6) 1.62–1.72, (1, 5) 1.49–1.61, (1, 3) 1.43–1.46 and
+/// (1, 4) 1.22–1.31 (with one accumulator chain per product, [`group16`]).
 #[inline(always)]
 unsafe fn groups_of<K: GroupKernel, A: Borrow<K::Act>>(rows: &[u8], rb: usize, acts: &[A], y: *mut f32, ldy: usize) {
+    unsafe {
+        if K::REGISTERS >= 32 {
+            tiles::<K, A, 2, 3>(rows, rb, acts, y, ldy)
+        } else {
+            tiles::<K, A, 1, 4>(rows, rb, acts, y, ldy)
+        }
+    }
+}
+
+/// [`groups_of`] with tiles of `GROUPS` groups × `INPUTS` inputs (the inputs' codes stay in the
+/// L1 cache while every group of `rows` meets them); the inputs left over one at a time.
+#[inline(always)]
+unsafe fn tiles<K: GroupKernel, A: Borrow<K::Act>, const GROUPS: usize, const INPUTS: usize>(rows: &[u8], rb: usize, acts: &[A], y: *mut f32, ldy: usize) {
     let Some(first) = acts.first() else { return };
     let (g, nb, n) = (super::packed::GROUP, K::len(first.borrow()) / QK8, rows.len() / rb);
     let ng = n / g;
@@ -763,8 +797,15 @@ unsafe fn group16<D: Dot16, const Q8: bool, const MIN: bool, const FIVE: bool, c
     let l = super::packed::Layout { q8: Q8, min: MIN, five: FIVE };
     let bb = 8 * if Q8 { 34 } else { 18 + if MIN { 2 } else { 0 } + if FIVE { 4 } else { 0 } };
     let (qs, qh) = (l.packed_qs(), l.packed_qh());
-    // Independent integer chains per product: enough to cover the multiply-add's latency.
-    let chains = if G * T == 1 { 8 } else { 2 };
+    // Independent integer chains per product: enough to cover the multiply-add's latency (one
+    // for AVX2's separate add, whose tiles of four products have no room for more).
+    let chains = if G * T == 1 {
+        8
+    } else if D::FUSED {
+        2
+    } else {
+        1
+    };
     // No closures around the intrinsics (see `group8`).
     unsafe {
         let zero = _mm256_setzero_si256();
@@ -779,6 +820,9 @@ unsafe fn group16<D: Dot16, const Q8: bool, const MIN: bool, const FIVE: bool, c
             }
             for k in 0..G {
                 blk[k] = gs[k].add(b * bb);
+            }
+            if G * T == 1 {
+                prefetch_ahead(blk[0], bb);
             }
             let mut s = [[[zero; 8]; T]; G];
             if Q8 {
@@ -861,6 +905,22 @@ unsafe fn group16<D: Dot16, const Q8: bool, const MIN: bool, const FIVE: bool, c
     }
 }
 
+/// How far ahead of a one-input product (a decode step's) its packed rows are asked for: on
+/// its own the hardware prefetcher left a decode step of SmolLM2 Q4_0 about 15 % slower (Zen 3,
+/// `mem_profile`, 300 steps, 1 and 2 threads; 2, 4 and 8 KiB ahead within noise of each other).
+const PREFETCH_AHEAD: usize = 4096;
+
+/// Asks for the cache lines of `bytes` bytes at [`PREFETCH_AHEAD`] past `p` (a hint: no fault
+/// past the end of the rows).
+#[inline(always)]
+unsafe fn prefetch_ahead(p: *const u8, bytes: usize) {
+    let mut o = 0;
+    while o < bytes {
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_AHEAD + o) as *const i8) };
+        o += 64;
+    }
+}
+
 /// [`group16`]'s step: code pair `p` of every input (`xp`) into accumulator `a` of each, times
 /// each group's codes `w`.
 #[inline(always)]
@@ -938,7 +998,14 @@ unsafe fn group8<D: Dot, const Q8: bool, const MIN: bool, const FIVE: bool, cons
     let sign_trick = Q8 && D::SATURATES;
     // The value a code stands for is (code − offset) · d: Q4_0 8, Q5_0 16, Q8_0 made unsigned 128.
     let offset = if Q8 { 128.0 } else if FIVE { 16.0 } else { 8.0 };
-    let chains = if G * T == 1 { 4 } else { 2 };
+    // As in `group16`: AVX2's `maddubs` + `madd` (which saturates) is followed by a separate add.
+    let chains = if G * T == 1 {
+        4
+    } else if D::SATURATES {
+        1
+    } else {
+        2
+    };
     // No closures around the intrinsics below: a closure that is not inlined is compiled
     // without the caller's target features, and each intrinsic becomes a call.
     unsafe {
@@ -954,6 +1021,9 @@ unsafe fn group8<D: Dot, const Q8: bool, const MIN: bool, const FIVE: bool, cons
             }
             for k in 0..G {
                 blk[k] = gs[k].add(b * bb);
+            }
+            if G * T == 1 {
+                prefetch_ahead(blk[0], bb);
             }
             let mut s = [[[zero; 4]; T]; G];
             if Q8 {
