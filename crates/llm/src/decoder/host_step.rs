@@ -143,7 +143,7 @@ impl<B: Backend> Decoder<B> {
             x.iter_mut().zip(&b.o).for_each(|(x, o)| *x += o);
             rms_norm(&x, &hl.ffn_norm, c.rms_norm_eps, &mut b.h);
             self.project(&b.h, &mut [(&layer.w_gate, &mut b.gate), (&layer.w_up, &mut b.up)], &mut b.act);
-            b.gate.iter_mut().zip(&b.up).for_each(|(g, u)| *g = silu_mul(*g, *u));
+            swiglu(&mut b.gate, &b.up);
             self.project(&b.gate, &mut [(&layer.w_down, &mut b.o)], &mut b.act);
             x.iter_mut().zip(&b.o).for_each(|(x, o)| *x += o);
         }

@@ -261,8 +261,8 @@ pub fn dot_rows16_packed(isa: Isa, ty: GgmlType, rows: &[u8], act: &Q16Act, y: &
 
 /// The prefill product over packed rows: `y[t · n + r]` = row `r` of `rows` (`n` rows laid out
 /// by [`packed::pack_rows`]) times `acts[t]`, for every input at once, so that each group's codes
-/// are loaded and unpacked once for three inputs, and each input's codes meet two groups. Each
-/// product equals [`dot_rows16_packed`]'s.
+/// are loaded and unpacked once for several inputs (four with AVX2's registers, three with
+/// AVX-512's, whose input codes each meet two groups). Each product equals [`dot_rows16_packed`]'s.
 ///
 /// Panics as [`dot_rows16_packed`], and when `y` is not `acts.len() · n` values or the inputs
 /// differ in length.
@@ -477,8 +477,9 @@ mod tests {
                 let mut part = vec![f32::NAN; n_rows - 8];
                 dot_rows16_packed(isa, ty, &packed_rows[8 * rb..], &act, &mut part);
                 assert_eq!(part, y[8..], "{isa:?} {ty:?}: rows 8.. alone");
-                // Seven inputs at once (two sets of three, then one alone), over two groups (one
-                // pair), three (a pair and one alone) and groups with plain rows after them.
+                // Seven inputs at once (tiles of three or four, then the rest alone), over two
+                // groups, three (with AVX-512's tiles a pair and one alone) and groups with plain
+                // rows after them.
                 for n in [16, 24, n_rows] {
                     let mut y7 = vec![f32::NAN; 7 * n];
                     gemm16_packed(isa, ty, &packed_rows[..n * rb], &acts, &mut y7);
@@ -505,8 +506,9 @@ mod tests {
             let rb = rows.len() / n_rows;
             let mut packed_rows = rows.clone();
             packed::pack_rows(ty, &mut packed_rows, rb);
-            // Seven inputs (two sets of three, then one alone) over two groups (one pair), three
-            // (a pair and one alone), groups with plain rows after them, and plain rows alone.
+            // Seven inputs (tiles of three or four, then the rest alone) over two groups, three
+            // (with AVX-512's tiles a pair and one alone), groups with plain rows after them, and
+            // plain rows alone.
             for (from, n) in [(0, 16), (0, 24), (0, n_rows), (24, 3)] {
                 let part = &packed_rows[from * rb..(from + n) * rb];
                 for isa in Isa::available() {
