@@ -213,6 +213,12 @@ fn default_model(language: Language, models_dir: &Path) -> Result<PathBuf> {
     Ok(fetched.path().to_path_buf())
 }
 
+/// Starts [`peak_rss_mib`] again from the memory resident now (Linux: writes 5 to
+/// /proc/self/clear_refs); false where that is not possible.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 /// Peak resident memory of this process in MiB (Linux), if known.
 pub fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

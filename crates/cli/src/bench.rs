@@ -252,7 +252,7 @@ fn llm(args: LlmBenchArgs) -> Result<()> {
         isa.isa().select()?;
     }
     let path = resolve_model(args.model.clone())?;
-    let (mut rows, prompt) = crate::with_backend!(args.device, |device: B| bench_xcomposer::<B>(&args, &path, &device))?;
+    let (mut rows, prompt, peaks) = crate::with_backend!(args.device, |device: B| bench_xcomposer::<B>(&args, &path, &device))?;
     let peak = peak_rss_mib();
     if !args.no_llama_cpp {
         if path.is_dir() {
@@ -267,6 +267,10 @@ fn llm(args: LlmBenchArgs) -> Result<()> {
     if let Some(p) = peak {
         println!();
         println!("xcomposer peak resident memory: {p:.0} MiB (file {:.0} MiB)", std::fs::metadata(&path).map_or(f64::NAN, |m| m.len() as f64 / 1048576.0));
+    }
+    if !peaks.is_empty() {
+        let each: Vec<String> = peaks.iter().map(|(mode, p)| format!("{mode} {p:.0} MiB")).collect();
+        println!("peak resident memory per setting (the first from the load on, each later one from what was resident when it began): {}", each.join(", "));
     }
     Ok(())
 }
@@ -332,13 +336,19 @@ fn prompt_ids<B: Backend>(model: &LanguageModel<B>, n: usize) -> Result<Vec<u32>
     Ok(base.iter().copied().cycle().take(n).collect())
 }
 
-fn bench_xcomposer<B: Backend>(args: &LlmBenchArgs, path: &Path, device: &B::Device) -> Result<(Vec<Row>, Vec<u32>)> {
+/// Each `--decode` setting's name and peak resident memory in MiB (Linux).
+type SettingPeaks = Vec<(String, f64)>;
+
+/// Our rows, the prompt, and each `--decode` setting's peak resident memory.
+fn bench_xcomposer<B: Backend>(args: &LlmBenchArgs, path: &Path, device: &B::Device) -> Result<(Vec<Row>, Vec<u32>, SettingPeaks)> {
     let mut model = LanguageModel::<B>::load(path, device).with_context(|| format!("loading {}", path.display()))?;
     eprintln!("[bench] loaded in {:.2} s", model.load_time.as_secs_f64());
     let prompt = prompt_ids(&model, args.prompt_tokens)?;
-    let mut rows = Vec::new();
+    let (mut rows, mut peaks) = (Vec::new(), Vec::new());
     let thread_counts: Vec<usize> = if args.device == DeviceArg::Cpu { args.threads.clone() } else { vec![0] };
-    for &mode in &args.decode {
+    for (i, &mode) in args.decode.iter().enumerate() {
+        // The first setting's peak includes the load's; the later ones start from what is resident.
+        let reset = i == 0 || crate::backend::reset_peak_rss();
         let d = model.decoder.burn_mut().context("bench llm measures burn's decoder")?;
         d.set_activations(match mode {
             DecodeArg::Int8 => Activations::Int8,
@@ -360,8 +370,11 @@ fn bench_xcomposer<B: Backend>(args: &LlmBenchArgs, path: &Path, device: &B::Dev
             eprintln!("[bench] {engine} threads {threads}: pp {pp:.1}, tg {tg:.1}, tg after the prompt {tg_deep:.1} t/s");
             rows.push(Row { engine, threads, prefill_tps: pp, decode_tps: tg, decode_deep_tps: tg_deep });
         }
+        if let (true, Some(p)) = (reset, peak_rss_mib()) {
+            peaks.push((format!("{mode:?}").to_lowercase(), p));
+        }
     }
-    Ok((rows, prompt))
+    Ok((rows, prompt, peaks))
 }
 
 /// Medians over `args.runs` of: prefill t/s on `prompt`; greedy decode t/s of `gen_tokens` from
