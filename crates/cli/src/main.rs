@@ -82,6 +82,8 @@ enum Command {
 }
 
 fn main() {
+    // Large freed buffers go back to the OS (the CPU engine's peak memory; see the function).
+    xcomposer_llm::memory::return_large_buffers_to_the_os();
     let cli = Cli::parse();
     if let Some(n) = cli.threads
         && let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(n).build_global()

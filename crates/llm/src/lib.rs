@@ -31,6 +31,7 @@ pub mod generation;
 pub mod grammar;
 pub mod kernels;
 pub mod matvec;
+pub mod memory;
 pub mod model;
 pub mod nn;
 pub mod placement;
