@@ -213,19 +213,7 @@ fn default_model(language: Language, models_dir: &Path) -> Result<PathBuf> {
     Ok(fetched.path().to_path_buf())
 }
 
-/// Starts [`peak_rss_mib`] again from the memory resident now (Linux: writes 5 to
-/// /proc/self/clear_refs); false where that is not possible.
-pub fn reset_peak_rss() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
-}
-
-/// Peak resident memory of this process in MiB (Linux), if known.
-pub fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
+pub use xcomposer_llm::memory::{peak_rss_mib, reset_peak_rss};
 
 #[cfg(test)]
 mod tests {

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use burn::backend::Flex;
-use xcomposer_llm::LanguageModel;
+use xcomposer_llm::{LanguageModel, memory};
 use xcomposer_llm::matvec::Activations;
 
 /// The system allocator, counting the bytes live on the heap and their peak.
@@ -49,25 +49,16 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
-/// VmRSS and VmHWM of this process, in MiB.
-fn rss() -> (f64, f64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok()).map_or(f64::NAN, |kb| kb / 1024.0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-/// Resets VmHWM to the current VmRSS (writing 5 to /proc/self/clear_refs), and the heap's peak.
+/// Resets VmHWM to the current VmRSS ([`memory::reset_peak_rss`]), and the heap's peak.
 fn reset_peak() {
     PEAK.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
-    if let Err(e) = std::fs::write("/proc/self/clear_refs", "5") {
-        eprintln!("clear_refs: {e} (phase peaks are then peaks since the start)");
+    if !memory::reset_peak_rss() {
+        eprintln!("/proc/self/clear_refs not writable: phase peaks are then peaks since the start");
     }
 }
 
 fn report(phase: &str, t: Instant) {
-    let (now, peak) = rss();
+    let (now, peak) = (memory::rss_mib().unwrap_or(f64::NAN), memory::peak_rss_mib().unwrap_or(f64::NAN));
     let mib = |a: &AtomicUsize| a.load(Ordering::Relaxed) as f64 / 1048576.0;
     println!(
         "{phase:<20} resident {now:6.1} MiB (phase peak {peak:6.1}), heap {:6.1} MiB (phase peak {:6.1})  {:.2} s",
