@@ -384,7 +384,7 @@ unsafe fn scores_block_fma<const H: usize, const V: usize>(qs: &[f32], keys: &[f
 
 /// `o[h]` = `inv[h]` · Σ_t `p[h·ps + t]` · value `t`, for the `o.len() / hd` heads and `t` < `n`
 /// (value `t` at `values + t·stride`, `hd` = `8 · k` values): up to three heads at a time share
-/// each load of a value's 32 values.
+/// each load of 24 or 32 of a value's values.
 ///
 /// # Safety
 /// The CPU must have AVX2 and FMA; `p` holds the heads' rows of `ps` ≥ `n` scores, `values`
@@ -400,19 +400,27 @@ unsafe fn weighted_values_fma(p: &[f32], ps: usize, n: usize, inv: &[f32], value
         let take = (heads - h).min(3);
         let mut c = 0;
         while c < hd / 8 {
-            let w = (hd / 8 - c).min(4);
+            // Accumulators, value vectors and a broadcast within AVX2's 16 registers: three
+            // heads take three vectors at a time (3 × 4 spilled an accumulator to the stack
+            // every position), fewer heads four.
+            let w = (hd / 8 - c).min(if take == 3 { 3 } else { 4 });
             // SAFETY: as this function's, for heads h..h + take and the values' vectors c..c + w.
             unsafe {
                 match (take, w) {
-                    (3, 4) => pv_block_fma::<3, 4>(p, ps, n, inv, values, stride, o, h, c),
-                    (2, 4) => pv_block_fma::<2, 4>(p, ps, n, inv, values, stride, o, h, c),
-                    (1, 4) => pv_block_fma::<1, 4>(p, ps, n, inv, values, stride, o, h, c),
+                    (3, 3) => pv_block_fma::<3, 3>(p, ps, n, inv, values, stride, o, h, c),
+                    (3, 2) => pv_block_fma::<3, 2>(p, ps, n, inv, values, stride, o, h, c),
                     (3, _) => pv_block_fma::<3, 1>(p, ps, n, inv, values, stride, o, h, c),
+                    (2, 4) => pv_block_fma::<2, 4>(p, ps, n, inv, values, stride, o, h, c),
                     (2, _) => pv_block_fma::<2, 1>(p, ps, n, inv, values, stride, o, h, c),
+                    (_, 4) => pv_block_fma::<1, 4>(p, ps, n, inv, values, stride, o, h, c),
                     _ => pv_block_fma::<1, 1>(p, ps, n, inv, values, stride, o, h, c),
                 }
             }
-            c += if w == 4 { 4 } else { 1 };
+            c += match (take, w) {
+                (3, w) => w,
+                (_, 4) => 4,
+                _ => 1,
+            };
         }
         h += take;
     }
@@ -486,8 +494,9 @@ mod tests {
             (seed >> 8) as f32 / (1 << 24) as f32 * 4.0 - 2.0
         };
         // (heads, kv heads, head size): SmolLM2's groups of three, Qwen2.5's of seven (3 + 3 + 1),
-        // one head a group, 24 values (vectors one at a time), and 20 (no vector kernel).
-        for (heads, kv_heads, hd) in [(9, 3, 64), (14, 2, 64), (4, 4, 32), (2, 1, 128), (3, 1, 24), (2, 2, 20)] {
+        // groups of three with 32 values (value vectors 3 + 1), one head a group, 24 values
+        // (vectors one at a time), and 20 (no vector kernel).
+        for (heads, kv_heads, hd) in [(9, 3, 64), (14, 2, 64), (6, 2, 32), (4, 4, 32), (2, 1, 128), (3, 1, 24), (2, 2, 20)] {
             for (past, rows) in [(0, 19), (37, 5), (3, 1)] {
                 let stride = kv_heads * hd;
                 let kv: (Vec<f32>, Vec<f32>) = ((0..(past + rows) * stride).map(|_| random()).collect(), (0..(past + rows) * stride).map(|_| random()).collect());
