@@ -27,12 +27,14 @@ fn main() {
     let repeats: usize = args.next().map_or(20, |r| r.parse().expect("repeats: a number"));
     let g = Gguf::open(&path).expect("a GGUF file");
     let mut mats = Vec::new();
+    // The matrices together in huge pages, as a loaded model keeps them.
+    let arena = xcomposer_llm::arena::Arena::new();
     for t in &g.tensors {
         let shape = t.shape();
         if shape.len() != 2 || !xcomposer_llm::kernels::supports(t.ggml_type) {
             continue;
         }
-        let m = QMatrix::from_rows(t.ggml_type, shape[1], &[(g.tensor_bytes(t), (0..shape[0]).collect())]).expect("rows");
+        let m = QMatrix::from_rows_in(Some(&arena), t.ggml_type, shape[1], &[(g.tensor_bytes(t), (0..shape[0]).collect())]).expect("rows");
         mats.push((t.name.clone(), m));
     }
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();

@@ -20,6 +20,7 @@ use rayon::prelude::*;
 
 use crate::kernels::packed::PackedQ8Act;
 use crate::kernels::{self, Code, QAct, Q8Act, Q16Act};
+use crate::arena::{Arena, WeightBytes};
 use crate::quant::GgmlType;
 
 /// A row-major matrix `[rows, cols]` whose rows are stored as GGUF blocks of `ty`.
@@ -33,7 +34,7 @@ pub struct QMatrix {
     pub cols: usize,
     /// Whether whole groups of eight rows are packed ([`kernels::packed`]: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0).
     packed: bool,
-    data: Vec<u8>,
+    data: WeightBytes,
 }
 
 impl std::fmt::Debug for QMatrix {
@@ -51,19 +52,29 @@ impl QMatrix {
     /// Builds a matrix from encoded rows taken from `src` in the order `order` (row indices of
     /// `src`), so that rows can be permuted or several matrices stacked without decoding.
     pub fn from_rows(ty: GgmlType, cols: usize, parts: &[(&[u8], Vec<usize>)]) -> Result<Self, String> {
+        Self::from_rows_in(None, ty, cols, parts)
+    }
+
+    /// [`QMatrix::from_rows`] with its bytes from `arena` (a model's matrices together in huge
+    /// pages), or the heap.
+    pub fn from_rows_in(arena: Option<&Arena>, ty: GgmlType, cols: usize, parts: &[(&[u8], Vec<usize>)]) -> Result<Self, String> {
         if !cols.is_multiple_of(ty.block_size()) {
             return Err(format!("{cols} columns is not a multiple of the {ty:?} block size"));
         }
         let rb = Self::row_bytes(ty, cols);
         let rows: usize = parts.iter().map(|(_, o)| o.len()).sum();
         let total = rows.checked_mul(rb).ok_or_else(|| format!("{rows} rows of {rb} bytes overflow the address space"))?;
-        let mut data = Vec::with_capacity(total);
+        // Every row is checked before any memory is taken for them.
+        let mut sources = Vec::with_capacity(rows);
         for (src, order) in parts {
             for &r in order {
                 let range = r.checked_mul(rb).and_then(|s| Some(s..s.checked_add(rb)?));
-                let row = range.and_then(|range| src.get(range)).ok_or_else(|| format!("row {r} is outside the {} bytes given", src.len()))?;
-                data.extend_from_slice(row);
+                sources.push(range.and_then(|range| src.get(range)).ok_or_else(|| format!("row {r} is outside the {} bytes given", src.len()))?);
             }
+        }
+        let mut data = arena.map_or_else(|| WeightBytes::heap(total), |a| a.alloc(total));
+        for (out, row) in data.chunks_exact_mut(rb.max(1)).zip(sources) {
+            out.copy_from_slice(row);
         }
         let packed = kernels::packed::packs(ty);
         if packed {

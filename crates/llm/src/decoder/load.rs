@@ -5,6 +5,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
 use super::{Embedding, KeyStyle, Layer, Linear, host_step, unpermute_order, unpermute_rows};
+use crate::arena::Arena;
 use crate::config::DecoderConfig;
 use crate::matvec::QMatrix;
 use crate::nn::transpose;
@@ -18,6 +19,8 @@ pub(super) struct Reader<'a> {
     permuted: bool,
     /// Whether encoded rows are kept (the CPU backend, which multiplies them directly).
     host_matvec: bool,
+    /// Where kept rows go: the model's matrices together, in huge pages.
+    arena: Arena,
 }
 
 /// A vector on `device`.
@@ -30,7 +33,7 @@ impl<'a> Reader<'a> {
     pub(super) fn new<B: Backend>(src: &'a dyn WeightSource, style: KeyStyle) -> Self {
         let permuted = matches!(style, KeyStyle::Gguf { permuted_qk: true });
         let host_matvec = std::any::TypeId::of::<B>() == std::any::TypeId::of::<burn::backend::Flex>();
-        Reader { src, style, permuted, host_matvec }
+        Reader { src, style, permuted, host_matvec, arena: Arena::new() }
     }
 
     /// The tensor with canonical name `hf` (of `layer`), checked to be `shape`.
@@ -49,7 +52,7 @@ impl<'a> Reader<'a> {
     }
 
     /// On the CPU, a weight the source keeps block-encoded, kept so (its rows un-permuted for q
-    /// and k) with no f32 copy; `None` when the source has it only as f32 or the backend is not
+    /// and k, placed after the model's other matrices in the reader's arena) with no f32 copy; `None` when the source has it only as f32 or the backend is not
     /// the CPU's.
     fn encoded(&self, hf: &str, rows: usize, heads: Option<usize>, layer: usize, cols: usize) -> Result<Option<QMatrix>, WeightError> {
         let (src, name) = (self.src, self.style.name(hf, layer));
@@ -62,7 +65,7 @@ impl<'a> Reader<'a> {
             Some(n_head) => unpermute_order(rows, n_head),
             None => (0..rows).collect(),
         };
-        let m = QMatrix::from_rows(r.ty, cols, &[(r.bytes, order)])
+        let m = QMatrix::from_rows_in(Some(&self.arena), r.ty, cols, &[(r.bytes, order)])
             .map_err(|reason| WeightError::File { path: src.source_name().into(), reason: format!("{name}: {reason}") })?;
         src.release(&name);
         Ok(Some(m))
