@@ -1188,25 +1188,14 @@ __device__ __forceinline__ void topk_insert(float* bv, int* bi, float p, int i) 
 }
 
 // The block's k best of its threads' lists (each best first) into out_v/out_i[0..k): k rounds,
-// each taking the best list head.
+// each taking the best list head (block_argmax ranks as ranks_before does).
 __device__ void topk_block(float* bv, int* bi, int k, float* out_v, int* out_i) {
-    __shared__ float cv[32];
-    __shared__ int ci[32];
     __shared__ int win_i;
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     for (int j = 0; j < k; j++) {
         float best = bv[0];
         int at = bi[0];
-        for (int o = 16; o > 0; o >>= 1) {
-            float ob = __shfl_xor_sync(0xffffffffu, best, o);
-            int oi = __shfl_xor_sync(0xffffffffu, at, o);
-            if (ranks_before(ob, oi, best, at)) { best = ob; at = oi; }
-        }
-        if (lane == 0) { cv[warp] = best; ci[warp] = at; }
-        __syncthreads();
+        block_argmax(&best, &at);
         if (threadIdx.x == 0) {
-            for (int w = 1; w < (int)(blockDim.x >> 5); w++)
-                if (ranks_before(cv[w], ci[w], best, at)) { best = cv[w]; at = ci[w]; }
             win_i = at;
             out_v[j] = best;
             out_i[j] = at;
