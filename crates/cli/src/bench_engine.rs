@@ -63,6 +63,10 @@ pub(crate) struct Ours {
     pub beam: f64,
     /// Beam steps, per beam, with the beams' products on the CUDA cores (tensor cores off).
     pub beam_cuda_cores: f64,
+    /// Greedy decode and beam steps (per beam) with the decode attention on the tile kernel
+    /// (`attention`) instead of the warp kernel (`attention_dec{E}`).
+    pub tg_tile: f64,
+    pub beam_tile: f64,
 }
 
 /// One engine configuration's measurements.
@@ -182,6 +186,12 @@ fn measure(args: &EngineBenchArgs) -> Result<()> {
                 e.step(&(0..rows).map(|b| (50 + step + b) as u32).collect::<Vec<_>>())?;
             }
             profiles.push(profile(&mut e, &c, rows, dtype, quant)?);
+            e.set_warp_attention(false);
+            let tile = e.profile_step(rows, 50)?.into_iter().find(|(name, _)| name.starts_with("attention"));
+            e.set_warp_attention(true);
+            if let Some((_, us)) = tile {
+                profiles.push(format!("| {rows} sequence(s): attention on the tile kernel (`XC_DECODE_ATTENTION=tile`) | {us:.1} |\n"));
+            }
         }
         e.prefill(&long)?;
         profiles.push(prefill_profile(&mut e, &c, long.len() / d)?);
@@ -247,6 +257,7 @@ fn print_table(args: &EngineBenchArgs, k: usize, context: usize, variants: &[Var
         if args.dtype == DtypeArg::F16 {
             println!("| the same, beams' products on the CUDA cores (tensor cores off) | | | | | – | – | – | {:.1} ({:.2}× single) |", o.beam_cuda_cores, o.beam_cuda_cores / o.tg);
         }
+        println!("| the same, decode attention on the tile kernel (`XC_DECODE_ATTENTION=tile`) | | | | | – | – | {:.1} ({}) | {:.1} ({:.2}× its single) |", o.tg_tile, ratio(o.tg_tile, base_tg), o.beam_tile, o.beam_tile / o.tg_tile);
     }
     let (base_pp, base) = f16_base.unwrap_or((None, None));
     if let Some(v) = torch {
@@ -321,8 +332,11 @@ pub(crate) fn speeds(e: &mut xcomposer_llm::cuda::CudaDecoder, prompt: &[f32], l
         Ok(tps)
     };
     let beam_cuda_cores = beam(e, false)?;
+    e.set_warp_attention(false);
+    let (tg_tile, beam_tile) = (decode(e, true)?, beam(e, true)?);
+    e.set_warp_attention(true);
     let beam = beam(e, true)?;
-    Ok(Ours { pp, pp512, tg, tg_launched, beam, beam_cuda_cores })
+    Ok(Ours { pp, pp512, tg, tg_launched, beam, beam_cuda_cores, tg_tile, beam_tile })
 }
 
 /// The time of each part of one layer's prefill pass over `positions` positions (prefilled).
@@ -376,7 +390,8 @@ fn profile(e: &mut xcomposer_llm::cuda::CudaDecoder, c: &xcomposer_llm::config::
     for (i, (name, us)) in parts.iter().enumerate() {
         let bw = bytes(name).map_or("–".to_string(), |b| format!("{:.0}", b / us / 1e3));
         writeln!(out, "| {name} | {us:.1} | {bw} |")?;
-        if i < parts.len() - 2 { layer += us } else { rest += us }
+        // Once per step: the LM head, the greedy choice and (several rows) the beams' candidates.
+        if i < parts.len() - 2 - usize::from(rows > 1) { layer += us } else { rest += us }
     }
     let per_token = layer * c.num_layers as f64 + rest;
     writeln!(out, "| **sum per token** ({} layers) | {per_token:.0} | ⇒ {:.1} steps/s |", c.num_layers, 1e6 / per_token)?;

@@ -55,27 +55,32 @@ fn burn_rows(t: Tensor<Flex, 3>) -> Vec<Vec<f32>> {
 }
 
 /// Runs every comparison for one model shape and engine type, decode steps replayed from CUDA
-/// graphs or (`graphs` false) launched kernel by kernel.
+/// graphs or (`graphs` false) launched kernel by kernel; the decode attention on the warp kernel
+/// (`attention_dec{E}`, where the head size has one) and on the tile kernel.
 fn check(c: DecoderConfig, dtype: EngineDtype, tol: f32, seed: u64, graphs: bool) {
     let src = RandomWeights::for_decoder(&c, seed);
     // f16: the beams' products on the tensor cores and on the CUDA cores.
-    let modes: &[bool] = if dtype == EngineDtype::F16 { &[true, false] } else { &[false] };
-    for &tensor_cores in modes {
+    let modes: &[(bool, bool)] = if dtype == EngineDtype::F16 { &[(true, true), (false, true), (true, false)] } else { &[(false, true), (false, false)] };
+    for &(tensor_cores, warp_attention) in modes {
         // A cache growing by 8 positions: the 20-position prompt's chunks, the beams' steps and
         // their reorders all grow it.
         let opts = EngineOptions { dtype, prefill_chunk: 9, cuda_graphs: graphs, quant: None, tensor_cores, max_positions: None, cache_step: 8 };
-        check_against(c.clone(), &src, &src, opts, tol, seed);
+        check_against(c.clone(), &src, &src, opts, warp_attention, tol, seed);
     }
 }
 
 /// [`check`] with the engine loading `engine_src` and the CPU decoder `reference_src`.
-fn check_against(c: DecoderConfig, engine_src: &dyn WeightSource, reference_src: &dyn WeightSource, opts: EngineOptions, tol: f32, seed: u64) {
+fn check_against(c: DecoderConfig, engine_src: &dyn WeightSource, reference_src: &dyn WeightSource, opts: EngineOptions, warp_attention: bool, tol: f32, seed: u64) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let dev = Default::default();
     let reference = Decoder::<Flex>::load(c.clone(), reference_src, KeyStyle::HuggingFace, &dev).unwrap();
     let mut engine = CudaDecoder::load(c.clone(), engine_src, KeyStyle::HuggingFace, opts).unwrap();
+    engine.set_warp_attention(warp_attention);
     let d = c.hidden_size;
-    let label = format!("{:?} {:?} hidden {d}, {} heads / {} kv, graphs {}, tensor cores {}", opts.dtype, opts.quant, c.num_heads, c.num_kv_heads, opts.cuda_graphs, opts.tensor_cores);
+    let label = format!(
+        "{:?} {:?} hidden {d}, {} heads / {} kv, graphs {}, tensor cores {}, warp attention {warp_attention}",
+        opts.dtype, opts.quant, c.num_heads, c.num_kv_heads, opts.cuda_graphs, opts.tensor_cores
+    );
 
     // Embeddings.
     let ids = [5u32, 1002, 0, 77];
@@ -146,16 +151,56 @@ fn check_against(c: DecoderConfig, engine_src: &dyn WeightSource, reference_src:
 
 #[test]
 fn engine_f32_matches_the_cpu_decoder() {
-    // Vector loads (hidden and ffn multiples of 8), and the scalar path (196 and 300 are not).
+    // Vector loads (hidden and ffn multiples of 8), and the scalar path (196 and 300 are not);
+    // heads of 64, 98 (no warp attention), 128 (query groups of 2) and 32 (and 256 in f16, which
+    // f32 runs on the tile kernel).
     check(config(256, 4, 4, 688), EngineDtype::F32, 1e-4, 1, true);
     check(config(196, 2, 1, 300), EngineDtype::F32, 1e-4, 2, true);
     check(config(256, 4, 4, 688), EngineDtype::F32, 1e-4, 5, false);
+    check(config(512, 4, 2, 688), EngineDtype::F32, 1e-4, 13, true);
+    check(config(256, 8, 8, 688), EngineDtype::F32, 1e-4, 14, false);
 }
 
 #[test]
 fn engine_f16_matches_the_cpu_decoder() {
     check(config(256, 4, 4, 688), EngineDtype::F16, 2e-2, 3, true);
     check(config(196, 2, 1, 300), EngineDtype::F16, 2e-2, 4, true);
+    check(config(512, 4, 2, 688), EngineDtype::F16, 2e-2, 15, true);
+    check(config(256, 8, 8, 688), EngineDtype::F16, 2e-2, 16, false);
+    check(config(512, 2, 2, 688), EngineDtype::F16, 2e-2, 18, true);
+}
+
+/// The greedy choice and beam candidates over a vocabulary of many blocks of their kernels (41
+/// of the argmax's 1,024 logits, 11 shares of the candidates' 4,096, the last of each partial):
+/// the device's ids against the host's from the same logits after the repetition penalty, step
+/// after step, the penalty flags growing; then three beams' candidates.
+#[test]
+fn the_device_choices_read_every_block_of_a_large_vocabulary() {
+    let c = DecoderConfig { vocab_size: 41_000, ..config(64, 2, 2, 128) };
+    let src = RandomWeights::for_decoder(&c, 17);
+    let mut engine = CudaDecoder::load(c.clone(), &src, KeyStyle::HuggingFace, EngineOptions::default()).unwrap();
+    let prompt: Vec<f32> = (0..3 * 64).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+    engine.prefill(&prompt).unwrap();
+    let mut seq = vec![1u32, 40_999, 20_500];
+    for _ in 0..6 {
+        let mut row = engine.logits().unwrap().remove(0);
+        apply_repetition_penalty(&mut row, &seq, 1.3);
+        let want = argmax(&row);
+        let got = engine.greedy_token(&seq, 1.3).unwrap();
+        assert_eq!(got, want, "greedy choice after {seq:?}");
+        seq.push(got);
+        engine.step(&[got]).unwrap();
+    }
+    engine.reorder(&[0, 0, 0]).unwrap();
+    engine.step(&[5, 40_998, 12_345]).unwrap();
+    let seqs = vec![seq.clone(), vec![1, 40_998, 4_096], vec![1, 12_345, 12_345, 8_191]];
+    let host = top_logprobs_host(engine.logits().unwrap(), &seqs, 1.5, 12);
+    let device = engine.top_logprobs(&seqs, 1.5, 12).unwrap();
+    for (b, (h, g)) in host.iter().zip(&device).enumerate() {
+        let ids = |v: &[(f32, u32)]| v.iter().map(|x| x.1).collect::<Vec<_>>();
+        assert_eq!(ids(g), ids(h), "beam {b} candidates");
+        assert!(h.iter().zip(g).all(|(x, y)| (x.0 - y.0).abs() < 1e-4), "beam {b} log-probs {h:?} vs {g:?}");
+    }
 }
 
 /// A prompt's attention on the tensor cores (f16, `attention_prefill_mma_{64,128}`) against the
@@ -241,7 +286,7 @@ fn quantized_engine_matches_the_cpu_decoder_on_the_dequantized_weights() {
         // CUDA cores (inputs quantized to bytes); each with and without graphs.
         for (graphs, tensor_cores) in [(true, true), (false, true), (true, false)] {
             let opts = EngineOptions { dtype: EngineDtype::F16, prefill_chunk: 9, cuda_graphs: graphs, quant: Some(quant), tensor_cores, max_positions: None, cache_step: 8 };
-            check_against(c.clone(), &engine_src, &reference_src, opts, 3e-2, 6);
+            check_against(c.clone(), &engine_src, &reference_src, opts, true, 3e-2, 6);
         }
     }
 }

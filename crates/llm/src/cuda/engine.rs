@@ -60,6 +60,13 @@ fn direct_spans(rows: usize, keys: usize) -> usize {
     if rows <= MAX_SEQS { keys.div_ceil(ATT_SPAN * rows.max(1)) } else { keys.div_ceil(ATT_SPAN_MAX) }
 }
 
+/// Values of a key row each lane of `attention_dec{E}` holds, where that kernel is built for the
+/// head size and type: `E = head_dim / 32` of 1, 2, 4 or 8, at most 16 bytes a lane.
+fn warp_attention_lanes(hd: usize, dtype: EngineDtype) -> Option<usize> {
+    let e = hd / 32;
+    (hd.is_multiple_of(32) && matches!(e, 1 | 2 | 4 | 8) && e * dtype.bytes() <= 16).then_some(e)
+}
+
 /// Floats of attention partials for any launch (see [`Scratch::part`]); a prompt's attention
 /// on the tensor cores writes none.
 fn partial_floats(c: &DecoderConfig, chunk: usize, prefill_mma: Option<usize>) -> usize {
@@ -203,6 +210,17 @@ struct Scratch {
     beam_seen: Buf,
     top_v: Buf,
     top_i: Buf,
+    /// Beam candidates by share of each row (see `beam_lse`, `beam_topk`): each share's max and
+    /// exp-sum, its best candidates, and each row's count of finished shares.
+    share_m: Buf,
+    share_s: Buf,
+    cand_v: Buf,
+    cand_i: Buf,
+    topk_done: Buf,
+    /// The greedy choice's best logit and id of each block, and its count of finished blocks.
+    arg_v: Buf,
+    arg_i: Buf,
+    arg_done: Buf,
     /// Quantized engines: the inputs of a matrix-vector product in blocks of 32 (`[MAX_SEQS, K]`
     /// signed bytes, `[MAX_SEQS, K/32]` scales and scaled sums; see `quantize_x`), and a
     /// weight slice expanded to f16 for cuBLAS (`[WTMP_ROWS, K]`).
@@ -211,6 +229,14 @@ struct Scratch {
     xs: Buf,
     wtmp: Buf,
 }
+
+/// Logits of a row each block of the beam candidates reads, and most blocks a row.
+const TOPK_SHARE: usize = 4096;
+const TOPK_SHARES: usize = 64;
+
+/// Logits each block of the greedy choice reads (256 threads, 4 each), and most blocks.
+const ARGMAX_SHARE: usize = 1024;
+const ARGMAX_BLOCKS: usize = 1024;
 
 /// Rows of a quantized weight expanded to f16 at a time for a prefill product.
 const WTMP_ROWS: usize = 2048;
@@ -318,6 +344,9 @@ pub struct CudaDecoder {
     prefill_mma: Option<usize>,
     /// Whether products of several rows run on the tensor cores.
     tensor_cores: bool,
+    /// The decode attention's kernel: `attention_dec{E}` (a warp per share of a span's keys)
+    /// where the head size allows it (see [`warp_attention_lanes`]), else `attention`.
+    warp_attention: bool,
     /// Sequences in the cache and positions each holds.
     seqs: usize,
     len: usize,
@@ -431,6 +460,7 @@ impl CudaDecoder {
             chunk,
             graphs: opts.cuda_graphs.then(HashMap::new),
             tensor_cores: opts.tensor_cores,
+            warp_attention: std::env::var("XC_DECODE_ATTENTION").map_or(true, |v| v != "tile"),
             prefill_mma,
             seqs: 0,
             len: 0,
@@ -558,6 +588,15 @@ impl CudaDecoder {
         }
     }
 
+    /// Runs a decode step's attention on `attention_dec{E}` (on) or on the tile kernel
+    /// `attention` (off; `XC_DECODE_ATTENTION=tile` sets that at load); captured steps are dropped.
+    pub fn set_warp_attention(&mut self, on: bool) {
+        if on != self.warp_attention {
+            self.warp_attention = on;
+            self.drop_graphs();
+        }
+    }
+
     /// Runs products of several rows on the tensor cores or (off) the CUDA cores
     /// (see [`EngineOptions::tensor_cores`]); captured steps are dropped, as they name kernels.
     pub fn set_tensor_cores(&mut self, on: bool) {
@@ -605,12 +644,33 @@ impl CudaDecoder {
         self.check_ids(seq)?;
         let new: Vec<i32> = seq.get(self.flagged..).unwrap_or_default().iter().map(|&t| t as i32).collect();
         self.flag(&new, self.s.seen.ptr)?;
-        let v = self.config.vocab_size as i32;
-        self.kernels.launch("argmax_penalized", (1, 1, 1), 1024, &[Arg::P(self.s.logits.ptr), Arg::I(v), Arg::P(self.s.seen.ptr), Arg::F(penalty), Arg::P(self.s.token.ptr)])?;
+        self.launch_greedy(penalty)?;
         let mut tok = [0i32; 1];
         self.download(self.s.token.ptr, &mut tok)?;
         self.flagged = seq.len() + 1;
         Ok(tok[0] as u32)
+    }
+
+    /// `argmax_penalized` over the first logits row: a block per [`ARGMAX_SHARE`] logits, the
+    /// id into `token` (and flagged in `seen`).
+    fn launch_greedy(&self, penalty: f32) -> Result<(), CudaError> {
+        let v = self.config.vocab_size;
+        let blocks = v.div_ceil(ARGMAX_SHARE).min(ARGMAX_BLOCKS) as u32;
+        let s = &self.s;
+        let args = [Arg::P(s.logits.ptr), Arg::I(v as i32), Arg::P(s.seen.ptr), Arg::F(penalty), Arg::P(s.token.ptr), Arg::P(s.arg_v.ptr), Arg::P(s.arg_i.ptr), Arg::P(s.arg_done.ptr)];
+        self.kernels.launch("argmax_penalized", (blocks, 1, 1), 256, &args)
+    }
+
+    /// `beam_max`, `beam_lse` then `beam_topk` over the first `rows` logits rows, a block per
+    /// [`TOPK_SHARE`] logits of a row: the best `k` of each row into `top_v`/`top_i`.
+    fn launch_beam_topk(&self, rows: usize, penalty: f32, k: usize) -> Result<(), CudaError> {
+        let (v, s) = (self.config.vocab_size, &self.s);
+        let grid = (v.div_ceil(TOPK_SHARE).min(TOPK_SHARES) as u32, rows as u32, 1);
+        self.kernels.launch("beam_max", grid, 256, &[Arg::P(s.logits.ptr), Arg::I(v as i32), Arg::P(s.share_m.ptr)])?;
+        self.kernels.launch("beam_lse", grid, 256, &[Arg::P(s.logits.ptr), Arg::I(v as i32), Arg::P(s.share_m.ptr), Arg::P(s.share_s.ptr)])?;
+        let args = [Arg::P(s.logits.ptr), Arg::I(v as i32), Arg::P(s.beam_seen.ptr), Arg::F(penalty), Arg::I(k as i32), Arg::P(s.share_m.ptr), Arg::P(s.share_s.ptr)];
+        let more = [s.cand_v.ptr, s.cand_i.ptr, s.topk_done.ptr, s.top_v.ptr, s.top_i.ptr].map(Arg::P);
+        self.kernels.launch("beam_topk", grid, 256, &[&args[..], &more[..]].concat())
     }
 
     /// Keeps sequences `rows` (in that order, repeats allowed): how beam search follows its
@@ -718,8 +778,7 @@ impl CudaDecoder {
         if penalty != 1.0 {
             self.flag(&flat, self.s.beam_seen.ptr)?;
         }
-        let args = [Arg::P(self.s.logits.ptr), Arg::I(v as i32), Arg::P(self.s.beam_seen.ptr), Arg::F(penalty), Arg::I(k as i32), Arg::P(self.s.top_v.ptr), Arg::P(self.s.top_i.ptr)];
-        self.kernels.launch("beam_topk", (rows as u32, 1, 1), 1024, &args)?;
+        self.launch_beam_topk(rows, penalty, k)?;
         let (mut vals, mut ids) = (vec![0f32; rows * k], vec![0i32; rows * k]);
         self.download(self.s.top_i.ptr, &mut ids)?;
         self.download(self.s.top_v.ptr, &mut vals)?;
@@ -875,7 +934,11 @@ impl CudaDecoder {
                 args.extend(geometry);
                 args.push(Arg::F(1.0 / (hd as f32).sqrt()));
                 // A prompt's rows (one sequence) share the key and value loads eight at a time.
-                let (name, group) = if rows > MAX_SEQS && at.seq_step == 0 { ("attention_rows8", ATT_ROW_GROUP) } else { ("attention", 1) };
+                let (name, group) = match warp_attention_lanes(hd, self.dtype) {
+                    _ if rows > MAX_SEQS && at.seq_step == 0 => ("attention_rows8".to_string(), ATT_ROW_GROUP),
+                    Some(e) if self.warp_attention => (format!("attention_dec{e}"), 1),
+                    _ => ("attention".to_string(), 1),
+                };
                 self.kernels.launch(&format!("{name}_{sfx}"), (nh as u32, rows.div_ceil(group) as u32, spans as u32), 128, &args)
             }
             Part::Out => {
@@ -929,9 +992,11 @@ impl CudaDecoder {
             out.push((part.name(rows), time(&|| self.run_part(part, 0, at))?));
         }
         out.push(("lm head", time(&|| self.lm_head_logits(head_rows))?));
-        let v = self.config.vocab_size;
-        let args = [Arg::P(self.s.logits.ptr), Arg::I(v as i32), Arg::P(self.s.seen.ptr), Arg::F(1.0), Arg::P(self.s.token.ptr)];
-        out.push(("greedy choice", time(&|| self.kernels.launch("argmax_penalized", (1, 1, 1), 1024, &args))?));
+        out.push(("greedy choice", time(&|| self.launch_greedy(1.0))?));
+        // Beam search's candidates (2 per beam, as it asks), flags and downloads left out.
+        if (2..=MAX_SEQS).contains(&rows) {
+            out.push(("beam candidates", time(&|| self.launch_beam_topk(rows, 1.5, 2 * rows))?));
+        }
         Ok(out)
     }
 
@@ -1106,7 +1171,7 @@ impl Scratch {
     fn bytes(&self) -> usize {
         let s = self;
         let all = [&s.h, &s.hx, &s.xn, &s.qkv, &s.q, &s.att, &s.tmp, &s.act, &s.part, &s.done, &s.logits, &s.seen, &s.ids, &s.token, &s.pos];
-        let more = [&s.paths, &s.paths_spare, &s.beam_seen, &s.top_v, &s.top_i, &s.xq, &s.xd, &s.xs, &s.wtmp];
+        let more = [&s.paths, &s.paths_spare, &s.beam_seen, &s.top_v, &s.top_i, &s.share_m, &s.share_s, &s.cand_v, &s.cand_i, &s.topk_done, &s.arg_v, &s.arg_i, &s.arg_done, &s.xq, &s.xd, &s.xs, &s.wtmp];
         all.iter().chain(more.iter()).map(|b| b.bytes).sum()
     }
 
@@ -1138,6 +1203,14 @@ impl Scratch {
             beam_seen: Buf::zeros::<u8>(stream, MAX_SEQS * c.vocab_size)?,
             top_v: Buf::zeros::<f32>(stream, MAX_SEQS * TOPK_MAX)?,
             top_i: Buf::zeros::<i32>(stream, MAX_SEQS * TOPK_MAX)?,
+            share_m: Buf::zeros::<f32>(stream, MAX_SEQS * TOPK_SHARES)?,
+            share_s: Buf::zeros::<f64>(stream, MAX_SEQS * TOPK_SHARES)?,
+            cand_v: Buf::zeros::<f32>(stream, MAX_SEQS * TOPK_SHARES * TOPK_MAX)?,
+            cand_i: Buf::zeros::<i32>(stream, MAX_SEQS * TOPK_SHARES * TOPK_MAX)?,
+            topk_done: Buf::zeros::<i32>(stream, MAX_SEQS)?,
+            arg_v: Buf::zeros::<f32>(stream, ARGMAX_BLOCKS)?,
+            arg_i: Buf::zeros::<i32>(stream, ARGMAX_BLOCKS)?,
+            arg_done: Buf::zeros::<i32>(stream, 1)?,
             xq: Buf::zeros::<i8>(stream, if quant { MAX_SEQS * k_max } else { 0 })?,
             xd: Buf::zeros::<f32>(stream, if quant { MAX_SEQS * k_max / 32 } else { 0 })?,
             xs: Buf::zeros::<f32>(stream, if quant { MAX_SEQS * k_max / 32 } else { 0 })?,

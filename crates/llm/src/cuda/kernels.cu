@@ -824,6 +824,188 @@ __device__ void attention(const float* q, const T* kc, const T* vc, const int* p
         attention_merge<T>(base + (r - r0) * row_stride, out + (long long)r * nh * hd + head * hd, hd, spans);
 }
 
+// Decode attention, warp-parallel: one row per block (a sequence's new position), grid (heads,
+// rows, spans) of ATT_THREADS threads, head size hd = 32 E. The span's keys are split into one
+// contiguous share per warp, and a warp runs no block-wide step until it is done: lane l holds
+// q's values l*E.. (scaled), loads the same E values of up to DEC_KEYS keys' rows and value rows
+// at once (E*sizeof(T) bytes each, the slot table read one pass ahead), sums each key's score
+// across the warp with shuffles and keeps an online softmax in registers. The warps then combine
+// through shared memory, and the spans merge as in `attention` (a single span writes `out`).
+// Partials as in `attention`; same parameters (pos_step/seq_step as there).
+template <int BYTES> struct RawT;
+template <> struct RawT<2> { typedef unsigned short type; };
+template <> struct RawT<4> { typedef unsigned int type; };
+template <> struct RawT<8> { typedef uint2 type; };
+template <> struct RawT<16> { typedef uint4 type; };
+
+// E values of T held in a raw load, as floats.
+template <typename T, int E>
+__device__ __forceinline__ void unpack(const typename RawT<E * (int)sizeof(T)>::type& r, float* f) {
+    const T* p = (const T*)&r;
+#pragma unroll
+    for (int i = 0; i < E; i++) f[i] = to_f(p[i]);
+}
+
+// Spans' weights kept in shared memory by merge_spans (more spans recompute theirs).
+#define MERGE_SPANS 256
+
+// The `spans` partials `p` of one (head, row) into its output `o`: the global max and exp-sum by
+// the whole block, then each output value from every span's partial (independent L2 reads).
+template <typename T>
+__device__ void merge_spans(const float* p, T* o, int hd, int spans) {
+    __shared__ float w[MERGE_SPANS];
+    const int st = hd + 2;
+    float gm = NEG_INF;
+    for (int s = threadIdx.x; s < spans; s += blockDim.x) gm = fmaxf(gm, __ldcg(p + s * st));
+    gm = block_max(gm);
+    float gl = 0.f;
+    for (int s = threadIdx.x; s < spans; s += blockDim.x) {
+        float m = __ldcg(p + s * st);
+        float ws = m == NEG_INF ? 0.f : __expf(m - gm);
+        gl += __ldcg(p + s * st + 1) * ws;
+        if (s < MERGE_SPANS) w[s] = ws;
+    }
+    gl = block_sum(gl);  // its barrier also publishes w
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float v = 0.f;
+        for (int s = 0; s < spans; s++) {
+            float ws;
+            if (s < MERGE_SPANS) ws = w[s];
+            else {
+                float m = __ldcg(p + s * st);
+                ws = m == NEG_INF ? 0.f : __expf(m - gm);
+            }
+            v = fmaf(__ldcg(p + s * st + 2 + d), ws, v);
+        }
+        o[d] = from_f<T>(v / gl);
+    }
+}
+
+template <typename T, int E>
+__device__ void attention_dec(const float* q, const T* kc, const T* vc, const int* path, float* part, int* done, T* out,
+                              const int* pos_dev, int rows, int nh, int nkv, int pos0, int pos_step, int seq_step,
+                              int cache_len, float scale) {
+    constexpr int BYTES = E * (int)sizeof(T);
+    // Keys a warp loads at once: 8 rows (of keys and of values) of 8 or 16 bytes a lane (hd 128
+    // in f16 or f32), 16 of narrower rows; at 8 rows about 70 registers, so a single row's 512
+    // blocks (32 heads, 16 spans) all fit an H200 at once.
+    constexpr int DEC_KEYS = BYTES >= 8 ? 8 : 16;
+    constexpr int NW = ATT_THREADS / 32;
+    constexpr int hd = 32 * E;
+    typedef typename RawT<BYTES>::type Raw;
+    __shared__ float wstat[NW][2];
+    __shared__ float wacc[NW][hd];
+    __shared__ bool last;
+    const unsigned FULL = 0xffffffffu;
+    int head = blockIdx.x, r = blockIdx.y, span = blockIdx.z, spans = gridDim.z;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, kvh = head / (nh / nkv);
+    // q before the position: both loads in flight at once.
+    float qv[E];
+    const float* qr = q + ((long long)r * nh + head) * hd + lane * E;
+#pragma unroll
+    for (int e = 0; e < E; e++) qv[e] = qr[e] * scale;
+    if (pos_dev) pos0 = *pos_dev;
+    int pos = pos0 + r * pos_step, seq = r * seq_step;
+    int len = (pos0 + (rows - 1) * pos_step + spans) / spans;
+    int k0 = span * len, k1 = min(k0 + len, pos + 1);
+    int per = (max(k1 - k0, 0) + NW - 1) / NW;
+    int w0 = k0 + warp * per, w1 = min(w0 + per, k1);
+    const long long stride = (long long)nkv * hd;
+    const int* prow = path + (long long)seq * cache_len;
+    const T* kb = kc + kvh * hd + lane * E;
+    const T* vb = vc + kvh * hd + lane * E;
+    float m = NEG_INF, l = 0.f, acc[E];
+#pragma unroll
+    for (int e = 0; e < E; e++) acc[e] = 0.f;
+    int slot = lane < DEC_KEYS && w0 + lane < w1 ? __ldg(prow + w0 + lane) : 0;
+    for (int c = w0; c < w1; c += DEC_KEYS) {
+        int n = min(DEC_KEYS, w1 - c);
+        int next = lane < DEC_KEYS && c + DEC_KEYS + lane < w1 ? __ldg(prow + c + DEC_KEYS + lane) : 0;
+        Raw kr[DEC_KEYS] = {}, vr[DEC_KEYS] = {};
+#pragma unroll
+        for (int j = 0; j < DEC_KEYS; j++) {
+            int sj = __shfl_sync(FULL, slot, j);
+            if (j < n) {
+                long long at = ((long long)sj * cache_len + c + j) * stride;
+                kr[j] = __ldg((const Raw*)(kb + at));
+                vr[j] = __ldg((const Raw*)(vb + at));
+            }
+        }
+        float s[DEC_KEYS];
+#pragma unroll
+        for (int j = 0; j < DEC_KEYS; j++) {
+            float kf[E];
+            unpack<T, E>(kr[j], kf);
+            float d = 0.f;
+#pragma unroll
+            for (int e = 0; e < E; e++) d = fmaf(qv[e], kf[e], d);
+            s[j] = d;
+        }
+#pragma unroll
+        for (int j = 0; j < DEC_KEYS; j++) s[j] = warp_sum(s[j]);
+        float cm = NEG_INF;
+#pragma unroll
+        for (int j = 0; j < DEC_KEYS; j++)
+            if (j < n) cm = fmaxf(cm, s[j]);
+        // A row that has seen only -inf scores keeps max -inf (as chunk_softmax does).
+        float mn = fmaxf(m, cm), f = mn == NEG_INF ? 1.f : __expf(m - mn);
+        l *= f;
+#pragma unroll
+        for (int e = 0; e < E; e++) acc[e] *= f;
+#pragma unroll
+        for (int j = 0; j < DEC_KEYS; j++) {
+            if (j < n) {
+                float p = mn == NEG_INF ? 0.f : __expf(s[j] - mn), vf[E];
+                unpack<T, E>(vr[j], vf);
+                l += p;
+#pragma unroll
+                for (int e = 0; e < E; e++) acc[e] = fmaf(p, vf[e], acc[e]);
+            }
+        }
+        m = mn;
+        slot = next;
+    }
+    if (lane == 0) {
+        wstat[warp][0] = m;
+        wstat[warp][1] = l;
+    }
+#pragma unroll
+    for (int e = 0; e < E; e++) wacc[warp][lane * E + e] = acc[e];
+    __syncthreads();
+    float gm = NEG_INF, gl = 0.f, wf[NW];
+#pragma unroll
+    for (int w = 0; w < NW; w++) gm = fmaxf(gm, wstat[w][0]);
+#pragma unroll
+    for (int w = 0; w < NW; w++) {
+        wf[w] = wstat[w][0] == NEG_INF ? 0.f : __expf(wstat[w][0] - gm);
+        gl += wstat[w][1] * wf[w];
+    }
+    T* o = out + ((long long)r * nh + head) * hd;
+    float* base = part + ((long long)r * nh + head) * spans * (hd + 2);
+    float* pp = base + span * (hd + 2);
+    for (int d = threadIdx.x; d < hd; d += ATT_THREADS) {
+        float v = 0.f;
+#pragma unroll
+        for (int w = 0; w < NW; w++) v = fmaf(wacc[w][d], wf[w], v);
+        if (spans == 1) o[d] = from_f<T>(v / gl);
+        else pp[2 + d] = v;
+    }
+    if (spans == 1) return;
+    if (threadIdx.x == 0) {
+        pp[0] = gm;
+        pp[1] = gl;
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int* counter = done + (long long)r * nh + head;
+        last = atomicAdd(counter, 1) == spans - 1;
+        if (last) *counter = 0;
+    }
+    __syncthreads();
+    if (last) merge_spans<T>(base, o, hd, spans);
+}
+
 // Input rows of the quantized products: row r of x ([rows, K], T) into blocks of 32 signed bytes
 // (xq [rows, K]) with a scale (xd [rows, K/32]) and the scale times the block's sum of quants
 // (xs), as ggml's Q8_1. With NORM the scales also carry the row's 1 / rms (the RMSNorm weight is
@@ -922,30 +1104,58 @@ __device__ void swiglu(const float* gu, T* out, int rows, int f) {
 // parallel).
 #ifndef XC_GEMV_ROWS
 
-// Greedy choice on the device: the argmax (first index on ties) of one logits row after Hugging
-// Face's repetition penalty on the tokens flagged in `seen`; writes the id to `token[0]` and
-// flags it. One block of 1024 threads.
-extern "C" __global__ void argmax_penalized(const float* logits, int v, unsigned char* seen, float penalty, int* token) {
+// The best (value, index) pair of a block (higher value, then lower index) into thread 0's.
+__device__ __forceinline__ void block_argmax(float* best, int* at) {
     __shared__ float bv[32];
     __shared__ int bi[32];
+    for (int o = 16; o > 0; o >>= 1) {
+        float ob = __shfl_xor_sync(0xffffffffu, *best, o);
+        int oi = __shfl_xor_sync(0xffffffffu, *at, o);
+        if (ob > *best || (ob == *best && oi < *at)) { *best = ob; *at = oi; }
+    }
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) { bv[warp] = *best; bi[warp] = *at; }
+    __syncthreads();
+    if (threadIdx.x == 0)
+        for (int w = 1; w < (int)(blockDim.x >> 5); w++)
+            if (bv[w] > *best || (bv[w] == *best && bi[w] < *at)) { *best = bv[w]; *at = bi[w]; }
+}
+
+// Greedy choice on the device: the argmax (first index on ties) of one logits row after Hugging
+// Face's repetition penalty on the tokens flagged in `seen`; writes the id to `token[0]` and
+// flags it. Each block (at most 1024 of them) finds the best of its share of the row into
+// bv[block]/bi[block]; the last to finish (counted in `done`, which it resets) the best of those.
+extern "C" __global__ void argmax_penalized(const float* logits, int v, unsigned char* seen, float penalty, int* token,
+                                            float* bv, int* bi, int* done) {
+    __shared__ bool last;
     float best = NEG_INF;
     int at = 0x7fffffff;
-    for (int i = threadIdx.x; i < v; i += blockDim.x) {
+    int per = (v + gridDim.x - 1) / gridDim.x, i1 = min((int)(blockIdx.x + 1) * per, v);
+    for (int i = blockIdx.x * per + threadIdx.x; i < i1; i += blockDim.x) {
         float x = logits[i];
         if (seen[i]) x = x < 0.f ? x * penalty : x / penalty;
         if (x > best || (x == best && i < at)) { best = x; at = i; }
     }
-    for (int o = 16; o > 0; o >>= 1) {
-        float ob = __shfl_xor_sync(0xffffffffu, best, o);
-        int oi = __shfl_xor_sync(0xffffffffu, at, o);
-        if (ob > best || (ob == best && oi < at)) { best = ob; at = oi; }
-    }
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0) { bv[warp] = best; bi[warp] = at; }
-    __syncthreads();
+    block_argmax(&best, &at);
     if (threadIdx.x == 0) {
-        for (int w = 1; w < (int)(blockDim.x >> 5); w++)
-            if (bv[w] > best || (bv[w] == best && bi[w] < at)) { best = bv[w]; at = bi[w]; }
+        bv[blockIdx.x] = best;
+        bi[blockIdx.x] = at;
+        __threadfence();
+        last = atomicAdd(done, 1) == (int)gridDim.x - 1;
+        if (last) *done = 0;
+    }
+    __syncthreads();
+    if (!last) return;
+    best = NEG_INF;
+    at = 0x7fffffff;
+    for (int b = threadIdx.x; b < (int)gridDim.x; b += blockDim.x) {
+        float x = __ldcg(bv + b);
+        int i = __ldcg(bi + b);
+        if (x > best || (x == best && i < at)) { best = x; at = i; }
+    }
+    __syncthreads();  // block_argmax's shared arrays are reused
+    block_argmax(&best, &at);
+    if (threadIdx.x == 0) {
         if (at == 0x7fffffff) at = 0;
         token[0] = at;
         seen[at] = 1;
@@ -958,60 +1168,37 @@ extern "C" __global__ void flag_tokens(const int* ids, int n, unsigned char* see
     if (i < n) seen[ids[i]] = 1;
 }
 
-// Beam search's candidates, one block of 1024 threads per row r: the row's log-softmax (the
-// exp-sum in f64), Hugging Face's repetition penalty on the tokens flagged in seen[r, :], then
-// the k <= TOPK_MAX best (value descending, lower id first) into out_v/out_i[r, :k].
+// Beam search's candidates (beam_lse, then beam_topk): the k <= TOPK_MAX best of each row
+// (value descending, lower id first).
 #define TOPK_MAX 16
 __device__ __forceinline__ bool ranks_before(float a, int ia, float b, int ib) { return a > b || (a == b && ia < ib); }
 
-extern "C" __global__ void beam_topk(const float* logits, int v, const unsigned char* seen, float penalty, int k,
-                                     float* out_v, int* out_i) {
-    __shared__ int win_i;
-    const float* row = logits + (long long)blockIdx.x * v;
-    const unsigned char* flags = seen + (long long)blockIdx.x * v;
-    float m = NEG_INF;
-    for (int i = threadIdx.x; i < v; i += blockDim.x) m = fmaxf(m, row[i]);
-    m = block_max(m);
-    double s = 0.0;
-    for (int i = threadIdx.x; i < v; i += blockDim.x) s += exp((double)(row[i] - m));
-    double lse = (double)m + log(block_sum_f64(s));
-    float bv[TOPK_MAX];
-    int bi[TOPK_MAX];
+// Keeps a thread's best TOPK_MAX (value, index) pairs, best first, with (p, i) offered.
+__device__ __forceinline__ void topk_insert(float* bv, int* bi, float p, int i) {
+    if (!ranks_before(p, i, bv[TOPK_MAX - 1], bi[TOPK_MAX - 1])) return;
+    bv[TOPK_MAX - 1] = p;
+    bi[TOPK_MAX - 1] = i;
 #pragma unroll
-    for (int j = 0; j < TOPK_MAX; j++) { bv[j] = NEG_INF; bi[j] = 0x7fffffff; }
-    for (int i = threadIdx.x; i < v; i += blockDim.x) {
-        float p = (float)((double)row[i] - lse);
-        if (flags[i]) p = p < 0.f ? p * penalty : p / penalty;
-        if (!ranks_before(p, i, bv[TOPK_MAX - 1], bi[TOPK_MAX - 1])) continue;
-        bv[TOPK_MAX - 1] = p;
-        bi[TOPK_MAX - 1] = i;
-#pragma unroll
-        for (int j = TOPK_MAX - 1; j > 0; j--) {
-            if (ranks_before(bv[j], bi[j], bv[j - 1], bi[j - 1])) {
-                float tv = bv[j]; bv[j] = bv[j - 1]; bv[j - 1] = tv;
-                int ti = bi[j]; bi[j] = bi[j - 1]; bi[j - 1] = ti;
-            }
+    for (int j = TOPK_MAX - 1; j > 0; j--) {
+        if (ranks_before(bv[j], bi[j], bv[j - 1], bi[j - 1])) {
+            float tv = bv[j]; bv[j] = bv[j - 1]; bv[j - 1] = tv;
+            int ti = bi[j]; bi[j] = bi[j - 1]; bi[j - 1] = ti;
         }
     }
-    __shared__ float cv[32];
-    __shared__ int ci[32];
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+}
+
+// The block's k best of its threads' lists (each best first) into out_v/out_i[0..k): k rounds,
+// each taking the best list head (block_argmax ranks as ranks_before does).
+__device__ void topk_block(float* bv, int* bi, int k, float* out_v, int* out_i) {
+    __shared__ int win_i;
     for (int j = 0; j < k; j++) {
         float best = bv[0];
         int at = bi[0];
-        for (int o = 16; o > 0; o >>= 1) {
-            float ob = __shfl_xor_sync(0xffffffffu, best, o);
-            int oi = __shfl_xor_sync(0xffffffffu, at, o);
-            if (ranks_before(ob, oi, best, at)) { best = ob; at = oi; }
-        }
-        if (lane == 0) { cv[warp] = best; ci[warp] = at; }
-        __syncthreads();
+        block_argmax(&best, &at);
         if (threadIdx.x == 0) {
-            for (int w = 1; w < (int)(blockDim.x >> 5); w++)
-                if (ranks_before(cv[w], ci[w], best, at)) { best = cv[w]; at = ci[w]; }
             win_i = at;
-            out_v[blockIdx.x * k + j] = best;
-            out_i[blockIdx.x * k + j] = at;
+            out_v[j] = best;
+            out_i[j] = at;
         }
         __syncthreads();
         if (bi[0] == win_i) {
@@ -1022,6 +1209,82 @@ extern "C" __global__ void beam_topk(const float* logits, int v, const unsigned 
         }
         __syncthreads();
     }
+}
+
+// Beam search's candidates in three launches, grid (shares, rows): a block per share of a row.
+// beam_max: the share's max into bm[r, share].
+extern "C" __global__ void beam_max(const float* logits, int v, float* bm) {
+    const float* row = logits + (long long)blockIdx.y * v;
+    int per = (v + gridDim.x - 1) / gridDim.x, i1 = min((int)(blockIdx.x + 1) * per, v);
+    float m = NEG_INF;
+    for (int i = blockIdx.x * per + threadIdx.x; i < i1; i += blockDim.x) m = fmaxf(m, row[i]);
+    m = block_max(m);
+    if (threadIdx.x == 0) bm[blockIdx.y * gridDim.x + blockIdx.x] = m;
+}
+
+// The row's max from every share's bm (warp 0 reads them; every thread gets it).
+__device__ float row_max(const float* bm) {
+    __shared__ float gm_s;
+    if (threadIdx.x < 32) {
+        float gm = NEG_INF;
+        for (int b = threadIdx.x; b < (int)gridDim.x; b += 32) gm = fmaxf(gm, bm[blockIdx.y * gridDim.x + b]);
+        gm = warp_max(gm);
+        if (threadIdx.x == 0) gm_s = gm;
+    }
+    __syncthreads();
+    return gm_s;
+}
+
+// beam_lse: the share's sum of exp(x - the row's max) in f64 (as the host sums them) into
+// bs[r, share].
+extern "C" __global__ void beam_lse(const float* logits, int v, const float* bm, double* bs) {
+    const float* row = logits + (long long)blockIdx.y * v;
+    float gm = row_max(bm);
+    int per = (v + gridDim.x - 1) / gridDim.x, i1 = min((int)(blockIdx.x + 1) * per, v);
+    double s = 0.0;
+    for (int i = blockIdx.x * per + threadIdx.x; i < i1; i += blockDim.x) s += exp((double)(row[i] - gm));
+    s = block_sum_f64(s);
+    if (threadIdx.x == 0) bs[blockIdx.y * gridDim.x + blockIdx.x] = s;
+}
+
+// beam_topk: the row's log-softmax (log-sum-exp from every share's bm/bs), Hugging Face's
+// repetition penalty on the tokens flagged in seen[r, :], the share's k <= TOPK_MAX best (value
+// descending, lower id first) into cv/ci[r, share, :k]; the last share of the row to finish
+// (counted in done[r], which it resets) merges them all into out_v/out_i[r, :k].
+extern "C" __global__ void beam_topk(const float* logits, int v, const unsigned char* seen, float penalty, int k,
+                                     const float* bm, const double* bs, float* cv, int* ci, int* done, float* out_v,
+                                     int* out_i) {
+    __shared__ bool last;
+    int r = blockIdx.y, shares = gridDim.x;
+    const float* row = logits + (long long)r * v;
+    const unsigned char* flags = seen + (long long)r * v;
+    // The row's log-sum-exp: its max and every share's exp-sum.
+    float gm = row_max(bm);
+    double lse = (double)gm + log(block_sum_f64(threadIdx.x < shares ? bs[r * shares + threadIdx.x] : 0.0));
+    float bv[TOPK_MAX];
+    int bi[TOPK_MAX];
+#pragma unroll
+    for (int j = 0; j < TOPK_MAX; j++) { bv[j] = NEG_INF; bi[j] = 0x7fffffff; }
+    int per = (v + shares - 1) / shares, i1 = min((int)(blockIdx.x + 1) * per, v);
+    for (int i = blockIdx.x * per + threadIdx.x; i < i1; i += blockDim.x) {
+        float p = (float)((double)row[i] - lse);
+        if (flags[i]) p = p < 0.f ? p * penalty : p / penalty;
+        topk_insert(bv, bi, p, i);
+    }
+    long long at = ((long long)r * shares + blockIdx.x) * k;
+    topk_block(bv, bi, k, cv + at, ci + at);
+    if (threadIdx.x == 0) {
+        __threadfence();
+        last = atomicAdd(done + r, 1) == shares - 1;
+        if (last) done[r] = 0;
+    }
+    __syncthreads();
+    if (!last) return;
+#pragma unroll
+    for (int j = 0; j < TOPK_MAX; j++) { bv[j] = NEG_INF; bi[j] = 0x7fffffff; }
+    for (int c = threadIdx.x; c < shares * k; c += blockDim.x)
+        topk_insert(bv, bi, __ldcg(cv + (long long)r * shares * k + c), __ldcg(ci + (long long)r * shares * k + c));
+    topk_block(bv, bi, k, out_v + r * k, out_i + r * k);
 }
 
 // Cache slots of beams ([seqs, len] int tables, see attention): dst[s, t] = src[rows[s], t] for
@@ -1083,6 +1346,21 @@ extern "C" __global__ void reorder_cache(const char* src, char* dst, const int* 
 
 INSTANTIATE(f16, h)
 INSTANTIATE(float, f)
+
+// attention_dec{E}_{S}: head size 32 E, at most 16 bytes a lane.
+#define ATTENTION_DEC(T, S, E)                                                                                   \
+    extern "C" __global__ void attention_dec##E##_##S(const float* q, const T* kc, const T* vc, const int* path,     \
+                                                      float* part, int* done, T* o, const int* pd, int rows, int nh,   \
+                                                      int nkv, int hd, int p0, int ps, int ss, int cl, float scale) {  \
+        attention_dec<T, E>(q, kc, vc, path, part, done, o, pd, rows, nh, nkv, p0, ps, ss, cl, scale);             \
+    }
+ATTENTION_DEC(f16, h, 1)
+ATTENTION_DEC(f16, h, 2)
+ATTENTION_DEC(f16, h, 4)
+ATTENTION_DEC(f16, h, 8)
+ATTENTION_DEC(float, f, 1)
+ATTENTION_DEC(float, f, 2)
+ATTENTION_DEC(float, f, 4)
 
 extern "C" __global__ void quantize_x_h(const f16* x, signed char* xq, float* xd, float* xs, int K, float eps) {
     quantize_x<f16, false>(x, xq, xd, xs, K, eps);
