@@ -107,8 +107,8 @@ struct Region {
     base: *mut u8,
     /// Usable bytes from `base`.
     size: usize,
-    /// The whole mapping, for `munmap`.
-    mapping: (*mut u8, usize),
+    /// The mapping `base` lies in (unmapped when dropped).
+    _map: memmap2::MmapMut,
 }
 
 // SAFETY: the mapping is plain memory owned by the region; the `WeightBytes` that point into it
@@ -118,38 +118,19 @@ unsafe impl Sync for Region {}
 
 impl Region {
     /// Reserves `size` bytes (a multiple of [`HUGE_PAGE`]) without committing them; `None` when
-    /// the system refuses the mapping or is not Linux.
-    #[cfg(target_os = "linux")]
+    /// the system refuses the mapping.
     fn map(size: usize) -> Option<Region> {
         let total = size.checked_add(HUGE_PAGE)?;
-        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
-        // SAFETY: a fresh anonymous mapping; nothing else refers to that memory.
-        let p = unsafe { libc::mmap(std::ptr::null_mut(), total, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0) };
-        if p == libc::MAP_FAILED {
-            return None;
+        let mut map = memmap2::MmapOptions::new().len(total).no_reserve_swap().map_anon().ok()?;
+        let p = map.as_mut_ptr();
+        let start = p.align_offset(HUGE_PAGE);
+        if start >= HUGE_PAGE {
+            return None; // `base..base + size` would leave the mapping
         }
-        let p = p as *mut u8;
-        let base = p.wrapping_add(p.align_offset(HUGE_PAGE));
-        // SAFETY: `base..base + size` lies inside the mapping just made. The advice only asks
-        // for huge pages; refused (THP off), the region stays in small pages.
-        unsafe { libc::madvise(base as *mut libc::c_void, size, libc::MADV_HUGEPAGE) };
-        Some(Region { base, size, mapping: (p, total) })
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn map(_size: usize) -> Option<Region> {
-        None
-    }
-}
-
-impl Drop for Region {
-    fn drop(&mut self) {
+        // The advice only asks for huge pages; refused (THP off), the region stays in small pages.
         #[cfg(target_os = "linux")]
-        // SAFETY: the mapping this region made; no `WeightBytes` refers to it any more (each
-        // holds the `Arc`).
-        unsafe {
-            libc::munmap(self.mapping.0 as *mut libc::c_void, self.mapping.1);
-        }
+        let _ = map.advise_range(memmap2::Advice::HugePage, start, size);
+        Some(Region { base: p.wrapping_add(start), size, _map: map })
     }
 }
 

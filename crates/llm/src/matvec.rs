@@ -18,9 +18,9 @@ use std::cell::OnceCell;
 
 use rayon::prelude::*;
 
+use crate::arena::{Arena, WeightBytes};
 use crate::kernels::packed::PackedQ8Act;
 use crate::kernels::{self, Code, QAct, Q8Act, Q16Act};
-use crate::arena::{Arena, WeightBytes};
 use crate::quant::GgmlType;
 
 /// A row-major matrix `[rows, cols]` whose rows are stored as GGUF blocks of `ty`.

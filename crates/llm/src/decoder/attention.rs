@@ -405,7 +405,7 @@ unsafe fn weighted_values_fma(p: &[f32], ps: usize, n: usize, inv: &[f32], value
             // every position), fewer heads four.
             let w = (hd / 8 - c).min(if take == 3 { 3 } else { 4 });
             // SAFETY: as this function's, for heads h..h + take and the values' vectors c..c + w.
-            unsafe {
+            c += unsafe {
                 match (take, w) {
                     (3, 3) => pv_block_fma::<3, 3>(p, ps, n, inv, values, stride, o, h, c),
                     (3, 2) => pv_block_fma::<3, 2>(p, ps, n, inv, values, stride, o, h, c),
@@ -415,25 +415,21 @@ unsafe fn weighted_values_fma(p: &[f32], ps: usize, n: usize, inv: &[f32], value
                     (_, 4) => pv_block_fma::<1, 4>(p, ps, n, inv, values, stride, o, h, c),
                     _ => pv_block_fma::<1, 1>(p, ps, n, inv, values, stride, o, h, c),
                 }
-            }
-            c += match (take, w) {
-                (3, w) => w,
-                (_, 4) => 4,
-                _ => 1,
             };
         }
         h += take;
     }
 }
 
-/// [`weighted_values_fma`] of heads `h..h + H` and the value vectors `c..c + W`.
+/// [`weighted_values_fma`] of heads `h..h + H` and the value vectors `c..c + W`; returns `W`,
+/// the vectors it took.
 ///
 /// # Safety
 /// As [`weighted_values_fma`].
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn pv_block_fma<const H: usize, const W: usize>(p: &[f32], ps: usize, n: usize, inv: &[f32], values: *const f32, stride: usize, o: &mut [f32], h: usize, c: usize) {
+unsafe fn pv_block_fma<const H: usize, const W: usize>(p: &[f32], ps: usize, n: usize, inv: &[f32], values: *const f32, stride: usize, o: &mut [f32], h: usize, c: usize) -> usize {
     use std::arch::x86_64::*;
     let hd = o.len() / inv.len();
     // SAFETY: as the caller's.
@@ -460,6 +456,7 @@ unsafe fn pv_block_fma<const H: usize, const W: usize>(p: &[f32], ps: usize, n: 
             }
         }
     }
+    W
 }
 
 #[cfg(test)]

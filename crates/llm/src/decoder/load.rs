@@ -52,8 +52,8 @@ impl<'a> Reader<'a> {
     }
 
     /// On the CPU, a weight the source keeps block-encoded, kept so (its rows un-permuted for q
-    /// and k, placed after the model's other matrices in the reader's arena) with no f32 copy; `None` when the source has it only as f32 or the backend is not
-    /// the CPU's.
+    /// and k, placed after the model's other matrices in the reader's arena) with no f32 copy;
+    /// `None` when the source has it only as f32 or the backend is not the CPU's.
     fn encoded(&self, hf: &str, rows: usize, heads: Option<usize>, layer: usize, cols: usize) -> Result<Option<QMatrix>, WeightError> {
         let (src, name) = (self.src, self.style.name(hf, layer));
         let Some(r) = src.raw(&name).filter(|_| self.host_matvec) else { return Ok(None) };
