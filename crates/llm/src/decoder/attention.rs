@@ -12,30 +12,44 @@ pub(super) fn attend(q: &[f32], kv: &(Vec<f32>, Vec<f32>), len: usize, kv_heads:
     let g = q.len() / hd / kv_heads;
     let (keys, values) = (&kv.0[..], &kv.1[..]);
     let kv = KvView { keys, values, len, kv_heads, hd, scale: 1.0 / (hd as f32).sqrt() };
-    // Short caches are not worth waking other threads for.
-    let min_groups = if len < 128 { kv_heads } else { 1 };
-    let avx2 = crate::matvec::has_avx2_fma();
-    out.par_chunks_mut(g * hd).with_min_len(min_groups).enumerate().for_each(|(kvh, o)| {
-        let qs = &q[kvh * g * hd..(kvh + 1) * g * hd];
-        #[cfg(target_arch = "x86_64")]
-        if avx2 {
-            // SAFETY: the CPU has AVX2 and FMA (checked at run time); each head size is the
-            // kernel's eight values times its chunks.
-            unsafe {
-                match hd {
-                    16 => attend_group_fma::<2>(qs, &kv, kvh, o),
-                    32 => attend_group_fma::<4>(qs, &kv, kvh, o),
-                    64 => attend_group_fma::<8>(qs, &kv, kvh, o),
-                    128 => attend_group_fma::<16>(qs, &kv, kvh, o),
-                    _ => attend_group_avx2(qs, &kv, kvh, o),
-                }
-            }
-            return;
-        }
-        let _ = avx2;
-        attend_group(qs, &kv, kvh, o);
+    // A task per query head while the cache is short (its kv head's values, then read once per
+    // query head, stay in the cache), so that threads share a step's attention evenly (SmolLM2's
+    // three kv heads split 2:1 over two threads); a task per kv head for longer ones, its query
+    // heads reading each value once. Each head's arithmetic is the same either way.
+    let heads_per_task = if len <= SHORT_CACHE { 1 } else { g.max(1) };
+    // Very short caches are not worth waking other threads for.
+    let min_tasks = if len < TINY_CACHE { q.len() / hd / heads_per_task } else { 1 };
+    out.par_chunks_mut(heads_per_task * hd).with_min_len(min_tasks.max(1)).enumerate().for_each(|(i, o)| {
+        attend_heads(&q[i * heads_per_task * hd..(i + 1) * heads_per_task * hd], &kv, i * heads_per_task / g.max(1), o)
     });
 }
+
+/// The query heads `qs` (all of kv head `kvh`'s, or some) over the cache, into `o`: the AVX2 +
+/// FMA kernel for its head size where the CPU has them, else the portable one.
+fn attend_heads(qs: &[f32], kv: &KvView, kvh: usize, o: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::matvec::has_avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA (checked at run time); each head size is the
+        // kernel's eight values times its chunks.
+        unsafe {
+            match kv.hd {
+                16 => attend_group_fma::<2>(qs, kv, kvh, o),
+                32 => attend_group_fma::<4>(qs, kv, kvh, o),
+                64 => attend_group_fma::<8>(qs, kv, kvh, o),
+                128 => attend_group_fma::<16>(qs, kv, kvh, o),
+                _ => attend_group_avx2(qs, kv, kvh, o),
+            }
+        }
+        return;
+    }
+    attend_group(qs, kv, kvh, o);
+}
+
+/// Cached positions up to which a step's attention runs a task per query head ([`attend`]).
+const SHORT_CACHE: usize = 256;
+
+/// Cached positions below which a step's attention stays on one thread ([`attend`]).
+const TINY_CACHE: usize = 32;
 
 /// One layer's cached keys and values, `[position][kv head][head_dim]`.
 struct KvView<'a> {
@@ -503,6 +517,37 @@ mod tests {
                 let want = reference(&q, &kv, past, heads, kv_heads, hd);
                 for (j, (g, w)) in got.iter().zip(&want).enumerate() {
                     assert!((g - w).abs() <= 1e-5, "heads {heads}/{kv_heads} of {hd}, past {past}: value {j} {g} against {w}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_step_attends_alike_a_task_per_query_head_and_per_kv_head() {
+        let mut seed = 11u32;
+        let mut random = move || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1 << 24) as f32 * 4.0 - 2.0
+        };
+        // Caches short enough for a task per query head, past the one-thread length.
+        for (heads, kv_heads, hd) in [(9, 3, 64), (14, 2, 64), (6, 2, 32), (3, 1, 24)] {
+            for len in [TINY_CACHE, 100, SHORT_CACHE] {
+                let stride = kv_heads * hd;
+                let kv: (Vec<f32>, Vec<f32>) = ((0..len * stride).map(|_| random()).collect(), (0..len * stride).map(|_| random()).collect());
+                let q: Vec<f32> = (0..heads * hd).map(|_| random()).collect();
+                let mut got = vec![f32::NAN; q.len()];
+                attend(&q, &kv, len, kv_heads, hd, &mut got);
+                // Each kv head's query heads together, as longer caches run them.
+                let view = KvView { keys: &kv.0, values: &kv.1, len, kv_heads, hd, scale: 1.0 / (hd as f32).sqrt() };
+                let g = heads / kv_heads;
+                let mut grouped = vec![f32::NAN; q.len()];
+                for (kvh, (qs, o)) in q.chunks_exact(g * hd).zip(grouped.chunks_exact_mut(g * hd)).enumerate() {
+                    attend_heads(qs, &view, kvh, o);
+                }
+                assert_eq!(got, grouped, "heads {heads}/{kv_heads} of {hd}, {len} positions: split per query head");
+                let want = reference(&q, &kv, len - 1, heads, kv_heads, hd);
+                for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!((g - w).abs() <= 1e-5, "heads {heads}/{kv_heads} of {hd}, {len} positions: value {j} {g} against {w}");
                 }
             }
         }
