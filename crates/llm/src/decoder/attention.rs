@@ -5,22 +5,29 @@
 use rayon::prelude::*;
 
 /// Softmax attention of every query head of `q` over the `len` cached positions of its kv head
-/// (query head `h` reads kv head `h / (heads / kv_heads)`), into `out`. The query heads sharing a
-/// kv head go together, so that each cached key and value is read once a step, not once per
-/// query head; each head's arithmetic is the same, in the same order, as one head alone.
+/// (query head `h` reads kv head `h / (heads / kv_heads)`), into `out`, in tasks across rayon's
+/// threads of one query head or of a kv head's (which then read each cached value once); each
+/// head's arithmetic is the same, in the same order, either way.
 pub(super) fn attend(q: &[f32], kv: &(Vec<f32>, Vec<f32>), len: usize, kv_heads: usize, hd: usize, out: &mut [f32]) {
-    let g = q.len() / hd / kv_heads;
+    let g = q.len() / hd.max(1) / kv_heads.max(1);
+    // With several threads and a cache short enough that a kv head's values stay in the cache
+    // while each of its query heads reads them, a task per query head, so that the threads share
+    // a step's attention evenly (SmolLM2's three kv heads split 2:1 over two threads); else a task
+    // per kv head, its query heads reading each value once.
+    let heads_per_task = if len <= SHORT_CACHE && rayon::current_num_threads() > 1 { 1 } else { g.max(1) };
+    attend_in_tasks(q, kv, len, kv_heads, hd, out, heads_per_task);
+}
+
+/// [`attend`] in tasks of `heads_per_task` query heads (a divisor of a kv head's): each head's
+/// arithmetic is the same whatever the tasks.
+fn attend_in_tasks(q: &[f32], kv: &(Vec<f32>, Vec<f32>), len: usize, kv_heads: usize, hd: usize, out: &mut [f32], heads_per_task: usize) {
+    let g = (q.len() / hd.max(1) / kv_heads.max(1)).max(1);
     let (keys, values) = (&kv.0[..], &kv.1[..]);
     let kv = KvView { keys, values, len, kv_heads, hd, scale: 1.0 / (hd as f32).sqrt() };
-    // A task per query head while the cache is short (its kv head's values, then read once per
-    // query head, stay in the cache), so that threads share a step's attention evenly (SmolLM2's
-    // three kv heads split 2:1 over two threads); a task per kv head for longer ones, its query
-    // heads reading each value once. Each head's arithmetic is the same either way.
-    let heads_per_task = if len <= SHORT_CACHE { 1 } else { g.max(1) };
     // Very short caches are not worth waking other threads for.
-    let min_tasks = if len < TINY_CACHE { q.len() / hd / heads_per_task } else { 1 };
+    let min_tasks = if len < TINY_CACHE { q.len() / hd.max(1) / heads_per_task } else { 1 };
     out.par_chunks_mut(heads_per_task * hd).with_min_len(min_tasks.max(1)).enumerate().for_each(|(i, o)| {
-        attend_heads(&q[i * heads_per_task * hd..(i + 1) * heads_per_task * hd], &kv, i * heads_per_task / g.max(1), o)
+        attend_heads(&q[i * heads_per_task * hd..(i + 1) * heads_per_task * hd], &kv, i * heads_per_task / g, o)
     });
 }
 
@@ -45,8 +52,9 @@ fn attend_heads(qs: &[f32], kv: &KvView, kvh: usize, o: &mut [f32]) {
     attend_group(qs, kv, kvh, o);
 }
 
-/// Cached positions up to which a step's attention runs a task per query head ([`attend`]).
-const SHORT_CACHE: usize = 256;
+/// Cached positions up to which a step's attention runs a task per query head ([`attend`]):
+/// SmolLM2's kv head then holds 256 KB of values.
+const SHORT_CACHE: usize = 1024;
 
 /// Cached positions below which a step's attention stays on one thread ([`attend`]).
 const TINY_CACHE: usize = 32;
@@ -529,14 +537,14 @@ mod tests {
             seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             (seed >> 8) as f32 / (1 << 24) as f32 * 4.0 - 2.0
         };
-        // Caches short enough for a task per query head, past the one-thread length.
+        // Past the one-thread length, and past the length where `attend` keeps kv heads together.
         for (heads, kv_heads, hd) in [(9, 3, 64), (14, 2, 64), (6, 2, 32), (3, 1, 24)] {
-            for len in [TINY_CACHE, 100, SHORT_CACHE] {
+            for len in [TINY_CACHE, 100, SHORT_CACHE + 5] {
                 let stride = kv_heads * hd;
                 let kv: (Vec<f32>, Vec<f32>) = ((0..len * stride).map(|_| random()).collect(), (0..len * stride).map(|_| random()).collect());
                 let q: Vec<f32> = (0..heads * hd).map(|_| random()).collect();
                 let mut got = vec![f32::NAN; q.len()];
-                attend(&q, &kv, len, kv_heads, hd, &mut got);
+                attend_in_tasks(&q, &kv, len, kv_heads, hd, &mut got, 1);
                 // Each kv head's query heads together, as longer caches run them.
                 let view = KvView { keys: &kv.0, values: &kv.1, len, kv_heads, hd, scale: 1.0 / (hd as f32).sqrt() };
                 let g = heads / kv_heads;
