@@ -505,13 +505,17 @@ mod tests {
         out
     }
 
-    #[test]
-    fn a_chunk_attends_causally_as_written_out() {
-        let mut seed = 7u32;
-        let mut random = move || {
+    /// Values in −2..2 from a linear congruential generator seeded with `seed`.
+    fn uniform(mut seed: u32) -> impl FnMut() -> f32 {
+        move || {
             seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             (seed >> 8) as f32 / (1 << 24) as f32 * 4.0 - 2.0
-        };
+        }
+    }
+
+    #[test]
+    fn a_chunk_attends_causally_as_written_out() {
+        let mut random = uniform(7);
         // (heads, kv heads, head size): SmolLM2's groups of three, Qwen2.5's of seven (3 + 3 + 1),
         // groups of three with 32 values (value vectors 3 + 1), one head a group, 24 values
         // (vectors one at a time), and 20 (no vector kernel).
@@ -532,11 +536,7 @@ mod tests {
 
     #[test]
     fn a_step_attends_alike_a_task_per_query_head_and_per_kv_head() {
-        let mut seed = 11u32;
-        let mut random = move || {
-            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (seed >> 8) as f32 / (1 << 24) as f32 * 4.0 - 2.0
-        };
+        let mut random = uniform(11);
         // Past the one-thread length, and past the length where `attend` keeps kv heads together.
         for (heads, kv_heads, hd) in [(9, 3, 64), (14, 2, 64), (6, 2, 32), (3, 1, 24)] {
             for len in [TINY_CACHE, 100, SHORT_CACHE + 5] {
