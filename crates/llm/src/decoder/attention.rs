@@ -1,6 +1,7 @@
 //! Softmax attention over the host KV cache (`[position][kv head][head_dim]` per layer): a
-//! step's query heads over every cached position, and a prompt chunk's rows causally; the query
-//! heads sharing a kv head go together so that each cached key and value is read once for them.
+//! step's query heads over every cached position (a task per query head, or per kv head whose
+//! query heads then read each cached value once), and a prompt chunk's rows causally (the query
+//! heads sharing a kv head together).
 
 use rayon::prelude::*;
 
