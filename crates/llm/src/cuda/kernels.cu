@@ -550,6 +550,21 @@ __device__ void rope_kv(const float* qkv, const float* cos_t, const float* sin_t
     }
 }
 
+// Whether this block is the last of `blocks` counted in `*counter` to get here, every thread's
+// writes before it visible to that last block; the last resets the counter for the next launch.
+// Every thread of the block gets the answer.
+__device__ __forceinline__ bool last_to_finish(int* counter, int blocks) {
+    __shared__ bool last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        last = atomicAdd(counter, 1) == blocks - 1;
+        if (last) *counter = 0;
+    }
+    __syncthreads();
+    return last;
+}
+
 // Causal attention (flash-decoding) in one launch: a block per (query head, group of R rows,
 // span of keys; gridDim.z spans share out the keys of the row that sees
 // the most) writes each row's max score, exp-sum and unnormalised output over the span to
@@ -801,7 +816,6 @@ __device__ void attention(const float* q, const T* kc, const T* vc, const int* p
                           const int* pos_dev, int rows, int nh, int nkv, int hd, int pos0, int pos_step, int seq_step,
                           int cache_len, float scale) {
     __shared__ AttShared<R> sm;
-    __shared__ bool last;
     int head = blockIdx.x, r0 = blockIdx.y * R, span = blockIdx.z, spans = gridDim.z;
     if (pos_dev) pos0 = *pos_dev;
     int last_row = min(r0 + R, rows) - 1;
@@ -811,15 +825,7 @@ __device__ void attention(const float* q, const T* kc, const T* vc, const int* p
     float* base = part + ((long long)r0 * nh + head) * spans * (hd + 2);
     attention_span<T, R>(sm, q, kc, vc, path, base + span * (hd + 2), row_stride, nh, nkv, hd, r0, rows, pos0, pos_step,
                          r0 * seq_step, cache_len, scale, k0, k1);
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        int* counter = done + (long long)r0 * nh + head;
-        last = atomicAdd(counter, 1) == spans - 1;
-        if (last) *counter = 0;
-    }
-    __syncthreads();
-    if (!last) return;
+    if (!last_to_finish(done + (long long)r0 * nh + head, spans)) return;
     for (int r = r0; r <= last_row; r++)
         attention_merge<T>(base + (r - r0) * row_stride, out + (long long)r * nh * hd + head * hd, hd, spans);
 }
@@ -895,7 +901,6 @@ __device__ void attention_dec(const float* q, const T* kc, const T* vc, const in
     typedef typename RawT<BYTES>::type Raw;
     __shared__ float wstat[NW][2];
     __shared__ float wacc[NW][hd];
-    __shared__ bool last;
     const unsigned FULL = 0xffffffffu;
     int head = blockIdx.x, r = blockIdx.y, span = blockIdx.z, spans = gridDim.z;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, kvh = head / (nh / nkv);
@@ -995,15 +1000,7 @@ __device__ void attention_dec(const float* q, const T* kc, const T* vc, const in
         pp[0] = gm;
         pp[1] = gl;
     }
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        int* counter = done + (long long)r * nh + head;
-        last = atomicAdd(counter, 1) == spans - 1;
-        if (last) *counter = 0;
-    }
-    __syncthreads();
-    if (last) merge_spans<T>(base, o, hd, spans);
+    if (last_to_finish(done + (long long)r * nh + head, spans)) merge_spans<T>(base, o, hd, spans);
 }
 
 // Input rows of the quantized products: row r of x ([rows, K], T) into blocks of 32 signed bytes
@@ -1127,7 +1124,6 @@ __device__ __forceinline__ void block_argmax(float* best, int* at) {
 // bv[block]/bi[block]; the last to finish (counted in `done`, which it resets) the best of those.
 extern "C" __global__ void argmax_penalized(const float* logits, int v, unsigned char* seen, float penalty, int* token,
                                             float* bv, int* bi, int* done) {
-    __shared__ bool last;
     float best = NEG_INF;
     int at = 0x7fffffff;
     int per = (v + gridDim.x - 1) / gridDim.x, i1 = min((int)(blockIdx.x + 1) * per, v);
@@ -1140,12 +1136,8 @@ extern "C" __global__ void argmax_penalized(const float* logits, int v, unsigned
     if (threadIdx.x == 0) {
         bv[blockIdx.x] = best;
         bi[blockIdx.x] = at;
-        __threadfence();
-        last = atomicAdd(done, 1) == (int)gridDim.x - 1;
-        if (last) *done = 0;
     }
-    __syncthreads();
-    if (!last) return;
+    if (!last_to_finish(done, gridDim.x)) return;
     best = NEG_INF;
     at = 0x7fffffff;
     for (int b = threadIdx.x; b < (int)gridDim.x; b += blockDim.x) {
@@ -1254,7 +1246,6 @@ extern "C" __global__ void beam_lse(const float* logits, int v, const float* bm,
 extern "C" __global__ void beam_topk(const float* logits, int v, const unsigned char* seen, float penalty, int k,
                                      const float* bm, const double* bs, float* cv, int* ci, int* done, float* out_v,
                                      int* out_i) {
-    __shared__ bool last;
     int r = blockIdx.y, shares = gridDim.x;
     const float* row = logits + (long long)r * v;
     const unsigned char* flags = seen + (long long)r * v;
@@ -1273,13 +1264,7 @@ extern "C" __global__ void beam_topk(const float* logits, int v, const unsigned 
     }
     long long at = ((long long)r * shares + blockIdx.x) * k;
     topk_block(bv, bi, k, cv + at, ci + at);
-    if (threadIdx.x == 0) {
-        __threadfence();
-        last = atomicAdd(done + r, 1) == shares - 1;
-        if (last) done[r] = 0;
-    }
-    __syncthreads();
-    if (!last) return;
+    if (!last_to_finish(done + r, shares)) return;
 #pragma unroll
     for (int j = 0; j < TOPK_MAX; j++) { bv[j] = NEG_INF; bi[j] = 0x7fffffff; }
     for (int c = threadIdx.x; c < shares * k; c += blockDim.x)
