@@ -63,9 +63,10 @@ pub(crate) struct Ours {
     pub beam: f64,
     /// Beam steps, per beam, with the beams' products on the CUDA cores (tensor cores off).
     pub beam_cuda_cores: f64,
-    /// Greedy decode and beam steps (per beam) with the decode attention on the tile kernel
-    /// (`attention`) instead of the warp kernel (`attention_dec{E}`).
+    /// Greedy decode with the decode attention on the tile kernel (`attention`) instead of the
+    /// warp kernel (`attention_dec{E}`).
     pub tg_tile: f64,
+    /// Beam steps, per beam, with the decode attention on the tile kernel.
     pub beam_tile: f64,
 }
 
