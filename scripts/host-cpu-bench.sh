@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine, on its host CPU (no GPU used): `xcomposer bench llm` on SmolLM2-135M Q4_1
+# as shipped and on Q4_0, Q8_0 and Q4_K_M made from it by llama-quantize --allow-requantize, beside
+# llama-bench's CPU build from ../shared/anchors, 1 and 2 threads, in one run (issue 15 on a second
+# kind of CPU). The shipped file (94 MiB) is over the carry limit: it comes as pieces
+# (*.gguf.part*) in folders carried by consecutive calls (a warm machine keeps them), joined here
+# and checked against the sha256 carried beside the last piece.
+#   STEP=build: llama-bench and llama-quantize for this CPU into /tmp/xc-host (GGML_NATIVE, or the
+#               CPU's own flags without AMX where it reports AMX: -march=native's AMX kernels died
+#               with SIGILL on an earlier machine, README "Benchmarks").
+#   STEP=bench: join, check, quantize, then `bench llm` per file (FILES, default "Q4_1 Q4_0 Q8_0
+#               Q4_K_M"; DECODE, default int16; ISA, an optional --cpu-isa).
+# $DIR: the folder with xcomposer.xz (scripts/prepare-device.sh); $PARTS: the folders of the pieces.
+# Writes under $OUT.
+set -uo pipefail
+DIR=${DIR:-.device}
+OUT=${OUT:-/tmp/host-cpu}
+H=/tmp/xc-host
+mkdir -p "$OUT" "$H"
+LB="$H/llama.cpp/build-cpu/bin"
+
+cpu_summary() {
+  lscpu | grep -E "^Model name|^CPU\(s\)|^Thread|^Core|^Socket|^L[23]" | sed 's/  */ /g'
+  grep -o -w -E "avx2|avx512f|avx512_vnni|avx_vnni|avx512_bf16|avx512vbmi|amx_tile|amx_int8" /proc/cpuinfo | sort -u | tr '\n' ' '; echo
+}
+
+build() {
+  [ -x "$LB/llama-bench" ] && [ -x "$LB/llama-quantize" ] && return 0
+  tar xJf "$DIR/anchors/llama.cpp.tar.xz" -C "$H"
+  local flags="-DGGML_NATIVE=ON"
+  if grep -q -w amx_tile /proc/cpuinfo; then
+    flags="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
+    grep -q -w avx512f /proc/cpuinfo && flags="$flags -DGGML_AVX512=ON"
+    grep -q -w avx512vbmi /proc/cpuinfo && flags="$flags -DGGML_AVX512_VBMI=ON"
+    grep -q -w avx512_vnni /proc/cpuinfo && flags="$flags -DGGML_AVX512_VNNI=ON"
+    grep -q -w avx512_bf16 /proc/cpuinfo && flags="$flags -DGGML_AVX512_BF16=ON"
+    grep -q -w avx_vnni /proc/cpuinfo && flags="$flags -DGGML_AVX_VNNI=ON"
+  fi
+  echo "llama.cpp CPU build: $flags"
+  ( cd "$H/llama.cpp" && cmake -B build-cpu $flags -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+      -DLLAMA_BUILD_SERVER=OFF -DCMAKE_BUILD_TYPE=Release \
+    && cmake --build build-cpu --target llama-bench llama-quantize -j"$(nproc)" ) > "$OUT/llama-build.log" 2>&1 \
+    || { tail -20 "$OUT/llama-build.log"; return 1; }
+}
+
+models() {
+  local q41="$H/SmolLM2-135M-Instruct.Q4_1.gguf" sum
+  if [ ! -f "$q41" ]; then
+    sum=$(for d in $PARTS; do cat "$d"/*.sha256 2>/dev/null; done | awk '{print $1}' | head -1)
+    # The pieces in the order of their names, whichever folder holds each.
+    cat $(for d in $PARTS; do ls "$d"/*.gguf.part*; done | awk -F/ '{print $NF "\t" $0}' | sort | cut -f2) > "$q41.tmp"
+    [ "$(sha256sum "$q41.tmp" | awk '{print $1}')" = "$sum" ] || { echo "the joined pieces do not match the sha256 $sum" >&2; return 1; }
+    mv "$q41.tmp" "$q41"
+  fi
+  for t in Q4_0 Q8_0 Q4_K_M; do
+    [ -f "$H/SmolLM2-135M-Instruct.$t.gguf" ] || "$LB/llama-quantize" --allow-requantize "$q41" "$H/SmolLM2-135M-Instruct.$t.gguf" "$t" > "$OUT/quantize-$t.log" 2>&1 \
+      || { tail -5 "$OUT/quantize-$t.log"; return 1; }
+  done
+}
+
+cpu_summary | tee "$OUT/cpu.txt"
+case "${STEP:-bench}" in
+  build) build ;;
+  bench)
+    build && models || exit 1
+    [ -x "$H/xcomposer" ] || { xz -dc "$DIR/xcomposer.xz" > "$H/xcomposer" && chmod +x "$H/xcomposer"; }
+    for t in ${FILES:-Q4_1 Q4_0 Q8_0 Q4_K_M}; do
+      f="$H/SmolLM2-135M-Instruct.$t.gguf"
+      echo "## $t, $(du -m "$f" | cut -f1) MiB, load $(cut -d' ' -f1-3 /proc/loadavg)"
+      "$H/xcomposer" bench llm --model "$f" --decode "${DECODE:-int16}" ${ISA:+--cpu-isa "$ISA"} --threads 1,2 --runs 3 \
+        --llama-bench "$LB/llama-bench" 2> "$OUT/bench-$t.err" | tee "$OUT/bench-$t.md" | grep -E "^\| (xc|ll)|peak"
+    done ;;
+esac
