@@ -377,6 +377,21 @@ struct UploadedWeights {
 
 /// Reads, converts and quantizes the embeddings and LM head, then the layers [`LOAD_GROUP`] at a
 /// time, in parallel on the host, and uploads each in turn; then the final norm.
+/// Whether the decode attention runs on the warp kernel, as `XC_DECODE_ATTENTION` (a
+/// measurement switch) asks: see [`warp_attention`].
+fn warp_attention_from_env() -> Result<bool, CudaError> {
+    warp_attention(std::env::var("XC_DECODE_ATTENTION").ok().as_deref())
+}
+
+/// `warp` (also when unset) or `tile`; any other value is refused, naming the variable.
+fn warp_attention(value: Option<&str>) -> Result<bool, CudaError> {
+    match value {
+        None | Some("warp") => Ok(true),
+        Some("tile") => Ok(false),
+        Some(other) => Err(CudaError::Unsupported(format!("XC_DECODE_ATTENTION={other:?}: expected \"warp\" (the default) or \"tile\""))),
+    }
+}
+
 fn upload_weights(c: &DecoderConfig, src: &dyn WeightSource, style: KeyStyle, opts: EngineOptions, stream: &Arc<CudaStream>) -> Result<UploadedWeights, CudaError> {
     let w = WeightLoader { src, style, dtype: opts.dtype, quant: opts.quant, permuted: matches!(style, KeyStyle::Gguf { permuted_qk: true }) };
     // An untied LM head keeps 8 bits when the rest goes to 4 (the embeddings, and a tied head
@@ -407,6 +422,7 @@ impl CudaDecoder {
     /// Loads the decoder's weights from `src` (names as `style` spells them) onto CUDA device 0.
     pub fn load(config: DecoderConfig, src: &dyn WeightSource, style: KeyStyle, opts: EngineOptions) -> Result<Self, CudaError> {
         let c = &config;
+        let warp_attention = warp_attention_from_env()?;
         if !c.head_dim.is_multiple_of(2) || c.head_dim > 256 || c.num_kv_heads == 0 || !c.num_heads.is_multiple_of(c.num_kv_heads) {
             return Err(CudaError::Unsupported(format!(
                 "head_dim {} with {} heads over {} kv heads (the engine needs an even head_dim ≤ 256 and whole query groups)",
@@ -460,7 +476,7 @@ impl CudaDecoder {
             chunk,
             graphs: opts.cuda_graphs.then(HashMap::new),
             tensor_cores: opts.tensor_cores,
-            warp_attention: std::env::var("XC_DECODE_ATTENTION").map_or(true, |v| v != "tile"),
+            warp_attention,
             prefill_mma,
             seqs: 0,
             len: 0,
@@ -1307,5 +1323,19 @@ impl WeightLoader<'_> {
             all.extend(self.src.load_shaped(&self.style.name(hf, layer), &[n])?.data);
         }
         Ok(all)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_decode_attention_switch_takes_warp_or_tile_and_refuses_the_rest() {
+        assert!(warp_attention(None).unwrap());
+        assert!(warp_attention(Some("warp")).unwrap());
+        assert!(!warp_attention(Some("tile")).unwrap());
+        let e = warp_attention(Some("Tile")).unwrap_err().to_string();
+        assert!(e.contains("XC_DECODE_ATTENTION=\"Tile\"") && e.contains("\"tile\""), "{e}");
     }
 }
