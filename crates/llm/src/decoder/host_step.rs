@@ -193,7 +193,7 @@ impl<B: Backend> Decoder<B> {
         let (c, act) = (&self.config, self.prefill_activations());
         let (d, hd) = (c.hidden_size, c.head_dim);
         let s = x.len() / d;
-        rms_norm(x, &hl.attn_norm, c.rms_norm_eps, &mut p.h);
+        norm_rows(x, None, &hl.attn_norm, c.rms_norm_eps, &mut p.h);
         let h = PrefillInput::new(&p.h, s);
         for (l, y, bias) in [(&layer.wq, &mut p.q, 0), (&layer.wk, &mut p.k, 1), (&layer.wv, &mut p.v, 2)] {
             product(l, &h, y, act);
@@ -201,11 +201,12 @@ impl<B: Backend> Decoder<B> {
                 add_rows(y, &b[bias]);
             }
         }
-        for (i, (q, k)) in p.q.chunks_exact_mut(c.num_heads * hd).zip(p.k.chunks_exact_mut(c.num_kv_heads * hd)).enumerate() {
+        let rows = p.q.par_chunks_exact_mut(c.num_heads * hd).zip(p.k.par_chunks_exact_mut(c.num_kv_heads * hd));
+        rows.enumerate().with_min_len(ROWS_PER_TASK).for_each(|(i, (q, k))| {
             let at = (past + i) * hd..(past + i + 1) * hd;
             rope(q, &w.cos[at.clone()], &w.sin[at.clone()]);
             rope(k, &w.cos[at.clone()], &w.sin[at]);
-        }
+        });
         kv.0.extend_from_slice(&p.k);
         kv.1.extend_from_slice(&p.v);
         p.att.resize(s * c.num_heads * hd, 0.0);
@@ -214,14 +215,13 @@ impl<B: Backend> Decoder<B> {
         if let Some(b) = &hl.bo {
             add_rows(&mut p.o, b);
         }
-        x.iter_mut().zip(&p.o).for_each(|(x, o)| *x += o);
-        rms_norm(x, &hl.ffn_norm, c.rms_norm_eps, &mut p.h);
+        norm_rows(x, Some(&p.o), &hl.ffn_norm, c.rms_norm_eps, &mut p.h);
         let h = PrefillInput::new(&p.h, s);
         product(&layer.w_gate, &h, &mut p.gate, act);
         product(&layer.w_up, &h, &mut p.up, act);
         p.gate.par_chunks_mut(4096).zip(p.up.par_chunks(4096)).for_each(|(g, u)| swiglu(g, u));
         product(&layer.w_down, &PrefillInput::new(&p.gate, s), &mut p.o, act);
-        x.iter_mut().zip(&p.o).for_each(|(x, o)| *x += o);
+        x.par_chunks_mut(d).zip(p.o.par_chunks(d)).with_min_len(ROWS_PER_TASK).for_each(|(x, o)| x.iter_mut().zip(o).for_each(|(x, o)| *x += o));
     }
 
     /// The logits of a host step's hidden state.
@@ -264,10 +264,32 @@ fn add_rows(y: &mut [f32], bias: &[f32]) {
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut Vec<f32>) {
     out.resize(x.len(), 0.0);
     for (x, o) in x.chunks_exact(w.len()).zip(out.chunks_exact_mut(w.len())) {
-        let mean = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
-        let inv = (mean + eps).sqrt().recip();
-        o.iter_mut().zip(x.iter().zip(w)).for_each(|(o, (x, w))| *o = x * inv * w);
+        norm_row(x, w, eps, o);
     }
+}
+
+/// A prefill chunk's rows per task in its element-wise passes (a few tasks a thread).
+const ROWS_PER_TASK: usize = 16;
+
+/// [`rms_norm`] of a prefill chunk's rows across rayon's threads, with `residual` first added
+/// to `x` in place where given.
+fn norm_rows(x: &mut [f32], residual: Option<&[f32]>, w: &[f32], eps: f32, out: &mut Vec<f32>) {
+    let d = w.len();
+    out.resize(x.len(), 0.0);
+    let rows = x.par_chunks_exact_mut(d).zip(out.par_chunks_exact_mut(d)).enumerate().with_min_len(ROWS_PER_TASK);
+    rows.for_each(|(i, (x, o))| {
+        if let Some(r) = residual {
+            x.iter_mut().zip(&r[i * d..(i + 1) * d]).for_each(|(x, r)| *x += r);
+        }
+        norm_row(x, w, eps, o);
+    });
+}
+
+/// `o = x / rms(x) · w` for one row.
+fn norm_row(x: &[f32], w: &[f32], eps: f32, o: &mut [f32]) {
+    let mean = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let inv = (mean + eps).sqrt().recip();
+    o.iter_mut().zip(x.iter().zip(w)).for_each(|(o, (x, w))| *o = x * inv * w);
 }
 
 /// Rotate-half RoPE of every head of `x` (heads of `cos.len()` values) at one position.
