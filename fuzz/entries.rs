@@ -88,15 +88,15 @@ pub fn gguf(data: &[u8]) -> bool {
         }
     }
     let _ = DecoderConfig::from_gguf(&g);
-    if let Ok(tok) = Tokenizer::from_gguf(&g) {
-        if let Ok(ids) = tok.encode("Hello, world! 你好") {
-            let _ = tok.decode(&ids, false);
-        }
+    if let Ok(tok) = Tokenizer::from_gguf(&g)
+        && let Ok(ids) = tok.encode("Hello, world! 你好")
+    {
+        let _ = tok.decode(&ids, false);
     }
-    if let Ok(src) = g.get_str("tokenizer.chat_template") {
-        if let Ok(t) = ChatTemplate::new(src, "<s>", "</s>") {
-            let _ = t.render(&[Message::new("user", "hi")], true);
-        }
+    if let Ok(src) = g.get_str("tokenizer.chat_template")
+        && let Ok(t) = ChatTemplate::new(src, "<s>", "</s>")
+    {
+        let _ = t.render(&[Message::new("user", "hi")], true);
     }
     true
 }
@@ -188,7 +188,7 @@ pub fn answers(data: &[u8]) -> bool {
     let answer = String::from_utf8_lossy(rest);
     let _ = spotter::parse_spots(&answer, n);
     let paragraphs: Vec<String> = (0..n).map(|i| format!("Paragraph {i}.")).collect();
-    let _ = spotter::spots_from_answer(&answer, &paragraphs, if n % 2 == 0 { None } else { Some(n / 2) });
+    let _ = spotter::spots_from_answer(&answer, &paragraphs, if n.is_multiple_of(2) { None } else { Some(n / 2) });
     let _ = captioner::cut_caption(&answer);
     let _ = captioner::cut_caption_as_original(&answer);
     let _ = captioner::caption_from_paragraph(&answer);

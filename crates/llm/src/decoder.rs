@@ -266,7 +266,7 @@ impl<B: Backend> Decoder<B> {
         let all_encoded = tables.len() == 1
             && lm_head.host.is_some()
             && layers.iter().all(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].iter().all(|p| p.host.is_some()));
-        let host = all_encoded.then(|| host_step::HostWeights { layers: host_layers, norm: norm_host, cos, sin });
+        let host = all_encoded.then_some(host_step::HostWeights { layers: host_layers, norm: norm_host, cos, sin });
         Ok(Decoder { config, embed, layers, norm, lm_head, tables, device: device.clone(), host, activations: Activations::Int16, fused_step: true })
     }
 
@@ -570,7 +570,7 @@ mod tests {
         let dev: burn::tensor::Device<Flex> = Default::default();
         let whole = Decoder::<Flex>::load(c.clone(), &src, KeyStyle::HuggingFace, &dev).unwrap();
         // Three "devices" (the same CPU), layers 0 | 1–2 on the second and third, none on the first.
-        let devices = [dev.clone(), dev.clone(), dev];
+        let devices = [dev, dev, dev];
         let split = Decoder::<Flex>::load_split(c, &src, KeyStyle::HuggingFace, &devices, &[1, 2, 2]).unwrap();
         assert_eq!(split.layers.iter().map(|l| l.on).collect::<Vec<_>>(), vec![1, 2, 2]);
         assert_eq!(split.tables.len(), 3);

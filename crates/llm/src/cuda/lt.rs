@@ -61,9 +61,8 @@ impl LtProducts {
     /// Queues `C = op(A) · B` (f32 accumulation, no TF32) on the stream.
     pub fn matmul(&self, s: LtShape, a: u64, b: u64, c: u64) -> Result<(), CudaError> {
         let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
-        if !plans.contains_key(&s) {
-            let plan = self.plan(s)?;
-            plans.insert(s, plan);
+        if let std::collections::hash_map::Entry::Vacant(e) = plans.entry(s) {
+            e.insert(self.plan(s)?);
         }
         let p = &plans[&s];
         let (alpha, beta) = (1f32, 0f32);

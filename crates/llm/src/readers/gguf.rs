@@ -524,12 +524,12 @@ pub(crate) mod tests {
                 out.extend_from_slice(&tag.to_le_bytes());
                 out.extend_from_slice(&off.to_le_bytes());
             }
-            while out.len() % 32 != 0 {
+            while !out.len().is_multiple_of(32) {
                 out.push(0);
             }
             for (_, _, _, data) in &self.tensors {
                 out.extend_from_slice(data);
-                while out.len() % 32 != 0 {
+                while !out.len().is_multiple_of(32) {
                     out.push(0);
                 }
             }
