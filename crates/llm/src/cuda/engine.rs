@@ -375,8 +375,6 @@ struct UploadedWeights {
     norm: Buf,
 }
 
-/// Reads, converts and quantizes the embeddings and LM head, then the layers [`LOAD_GROUP`] at a
-/// time, in parallel on the host, and uploads each in turn; then the final norm.
 /// Whether the decode attention runs on the warp kernel, as `XC_DECODE_ATTENTION` (a
 /// measurement switch) asks: see [`warp_attention`].
 fn warp_attention_from_env() -> Result<bool, CudaError> {
@@ -392,6 +390,8 @@ fn warp_attention(value: Option<&str>) -> Result<bool, CudaError> {
     }
 }
 
+/// Reads, converts and quantizes the embeddings and LM head, then the layers [`LOAD_GROUP`] at a
+/// time, in parallel on the host, and uploads each in turn; then the final norm.
 fn upload_weights(c: &DecoderConfig, src: &dyn WeightSource, style: KeyStyle, opts: EngineOptions, stream: &Arc<CudaStream>) -> Result<UploadedWeights, CudaError> {
     let w = WeightLoader { src, style, dtype: opts.dtype, quant: opts.quant, permuted: matches!(style, KeyStyle::Gguf { permuted_qk: true }) };
     // An untied LM head keeps 8 bits when the rest goes to 4 (the embeddings, and a tied head
