@@ -14,13 +14,13 @@
 //! Q4_1, Q5_0, Q5_1 and Q8_0 rows are kept packed in groups of eight ([`kernels::packed`]), which
 //! their kernels multiply eight rows at a time.
 
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
 
 use rayon::prelude::*;
 
 use crate::arena::{Arena, WeightBytes};
 use crate::kernels::packed::PackedQ8Act;
-use crate::kernels::{self, Code, QAct, Q8Act, Q16Act};
+use crate::kernels::{self, NotWholeBlocks, Q8Act, Q16Act};
 use crate::quant::GgmlType;
 
 /// A row-major matrix `[rows, cols]` whose rows are stored as GGUF blocks of `ty`.
@@ -136,24 +136,26 @@ impl QMatrix {
         let tile = tile_rows(rows);
         let out = SyncPtr(y.as_mut_ptr());
         let avx2 = has_avx2_fma();
-        self.data.par_chunks(tile * rb).enumerate().for_each_init(Vec::new, |w, (i, bytes)| {
-            let tr = bytes.len() / rb;
-            w.resize(tr * cols, 0.0);
-            if self.packed {
-                kernels::packed::decode_rows(self.ty, bytes, rb, w);
-            } else {
-                decode_rows(self.ty, bytes, w);
-            }
-            // SAFETY: task `i` writes only columns `i·tile .. i·tile + tr` of `y`'s `n` rows of
-            // `rows` values, disjoint from every other task's; `y` outlives the parallel loop.
-            let store = |t: usize, r: usize, v: f32| unsafe { *out.at(t * rows + i * tile + r) = v };
-            if avx2 {
-                // SAFETY: the CPU has AVX2 and FMA (checked at run time); `w` holds `tr` rows and
-                // `x` `n` rows of `cols` values.
-                unsafe { avx2::gemm_tile(w, tr, x, n, cols, &store) }
-            } else {
-                gemm_tile(w, tr, x, n, cols, &store)
-            }
+        self.data.par_chunks(tile * rb).enumerate().for_each(|(i, bytes)| {
+            TILE_ROWS.with_borrow_mut(|w| {
+                let tr = bytes.len() / rb;
+                w.resize(tr * cols, 0.0);
+                if self.packed {
+                    kernels::packed::decode_rows(self.ty, bytes, rb, w);
+                } else {
+                    decode_rows(self.ty, bytes, w);
+                }
+                // SAFETY: task `i` writes only columns `i·tile .. i·tile + tr` of `y`'s `n` rows of
+                // `rows` values, disjoint from every other task's; `y` outlives the parallel loop.
+                let store = |t: usize, r: usize, v: f32| unsafe { *out.at(t * rows + i * tile + r) = v };
+                if avx2 {
+                    // SAFETY: the CPU has AVX2 and FMA (checked at run time); `w` holds `tr` rows and
+                    // `x` `n` rows of `cols` values.
+                    unsafe { avx2::gemm_tile(w, tr, x, n, cols, &store) }
+                } else {
+                    gemm_tile(w, tr, x, n, cols, &store)
+                }
+            })
         });
     }
 
@@ -248,12 +250,48 @@ pub struct PrefillInput<'a> {
     q16: OnceCell<Vec<Q16Act>>,
     /// [`PackedQ8Act`]s for Q8_0's lanes (0) and the nibble types' (1).
     packed8: [OnceCell<Vec<PackedQ8Act>>; 2],
+    /// The memory the forms not yet made will quantize into.
+    spare: RefCell<PrefillScratch>,
+}
+
+/// The memory of a [`PrefillInput`]'s quantized rows, handed from one input to the next
+/// ([`PrefillInput::reusing`], [`PrefillInput::into_scratch`]): a prefill's products then quantize
+/// into the same buffers instead of allocating new ones a product. (Fresh ones were about 7,000
+/// page faults a 512-position prefill of SmolLM2, each costing the kernel a page to clear.)
+#[derive(Debug, Default, Clone)]
+pub struct PrefillScratch {
+    q8: Vec<Q8Act>,
+    q16: Vec<Q16Act>,
+    packed8: [Vec<PackedQ8Act>; 2],
 }
 
 impl<'a> PrefillInput<'a> {
     /// The `n` rows of `x`, not yet quantized.
     pub fn new(x: &'a [f32], n: usize) -> Self {
-        PrefillInput { x, n, q8: OnceCell::new(), q16: OnceCell::new(), packed8: [OnceCell::new(), OnceCell::new()] }
+        Self::reusing(x, n, PrefillScratch::default())
+    }
+
+    /// [`PrefillInput::new`] quantizing into `scratch`'s memory.
+    pub fn reusing(x: &'a [f32], n: usize, scratch: PrefillScratch) -> Self {
+        let packed8 = [OnceCell::new(), OnceCell::new()];
+        PrefillInput { x, n, q8: OnceCell::new(), q16: OnceCell::new(), packed8, spare: RefCell::new(scratch) }
+    }
+
+    /// The memory of every form made or not, for the next input.
+    pub fn into_scratch(self) -> PrefillScratch {
+        let mut s = self.spare.into_inner();
+        if let Some(v) = self.q8.into_inner() {
+            s.q8 = v;
+        }
+        if let Some(v) = self.q16.into_inner() {
+            s.q16 = v;
+        }
+        for (spare, made) in s.packed8.iter_mut().zip(self.packed8) {
+            if let Some(v) = made.into_inner() {
+                *spare = v;
+            }
+        }
+        s
     }
 
     /// Number of rows.
@@ -263,34 +301,39 @@ impl<'a> PrefillInput<'a> {
 
     /// The rows in 8-bit blocks.
     fn q8(&self) -> &[Q8Act] {
-        self.q8.get_or_init(|| self.each_row(quantized))
+        &self.q8.get_or_init(|| self.each_row(|s| &mut s.q8, |a, r| a.quantize(r)))[..self.n]
     }
 
     /// The rows in 16-bit blocks.
     fn q16(&self) -> &[Q16Act] {
-        self.q16.get_or_init(|| self.each_row(quantized))
+        &self.q16.get_or_init(|| self.each_row(|s| &mut s.q16, |a, r| a.quantize(r)))[..self.n]
     }
 
     /// The rows in 8-bit blocks in the lanes' order of `ty`'s packed rows.
     fn packed8(&self, ty: GgmlType) -> &[PackedQ8Act] {
-        self.packed8[usize::from(ty != GgmlType::Q8_0)].get_or_init(|| self.each_row(|r| PackedQ8Act::quantize(ty, r).expect(WHOLE_BLOCKS)))
+        let i = usize::from(ty != GgmlType::Q8_0);
+        &self.packed8[i].get_or_init(|| self.each_row(|s| &mut s.packed8[i], |a, r| a.quantize_into(ty, r)))[..self.n]
     }
 
-    /// `f` of each row, across rayon's threads.
-    fn each_row<T: Send>(&self, f: impl Fn(&[f32]) -> T + Sync + Send) -> Vec<T> {
-        self.x.par_chunks(self.x.len() / self.n.max(1)).map(f).collect()
+    /// The spare buffers `spare` picks, at least `n` of them, the first `n` holding `quantize`
+    /// of each row (across rayon's threads).
+    fn each_row<T: Default + Send>(
+        &self,
+        spare: impl FnOnce(&mut PrefillScratch) -> &mut Vec<T>,
+        quantize: impl Fn(&mut T, &[f32]) -> Result<(), NotWholeBlocks> + Sync + Send,
+    ) -> Vec<T> {
+        let mut v = std::mem::take(spare(&mut self.spare.borrow_mut()));
+        if v.len() < self.n {
+            v.resize_with(self.n, T::default);
+        }
+        let rows = self.x.par_chunks(self.x.len() / self.n.max(1));
+        v[..self.n].par_iter_mut().zip(rows).for_each(|(a, r)| quantize(a, r).expect(WHOLE_BLOCKS));
+        v
     }
 }
 
 /// Why a product's input always quantizes: every integer-kernel type's rows are whole blocks of 32.
 const WHOLE_BLOCKS: &str = "columns are whole blocks of 32 for every integer-kernel type";
-
-/// `x` quantized to codes `T`.
-fn quantized<T: Code>(x: &[f32]) -> QAct<T> {
-    let mut a = QAct::default();
-    a.quantize(x).expect(WHOLE_BLOCKS);
-    a
-}
 
 /// The quantized copies of a product's input, kept between products to reuse their memory.
 #[derive(Debug, Default, Clone)]
@@ -372,6 +415,13 @@ fn f32_rows(m: &QMatrix, rows: &[u8], x: &[f32], y: &mut [f32], avx2: bool) {
             dot_row(m.ty, row, x)
         };
     }
+}
+
+thread_local! {
+    /// A thread's tile of rows decoded to f32 for [`QMatrix::matmul`], kept from product to
+    /// product: a new one a task (196 KB for SmolLM2's `ffn_down`, freed back to the system
+    /// after each) was about 18,000 page faults a 512-position prefill of its Q4_K_M file.
+    static TILE_ROWS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Rows per prefill tile: enough to share each input row's loads, few enough to balance
@@ -938,6 +988,30 @@ mod tests {
             for r in 0..rows {
                 let want: f32 = (0..cols).map(|c| w[r * cols + c] * x[t * cols + c]).sum();
                 assert_eq!(y[t * rows + r], want, "input {t} row {r}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_input_quantized_into_an_earlier_inputs_memory_multiplies_as_a_fresh_one() {
+        // The earlier input is longer and wider: its rows' codes must not leak into the later one's.
+        let (ty, rows) = (GgmlType::Q4_0, 24);
+        let wide = QMatrix::from_rows(ty, 512, &[(&block_bytes(ty, rows * 512 / 32), (0..rows).collect())]).unwrap();
+        let narrow = QMatrix::from_rows(ty, 256, &[(&block_bytes(ty, rows * 256 / 32), (0..rows).collect())]).unwrap();
+        let k4 = QMatrix::from_rows(GgmlType::Q4K, 256, &[(&block_bytes(GgmlType::Q4K, rows), (0..rows).collect())]).unwrap();
+        let big: Vec<f32> = (0..9 * 512).map(|i| ((i * 13) % 17) as f32 - 8.0).collect();
+        let x: Vec<f32> = (0..5 * 256).map(|i| ((i * 7) % 11) as f32 * 0.25 - 1.0).collect();
+        for act in [Activations::Int16, Activations::Int8] {
+            let earlier = PrefillInput::new(&big, 9);
+            let mut y = vec![0f32; 9 * rows];
+            wide.matmul_input(&earlier, &mut y, act);
+            wide.matmul_input(&earlier, &mut y, act);
+            let later = PrefillInput::reusing(&x, 5, earlier.into_scratch());
+            let (mut got, mut want) = (vec![f32::NAN; 5 * rows], vec![f32::NAN; 5 * rows]);
+            for m in [&narrow, &k4] {
+                m.matmul_input(&later, &mut got, act);
+                m.matmul_with(&x, 5, &mut want, act);
+                assert_eq!(got, want, "{:?} {act:?}", m.ty);
             }
         }
     }

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use super::attention::{attend, attend_chunk, exp256};
 use super::{Decoder, KvCache, Linear};
-use crate::matvec::{ActScratch, PrefillInput, QMatrix, matvec_many};
+use crate::matvec::{ActScratch, PrefillInput, PrefillScratch, QMatrix, matvec_many};
 
 /// The step's small f32 weights (norms, biases) and RoPE tables; present only when every
 /// projection of the decoder, and its head, is block-encoded.
@@ -57,6 +57,8 @@ struct Buffers {
     /// A prefill chunk's keys, transposed for [`attend_chunk`].
     keys_t: Vec<f32>,
     act: ActScratch,
+    /// The memory of a prefill chunk's quantized product inputs.
+    inputs: PrefillScratch,
 }
 
 /// The matrix a projection keeps for one-token products; every projection has one when
@@ -194,13 +196,14 @@ impl<B: Backend> Decoder<B> {
         let (d, hd) = (c.hidden_size, c.head_dim);
         let s = x.len() / d;
         norm_rows(x, None, &hl.attn_norm, c.rms_norm_eps, &mut p.h);
-        let h = PrefillInput::new(&p.h, s);
-        for (l, y, bias) in [(&layer.wq, &mut p.q, 0), (&layer.wk, &mut p.k, 1), (&layer.wv, &mut p.v, 2)] {
-            product(l, &h, y, act);
-            if let Some(b) = &hl.bqkv {
-                add_rows(y, &b[bias]);
+        with_input(&p.h, s, &mut p.inputs, |h| {
+            for (l, y, bias) in [(&layer.wq, &mut p.q, 0), (&layer.wk, &mut p.k, 1), (&layer.wv, &mut p.v, 2)] {
+                product(l, h, y, act);
+                if let Some(b) = &hl.bqkv {
+                    add_rows(y, &b[bias]);
+                }
             }
-        }
+        });
         let rows = p.q.par_chunks_exact_mut(c.num_heads * hd).zip(p.k.par_chunks_exact_mut(c.num_kv_heads * hd));
         rows.enumerate().with_min_len(ROWS_PER_TASK).for_each(|(i, (q, k))| {
             let at = (past + i) * hd..(past + i + 1) * hd;
@@ -211,16 +214,17 @@ impl<B: Backend> Decoder<B> {
         kv.1.extend_from_slice(&p.v);
         p.att.resize(s * c.num_heads * hd, 0.0);
         attend_chunk(&p.q, kv, past, (c.num_heads, c.num_kv_heads, hd), &mut p.att, &mut p.keys_t);
-        product(&layer.wo, &PrefillInput::new(&p.att, s), &mut p.o, act);
+        with_input(&p.att, s, &mut p.inputs, |a| product(&layer.wo, a, &mut p.o, act));
         if let Some(b) = &hl.bo {
             add_rows(&mut p.o, b);
         }
         norm_rows(x, Some(&p.o), &hl.ffn_norm, c.rms_norm_eps, &mut p.h);
-        let h = PrefillInput::new(&p.h, s);
-        product(&layer.w_gate, &h, &mut p.gate, act);
-        product(&layer.w_up, &h, &mut p.up, act);
+        with_input(&p.h, s, &mut p.inputs, |h| {
+            product(&layer.w_gate, h, &mut p.gate, act);
+            product(&layer.w_up, h, &mut p.up, act);
+        });
         p.gate.par_chunks_mut(4096).zip(p.up.par_chunks(4096)).for_each(|(g, u)| swiglu(g, u));
-        product(&layer.w_down, &PrefillInput::new(&p.gate, s), &mut p.o, act);
+        with_input(&p.gate, s, &mut p.inputs, |a| product(&layer.w_down, a, &mut p.o, act));
         x.par_chunks_mut(d).zip(p.o.par_chunks(d)).with_min_len(ROWS_PER_TASK).for_each(|(x, o)| x.iter_mut().zip(o).for_each(|(x, o)| *x += o));
     }
 
@@ -243,6 +247,14 @@ impl<B: Backend> Decoder<B> {
             .collect();
         matvec_many(x, parts, self.activations, act);
     }
+}
+
+/// `f` of the `s` rows of `x` as one prefill input, quantized into `scratch`'s memory (and its
+/// memory left there for the next).
+fn with_input(x: &[f32], s: usize, scratch: &mut PrefillScratch, f: impl FnOnce(&PrefillInput)) {
+    let input = PrefillInput::reusing(x, s, std::mem::take(scratch));
+    f(&input);
+    *scratch = input.into_scratch();
 }
 
 /// `y = x Wᵀ` for the rows of `x`, `y` sized here.

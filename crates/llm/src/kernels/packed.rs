@@ -282,17 +282,25 @@ impl PackedQ8Act {
     ///
     /// Panics when `ty` is not packed.
     pub fn quantize(ty: GgmlType, x: &[f32]) -> Result<Self, super::NotWholeBlocks> {
+        let mut a = PackedQ8Act::default();
+        a.quantize_into(ty, x)?;
+        Ok(a)
+    }
+
+    /// [`PackedQ8Act::quantize`] into this buffer, reusing its memory.
+    ///
+    /// Panics when `ty` is not packed.
+    pub fn quantize_into(&mut self, ty: GgmlType, x: &[f32]) -> Result<(), super::NotWholeBlocks> {
         assert!(packs(ty), "{ty:?} rows are not packed");
-        let mut plain = super::Q8Act::default();
-        plain.quantize(x)?;
+        self.plain.quantize(x)?;
         let order = lane_order(Layout::of(ty));
-        let mut lanes = vec![0i8; plain.qs.len()];
-        for (l, b) in lanes.chunks_exact_mut(super::QK8).zip(plain.qs.chunks_exact(super::QK8)) {
+        self.lanes.resize(self.plain.qs.len(), 0);
+        for (l, b) in self.lanes.chunks_exact_mut(super::QK8).zip(self.plain.qs.chunks_exact(super::QK8)) {
             for (l, &j) in l.iter_mut().zip(&order) {
                 *l = b[j as usize];
             }
         }
-        Ok(PackedQ8Act { plain, lanes })
+        Ok(())
     }
 
     /// Number of values.
