@@ -425,7 +425,7 @@ thread_local! {
     /// product: a new one a task (196 KB for SmolLM2's `ffn_down`, freed back to the system
     /// after each) was about 18,000 page faults a 512-position prefill of its Q4_K_M file, whose
     /// 1-thread prefill took a fifth less time without them (Zen 3).
-    static TILE_ROWS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static TILE_ROWS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Rows per prefill tile: enough to share each input row's loads, few enough to balance
@@ -1008,7 +1008,6 @@ mod tests {
         for act in [Activations::Int16, Activations::Int8] {
             let earlier = PrefillInput::new(&big, 9);
             let mut y = vec![0f32; 9 * rows];
-            wide.matmul_input(&earlier, &mut y, act);
             wide.matmul_input(&earlier, &mut y, act);
             let later = PrefillInput::reusing(&x, 5, earlier.into_scratch());
             let (mut got, mut want) = (vec![f32::NAN; 5 * rows], vec![f32::NAN; 5 * rows]);
