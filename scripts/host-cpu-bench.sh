@@ -7,7 +7,13 @@
 # and checked against the sha256 carried beside the last piece.
 #   STEP=build: llama-bench and llama-quantize for this CPU into /tmp/xc-host (GGML_NATIVE, or the
 #               CPU's own flags without AMX where it reports AMX: -march=native's AMX kernels died
-#               with SIGILL on an earlier machine, README "Benchmarks").
+#               with SIGILL on an earlier machine, README "Benchmarks"), or unpacked from
+#               $DIR/llama-bin.tar.xz where that was built for the same flags (STEP=prebuild).
+#   STEP=prebuild: here, before the device calls (saves the ~3 device minutes of the build there):
+#               the same build for the flags the CPU flags in $CPU_FLAGS imply (default: the AMX
+#               Xeon's "avx2 avx512f avx512vbmi avx512_vnni avx512_bf16 avx_vnni amx_tile"), packed
+#               into $DIR/llama-bin.tar.xz. Same folder as there: the libraries are found by
+#               absolute run path.
 #   STEP=bench: join, check, quantize, then `bench llm` per file (FILES, default "Q4_1 Q4_0 Q8_0
 #               Q4_K_M"; DECODE, default int16; ISA, an optional --cpu-isa).
 # $DIR: the folder with xcomposer.xz (scripts/prepare-device.sh); $PARTS: the folders of the pieces.
@@ -24,23 +30,44 @@ cpu_summary() {
   grep -o -w -E "avx2|avx512f|avx512_vnni|avx_vnni|avx512_bf16|avx512vbmi|amx_tile|amx_int8" /proc/cpuinfo | sort -u | tr '\n' ' '; echo
 }
 
-build() {
-  [ -x "$LB/llama-bench" ] && [ -x "$LB/llama-quantize" ] && return 0
-  tar xJf "$DIR/anchors/llama.cpp.tar.xz" -C "$H"
-  local flags="-DGGML_NATIVE=ON"
-  if grep -q -w amx_tile /proc/cpuinfo; then
+# The llama.cpp cmake flags for a CPU with the flags (words of /proc/cpuinfo) in "$1".
+cmake_flags() {
+  local has=" $1 " flags="-DGGML_NATIVE=ON"
+  if [[ $has == *" amx_tile "* ]]; then
     flags="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
-    grep -q -w avx512f /proc/cpuinfo && flags="$flags -DGGML_AVX512=ON"
-    grep -q -w avx512vbmi /proc/cpuinfo && flags="$flags -DGGML_AVX512_VBMI=ON"
-    grep -q -w avx512_vnni /proc/cpuinfo && flags="$flags -DGGML_AVX512_VNNI=ON"
-    grep -q -w avx512_bf16 /proc/cpuinfo && flags="$flags -DGGML_AVX512_BF16=ON"
-    grep -q -w avx_vnni /proc/cpuinfo && flags="$flags -DGGML_AVX_VNNI=ON"
+    [[ $has == *" avx512f "* ]] && flags="$flags -DGGML_AVX512=ON"
+    [[ $has == *" avx512vbmi "* ]] && flags="$flags -DGGML_AVX512_VBMI=ON"
+    [[ $has == *" avx512_vnni "* ]] && flags="$flags -DGGML_AVX512_VNNI=ON"
+    [[ $has == *" avx512_bf16 "* ]] && flags="$flags -DGGML_AVX512_BF16=ON"
+    [[ $has == *" avx_vnni "* ]] && flags="$flags -DGGML_AVX_VNNI=ON"
   fi
-  echo "llama.cpp CPU build: $flags"
-  ( cd "$H/llama.cpp" && cmake -B build-cpu $flags -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+  echo "$flags"
+}
+
+# llama-bench and llama-quantize built with the cmake flags "$1" (kept in bin/flags.txt).
+build_with() {
+  rm -rf "$H/llama.cpp" && tar xJf "$DIR/anchors/llama.cpp.tar.xz" -C "$H" || return 1
+  echo "llama.cpp CPU build: $1"
+  ( cd "$H/llama.cpp" && cmake -B build-cpu $1 -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
       -DLLAMA_BUILD_SERVER=OFF -DCMAKE_BUILD_TYPE=Release \
     && cmake --build build-cpu --target llama-bench llama-quantize -j"$(nproc)" ) > "$OUT/llama-build.log" 2>&1 \
     || { tail -20 "$OUT/llama-build.log"; return 1; }
+  echo "$1" > "$LB/flags.txt"
+}
+
+build() {
+  [ -x "$LB/llama-bench" ] && [ -x "$LB/llama-quantize" ] && return 0
+  local flags
+  flags=$(cmake_flags "$(grep -m1 "^flags" /proc/cpuinfo | cut -d: -f2)")
+  if [ -f "$DIR/llama-bin.tar.xz" ]; then
+    mkdir -p "$H/llama.cpp/build-cpu" && tar xJf "$DIR/llama-bin.tar.xz" -C "$H/llama.cpp/build-cpu"
+    if [ "$(cat "$LB/flags.txt" 2>/dev/null)" = "$flags" ] && "$LB/llama-bench" --help > /dev/null 2>&1; then
+      echo "llama.cpp CPU build: unpacked from $DIR/llama-bin.tar.xz ($flags)"
+      return 0
+    fi
+    echo "$DIR/llama-bin.tar.xz was built for other flags than this CPU's ($flags) or does not run here: building"
+  fi
+  build_with "$flags"
 }
 
 models() {
@@ -62,6 +89,10 @@ models() {
 cpu_summary | tee "$OUT/cpu.txt"
 case "${STEP:-bench}" in
   build) build ;;
+  prebuild)
+    command -v cmake > /dev/null || { echo "prebuild needs cmake here (\`pip install cmake\`)" >&2; exit 1; }
+    build_with "$(cmake_flags "${CPU_FLAGS:-avx2 avx512f avx512vbmi avx512_vnni avx512_bf16 avx_vnni amx_tile}")" \
+      && tar cJf "$DIR/llama-bin.tar.xz" -C "$H/llama.cpp/build-cpu" bin && ls -l "$DIR/llama-bin.tar.xz" ;;
   bench)
     build && models || exit 1
     # Unpacked on every call: a warm machine may hold an earlier call's build.
