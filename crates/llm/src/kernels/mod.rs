@@ -88,15 +88,8 @@ impl<T: Code> QAct<T> {
         self.s.resize(nb, 0.0);
         #[cfg(target_arch = "x86_64")]
         if simd {
-            for (b, (xs, qs)) in x.chunks_exact(QK8).zip(self.qs.chunks_exact_mut(QK8)).enumerate() {
-                // SAFETY: the CPU has AVX2 and FMA (checked above); `xs` is one block of 32.
-                let (d, codes, sum) = unsafe { x86::quantize_block(xs, T::MAX) };
-                for (q, c) in qs.iter_mut().zip(codes) {
-                    *q = T::from_int(c);
-                }
-                self.d[b] = d;
-                self.s[b] = d * sum as f32;
-            }
+            // SAFETY: the CPU has AVX2 and FMA (the caller checked); the lengths are as above.
+            unsafe { x86::quantize_blocks(x, &mut self.qs, &mut self.d, &mut self.s) };
             return Ok(());
         }
         for (b, (xs, qs)) in x.chunks_exact(QK8).zip(self.qs.chunks_exact_mut(QK8)).enumerate() {
