@@ -25,8 +25,6 @@ pub trait Code: Copy + Default + Into<i32> + Send + Sync + 'static {
     const MAX: f32;
     /// The code of an already rounded value within ±[`Code::MAX`].
     fn from_rounded(v: f32) -> Self;
-    /// The code of an integer within ±[`Code::MAX`].
-    fn from_int(v: i32) -> Self;
 }
 
 impl Code for i8 {
@@ -34,17 +32,11 @@ impl Code for i8 {
     fn from_rounded(v: f32) -> Self {
         v as i8
     }
-    fn from_int(v: i32) -> Self {
-        v as i8
-    }
 }
 
 impl Code for i16 {
     const MAX: f32 = 32767.0;
     fn from_rounded(v: f32) -> Self {
-        v as i16
-    }
-    fn from_int(v: i32) -> Self {
         v as i16
     }
 }
